@@ -1,0 +1,764 @@
+//! The `esi:when test="..."` expression language (ESI 1.0 §3.3): a bounded recursive-descent
+//! parser from text to [`Expr`], and its evaluation against a [`Request`].
+//! Pure: no I/O. Variable values come from [`Request::value`]; nothing here escapes or renders.
+
+use std::borrow::Cow;
+use std::cmp::Ordering;
+use std::fmt;
+
+use super::vars::{parse_var_ref, Request, VarPolicy, VarRef};
+
+/// The deepest nesting of `(` and `!` ever accepted, whatever `max_depth` asks for: parser
+/// recursion is proportional to nesting, so this keeps it far inside a small thread stack.
+const HARD_MAX_DEPTH: usize = 256;
+
+/// The most binary operators (`& | == != < <= > >=`) in one expression. A left-associative chain
+/// makes the tree as deep as it is long, and evaluating or dropping the tree recurses on that
+/// depth, so long chains are refused rather than risk the stack.
+const MAX_OPERATORS: usize = 1024;
+
+/// A comparison operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    /// `==`
+    Eq,
+    /// `!=`
+    Ne,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+}
+
+/// A parsed test expression.
+///
+/// Precedence, highest first: `!` (prefix), comparisons (non-associative), `&`, `|` (both
+/// left-associative). So `!1==2` is `(!1)==2` and `a | b & c` is `a | (b & c)`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expr {
+    /// A quoted string, unescaped.
+    Str(Box<str>),
+    /// A number literal.
+    Num(f64),
+    /// A variable reference.
+    Var(VarRef),
+    /// `!e`
+    Not(Box<Expr>),
+    /// `a & b`
+    And(Box<Expr>, Box<Expr>),
+    /// `a | b`
+    Or(Box<Expr>, Box<Expr>),
+    /// `a <op> b`
+    Cmp(CmpOp, Box<Expr>, Box<Expr>),
+}
+
+/// Why a test expression does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message} at offset {offset}")]
+pub struct ExprError {
+    /// Byte offset in the expression string where the problem was found.
+    pub offset: usize,
+    /// What is wrong, for a template author.
+    pub message: String,
+}
+
+/// One lexical token.
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    LParen,
+    RParen,
+    Not,
+    And,
+    Or,
+    Cmp(CmpOp),
+    Str(Box<str>),
+    Num(f64),
+    Var(VarRef),
+    End,
+}
+
+/// A token and the byte offset where it starts.
+#[derive(Debug, Clone, PartialEq)]
+struct Token {
+    tok: Tok,
+    start: usize,
+}
+
+/// Parser state: a lexer with one token of lookahead, and the nesting and size budgets.
+struct Parser<'a> {
+    src: &'a str,
+    pos: usize,
+    peeked: Option<Token>,
+    depth: usize,
+    max_depth: usize,
+    operators: usize,
+}
+
+/// An operand's value during a comparison.
+enum Value<'a> {
+    Text(Cow<'a, str>),
+    Num(f64),
+}
+
+// === impl CmpOp ===
+
+impl CmpOp {
+    /// The operator as written.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CmpOp::Eq => "==",
+            CmpOp::Ne => "!=",
+            CmpOp::Lt => "<",
+            CmpOp::Le => "<=",
+            CmpOp::Gt => ">",
+            CmpOp::Ge => ">=",
+        }
+    }
+
+    /// Whether `ord` (None for unordered numbers) satisfies the operator.
+    fn holds(self, ord: Option<Ordering>) -> bool {
+        let Some(ord) = ord else { return false };
+        match self {
+            CmpOp::Eq => ord.is_eq(),
+            CmpOp::Ne => ord.is_ne(),
+            CmpOp::Lt => ord.is_lt(),
+            CmpOp::Le => ord.is_le(),
+            CmpOp::Gt => ord.is_gt(),
+            CmpOp::Ge => ord.is_ge(),
+        }
+    }
+}
+
+impl fmt::Display for CmpOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// === impl Tok ===
+
+impl fmt::Display for Tok {
+    /// Describes the token for an error message.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Tok::LParen => f.write_str("`(`"),
+            Tok::RParen => f.write_str("`)`"),
+            Tok::Not => f.write_str("`!`"),
+            Tok::And => f.write_str("`&`"),
+            Tok::Or => f.write_str("`|`"),
+            Tok::Cmp(op) => write!(f, "`{op}`"),
+            Tok::Str(_) => f.write_str("a string"),
+            Tok::Num(_) => f.write_str("a number"),
+            Tok::Var(_) => f.write_str("a variable"),
+            Tok::End => f.write_str("the end of the expression"),
+        }
+    }
+}
+
+// === parsing ===
+
+/// Parses a test expression; nesting (parentheses and `!`) deeper than `max_depth` is an error.
+/// `max_depth` is capped at 256, and an expression may hold at most 1024 binary operators.
+///
+/// # Errors
+///
+/// [`ExprError`] with the byte offset of the problem: an empty expression, an unterminated
+/// string, an unexpected character or token, a bare word, a malformed `$(...)`, a missing `)`,
+/// chained comparisons, input after the expression, or nesting or size over the bounds.
+pub fn parse_expr(s: &str, max_depth: usize) -> Result<Expr, ExprError> {
+    if s.bytes().all(|b| b.is_ascii_whitespace()) {
+        return Err(err(0, "empty expression"));
+    }
+    let mut p = Parser {
+        src: s,
+        pos: 0,
+        peeked: None,
+        depth: 0,
+        max_depth: max_depth.min(HARD_MAX_DEPTH),
+        operators: 0,
+    };
+    let expr = p.or()?;
+    let next = p.next()?;
+    if next.tok != Tok::End {
+        return Err(err(
+            next.start,
+            format!("unexpected {} after the expression", next.tok),
+        ));
+    }
+    Ok(expr)
+}
+
+fn err(offset: usize, message: impl Into<String>) -> ExprError {
+    ExprError {
+        offset,
+        message: message.into(),
+    }
+}
+
+impl Parser<'_> {
+    /// `or := and ('|' and)*`
+    fn or(&mut self) -> Result<Expr, ExprError> {
+        let mut lhs = self.and()?;
+        while self.peek()?.tok == Tok::Or {
+            let op = self.next()?;
+            self.count_operator(op.start)?;
+            let rhs = self.and()?;
+            lhs = Expr::Or(Box::new(lhs), Box::new(rhs));
+        }
+        Ok(lhs)
+    }
+
+    /// `and := cmp ('&' cmp)*`
+    fn and(&mut self) -> Result<Expr, ExprError> {
+        let mut lhs = self.cmp()?;
+        while self.peek()?.tok == Tok::And {
+            let op = self.next()?;
+            self.count_operator(op.start)?;
+            let rhs = self.cmp()?;
+            lhs = Expr::And(Box::new(lhs), Box::new(rhs));
+        }
+        Ok(lhs)
+    }
+
+    /// `cmp := unary (op unary)?`; a second operator is an error, not a chain.
+    fn cmp(&mut self) -> Result<Expr, ExprError> {
+        let lhs = self.unary()?;
+        let Tok::Cmp(op) = self.peek()?.tok else {
+            return Ok(lhs);
+        };
+        let start = self.next()?.start;
+        self.count_operator(start)?;
+        let rhs = self.unary()?;
+        let next = self.peek()?;
+        if let Tok::Cmp(second) = next.tok {
+            return Err(err(
+                next.start,
+                format!("`{op}` then `{second}`: comparisons do not chain; add parentheses"),
+            ));
+        }
+        Ok(Expr::Cmp(op, Box::new(lhs), Box::new(rhs)))
+    }
+
+    /// `unary := '!' unary | primary`
+    fn unary(&mut self) -> Result<Expr, ExprError> {
+        if self.peek()?.tok != Tok::Not {
+            return self.primary();
+        }
+        let start = self.next()?.start;
+        self.enter(start)?;
+        let inner = self.unary()?;
+        self.depth -= 1;
+        Ok(Expr::Not(Box::new(inner)))
+    }
+
+    /// `primary := '(' or ')' | string | number | variable`
+    fn primary(&mut self) -> Result<Expr, ExprError> {
+        let token = self.next()?;
+        match token.tok {
+            Tok::Str(s) => Ok(Expr::Str(s)),
+            Tok::Num(n) => Ok(Expr::Num(n)),
+            Tok::Var(v) => Ok(Expr::Var(v)),
+            Tok::LParen => {
+                self.enter(token.start)?;
+                let inner = self.or()?;
+                let close = self.next()?;
+                if close.tok != Tok::RParen {
+                    return Err(err(
+                        close.start,
+                        format!(
+                            "missing `)` to close the `(` at offset {}, found {}",
+                            token.start, close.tok
+                        ),
+                    ));
+                }
+                self.depth -= 1;
+                Ok(inner)
+            }
+            other => Err(err(
+                token.start,
+                format!("expected an operand, found {other}"),
+            )),
+        }
+    }
+
+    /// Opens one level of nesting (`(` or `!`) at `offset`.
+    fn enter(&mut self, offset: usize) -> Result<(), ExprError> {
+        if self.depth >= self.max_depth {
+            return Err(err(
+                offset,
+                format!("nesting deeper than {} levels", self.max_depth),
+            ));
+        }
+        self.depth += 1;
+        Ok(())
+    }
+
+    fn count_operator(&mut self, offset: usize) -> Result<(), ExprError> {
+        self.operators += 1;
+        if self.operators > MAX_OPERATORS {
+            return Err(err(
+                offset,
+                format!("more than {MAX_OPERATORS} operators"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn peek(&mut self) -> Result<&Token, ExprError> {
+        let token = match self.peeked.take() {
+            Some(token) => token,
+            None => self.lex()?,
+        };
+        Ok(self.peeked.insert(token))
+    }
+
+    fn next(&mut self) -> Result<Token, ExprError> {
+        match self.peeked.take() {
+            Some(token) => Ok(token),
+            None => self.lex(),
+        }
+    }
+
+    /// Reads the token at `self.pos`, skipping whitespace before it.
+    fn lex(&mut self) -> Result<Token, ExprError> {
+        let b = self.src.as_bytes();
+        while b.get(self.pos).is_some_and(u8::is_ascii_whitespace) {
+            self.pos += 1;
+        }
+        let start = self.pos;
+        let Some(&c) = b.get(start) else {
+            return Ok(Token {
+                tok: Tok::End,
+                start,
+            });
+        };
+        let next_is_eq = b.get(start + 1) == Some(&b'=');
+        let (tok, len) = match c {
+            b'(' => (Tok::LParen, 1),
+            b')' => (Tok::RParen, 1),
+            b'&' => (Tok::And, 1),
+            b'|' => (Tok::Or, 1),
+            b'=' if next_is_eq => (Tok::Cmp(CmpOp::Eq), 2),
+            b'!' if next_is_eq => (Tok::Cmp(CmpOp::Ne), 2),
+            b'<' if next_is_eq => (Tok::Cmp(CmpOp::Le), 2),
+            b'>' if next_is_eq => (Tok::Cmp(CmpOp::Ge), 2),
+            b'!' => (Tok::Not, 1),
+            b'<' => (Tok::Cmp(CmpOp::Lt), 1),
+            b'>' => (Tok::Cmp(CmpOp::Gt), 1),
+            b'=' => return Err(err(start, "unexpected `=` (equality is `==`)")),
+            b'\'' => self.string(start)?,
+            b'-' | b'0'..=b'9' => self.number(start)?,
+            b'$' => match parse_var_ref(&b[start..]) {
+                Some((var, len)) => (Tok::Var(var), len),
+                None => return Err(err(start, "malformed variable reference")),
+            },
+            b'A'..=b'Z' | b'a'..=b'z' | b'_' => {
+                let len = b[start..]
+                    .iter()
+                    .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_')
+                    .count();
+                let word = &self.src[start..start + len.min(40)];
+                return Err(err(
+                    start,
+                    format!("bare word `{word}`: quote strings, as in '{word}'"),
+                ));
+            }
+            _ => {
+                let ch = self.src[start..].chars().next().unwrap_or('\u{fffd}');
+                return Err(err(start, format!("unexpected character {ch:?}")));
+            }
+        };
+        self.pos = start + len;
+        Ok(Token { tok, start })
+    }
+
+    /// Lexes `'...'` at `start`, where `\'` and `\\` are escapes and any other `\` is literal.
+    fn string(&self, start: usize) -> Result<(Tok, usize), ExprError> {
+        let b = self.src.as_bytes();
+        let mut out = String::new();
+        let mut run = start + 1;
+        let mut i = start + 1;
+        loop {
+            match b.get(i) {
+                None => return Err(err(start, "unterminated string")),
+                Some(b'\'') => {
+                    out.push_str(&self.src[run..i]);
+                    return Ok((Tok::Str(out.into()), i + 1 - start));
+                }
+                Some(b'\\') if matches!(b.get(i + 1), Some(b'\'' | b'\\')) => {
+                    out.push_str(&self.src[run..i]);
+                    run = i + 1;
+                    i += 2;
+                }
+                Some(_) => i += 1,
+            }
+        }
+    }
+
+    /// Lexes `-?[0-9]+(\.[0-9]+)?` at `start`.
+    fn number(&self, start: usize) -> Result<(Tok, usize), ExprError> {
+        let b = self.src.as_bytes();
+        let digits = |from: usize| b[from..].iter().take_while(|c| c.is_ascii_digit()).count();
+        let mut i = start + usize::from(b[start] == b'-');
+        let int = digits(i);
+        if int == 0 {
+            return Err(err(start, "unexpected `-` (a number needs digits after it)"));
+        }
+        i += int;
+        if b.get(i) == Some(&b'.') {
+            let frac = digits(i + 1);
+            if frac > 0 {
+                i += 1 + frac;
+            }
+        }
+        let text = &self.src[start..i];
+        let n = text
+            .parse::<f64>()
+            .map_err(|e| err(start, format!("bad number `{text}`: {e}")))?;
+        Ok((Tok::Num(n), i - start))
+    }
+}
+
+// === impl Expr ===
+
+impl Expr {
+    /// Evaluates the test against a request.
+    ///
+    /// A comparison whose operands both read as finite numbers compares numerically, else
+    /// byte-wise as strings; it is false, for every operator, when either operand is empty or
+    /// undefined. An operand alone is true when non-empty and not `"false"` (a number: non-zero).
+    /// A boolean sub-expression used as an operand reads as `"true"` or `"false"`.
+    pub fn eval(&self, req: &Request, policy: &VarPolicy) -> bool {
+        match self {
+            Expr::Str(s) => truthy(s),
+            Expr::Num(n) => *n != 0.0,
+            Expr::Var(var) => truthy(&req.value(var, policy)),
+            Expr::Not(e) => !e.eval(req, policy),
+            Expr::And(a, b) => a.eval(req, policy) && b.eval(req, policy),
+            Expr::Or(a, b) => a.eval(req, policy) || b.eval(req, policy),
+            Expr::Cmp(op, a, b) => compare(*op, &a.value(req, policy), &b.value(req, policy)),
+        }
+    }
+
+    /// The operand value of this expression in a comparison.
+    fn value<'a>(&'a self, req: &'a Request, policy: &VarPolicy) -> Value<'a> {
+        match self {
+            Expr::Str(s) => Value::Text(Cow::Borrowed(s)),
+            Expr::Num(n) => Value::Num(*n),
+            Expr::Var(var) => Value::Text(req.value(var, policy)),
+            Expr::Not(_) | Expr::And(..) | Expr::Or(..) | Expr::Cmp(..) => {
+                let b = self.eval(req, policy);
+                Value::Text(Cow::Borrowed(if b { "true" } else { "false" }))
+            }
+        }
+    }
+}
+
+fn truthy(s: &str) -> bool {
+    if s.is_empty() || s == "false" {
+        return false;
+    }
+    match s.parse::<f64>() {
+        Ok(n) if n.is_finite() => n != 0.0,
+        _ => true,
+    }
+}
+
+fn compare(op: CmpOp, a: &Value<'_>, b: &Value<'_>) -> bool {
+    if a.is_empty() || b.is_empty() {
+        return false;
+    }
+    match (a.as_num(), b.as_num()) {
+        (Some(x), Some(y)) => op.holds(x.partial_cmp(&y)),
+        _ => op.holds(Some(a.text().as_bytes().cmp(b.text().as_bytes()))),
+    }
+}
+
+// === impl Value ===
+
+impl Value<'_> {
+    fn is_empty(&self) -> bool {
+        matches!(self, Value::Text(t) if t.is_empty())
+    }
+
+    fn as_num(&self) -> Option<f64> {
+        let n = match self {
+            Value::Num(n) => *n,
+            Value::Text(t) => t.parse::<f64>().ok()?,
+        };
+        n.is_finite().then_some(n)
+    }
+
+    fn text(&self) -> Cow<'_, str> {
+        match self {
+            Value::Text(t) => Cow::Borrowed(t),
+            Value::Num(n) => Cow::Owned(n.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn eval(s: &str, req: &Request) -> bool {
+        parse_expr(s, 32)
+            .unwrap_or_else(|e| panic!("{s:?} should parse: {e}"))
+            .eval(req, &VarPolicy::default())
+    }
+
+    fn num(n: f64) -> Box<Expr> {
+        Box::new(Expr::Num(n))
+    }
+
+    #[test]
+    fn spec_examples() {
+        let req = Request::new();
+        let cases = [
+            ("!(1==1)", false),
+            ("!('a'<='c')", false),
+            ("(1==1)|('abc'=='def')", true),
+            ("(4!=5)&(4==5)", false),
+        ];
+        for (input, want) in cases {
+            assert_eq!(eval(input, &req), want, "input: {input}");
+        }
+    }
+
+    #[test]
+    fn evaluation() {
+        let req = Request::new()
+            .with_host("example.com")
+            .with_cookie("group=Advanced; zero=0; no=false; n=10")
+            .with_query("n=10&s=abc&neg=-2.5&e=")
+            .with_accept_language("en-US,fr;q=0");
+        let cases = [
+            ("$(HTTP_COOKIE{group})=='Advanced'", true),
+            ("$(HTTP_COOKIE{group})=='advanced'", false),
+            ("$(HTTP_COOKIE{group})!='Basic'", true),
+            ("$(HTTP_HOST)=='example.com'", true),
+            ("$(HTTP_HOST) == 'example.org'", false),
+            ("$(QUERY_STRING{n}) > 5", true),
+            ("$(QUERY_STRING{n}) > '9'", true),
+            ("$(QUERY_STRING{n}) == 10.0", true),
+            ("$(QUERY_STRING{n}) == $(HTTP_COOKIE{n})", true),
+            ("$(QUERY_STRING{neg}) < -2", true),
+            ("$(QUERY_STRING{neg}) >= -2.5", true),
+            ("$(QUERY_STRING{s}) > 5", true),
+            ("'10' > '9'", true),
+            ("'10' < '9'", false),
+            ("'abc' < 'abd'", true),
+            ("'abc' >= 'abd'", false),
+            ("'B' < 'a'", true),
+            ("'a' < 'é'", true),
+            ("1 == 1.0", true),
+            ("1 <= 1", true),
+            ("2 >= 3", false),
+            ("'1e3' == 1000", true),
+            ("'inf' == 'inf'", true),
+            ("'inf' > 5", true),
+            // Empty or undefined operands make every comparison false.
+            ("'' == ''", false),
+            ("'' != 'x'", false),
+            ("$(QUERY_STRING{e}) == ''", false),
+            ("$(QUERY_STRING{e}) != 'x'", false),
+            ("$(HTTP_COOKIE{missing}) != 'x'", false),
+            ("$(HTTP_COOKIE{missing}) == $(HTTP_COOKIE{other})", false),
+            ("$(UNKNOWN) < 1", false),
+            ("!($(UNKNOWN) == 'x')", true),
+            ("$(HTTP_COOKIE{missing}|'x') == 'x'", true),
+            // Operands in boolean position.
+            ("$(HTTP_ACCEPT_LANGUAGE{en})", true),
+            ("$(HTTP_ACCEPT_LANGUAGE{fr})", false),
+            ("!$(HTTP_ACCEPT_LANGUAGE{de})", true),
+            ("$(HTTP_COOKIE{group})", true),
+            ("$(HTTP_COOKIE{zero})", false),
+            ("$(HTTP_COOKIE{no})", false),
+            ("!$(HTTP_COOKIE{x})", true),
+            ("'x'", true),
+            ("''", false),
+            ("'false'", false),
+            ("'0.0'", false),
+            ("0", false),
+            ("-1", true),
+            // Precedence: `&` binds tighter than `|`; `!` tighter than comparisons.
+            ("1==1 | 1==2 & 1==2", true),
+            ("(1==1 | 1==2) & 1==2", false),
+            ("1==2 & 1==2 | 1==1", true),
+            ("!1==2", false),
+            ("!1=='false'", true),
+            ("!(1==2)", true),
+            ("!!1", true),
+            ("(1==1)==(2==2)", true),
+            ("(1==1)=='true'", true),
+            (" ( 1 == 1 ) ", true),
+            ("'it\\'s' == \"it's\"".replace('"', "'").leak(), false),
+        ];
+        for (input, want) in cases {
+            assert_eq!(eval(input, &req), want, "input: {input}");
+        }
+    }
+
+    #[test]
+    fn parse_trees() {
+        use Expr::*;
+        let s = |v: &str| Box::new(Str(v.into()));
+        let cmp = |op, a, b| Box::new(Cmp(op, a, b));
+        let cases: Vec<(&str, Expr)> = vec![
+            ("1", Num(1.0)),
+            ("-2.5", Num(-2.5)),
+            ("007", Num(7.0)),
+            ("'a b'", Str("a b".into())),
+            ("'it\\'s'", Str("it's".into())),
+            ("'a\\\\b'", Str("a\\b".into())),
+            ("'a\\nb'", Str("a\\nb".into())),
+            ("'é'", Str("é".into())),
+            (
+                "$(HTTP_HOST)",
+                Var(VarRef {
+                    name: crate::esi::vars::VarName::Host,
+                    key: None,
+                    default: None,
+                }),
+            ),
+            ("1!=2", Cmp(CmpOp::Ne, num(1.0), num(2.0))),
+            ("1<2", Cmp(CmpOp::Lt, num(1.0), num(2.0))),
+            ("1<=2", Cmp(CmpOp::Le, num(1.0), num(2.0))),
+            ("1>2", Cmp(CmpOp::Gt, num(1.0), num(2.0))),
+            ("1>=2", Cmp(CmpOp::Ge, num(1.0), num(2.0))),
+            ("!1==2", Cmp(CmpOp::Eq, Box::new(Not(num(1.0))), num(2.0))),
+            ("!!1", Not(Box::new(Not(num(1.0))))),
+            (
+                "1==1 | 1==2 & 1==3",
+                Or(
+                    cmp(CmpOp::Eq, num(1.0), num(1.0)),
+                    Box::new(And(
+                        cmp(CmpOp::Eq, num(1.0), num(2.0)),
+                        cmp(CmpOp::Eq, num(1.0), num(3.0)),
+                    )),
+                ),
+            ),
+            ("'a'&'b'&'c'", And(Box::new(And(s("a"), s("b"))), s("c"))),
+            ("'a'|'b'|'c'", Or(Box::new(Or(s("a"), s("b"))), s("c"))),
+            ("('a'|'b')&'c'", And(Box::new(Or(s("a"), s("b"))), s("c"))),
+            ("((('a')))", Str("a".into())),
+        ];
+        for (input, want) in cases {
+            assert_eq!(parse_expr(input, 8), Ok(want), "input: {input}");
+        }
+    }
+
+    #[test]
+    fn errors() {
+        // (input, max_depth, offset, part of the message)
+        let cases = [
+            ("", 8, 0, "empty expression"),
+            ("  \t ", 8, 0, "empty expression"),
+            ("'abc", 8, 0, "unterminated string"),
+            ("1 == 'abc\\'", 8, 5, "unterminated string"),
+            ("1 # 2", 8, 2, "unexpected character '#'"),
+            ("1 == é", 8, 5, "unexpected character 'é'"),
+            ("1 = 2", 8, 2, "unexpected `=`"),
+            ("-x", 8, 0, "unexpected `-`"),
+            ("1.x", 8, 1, "unexpected character '.'"),
+            ("abc", 8, 0, "bare word `abc`"),
+            ("true", 8, 0, "bare word `true`"),
+            ("1 == abc", 8, 5, "bare word `abc`"),
+            ("$(bad)", 8, 0, "malformed variable reference"),
+            ("1 == $(HTTP_HOST", 8, 5, "malformed variable reference"),
+            ("(1==1", 8, 5, "missing `)` to close the `(` at offset 0"),
+            ("((1==1) 2", 8, 8, "missing `)` to close the `(` at offset 0, found a number"),
+            ("1==1)", 8, 4, "unexpected `)` after the expression"),
+            ("1 2", 8, 2, "unexpected a number after the expression"),
+            ("'a' 'b'", 8, 4, "unexpected a string after the expression"),
+            ("1==1==1", 8, 4, "comparisons do not chain"),
+            ("1 < 2 > 3", 8, 6, "comparisons do not chain"),
+            ("&1", 8, 0, "expected an operand, found `&`"),
+            ("1 &", 8, 3, "expected an operand, found the end of the expression"),
+            ("1 & | 2", 8, 4, "expected an operand, found `|`"),
+            ("()", 8, 1, "expected an operand, found `)`"),
+            ("1 == == 2", 8, 5, "expected an operand, found `==`"),
+            ("!", 8, 1, "expected an operand, found the end"),
+            ("(1)", 0, 0, "nesting deeper than 0 levels"),
+            ("!1", 0, 0, "nesting deeper than 0 levels"),
+            ("((1))", 1, 1, "nesting deeper than 1 levels"),
+            ("(!1)", 1, 1, "nesting deeper than 1 levels"),
+            ("!!1", 1, 1, "nesting deeper than 1 levels"),
+        ];
+        for (input, depth, offset, message) in cases {
+            let got = parse_expr(input, depth);
+            match &got {
+                Err(e) => {
+                    assert_eq!(e.offset, offset, "input: {input:?}: {e}");
+                    assert!(e.message.contains(message), "input: {input:?}: {e}");
+                }
+                Ok(expr) => panic!("input {input:?} parsed as {expr:?}"),
+            }
+        }
+        let e = parse_expr("1 == abc", 8).expect_err("bare word");
+        assert_eq!(
+            e.to_string(),
+            "bare word `abc`: quote strings, as in 'abc' at offset 5"
+        );
+    }
+
+    #[test]
+    fn depth_is_bounded() {
+        let within = format!("{}1{}", "(".repeat(32), ")".repeat(32));
+        assert_eq!(parse_expr(&within, 32), Ok(Expr::Num(1.0)));
+        assert!(parse_expr(&within, 31).is_err());
+        // 10,000 levels must fail fast, not overflow the stack, whatever max_depth says.
+        for deep in [
+            format!("{}1{}", "(".repeat(10_000), ")".repeat(10_000)),
+            "(".repeat(10_000),
+            format!("{}1", "!".repeat(10_000)),
+            format!("{}1", "!(".repeat(10_000)),
+        ] {
+            for max_depth in [32, usize::MAX] {
+                let e = parse_expr(&deep, max_depth).expect_err("too deep");
+                assert!(e.message.contains("nesting deeper than"), "{e}");
+                assert!(e.offset <= HARD_MAX_DEPTH * 2, "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn operator_count_is_bounded() {
+        let req = Request::new();
+        let chain = |n: usize| vec!["1==1"; n].join("&");
+        // n comparisons joined by n-1 `&`: 2n-1 operators.
+        let ok = chain(MAX_OPERATORS / 2);
+        assert!(eval(&ok, &req));
+        let e = parse_expr(&chain(100_000), 32).expect_err("too long");
+        assert!(e.message.contains("operators"), "{e}");
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_input_never_panics(s in any::<String>(), raw in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let req = Request::new().with_query(s.clone()).with_cookie(s.clone());
+            for text in [s.clone(), String::from_utf8_lossy(&raw).into_owned()] {
+                for depth in [0, 4, usize::MAX] {
+                    if let Ok(expr) = parse_expr(&text, depth) {
+                        let _ = expr.eval(&req, &VarPolicy::default());
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn expression_like_input_never_panics(
+            s in "([()!&|<>=' $\\\\]|==|!=|<=|>=|-?[0-9]{1,3}(\\.[0-9])?|'[a-z]{0,3}'|\\$\\(QUERY_STRING\\{n\\}\\)|[a-z])*"
+        ) {
+            let req = Request::new().with_query("n=5");
+            if let Ok(expr) = parse_expr(&s, 16) {
+                let _ = expr.eval(&req, &VarPolicy::default());
+            }
+        }
+    }
+}

@@ -1,0 +1,954 @@
+//! The ESI parser: turns scanner tokens into a flat, always well-nested stream of [`Event`]s (so a
+//! proxy can start a fetch the moment an include's tag is complete) and builds [`Template`]s.
+//! Checks nesting and attributes. In strict mode the first problem is an error; in lenient mode
+//! each problem is recorded and has one documented outcome. No I/O.
+//!
+//! Lenient outcomes, one per problem:
+//! - unknown `esi:` element: its tag markup is dropped (start and end), its content kept;
+//! - stray end tag: dropped; mismatched end tag: the elements opened inside it are closed first;
+//! - unclosed element at end of input: closed there (`esi:remove`: everything after it dropped;
+//!   `<!--esi`: its content kept);
+//! - `include` without `src`: dropped; a bad `onerror` value: treated as absent;
+//! - an element where its parent does not allow it (`when` outside `choose`, `attempt` outside
+//!   `try`, a second `except`, an include directly in `choose` ...): dropped with its content;
+//! - nesting deeper than `max_depth`: the element is dropped with its content;
+//! - a `when` whose test is missing or does not parse: the branch is never taken;
+//! - text directly inside `try` or `choose`: dropped (whitespace silently);
+//! - content inside `<esi:include>..</esi:include>`: the include is closed before it;
+//! - an ESI tag longer than `max_tag_bytes` or cut off by the end: left as literal text.
+
+use bytes::{Bytes, BytesMut};
+use quick_xml::events::attributes::Attributes;
+
+use super::ast::{Include, Node, OnError, Template, When};
+use super::expr::{parse_expr, Expr, ExprError};
+use super::scan::{Pos, ScanProblem, Scanner, Token};
+use super::vars::{split_vars, Segment, VarString};
+
+/// How problems in the markup are handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// The first problem is an error (lint, tests).
+    Strict,
+    /// Problems are recorded and given their documented outcome; parsing never fails (the proxy).
+    #[default]
+    Lenient,
+}
+
+/// Parser settings and bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseOptions {
+    /// Strict or lenient. Default: lenient.
+    pub mode: Mode,
+    /// Deepest nesting of ESI block elements. Default: 32.
+    pub max_depth: usize,
+    /// Deepest nesting of parentheses and `!` in a test. Default: 32.
+    pub max_expr_depth: usize,
+    /// Longest ESI tag, attributes included. Default: 16384.
+    pub max_tag_bytes: usize,
+    /// Longest run of text inside `esi:vars` between two tags. Default: 262144.
+    pub max_vars_bytes: usize,
+    /// How many diagnostics are kept (all are counted). Default: 64.
+    pub max_diagnostics: usize,
+}
+
+/// How serious a problem is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// Not wrong, but probably not what was meant.
+    Warning,
+    /// Malformed ESI.
+    Error,
+}
+
+/// A problem in ESI markup.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    /// An `esi:` element the language does not define.
+    #[error("unknown element <esi:{0}>")]
+    UnknownElement(String),
+    /// A block still open at the end of input.
+    #[error("<esi:{0}> is not closed")]
+    Unclosed(&'static str),
+    /// An end tag with no open element of that name.
+    #[error("</esi:{0}> has no matching start tag")]
+    StrayEndTag(String),
+    /// An end tag for an element that is open, but not innermost.
+    #[error("</esi:{found}> while <esi:{open}> is still open")]
+    MismatchedEndTag {
+        /// The innermost open element.
+        open: &'static str,
+        /// The end tag met.
+        found: &'static str,
+    },
+    /// `<esi:include>` without `src`.
+    #[error("<esi:include> without src")]
+    MissingSrc,
+    /// `<esi:when>` without `test`.
+    #[error("<esi:when> without test")]
+    MissingTest,
+    /// A `test` that does not parse.
+    #[error("bad test expression: {0}")]
+    BadExpression(ExprError),
+    /// An element where its parent does not allow it.
+    #[error("<esi:{element}> is not allowed {place}")]
+    Misplaced {
+        /// The element.
+        element: &'static str,
+        /// Where it was, in words.
+        place: &'static str,
+    },
+    /// Nesting deeper than `max_depth`.
+    #[error("nesting deeper than {0} ESI elements")]
+    TooDeep(usize),
+    /// An ESI tag longer than `max_tag_bytes`.
+    #[error("ESI tag longer than {0} bytes")]
+    TagTooLong(usize),
+    /// An ESI tag cut off by the end of input.
+    #[error("ESI tag not terminated by '>'")]
+    UnterminatedTag,
+    /// `<!--esi` without `-->`.
+    #[error("<!--esi is not closed by -->")]
+    UnclosedEsiComment,
+    /// Non-blank text directly inside `try` or `choose`.
+    #[error("text directly inside <esi:{0}> is dropped")]
+    TextInBlock(&'static str),
+    /// A `try` without one of its two branches.
+    #[error("<esi:try> without <esi:{0}>")]
+    TryWithout(&'static str),
+    /// A `choose` without any `when`.
+    #[error("<esi:choose> without <esi:when>")]
+    EmptyChoose,
+    /// Attributes that do not parse.
+    #[error("bad attributes on <esi:{element}>: {message}")]
+    BadAttribute {
+        /// The element.
+        element: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// An `onerror` other than `continue`.
+    #[error("onerror={0:?} is ignored: only \"continue\" is defined")]
+    BadOnError(String),
+    /// An `esi:vars` text run longer than `max_vars_bytes`.
+    #[error("text inside <esi:vars> longer than {0} bytes")]
+    VarsTooLong(usize),
+    /// ESI markup inside `esi:remove`, which is dropped unprocessed.
+    #[error("ESI markup inside <esi:remove> is dropped unprocessed")]
+    EsiInsideRemove,
+}
+
+/// A problem and where it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{line}:{col}: {problem}")]
+pub struct Diagnostic {
+    /// Line, from 1.
+    pub line: u32,
+    /// Byte column, from 1.
+    pub col: u32,
+    /// What is wrong.
+    pub problem: Problem,
+}
+
+/// A strict-mode parse failure: the first problem met, with its line and column.
+pub type ParseError = Diagnostic;
+
+/// One step of a parsed document, in document order. Block starts and ends always pair up and
+/// nest as the language requires, whatever the input, so a consumer can trust the structure.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Literal bytes (a slice of the input).
+    Text(Bytes),
+    /// Text inside `esi:vars` that holds variables.
+    Vars(Vec<Segment<Bytes>>),
+    /// A complete `<esi:include>`.
+    Include(Include),
+    /// `<esi:try>`.
+    TryStart,
+    /// `<esi:attempt>`.
+    AttemptStart,
+    /// `</esi:attempt>`.
+    AttemptEnd,
+    /// `<esi:except>`.
+    ExceptStart,
+    /// `</esi:except>`.
+    ExceptEnd,
+    /// `</esi:try>`.
+    TryEnd,
+    /// `<esi:choose>`.
+    ChooseStart,
+    /// `<esi:when>`.
+    WhenStart {
+        /// The parsed test; `None` (never taken) when it did not parse in lenient mode.
+        test: Option<Expr>,
+        /// The test as written.
+        source: Box<str>,
+    },
+    /// `</esi:when>`.
+    WhenEnd,
+    /// `<esi:otherwise>`.
+    OtherwiseStart,
+    /// `</esi:otherwise>`.
+    OtherwiseEnd,
+    /// `</esi:choose>`.
+    ChooseEnd,
+    /// `<esi:inline>`.
+    InlineStart {
+        /// The `name` attribute.
+        name: Box<str>,
+        /// The `fetchable` attribute.
+        fetchable: bool,
+    },
+    /// `</esi:inline>`.
+    InlineEnd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Try,
+    Attempt,
+    Except,
+    Choose,
+    When,
+    Otherwise,
+    Vars,
+    Inline,
+    /// `<esi:include ...>` written with an end tag.
+    Include,
+    /// `<esi:comment ...>` written with an end tag: its content is dropped.
+    Comment,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    kind: Kind,
+    pos: Pos,
+    /// try: attempt seen; choose: a when seen.
+    first: bool,
+    /// try: except seen; choose: otherwise seen.
+    second: bool,
+}
+
+/// An element being dropped with its content: everything up to its matching end tag.
+#[derive(Debug, Clone, Copy)]
+struct Skip {
+    kind: Kind,
+    pos: Pos,
+    nested: u32,
+}
+
+/// The incremental parser. Feed chunks with [`Parser::feed`], then call [`Parser::finish`].
+#[derive(Debug)]
+pub struct Parser {
+    opts: ParseOptions,
+    scanner: Scanner,
+    tokens: Vec<Token>,
+    stack: Vec<Frame>,
+    skip: Option<Skip>,
+    vars_depth: usize,
+    vars_text: Vec<Bytes>,
+    vars_len: usize,
+    diagnostics: Vec<Diagnostic>,
+    problem_count: usize,
+}
+
+/// Builds the tree of a [`Template`] from a well-nested [`Event`] stream.
+#[derive(Debug, Default)]
+pub struct TemplateBuilder {
+    root: Vec<Node>,
+    stack: Vec<(Open, Vec<Node>)>,
+}
+
+#[derive(Debug)]
+enum Open {
+    Try { attempt: Vec<Node>, except: Vec<Node> },
+    Attempt,
+    Except,
+    Choose { whens: Vec<When>, otherwise: Option<Vec<Node>> },
+    When { test: Option<Expr>, source: Box<str> },
+    Otherwise,
+    Inline { name: Box<str>, fetchable: bool },
+}
+
+/// Parses a whole document.
+///
+/// # Errors
+/// In strict mode, the first problem, with its line and column. Lenient mode never fails.
+pub fn parse(input: Bytes, opts: &ParseOptions) -> Result<Template, ParseError> {
+    let mut parser = Parser::new(opts.clone());
+    let mut events = Vec::new();
+    parser.feed(input, &mut events)?;
+    parser.finish(&mut events)?;
+    let mut builder = TemplateBuilder::default();
+    for e in events {
+        builder.push(e);
+    }
+    let mut template = builder.finish();
+    template.problem_count = parser.problem_count;
+    template.diagnostics = parser.diagnostics;
+    Ok(template)
+}
+
+// === impl ParseOptions ===
+
+impl Default for ParseOptions {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Lenient,
+            max_depth: 32,
+            max_expr_depth: 32,
+            max_tag_bytes: 16 * 1024,
+            max_vars_bytes: 256 * 1024,
+            max_diagnostics: 64,
+        }
+    }
+}
+
+impl ParseOptions {
+    /// The defaults in strict mode.
+    pub fn strict() -> Self {
+        Self { mode: Mode::Strict, ..Self::default() }
+    }
+}
+
+// === impl Problem ===
+
+impl Problem {
+    /// Whether the problem makes the markup malformed or is only suspicious.
+    pub fn severity(&self) -> Severity {
+        match self {
+            Problem::BadOnError(_) | Problem::EsiInsideRemove => Severity::Warning,
+            _ => Severity::Error,
+        }
+    }
+}
+
+// === impl Kind ===
+
+impl Kind {
+    fn from_name(name: &[u8]) -> Option<Kind> {
+        Some(match name {
+            b"try" => Kind::Try,
+            b"attempt" => Kind::Attempt,
+            b"except" => Kind::Except,
+            b"choose" => Kind::Choose,
+            b"when" => Kind::When,
+            b"otherwise" => Kind::Otherwise,
+            b"vars" => Kind::Vars,
+            b"inline" => Kind::Inline,
+            b"include" => Kind::Include,
+            b"comment" => Kind::Comment,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Try => "try",
+            Kind::Attempt => "attempt",
+            Kind::Except => "except",
+            Kind::Choose => "choose",
+            Kind::When => "when",
+            Kind::Otherwise => "otherwise",
+            Kind::Vars => "vars",
+            Kind::Inline => "inline",
+            Kind::Include => "include",
+            Kind::Comment => "comment",
+        }
+    }
+
+    /// Whether text and ordinary elements may appear directly inside.
+    fn holds_content(self) -> bool {
+        !matches!(self, Kind::Try | Kind::Choose | Kind::Include | Kind::Comment)
+    }
+}
+
+// === impl Parser ===
+
+impl Parser {
+    /// A parser with the given options.
+    pub fn new(opts: ParseOptions) -> Self {
+        Self {
+            scanner: Scanner::new(opts.max_tag_bytes),
+            opts,
+            tokens: Vec::new(),
+            stack: Vec::new(),
+            skip: None,
+            vars_depth: 0,
+            vars_text: Vec::new(),
+            vars_len: 0,
+            diagnostics: Vec::new(),
+            problem_count: 0,
+        }
+    }
+
+    /// Parses the next chunk of the body, appending complete events to `out`.
+    ///
+    /// # Errors
+    /// In strict mode, the first problem met.
+    pub fn feed(&mut self, chunk: Bytes, out: &mut Vec<Event>) -> Result<(), ParseError> {
+        let mut tokens = std::mem::take(&mut self.tokens);
+        self.scanner.feed(chunk, &mut tokens);
+        let result = self.handle_all(&mut tokens, out);
+        tokens.clear();
+        self.tokens = tokens;
+        result
+    }
+
+    /// Ends the input: closes what is still open and reports it.
+    ///
+    /// # Errors
+    /// In strict mode, the first problem met.
+    pub fn finish(&mut self, out: &mut Vec<Event>) -> Result<(), ParseError> {
+        let mut tokens = std::mem::take(&mut self.tokens);
+        self.scanner.finish(&mut tokens);
+        self.handle_all(&mut tokens, out)?;
+        self.flush_vars(out)?;
+        if let Some(skip) = self.skip.take() {
+            self.problem(skip.pos, Problem::Unclosed(skip.kind.name()))?;
+        }
+        while let Some(frame) = self.stack.last().copied() {
+            self.problem(frame.pos, Problem::Unclosed(frame.kind.name()))?;
+            self.close_top(out)?;
+        }
+        Ok(())
+    }
+
+    /// Problems recorded so far (lenient mode; warnings in both modes), at most `max_diagnostics`.
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        &self.diagnostics
+    }
+
+    /// How many errors were met in all (lenient mode).
+    pub fn problem_count(&self) -> usize {
+        self.problem_count
+    }
+
+    fn handle_all(&mut self, tokens: &mut Vec<Token>, out: &mut Vec<Event>) -> Result<(), ParseError> {
+        for token in tokens.drain(..) {
+            self.handle(token, out)?;
+        }
+        Ok(())
+    }
+
+    fn problem(&mut self, pos: Pos, problem: Problem) -> Result<(), ParseError> {
+        let diag = Diagnostic { line: pos.line, col: pos.col, problem };
+        let is_error = diag.problem.severity() == Severity::Error;
+        if is_error && self.opts.mode == Mode::Strict {
+            return Err(diag);
+        }
+        if is_error {
+            self.problem_count += 1;
+        }
+        if self.diagnostics.len() < self.opts.max_diagnostics {
+            self.diagnostics.push(diag);
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, token: Token, out: &mut Vec<Event>) -> Result<(), ParseError> {
+        match token {
+            Token::Text(text) => self.text(text, out),
+            Token::Start { name, attrs, self_closing, pos } => {
+                if let Some(skip) = &mut self.skip {
+                    if !self_closing && Kind::from_name(&name) == Some(skip.kind) {
+                        skip.nested += 1;
+                    }
+                    return Ok(());
+                }
+                self.flush_vars(out)?;
+                self.close_open_include(out)?;
+                self.start(&name, &attrs, self_closing, pos, out)
+            }
+            Token::End { name, pos } => {
+                if let Some(skip) = &mut self.skip {
+                    if Kind::from_name(&name) == Some(skip.kind) {
+                        if skip.nested == 0 {
+                            self.skip = None;
+                        } else {
+                            skip.nested -= 1;
+                        }
+                    }
+                    return Ok(());
+                }
+                self.flush_vars(out)?;
+                if Kind::from_name(&name) != Some(Kind::Include) {
+                    self.close_open_include(out)?;
+                }
+                self.end(&name, pos, out)
+            }
+            Token::Remove { pos, contains_esi } => {
+                if contains_esi {
+                    self.problem(pos, Problem::EsiInsideRemove)?;
+                }
+                Ok(())
+            }
+            Token::EsiCommentOpen(_) | Token::EsiCommentClose(_) => Ok(()),
+            Token::Malformed { problem, pos } => {
+                let problem = match problem {
+                    ScanProblem::TagTooLong => Problem::TagTooLong(self.opts.max_tag_bytes),
+                    ScanProblem::UnterminatedTag => Problem::UnterminatedTag,
+                    ScanProblem::UnclosedRemove => Problem::Unclosed("remove"),
+                    ScanProblem::UnclosedEsiComment => Problem::UnclosedEsiComment,
+                };
+                self.problem(pos, problem)
+            }
+        }
+    }
+
+    fn text(&mut self, text: Bytes, out: &mut Vec<Event>) -> Result<(), ParseError> {
+        if self.skip.is_some() {
+            return Ok(());
+        }
+        let blank = text.iter().all(u8::is_ascii_whitespace);
+        if let Some(top) = self.stack.last().copied() {
+            if top.kind == Kind::Include && !blank {
+                self.close_open_include(out)?;
+            } else if !top.kind.holds_content() {
+                if !blank {
+                    // Text has no position of its own; the enclosing tag's is the useful one.
+                    self.problem(top.pos, Problem::TextInBlock(top.kind.name()))?;
+                }
+                return Ok(());
+            }
+        }
+        if self.vars_depth > 0 {
+            self.vars_len += text.len();
+            self.vars_text.push(text);
+            if self.vars_len > self.opts.max_vars_bytes {
+                let pos = self.stack.last().map(|f| f.pos).unwrap_or_default();
+                self.problem(pos, Problem::VarsTooLong(self.opts.max_vars_bytes))?;
+                self.flush_vars(out)?;
+            }
+        } else {
+            out.push(Event::Text(text));
+        }
+        Ok(())
+    }
+
+    /// Emits buffered `esi:vars` text, split into literals and variables.
+    fn flush_vars(&mut self, out: &mut Vec<Event>) -> Result<(), ParseError> {
+        if self.vars_text.is_empty() {
+            return Ok(());
+        }
+        let text = if self.vars_text.len() == 1 {
+            self.vars_text.pop().expect("one piece")
+        } else {
+            let mut joined = BytesMut::with_capacity(self.vars_len);
+            for piece in self.vars_text.drain(..) {
+                joined.extend_from_slice(&piece);
+            }
+            joined.freeze()
+        };
+        self.vars_text.clear();
+        self.vars_len = 0;
+        out.push(match split_vars(&text) {
+            Some(segments) => Event::Vars(segments),
+            None => Event::Text(text),
+        });
+        Ok(())
+    }
+
+    /// A `<esi:include ...>` written with an end tag is closed by anything but blank text.
+    fn close_open_include(&mut self, out: &mut Vec<Event>) -> Result<(), ParseError> {
+        if let Some(top) = self.stack.last().copied() {
+            if top.kind == Kind::Include {
+                self.problem(top.pos, Problem::Unclosed("include"))?;
+                self.close_top(out)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn depth(&self) -> usize {
+        self.stack.len()
+    }
+
+    fn start(
+        &mut self,
+        name: &[u8],
+        attrs: &[u8],
+        self_closing: bool,
+        pos: Pos,
+        out: &mut Vec<Event>,
+    ) -> Result<(), ParseError> {
+        if name == b"remove" {
+            // `<esi:remove/>`: empty; the scanner drops the block form whole.
+            return Ok(());
+        }
+        let Some(kind) = Kind::from_name(name) else {
+            let name = String::from_utf8_lossy(name).into_owned();
+            return self.problem(pos, Problem::UnknownElement(name));
+        };
+        let parent = self.stack.last().copied();
+        let parent_kind = parent.map(|f| f.kind);
+        // Where may this element stand?
+        let place = match kind {
+            Kind::Comment => None,
+            Kind::Attempt | Kind::Except => match parent {
+                Some(f) if f.kind == Kind::Try => {
+                    let seen = if kind == Kind::Attempt { f.first } else { f.second };
+                    seen.then_some("twice in one <esi:try>")
+                }
+                _ => Some("outside <esi:try>"),
+            },
+            Kind::When | Kind::Otherwise => match parent {
+                Some(f) if f.kind == Kind::Choose => {
+                    if f.second {
+                        Some("after <esi:otherwise>")
+                    } else {
+                        None
+                    }
+                }
+                _ => Some("outside <esi:choose>"),
+            },
+            _ => match parent_kind {
+                Some(Kind::Try) => Some("directly inside <esi:try>"),
+                Some(Kind::Choose) => Some("directly inside <esi:choose>"),
+                _ => None,
+            },
+        };
+        if let Some(place) = place {
+            self.problem(pos, Problem::Misplaced { element: kind.name(), place })?;
+            if !self_closing {
+                self.skip = Some(Skip { kind, pos, nested: 0 });
+            }
+            return Ok(());
+        }
+        match kind {
+            Kind::Comment => {
+                if !self_closing {
+                    self.skip = Some(Skip { kind, pos, nested: 0 });
+                }
+                Ok(())
+            }
+            Kind::Include => {
+                match self.include(attrs, pos)? {
+                    Some(inc) => {
+                        out.push(Event::Include(inc));
+                        if !self_closing {
+                            self.stack.push(Frame { kind, pos, first: false, second: false });
+                        }
+                    }
+                    None if !self_closing => self.skip = Some(Skip { kind, pos, nested: 0 }),
+                    None => {}
+                }
+                Ok(())
+            }
+            _ => {
+                if self.depth() >= self.opts.max_depth {
+                    self.problem(pos, Problem::TooDeep(self.opts.max_depth))?;
+                    if !self_closing {
+                        self.skip = Some(Skip { kind, pos, nested: 0 });
+                    }
+                    return Ok(());
+                }
+                let event = match kind {
+                    Kind::Try => Some(Event::TryStart),
+                    Kind::Attempt => Some(Event::AttemptStart),
+                    Kind::Except => Some(Event::ExceptStart),
+                    Kind::Choose => Some(Event::ChooseStart),
+                    Kind::Otherwise => Some(Event::OtherwiseStart),
+                    Kind::When => Some(self.when(attrs, pos)?),
+                    Kind::Inline => Some(self.inline(attrs, pos)?),
+                    Kind::Vars | Kind::Include | Kind::Comment => None,
+                };
+                if let Some(parent) = self.stack.last_mut() {
+                    match kind {
+                        Kind::Attempt | Kind::When => parent.first = true,
+                        Kind::Except | Kind::Otherwise => parent.second = true,
+                        _ => {}
+                    }
+                }
+                if let Some(event) = event {
+                    out.push(event);
+                }
+                self.stack.push(Frame { kind, pos, first: false, second: false });
+                if kind == Kind::Vars {
+                    self.vars_depth += 1;
+                }
+                if self_closing {
+                    self.close_top(out)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn end(&mut self, name: &[u8], pos: Pos, out: &mut Vec<Event>) -> Result<(), ParseError> {
+        let Some(kind) = Kind::from_name(name) else {
+            let name = String::from_utf8_lossy(name).into_owned();
+            return if name == "remove" {
+                self.problem(pos, Problem::StrayEndTag(name))
+            } else {
+                self.problem(pos, Problem::UnknownElement(name))
+            };
+        };
+        let Some(at) = self.stack.iter().rposition(|f| f.kind == kind) else {
+            return self.problem(pos, Problem::StrayEndTag(kind.name().to_owned()));
+        };
+        if at + 1 != self.stack.len() {
+            let open = self.stack.last().map_or("?", |f| f.kind.name());
+            self.problem(pos, Problem::MismatchedEndTag { open, found: kind.name() })?;
+            while self.stack.len() > at + 1 {
+                self.close_top(out)?;
+            }
+        }
+        self.close_top(out)
+    }
+
+    /// Closes the innermost open element, checking what it required.
+    fn close_top(&mut self, out: &mut Vec<Event>) -> Result<(), ParseError> {
+        self.flush_vars(out)?;
+        let Some(frame) = self.stack.pop() else { return Ok(()) };
+        let event = match frame.kind {
+            Kind::Try => {
+                if !frame.first {
+                    self.problem(frame.pos, Problem::TryWithout("attempt"))?;
+                }
+                if !frame.second {
+                    self.problem(frame.pos, Problem::TryWithout("except"))?;
+                }
+                Some(Event::TryEnd)
+            }
+            Kind::Choose => {
+                if !frame.first {
+                    self.problem(frame.pos, Problem::EmptyChoose)?;
+                }
+                Some(Event::ChooseEnd)
+            }
+            Kind::Attempt => Some(Event::AttemptEnd),
+            Kind::Except => Some(Event::ExceptEnd),
+            Kind::When => Some(Event::WhenEnd),
+            Kind::Otherwise => Some(Event::OtherwiseEnd),
+            Kind::Inline => Some(Event::InlineEnd),
+            Kind::Vars => {
+                self.vars_depth -= 1;
+                None
+            }
+            Kind::Include | Kind::Comment => None,
+        };
+        if let Some(event) = event {
+            out.push(event);
+        }
+        Ok(())
+    }
+
+    fn include(&mut self, raw: &[u8], pos: Pos) -> Result<Option<Include>, ParseError> {
+        let attrs = match attributes(raw) {
+            Ok(a) => a,
+            Err(message) => {
+                self.problem(pos, Problem::BadAttribute { element: "include", message })?;
+                return Ok(None);
+            }
+        };
+        let mut inc = Include {
+            src: VarString { segments: Vec::new() },
+            alt: None,
+            onerror: OnError::Fail,
+            maxwait_ms: None,
+            line: pos.line,
+            col: pos.col,
+        };
+        let mut has_src = false;
+        for (key, value) in attrs {
+            match key.as_str() {
+                "src" => {
+                    inc.src = VarString::parse(&value);
+                    has_src = true;
+                }
+                "alt" => inc.alt = Some(VarString::parse(&value)),
+                "onerror" if value == "continue" => inc.onerror = OnError::Continue,
+                "onerror" => self.problem(pos, Problem::BadOnError(value))?,
+                "maxwait" => match value.trim().parse::<u64>() {
+                    Ok(ms) => inc.maxwait_ms = Some(ms),
+                    Err(_) => {
+                        let message = format!("maxwait={value:?} is not a number of milliseconds");
+                        self.problem(pos, Problem::BadAttribute { element: "include", message })?;
+                    }
+                },
+                // Other attributes (ttl, no-store, ...) belong to other dialects and are ignored.
+                _ => {}
+            }
+        }
+        if !has_src || inc.src.as_constant() == Some("") {
+            self.problem(pos, Problem::MissingSrc)?;
+            return Ok(None);
+        }
+        Ok(Some(inc))
+    }
+
+    fn when(&mut self, raw: &[u8], pos: Pos) -> Result<Event, ParseError> {
+        let attrs = match attributes(raw) {
+            Ok(a) => a,
+            Err(message) => {
+                self.problem(pos, Problem::BadAttribute { element: "when", message })?;
+                Vec::new()
+            }
+        };
+        let Some((_, source)) = attrs.into_iter().find(|(k, _)| k == "test") else {
+            self.problem(pos, Problem::MissingTest)?;
+            return Ok(Event::WhenStart { test: None, source: "".into() });
+        };
+        let test = match parse_expr(&source, self.opts.max_expr_depth) {
+            Ok(expr) => Some(expr),
+            Err(e) => {
+                self.problem(pos, Problem::BadExpression(e))?;
+                None
+            }
+        };
+        Ok(Event::WhenStart { test, source: source.into() })
+    }
+
+    fn inline(&mut self, raw: &[u8], pos: Pos) -> Result<Event, ParseError> {
+        let attrs = match attributes(raw) {
+            Ok(a) => a,
+            Err(message) => {
+                self.problem(pos, Problem::BadAttribute { element: "inline", message })?;
+                Vec::new()
+            }
+        };
+        let mut name = String::new();
+        let mut fetchable = false;
+        for (key, value) in attrs {
+            match key.as_str() {
+                "name" => name = value,
+                "fetchable" => fetchable = value.eq_ignore_ascii_case("yes"),
+                _ => {}
+            }
+        }
+        Ok(Event::InlineStart { name: name.into(), fetchable })
+    }
+}
+
+/// Parses a tag's attributes (HTML syntax: quoted either way, unquoted, or bare) into lowercase
+/// names and entity-decoded values.
+fn attributes(raw: &[u8]) -> Result<Vec<(String, String)>, String> {
+    let text = String::from_utf8_lossy(raw);
+    let mut found = Vec::new();
+    for attr in Attributes::html(&text, 0) {
+        let attr = attr.map_err(|e| e.to_string())?;
+        let key = String::from_utf8_lossy(attr.key.as_ref()).to_ascii_lowercase();
+        let value = decode_entities(&String::from_utf8_lossy(&attr.value));
+        found.push((key, value));
+    }
+    Ok(found)
+}
+
+/// Decodes HTML character references: named (`&amp;`, `&nbsp;` ...), decimal and hex. As in HTML,
+/// an `&` that starts no known reference stays as it is.
+pub fn decode_entities(s: &str) -> String {
+    if !s.contains('&') {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        rest = &rest[amp..];
+        let decoded = rest[1..].find(';').filter(|end| *end <= 32).and_then(|end| {
+            let entity = &rest[1..=end];
+            let ch = if let Some(num) = entity.strip_prefix('#') {
+                let code = match num.strip_prefix(['x', 'X']) {
+                    Some(hex) => u32::from_str_radix(hex, 16).ok(),
+                    None => num.parse::<u32>().ok(),
+                };
+                code.and_then(char::from_u32).map(String::from)
+            } else {
+                quick_xml::escape::resolve_html5_entity(entity).map(str::to_owned)
+            };
+            ch.map(|c| (c, end + 2))
+        });
+        match decoded {
+            Some((text, used)) => {
+                out.push_str(&text);
+                rest = &rest[used..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+// === impl TemplateBuilder ===
+
+impl TemplateBuilder {
+    /// Adds the next event. Events out of structure (which [`Parser`] never emits) are ignored.
+    pub fn push(&mut self, event: Event) {
+        match event {
+            Event::Text(b) => self.current().push(Node::Text(b)),
+            Event::Vars(s) => self.current().push(Node::Vars(s)),
+            Event::Include(inc) => self.current().push(Node::Include(inc)),
+            Event::TryStart => self.open(Open::Try { attempt: Vec::new(), except: Vec::new() }),
+            Event::AttemptStart => self.open(Open::Attempt),
+            Event::ExceptStart => self.open(Open::Except),
+            Event::ChooseStart => self.open(Open::Choose { whens: Vec::new(), otherwise: None }),
+            Event::WhenStart { test, source } => self.open(Open::When { test, source }),
+            Event::OtherwiseStart => self.open(Open::Otherwise),
+            Event::InlineStart { name, fetchable } => self.open(Open::Inline { name, fetchable }),
+            Event::AttemptEnd
+            | Event::ExceptEnd
+            | Event::WhenEnd
+            | Event::OtherwiseEnd
+            | Event::TryEnd
+            | Event::ChooseEnd
+            | Event::InlineEnd => self.close(),
+        }
+    }
+
+    /// The finished template (diagnostics are the parser's to add).
+    pub fn finish(mut self) -> Template {
+        while !self.stack.is_empty() {
+            self.close();
+        }
+        Template { nodes: self.root, diagnostics: Vec::new(), problem_count: 0 }
+    }
+
+    fn current(&mut self) -> &mut Vec<Node> {
+        match self.stack.last_mut() {
+            Some((_, nodes)) => nodes,
+            None => &mut self.root,
+        }
+    }
+
+    fn open(&mut self, open: Open) {
+        self.stack.push((open, Vec::new()));
+    }
+
+    fn close(&mut self) {
+        let Some((open, body)) = self.stack.pop() else { return };
+        match open {
+            Open::Try { attempt, except } => self.current().push(Node::Try { attempt, except }),
+            Open::Choose { whens, otherwise } => self.current().push(Node::Choose { whens, otherwise }),
+            Open::Inline { name, fetchable } => self.current().push(Node::Inline { name, fetchable, body }),
+            Open::Attempt => {
+                if let Some((Open::Try { attempt, .. }, _)) = self.stack.last_mut() {
+                    *attempt = body;
+                }
+            }
+            Open::Except => {
+                if let Some((Open::Try { except, .. }, _)) = self.stack.last_mut() {
+                    *except = body;
+                }
+            }
+            Open::When { test, source } => {
+                if let Some((Open::Choose { whens, .. }, _)) = self.stack.last_mut() {
+                    whens.push(When { test, source, body });
+                }
+            }
+            Open::Otherwise => {
+                if let Some((Open::Choose { otherwise, .. }, _)) = self.stack.last_mut() {
+                    *otherwise = Some(body);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "parse_tests.rs"]
+mod tests;

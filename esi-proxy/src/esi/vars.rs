@@ -1,0 +1,1275 @@
+//! ESI variables (ESI 1.0 §5): parsing `$(NAME{key}|default)` references, reading their values
+//! from a [`Request`] under a [`VarPolicy`], and rendering them into URLs and HTML.
+//! Pure: no I/O. Malformed references are never errors; they stay literal text.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::Range;
+
+use bytes::Bytes;
+
+/// The longest `$(...)` reference recognised, in bytes; anything longer stays literal text, which
+/// bounds the work a single `$` can cost.
+const MAX_REF_BYTES: usize = 4096;
+
+/// A variable's name. The six names of ESI 1.0 §5; any other well-formed name is kept as
+/// [`VarName::Unknown`] and evaluates as missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VarName {
+    /// `HTTP_ACCEPT_LANGUAGE`; with a key, `"true"` or `"false"`.
+    AcceptLanguage,
+    /// `HTTP_COOKIE`; with a key, one cookie's value.
+    Cookie,
+    /// `HTTP_HOST`.
+    Host,
+    /// `HTTP_REFERER`.
+    Referer,
+    /// `HTTP_USER_AGENT`; keys `browser`, `os`, `version`.
+    UserAgent,
+    /// `QUERY_STRING`; with a key, one decoded parameter.
+    QueryString,
+    /// Any other `[A-Z_][A-Z0-9_]*` name (evaluates empty).
+    Unknown(Box<str>),
+}
+
+/// One variable reference: `$(NAME)`, `$(NAME{key})`, `$(NAME|default)` or `$(NAME{key}|default)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VarRef {
+    /// The variable.
+    pub name: VarName,
+    /// The dictionary key inside `{}`, unquoted.
+    pub key: Option<Box<str>>,
+    /// The value used when the variable is missing or empty, unquoted.
+    pub default: Option<Box<str>>,
+}
+
+/// A piece of text that may hold variables: literal text or one reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment<T> {
+    /// Text copied as written.
+    Literal(T),
+    /// A variable reference, replaced by its value.
+    Var(VarRef),
+}
+
+/// An attribute value (src, alt) that may hold variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VarString {
+    /// Literal runs and references in source order; adjacent literals are merged and none is empty.
+    pub segments: Vec<Segment<Box<str>>>,
+}
+
+/// What a request exposes to ESI variables. Built by the server from the client request's headers.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    host: Option<String>,
+    query: Option<String>,
+    cookie: Option<String>,
+    referer: Option<String>,
+    user_agent: Option<String>,
+    accept_language: Option<String>,
+}
+
+/// Which cookie names `HTTP_COOKIE{name}` may read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CookieAccess {
+    /// Every cookie.
+    All,
+    /// Only these names (compared exactly); any other cookie reads as missing.
+    Only(Vec<String>),
+}
+
+/// What variables may reveal and how their values are inserted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VarPolicy {
+    /// Which cookies `HTTP_COOKIE{name}` may read. Default: [`CookieAccess::All`].
+    pub cookies: CookieAccess,
+    /// Whether a bare `$(HTTP_COOKIE)` yields the whole Cookie header (it may carry session
+    /// tokens). Default: false.
+    pub whole_cookie_header: bool,
+    /// Insert values unescaped into URLs and HTML. Default: false.
+    pub raw_output: bool,
+}
+
+/// Why a rendered value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VarError {
+    /// The URL after substitution would split a request line or header.
+    #[error("`src` after substitution holds whitespace or a control character: {0:?}")]
+    UnsafeUrl(String),
+}
+
+// === impl VarName ===
+
+impl VarName {
+    /// Maps a name as written to the variable it denotes.
+    fn from_name(name: &str) -> VarName {
+        match name {
+            "HTTP_ACCEPT_LANGUAGE" => VarName::AcceptLanguage,
+            "HTTP_COOKIE" => VarName::Cookie,
+            "HTTP_HOST" => VarName::Host,
+            "HTTP_REFERER" => VarName::Referer,
+            "HTTP_USER_AGENT" => VarName::UserAgent,
+            "QUERY_STRING" => VarName::QueryString,
+            other => VarName::Unknown(other.into()),
+        }
+    }
+
+    /// The name as written in a template.
+    pub fn as_str(&self) -> &str {
+        match self {
+            VarName::AcceptLanguage => "HTTP_ACCEPT_LANGUAGE",
+            VarName::Cookie => "HTTP_COOKIE",
+            VarName::Host => "HTTP_HOST",
+            VarName::Referer => "HTTP_REFERER",
+            VarName::UserAgent => "HTTP_USER_AGENT",
+            VarName::QueryString => "QUERY_STRING",
+            VarName::Unknown(name) => name,
+        }
+    }
+}
+
+// === impl VarRef ===
+
+/// Parse one `$(...)` reference starting at `s[0] == '$'`; returns the VarRef and bytes consumed,
+/// or None if malformed (including longer than 4096 bytes or not UTF-8).
+pub fn parse_var_ref(s: &[u8]) -> Option<(VarRef, usize)> {
+    let s = &s[..s.len().min(MAX_REF_BYTES)];
+    if !s.starts_with(b"$(") {
+        return None;
+    }
+    let mut i = 2;
+    let name_start = i;
+    match s.get(i) {
+        Some(b'A'..=b'Z' | b'_') => i += 1,
+        _ => return None,
+    }
+    while let Some(b'A'..=b'Z' | b'0'..=b'9' | b'_') = s.get(i) {
+        i += 1;
+    }
+    // The name is ASCII by construction.
+    let name = VarName::from_name(std::str::from_utf8(&s[name_start..i]).ok()?);
+
+    let mut key = None;
+    if s.get(i) == Some(&b'{') {
+        i += 1;
+        let (k, next) = if s.get(i) == Some(&b'\'') {
+            let end = i + 1 + memchr::memchr(b'\'', &s[i + 1..])?;
+            (&s[i + 1..end], end + 1)
+        } else {
+            let len = s[i..]
+                .iter()
+                .position(|&b| !is_bare_key_byte(b))
+                .unwrap_or(s.len() - i);
+            (&s[i..i + len], i + len)
+        };
+        if k.is_empty() || s.get(next) != Some(&b'}') {
+            return None;
+        }
+        key = Some(Box::from(std::str::from_utf8(k).ok()?));
+        i = next + 1;
+    }
+
+    let mut default = None;
+    if s.get(i) == Some(&b'|') {
+        i += 1;
+        let (d, next) = if s.get(i) == Some(&b'\'') {
+            let end = i + 1 + memchr::memchr(b'\'', &s[i + 1..])?;
+            (&s[i + 1..end], end + 1)
+        } else {
+            let len = memchr::memchr(b')', &s[i..])?;
+            let d = &s[i..i + len];
+            if d.iter().any(|b| matches!(b, b'(' | b'$' | b'\'')) {
+                return None;
+            }
+            (d, i + len)
+        };
+        default = Some(Box::from(std::str::from_utf8(d).ok()?));
+        i = next;
+    }
+
+    if s.get(i) != Some(&b')') {
+        return None;
+    }
+    Some((VarRef { name, key, default }, i + 1))
+}
+
+/// A byte allowed in an unquoted key: not a delimiter, whitespace or control character.
+fn is_bare_key_byte(b: u8) -> bool {
+    !matches!(b, b'}' | b')' | b'\'' | 0..=0x20 | 0x7f)
+}
+
+/// Finds the next well-formed reference at or after `from`: its byte range and value.
+fn next_var(s: &[u8], mut from: usize) -> Option<(Range<usize>, VarRef)> {
+    while let Some(off) = memchr::memchr(b'$', s.get(from..)?) {
+        let start = from + off;
+        if let Some((var, len)) = parse_var_ref(&s[start..]) {
+            return Some((start..start + len, var));
+        }
+        from = start + 1;
+    }
+    None
+}
+
+impl fmt::Display for VarRef {
+    /// Writes the reference in source form; keys and defaults are quoted unless they cannot be.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "$({}", self.name.as_str())?;
+        if let Some(key) = &self.key {
+            if !key.is_empty() && key.bytes().all(is_bare_key_byte) {
+                write!(f, "{{{key}}}")?;
+            } else {
+                write!(f, "{{'{key}'}}")?;
+            }
+        }
+        if let Some(default) = &self.default {
+            if default.contains('\'') {
+                write!(f, "|{default}")?;
+            } else {
+                write!(f, "|'{default}'")?;
+            }
+        }
+        f.write_str(")")
+    }
+}
+
+// === impl VarString ===
+
+impl VarString {
+    /// Parses an attribute value; never fails: malformed `$(` stays literal text.
+    pub fn parse(s: &str) -> VarString {
+        let bytes = s.as_bytes();
+        let mut segments = Vec::new();
+        let mut pos = 0;
+        while let Some((range, var)) = next_var(bytes, pos) {
+            if range.start > pos {
+                // Reference delimiters are ASCII, so these are char boundaries.
+                segments.push(Segment::Literal(Box::from(&s[pos..range.start])));
+            }
+            segments.push(Segment::Var(var));
+            pos = range.end;
+        }
+        if pos < s.len() {
+            segments.push(Segment::Literal(Box::from(&s[pos..])));
+        }
+        VarString { segments }
+    }
+
+    /// The text when it holds no variable (an empty string gives `Some("")`).
+    pub fn as_constant(&self) -> Option<&str> {
+        match self.segments.as_slice() {
+            [] => Some(""),
+            [Segment::Literal(text)] => Some(text),
+            _ => None,
+        }
+    }
+
+    /// The variable references, in source order.
+    pub fn vars(&self) -> impl Iterator<Item = &VarRef> {
+        self.segments.iter().filter_map(|seg| match seg {
+            Segment::Var(var) => Some(var),
+            Segment::Literal(_) => None,
+        })
+    }
+}
+
+impl fmt::Display for VarString {
+    /// Writes the source form, e.g. `/p?id=$(QUERY_STRING{id}|'x')`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for seg in &self.segments {
+            match seg {
+                Segment::Literal(text) => f.write_str(text)?,
+                Segment::Var(var) => write!(f, "{var}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Splits text from inside `<esi:vars>` into literal slices of `text` (zero-copy) and variables.
+/// Returns None when the text holds no well-formed variable reference.
+pub fn split_vars(text: &Bytes) -> Option<Vec<Segment<Bytes>>> {
+    let (first, var) = next_var(text, 0)?;
+    let mut segments = Vec::with_capacity(4);
+    if first.start > 0 {
+        segments.push(Segment::Literal(text.slice(..first.start)));
+    }
+    segments.push(Segment::Var(var));
+    let mut pos = first.end;
+    while let Some((range, var)) = next_var(text, pos) {
+        if range.start > pos {
+            segments.push(Segment::Literal(text.slice(pos..range.start)));
+        }
+        segments.push(Segment::Var(var));
+        pos = range.end;
+    }
+    if pos < text.len() {
+        segments.push(Segment::Literal(text.slice(pos..)));
+    }
+    Some(segments)
+}
+
+// === impl Request ===
+
+impl Request {
+    /// A request with no headers: every variable is missing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the Host header.
+    pub fn with_host(mut self, v: impl Into<String>) -> Self {
+        self.host = Some(v.into());
+        self
+    }
+
+    /// Sets the raw query string, without the leading `?`.
+    pub fn with_query(mut self, v: impl Into<String>) -> Self {
+        self.query = Some(v.into());
+        self
+    }
+
+    /// Adds a raw Cookie header; a second call appends, joined with `"; "`.
+    pub fn with_cookie(mut self, v: impl Into<String>) -> Self {
+        append(&mut self.cookie, v.into(), "; ");
+        self
+    }
+
+    /// Sets the Referer header.
+    pub fn with_referer(mut self, v: impl Into<String>) -> Self {
+        self.referer = Some(v.into());
+        self
+    }
+
+    /// Sets the User-Agent header.
+    pub fn with_user_agent(mut self, v: impl Into<String>) -> Self {
+        self.user_agent = Some(v.into());
+        self
+    }
+
+    /// Adds an Accept-Language header; a second call appends, joined with `", "` (HTTP list rules).
+    pub fn with_accept_language(mut self, v: impl Into<String>) -> Self {
+        append(&mut self.accept_language, v.into(), ", ");
+        self
+    }
+
+    /// The variable's raw value (no escaping) with the policy applied; the default when the value
+    /// is missing or empty; "" when neither.
+    pub fn value(&self, var: &VarRef, policy: &VarPolicy) -> Cow<'_, str> {
+        match self.lookup(var, policy) {
+            Some(v) if !v.is_empty() => v,
+            _ => match &var.default {
+                Some(d) => Cow::Owned(d.to_string()),
+                None => Cow::Borrowed(""),
+            },
+        }
+    }
+
+    /// The value before defaults; None when missing or hidden by the policy.
+    fn lookup(&self, var: &VarRef, policy: &VarPolicy) -> Option<Cow<'_, str>> {
+        let key = var.key.as_deref();
+        match &var.name {
+            VarName::AcceptLanguage => match key {
+                // Never missing, so a default never replaces "false".
+                Some(lang) => {
+                    let header = self.accept_language.as_deref().unwrap_or("");
+                    let listed = accepts_language(header, lang);
+                    Some(Cow::Borrowed(if listed { "true" } else { "false" }))
+                }
+                None => borrowed(&self.accept_language),
+            },
+            VarName::Cookie => match key {
+                Some(name) if policy.cookies.allows(name) => {
+                    cookie_value(self.cookie.as_deref()?, name).map(Cow::Borrowed)
+                }
+                Some(_) => None,
+                None if policy.whole_cookie_header => borrowed(&self.cookie),
+                None => None,
+            },
+            VarName::Host => borrowed(&self.host),
+            VarName::Referer => borrowed(&self.referer),
+            VarName::UserAgent => {
+                let ua = self.user_agent.as_deref().unwrap_or("");
+                match key {
+                    None => borrowed(&self.user_agent),
+                    Some(k) if k.eq_ignore_ascii_case("browser") => {
+                        Some(Cow::Borrowed(ua_browser(ua).as_str()))
+                    }
+                    Some(k) if k.eq_ignore_ascii_case("os") => Some(Cow::Borrowed(ua_os(ua))),
+                    Some(k) if k.eq_ignore_ascii_case("version") => {
+                        Some(Cow::Borrowed(ua_version(ua)))
+                    }
+                    Some(_) => None,
+                }
+            }
+            VarName::QueryString => match key {
+                None => borrowed(&self.query),
+                Some(name) => query_param(self.query.as_deref()?, name),
+            },
+            VarName::Unknown(_) => None,
+        }
+    }
+}
+
+fn borrowed(v: &Option<String>) -> Option<Cow<'_, str>> {
+    v.as_deref().map(Cow::Borrowed)
+}
+
+fn append(slot: &mut Option<String>, v: String, sep: &str) {
+    match slot {
+        Some(existing) if !existing.is_empty() => {
+            existing.push_str(sep);
+            existing.push_str(&v);
+        }
+        _ => *slot = Some(v),
+    }
+}
+
+/// The value of cookie `name` in a Cookie header (`a=1; b=2`); the first match wins.
+fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header.split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k.trim() == name).then(|| v.trim())
+    })
+}
+
+/// Parameter `name` of a raw query string, percent-decoded with `+` as space; the first match
+/// wins and a parameter without `=` has value "".
+fn query_param<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k) == name).then(|| percent_decode(v))
+    })
+}
+
+/// Decodes `%XX` and `+`; a `%` not followed by two hex digits stays as written. Borrows when
+/// there is nothing to decode.
+fn percent_decode(s: &str) -> Cow<'_, str> {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(s);
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (b.get(i + 1).and_then(hex_val), b.get(i + 2).and_then(hex_val)) {
+                (Some(hi), Some(lo)) => {
+                    out.push((hi << 4) | lo);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            other => out.push(other),
+        }
+        i += 1;
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn hex_val(b: &u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Whether an Accept-Language header lists `lang`: a listed tag matches when equal to the key or
+/// when the key is its prefix up to a `-` (listed `en-US` matches `en`; listed `en` does not match
+/// `en-us`), ignoring case. `q=0` entries and `*` do not count.
+fn accepts_language(header: &str, lang: &str) -> bool {
+    if lang.is_empty() {
+        return false;
+    }
+    header.split(',').any(|entry| {
+        let mut parts = entry.split(';');
+        let tag = parts.next().unwrap_or("").trim();
+        if tag.is_empty() || tag == "*" {
+            return false;
+        }
+        let refused = parts.any(|p| {
+            let p = p.trim();
+            let q = match p.split_once('=') {
+                Some((k, v)) if k.trim().eq_ignore_ascii_case("q") => v.trim(),
+                _ => return false,
+            };
+            // An unreadable weight counts as accepted, like a missing one.
+            q.parse::<f64>().is_ok_and(|q| q <= 0.0)
+        });
+        if refused {
+            return false;
+        }
+        match tag.get(..lang.len()) {
+            Some(prefix) if prefix.eq_ignore_ascii_case(lang) => {
+                tag.len() == lang.len() || tag.as_bytes()[lang.len()] == b'-'
+            }
+            _ => false,
+        }
+    })
+}
+
+// === User-Agent ===
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Browser {
+    Msie,
+    Mozilla,
+    Other,
+}
+
+impl Browser {
+    fn as_str(self) -> &'static str {
+        match self {
+            Browser::Msie => "MSIE",
+            Browser::Mozilla => "MOZILLA",
+            Browser::Other => "OTHER",
+        }
+    }
+}
+
+fn ua_browser(ua: &str) -> Browser {
+    if ua.contains("MSIE ") || ua.contains("Trident/") {
+        Browser::Msie
+    } else if ua.starts_with("Mozilla/") {
+        Browser::Mozilla
+    } else {
+        Browser::Other
+    }
+}
+
+fn ua_os(ua: &str) -> &'static str {
+    const WIN: [&str; 5] = ["Windows", "Win32", "Win64", "Win98", "Win95"];
+    const UNIX: [&str; 6] = ["X11", "Linux", "BSD", "SunOS", "Unix", "UNIX"];
+    if WIN.iter().any(|w| ua.contains(w)) {
+        "WIN"
+    } else if ua.contains("Mac") {
+        "MAC"
+    } else if UNIX.iter().any(|u| ua.contains(u)) {
+        "UNIX"
+    } else {
+        "OTHER"
+    }
+}
+
+fn ua_version(ua: &str) -> &str {
+    /// The text after `marker` up to a space, `;` or `)`.
+    fn after<'a>(ua: &'a str, marker: &str) -> Option<&'a str> {
+        let rest = &ua[ua.find(marker)? + marker.len()..];
+        let end = rest.find([' ', ';', ')']).unwrap_or(rest.len());
+        Some(&rest[..end])
+    }
+    let version = match ua_browser(ua) {
+        Browser::Msie => after(ua, "MSIE ").or_else(|| after(ua, "rv:")),
+        Browser::Mozilla => after(ua, "Mozilla/"),
+        Browser::Other => ua.split_ascii_whitespace().find_map(|token| {
+            let (product, version) = token.split_once('/')?;
+            let end = version.find([';', ')']).unwrap_or(version.len());
+            let version = &version[..end];
+            (!product.is_empty() && !version.is_empty()).then_some(version)
+        }),
+    };
+    version.unwrap_or("")
+}
+
+// === impl CookieAccess / VarPolicy ===
+
+impl CookieAccess {
+    /// Whether cookie `name` may be read.
+    pub fn allows(&self, name: &str) -> bool {
+        match self {
+            CookieAccess::All => true,
+            CookieAccess::Only(names) => names.iter().any(|n| n == name),
+        }
+    }
+}
+
+impl Default for VarPolicy {
+    /// Every cookie by name, no whole Cookie header, escaped output.
+    fn default() -> Self {
+        VarPolicy {
+            cookies: CookieAccess::All,
+            whole_cookie_header: false,
+            raw_output: false,
+        }
+    }
+}
+
+// === rendering ===
+
+/// Renders a src/alt: literals as written, each variable's value percent-encoded (all bytes except
+/// ASCII alphanumerics and `-._~`), except a whole `$(QUERY_STRING)`, which keeps `&`, `=`, `+`,
+/// `%` so a query string passes through. With `policy.raw_output`, values are inserted unencoded.
+///
+/// # Errors
+///
+/// [`VarError::UnsafeUrl`] if the result contains ASCII whitespace or a control character
+/// (below 0x20, or 0x7f), which could split or smuggle the fragment request.
+pub fn render_url(s: &VarString, req: &Request, policy: &VarPolicy) -> Result<String, VarError> {
+    let mut out = String::new();
+    for seg in &s.segments {
+        match seg {
+            Segment::Literal(text) => out.push_str(text),
+            Segment::Var(var) => {
+                let value = req.value(var, policy);
+                if policy.raw_output {
+                    out.push_str(&value);
+                } else {
+                    let whole_query = var.name == VarName::QueryString && var.key.is_none();
+                    percent_encode(&value, whole_query, &mut out);
+                }
+            }
+        }
+    }
+    if out.bytes().any(|b| b.is_ascii_whitespace() || b < 0x20 || b == 0x7f) {
+        return Err(VarError::UnsafeUrl(out));
+    }
+    Ok(out)
+}
+
+fn percent_encode(value: &str, keep_query: bool, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in value.as_bytes() {
+        let keep = b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'_' | b'~')
+            || (keep_query && matches!(b, b'&' | b'=' | b'+' | b'%'));
+        if keep {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+    }
+}
+
+/// Appends esi:vars text: literal segments copied as is, variable values HTML-escaped
+/// (`& < > " '` → `&amp; &lt; &gt; &quot; &#39;`) unless `policy.raw_output`.
+pub fn render_html(
+    segments: &[Segment<Bytes>],
+    req: &Request,
+    policy: &VarPolicy,
+    out: &mut Vec<u8>,
+) {
+    for seg in segments {
+        match seg {
+            Segment::Literal(text) => out.extend_from_slice(text),
+            Segment::Var(var) => {
+                let value = req.value(var, policy);
+                if policy.raw_output {
+                    out.extend_from_slice(value.as_bytes());
+                } else {
+                    escape_html(&value, out);
+                }
+            }
+        }
+    }
+}
+
+/// Appends `s` with `& < > " '` replaced by `&amp; &lt; &gt; &quot; &#39;`.
+pub fn escape_html(s: &str, out: &mut Vec<u8>) {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let entity: &[u8] = match b {
+            b'&' => b"&amp;",
+            b'<' => b"&lt;",
+            b'>' => b"&gt;",
+            b'"' => b"&quot;",
+            b'\'' => b"&#39;",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(entity);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn var(s: &str) -> VarRef {
+        parse_var_ref(s.as_bytes()).expect("test reference is well-formed").0
+    }
+
+    fn r(name: VarName, key: Option<&str>, default: Option<&str>) -> VarRef {
+        VarRef {
+            name,
+            key: key.map(Box::from),
+            default: default.map(Box::from),
+        }
+    }
+
+    #[test]
+    fn parse_var_ref_forms() {
+        use VarName::*;
+        let cases: &[(&str, VarRef, usize)] = &[
+            ("$(HTTP_HOST)", r(Host, None, None), 12),
+            ("$(HTTP_HOST)tail", r(Host, None, None), 12),
+            ("$(HTTP_REFERER)", r(Referer, None, None), 15),
+            ("$(HTTP_USER_AGENT{os})", r(UserAgent, Some("os"), None), 22),
+            ("$(HTTP_ACCEPT_LANGUAGE{en-US})", r(AcceptLanguage, Some("en-US"), None), 30),
+            ("$(HTTP_COOKIE{id})", r(Cookie, Some("id"), None), 18),
+            ("$(HTTP_COOKIE{'a b'})", r(Cookie, Some("a b"), None), 21),
+            ("$(HTTP_COOKIE{'}'})", r(Cookie, Some("}"), None), 19),
+            ("$(QUERY_STRING)", r(QueryString, None, None), 15),
+            ("$(QUERY_STRING{id}|'x')", r(QueryString, Some("id"), Some("x")), 23),
+            ("$(QUERY_STRING{id}|x y)", r(QueryString, Some("id"), Some("x y")), 23),
+            ("$(QUERY_STRING|'a)b')", r(QueryString, None, Some("a)b")), 21),
+            ("$(QUERY_STRING|'it$(x')", r(QueryString, None, Some("it$(x")), 23),
+            ("$(HTTP_HOST|)", r(Host, None, Some("")), 13),
+            ("$(HTTP_HOST|'')", r(Host, None, Some("")), 15),
+            ("$(HTTP_HOST{k}|d)", r(Host, Some("k"), Some("d")), 17),
+            ("$(FOO_1)", r(Unknown("FOO_1".into()), None, None), 8),
+            ("$(_X)", r(Unknown("_X".into()), None, None), 5),
+            ("$(HTTP_COOKIE{naïve}|café)", r(Cookie, Some("naïve"), Some("café")), 28),
+        ];
+        for (input, want, len) in cases {
+            let got = parse_var_ref(input.as_bytes());
+            assert_eq!(got, Some((want.clone(), *len)), "input: {input}");
+        }
+    }
+
+    #[test]
+    fn parse_var_ref_malformed() {
+        let cases = [
+            "",
+            "$",
+            "$(",
+            "$()",
+            "(HTTP_HOST)",
+            "$ (HTTP_HOST)",
+            "$(http_host)",
+            "$(1A)",
+            "$(HTTP_HOST",
+            "$(HTTP_HOST }",
+            "$(HTTP_HOST{})",
+            "$(HTTP_HOST{''})",
+            "$(HTTP_HOST{a b})",
+            "$(HTTP_HOST{a)",
+            "$(HTTP_HOST{'a})",
+            "$(HTTP_HOST{'a'x})",
+            "$(HTTP_HOST{a}x)",
+            "$(HTTP_HOST |x)",
+            "$(HTTP_HOST| a(b)",
+            "$(HTTP_HOST|a$b)",
+            "$(HTTP_HOST|it's)",
+            "$(HTTP_HOST|'x'y)",
+            "$(HTTP_HOST|'unterminated)",
+            "$(HTTP_HOST|no close",
+        ];
+        for input in cases {
+            assert_eq!(parse_var_ref(input.as_bytes()), None, "input: {input:?}");
+        }
+        assert_eq!(parse_var_ref(b"$(HTTP_HOST|\xff)"), None, "invalid UTF-8");
+    }
+
+    #[test]
+    fn parse_var_ref_length_bound() {
+        let fits = format!("$(HTTP_HOST|'{}')", "a".repeat(MAX_REF_BYTES - 15));
+        assert_eq!(fits.len(), MAX_REF_BYTES);
+        assert!(parse_var_ref(fits.as_bytes()).is_some());
+        let long = format!("$(HTTP_HOST|'{}')", "a".repeat(MAX_REF_BYTES));
+        assert_eq!(parse_var_ref(long.as_bytes()), None);
+        assert_eq!(VarString::parse(&long).as_constant(), Some(long.as_str()));
+    }
+
+    #[test]
+    fn var_string_parse_and_display() {
+        // (input, segments as "L:text" / "V:source", display)
+        let cases: &[(&str, &[&str], &str)] = &[
+            ("", &[], ""),
+            ("/plain", &["L:/plain"], "/plain"),
+            (
+                "/p?id=$(QUERY_STRING{id}|'x')",
+                &["L:/p?id=", "V:$(QUERY_STRING{id}|'x')"],
+                "/p?id=$(QUERY_STRING{id}|'x')",
+            ),
+            (
+                "/p?id=$(QUERY_STRING{id}|x)",
+                &["L:/p?id=", "V:$(QUERY_STRING{id}|'x')"],
+                "/p?id=$(QUERY_STRING{id}|'x')",
+            ),
+            (
+                "$(HTTP_HOST)$(HTTP_REFERER)",
+                &["V:$(HTTP_HOST)", "V:$(HTTP_REFERER)"],
+                "$(HTTP_HOST)$(HTTP_REFERER)",
+            ),
+            ("cost: $5 $(", &["L:cost: $5 $("], "cost: $5 $("),
+            ("$(lower) x", &["L:$(lower) x"], "$(lower) x"),
+            (
+                "$($(HTTP_HOST))",
+                &["L:$(", "V:$(HTTP_HOST)", "L:)"],
+                "$($(HTTP_HOST))",
+            ),
+            (
+                "a$(HTTP_HOST{k)$(HTTP_HOST)b",
+                &["L:a$(HTTP_HOST{k)", "V:$(HTTP_HOST)", "L:b"],
+                "a$(HTTP_HOST{k)$(HTTP_HOST)b",
+            ),
+            (
+                "$(HTTP_COOKIE{'a b'}|x y)",
+                &["V:$(HTTP_COOKIE{'a b'}|'x y')"],
+                "$(HTTP_COOKIE{'a b'}|'x y')",
+            ),
+            ("$(HTTP_COOKIE{a}|it's)", &["L:$(HTTP_COOKIE{a}|it's)"], "$(HTTP_COOKIE{a}|it's)"),
+            ("é$(HTTP_HOST)é", &["L:é", "V:$(HTTP_HOST)", "L:é"], "é$(HTTP_HOST)é"),
+        ];
+        for (input, want, display) in cases {
+            let vs = VarString::parse(input);
+            let got: Vec<String> = vs
+                .segments
+                .iter()
+                .map(|s| match s {
+                    Segment::Literal(t) => format!("L:{t}"),
+                    Segment::Var(v) => format!("V:{v}"),
+                })
+                .collect();
+            assert_eq!(got, *want, "input: {input}");
+            assert_eq!(vs.to_string(), *display, "input: {input}");
+            assert_eq!(VarString::parse(&vs.to_string()), vs, "round trip: {input}");
+            let has_var = want.iter().any(|s| s.starts_with("V:"));
+            assert_eq!(vs.as_constant().is_none(), has_var, "input: {input}");
+            assert_eq!(vs.vars().count(), want.iter().filter(|s| s.starts_with("V:")).count());
+        }
+        assert_eq!(VarString::parse("").as_constant(), Some(""));
+        assert_eq!(VarString::parse("/a$b").as_constant(), Some("/a$b"));
+    }
+
+    #[test]
+    fn split_vars_segments() {
+        let cases: &[(&str, Option<&[&str]>)] = &[
+            ("", None),
+            ("no variables here", None),
+            ("price $5, $( and $(lower)", None),
+            ("$(HTTP_HOST)", Some(&["V:HTTP_HOST"])),
+            ("Hi $(HTTP_COOKIE{name}|'you')!", Some(&["L:Hi ", "V:HTTP_COOKIE", "L:!"])),
+            (
+                "$(X$(HTTP_HOST)$(QUERY_STRING)",
+                Some(&["L:$(X", "V:HTTP_HOST", "V:QUERY_STRING"]),
+            ),
+        ];
+        for (input, want) in cases {
+            let got = split_vars(&Bytes::copy_from_slice(input.as_bytes())).map(|segs| {
+                segs.iter()
+                    .map(|s| match s {
+                        Segment::Literal(b) => format!("L:{}", String::from_utf8_lossy(b)),
+                        Segment::Var(v) => format!("V:{}", v.name.as_str()),
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let want = want.map(|w| w.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            assert_eq!(got, want, "input: {input}");
+        }
+    }
+
+    #[test]
+    fn split_vars_is_zero_copy() {
+        let text = Bytes::from_static(b"<p>Hello $(HTTP_COOKIE{name}), from $(HTTP_HOST).</p>");
+        let range = text.as_ptr_range();
+        let segments = split_vars(&text).expect("text holds variables");
+        let mut literals = 0;
+        for seg in &segments {
+            if let Segment::Literal(b) = seg {
+                let r = b.as_ptr_range();
+                assert!(range.start <= r.start && r.end <= range.end, "literal copied: {b:?}");
+                literals += 1;
+            }
+        }
+        assert_eq!(literals, 3);
+    }
+
+    #[test]
+    fn request_values() {
+        let req = Request::new()
+            .with_host("example.com")
+            .with_referer("https://ref.example/")
+            .with_query("a=1&b=x+y%21&c&a=2&e=%E2%82%AC&bad=%ff%zz&k%5B%5D=arr&empty=")
+            .with_cookie("id=42;  group = Advanced ; empty=")
+            .with_cookie("id=shadowed; last=1")
+            .with_user_agent("curl/8.4.0")
+            .with_accept_language("en-US, fr;q=0.5");
+        let policy = VarPolicy::default();
+        let cases: &[(&str, &str)] = &[
+            ("$(HTTP_HOST)", "example.com"),
+            ("$(HTTP_HOST{ignored})", "example.com"),
+            ("$(HTTP_REFERER)", "https://ref.example/"),
+            ("$(HTTP_COOKIE{id})", "42"),
+            ("$(HTTP_COOKIE{group})", "Advanced"),
+            ("$(HTTP_COOKIE{last})", "1"),
+            ("$(HTTP_COOKIE{ID})", ""),
+            ("$(HTTP_COOKIE{missing}|'dflt')", "dflt"),
+            ("$(HTTP_COOKIE{empty}|dflt)", "dflt"),
+            ("$(HTTP_COOKIE)", ""),
+            ("$(HTTP_COOKIE|hidden)", "hidden"),
+            (
+                "$(QUERY_STRING)",
+                "a=1&b=x+y%21&c&a=2&e=%E2%82%AC&bad=%ff%zz&k%5B%5D=arr&empty=",
+            ),
+            ("$(QUERY_STRING{a})", "1"),
+            ("$(QUERY_STRING{A})", ""),
+            ("$(QUERY_STRING{b})", "x y!"),
+            ("$(QUERY_STRING{c})", ""),
+            ("$(QUERY_STRING{c}|'none')", "none"),
+            ("$(QUERY_STRING{e})", "€"),
+            ("$(QUERY_STRING{bad})", "\u{fffd}%zz"),
+            ("$(QUERY_STRING{k[]})", "arr"),
+            ("$(QUERY_STRING{empty}|d)", "d"),
+            ("$(QUERY_STRING{nope})", ""),
+            ("$(HTTP_ACCEPT_LANGUAGE)", "en-US, fr;q=0.5"),
+            ("$(HTTP_ACCEPT_LANGUAGE{en})", "true"),
+            ("$(HTTP_ACCEPT_LANGUAGE{de}|'x')", "false"),
+            ("$(HTTP_USER_AGENT)", "curl/8.4.0"),
+            ("$(HTTP_USER_AGENT{browser})", "OTHER"),
+            ("$(HTTP_USER_AGENT{nope}|d)", "d"),
+            ("$(UNKNOWN_VAR)", ""),
+            ("$(UNKNOWN_VAR|'d')", "d"),
+        ];
+        for (src, want) in cases {
+            assert_eq!(req.value(&var(src), &policy), *want, "var: {src}");
+        }
+    }
+
+    #[test]
+    fn missing_headers_give_defaults() {
+        let req = Request::new();
+        let policy = VarPolicy {
+            whole_cookie_header: true,
+            ..VarPolicy::default()
+        };
+        let cases: &[(&str, &str)] = &[
+            ("$(HTTP_HOST)", ""),
+            ("$(HTTP_HOST|h)", "h"),
+            ("$(HTTP_COOKIE|c)", "c"),
+            ("$(HTTP_COOKIE{a}|c)", "c"),
+            ("$(QUERY_STRING|q)", "q"),
+            ("$(QUERY_STRING{a}|q)", "q"),
+            ("$(HTTP_REFERER|r)", "r"),
+            ("$(HTTP_USER_AGENT|u)", "u"),
+            ("$(HTTP_USER_AGENT{browser}|u)", "OTHER"),
+            ("$(HTTP_USER_AGENT{os}|u)", "OTHER"),
+            ("$(HTTP_USER_AGENT{version}|u)", "u"),
+            ("$(HTTP_ACCEPT_LANGUAGE|l)", "l"),
+            ("$(HTTP_ACCEPT_LANGUAGE{en}|l)", "false"),
+        ];
+        for (src, want) in cases {
+            assert_eq!(req.value(&var(src), &policy), *want, "var: {src}");
+        }
+    }
+
+    #[test]
+    fn cookie_policy() {
+        let req = Request::new().with_cookie("session=s3cr3t; group=gold; theme=dark");
+        let only = CookieAccess::Only(vec!["group".into(), "theme".into()]);
+        // (policy cookies, whole header, var, want)
+        let cases: &[(&CookieAccess, bool, &str, &str)] = &[
+            (&CookieAccess::All, false, "$(HTTP_COOKIE{session})", "s3cr3t"),
+            (&CookieAccess::All, false, "$(HTTP_COOKIE)", ""),
+            (&CookieAccess::All, false, "$(HTTP_COOKIE|none)", "none"),
+            (
+                &CookieAccess::All,
+                true,
+                "$(HTTP_COOKIE)",
+                "session=s3cr3t; group=gold; theme=dark",
+            ),
+            (&only, false, "$(HTTP_COOKIE{group})", "gold"),
+            (&only, false, "$(HTTP_COOKIE{theme})", "dark"),
+            (&only, false, "$(HTTP_COOKIE{session})", ""),
+            (&only, false, "$(HTTP_COOKIE{session}|'no')", "no"),
+            (&only, false, "$(HTTP_COOKIE{GROUP})", ""),
+            (&CookieAccess::Only(vec![]), false, "$(HTTP_COOKIE{group})", ""),
+        ];
+        for (cookies, whole, src, want) in cases {
+            let policy = VarPolicy {
+                cookies: (*cookies).clone(),
+                whole_cookie_header: *whole,
+                raw_output: false,
+            };
+            assert_eq!(req.value(&var(src), &policy), *want, "var: {src}, {policy:?}");
+        }
+    }
+
+    #[test]
+    fn user_agents() {
+        // (User-Agent, browser, os, version)
+        let cases: &[(&str, &str, &str, &str)] = &[
+            (
+                "Mozilla/4.0 (compatible; MSIE 6.0; Windows NT 5.1; SV1)",
+                "MSIE",
+                "WIN",
+                "6.0",
+            ),
+            (
+                "Mozilla/4.0 (compatible; MSIE 8.0; Windows NT 6.1; Trident/4.0)",
+                "MSIE",
+                "WIN",
+                "8.0",
+            ),
+            (
+                "Mozilla/5.0 (Windows NT 10.0; WOW64; Trident/7.0; rv:11.0) like Gecko",
+                "MSIE",
+                "WIN",
+                "11.0",
+            ),
+            ("Mozilla/4.0 (compatible; MSIE 5.23; Mac_PowerPC)", "MSIE", "MAC", "5.23"),
+            (
+                "Mozilla/5.0 (X11; Linux x86_64; rv:109.0) Gecko/20100101 Firefox/115.0",
+                "MOZILLA",
+                "UNIX",
+                "5.0",
+            ),
+            (
+                "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) \
+                 Chrome/120.0.0.0 Safari/537.36",
+                "MOZILLA",
+                "WIN",
+                "5.0",
+            ),
+            (
+                "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like \
+                 Gecko) Version/17.1 Safari/605.1.15",
+                "MOZILLA",
+                "MAC",
+                "5.0",
+            ),
+            (
+                "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 \
+                 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1",
+                "MOZILLA",
+                "MAC",
+                "5.0",
+            ),
+            (
+                "Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) \
+                 Chrome/120.0.0.0 Mobile Safari/537.36",
+                "MOZILLA",
+                "UNIX",
+                "5.0",
+            ),
+            (
+                "Mozilla/5.0 (X11; FreeBSD amd64; rv:120.0) Gecko/20100101 Firefox/120.0",
+                "MOZILLA",
+                "UNIX",
+                "5.0",
+            ),
+            (
+                "Opera/9.80 (Windows NT 6.1; U; en) Presto/2.10.289 Version/12.00",
+                "OTHER",
+                "WIN",
+                "9.80",
+            ),
+            ("curl/8.4.0", "OTHER", "OTHER", "8.4.0"),
+            (
+                "Googlebot/2.1 (+http://www.google.com/bot.html)",
+                "OTHER",
+                "OTHER",
+                "2.1",
+            ),
+            (
+                "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+                "MOZILLA",
+                "OTHER",
+                "5.0",
+            ),
+            ("", "OTHER", "OTHER", ""),
+            ("just words", "OTHER", "OTHER", ""),
+        ];
+        let policy = VarPolicy::default();
+        let (b, o, v) = (
+            var("$(HTTP_USER_AGENT{browser})"),
+            var("$(HTTP_USER_AGENT{os})"),
+            var("$(HTTP_USER_AGENT{version})"),
+        );
+        for (ua, browser, os, version) in cases {
+            let req = Request::new().with_user_agent(*ua);
+            let got = (
+                req.value(&b, &policy),
+                req.value(&o, &policy),
+                req.value(&v, &policy),
+            );
+            assert_eq!(got, ((*browser).into(), (*os).into(), (*version).into()), "UA: {ua}");
+        }
+    }
+
+    #[test]
+    fn accept_language() {
+        // (header, key, listed)
+        let cases: &[(&str, &str, bool)] = &[
+            ("en-US,en;q=0.9,fr;q=0.8", "en", true),
+            ("en-US,en;q=0.9,fr;q=0.8", "fr", true),
+            ("en-US,en;q=0.9,fr;q=0.8", "de", false),
+            ("en-US", "en", true),
+            ("en-US", "en-us", true),
+            ("en-US", "EN-US", true),
+            ("en", "en-us", false),
+            ("eng", "en", false),
+            ("da, en-gb;q=0.8, en;q=0.7", "en-GB", true),
+            ("fr;q=0, en", "fr", false),
+            ("fr; q=0.0, en", "fr", false),
+            ("fr;Q=0.000", "fr", false),
+            ("fr;q=0.001", "fr", true),
+            ("fr;q=junk", "fr", true),
+            ("*", "en", false),
+            ("*;q=0.5", "en", false),
+            ("", "en", false),
+            (" , ;, en ", "en", true),
+        ];
+        let policy = VarPolicy::default();
+        for (header, key, listed) in cases {
+            let req = Request::new().with_accept_language(*header);
+            let v = VarRef {
+                name: VarName::AcceptLanguage,
+                key: Some((*key).into()),
+                default: Some("ignored".into()),
+            };
+            let want = if *listed { "true" } else { "false" };
+            assert_eq!(req.value(&v, &policy), want, "header {header:?}, key {key}");
+        }
+        let req = Request::new()
+            .with_accept_language("de")
+            .with_accept_language("en;q=0.5");
+        assert_eq!(req.value(&var("$(HTTP_ACCEPT_LANGUAGE{en})"), &policy), "true");
+        assert_eq!(req.value(&var("$(HTTP_ACCEPT_LANGUAGE)"), &policy), "de, en;q=0.5");
+    }
+
+    #[test]
+    fn render_url_encoding() {
+        let req = Request::new()
+            .with_host("example.com")
+            .with_query("id=a b&x=1+2%20&q=/?#")
+            .with_cookie("name=J. Doe/<x>; emoji=é");
+        let policy = VarPolicy::default();
+        let cases: &[(&str, &str)] = &[
+            ("/static.html", "/static.html"),
+            ("", ""),
+            ("/f?h=$(HTTP_HOST)", "/f?h=example.com"),
+            ("/f?$(QUERY_STRING)", "/f?id=a%20b&x=1+2%20&q=%2F%3F%23"),
+            ("/f?id=$(QUERY_STRING{id})", "/f?id=a%20b"),
+            ("/f?x=$(QUERY_STRING{x})", "/f?x=1%202%20"),
+            ("/f/$(HTTP_COOKIE{name})", "/f/J.%20Doe%2F%3Cx%3E"),
+            ("/f/$(HTTP_COOKIE{emoji})", "/f/%C3%A9"),
+            ("/f/$(HTTP_COOKIE{none}|'a&b')", "/f/a%26b"),
+            ("/f/$(HTTP_COOKIE{none}|-._~)", "/f/-._~"),
+            ("/é/$(UNKNOWN)", "/é/"),
+        ];
+        for (src, want) in cases {
+            let got = render_url(&VarString::parse(src), &req, &policy);
+            assert_eq!(got.as_deref(), Ok(*want), "src: {src}");
+        }
+    }
+
+    #[test]
+    fn render_url_refusal() {
+        let req = Request::new()
+            .with_cookie("sp=a b; nl=a\nb; cr=x\r\nHost: evil; ok=fine")
+            .with_query("q=%0d%0a");
+        let raw = VarPolicy {
+            raw_output: true,
+            ..VarPolicy::default()
+        };
+        let escaped = VarPolicy::default();
+        // (src, policy, Ok(rendered) or Err(())
+        let cases: &[(&str, &VarPolicy, Result<&str, ()>)] = &[
+            ("/f/$(HTTP_COOKIE{sp})", &raw, Err(())),
+            ("/f/$(HTTP_COOKIE{nl})", &raw, Err(())),
+            ("/f/$(HTTP_COOKIE{cr})", &raw, Err(())),
+            ("/f/$(HTTP_COOKIE{ok})", &raw, Ok("/f/fine")),
+            ("/f/$(QUERY_STRING{q})", &raw, Err(())),
+            ("/f/$(HTTP_COOKIE{sp})", &escaped, Ok("/f/a%20b")),
+            ("/f/$(HTTP_COOKIE{cr})", &escaped, Ok("/f/x%0D%0AHost%3A%20evil")),
+            ("/f/$(QUERY_STRING{q})", &escaped, Ok("/f/%0D%0A")),
+            ("/f/\tx", &escaped, Err(())),
+            ("/f x", &escaped, Err(())),
+            ("/f\u{7f}", &escaped, Err(())),
+            ("/f\0", &escaped, Err(())),
+            ("/f\u{1b}", &raw, Err(())),
+        ];
+        for (src, policy, want) in cases {
+            let got = render_url(&VarString::parse(src), &req, policy);
+            match want {
+                Ok(w) => assert_eq!(got.as_deref(), Ok(*w), "src: {src:?}"),
+                Err(()) => assert!(
+                    matches!(got, Err(VarError::UnsafeUrl(_))),
+                    "src: {src:?} gave {got:?}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn render_html_escaping() {
+        let req = Request::new().with_cookie(r#"n=<b>"Tom" & 'Jerry'</b>"#);
+        let text = Bytes::from_static(b"<p a='1'>Hi $(HTTP_COOKIE{n}) & $(HTTP_HOST|'<guest>')</p>");
+        let segments = split_vars(&text).expect("text holds variables");
+        let raw = VarPolicy {
+            raw_output: true,
+            ..VarPolicy::default()
+        };
+        let cases: &[(&VarPolicy, &str)] = &[
+            (
+                &VarPolicy::default(),
+                "<p a='1'>Hi &lt;b&gt;&quot;Tom&quot; &amp; &#39;Jerry&#39;&lt;/b&gt; & \
+                 &lt;guest&gt;</p>",
+            ),
+            (&raw, r#"<p a='1'>Hi <b>"Tom" & 'Jerry'</b> & <guest></p>"#),
+        ];
+        for (policy, want) in cases {
+            let mut out = b"prefix:".to_vec();
+            render_html(&segments, &req, policy, &mut out);
+            assert_eq!(String::from_utf8_lossy(&out), format!("prefix:{want}"));
+        }
+    }
+
+    #[test]
+    fn escape_html_table() {
+        let cases = [
+            ("", ""),
+            ("plain", "plain"),
+            ("a&b", "a&amp;b"),
+            ("<>\"'&", "&lt;&gt;&quot;&#39;&amp;"),
+            ("é<é", "é&lt;é"),
+        ];
+        for (input, want) in cases {
+            let mut out = Vec::new();
+            escape_html(input, &mut out);
+            assert_eq!(String::from_utf8_lossy(&out), want, "input: {input}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(s in any::<String>(), raw in proptest::collection::vec(any::<u8>(), 0..64)) {
+            for text in [s.clone(), String::from_utf8_lossy(&raw).into_owned()] {
+                let vs = VarString::parse(&text);
+                prop_assert_eq!(VarString::parse(&vs.to_string()), vs.clone());
+                let _ = split_vars(&Bytes::from(text.clone()));
+                let _ = render_url(&vs, &Request::new().with_query(text.clone()), &VarPolicy::default());
+            }
+            let _ = split_vars(&Bytes::from(raw.clone()));
+            let _ = parse_var_ref(&raw);
+        }
+
+        #[test]
+        fn text_without_references_is_literal(s in "[^$]*") {
+            prop_assert!(split_vars(&Bytes::from(s.clone())).is_none());
+            let vs = VarString::parse(&s);
+            prop_assert_eq!(vs.as_constant(), Some(s.as_str()));
+        }
+
+        #[test]
+        fn reference_like_text_round_trips(s in "(\\$\\(|[A-Z_]{1,3}|[{}|')]|'[a-z ]*'|[a-z ]{1,3})*") {
+            let vs = VarString::parse(&s);
+            prop_assert_eq!(VarString::parse(&vs.to_string()), vs.clone());
+            let joined = match split_vars(&Bytes::from(s.clone())) {
+                None => { prop_assert!(vs.as_constant().is_some()); return Ok(()); }
+                Some(segs) => segs,
+            };
+            prop_assert_eq!(joined.len(), vs.segments.len());
+        }
+    }
+}

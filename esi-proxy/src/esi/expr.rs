@@ -88,11 +88,25 @@ struct Token {
     start: usize,
 }
 
-/// Parser state: a lexer with one token of lookahead, and the nesting and size budgets.
+/// An operator on the parser's stack, waiting for its right operand (or its `)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Not,
+    Cmp(CmpOp),
+    And,
+    Or,
+    /// An open `(` at this byte offset.
+    Paren(usize),
+}
+
+/// Parser state: a lexer, the operator and operand stacks, and the nesting and size budgets.
+///
+/// Operator precedence parsing with explicit stacks, so nesting costs heap, not call stack.
 struct Parser<'a> {
     src: &'a str,
     pos: usize,
-    peeked: Option<Token>,
+    ops: Vec<Pending>,
+    operands: Vec<Expr>,
     depth: usize,
     max_depth: usize,
     operators: usize,
@@ -162,7 +176,8 @@ impl fmt::Display for Tok {
 // === parsing ===
 
 /// Parses a test expression; nesting (parentheses and `!`) deeper than `max_depth` is an error.
-/// `max_depth` is capped at 256, and an expression may hold at most 1024 binary operators.
+/// `max_depth` is capped at 256, and an expression may hold at most 1024 binary operators, so
+/// that evaluating and dropping the tree stays within a small stack.
 ///
 /// # Errors
 ///
@@ -173,23 +188,16 @@ pub fn parse_expr(s: &str, max_depth: usize) -> Result<Expr, ExprError> {
     if s.bytes().all(|b| b.is_ascii_whitespace()) {
         return Err(err(0, "empty expression"));
     }
-    let mut p = Parser {
+    Parser {
         src: s,
         pos: 0,
-        peeked: None,
+        ops: Vec::new(),
+        operands: Vec::new(),
         depth: 0,
         max_depth: max_depth.min(HARD_MAX_DEPTH),
         operators: 0,
-    };
-    let expr = p.or()?;
-    let next = p.next()?;
-    if next.tok != Tok::End {
-        return Err(err(
-            next.start,
-            format!("unexpected {} after the expression", next.tok),
-        ));
     }
-    Ok(expr)
+    .parse()
 }
 
 fn err(offset: usize, message: impl Into<String>) -> ExprError {
@@ -199,90 +207,166 @@ fn err(offset: usize, message: impl Into<String>) -> ExprError {
     }
 }
 
+#[cold]
+fn chained(offset: usize, first: CmpOp, second: CmpOp) -> ExprError {
+    err(
+        offset,
+        format!("`{first}` then `{second}`: comparisons do not chain; add parentheses"),
+    )
+}
+
+#[cold]
+fn expected_operand(found: &Token) -> ExprError {
+    err(
+        found.start,
+        format!("expected an operand, found {}", found.tok),
+    )
+}
+
+impl Pending {
+    /// Binding strength: `!` > comparisons > `&` > `|`; an open `(` binds nothing.
+    fn precedence(self) -> u8 {
+        match self {
+            Pending::Not => 4,
+            Pending::Cmp(_) => 3,
+            Pending::And => 2,
+            Pending::Or => 1,
+            Pending::Paren(_) => 0,
+        }
+    }
+}
+
 impl Parser<'_> {
-    /// `or := and ('|' and)*`
-    fn or(&mut self) -> Result<Expr, ExprError> {
-        let mut lhs = self.and()?;
-        while self.peek()?.tok == Tok::Or {
-            let op = self.next()?;
-            self.count_operator(op.start)?;
-            let rhs = self.and()?;
-            lhs = Expr::Or(Box::new(lhs), Box::new(rhs));
-        }
-        Ok(lhs)
-    }
-
-    /// `and := cmp ('&' cmp)*`
-    fn and(&mut self) -> Result<Expr, ExprError> {
-        let mut lhs = self.cmp()?;
-        while self.peek()?.tok == Tok::And {
-            let op = self.next()?;
-            self.count_operator(op.start)?;
-            let rhs = self.cmp()?;
-            lhs = Expr::And(Box::new(lhs), Box::new(rhs));
-        }
-        Ok(lhs)
-    }
-
-    /// `cmp := unary (op unary)?`; a second operator is an error, not a chain.
-    fn cmp(&mut self) -> Result<Expr, ExprError> {
-        let lhs = self.unary()?;
-        let Tok::Cmp(op) = self.peek()?.tok else {
-            return Ok(lhs);
-        };
-        let start = self.next()?.start;
-        self.count_operator(start)?;
-        let rhs = self.unary()?;
-        let next = self.peek()?;
-        if let Tok::Cmp(second) = next.tok {
-            return Err(err(
-                next.start,
-                format!("`{op}` then `{second}`: comparisons do not chain; add parentheses"),
-            ));
-        }
-        Ok(Expr::Cmp(op, Box::new(lhs), Box::new(rhs)))
-    }
-
-    /// `unary := '!' unary | primary`
-    fn unary(&mut self) -> Result<Expr, ExprError> {
-        if self.peek()?.tok != Tok::Not {
-            return self.primary();
-        }
-        let start = self.next()?.start;
-        self.enter(start)?;
-        let inner = self.unary()?;
-        self.depth -= 1;
-        Ok(Expr::Not(Box::new(inner)))
-    }
-
-    /// `primary := '(' or ')' | string | number | variable`
-    fn primary(&mut self) -> Result<Expr, ExprError> {
-        let token = self.next()?;
-        match token.tok {
-            Tok::Str(s) => Ok(Expr::Str(s)),
-            Tok::Num(n) => Ok(Expr::Num(n)),
-            Tok::Var(v) => Ok(Expr::Var(v)),
-            Tok::LParen => {
-                self.enter(token.start)?;
-                let inner = self.or()?;
-                let close = self.next()?;
-                if close.tok != Tok::RParen {
-                    return Err(err(
-                        close.start,
-                        format!(
-                            "missing `)` to close the `(` at offset {}, found {}",
-                            token.start, close.tok
-                        ),
-                    ));
+    /// Alternates between operand position (prefix `!` and `(`, then one operand) and operator
+    /// position (`)`s, then a binary operator or the end), reducing the stacks by precedence.
+    fn parse(mut self) -> Result<Expr, ExprError> {
+        loop {
+            self.operand()?;
+            loop {
+                let token = self.lex()?;
+                match token.tok {
+                    Tok::RParen => {
+                        self.reduce(1);
+                        if !self.close_paren() {
+                            return Err(self.after_operand(&token));
+                        }
+                    }
+                    Tok::Cmp(op) => {
+                        // `!` binds tighter, so `!a == b` is `(!a) == b`.
+                        self.reduce(4);
+                        if let Some(&Pending::Cmp(first)) = self.ops.last() {
+                            return Err(chained(token.start, first, op));
+                        }
+                        self.push_binary(Pending::Cmp(op), token.start)?;
+                        break;
+                    }
+                    Tok::And => {
+                        self.reduce(2);
+                        self.push_binary(Pending::And, token.start)?;
+                        break;
+                    }
+                    Tok::Or => {
+                        self.reduce(1);
+                        self.push_binary(Pending::Or, token.start)?;
+                        break;
+                    }
+                    Tok::End => {
+                        self.reduce(1);
+                        if !self.ops.is_empty() {
+                            return Err(self.after_operand(&token));
+                        }
+                        return Ok(self.pop_operand());
+                    }
+                    _ => return Err(self.after_operand(&token)),
                 }
-                self.depth -= 1;
-                Ok(inner)
             }
-            other => Err(err(
-                token.start,
-                format!("expected an operand, found {other}"),
-            )),
         }
+    }
+
+    /// Reads any prefix `!` and `(` and then one operand.
+    fn operand(&mut self) -> Result<(), ExprError> {
+        loop {
+            let token = self.lex()?;
+            let leaf = match token.tok {
+                Tok::Not => {
+                    self.enter(token.start)?;
+                    self.ops.push(Pending::Not);
+                    continue;
+                }
+                Tok::LParen => {
+                    self.enter(token.start)?;
+                    self.ops.push(Pending::Paren(token.start));
+                    continue;
+                }
+                Tok::Str(s) => Expr::Str(s),
+                Tok::Num(n) => Expr::Num(n),
+                Tok::Var(v) => Expr::Var(v),
+                _ => return Err(expected_operand(&token)),
+            };
+            self.operands.push(leaf);
+            return Ok(());
+        }
+    }
+
+    /// Pops the innermost open `(` after its contents were reduced; false when there is none.
+    fn close_paren(&mut self) -> bool {
+        match self.ops.last() {
+            Some(Pending::Paren(_)) => {
+                self.ops.pop();
+                self.depth -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The error for `found` where a binary operator, `)` or the end was expected.
+    #[cold]
+    fn after_operand(&self, found: &Token) -> ExprError {
+        let open = self.ops.iter().rev().find_map(|op| match op {
+            Pending::Paren(at) => Some(*at),
+            _ => None,
+        });
+        let message = match open {
+            Some(at) => format!(
+                "missing `)` to close the `(` at offset {at}, found {}",
+                found.tok
+            ),
+            None => format!("unexpected {} after the expression", found.tok),
+        };
+        err(found.start, message)
+    }
+
+    /// Applies stacked operators binding at least as tightly as `min` (left associativity).
+    fn reduce(&mut self, min: u8) {
+        while let Some(&op) = self.ops.last() {
+            if op.precedence() < min {
+                return;
+            }
+            let rhs = Box::new(self.pop_operand());
+            let node = match op {
+                Pending::Not => {
+                    self.depth -= 1;
+                    Expr::Not(rhs)
+                }
+                Pending::Cmp(cmp) => Expr::Cmp(cmp, Box::new(self.pop_operand()), rhs),
+                Pending::And => Expr::And(Box::new(self.pop_operand()), rhs),
+                Pending::Or => Expr::Or(Box::new(self.pop_operand()), rhs),
+                // Unreached: every caller passes `min >= 1`, so the loop stops at an open `(`.
+                Pending::Paren(_) => {
+                    self.operands.push(*rhs);
+                    return;
+                }
+            };
+            self.ops.pop();
+            self.operands.push(node);
+        }
+    }
+
+    fn pop_operand(&mut self) -> Expr {
+        self.operands
+            .pop()
+            .expect("operand and operator positions alternate, so each operator has its operands")
     }
 
     /// Opens one level of nesting (`(` or `!`) at `offset`.
@@ -297,30 +381,13 @@ impl Parser<'_> {
         Ok(())
     }
 
-    fn count_operator(&mut self, offset: usize) -> Result<(), ExprError> {
+    fn push_binary(&mut self, op: Pending, offset: usize) -> Result<(), ExprError> {
         self.operators += 1;
         if self.operators > MAX_OPERATORS {
-            return Err(err(
-                offset,
-                format!("more than {MAX_OPERATORS} operators"),
-            ));
+            return Err(err(offset, format!("more than {MAX_OPERATORS} operators")));
         }
+        self.ops.push(op);
         Ok(())
-    }
-
-    fn peek(&mut self) -> Result<&Token, ExprError> {
-        let token = match self.peeked.take() {
-            Some(token) => token,
-            None => self.lex()?,
-        };
-        Ok(self.peeked.insert(token))
-    }
-
-    fn next(&mut self) -> Result<Token, ExprError> {
-        match self.peeked.take() {
-            Some(token) => Ok(token),
-            None => self.lex(),
-        }
     }
 
     /// Reads the token at `self.pos`, skipping whitespace before it.
@@ -406,7 +473,10 @@ impl Parser<'_> {
         let mut i = start + usize::from(b[start] == b'-');
         let int = digits(i);
         if int == 0 {
-            return Err(err(start, "unexpected `-` (a number needs digits after it)"));
+            return Err(err(
+                start,
+                "unexpected `-` (a number needs digits after it)",
+            ));
         }
         i += int;
         if b.get(i) == Some(&b'.') {
@@ -597,7 +667,8 @@ mod tests {
             ("(1==1)==(2==2)", true),
             ("(1==1)=='true'", true),
             (" ( 1 == 1 ) ", true),
-            ("'it\\'s' == \"it's\"".replace('"', "'").leak(), false),
+            ("'it\\'s' == 'it\\'s'", true),
+            ("'a\\\\' < 'a\\\\b'", true),
         ];
         for (input, want) in cases {
             assert_eq!(eval(input, &req), want, "input: {input}");
@@ -672,14 +743,24 @@ mod tests {
             ("$(bad)", 8, 0, "malformed variable reference"),
             ("1 == $(HTTP_HOST", 8, 5, "malformed variable reference"),
             ("(1==1", 8, 5, "missing `)` to close the `(` at offset 0"),
-            ("((1==1) 2", 8, 8, "missing `)` to close the `(` at offset 0, found a number"),
+            (
+                "((1==1) 2",
+                8,
+                8,
+                "missing `)` to close the `(` at offset 0, found a number",
+            ),
             ("1==1)", 8, 4, "unexpected `)` after the expression"),
             ("1 2", 8, 2, "unexpected a number after the expression"),
             ("'a' 'b'", 8, 4, "unexpected a string after the expression"),
             ("1==1==1", 8, 4, "comparisons do not chain"),
             ("1 < 2 > 3", 8, 6, "comparisons do not chain"),
             ("&1", 8, 0, "expected an operand, found `&`"),
-            ("1 &", 8, 3, "expected an operand, found the end of the expression"),
+            (
+                "1 &",
+                8,
+                3,
+                "expected an operand, found the end of the expression",
+            ),
             ("1 & | 2", 8, 4, "expected an operand, found `|`"),
             ("()", 8, 1, "expected an operand, found `)`"),
             ("1 == == 2", 8, 5, "expected an operand, found `==`"),
@@ -736,6 +817,25 @@ mod tests {
         assert!(eval(&ok, &req));
         let e = parse_expr(&chain(100_000), 32).expect_err("too long");
         assert!(e.message.contains("operators"), "{e}");
+    }
+
+    #[test]
+    fn deepest_accepted_tree_evaluates_and_drops() {
+        // The deepest tree the bounds allow: a left-deep chain of MAX_OPERATORS binary operators
+        // whose leftmost operand is HARD_MAX_DEPTH nested `!`. Evaluating and dropping it recurse
+        // on its depth, so this runs on the test thread's default (small) stack.
+        let worst = format!(
+            "{}1{}",
+            "!".repeat(HARD_MAX_DEPTH),
+            "|0".repeat(MAX_OPERATORS)
+        );
+        let expr = parse_expr(&worst, usize::MAX).expect("within the bounds");
+        assert!(expr.eval(&Request::new(), &VarPolicy::default()));
+        drop(expr);
+        let over = format!("{}1", "!".repeat(HARD_MAX_DEPTH + 1));
+        assert!(parse_expr(&over, usize::MAX).is_err());
+        let over = format!("1{}", "|0".repeat(MAX_OPERATORS + 1));
+        assert!(parse_expr(&over, usize::MAX).is_err());
     }
 
     proptest! {

@@ -227,6 +227,8 @@ struct Frame {
     first: bool,
     /// try: except seen; choose: otherwise seen.
     second: bool,
+    /// Stray text inside was reported already (once per element, however the text is split).
+    text_reported: bool,
 }
 
 /// An element being dropped with its content: everything up to its matching end tag.
@@ -505,7 +507,10 @@ impl Parser {
             if top.kind == Kind::Include && !blank {
                 self.close_open_include(out)?;
             } else if !top.kind.holds_content() {
-                if !blank {
+                if !blank && !top.text_reported {
+                    if let Some(frame) = self.stack.last_mut() {
+                        frame.text_reported = true;
+                    }
                     // Text has no position of its own; the enclosing tag's is the useful one.
                     self.problem(top.pos, Problem::TextInBlock(top.kind.name()))?;
                 }
@@ -627,7 +632,7 @@ impl Parser {
                     Some(inc) => {
                         out.push(Event::Include(inc));
                         if !self_closing {
-                            self.stack.push(Frame { kind, pos, first: false, second: false });
+                            self.stack.push(Frame { kind, pos, first: false, second: false, text_reported: false });
                         }
                     }
                     None if !self_closing => self.skip = Some(Skip { kind, pos, nested: 0 }),
@@ -663,7 +668,7 @@ impl Parser {
                 if let Some(event) = event {
                     out.push(event);
                 }
-                self.stack.push(Frame { kind, pos, first: false, second: false });
+                self.stack.push(Frame { kind, pos, first: false, second: false, text_reported: false });
                 if kind == Kind::Vars {
                     self.vars_depth += 1;
                 }

@@ -261,8 +261,8 @@ impl Scanner {
                     }
                     None => {
                         let keep = hold(len.saturating_sub(REMOVE_END.len() - 1).max(i));
-                        let contains_esi =
-                            contains_esi || memmem::find(&buf[i..keep], ESI_OPEN).is_some();
+                        // Look at the held-back tail too: a marker may straddle `keep`.
+                        let contains_esi = contains_esi || memmem::find(&buf[i..], ESI_OPEN).is_some();
                         self.mode = Mode::Remove { pos, contains_esi };
                         break 'outer keep;
                     }

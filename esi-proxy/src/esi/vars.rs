@@ -454,7 +454,10 @@ fn percent_decode(s: &str) -> Cow<'_, str> {
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' => match (b.get(i + 1).and_then(hex_val), b.get(i + 2).and_then(hex_val)) {
+            b'%' => match (
+                b.get(i + 1).and_then(hex_val),
+                b.get(i + 2).and_then(hex_val),
+            ) {
                 (Some(hi), Some(lo)) => {
                     out.push((hi << 4) | lo);
                     i += 2;
@@ -623,7 +626,10 @@ pub fn render_url(s: &VarString, req: &Request, policy: &VarPolicy) -> Result<St
             }
         }
     }
-    if out.bytes().any(|b| b.is_ascii_whitespace() || b < 0x20 || b == 0x7f) {
+    if out
+        .bytes()
+        .any(|b| b.is_ascii_whitespace() || b < 0x20 || b == 0x7f)
+    {
         return Err(VarError::UnsafeUrl(out));
     }
     Ok(out)
@@ -694,7 +700,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn var(s: &str) -> VarRef {
-        parse_var_ref(s.as_bytes()).expect("test reference is well-formed").0
+        parse_var_ref(s.as_bytes())
+            .expect("test reference is well-formed")
+            .0
     }
 
     fn r(name: VarName, key: Option<&str>, default: Option<&str>) -> VarRef {
@@ -713,21 +721,45 @@ mod tests {
             ("$(HTTP_HOST)tail", r(Host, None, None), 12),
             ("$(HTTP_REFERER)", r(Referer, None, None), 15),
             ("$(HTTP_USER_AGENT{os})", r(UserAgent, Some("os"), None), 22),
-            ("$(HTTP_ACCEPT_LANGUAGE{en-US})", r(AcceptLanguage, Some("en-US"), None), 30),
+            (
+                "$(HTTP_ACCEPT_LANGUAGE{en-US})",
+                r(AcceptLanguage, Some("en-US"), None),
+                30,
+            ),
             ("$(HTTP_COOKIE{id})", r(Cookie, Some("id"), None), 18),
             ("$(HTTP_COOKIE{'a b'})", r(Cookie, Some("a b"), None), 21),
             ("$(HTTP_COOKIE{'}'})", r(Cookie, Some("}"), None), 19),
             ("$(QUERY_STRING)", r(QueryString, None, None), 15),
-            ("$(QUERY_STRING{id}|'x')", r(QueryString, Some("id"), Some("x")), 23),
-            ("$(QUERY_STRING{id}|x y)", r(QueryString, Some("id"), Some("x y")), 23),
-            ("$(QUERY_STRING|'a)b')", r(QueryString, None, Some("a)b")), 21),
-            ("$(QUERY_STRING|'it$(x')", r(QueryString, None, Some("it$(x")), 23),
+            (
+                "$(QUERY_STRING{id}|'x')",
+                r(QueryString, Some("id"), Some("x")),
+                23,
+            ),
+            (
+                "$(QUERY_STRING{id}|x y)",
+                r(QueryString, Some("id"), Some("x y")),
+                23,
+            ),
+            (
+                "$(QUERY_STRING|'a)b')",
+                r(QueryString, None, Some("a)b")),
+                21,
+            ),
+            (
+                "$(QUERY_STRING|'it$(x')",
+                r(QueryString, None, Some("it$(x")),
+                23,
+            ),
             ("$(HTTP_HOST|)", r(Host, None, Some("")), 13),
             ("$(HTTP_HOST|'')", r(Host, None, Some("")), 15),
             ("$(HTTP_HOST{k}|d)", r(Host, Some("k"), Some("d")), 17),
             ("$(FOO_1)", r(Unknown("FOO_1".into()), None, None), 8),
             ("$(_X)", r(Unknown("_X".into()), None, None), 5),
-            ("$(HTTP_COOKIE{naïve}|café)", r(Cookie, Some("naïve"), Some("café")), 28),
+            (
+                "$(HTTP_COOKIE{naïve}|café)",
+                r(Cookie, Some("naïve"), Some("café")),
+                28,
+            ),
         ];
         for (input, want, len) in cases {
             let got = parse_var_ref(input.as_bytes());
@@ -817,8 +849,16 @@ mod tests {
                 &["V:$(HTTP_COOKIE{'a b'}|'x y')"],
                 "$(HTTP_COOKIE{'a b'}|'x y')",
             ),
-            ("$(HTTP_COOKIE{a}|it's)", &["L:$(HTTP_COOKIE{a}|it's)"], "$(HTTP_COOKIE{a}|it's)"),
-            ("é$(HTTP_HOST)é", &["L:é", "V:$(HTTP_HOST)", "L:é"], "é$(HTTP_HOST)é"),
+            (
+                "$(HTTP_COOKIE{a}|it's)",
+                &["L:$(HTTP_COOKIE{a}|it's)"],
+                "$(HTTP_COOKIE{a}|it's)",
+            ),
+            (
+                "é$(HTTP_HOST)é",
+                &["L:é", "V:$(HTTP_HOST)", "L:é"],
+                "é$(HTTP_HOST)é",
+            ),
         ];
         for (input, want, display) in cases {
             let vs = VarString::parse(input);
@@ -835,7 +875,10 @@ mod tests {
             assert_eq!(VarString::parse(&vs.to_string()), vs, "round trip: {input}");
             let has_var = want.iter().any(|s| s.starts_with("V:"));
             assert_eq!(vs.as_constant().is_none(), has_var, "input: {input}");
-            assert_eq!(vs.vars().count(), want.iter().filter(|s| s.starts_with("V:")).count());
+            assert_eq!(
+                vs.vars().count(),
+                want.iter().filter(|s| s.starts_with("V:")).count()
+            );
         }
         assert_eq!(VarString::parse("").as_constant(), Some(""));
         assert_eq!(VarString::parse("/a$b").as_constant(), Some("/a$b"));
@@ -848,7 +891,10 @@ mod tests {
             ("no variables here", None),
             ("price $5, $( and $(lower)", None),
             ("$(HTTP_HOST)", Some(&["V:HTTP_HOST"])),
-            ("Hi $(HTTP_COOKIE{name}|'you')!", Some(&["L:Hi ", "V:HTTP_COOKIE", "L:!"])),
+            (
+                "Hi $(HTTP_COOKIE{name}|'you')!",
+                Some(&["L:Hi ", "V:HTTP_COOKIE", "L:!"]),
+            ),
             (
                 "$(X$(HTTP_HOST)$(QUERY_STRING)",
                 Some(&["L:$(X", "V:HTTP_HOST", "V:QUERY_STRING"]),
@@ -877,7 +923,10 @@ mod tests {
         for seg in &segments {
             if let Segment::Literal(b) = seg {
                 let r = b.as_ptr_range();
-                assert!(range.start <= r.start && r.end <= range.end, "literal copied: {b:?}");
+                assert!(
+                    range.start <= r.start && r.end <= range.end,
+                    "literal copied: {b:?}"
+                );
                 literals += 1;
             }
         }
@@ -968,7 +1017,12 @@ mod tests {
         let only = CookieAccess::Only(vec!["group".into(), "theme".into()]);
         // (policy cookies, whole header, var, want)
         let cases: &[(&CookieAccess, bool, &str, &str)] = &[
-            (&CookieAccess::All, false, "$(HTTP_COOKIE{session})", "s3cr3t"),
+            (
+                &CookieAccess::All,
+                false,
+                "$(HTTP_COOKIE{session})",
+                "s3cr3t",
+            ),
             (&CookieAccess::All, false, "$(HTTP_COOKIE)", ""),
             (&CookieAccess::All, false, "$(HTTP_COOKIE|none)", "none"),
             (
@@ -982,7 +1036,12 @@ mod tests {
             (&only, false, "$(HTTP_COOKIE{session})", ""),
             (&only, false, "$(HTTP_COOKIE{session}|'no')", "no"),
             (&only, false, "$(HTTP_COOKIE{GROUP})", ""),
-            (&CookieAccess::Only(vec![]), false, "$(HTTP_COOKIE{group})", ""),
+            (
+                &CookieAccess::Only(vec![]),
+                false,
+                "$(HTTP_COOKIE{group})",
+                "",
+            ),
         ];
         for (cookies, whole, src, want) in cases {
             let policy = VarPolicy {
@@ -990,7 +1049,11 @@ mod tests {
                 whole_cookie_header: *whole,
                 raw_output: false,
             };
-            assert_eq!(req.value(&var(src), &policy), *want, "var: {src}, {policy:?}");
+            assert_eq!(
+                req.value(&var(src), &policy),
+                *want,
+                "var: {src}, {policy:?}"
+            );
         }
     }
 
@@ -1092,7 +1155,11 @@ mod tests {
                 req.value(&o, &policy),
                 req.value(&v, &policy),
             );
-            assert_eq!(got, ((*browser).into(), (*os).into(), (*version).into()), "UA: {ua}");
+            assert_eq!(
+                got,
+                ((*browser).into(), (*os).into(), (*version).into()),
+                "UA: {ua}"
+            );
         }
     }
 
@@ -1133,8 +1200,14 @@ mod tests {
         let req = Request::new()
             .with_accept_language("de")
             .with_accept_language("en;q=0.5");
-        assert_eq!(req.value(&var("$(HTTP_ACCEPT_LANGUAGE{en})"), &policy), "true");
-        assert_eq!(req.value(&var("$(HTTP_ACCEPT_LANGUAGE)"), &policy), "de, en;q=0.5");
+        assert_eq!(
+            req.value(&var("$(HTTP_ACCEPT_LANGUAGE{en})"), &policy),
+            "true"
+        );
+        assert_eq!(
+            req.value(&var("$(HTTP_ACCEPT_LANGUAGE)"), &policy),
+            "de, en;q=0.5"
+        );
     }
 
     #[test]
@@ -1181,7 +1254,11 @@ mod tests {
             ("/f/$(HTTP_COOKIE{ok})", &raw, Ok("/f/fine")),
             ("/f/$(QUERY_STRING{q})", &raw, Err(())),
             ("/f/$(HTTP_COOKIE{sp})", &escaped, Ok("/f/a%20b")),
-            ("/f/$(HTTP_COOKIE{cr})", &escaped, Ok("/f/x%0D%0AHost%3A%20evil")),
+            (
+                "/f/$(HTTP_COOKIE{cr})",
+                &escaped,
+                Ok("/f/x%0D%0AHost%3A%20evil"),
+            ),
             ("/f/$(QUERY_STRING{q})", &escaped, Ok("/f/%0D%0A")),
             ("/f/\tx", &escaped, Err(())),
             ("/f x", &escaped, Err(())),
@@ -1204,7 +1281,8 @@ mod tests {
     #[test]
     fn render_html_escaping() {
         let req = Request::new().with_cookie(r#"n=<b>"Tom" & 'Jerry'</b>"#);
-        let text = Bytes::from_static(b"<p a='1'>Hi $(HTTP_COOKIE{n}) & $(HTTP_HOST|'<guest>')</p>");
+        let text =
+            Bytes::from_static(b"<p a='1'>Hi $(HTTP_COOKIE{n}) & $(HTTP_HOST|'<guest>')</p>");
         let segments = split_vars(&text).expect("text holds variables");
         let raw = VarPolicy {
             raw_output: true,

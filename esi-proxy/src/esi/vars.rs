@@ -318,36 +318,42 @@ impl Request {
     }
 
     /// Sets the Host header.
+    #[must_use]
     pub fn with_host(mut self, v: impl Into<String>) -> Self {
         self.host = Some(v.into());
         self
     }
 
     /// Sets the raw query string, without the leading `?`.
+    #[must_use]
     pub fn with_query(mut self, v: impl Into<String>) -> Self {
         self.query = Some(v.into());
         self
     }
 
     /// Adds a raw Cookie header; a second call appends, joined with `"; "`.
+    #[must_use]
     pub fn with_cookie(mut self, v: impl Into<String>) -> Self {
         append(&mut self.cookie, v.into(), "; ");
         self
     }
 
     /// Sets the Referer header.
+    #[must_use]
     pub fn with_referer(mut self, v: impl Into<String>) -> Self {
         self.referer = Some(v.into());
         self
     }
 
     /// Sets the User-Agent header.
+    #[must_use]
     pub fn with_user_agent(mut self, v: impl Into<String>) -> Self {
         self.user_agent = Some(v.into());
         self
     }
 
     /// Adds an Accept-Language header; a second call appends, joined with `", "` (HTTP list rules).
+    #[must_use]
     pub fn with_accept_language(mut self, v: impl Into<String>) -> Self {
         append(&mut self.accept_language, v.into(), ", ");
         self

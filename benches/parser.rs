@@ -2,6 +2,9 @@
 //! layout with 120 includes (whole and fed in 16 KiB chunks, as from the network), and `when`
 //! test evaluation. Inputs are built outside the timed loops.
 
+// criterion_group! generates an undocumented pub fn.
+#![allow(missing_docs)]
+
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use esi_proxy::esi::{parse, parse_expr, Event, ParseOptions, Parser, Request, VarPolicy};
@@ -11,7 +14,10 @@ const LAYOUT_120: &[u8] = include_bytes!("data/layout-120.html");
 
 fn parse_whole(c: &mut Criterion) {
     let opts = ParseOptions::default();
-    for (name, doc) in [("no_esi_1mb", NO_ESI_1MB), ("layout_120_includes", LAYOUT_120)] {
+    for (name, doc) in [
+        ("no_esi_1mb", NO_ESI_1MB),
+        ("layout_120_includes", LAYOUT_120),
+    ] {
         let input = Bytes::from_static(doc);
         let mut group = c.benchmark_group(name);
         group.throughput(Throughput::Bytes(doc.len() as u64));
@@ -42,7 +48,10 @@ fn when_eval(c: &mut Criterion) {
         "$(QUERY_STRING{page}) >= 10 & !($(HTTP_HOST)=='example.com')",
         "$(HTTP_ACCEPT_LANGUAGE{de}) | $(HTTP_USER_AGENT{browser})=='MOZILLA'",
     ];
-    let exprs: Vec<_> = tests.iter().map(|t| parse_expr(t, 32).expect("valid test")).collect();
+    let exprs: Vec<_> = tests
+        .iter()
+        .map(|t| parse_expr(t, 32).expect("valid test"))
+        .collect();
     let req = Request::new()
         .with_host("shop.example")
         .with_query("page=12&sort=price")
@@ -53,10 +62,20 @@ fn when_eval(c: &mut Criterion) {
     let mut group = c.benchmark_group("when_eval");
     group.throughput(Throughput::Elements(exprs.len() as u64));
     group.bench_function("eval_4_tests", |b| {
-        b.iter(|| exprs.iter().filter(|e| black_box(e).eval(&req, &policy)).count())
+        b.iter(|| {
+            exprs
+                .iter()
+                .filter(|e| black_box(e).eval(&req, &policy))
+                .count()
+        })
     });
     group.bench_function("parse_4_tests", |b| {
-        b.iter(|| tests.iter().map(|t| parse_expr(black_box(t), 32).is_ok() as usize).sum::<usize>())
+        b.iter(|| {
+            tests
+                .iter()
+                .map(|t| parse_expr(black_box(t), 32).is_ok() as usize)
+                .sum::<usize>()
+        })
     });
     group.finish();
 }

@@ -3,18 +3,57 @@
 //! into chunks at any offsets gives the same template and the same diagnostics.
 
 use bytes::{Bytes, BytesMut};
-use esi_proxy::esi::{parse, parse_expr, Node, ParseOptions, Parser, Request, VarPolicy, VarString};
+use esi_proxy::esi::{
+    parse, parse_expr, Node, ParseOptions, Parser, Request, VarPolicy, VarString,
+};
 use proptest::prelude::*;
 
 /// Pieces that look like HTML and ESI, to build documents that exercise every path.
 const PIECES: &[&str] = &[
-    "<p>text</p>", "\n", " ", "<", ">", "<!--", "-->", "<![CDATA[", "]]>", "<!--esi ", "<esi:",
-    "</esi:", "include", "src=\"/a\"", "alt='/b'", "onerror=\"continue\"", "/>", "<esi:include src=\"/f\"/>",
-    "<esi:try>", "</esi:try>", "<esi:attempt>", "</esi:attempt>", "<esi:except>", "</esi:except>",
-    "<esi:choose>", "</esi:choose>", "<esi:when test=\"$(HTTP_COOKIE{a})=='1'\">", "</esi:when>",
-    "<esi:otherwise>", "</esi:otherwise>", "<esi:vars>", "</esi:vars>", "$(HTTP_HOST)",
-    "$(QUERY_STRING{q}|'d')", "<esi:remove>", "</esi:remove>", "<esi:comment text=\"c\"/>",
-    "<esi:unknown>", "&amp;", "\"", "'", "<script>if(a<b&&c)</script>", "\u{feff}", "é",
+    "<p>text</p>",
+    "\n",
+    " ",
+    "<",
+    ">",
+    "<!--",
+    "-->",
+    "<![CDATA[",
+    "]]>",
+    "<!--esi ",
+    "<esi:",
+    "</esi:",
+    "include",
+    "src=\"/a\"",
+    "alt='/b'",
+    "onerror=\"continue\"",
+    "/>",
+    "<esi:include src=\"/f\"/>",
+    "<esi:try>",
+    "</esi:try>",
+    "<esi:attempt>",
+    "</esi:attempt>",
+    "<esi:except>",
+    "</esi:except>",
+    "<esi:choose>",
+    "</esi:choose>",
+    "<esi:when test=\"$(HTTP_COOKIE{a})=='1'\">",
+    "</esi:when>",
+    "<esi:otherwise>",
+    "</esi:otherwise>",
+    "<esi:vars>",
+    "</esi:vars>",
+    "$(HTTP_HOST)",
+    "$(QUERY_STRING{q}|'d')",
+    "<esi:remove>",
+    "</esi:remove>",
+    "<esi:comment text=\"c\"/>",
+    "<esi:unknown>",
+    "&amp;",
+    "\"",
+    "'",
+    "<script>if(a<b&&c)</script>",
+    "\u{feff}",
+    "é",
 ];
 
 fn esi_like() -> impl Strategy<Value = Vec<u8>> {
@@ -29,13 +68,18 @@ fn esi_like() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn has_marker(doc: &[u8]) -> bool {
-    [&b"<esi:"[..], b"</esi:", b"<!--esi"].iter().any(|m| doc.windows(m.len()).any(|w| w == *m))
+    [&b"<esi:"[..], b"</esi:", b"<!--esi"]
+        .iter()
+        .any(|m| doc.windows(m.len()).any(|w| w == *m))
 }
 
 /// Turns every ESI marker's `<` into `[`, leaving a document with no ESI but all else intact.
 fn defuse(mut doc: Vec<u8>) -> Vec<u8> {
     for i in 0..doc.len() {
-        if [&b"<esi:"[..], b"</esi:", b"<!--esi"].iter().any(|m| doc[i..].starts_with(m)) {
+        if [&b"<esi:"[..], b"</esi:", b"<!--esi"]
+            .iter()
+            .any(|m| doc[i..].starts_with(m))
+        {
             doc[i] = b'[';
         }
     }
@@ -47,17 +91,29 @@ fn normalize(nodes: &[Node]) -> Vec<Node> {
     let mut out: Vec<Node> = Vec::new();
     for node in nodes {
         let node = match node {
-            Node::Try { attempt, except } => Node::Try { attempt: normalize(attempt), except: normalize(except) },
+            Node::Try { attempt, except } => Node::Try {
+                attempt: normalize(attempt),
+                except: normalize(except),
+            },
             Node::Choose { whens, otherwise } => Node::Choose {
                 whens: whens
                     .iter()
-                    .map(|w| esi_proxy::esi::When { body: normalize(&w.body), ..w.clone() })
+                    .map(|w| esi_proxy::esi::When {
+                        body: normalize(&w.body),
+                        ..w.clone()
+                    })
                     .collect(),
                 otherwise: otherwise.as_deref().map(normalize),
             },
-            Node::Inline { name, fetchable, body } => {
-                Node::Inline { name: name.clone(), fetchable: *fetchable, body: normalize(body) }
-            }
+            Node::Inline {
+                name,
+                fetchable,
+                body,
+            } => Node::Inline {
+                name: name.clone(),
+                fetchable: *fetchable,
+                body: normalize(body),
+            },
             other => other.clone(),
         };
         match (out.last_mut(), node) {
@@ -76,7 +132,9 @@ fn render(doc: &[u8]) -> Vec<u8> {
     let template = parse(Bytes::copy_from_slice(doc), &ParseOptions::default()).expect("lenient");
     let mut out = Vec::new();
     let mut fetch = |_: &str| Some(Bytes::from_static(b"[fragment]"));
-    template.render(&Request::new(), &VarPolicy::default(), &mut fetch, &mut out).expect("fetch never fails");
+    template
+        .render(&Request::new(), &VarPolicy::default(), &mut fetch, &mut out)
+        .expect("fetch never fails");
     out
 }
 
@@ -148,7 +206,10 @@ fn standard_bench_inputs_parse_cleanly() {
         let t = parse(Bytes::from_static(doc), &ParseOptions::strict()).expect("valid ESI");
         assert_eq!(t.includes().len(), includes);
         let out = render(doc);
-        assert_eq!(out.windows(10).filter(|w| *w == b"[fragment]").count(), includes);
+        assert_eq!(
+            out.windows(10).filter(|w| *w == b"[fragment]").count(),
+            includes
+        );
         assert!(!has_marker(&out));
     }
 }

@@ -6,14 +6,24 @@ use crate::support::bin;
 
 #[test]
 fn good_file_passes_with_no_output() {
-    let out = Command::new(bin()).args(["lint", "tests/data/lint/good.html"]).output().expect("runs");
+    let out = Command::new(bin())
+        .args(["lint", "tests/data/lint/good.html"])
+        .output()
+        .expect("runs");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "");
     assert!(out.status.success(), "{out:?}");
 }
 
 #[test]
 fn bad_file_reports_each_problem_with_file_line_col() {
-    let out = Command::new(bin()).args(["lint", "tests/data/lint/good.html", "tests/data/lint/bad.html"]).output().expect("runs");
+    let out = Command::new(bin())
+        .args([
+            "lint",
+            "tests/data/lint/good.html",
+            "tests/data/lint/bad.html",
+        ])
+        .output()
+        .expect("runs");
     let f = "tests/data/lint/bad.html";
     let want = [
         format!("{f}:2:1: warning: <esi:include src=\"/fragments/header\"> has no alt, no onerror=\"continue\" and no enclosing <esi:try>: a failure leaves the page to the proxy's policy"),
@@ -35,14 +45,23 @@ fn bad_file_reports_each_problem_with_file_line_col() {
 }
 
 fn line_col(line: &str) -> (u32, u32) {
-    let mut parts = line.split(':').skip(1).map(|p| p.parse::<u32>().unwrap_or(0));
+    let mut parts = line
+        .split(':')
+        .skip(1)
+        .map(|p| p.parse::<u32>().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
 #[test]
 fn missing_file_is_a_clear_error() {
-    let out = Command::new(bin()).args(["lint", "tests/data/lint/no-such-file.html"]).output().expect("runs");
+    let out = Command::new(bin())
+        .args(["lint", "tests/data/lint/no-such-file.html"])
+        .output()
+        .expect("runs");
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("reading tests/data/lint/no-such-file.html"), "{stderr}");
+    assert!(
+        stderr.contains("reading tests/data/lint/no-such-file.html"),
+        "{stderr}"
+    );
 }

@@ -1,5 +1,5 @@
 //! The end-to-end test binary: every integration test links in here.
 
 mod engine;
-mod support;
 mod lint_cli;
+mod support;

@@ -24,12 +24,20 @@ const MAX_FINDINGS: usize = 1000;
 
 /// Checks one document and returns its findings in document order.
 pub fn lint(input: Bytes) -> Vec<Finding> {
-    let opts = ParseOptions { max_diagnostics: MAX_FINDINGS, ..ParseOptions::default() };
+    let opts = ParseOptions {
+        max_diagnostics: MAX_FINDINGS,
+        ..ParseOptions::default()
+    };
     let template = match parse(input, &opts) {
         Ok(t) => t,
         // Lenient mode records problems instead of failing; keep this total all the same.
         Err(d) => {
-            return vec![Finding { line: d.line, col: d.col, severity: Severity::Error, message: d.problem.to_string() }]
+            return vec![Finding {
+                line: d.line,
+                col: d.col,
+                severity: Severity::Error,
+                message: d.problem.to_string(),
+            }]
         }
     };
     let mut findings: Vec<Finding> = template
@@ -79,7 +87,12 @@ fn check_nodes(nodes: &[Node], in_try: bool, findings: &mut Vec<Finding>) {
 }
 
 fn check_include(inc: &Include, in_try: bool, findings: &mut Vec<Finding>) {
-    let at = |message: String| Finding { line: inc.line, col: inc.col, severity: Severity::Warning, message };
+    let at = |message: String| Finding {
+        line: inc.line,
+        col: inc.col,
+        severity: Severity::Warning,
+        message,
+    };
     if inc.alt.is_none() && inc.onerror == OnError::Fail && !in_try {
         findings.push(at(format!(
             "<esi:include src=\"{}\"> has no alt, no onerror=\"continue\" and no enclosing <esi:try>: \

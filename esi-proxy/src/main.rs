@@ -57,11 +57,24 @@ fn run_lint(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
                     "warning"
                 }
             };
-            println!("{}:{}:{}: {level}: {}", file.display(), f.line, f.col, f.message);
+            println!(
+                "{}:{}:{}: {level}: {}",
+                file.display(),
+                f.line,
+                f.col,
+                f.message
+            );
         }
     }
     if errors + warnings > 0 {
-        eprintln!("{errors} errors, {warnings} warnings in {} files", files.len());
+        eprintln!(
+            "{errors} errors, {warnings} warnings in {} files",
+            files.len()
+        );
     }
-    Ok(if errors > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if errors > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

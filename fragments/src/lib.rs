@@ -5,8 +5,26 @@
 use std::fmt::Write as _;
 
 const WORDS: &[&str] = &[
-    "lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed", "do",
-    "eiusmod", "tempor", "fresh", "organic", "sale", "price", "review", "shipping", "colour", "size",
+    "lorem",
+    "ipsum",
+    "dolor",
+    "sit",
+    "amet",
+    "consectetur",
+    "adipiscing",
+    "elit",
+    "sed",
+    "do",
+    "eiusmod",
+    "tempor",
+    "fresh",
+    "organic",
+    "sale",
+    "price",
+    "review",
+    "shipping",
+    "colour",
+    "size",
 ];
 
 /// A small deterministic generator (xorshift64*), so generated pages are the same on every run.
@@ -86,7 +104,11 @@ mod tests {
     fn fragment_body_has_the_asked_size_and_is_deterministic() {
         for size in [64, 1024, 4096] {
             let body = fragment_body(7, size);
-            assert!(body.len() >= size - 16 && body.len() <= size + 160, "{size}: {}", body.len());
+            assert!(
+                body.len() >= size - 16 && body.len() <= size + 160,
+                "{size}: {}",
+                body.len()
+            );
             assert_eq!(body, fragment_body(7, size));
             assert!(body.starts_with("<div") && body.ends_with("</div>"));
         }

@@ -1,5 +1,5 @@
-//! The `esi:when test="..."` expression language (ESI 1.0 §3.3): a bounded recursive-descent
-//! parser from text to [`Expr`], and its evaluation against a [`Request`].
+//! The `esi:when test="..."` expression language (ESI 1.0 §3.3): an operator-precedence parser
+//! from text to [`Expr`] (explicit stacks, no recursion), and its evaluation against a [`Request`].
 //! Pure: no I/O. Variable values come from [`Request::value`]; nothing here escapes or renders.
 
 use std::borrow::Cow;
@@ -8,8 +8,9 @@ use std::fmt;
 
 use super::vars::{parse_var_ref, Request, VarPolicy, VarRef};
 
-/// The deepest nesting of `(` and `!` ever accepted, whatever `max_depth` asks for: parser
-/// recursion is proportional to nesting, so this keeps it far inside a small thread stack.
+/// The deepest nesting of `(` and `!` ever accepted, whatever `max_depth` asks for. The parser
+/// itself uses heap stacks, but evaluating and dropping the tree recurse on its depth; with
+/// [`MAX_OPERATORS`] this keeps the worst tree under ~512 KiB of stack in a debug build.
 const HARD_MAX_DEPTH: usize = 256;
 
 /// The most binary operators (`& | == != < <= > >=`) in one expression. A left-associative chain

@@ -263,13 +263,25 @@ pub struct TemplateBuilder {
 
 #[derive(Debug)]
 enum Open {
-    Try { attempt: Vec<Node>, except: Vec<Node> },
+    Try {
+        attempt: Vec<Node>,
+        except: Vec<Node>,
+    },
     Attempt,
     Except,
-    Choose { whens: Vec<When>, otherwise: Option<Vec<Node>> },
-    When { test: Option<Expr>, source: Box<str> },
+    Choose {
+        whens: Vec<When>,
+        otherwise: Option<Vec<Node>>,
+    },
+    When {
+        test: Option<Expr>,
+        source: Box<str>,
+    },
     Otherwise,
-    Inline { name: Box<str>, fetchable: bool },
+    Inline {
+        name: Box<str>,
+        fetchable: bool,
+    },
 }
 
 /// Parses a whole document.
@@ -309,7 +321,10 @@ impl Default for ParseOptions {
 impl ParseOptions {
     /// The defaults in strict mode.
     pub fn strict() -> Self {
-        Self { mode: Mode::Strict, ..Self::default() }
+        Self {
+            mode: Mode::Strict,
+            ..Self::default()
+        }
     }
 }
 
@@ -361,7 +376,10 @@ impl Kind {
 
     /// Whether text and ordinary elements may appear directly inside.
     fn holds_content(self) -> bool {
-        !matches!(self, Kind::Try | Kind::Choose | Kind::Include | Kind::Comment)
+        !matches!(
+            self,
+            Kind::Try | Kind::Choose | Kind::Include | Kind::Comment
+        )
     }
 }
 
@@ -426,7 +444,11 @@ impl Parser {
         self.problem_count
     }
 
-    fn handle_all(&mut self, tokens: &mut Vec<Token>, out: &mut Vec<Event>) -> Result<(), ParseError> {
+    fn handle_all(
+        &mut self,
+        tokens: &mut Vec<Token>,
+        out: &mut Vec<Event>,
+    ) -> Result<(), ParseError> {
         for token in tokens.drain(..) {
             self.handle(token, out)?;
         }
@@ -434,7 +456,11 @@ impl Parser {
     }
 
     fn problem(&mut self, pos: Pos, problem: Problem) -> Result<(), ParseError> {
-        let diag = Diagnostic { line: pos.line, col: pos.col, problem };
+        let diag = Diagnostic {
+            line: pos.line,
+            col: pos.col,
+            problem,
+        };
         let is_error = diag.problem.severity() == Severity::Error;
         if is_error && self.opts.mode == Mode::Strict {
             return Err(diag);
@@ -451,7 +477,12 @@ impl Parser {
     fn handle(&mut self, token: Token, out: &mut Vec<Event>) -> Result<(), ParseError> {
         match token {
             Token::Text(text) => self.text(text, out),
-            Token::Start { name, attrs, self_closing, pos } => {
+            Token::Start {
+                name,
+                attrs,
+                self_closing,
+                pos,
+            } => {
                 if let Some(skip) = &mut self.skip {
                     if !self_closing && Kind::from_name(&name) == Some(skip.kind) {
                         skip.nested += 1;
@@ -592,7 +623,11 @@ impl Parser {
             Kind::Comment => None,
             Kind::Attempt | Kind::Except => match parent {
                 Some(f) if f.kind == Kind::Try => {
-                    let seen = if kind == Kind::Attempt { f.first } else { f.second };
+                    let seen = if kind == Kind::Attempt {
+                        f.first
+                    } else {
+                        f.second
+                    };
                     seen.then_some("twice in one <esi:try>")
                 }
                 _ => Some("outside <esi:try>"),
@@ -614,16 +649,30 @@ impl Parser {
             },
         };
         if let Some(place) = place {
-            self.problem(pos, Problem::Misplaced { element: kind.name(), place })?;
+            self.problem(
+                pos,
+                Problem::Misplaced {
+                    element: kind.name(),
+                    place,
+                },
+            )?;
             if !self_closing {
-                self.skip = Some(Skip { kind, pos, nested: 0 });
+                self.skip = Some(Skip {
+                    kind,
+                    pos,
+                    nested: 0,
+                });
             }
             return Ok(());
         }
         match kind {
             Kind::Comment => {
                 if !self_closing {
-                    self.skip = Some(Skip { kind, pos, nested: 0 });
+                    self.skip = Some(Skip {
+                        kind,
+                        pos,
+                        nested: 0,
+                    });
                 }
                 Ok(())
             }
@@ -632,10 +681,22 @@ impl Parser {
                     Some(inc) => {
                         out.push(Event::Include(inc));
                         if !self_closing {
-                            self.stack.push(Frame { kind, pos, first: false, second: false, text_reported: false });
+                            self.stack.push(Frame {
+                                kind,
+                                pos,
+                                first: false,
+                                second: false,
+                                text_reported: false,
+                            });
                         }
                     }
-                    None if !self_closing => self.skip = Some(Skip { kind, pos, nested: 0 }),
+                    None if !self_closing => {
+                        self.skip = Some(Skip {
+                            kind,
+                            pos,
+                            nested: 0,
+                        })
+                    }
                     None => {}
                 }
                 Ok(())
@@ -644,7 +705,11 @@ impl Parser {
                 if self.depth() >= self.opts.max_depth {
                     self.problem(pos, Problem::TooDeep(self.opts.max_depth))?;
                     if !self_closing {
-                        self.skip = Some(Skip { kind, pos, nested: 0 });
+                        self.skip = Some(Skip {
+                            kind,
+                            pos,
+                            nested: 0,
+                        });
                     }
                     return Ok(());
                 }
@@ -668,7 +733,13 @@ impl Parser {
                 if let Some(event) = event {
                     out.push(event);
                 }
-                self.stack.push(Frame { kind, pos, first: false, second: false, text_reported: false });
+                self.stack.push(Frame {
+                    kind,
+                    pos,
+                    first: false,
+                    second: false,
+                    text_reported: false,
+                });
                 if kind == Kind::Vars {
                     self.vars_depth += 1;
                 }
@@ -694,7 +765,13 @@ impl Parser {
         };
         if at + 1 != self.stack.len() {
             let open = self.stack.last().map_or("?", |f| f.kind.name());
-            self.problem(pos, Problem::MismatchedEndTag { open, found: kind.name() })?;
+            self.problem(
+                pos,
+                Problem::MismatchedEndTag {
+                    open,
+                    found: kind.name(),
+                },
+            )?;
             while self.stack.len() > at + 1 {
                 self.close_top(out)?;
             }
@@ -705,7 +782,9 @@ impl Parser {
     /// Closes the innermost open element, checking what it required.
     fn close_top(&mut self, out: &mut Vec<Event>) -> Result<(), ParseError> {
         self.flush_vars(out)?;
-        let Some(frame) = self.stack.pop() else { return Ok(()) };
+        let Some(frame) = self.stack.pop() else {
+            return Ok(());
+        };
         let event = match frame.kind {
             Kind::Try => {
                 if !frame.first {
@@ -743,12 +822,20 @@ impl Parser {
         let attrs = match attributes(raw) {
             Ok(a) => a,
             Err(message) => {
-                self.problem(pos, Problem::BadAttribute { element: "include", message })?;
+                self.problem(
+                    pos,
+                    Problem::BadAttribute {
+                        element: "include",
+                        message,
+                    },
+                )?;
                 return Ok(None);
             }
         };
         let mut inc = Include {
-            src: VarString { segments: Vec::new() },
+            src: VarString {
+                segments: Vec::new(),
+            },
             alt: None,
             onerror: OnError::Fail,
             maxwait_ms: None,
@@ -769,7 +856,13 @@ impl Parser {
                     Ok(ms) => inc.maxwait_ms = Some(ms),
                     Err(_) => {
                         let message = format!("maxwait={value:?} is not a number of milliseconds");
-                        self.problem(pos, Problem::BadAttribute { element: "include", message })?;
+                        self.problem(
+                            pos,
+                            Problem::BadAttribute {
+                                element: "include",
+                                message,
+                            },
+                        )?;
                     }
                 },
                 // Other attributes (ttl, no-store, ...) belong to other dialects and are ignored.
@@ -787,13 +880,22 @@ impl Parser {
         let attrs = match attributes(raw) {
             Ok(a) => a,
             Err(message) => {
-                self.problem(pos, Problem::BadAttribute { element: "when", message })?;
+                self.problem(
+                    pos,
+                    Problem::BadAttribute {
+                        element: "when",
+                        message,
+                    },
+                )?;
                 Vec::new()
             }
         };
         let Some((_, source)) = attrs.into_iter().find(|(k, _)| k == "test") else {
             self.problem(pos, Problem::MissingTest)?;
-            return Ok(Event::WhenStart { test: None, source: "".into() });
+            return Ok(Event::WhenStart {
+                test: None,
+                source: "".into(),
+            });
         };
         let test = match parse_expr(&source, self.opts.max_expr_depth) {
             Ok(expr) => Some(expr),
@@ -802,14 +904,23 @@ impl Parser {
                 None
             }
         };
-        Ok(Event::WhenStart { test, source: source.into() })
+        Ok(Event::WhenStart {
+            test,
+            source: source.into(),
+        })
     }
 
     fn inline(&mut self, raw: &[u8], pos: Pos) -> Result<Event, ParseError> {
         let attrs = match attributes(raw) {
             Ok(a) => a,
             Err(message) => {
-                self.problem(pos, Problem::BadAttribute { element: "inline", message })?;
+                self.problem(
+                    pos,
+                    Problem::BadAttribute {
+                        element: "inline",
+                        message,
+                    },
+                )?;
                 Vec::new()
             }
         };
@@ -822,7 +933,10 @@ impl Parser {
                 _ => {}
             }
         }
-        Ok(Event::InlineStart { name: name.into(), fetchable })
+        Ok(Event::InlineStart {
+            name: name.into(),
+            fetchable,
+        })
     }
 }
 
@@ -851,19 +965,22 @@ pub fn decode_entities(s: &str) -> String {
     while let Some(amp) = rest.find('&') {
         out.push_str(&rest[..amp]);
         rest = &rest[amp..];
-        let decoded = rest[1..].find(';').filter(|end| *end <= 32).and_then(|end| {
-            let entity = &rest[1..=end];
-            let ch = if let Some(num) = entity.strip_prefix('#') {
-                let code = match num.strip_prefix(['x', 'X']) {
-                    Some(hex) => u32::from_str_radix(hex, 16).ok(),
-                    None => num.parse::<u32>().ok(),
+        let decoded = rest[1..]
+            .find(';')
+            .filter(|end| *end <= 32)
+            .and_then(|end| {
+                let entity = &rest[1..=end];
+                let ch = if let Some(num) = entity.strip_prefix('#') {
+                    let code = match num.strip_prefix(['x', 'X']) {
+                        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+                        None => num.parse::<u32>().ok(),
+                    };
+                    code.and_then(char::from_u32).map(String::from)
+                } else {
+                    quick_xml::escape::resolve_html5_entity(entity).map(str::to_owned)
                 };
-                code.and_then(char::from_u32).map(String::from)
-            } else {
-                quick_xml::escape::resolve_html5_entity(entity).map(str::to_owned)
-            };
-            ch.map(|c| (c, end + 2))
-        });
+                ch.map(|c| (c, end + 2))
+            });
         match decoded {
             Some((text, used)) => {
                 out.push_str(&text);
@@ -888,10 +1005,16 @@ impl TemplateBuilder {
             Event::Text(b) => self.current().push(Node::Text(b)),
             Event::Vars(s) => self.current().push(Node::Vars(s)),
             Event::Include(inc) => self.current().push(Node::Include(inc)),
-            Event::TryStart => self.open(Open::Try { attempt: Vec::new(), except: Vec::new() }),
+            Event::TryStart => self.open(Open::Try {
+                attempt: Vec::new(),
+                except: Vec::new(),
+            }),
             Event::AttemptStart => self.open(Open::Attempt),
             Event::ExceptStart => self.open(Open::Except),
-            Event::ChooseStart => self.open(Open::Choose { whens: Vec::new(), otherwise: None }),
+            Event::ChooseStart => self.open(Open::Choose {
+                whens: Vec::new(),
+                otherwise: None,
+            }),
             Event::WhenStart { test, source } => self.open(Open::When { test, source }),
             Event::OtherwiseStart => self.open(Open::Otherwise),
             Event::InlineStart { name, fetchable } => self.open(Open::Inline { name, fetchable }),
@@ -910,7 +1033,11 @@ impl TemplateBuilder {
         while !self.stack.is_empty() {
             self.close();
         }
-        Template { nodes: self.root, diagnostics: Vec::new(), problem_count: 0 }
+        Template {
+            nodes: self.root,
+            diagnostics: Vec::new(),
+            problem_count: 0,
+        }
     }
 
     fn current(&mut self) -> &mut Vec<Node> {
@@ -925,11 +1052,19 @@ impl TemplateBuilder {
     }
 
     fn close(&mut self) {
-        let Some((open, body)) = self.stack.pop() else { return };
+        let Some((open, body)) = self.stack.pop() else {
+            return;
+        };
         match open {
             Open::Try { attempt, except } => self.current().push(Node::Try { attempt, except }),
-            Open::Choose { whens, otherwise } => self.current().push(Node::Choose { whens, otherwise }),
-            Open::Inline { name, fetchable } => self.current().push(Node::Inline { name, fetchable, body }),
+            Open::Choose { whens, otherwise } => {
+                self.current().push(Node::Choose { whens, otherwise })
+            }
+            Open::Inline { name, fetchable } => self.current().push(Node::Inline {
+                name,
+                fetchable,
+                body,
+            }),
             Open::Attempt => {
                 if let Some((Open::Try { attempt, .. }, _)) = self.stack.last_mut() {
                     *attempt = body;

@@ -47,7 +47,11 @@ fn show(nodes: &[Node]) -> String {
                 }
                 s.push('}');
             }
-            Node::Inline { name, fetchable, body } => {
+            Node::Inline {
+                name,
+                fetchable,
+                body,
+            } => {
                 s.push_str(&format!("{{inline {name} {fetchable}:{}}}", show(body)));
             }
         }
@@ -56,11 +60,18 @@ fn show(nodes: &[Node]) -> String {
 }
 
 fn strict(input: &str) -> Result<Template, ParseError> {
-    parse(Bytes::copy_from_slice(input.as_bytes()), &ParseOptions::strict())
+    parse(
+        Bytes::copy_from_slice(input.as_bytes()),
+        &ParseOptions::strict(),
+    )
 }
 
 fn lenient(input: &str) -> Template {
-    parse(Bytes::copy_from_slice(input.as_bytes()), &ParseOptions::default()).expect("lenient never fails")
+    parse(
+        Bytes::copy_from_slice(input.as_bytes()),
+        &ParseOptions::default(),
+    )
+    .expect("lenient never fails")
 }
 
 #[test]
@@ -116,32 +127,101 @@ fn constructs() {
 fn invalid_utf8_and_binary_pass_through() {
     let input = Bytes::from_static(b"\xff\xfe<p>\x00\x80</p><esi:include src=\"/a\"/>\xc3");
     let t = parse(input, &ParseOptions::strict()).expect("parses");
-    let Node::Text(first) = &t.nodes[0] else { panic!("{:?}", t.nodes) };
+    let Node::Text(first) = &t.nodes[0] else {
+        panic!("{:?}", t.nodes)
+    };
     assert_eq!(&first[..], b"\xff\xfe<p>\x00\x80</p>");
-    let Node::Text(last) = &t.nodes[2] else { panic!("{:?}", t.nodes) };
+    let Node::Text(last) = &t.nodes[2] else {
+        panic!("{:?}", t.nodes)
+    };
     assert_eq!(&last[..], b"\xc3");
 }
 
 #[test]
 fn strict_mode_errors_carry_line_and_column() {
     let cases = [
-        ("<esi:try><esi:attempt>x</esi:attempt><esi:except>y</esi:except>", 1, 1, "<esi:try> is not closed"),
-        ("ab\n  <esi:choose><esi:when test=\"1\">", 2, 15, "<esi:when> is not closed"),
+        (
+            "<esi:try><esi:attempt>x</esi:attempt><esi:except>y</esi:except>",
+            1,
+            1,
+            "<esi:try> is not closed",
+        ),
+        (
+            "ab\n  <esi:choose><esi:when test=\"1\">",
+            2,
+            15,
+            "<esi:when> is not closed",
+        ),
         ("</esi:try>", 1, 1, "</esi:try> has no matching start tag"),
-        ("<esi:try><esi:attempt></esi:try>", 1, 23, "</esi:try> while <esi:attempt> is still open"),
+        (
+            "<esi:try><esi:attempt></esi:try>",
+            1,
+            23,
+            "</esi:try> while <esi:attempt> is still open",
+        ),
         ("x<esi:foo a=1/>", 1, 2, "unknown element <esi:foo>"),
         ("</esi:bar>", 1, 1, "unknown element <esi:bar>"),
-        ("<esi:include alt=\"/a\"/>", 1, 1, "<esi:include> without src"),
+        (
+            "<esi:include alt=\"/a\"/>",
+            1,
+            1,
+            "<esi:include> without src",
+        ),
         ("<esi:include src=\"\"/>", 1, 1, "<esi:include> without src"),
-        ("<esi:when test=\"1==1\">x</esi:when>", 1, 1, "<esi:when> is not allowed outside <esi:choose>"),
-        ("<esi:otherwise>x</esi:otherwise>", 1, 1, "<esi:otherwise> is not allowed outside <esi:choose>"),
-        ("<esi:attempt>x</esi:attempt>", 1, 1, "<esi:attempt> is not allowed outside <esi:try>"),
-        ("<esi:choose><esi:when test=\"1==\">x</esi:when></esi:choose>", 1, 13, "bad test expression"),
-        ("<esi:choose><esi:when>x</esi:when></esi:choose>", 1, 13, "<esi:when> without test"),
-        ("<esi:choose><esi:include src=\"/a\"/></esi:choose>", 1, 13, "not allowed directly inside <esi:choose>"),
-        ("<esi:try>text<esi:attempt/><esi:except/></esi:try>", 1, 1, "text directly inside <esi:try>"),
-        ("<esi:try><esi:attempt>x</esi:attempt></esi:try>", 1, 1, "<esi:try> without <esi:except>"),
-        ("<esi:choose></esi:choose>", 1, 1, "<esi:choose> without <esi:when>"),
+        (
+            "<esi:when test=\"1==1\">x</esi:when>",
+            1,
+            1,
+            "<esi:when> is not allowed outside <esi:choose>",
+        ),
+        (
+            "<esi:otherwise>x</esi:otherwise>",
+            1,
+            1,
+            "<esi:otherwise> is not allowed outside <esi:choose>",
+        ),
+        (
+            "<esi:attempt>x</esi:attempt>",
+            1,
+            1,
+            "<esi:attempt> is not allowed outside <esi:try>",
+        ),
+        (
+            "<esi:choose><esi:when test=\"1==\">x</esi:when></esi:choose>",
+            1,
+            13,
+            "bad test expression",
+        ),
+        (
+            "<esi:choose><esi:when>x</esi:when></esi:choose>",
+            1,
+            13,
+            "<esi:when> without test",
+        ),
+        (
+            "<esi:choose><esi:include src=\"/a\"/></esi:choose>",
+            1,
+            13,
+            "not allowed directly inside <esi:choose>",
+        ),
+        (
+            "<esi:try>text<esi:attempt/><esi:except/></esi:try>",
+            1,
+            1,
+            "text directly inside <esi:try>",
+        ),
+        (
+            "<esi:try><esi:attempt>x</esi:attempt></esi:try>",
+            1,
+            1,
+            "<esi:try> without <esi:except>",
+        ),
+        (
+            "<esi:choose></esi:choose>",
+            1,
+            1,
+            "<esi:choose> without <esi:when>",
+        ),
         (
             "<esi:choose><esi:otherwise/><esi:when test=\"1\"/></esi:choose>",
             1,
@@ -151,8 +231,18 @@ fn strict_mode_errors_carry_line_and_column() {
         ("x\n<esi:include src=\"/a\"", 2, 1, "ESI tag not terminated"),
         ("<esi:remove>x", 1, 1, "<esi:remove> is not closed"),
         ("<!--esi x", 1, 10, "<!--esi is not closed"),
-        ("<esi:include src=\"/a\">x", 1, 1, "<esi:include> is not closed"),
-        ("<esi:include src=\"/a\" src=\"/b\"/>", 1, 1, "bad attributes"),
+        (
+            "<esi:include src=\"/a\">x",
+            1,
+            1,
+            "<esi:include> is not closed",
+        ),
+        (
+            "<esi:include src=\"/a\" src=\"/b\"/>",
+            1,
+            1,
+            "bad attributes",
+        ),
     ];
     for (input, line, col, want) in cases {
         let err = strict(input).expect_err(input);
@@ -198,16 +288,25 @@ fn lenient_outcomes() {
     for (input, want, problems) in cases {
         let t = lenient(input);
         assert_eq!(show(&t.nodes), want, "input: {input:?}");
-        assert_eq!(t.problem_count, problems, "input: {input:?}: {:?}", t.diagnostics);
+        assert_eq!(
+            t.problem_count, problems,
+            "input: {input:?}: {:?}",
+            t.diagnostics
+        );
     }
 }
 
 #[test]
 fn warnings_do_not_fail_strict_mode() {
-    let t = strict("<esi:remove><esi:include src=\"/a\"/></esi:remove><esi:include src=\"/b\" onerror=\"x\"/>")
-        .expect("warnings only");
+    let t = strict(
+        "<esi:remove><esi:include src=\"/a\"/></esi:remove><esi:include src=\"/b\" onerror=\"x\"/>",
+    )
+    .expect("warnings only");
     let problems: Vec<_> = t.diagnostics.iter().map(|d| d.problem.clone()).collect();
-    assert_eq!(problems, vec![Problem::EsiInsideRemove, Problem::BadOnError("x".into())]);
+    assert_eq!(
+        problems,
+        vec![Problem::EsiInsideRemove, Problem::BadOnError("x".into())]
+    );
     assert_eq!(t.problem_count, 0);
 }
 
@@ -227,24 +326,45 @@ fn literal_runs_are_slices_of_the_input() {
 fn events_stream_before_the_input_ends() {
     let mut parser = Parser::new(ParseOptions::strict());
     let mut out = Vec::new();
-    parser.feed(Bytes::from_static(b"<p>a</p><esi:include src=\"/x\"/><esi:include src=\"/y"), &mut out).expect("ok");
-    assert!(matches!(out.as_slice(), [Event::Text(_), Event::Include(_)]), "{out:?}");
-    parser.feed(Bytes::from_static(b"\"/>tail"), &mut out).expect("ok");
+    parser
+        .feed(
+            Bytes::from_static(b"<p>a</p><esi:include src=\"/x\"/><esi:include src=\"/y"),
+            &mut out,
+        )
+        .expect("ok");
+    assert!(
+        matches!(out.as_slice(), [Event::Text(_), Event::Include(_)]),
+        "{out:?}"
+    );
+    parser
+        .feed(Bytes::from_static(b"\"/>tail"), &mut out)
+        .expect("ok");
     assert_eq!(out.len(), 4, "{out:?}");
     parser.finish(&mut out).expect("ok");
 }
 
 #[test]
 fn chunk_splits_give_the_same_template() {
-    let input = "<p>x</p><esi:vars>Hi $(HTTP_COOKIE{name}) and $(QUERY_STRING{q}|'none')</esi:vars>\
+    let input =
+        "<p>x</p><esi:vars>Hi $(HTTP_COOKIE{name}) and $(QUERY_STRING{q}|'none')</esi:vars>\
                  <esi:try><esi:attempt><esi:include src=\"/a\" alt=\"/b\"/></esi:attempt>\
                  <esi:except><!--esi <esi:include src=\"/c\"/> --></esi:except></esi:try>";
     let whole = show(&strict(input).expect("parses").nodes);
     for cut in 0..=input.len() {
         let mut parser = Parser::new(ParseOptions::strict());
         let mut events = Vec::new();
-        parser.feed(Bytes::copy_from_slice(&input.as_bytes()[..cut]), &mut events).expect("ok");
-        parser.feed(Bytes::copy_from_slice(&input.as_bytes()[cut..]), &mut events).expect("ok");
+        parser
+            .feed(
+                Bytes::copy_from_slice(&input.as_bytes()[..cut]),
+                &mut events,
+            )
+            .expect("ok");
+        parser
+            .feed(
+                Bytes::copy_from_slice(&input.as_bytes()[cut..]),
+                &mut events,
+            )
+            .expect("ok");
         parser.finish(&mut events).expect("ok");
         let mut b = TemplateBuilder::default();
         for e in events {
@@ -256,7 +376,9 @@ fn chunk_splits_give_the_same_template() {
 
 #[test]
 fn render_applies_fallbacks_and_branches() {
-    let req = Request::new().with_cookie("group=Advanced; name=<Ann>").with_query("id=7");
+    let req = Request::new()
+        .with_cookie("group=Advanced; name=<Ann>")
+        .with_query("id=7");
     let policy = VarPolicy::default();
     let cases = [
         ("<esi:include src=\"/ok\"/>", Some("OK")),
@@ -292,7 +414,10 @@ fn render_applies_fallbacks_and_branches() {
                 _ => None,
             }
         };
-        let got = t.render(&req, &policy, &mut fetch, &mut out).ok().map(|()| String::from_utf8_lossy(&out).into_owned());
+        let got = t
+            .render(&req, &policy, &mut fetch, &mut out)
+            .ok()
+            .map(|()| String::from_utf8_lossy(&out).into_owned());
         assert_eq!(got.as_deref(), want, "input: {input:?}");
     }
 }

@@ -117,7 +117,10 @@ impl Lines {
             Some(start) => at - start,
             None => self.col0 as usize + at,
         };
-        Pos { line: self.line, col: saturate(col) + 1 }
+        Pos {
+            line: self.line,
+            col: saturate(col) + 1,
+        }
     }
 
     fn advance(&mut self, buf: &[u8], to: usize) {
@@ -201,12 +204,21 @@ impl Scanner {
     pub fn finish(&mut self, out: &mut Vec<Token>) {
         let rest = std::mem::take(&mut self.pending);
         self.scan(rest, true, out);
-        let pos = Pos { line: self.line, col: self.col0 + 1 };
+        let pos = Pos {
+            line: self.line,
+            col: self.col0 + 1,
+        };
         if let Mode::Remove { pos, .. } = self.mode {
-            out.push(Token::Malformed { problem: ScanProblem::UnclosedRemove, pos });
+            out.push(Token::Malformed {
+                problem: ScanProblem::UnclosedRemove,
+                pos,
+            });
         }
         if self.in_esi_comment {
-            out.push(Token::Malformed { problem: ScanProblem::UnclosedEsiComment, pos });
+            out.push(Token::Malformed {
+                problem: ScanProblem::UnclosedEsiComment,
+                pos,
+            });
         }
         self.mode = Mode::Normal;
         self.in_esi_comment = false;
@@ -214,7 +226,12 @@ impl Scanner {
 
     /// Scans `buf`. Unless `eof`, bytes that cannot be decided yet go to `self.pending`.
     fn scan(&mut self, buf: Bytes, eof: bool, out: &mut Vec<Token>) {
-        let mut lines = Lines { counted_to: 0, line: self.line, last_nl: None, col0: self.col0 };
+        let mut lines = Lines {
+            counted_to: 0,
+            line: self.line,
+            last_nl: None,
+            col0: self.col0,
+        };
         let mut i = 0; // scan position
         let mut text = 0; // start of the literal run not yet emitted
         let len = buf.len();
@@ -223,7 +240,11 @@ impl Scanner {
         let consumed = 'outer: loop {
             match self.mode {
                 Mode::HtmlComment | Mode::Cdata => {
-                    let end: &[u8] = if self.mode == Mode::Cdata { b"]]>" } else { b"-->" };
+                    let end: &[u8] = if self.mode == Mode::Cdata {
+                        b"]]>"
+                    } else {
+                        b"-->"
+                    };
                     match memmem::find(&buf[i..], end) {
                         Some(k) => {
                             i += k + end.len();
@@ -262,7 +283,8 @@ impl Scanner {
                     None => {
                         let keep = hold(len.saturating_sub(REMOVE_END.len() - 1).max(i));
                         // Look at the held-back tail too: a marker may straddle `keep`.
-                        let contains_esi = contains_esi || memmem::find(&buf[i..], ESI_OPEN).is_some();
+                        let contains_esi =
+                            contains_esi || memmem::find(&buf[i..], ESI_OPEN).is_some();
                         self.mode = Mode::Remove { pos, contains_esi };
                         break 'outer keep;
                     }
@@ -302,8 +324,10 @@ impl Scanner {
                         match memchr::memchr(b'>', &rest[ESI_CLOSE.len()..]) {
                             Some(k) if k <= self.max_tag_bytes => {
                                 let name_end = p + ESI_CLOSE.len();
-                                let name_len =
-                                    buf[name_end..].iter().take_while(|b| is_name_byte(**b)).count();
+                                let name_len = buf[name_end..]
+                                    .iter()
+                                    .take_while(|b| is_name_byte(**b))
+                                    .count();
                                 emit_text(&buf, text, p, out);
                                 out.push(Token::End {
                                     name: buf.slice(name_end..name_end + name_len),
@@ -313,15 +337,36 @@ impl Scanner {
                                 text = i;
                             }
                             Some(_) => {
-                                self.malformed(&buf, p, ScanProblem::TagTooLong, &mut lines, out, &mut text);
+                                self.malformed(
+                                    &buf,
+                                    p,
+                                    ScanProblem::TagTooLong,
+                                    &mut lines,
+                                    out,
+                                    &mut text,
+                                );
                                 i = p + 1;
                             }
                             None if rest.len() > self.max_tag_bytes => {
-                                self.malformed(&buf, p, ScanProblem::TagTooLong, &mut lines, out, &mut text);
+                                self.malformed(
+                                    &buf,
+                                    p,
+                                    ScanProblem::TagTooLong,
+                                    &mut lines,
+                                    out,
+                                    &mut text,
+                                );
                                 i = p + 1;
                             }
                             None if eof => {
-                                self.malformed(&buf, p, ScanProblem::UnterminatedTag, &mut lines, out, &mut text);
+                                self.malformed(
+                                    &buf,
+                                    p,
+                                    ScanProblem::UnterminatedTag,
+                                    &mut lines,
+                                    out,
+                                    &mut text,
+                                );
                                 i = p + 1;
                             }
                             None => {
@@ -354,7 +399,8 @@ impl Scanner {
                         self.mode = Mode::Cdata;
                         i = p + CDATA.len();
                     } else if !eof
-                        && (could_become_marker(rest) || (rest.len() < 8 && ESI_COMMENT.starts_with(rest)))
+                        && (could_become_marker(rest)
+                            || (rest.len() < 8 && ESI_COMMENT.starts_with(rest)))
                     {
                         emit_text(&buf, text, p, out);
                         break 'outer p;
@@ -389,10 +435,17 @@ impl Scanner {
         text: &mut usize,
     ) -> Option<usize> {
         let name_start = p + ESI_OPEN.len();
-        let name_len = buf[name_start..].iter().take_while(|b| is_name_byte(**b)).count();
+        let name_len = buf[name_start..]
+            .iter()
+            .take_while(|b| is_name_byte(**b))
+            .count();
         let name_end = name_start + name_len;
         let bounded_end = (p + self.max_tag_bytes).min(buf.len());
-        let end = if name_end < bounded_end { find_tag_end(&buf[..bounded_end], name_end) } else { None };
+        let end = if name_end < bounded_end {
+            find_tag_end(&buf[..bounded_end], name_end)
+        } else {
+            None
+        };
         let Some(gt) = end else {
             if buf.len() - p >= self.max_tag_bytes {
                 self.malformed(buf, p, ScanProblem::TagTooLong, lines, out, text);
@@ -413,10 +466,18 @@ impl Scanner {
         let pos = lines.pos(buf, p);
         *text = gt + 1;
         if &name[..] == b"remove" && !self_closing {
-            self.mode = Mode::Remove { pos, contains_esi: false };
+            self.mode = Mode::Remove {
+                pos,
+                contains_esi: false,
+            };
             return Some(gt + 1);
         }
-        out.push(Token::Start { name, attrs: buf.slice(name_end..attrs_end), self_closing, pos });
+        out.push(Token::Start {
+            name,
+            attrs: buf.slice(name_end..attrs_end),
+            self_closing,
+            pos,
+        });
         Some(gt + 1)
     }
 
@@ -432,7 +493,10 @@ impl Scanner {
     ) {
         emit_text(buf, *text, p, out);
         *text = p;
-        out.push(Token::Malformed { problem, pos: lines.pos(buf, p) });
+        out.push(Token::Malformed {
+            problem,
+            pos: lines.pos(buf, p),
+        });
     }
 }
 
@@ -476,18 +540,48 @@ mod tests {
     fn tokens() {
         let cases: Vec<(&str, Vec<Token>)> = vec![
             ("plain <b>html</b>", vec![text("plain <b>html</b>")]),
-            ("a<esi:include src=\"x\"/>b", vec![text("a"), start("include", " src=\"x\"", true, 1, 2), text("b")]),
-            ("<esi:when test=\"$(A) > 1\">", vec![start("when", " test=\"$(A) > 1\"", false, 1, 1)]),
-            ("x\n  <esi:try>", vec![text("x\n  "), start("try", "", false, 2, 3)]),
+            (
+                "a<esi:include src=\"x\"/>b",
+                vec![
+                    text("a"),
+                    start("include", " src=\"x\"", true, 1, 2),
+                    text("b"),
+                ],
+            ),
+            (
+                "<esi:when test=\"$(A) > 1\">",
+                vec![start("when", " test=\"$(A) > 1\"", false, 1, 1)],
+            ),
+            (
+                "x\n  <esi:try>",
+                vec![text("x\n  "), start("try", "", false, 2, 3)],
+            ),
             (
                 "a</esi:try >b",
-                vec![text("a"), Token::End { name: Bytes::from_static(b"try"), pos: Pos { line: 1, col: 2 } }, text("b")],
+                vec![
+                    text("a"),
+                    Token::End {
+                        name: Bytes::from_static(b"try"),
+                        pos: Pos { line: 1, col: 2 },
+                    },
+                    text("b"),
+                ],
             ),
-            ("<!-- <esi:include src=x/> -->", vec![text("<!-- <esi:include src=x/> -->")]),
+            (
+                "<!-- <esi:include src=x/> -->",
+                vec![text("<!-- <esi:include src=x/> -->")],
+            ),
             ("<![CDATA[<esi:try>]]>", vec![text("<![CDATA[<esi:try>]]>")]),
             (
                 "a<esi:remove><esi:include src=x/></esi:remove>b",
-                vec![text("a"), Token::Remove { pos: Pos { line: 1, col: 2 }, contains_esi: true }, text("b")],
+                vec![
+                    text("a"),
+                    Token::Remove {
+                        pos: Pos { line: 1, col: 2 },
+                        contains_esi: true,
+                    },
+                    text("b"),
+                ],
             ),
             (
                 "<!--esi <p>x</p>-->",
@@ -498,14 +592,26 @@ mod tests {
                 ],
             ),
             ("<!--esix -->", vec![text("<!--esix -->")]),
-            ("<script>if (a<b && c) {}</script>", vec![text("<script>if (a<b && c) {}</script>")]),
+            (
+                "<script>if (a<b && c) {}</script>",
+                vec![text("<script>if (a<b && c) {}</script>")],
+            ),
             (
                 "<esi:include src='a",
-                vec![Token::Malformed { problem: ScanProblem::UnterminatedTag, pos: Pos { line: 1, col: 1 } }, text("<esi:include src='a")],
+                vec![
+                    Token::Malformed {
+                        problem: ScanProblem::UnterminatedTag,
+                        pos: Pos { line: 1, col: 1 },
+                    },
+                    text("<esi:include src='a"),
+                ],
             ),
             (
                 "<esi:remove>x",
-                vec![Token::Malformed { problem: ScanProblem::UnclosedRemove, pos: Pos { line: 1, col: 1 } }],
+                vec![Token::Malformed {
+                    problem: ScanProblem::UnclosedRemove,
+                    pos: Pos { line: 1, col: 1 },
+                }],
             ),
         ];
         for (input, want) in cases {
@@ -541,7 +647,10 @@ mod tests {
                 let mut s = Scanner::new(1024);
                 let mut out = Vec::new();
                 s.feed(Bytes::copy_from_slice(&input.as_bytes()[..cut]), &mut out);
-                s.feed(Bytes::copy_from_slice(&input.as_bytes()[cut..cut2]), &mut out);
+                s.feed(
+                    Bytes::copy_from_slice(&input.as_bytes()[cut..cut2]),
+                    &mut out,
+                );
                 s.feed(Bytes::copy_from_slice(&input.as_bytes()[cut2..]), &mut out);
                 s.finish(&mut out);
                 assert_eq!(merge_text(out), whole, "cuts at {cut}, {cut2}");
@@ -555,7 +664,13 @@ mod tests {
         let got = merge_text(scan_all(input.as_bytes()));
         assert_eq!(
             got,
-            vec![Token::Malformed { problem: ScanProblem::TagTooLong, pos: Pos { line: 1, col: 1 } }, text(&input)]
+            vec![
+                Token::Malformed {
+                    problem: ScanProblem::TagTooLong,
+                    pos: Pos { line: 1, col: 1 }
+                },
+                text(&input)
+            ]
         );
     }
 
@@ -566,7 +681,9 @@ mod tests {
         let mut out = Vec::new();
         s.feed(input.clone(), &mut out);
         s.finish(&mut out);
-        let Token::Text(first) = &out[0] else { panic!("{out:?}") };
+        let Token::Text(first) = &out[0] else {
+            panic!("{out:?}")
+        };
         assert_eq!(first.as_ptr(), input.as_ptr());
     }
 }

@@ -1,5 +1,8 @@
 //! The end-to-end test binary: every integration test links in here.
 
+mod config;
 mod engine;
+mod fetch;
 mod lint_cli;
+mod proxy;
 mod support;

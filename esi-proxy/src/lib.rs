@@ -1,8 +1,22 @@
 //! esi-proxy: an Edge Side Includes page-composition server.
 //!
-//! Modules in data-flow order:
+//! Modules in data-flow order (arrows point one way: server → compose → fetch → config):
+//! - [`server`]: hyper server, proxying of non-ESI responses, admin endpoints, graceful shutdown.
+//! - [`compose`]: runs a [`esi::Template`] for one request: concurrent fetches, fallbacks, nested
+//!   includes, the body streamed in document order.
+//! - [`fetch`]: HTTP client to origin and fragments: timeouts, host allowlist, header policy,
+//!   size limits.
+//! - [`config`]: TOML schema, defaults, validation with file/line/field errors.
 //! - [`esi`]: the ESI 1.0 language, bytes → [`esi::Template`]; expressions and variables. Pure.
+//! - [`telemetry`]: tracing subscriber, metrics registry, Server-Timing.
+//! - [`error`]: the top-level error and its HTTP status.
 //! - [`lint`]: checks ESI markup for fragment teams (`esi-proxy lint`).
 
+pub mod compose;
+pub mod config;
+pub mod error;
 pub mod esi;
+pub mod fetch;
 pub mod lint;
+pub mod server;
+pub mod telemetry;

@@ -1,5 +1,5 @@
 //! The `esi-proxy` command line: parses flags with clap and runs the chosen command.
-//! Commands: `lint` checks ESI markup for fragment teams.
+//! Commands: `serve` runs the proxy; `check-config` validates a config file; `lint` checks ESI markup for fragment teams.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+use std::sync::Arc;
+
+use esi_proxy::config::Config;
 use esi_proxy::esi::Severity;
+use esi_proxy::{fetch, server, telemetry};
 
 /// An Edge Side Includes page-composition server.
 #[derive(Debug, Parser)]
@@ -19,6 +23,26 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the proxy in front of an origin (flags override the config file).
+    Serve {
+        /// TOML config file; without one, built-in defaults apply.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on, e.g. 127.0.0.1:8080.
+        #[arg(long)]
+        listen: Option<String>,
+        /// The origin (gateway) URL, e.g. http://127.0.0.1:8081.
+        #[arg(long)]
+        origin: Option<String>,
+        /// Log JSON lines instead of text.
+        #[arg(long)]
+        json_logs: bool,
+    },
+    /// Validate a config file: prints every problem with its line, exit status 1 if any.
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+    },
     /// Check ESI markup: prints `file:line:col: message` for each problem, exit status 1 on errors.
     Lint {
         /// Files to check.
@@ -30,13 +54,86 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve { config, listen, origin, json_logs } => serve(config, listen, origin, json_logs),
         Command::Lint { files } => run_lint(&files),
+        Command::CheckConfig { file } => Ok(check_config(&file)),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("esi-proxy: {e:#}");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(
+    file: Option<PathBuf>,
+    listen: Option<String>,
+    origin: Option<String>,
+    json_logs: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut config = match &file {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(listen) = listen {
+        config.server.listen = listen;
+    }
+    if let Some(origin) = origin {
+        config.server.origin = origin;
+    }
+    let source = file.as_ref().map_or_else(|| "<defaults and flags>".to_owned(), |p| p.display().to_string());
+    config.validate_source(&source, None)?;
+    telemetry::init_tracing(json_logs || config.server.log_format == "json", "info")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&config.server.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.server.listen))?;
+        let addr = listener.local_addr()?;
+        let metrics = Arc::new(telemetry::Metrics::new());
+        let state = server::AppState::new(config, Arc::new(fetch::SystemLookup), metrics)?;
+        tracing::info!(%addr, "esi-proxy listening");
+        server::run(listener, state, shutdown_signal()).await?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown signal received");
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match esi_proxy::config::Config::load(file) {
+        Ok(_) => {
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("{e}");
+            ExitCode::FAILURE
         }
     }
 }

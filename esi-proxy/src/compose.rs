@@ -1,0 +1,708 @@
+//! Composition of one page: parses the layout as it arrives, starts every include's fetch the
+//! moment its tag is parsed, applies `alt` / `onerror` / `esi:try` / policy fallbacks, composes
+//! fragments that are ESI themselves up to a depth, and emits the body in document order as
+//! early as each part is ready. Knows no sockets: fragments come from a [`Fetcher`].
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::future::{try_join_all, BoxFuture, FutureExt};
+use futures::{Stream, StreamExt};
+use http::HeaderMap;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+use url::Url;
+
+use crate::config::Config;
+use crate::esi::ast::choose_branch;
+use crate::esi::parse::TemplateBuilder;
+use crate::esi::vars::{render_html, render_url};
+use crate::esi::{
+    self, CookieAccess, Event, Include, Node, OnError, ParseOptions, Parser, VarPolicy,
+};
+use crate::fetch::{FetchError, FragmentRequest, Fetcher};
+use crate::telemetry::Metrics;
+
+/// What an include that fails with no fallback yields outside `esi:try`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorPolicy {
+    /// An empty slot, logged and counted.
+    Empty,
+    /// The page fails: 502 if nothing was sent yet, else the connection is aborted.
+    Fail,
+}
+
+/// The limits and policies composition runs under, taken from [`Config`].
+#[derive(Debug, Clone)]
+pub struct ComposeConfig {
+    /// How deep fragments that are ESI themselves are composed.
+    pub max_depth: usize,
+    /// Most includes per page, nested ones included.
+    pub max_includes: usize,
+    /// Policy for failed includes with no fallback.
+    pub on_error: ErrorPolicy,
+    /// Deadline per fragment unless the tag sets `maxwait`.
+    pub fragment_timeout: Duration,
+    /// Deadline for the whole page.
+    pub page_timeout: Duration,
+    /// Largest composed page.
+    pub max_page_bytes: usize,
+    /// Most fetches in flight for one page.
+    pub max_concurrent_per_page: usize,
+    /// Parser settings (lenient) for layouts and ESI fragments.
+    pub parse: ParseOptions,
+    /// What variables may read and how they are escaped.
+    pub vars: VarPolicy,
+}
+
+/// Runs pages: owns the fragment source, the process-wide fetch limit and the metrics.
+pub struct Composer {
+    fetcher: Arc<dyn Fetcher>,
+    config: ComposeConfig,
+    global: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+/// One page request: where its layout came from and what the client sent.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// The layout's URL: relative `src` resolve against it.
+    pub url: Url,
+    /// Values for ESI variables.
+    pub vars: esi::Request,
+    /// The client's request headers (with the proxy's X-Forwarded-*), for fragment requests.
+    pub client_headers: Arc<HeaderMap>,
+    /// When the page started (its deadline counts from here).
+    pub started: Instant,
+}
+
+/// Why a page could not be completed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ComposeError {
+    /// Reading the layout body failed.
+    #[error("layout body: {0}")]
+    Layout(String),
+    /// The layout did not finish before the page deadline.
+    #[error("layout not complete within {0:?}")]
+    LayoutTimeout(Duration),
+    /// An include failed with no fallback and the policy is `fail`.
+    #[error("required include failed: {0}")]
+    Required(Failure),
+    /// The page grew past `max_page_bytes`.
+    #[error("page over {0} bytes")]
+    PageTooLarge(usize),
+}
+
+/// Why one include produced nothing.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{url}: {kind}: {message}")]
+pub struct Failure {
+    /// The URL that failed last (the `alt` when there was one).
+    pub url: String,
+    /// Failure kind, as in metrics: a [`FetchError::kind`], or "loop", "limit", "depth", "url".
+    pub kind: &'static str,
+    /// Details for the log.
+    pub message: String,
+}
+
+/// Per-page state shared by all of the page's fetch tasks.
+struct PageState {
+    composer: Arc<Composer>,
+    page: Page,
+    deadline: tokio::time::Instant,
+    local: Semaphore,
+    includes: AtomicUsize,
+}
+
+/// Where a document sits: its URL, the URLs of the documents that include it, its depth.
+#[derive(Debug, Clone)]
+struct DocContext {
+    base: Url,
+    ancestors: Vec<Url>,
+    depth: usize,
+}
+
+/// A spawned task that is aborted when dropped, so a page's fetches stop with the page.
+struct Task<T>(JoinHandle<T>);
+
+/// One piece of output in document order.
+enum Slot {
+    Ready(Bytes),
+    Pending(Task<Result<Bytes, Failure>>),
+}
+
+/// A block open while the layout streams in.
+enum Frame {
+    Try {
+        attempt: Vec<Slot>,
+        in_attempt: bool,
+        /// The except branch, collected as nodes and rendered only if the attempt fails.
+        except: Vec<Node>,
+        collecting: Option<(TemplateBuilder, usize)>,
+    },
+    Choose {
+        taken: bool,
+    },
+    /// A taken `when`/`otherwise`, or an `inline`: transparent.
+    Transparent,
+}
+
+/// The streaming state of one page.
+struct Driver {
+    state: Arc<PageState>,
+    doc: Arc<DocContext>,
+    queue: VecDeque<Slot>,
+    frames: Vec<Frame>,
+    /// While above zero, events belong to a branch that was not taken.
+    skip: usize,
+}
+
+// === impl ComposeConfig ===
+
+impl ComposeConfig {
+    /// Composition settings from a validated config.
+    pub fn from_config(config: &Config) -> Self {
+        let e = &config.esi;
+        let cookies = if e.cookie_names.iter().any(|n| n == "*") {
+            CookieAccess::All
+        } else {
+            CookieAccess::Only(e.cookie_names.clone())
+        };
+        Self {
+            max_depth: e.max_depth,
+            max_includes: e.max_includes,
+            on_error: if e.on_error == "fail" { ErrorPolicy::Fail } else { ErrorPolicy::Empty },
+            fragment_timeout: Duration::from_millis(config.fetch.fragment_timeout_ms),
+            page_timeout: Duration::from_millis(config.fetch.page_timeout_ms),
+            max_page_bytes: config.fetch.max_page_bytes,
+            max_concurrent_per_page: config.fetch.max_concurrent_per_page,
+            parse: ParseOptions { max_depth: e.max_nesting, ..ParseOptions::default() },
+            vars: VarPolicy {
+                cookies,
+                whole_cookie_header: e.expose_cookie_header,
+                raw_output: e.raw_vars,
+            },
+        }
+    }
+}
+
+// === impl Composer ===
+
+impl Composer {
+    /// A composer fetching from `fetcher`, with at most `max_concurrent` fetches in flight
+    /// process-wide.
+    pub fn new(
+        fetcher: Arc<dyn Fetcher>,
+        config: ComposeConfig,
+        max_concurrent: usize,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self { fetcher, config, global: Arc::new(Semaphore::new(max_concurrent)), metrics })
+    }
+
+    /// The settings this composer runs under.
+    pub fn config(&self) -> &ComposeConfig {
+        &self.config
+    }
+
+    /// Composes a page whose layout body arrives as `layout` (already decoded). Returns the
+    /// page body in document order; an `Err` item means the page cannot be completed and the
+    /// response must be aborted. Dropping the receiver stops the page and all its fetches.
+    pub fn compose<S>(self: &Arc<Self>, page: Page, layout: S) -> mpsc::Receiver<Result<Bytes, ComposeError>>
+    where
+        S: Stream<Item = Result<Bytes, String>> + Send + Unpin + 'static,
+    {
+        let (tx, rx) = mpsc::channel(16);
+        let deadline = tokio::time::Instant::from_std(page.started + self.config.page_timeout);
+        let doc = Arc::new(DocContext { base: page.url.clone(), ancestors: vec![page.url.clone()], depth: 0 });
+        let state = Arc::new(PageState {
+            composer: Arc::clone(self),
+            page,
+            deadline,
+            local: Semaphore::new(self.config.max_concurrent_per_page),
+            includes: AtomicUsize::new(0),
+        });
+        let driver = Driver { state, doc, queue: VecDeque::new(), frames: Vec::new(), skip: 0 };
+        let span = tracing::Span::current();
+        tokio::spawn(driver.run(layout, tx).instrument(span));
+        rx
+    }
+}
+
+// === impl Driver ===
+
+impl Driver {
+    async fn run<S>(mut self, mut layout: S, tx: mpsc::Sender<Result<Bytes, ComposeError>>)
+    where
+        S: Stream<Item = Result<Bytes, String>> + Send + Unpin,
+    {
+        let cfg = &self.state.composer.config;
+        let max_page_bytes = cfg.max_page_bytes;
+        let mut parser = Parser::new(cfg.parse.clone());
+        let mut events = Vec::new();
+        let mut layout_done = false;
+        let mut current: Option<Task<Result<Bytes, Failure>>> = None;
+        let mut sent = 0usize;
+        let deadline = self.state.deadline;
+        let page_timeout = cfg.page_timeout;
+
+        loop {
+            // Send everything that is ready at the front, in order.
+            while current.is_none() {
+                match self.queue.pop_front() {
+                    Some(Slot::Ready(bytes)) => {
+                        if bytes.is_empty() {
+                            continue;
+                        }
+                        sent += bytes.len();
+                        if sent > max_page_bytes {
+                            let _ = tx.send(Err(ComposeError::PageTooLarge(max_page_bytes))).await;
+                            return;
+                        }
+                        if tx.send(Ok(bytes)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Slot::Pending(task)) => current = Some(task),
+                    None => break,
+                }
+            }
+            if layout_done && current.is_none() && self.queue.is_empty() {
+                let problems = parser.problem_count();
+                if problems > 0 {
+                    self.state.composer.metrics.add_esi_problems(problems as u64);
+                    tracing::debug!(problems, diagnostics = ?parser.diagnostics(), "lenient ESI problems in layout");
+                }
+                return;
+            }
+            tokio::select! {
+                () = tx.closed() => return,
+                chunk = tokio::time::timeout_at(deadline, layout.next()), if !layout_done => {
+                    let step = match chunk {
+                        Err(_) => Err(ComposeError::LayoutTimeout(page_timeout)),
+                        Ok(Some(Err(e))) => Err(ComposeError::Layout(e)),
+                        Ok(Some(Ok(bytes))) => Ok(parser.feed(bytes, &mut events)),
+                        Ok(None) => {
+                            layout_done = true;
+                            Ok(parser.finish(&mut events))
+                        }
+                    };
+                    if let Err(e) = step {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                    for event in events.drain(..) {
+                        self.handle(event);
+                    }
+                }
+                result = async { current.as_mut().expect("guarded by is_some").join().await }, if current.is_some() => {
+                    current = None;
+                    match result {
+                        Ok(bytes) => self.queue.push_front(Slot::Ready(bytes)),
+                        Err(failure) => {
+                            let _ = tx.send(Err(ComposeError::Required(failure))).await;
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether content now lands inside an `esi:attempt`.
+    fn in_attempt(&self) -> bool {
+        self.frames.iter().rev().find_map(|f| match f {
+            Frame::Try { in_attempt, .. } => Some(*in_attempt),
+            _ => None,
+        }) == Some(true)
+    }
+
+    fn push(&mut self, slot: Slot) {
+        for frame in self.frames.iter_mut().rev() {
+            if let Frame::Try { attempt, in_attempt: true, .. } = frame {
+                attempt.push(slot);
+                return;
+            }
+        }
+        self.queue.push_back(slot);
+    }
+
+    fn handle(&mut self, event: Event) {
+        if self.skip > 0 {
+            if is_start(&event) {
+                self.skip += 1;
+            } else if is_end(&event) {
+                self.skip -= 1;
+            }
+            return;
+        }
+        if let Some(Frame::Try { collecting: collecting @ Some(_), except, .. }) = self.frames.last_mut() {
+            let (builder, depth) = collecting.as_mut().expect("matched Some");
+            if is_end(&event) && *depth == 0 {
+                // The `</esi:except>` closing the branch being collected.
+                let (builder, _) = collecting.take().expect("matched Some");
+                *except = builder.finish().nodes;
+                return;
+            }
+            if is_start(&event) {
+                *depth += 1;
+            } else if is_end(&event) {
+                *depth -= 1;
+            }
+            builder.push(event);
+            return;
+        }
+        match event {
+            Event::Text(bytes) => self.push(Slot::Ready(bytes)),
+            Event::Vars(segments) => {
+                let mut out = Vec::new();
+                render_html(&segments, &self.state.page.vars, &self.state.composer.config.vars, &mut out);
+                self.push(Slot::Ready(Bytes::from(out)));
+            }
+            Event::Include(inc) => {
+                let in_try = self.in_attempt();
+                let (state, doc) = (Arc::clone(&self.state), Arc::clone(&self.doc));
+                let task = Task::spawn(async move { include(&state, &inc, &doc, in_try).await });
+                self.push(Slot::Pending(task));
+            }
+            Event::TryStart => self.frames.push(Frame::Try {
+                attempt: Vec::new(),
+                in_attempt: false,
+                except: Vec::new(),
+                collecting: None,
+            }),
+            Event::AttemptStart | Event::AttemptEnd => {
+                if let Some(Frame::Try { in_attempt, .. }) = self.frames.last_mut() {
+                    *in_attempt = matches!(event, Event::AttemptStart);
+                }
+            }
+            Event::ExceptStart => {
+                if let Some(Frame::Try { collecting, .. }) = self.frames.last_mut() {
+                    *collecting = Some((TemplateBuilder::default(), 0));
+                }
+            }
+            Event::TryEnd => {
+                if let Some(Frame::Try { attempt, except, .. }) = self.frames.pop() {
+                    let in_try = self.in_attempt();
+                    let (state, doc) = (Arc::clone(&self.state), Arc::clone(&self.doc));
+                    let task = Task::spawn(async move { run_try(&state, attempt, except, &doc, in_try).await });
+                    self.push(Slot::Pending(task));
+                }
+            }
+            Event::ChooseStart => self.frames.push(Frame::Choose { taken: false }),
+            Event::WhenStart { test, .. } => {
+                let pass = test.is_some_and(|t| t.eval(&self.state.page.vars, &self.state.composer.config.vars));
+                self.enter_branch(pass);
+            }
+            Event::OtherwiseStart => self.enter_branch(true),
+            Event::InlineStart { .. } => self.frames.push(Frame::Transparent),
+            Event::WhenEnd | Event::OtherwiseEnd | Event::ChooseEnd | Event::InlineEnd => {
+                self.frames.pop();
+            }
+            // Consumed while collecting the except branch.
+            Event::ExceptEnd => {}
+        }
+    }
+
+    /// Opens a `when` (if `pass`) or `otherwise` branch: taken if no earlier branch was.
+    fn enter_branch(&mut self, pass: bool) {
+        let take = match self.frames.last_mut() {
+            Some(Frame::Choose { taken }) if !*taken && pass => {
+                *taken = true;
+                true
+            }
+            _ => false,
+        };
+        if take {
+            self.frames.push(Frame::Transparent);
+        } else {
+            self.skip = 1;
+        }
+    }
+}
+
+fn is_start(e: &Event) -> bool {
+    matches!(
+        e,
+        Event::TryStart
+            | Event::AttemptStart
+            | Event::ExceptStart
+            | Event::ChooseStart
+            | Event::WhenStart { .. }
+            | Event::OtherwiseStart
+            | Event::InlineStart { .. }
+    )
+}
+
+fn is_end(e: &Event) -> bool {
+    matches!(
+        e,
+        Event::TryEnd
+            | Event::AttemptEnd
+            | Event::ExceptEnd
+            | Event::ChooseEnd
+            | Event::WhenEnd
+            | Event::OtherwiseEnd
+            | Event::InlineEnd
+    )
+}
+
+// === impl Task ===
+
+impl<T: Send + 'static> Task<T> {
+    fn spawn(fut: impl std::future::Future<Output = T> + Send + 'static) -> Self {
+        Task(tokio::spawn(fut.instrument(tracing::Span::current())))
+    }
+}
+
+impl Task<Result<Bytes, Failure>> {
+    async fn join(&mut self) -> Result<Bytes, Failure> {
+        match (&mut self.0).await {
+            Ok(result) => result,
+            Err(e) => Err(Failure { url: String::new(), kind: "transport", message: format!("fetch task ended: {e}") }),
+        }
+    }
+}
+
+impl<T> Drop for Task<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+// === composition of buffered documents ===
+
+/// Runs a streamed `esi:try`: the attempt's slots are already in flight; if one fails, the
+/// except branch is composed instead.
+async fn run_try(
+    state: &Arc<PageState>,
+    attempt: Vec<Slot>,
+    except: Vec<Node>,
+    doc: &DocContext,
+    in_try: bool,
+) -> Result<Bytes, Failure> {
+    let mut parts = Vec::with_capacity(attempt.len());
+    let mut failure = None;
+    for slot in attempt {
+        match slot {
+            Slot::Ready(b) => parts.push(b),
+            Slot::Pending(mut task) => match task.join().await {
+                Ok(b) => parts.push(b),
+                Err(f) => {
+                    failure = Some(f);
+                    break;
+                }
+            },
+        }
+    }
+    match failure {
+        None => Ok(concat(parts)),
+        Some(f) => {
+            tracing::info!(failure = %f, "esi:attempt failed, using esi:except");
+            state.composer.metrics.record_fallback("except");
+            compose_nodes(state, &except, doc, in_try).await.map(concat)
+        }
+    }
+}
+
+/// Composes a buffered document (an except branch, an ESI fragment): every include starts at
+/// once; output is kept in order.
+fn compose_nodes<'a>(
+    state: &'a Arc<PageState>,
+    nodes: &'a [Node],
+    doc: &'a DocContext,
+    in_try: bool,
+) -> BoxFuture<'a, Result<Vec<Bytes>, Failure>> {
+    async move {
+        let cfg = &state.composer.config;
+        let parts = nodes.iter().map(|node| -> BoxFuture<'a, Result<Vec<Bytes>, Failure>> {
+            match node {
+                Node::Text(b) => futures::future::ready(Ok(vec![b.clone()])).boxed(),
+                Node::Vars(segments) => {
+                    let mut out = Vec::new();
+                    render_html(segments, &state.page.vars, &cfg.vars, &mut out);
+                    futures::future::ready(Ok(vec![Bytes::from(out)])).boxed()
+                }
+                Node::Include(inc) => include(state, inc, doc, in_try).map(|r| r.map(|b| vec![b])).boxed(),
+                Node::Try { attempt, except } => async move {
+                    match compose_nodes(state, attempt, doc, true).await {
+                        Ok(parts) => Ok(parts),
+                        Err(f) => {
+                            tracing::info!(failure = %f, "esi:attempt failed, using esi:except");
+                            state.composer.metrics.record_fallback("except");
+                            compose_nodes(state, except, doc, in_try).await
+                        }
+                    }
+                }
+                .boxed(),
+                Node::Choose { whens, otherwise } => {
+                    match choose_branch(whens, otherwise.as_ref(), &state.page.vars, &cfg.vars) {
+                        Some(branch) => compose_nodes(state, branch, doc, in_try),
+                        None => futures::future::ready(Ok(Vec::new())).boxed(),
+                    }
+                }
+                Node::Inline { body, .. } => compose_nodes(state, body, doc, in_try),
+            }
+        });
+        let parts = try_join_all(parts).await?;
+        Ok(parts.into_iter().flatten().collect())
+    }
+    .boxed()
+}
+
+/// One include with its fallbacks: `src`, then `alt`, then `onerror="continue"`; then, outside
+/// an attempt, the policy.
+fn include<'a>(
+    state: &'a Arc<PageState>,
+    inc: &'a Include,
+    doc: &'a DocContext,
+    in_try: bool,
+) -> BoxFuture<'a, Result<Bytes, Failure>> {
+    async move {
+        let cfg = &state.composer.config;
+        let metrics = &state.composer.metrics;
+        let mut last = None;
+        if state.includes.fetch_add(1, Ordering::Relaxed) >= cfg.max_includes {
+            metrics.record_fragment("", "limit", 0.0, 0);
+            last = Some(Failure {
+                url: inc.src.to_string(),
+                kind: "limit",
+                message: format!("more than {} includes in the page", cfg.max_includes),
+            });
+        } else {
+            for (i, src) in std::iter::once(&inc.src).chain(inc.alt.as_ref()).enumerate() {
+                match fetch_fragment(state, src, inc.maxwait_ms, doc).await {
+                    Ok(body) => {
+                        if i > 0 {
+                            metrics.record_fallback("alt");
+                        }
+                        return Ok(body);
+                    }
+                    Err(f) => {
+                        tracing::warn!(failure = %f, alt = i > 0, line = inc.line, "include failed");
+                        last = Some(f);
+                    }
+                }
+            }
+        }
+        let failure = last.expect("an include fails only after an attempt or the limit");
+        if inc.onerror == OnError::Continue {
+            metrics.record_fallback("continue");
+            return Ok(Bytes::new());
+        }
+        if in_try {
+            return Err(failure);
+        }
+        match cfg.on_error {
+            ErrorPolicy::Empty => {
+                metrics.record_fallback("empty");
+                Ok(Bytes::new())
+            }
+            ErrorPolicy::Fail => {
+                metrics.record_fallback("abort");
+                Err(failure)
+            }
+        }
+    }
+    .boxed()
+}
+
+/// Fetches one URL of an include, composing it if it is ESI itself.
+async fn fetch_fragment(
+    state: &Arc<PageState>,
+    src: &esi::VarString,
+    maxwait_ms: Option<u64>,
+    doc: &DocContext,
+) -> Result<Bytes, Failure> {
+    let composer = &state.composer;
+    let cfg = &composer.config;
+    let fail = |url: &str, kind: &'static str, message: String| Failure { url: url.to_owned(), kind, message };
+    let rendered = render_url(src, &state.page.vars, &cfg.vars).map_err(|e| fail(&src.to_string(), "url", e.to_string()))?;
+    let url = doc.base.join(&rendered).map_err(|e| fail(&rendered, "url", e.to_string()))?;
+    let url_text = url.to_string();
+    let host = format!("{}:{}", url.host_str().unwrap_or(""), url.port_or_known_default().unwrap_or(0));
+    let refused = if doc.ancestors.contains(&url) {
+        Some(fail(&url_text, "loop", "includes itself or a document that includes it".into()))
+    } else {
+        composer.fetcher.check(&url).err().map(|e| fetch_failure(&url_text, &e))
+    };
+    if let Some(f) = refused {
+        composer.metrics.record_fragment(&host, f.kind, 0.0, 0);
+        return Err(f);
+    }
+    let started = Instant::now();
+    let span = tracing::info_span!("fragment", url = %url_text, depth = doc.depth, status = tracing::field::Empty, ms = tracing::field::Empty);
+    let result = async {
+        let timeout_err = || fail(&url_text, "timeout", "page deadline passed".into());
+        let _local = tokio::time::timeout_at(state.deadline, state.local.acquire()).await.map_err(|_| timeout_err())?;
+        let _global =
+            tokio::time::timeout_at(state.deadline, composer.global.acquire()).await.map_err(|_| timeout_err())?;
+        let remaining = state.deadline.saturating_duration_since(tokio::time::Instant::now());
+        let own = maxwait_ms.map_or(cfg.fragment_timeout, Duration::from_millis);
+        let timeout = own.min(remaining);
+        if timeout.is_zero() {
+            return Err(timeout_err());
+        }
+        let request =
+            FragmentRequest { url: url.clone(), client_headers: Arc::clone(&state.page.client_headers), timeout };
+        composer.fetcher.fetch(request).await.map_err(|e| fetch_failure(&url_text, &e))
+    }
+    .instrument(span.clone())
+    .await;
+    let seconds = started.elapsed().as_secs_f64();
+    span.record("ms", seconds * 1000.0);
+    let fragment = match result {
+        Ok(f) => {
+            span.record("status", f.status.as_u16());
+            composer.metrics.record_fragment(&host, "ok", seconds, f.body.len());
+            f
+        }
+        Err(f) => {
+            composer.metrics.record_fragment(&host, f.kind, seconds, 0);
+            return Err(f);
+        }
+    };
+    if !fragment.is_esi() {
+        return Ok(fragment.body);
+    }
+    if doc.depth + 1 > cfg.max_depth {
+        return Err(fail(&url_text, "depth", format!("ESI nested deeper than {}", cfg.max_depth)));
+    }
+    let template = esi::parse(fragment.body, &cfg.parse).map_err(|e| fail(&url_text, "esi", e.to_string()))?;
+    if template.problem_count > 0 {
+        composer.metrics.add_esi_problems(template.problem_count as u64);
+    }
+    let mut ancestors = doc.ancestors.clone();
+    ancestors.push(url.clone());
+    let child = DocContext { base: url, ancestors, depth: doc.depth + 1 };
+    let parts = compose_nodes(state, &template.nodes, &child, false).await?;
+    let total: usize = parts.iter().map(Bytes::len).sum();
+    if total > cfg.max_page_bytes {
+        return Err(fail(&url_text, "too_large", format!("composed fragment over {} bytes", cfg.max_page_bytes)));
+    }
+    Ok(concat(parts))
+}
+
+fn fetch_failure(url: &str, e: &FetchError) -> Failure {
+    Failure { url: url.to_owned(), kind: e.kind(), message: e.to_string() }
+}
+
+/// Joins parts into one `Bytes`, without a copy when there is only one.
+fn concat(mut parts: Vec<Bytes>) -> Bytes {
+    parts.retain(|p| !p.is_empty());
+    match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.pop().expect("one part"),
+        _ => {
+            let mut out = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+            for p in parts {
+                out.extend_from_slice(&p);
+            }
+            out.freeze()
+        }
+    }
+}

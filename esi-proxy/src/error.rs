@@ -1,0 +1,59 @@
+//! The top-level request error and the one place it becomes an HTTP status: upstream failures
+//! are 502/504, bad requests 4xx, our own faults 500. Response bodies never show internals;
+//! details go to the log.
+
+use http::StatusCode;
+
+use crate::compose::ComposeError;
+use crate::fetch::FetchError;
+
+/// Why a request could not be answered normally.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The origin could not be reached or answered badly.
+    #[error("origin: {0}")]
+    Origin(#[from] FetchError),
+    /// The page could not be composed before its headers were sent.
+    #[error("compose: {0}")]
+    Compose(#[from] ComposeError),
+    /// The origin's body is encoded in a way the proxy cannot decode for ESI processing.
+    #[error("layout uses unsupported content-encoding {0:?}")]
+    UnsupportedEncoding(String),
+    /// The request is not acceptable (not a forward proxy, method refused ...).
+    #[error("refused: {0}")]
+    Refused(&'static str, StatusCode),
+    /// An admin endpoint was called without the right credentials.
+    #[error("admin endpoint needs the admin token")]
+    Unauthorized,
+    /// Nothing is here.
+    #[error("not found")]
+    NotFound,
+}
+
+// === impl Error ===
+
+impl Error {
+    /// The status a client gets for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::Origin(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
+            Error::Origin(_) => StatusCode::BAD_GATEWAY,
+            Error::Compose(ComposeError::LayoutTimeout(_)) => StatusCode::GATEWAY_TIMEOUT,
+            Error::Compose(ComposeError::Required(f)) if f.kind == "timeout" => StatusCode::GATEWAY_TIMEOUT,
+            Error::Compose(_) | Error::UnsupportedEncoding(_) => StatusCode::BAD_GATEWAY,
+            Error::Refused(_, status) => *status,
+            Error::Unauthorized => StatusCode::UNAUTHORIZED,
+            Error::NotFound => StatusCode::NOT_FOUND,
+        }
+    }
+
+    /// The short text sent as the body: the status's reason and, for refusals, why.
+    pub fn public_message(&self) -> String {
+        let status = self.status();
+        let reason = status.canonical_reason().unwrap_or("Error");
+        match self {
+            Error::Refused(why, _) => format!("{} {reason}: {why}\n", status.as_u16()),
+            _ => format!("{} {reason}\n", status.as_u16()),
+        }
+    }
+}

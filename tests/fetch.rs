@@ -426,8 +426,9 @@ async fn names_resolving_to_private_addresses() {
     let client = client_with(&config, lookup);
 
     let refused = "resolves only to private/loopback addresses";
-    // (url, Ok(body) or Err(kind, part of the message))
-    let cases: &[(&str, Result<&str, (&str, &str)>)] = &[
+    /// The body, or the error's kind and part of its message.
+    type Want<'a> = Result<&'a str, (&'a str, &'a str)>;
+    let cases: &[(&str, Want)] = &[
         (&hosts[0], Err(("refused", refused))),
         (&hosts[2], Err(("refused", refused))),
         (&hosts[3], Err(("connect", "no addresses"))),

@@ -5,4 +5,5 @@ mod engine;
 mod fetch;
 mod lint_cli;
 mod proxy;
+mod proxy_limits;
 mod support;

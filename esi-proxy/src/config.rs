@@ -183,6 +183,9 @@ enum Node {
     Leaf,
 }
 
+/// Builds a [`Node`] from whatever the TOML deserializer hands it.
+struct NodeVisitor;
+
 /// Collects problems found by [`Config::validate_source`].
 struct Problems<'a> {
     path: &'a str,
@@ -601,8 +604,6 @@ impl<'de> Deserialize<'de> for Node {
     }
 }
 
-struct NodeVisitor;
-
 impl<'de> Visitor<'de> for NodeVisitor {
     type Value = Node;
 
@@ -771,6 +772,23 @@ mod tests {
             "3: fetch.bogus: unknown field `bogus`, expected one of",
         ),
         ("[nope]\n", "1: nope: unknown field `nope`, expected one of"),
+        (
+            "# c\nfetch.page_timeout_ms = 1\nfetch.bogus = 1\n",
+            "3: fetch.bogus: unknown field `bogus`, expected one of",
+        ),
+        (
+            "esi = { max_depth = 1, bogus = 2 }\n",
+            "1: esi.bogus: unknown field `bogus`, expected one of",
+        ),
+        (
+            "[[fetch.hosts]]\nurl = \"http://a\"\n[[fetch.hosts]]\nurl = \"http://b\"\ntrusted = \"yes\"\n",
+            "5: fetch.hosts[1].trusted: invalid type: string \"yes\", expected a boolean",
+        ),
+        (
+            "[esi]\nmax_depth = 99999999999999999999\n",
+            // TOML integers are i64: a syntax error, so no field.
+            "2: number too large to fit in target type",
+        ),
         (
             "[fetch]\nfragment_timeout_ms = \"fast\"\n",
             "2: fetch.fragment_timeout_ms: invalid type: string \"fast\", expected a non-negative integer",

@@ -52,6 +52,11 @@ pub const SURROGATE_CAPABILITY: &str = "esi-proxy=\"ESI/1.0\"";
 /// The `X-Forwarded-*` headers the server sets; they always go to fragments.
 const X_FORWARDED: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
 
+/// `Surrogate-Capability`, which `http` has no constant for.
+fn surrogate_capability_name() -> HeaderName {
+    HeaderName::from_static("surrogate-capability")
+}
+
 /// Why an address is not a public one; `None` from [`classify`] means public.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Special {
@@ -195,6 +200,10 @@ pub struct Fragment {
 /// Where fragments come from: HTTP here, a cache wrapping this later, in-memory in benches.
 pub trait Fetcher: Send + Sync + 'static {
     /// Fetches one fragment. The future owns everything it needs, so it can outlive `&self`.
+    ///
+    /// # Errors
+    /// The future yields a [`FetchError`] for a refused URL, a missed deadline, a failed
+    /// connection, a non-2xx status, an oversized or cut body, or another transport failure.
     fn fetch(&self, req: FragmentRequest) -> BoxFuture<'static, Result<Fragment, FetchError>>;
 
     /// Allowlist check without fetching, so a caller can fail fast. The default, for fetchers
@@ -875,6 +884,32 @@ impl HttpClient {
     }
 }
 
+impl Fetcher for HttpClient {
+    fn fetch(&self, req: FragmentRequest) -> BoxFuture<'static, Result<Fragment, FetchError>> {
+        let shared = Arc::clone(&self.shared);
+        Box::pin(async move {
+            let access = shared.check(&req.url)?;
+            let text = redact(&req.url);
+            let headers = shared.fragment_headers(&req.client_headers, access.trusted);
+            let after = req.timeout;
+            match tokio::time::timeout(after, shared.receive(req.url, &text, headers, after)).await
+            {
+                Ok(result) => result,
+                Err(_) => Err(FetchError::Timeout { url: text, after }),
+            }
+        })
+    }
+
+    /// The URL must be http(s) without user info, and its `scheme://host:port` the origin
+    /// (trusted) or a `fetch.hosts` entry (trusted as configured). An IP host that is not
+    /// public (loopback, private, link-local, metadata, ...) is allowed only when listed exactly.
+    fn check(&self, url: &Url) -> Result<Access, FetchError> {
+        self.shared.check(url)
+    }
+}
+
+// === impl Shared ===
+
 impl Shared {
     /// The allowlist; see [`Fetcher::check`].
     fn check(&self, url: &Url) -> Result<Access, FetchError> {
@@ -973,34 +1008,6 @@ impl Shared {
             headers,
             body: body.into_bytes(),
         })
-    }
-}
-
-fn surrogate_capability_name() -> HeaderName {
-    HeaderName::from_static("surrogate-capability")
-}
-
-impl Fetcher for HttpClient {
-    fn fetch(&self, req: FragmentRequest) -> BoxFuture<'static, Result<Fragment, FetchError>> {
-        let shared = Arc::clone(&self.shared);
-        Box::pin(async move {
-            let access = shared.check(&req.url)?;
-            let text = redact(&req.url);
-            let headers = shared.fragment_headers(&req.client_headers, access.trusted);
-            let after = req.timeout;
-            match tokio::time::timeout(after, shared.receive(req.url, &text, headers, after)).await
-            {
-                Ok(result) => result,
-                Err(_) => Err(FetchError::Timeout { url: text, after }),
-            }
-        })
-    }
-
-    /// The URL must be http(s) without user info, and its `scheme://host:port` the origin
-    /// (trusted) or a `fetch.hosts` entry (trusted as configured). An IP host that is not
-    /// public (loopback, private, link-local, metadata, ...) is allowed only when listed exactly.
-    fn check(&self, url: &Url) -> Result<Access, FetchError> {
-        self.shared.check(url)
     }
 }
 
@@ -1476,6 +1483,23 @@ mod tests {
             assert_eq!(error.url(), "http://a.test/", "{error}");
             assert!(error.to_string().starts_with("http://a.test/: "), "{error}");
         }
+    }
+
+    #[test]
+    fn futures_are_send() {
+        fn send<T: Send>(_: &T) {}
+        let client = client(&[]);
+        let origin =
+            client.send_origin(Method::GET, "/", HeaderMap::new(), reqwest::Body::from(""));
+        send(&origin);
+        let url = Url::parse("http://origin.test:8081/f").expect("valid");
+        let headers = Arc::new(HeaderMap::new());
+        let req = FragmentRequest {
+            url,
+            client_headers: headers,
+            timeout: Duration::from_secs(1),
+        };
+        send(&client.fetch(req));
     }
 
     #[test]

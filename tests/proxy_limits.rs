@@ -1,0 +1,393 @@
+//! The proxy's failure paths, bounds and guards end to end: broken fragment peers, the error
+//! policy before and after the head is sent, allowlists and private addresses, trust of
+//! credentials, page deadline and size, header size, concurrency, client disconnects, encoded
+//! layouts, admin endpoints.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use esi_proxy::config::{Config, HostConfig};
+use futures::StreamExt;
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use crate::support::harness::{client, esi, get, html, proxy, proxy_with_lookup, response, serve, streaming};
+use crate::support::{gzip, read_head, serve_raw, StaticLookup};
+
+const MUST: Duration = Duration::from_secs(10);
+
+/// An origin serving `layout` at `/page` and `html(path)` elsewhere.
+async fn origin_with(layout: String) -> crate::support::harness::TestServer {
+    serve(move |req| {
+        let layout = layout.clone();
+        async move {
+            match req.uri().path() {
+                "/page" => esi(layout),
+                p => html(format!("<{p}>")),
+            }
+        }
+    })
+    .await
+}
+
+fn host(url: &str, trusted: bool, private_network: bool) -> HostConfig {
+    HostConfig { url: url.to_owned(), trusted, private_network }
+}
+
+#[tokio::test]
+async fn reset_short_and_oversized_fragments_fall_back_without_partial_bytes() {
+    // Each peer promises 1000 bytes: one sends 500 and closes, one sends 500 and resets.
+    let short = serve_raw(|mut s| async move {
+        if read_head(&mut s).await.is_some() {
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 1000\r\n\r\n";
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(&[b'x'; 500]).await;
+        }
+    })
+    .await;
+    let reset = serve_raw(|mut s| async move {
+        if read_head(&mut s).await.is_some() {
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ntransfer-encoding: chunked\r\n\r\n1f4\r\n";
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(&[b'y'; 500]).await;
+            let _ = s.set_linger(Some(Duration::ZERO));
+        }
+    })
+    .await;
+    let big = serve(|_| async { html(vec![b'z'; 64 * 1024]) }).await;
+    let layout = format!(
+        "1<esi:include src=\"{}/s\" alt=\"/alt-short\"/>2<esi:include src=\"{}/r\" alt=\"/alt-reset\"/>3<esi:include src=\"{}/b\" alt=\"/alt-big\"/>4",
+        short.base(),
+        reset.base(),
+        big.url()
+    );
+    let origin = origin_with(layout).await;
+    let mut config = Config::default();
+    config.fetch.max_fragment_bytes = 16 * 1024;
+    for url in [short.base(), reset.base(), big.url()] {
+        config.fetch.hosts.push(host(&url, false, true));
+    }
+    let proxy = proxy(&origin.url(), config).await;
+    let (status, _, body) = get(&proxy.url("/page")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "1</alt-short>2</alt-reset>3</alt-big>4");
+    let metrics = proxy.metrics.render();
+    assert!(metrics.contains("esi_proxy_fragment_failures_total{kind=\"truncated\"} 2"), "{metrics}");
+    assert!(metrics.contains("esi_proxy_fragment_failures_total{kind=\"too_large\"} 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn fail_policy_gives_502_before_the_head_and_aborts_after_it() {
+    let origin = serve(|req| async move {
+        match req.uri().path() {
+            "/early" => esi("<esi:include src=\"/down\"/>after"),
+            "/late" => esi("before<esi:include src=\"/down\"/>after"),
+            _ => response(StatusCode::SERVICE_UNAVAILABLE, "text/html", "down"),
+        }
+    })
+    .await;
+    let mut config = Config::default();
+    config.esi.on_error = "fail".into();
+    let proxy = proxy(&origin.url(), config).await;
+    let (status, _, body) = get(&proxy.url("/early")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(!body.contains("down"), "the body shows no internals: {body}");
+    let resp = client().get(proxy.url("/late")).send().await.expect("head was sent");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.bytes_stream();
+    let mut got = Vec::new();
+    let mut failed = false;
+    while let Some(chunk) = tokio::time::timeout(MUST, body.next()).await.expect("bounded") {
+        match chunk {
+            Ok(c) => got.extend_from_slice(&c),
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(failed, "a broken page must not end as if it were whole; got {:?}", String::from_utf8_lossy(&got));
+    assert_eq!(got, b"before");
+}
+
+#[tokio::test]
+async fn hosts_outside_the_allowlist_and_private_addresses_are_never_dialed() {
+    let outside = serve(|_| async { html("SECRET") }).await;
+    let named = serve(|_| async { html("NAMED") }).await;
+    let layout = format!(
+        "a<esi:include src=\"{}/x\" onerror=\"continue\"/>b<esi:include src=\"http://169.254.169.254/latest/meta-data/\" onerror=\"continue\"/>c<esi:include src=\"http://evil.test:{}/x\" onerror=\"continue\"/>d<esi:include src=\"http://user:pw@{}/x\" onerror=\"continue\"/>e",
+        outside.url(),
+        named.addr.port(),
+        outside.addr,
+    );
+    let origin = origin_with(layout).await;
+    let mut config = Config::default();
+    // Listed by name, but the name resolves to loopback and the entry does not allow that.
+    config.fetch.hosts.push(host(&format!("http://evil.test:{}", named.addr.port()), false, false));
+    let lookup = StaticLookup(HashMap::from([("evil.test".to_owned(), vec![named.addr])]));
+    let proxy = proxy_with_lookup(&origin.url(), config, Arc::new(lookup)).await;
+    let (status, _, body) = get(&proxy.url("/page")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "abcde"));
+    assert_eq!(outside.connections.load(Ordering::SeqCst), 0);
+    assert_eq!(named.connections.load(Ordering::SeqCst), 0);
+    let metrics = proxy.metrics.render();
+    assert!(metrics.contains("esi_proxy_fragment_failures_total{kind=\"refused\"} 4"), "{metrics}");
+}
+
+#[tokio::test]
+async fn credentials_reach_trusted_hosts_only() {
+    let seen = |tag: &'static str| {
+        move |req: http::Request<hyper::body::Incoming>| async move {
+            let cookie = req.headers().get("cookie").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+            let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+            let lang = req.headers().get("accept-language").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+            let range = req.headers().get("range").map_or("-", |_| "RANGE").to_owned();
+            html(format!("{tag}:{cookie}:{auth}:{lang}:{range};"))
+        }
+    };
+    let trusted = serve(seen("trusted")).await;
+    let untrusted = serve(seen("untrusted")).await;
+    let layout = format!(
+        "<esi:include src=\"/own\"/><esi:include src=\"{}/t\"/><esi:include src=\"{}/u\"/>",
+        trusted.url(),
+        untrusted.url()
+    );
+    let origin = serve(move |req| {
+        let layout = layout.clone();
+        let own = seen("origin");
+        async move {
+            if req.uri().path() == "/page" {
+                esi(layout)
+            } else {
+                own(req).await
+            }
+        }
+    })
+    .await;
+    let mut config = Config::default();
+    config.fetch.hosts.push(host(&trusted.url(), true, true));
+    config.fetch.hosts.push(host(&untrusted.url(), false, true));
+    let proxy = proxy(&origin.url(), config).await;
+    let body = client()
+        .get(proxy.url("/page"))
+        .header("cookie", "sid=42")
+        .header("authorization", "Bearer t")
+        .header("accept-language", "de")
+        .header("range", "bytes=0-10")
+        .send()
+        .await
+        .expect("ok")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(body, "origin:sid=42:Bearer t:de:-;trusted:sid=42:Bearer t:de:-;untrusted:-:-:de:-;");
+}
+
+#[tokio::test]
+async fn page_deadline_gives_unfinished_fragments_their_fallback() {
+    let origin = serve(|req| async move {
+        match req.uri().path() {
+            // maxwait lets these fragments wait longer than the page may.
+            "/page" => esi("[<esi:include src=\"/slow\" maxwait=\"5000\" onerror=\"continue\"/>][<esi:try><esi:attempt><esi:include src=\"/slow\" maxwait=\"5000\"/></esi:attempt><esi:except>late</esi:except></esi:try>]"),
+            _ => {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                html("slow")
+            }
+        }
+    })
+    .await;
+    let mut config = Config::default();
+    config.fetch.fragment_timeout_ms = 100;
+    config.fetch.page_timeout_ms = 300;
+    let proxy = proxy(&origin.url(), config).await;
+    let (_, _, body) = tokio::time::timeout(MUST, get(&proxy.url("/page"))).await.expect("bounded");
+    assert_eq!(body, "[][late]");
+}
+
+#[tokio::test]
+async fn page_size_bound_aborts_the_response() {
+    let origin = serve(|req| async move {
+        match req.uri().path() {
+            "/page" => esi("<esi:include src=\"/f\"/>".repeat(8)),
+            _ => html(vec![b'f'; 10_000]),
+        }
+    })
+    .await;
+    let mut config = Config::default();
+    config.fetch.max_page_bytes = 40_000;
+    let proxy = proxy(&origin.url(), config).await;
+    let resp = client().get(proxy.url("/page")).send().await.expect("head");
+    let result = resp.bytes().await;
+    assert!(result.is_err(), "an over-size page is cut off, not ended cleanly");
+}
+
+#[tokio::test]
+async fn per_page_concurrency_is_bounded() {
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (i, p) = (Arc::clone(&in_flight), Arc::clone(&peak));
+    let origin = serve(move |req| {
+        let (in_flight, peak) = (Arc::clone(&i), Arc::clone(&p));
+        async move {
+            if req.uri().path() == "/page" {
+                return esi("<esi:include src=\"/f\"/>".repeat(12));
+            }
+            let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            in_flight.fetch_sub(1, Ordering::SeqCst);
+            html("f")
+        }
+    })
+    .await;
+    let mut config = Config::default();
+    config.fetch.max_concurrent_per_page = 3;
+    let proxy = proxy(&origin.url(), config).await;
+    let (_, _, body) = get(&proxy.url("/page")).await;
+    assert_eq!(body, "f".repeat(12));
+    assert!(peak.load(Ordering::SeqCst) <= 3, "peak {}", peak.load(Ordering::SeqCst));
+}
+
+#[tokio::test]
+async fn client_disconnect_cancels_the_page_fetches() {
+    let dropped = Arc::new(Notify::new());
+    let started = Arc::new(Notify::new());
+    let (d, s) = (Arc::clone(&dropped), Arc::clone(&started));
+    let origin = serve(move |req| {
+        let (dropped, started) = (Arc::clone(&d), Arc::clone(&s));
+        async move {
+            if req.uri().path() == "/page" {
+                return esi("head<esi:include src=\"/forever\"/>");
+            }
+            // Notifies when the proxy gives up on this request (its future is dropped).
+            struct OnDrop(Arc<Notify>);
+            impl Drop for OnDrop {
+                fn drop(&mut self) {
+                    self.0.notify_one();
+                }
+            }
+            let _guard = OnDrop(dropped);
+            started.notify_one();
+            futures::future::pending::<()>().await;
+            html("never")
+        }
+    })
+    .await;
+    let proxy = proxy(&origin.url(), Config::default()).await;
+    let resp = client().get(proxy.url("/page")).send().await.expect("head");
+    let mut body = resp.bytes_stream();
+    let first = tokio::time::timeout(MUST, body.next()).await.expect("first bytes").expect("chunk").expect("ok");
+    assert_eq!(&first[..], b"head");
+    tokio::time::timeout(MUST, started.notified()).await.expect("fragment requested");
+    drop(body);
+    tokio::time::timeout(MUST, dropped.notified()).await.expect("the fragment fetch was cancelled");
+}
+
+#[tokio::test]
+async fn encoded_layouts_are_decoded_and_bombs_refused() {
+    let page = b"<p>zipped</p><esi:include src=\"/f\"/>".to_vec();
+    let zipped = gzip(&page);
+    let bomb = gzip(&vec![b' '; 32 * 1024 * 1024]);
+    let origin = serve(move |req| {
+        let (zipped, bomb) = (zipped.clone(), bomb.clone());
+        async move {
+            let body = match req.uri().path() {
+                "/gz" => zipped,
+                "/bomb" => bomb,
+                _ => return html("F"),
+            };
+            let mut r = esi(body);
+            r.headers_mut().insert("content-encoding", http::HeaderValue::from_static("gzip"));
+            r
+        }
+    })
+    .await;
+    let mut config = Config::default();
+    config.fetch.max_layout_bytes = 1024 * 1024;
+    let proxy = proxy(&origin.url(), config).await;
+    let (status, headers, body) = get(&proxy.url("/gz")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "<p>zipped</p>F"));
+    assert!(headers.get("content-encoding").is_none());
+    let (status, _, _) = tokio::time::timeout(MUST, get(&proxy.url("/bomb"))).await.expect("bounded");
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+}
+
+/// Sends raw bytes to the proxy and returns the status line it answers with.
+async fn raw_status(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(MUST, s.read(&mut buf)).await.expect("answered").expect("read");
+    String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_owned()
+}
+
+#[tokio::test]
+async fn not_an_open_proxy_and_bad_requests_are_refused() {
+    let origin = serve(|_| async { html("origin") }).await;
+    let proxy = proxy(&origin.url(), Config::default()).await;
+    let cases: [(&[u8], &str); 6] = [
+        (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", "HTTP/1.1 405"),
+        (b"TRACE / HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 405"),
+        (b"GET http://example.com/ HTTP/1.1\r\nHost: localhost\r\n\r\n", "HTTP/1.1 400"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n", "HTTP/1.1 501"),
+        (b"GARBAGE\r\n\r\n", "HTTP/1.1 400"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 200"),
+    ];
+    for (request, want) in cases {
+        let got = raw_status(proxy.addr, request).await;
+        assert!(got.starts_with(want), "{}: got {got:?}", String::from_utf8_lossy(request));
+    }
+    let huge = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(64 * 1024));
+    assert!(raw_status(proxy.addr, huge.as_bytes()).await.starts_with("HTTP/1.1 431"));
+    assert_eq!(origin.hits(), 1, "only the valid request reached the origin");
+}
+
+#[tokio::test]
+async fn origin_failures_are_502_and_504() {
+    let slow = serve(|_| async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        html("late")
+    })
+    .await;
+    let mut config = Config::default();
+    config.fetch.layout_timeout_ms = 100;
+    let proxy_slow = proxy(&slow.url(), config).await;
+    let (status, _, _) = get(&proxy_slow.url("/")).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    let closed = format!("http://127.0.0.1:{}", crate::support::closed_port());
+    let proxy_down = proxy(&closed, Config::default()).await;
+    let (status, _, body) = get(&proxy_down.url("/")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(body, "502 Bad Gateway\n");
+}
+
+#[tokio::test]
+async fn admin_endpoints_health_and_guarded_metrics() {
+    let origin = serve(|_| async { esi("x<esi:include src=\"/nope\" onerror=\"continue\"/>") }).await;
+    let mut config = Config::default();
+    config.server.admin_token = "s3cret".into();
+    let proxy = proxy(&origin.url(), config).await;
+    let _ = get(&proxy.url("/")).await;
+    let (status, _, body) = get(&proxy.url("/_esi/health")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("\"status\":\"ok\""), "{body}");
+    let (status, _, _) = get(&proxy.url("/_esi/metrics")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let resp = client().get(proxy.url("/_esi/metrics")).bearer_auth("wrong").send().await.expect("ok");
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = client().get(proxy.url("/_esi/metrics")).bearer_auth("s3cret").send().await.expect("ok");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = resp.text().await.expect("text");
+    assert!(text.contains("esi_proxy_requests_total{route=\"esi\",status=\"200\"} 1"), "{text}");
+    assert!(text.contains("esi_proxy_fragment_duration_seconds_bucket"), "{text}");
+    assert!(text.contains("esi_proxy_fallbacks_total{kind=\"continue\"} 1"), "{text}");
+    let (status, _, _) = get(&proxy.url("/_esi/nothing")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let _ = Bytes::new();
+    let _ = streaming::<futures::stream::Empty<Result<Bytes, std::io::Error>>>;
+}

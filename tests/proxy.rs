@@ -36,23 +36,40 @@ async fn composes_includes_in_document_order_and_cleans_headers() {
         let layout = layout.clone();
         async move {
             let mut r = esi(layout);
-            r.headers_mut().insert("x-layout", http::HeaderValue::from_static("kept"));
-            r.headers_mut().insert("cache-control", http::HeaderValue::from_static("max-age=5"));
+            r.headers_mut()
+                .insert("x-layout", http::HeaderValue::from_static("kept"));
+            r.headers_mut()
+                .insert("cache-control", http::HeaderValue::from_static("max-age=5"));
             r
         }
     })
     .await;
     let mut config = cfg();
-    config.fetch.hosts.push(esi_proxy::config::HostConfig { url: f.clone(), trusted: false, private_network: true });
+    config.fetch.hosts.push(esi_proxy::config::HostConfig {
+        url: f.clone(),
+        trusted: false,
+        private_network: true,
+    });
     let proxy = proxy(&origin.url(), config).await;
     let (status, headers, body) = get(&proxy.url("/page")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, "<html>[a]-[b]-[c]</html>");
     assert!(headers.get("surrogate-control").is_none());
-    assert!(headers.get("content-length").is_none(), "composed bodies are chunked");
-    assert_eq!(headers.get("x-layout").map(|v| v.as_bytes()), Some(&b"kept"[..]));
-    assert_eq!(headers.get("cache-control").map(|v| v.as_bytes()), Some(&b"max-age=5"[..]));
-    assert!(headers.get("server-timing").is_some_and(|v| v.to_str().is_ok_and(|s| s.starts_with("layout;dur="))));
+    assert!(
+        headers.get("content-length").is_none(),
+        "composed bodies are chunked"
+    );
+    assert_eq!(
+        headers.get("x-layout").map(|v| v.as_bytes()),
+        Some(&b"kept"[..])
+    );
+    assert_eq!(
+        headers.get("cache-control").map(|v| v.as_bytes()),
+        Some(&b"max-age=5"[..])
+    );
+    assert!(headers
+        .get("server-timing")
+        .is_some_and(|v| v.to_str().is_ok_and(|s| s.starts_with("layout;dur="))));
     assert_eq!(frags.hits(), 3);
 }
 
@@ -82,7 +99,9 @@ async fn all_fragments_of_a_page_are_in_flight_at_once() {
         let barrier = Arc::clone(&barrier);
         async move {
             if req.uri().path() == "/page" {
-                let layout: String = (0..N).map(|i| format!("<esi:include src=\"/f/{i}\"/>")).collect();
+                let layout: String = (0..N)
+                    .map(|i| format!("<esi:include src=\"/f/{i}\"/>"))
+                    .collect();
                 return esi(layout);
             }
             barrier.wait().await;
@@ -91,7 +110,9 @@ async fn all_fragments_of_a_page_are_in_flight_at_once() {
     })
     .await;
     let proxy = proxy(&origin.url(), cfg()).await;
-    let (_, _, body) = tokio::time::timeout(MUST, get(&proxy.url("/page"))).await.expect("fan-out is concurrent");
+    let (_, _, body) = tokio::time::timeout(MUST, get(&proxy.url("/page")))
+        .await
+        .expect("fan-out is concurrent");
     let want: String = (0..N).map(|i| format!("{i},")).collect();
     assert_eq!(body, want);
 }
@@ -119,7 +140,11 @@ async fn first_bytes_reach_the_client_before_a_slow_fragment_completes() {
         .expect("head before the slow fragment")
         .expect("response");
     let mut body = resp.bytes_stream();
-    let first = tokio::time::timeout(MUST, body.next()).await.expect("first bytes early").expect("chunk").expect("ok");
+    let first = tokio::time::timeout(MUST, body.next())
+        .await
+        .expect("first bytes early")
+        .expect("chunk")
+        .expect("ok");
     assert_eq!(&first[..], b"<h1>Head</h1>");
     gate.notify_one();
     let mut rest = Vec::new();
@@ -152,7 +177,10 @@ async fn includes_start_while_the_layout_is_still_arriving() {
                         }
                     });
                     let mut r = streaming("text/html", parts);
-                    r.headers_mut().insert("surrogate-control", http::HeaderValue::from_static("content=\"ESI/1.0\""));
+                    r.headers_mut().insert(
+                        "surrogate-control",
+                        http::HeaderValue::from_static("content=\"ESI/1.0\""),
+                    );
                     r
                 }
                 "/first" => {
@@ -165,7 +193,9 @@ async fn includes_start_while_the_layout_is_still_arriving() {
     })
     .await;
     let proxy = proxy(&origin.url(), cfg()).await;
-    let (_, _, body) = tokio::time::timeout(MUST, get(&proxy.url("/page"))).await.expect("no deadlock");
+    let (_, _, body) = tokio::time::timeout(MUST, get(&proxy.url("/page")))
+        .await
+        .expect("no deadlock");
     assert_eq!(body, "A1BC2D");
 }
 
@@ -197,10 +227,22 @@ async fn fragment_failures_take_their_fallbacks() {
     // The 302 is a failure with no fallback: the default policy leaves its slot empty.
     assert_eq!(body, "[ok][][E][][ok]");
     let metrics = proxy.metrics.render();
-    assert!(metrics.contains("esi_proxy_fallbacks_total{kind=\"alt\"} 1"), "{metrics}");
-    assert!(metrics.contains("esi_proxy_fallbacks_total{kind=\"continue\"} 1"), "{metrics}");
-    assert!(metrics.contains("esi_proxy_fallbacks_total{kind=\"except\"} 1"), "{metrics}");
-    assert!(metrics.contains("esi_proxy_fallbacks_total{kind=\"empty\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("esi_proxy_fallbacks_total{kind=\"alt\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("esi_proxy_fallbacks_total{kind=\"continue\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("esi_proxy_fallbacks_total{kind=\"except\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("esi_proxy_fallbacks_total{kind=\"empty\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -241,8 +283,13 @@ async fn never_ending_trickle_is_cut_by_the_fragment_deadline() {
     let mut config = cfg();
     config.fetch.fragment_timeout_ms = 200;
     let proxy = proxy(&origin.url(), config).await;
-    let (_, _, body) = tokio::time::timeout(MUST, get(&proxy.url("/page"))).await.expect("bounded");
-    assert_eq!(body, "ab", "no partial bytes of a failed fragment in the page");
+    let (_, _, body) = tokio::time::timeout(MUST, get(&proxy.url("/page")))
+        .await
+        .expect("bounded");
+    assert_eq!(
+        body, "ab",
+        "no partial bytes of a failed fragment in the page"
+    );
 }
 
 #[tokio::test]
@@ -251,8 +298,15 @@ async fn non_esi_responses_pass_through_untouched() {
         match req.uri().path() {
             "/plain.html" => html("<esi:include src=\"/x\"/> not processed"),
             "/data.json" => {
-                let mut r = response(StatusCode::OK, "application/json", "{\"a\":\"<esi:include src='/x'/>\"}");
-                r.headers_mut().insert("surrogate-control", http::HeaderValue::from_static("content=\"ESI/1.0\""));
+                let mut r = response(
+                    StatusCode::OK,
+                    "application/json",
+                    "{\"a\":\"<esi:include src='/x'/>\"}",
+                );
+                r.headers_mut().insert(
+                    "surrogate-control",
+                    http::HeaderValue::from_static("content=\"ESI/1.0\""),
+                );
                 r
             }
             _ => response(StatusCode::NOT_FOUND, "text/plain", "missing"),
@@ -261,10 +315,19 @@ async fn non_esi_responses_pass_through_untouched() {
     .await;
     let proxy = proxy(&origin.url(), cfg()).await;
     let (status, headers, body) = get(&proxy.url("/plain.html")).await;
-    assert_eq!((status, body.as_str()), (StatusCode::OK, "<esi:include src=\"/x\"/> not processed"));
-    assert_eq!(headers.get("content-length").map(|v| v.as_bytes()), Some(&b"37"[..]));
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "<esi:include src=\"/x\"/> not processed")
+    );
+    assert_eq!(
+        headers.get("content-length").map(|v| v.as_bytes()),
+        Some(&b"37"[..])
+    );
     let (_, headers, body) = get(&proxy.url("/data.json")).await;
-    assert_eq!(body, "{\"a\":\"<esi:include src='/x'/>\"}", "only HTML is processed");
+    assert_eq!(
+        body, "{\"a\":\"<esi:include src='/x'/>\"}",
+        "only HTML is processed"
+    );
     assert!(headers.get("surrogate-control").is_none());
     let (status, _, body) = get(&proxy.url("/nothing")).await;
     assert_eq!((status, body.as_str()), (StatusCode::NOT_FOUND, "missing"));
@@ -291,19 +354,27 @@ async fn ten_megabyte_download_streams_without_buffering() {
                 }
             });
             let mut resp = streaming("application/octet-stream", stream);
-            resp.headers_mut().insert("content-length", http::HeaderValue::from(TOTAL));
+            resp.headers_mut()
+                .insert("content-length", http::HeaderValue::from(TOTAL));
             resp
         }
     })
     .await;
     let proxy = proxy(&origin.url(), cfg()).await;
-    let resp = client().get(proxy.url("/big.bin")).send().await.expect("response");
+    let resp = client()
+        .get(proxy.url("/big.bin"))
+        .send()
+        .await
+        .expect("response");
     assert_eq!(resp.content_length(), Some(TOTAL as u64));
     let mut body = resp.bytes_stream();
     let mut total = 0usize;
     let mut sum = 0u64;
     let mut notified = false;
-    while let Some(chunk) = tokio::time::timeout(MUST, body.next()).await.expect("streaming, not buffered") {
+    while let Some(chunk) = tokio::time::timeout(MUST, body.next())
+        .await
+        .expect("streaming, not buffered")
+    {
         let chunk = chunk.expect("ok");
         sum += chunk.iter().map(|b| u64::from(*b)).sum::<u64>();
         total += chunk.len();
@@ -313,7 +384,9 @@ async fn ten_megabyte_download_streams_without_buffering() {
         }
     }
     assert_eq!(total, TOTAL);
-    let want: u64 = (0..TOTAL / CHUNK).map(|i| (i % 251) as u64 * CHUNK as u64).sum();
+    let want: u64 = (0..TOTAL / CHUNK)
+        .map(|i| (i % 251) as u64 * CHUNK as u64)
+        .sum();
     assert_eq!(sum, want);
 }
 
@@ -322,11 +395,13 @@ async fn head_and_304_keep_their_headers() {
     let origin = serve(|req| async move {
         if req.headers().contains_key("if-none-match") {
             let mut r = response(StatusCode::NOT_MODIFIED, "text/html", "");
-            r.headers_mut().insert("etag", http::HeaderValue::from_static("\"v1\""));
+            r.headers_mut()
+                .insert("etag", http::HeaderValue::from_static("\"v1\""));
             return r;
         }
         let mut r = esi("<esi:include src=\"/x\"/>0123456789");
-        r.headers_mut().insert("content-length", http::HeaderValue::from_static("33"));
+        r.headers_mut()
+            .insert("content-length", http::HeaderValue::from_static("33"));
         r
     })
     .await;
@@ -334,9 +409,17 @@ async fn head_and_304_keep_their_headers() {
     let resp = client().head(proxy.url("/p")).send().await.expect("head");
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(resp.headers().get("surrogate-control").is_none());
-    let resp = client().get(proxy.url("/p")).header("if-none-match", "\"v1\"").send().await.expect("get");
+    let resp = client()
+        .get(proxy.url("/p"))
+        .header("if-none-match", "\"v1\"")
+        .send()
+        .await
+        .expect("get");
     assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
-    assert_eq!(resp.headers().get("etag").map(|v| v.as_bytes()), Some(&b"\"v1\""[..]));
+    assert_eq!(
+        resp.headers().get("etag").map(|v| v.as_bytes()),
+        Some(&b"\"v1\""[..])
+    );
 }
 
 #[tokio::test]
@@ -350,8 +433,15 @@ async fn requests_reach_the_origin_with_method_body_and_clean_headers() {
             .collect();
         lines.sort();
         let head = format!("{} {}\n{}\n", req.method(), req.uri(), lines.join("\n"));
-        let body = http_body_util::BodyExt::collect(req.into_body()).await.map(|b| b.to_bytes()).unwrap_or_default();
-        response(StatusCode::OK, "text/plain", format!("{head}body={}", String::from_utf8_lossy(&body)))
+        let body = http_body_util::BodyExt::collect(req.into_body())
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        response(
+            StatusCode::OK,
+            "text/plain",
+            format!("{head}body={}", String::from_utf8_lossy(&body)),
+        )
     })
     .await;
     let proxy = proxy(&origin.url(), cfg()).await;
@@ -375,7 +465,10 @@ async fn requests_reach_the_origin_with_method_body_and_clean_headers() {
     assert!(text.contains("x-forwarded-for: 127.0.0.1\n"), "{text}");
     assert!(text.contains("x-forwarded-proto: http"), "{text}");
     assert!(text.contains(&want_host), "{text}");
-    assert!(text.contains("surrogate-capability: esi-proxy=\"ESI/1.0\""), "{text}");
+    assert!(
+        text.contains("surrogate-capability: esi-proxy=\"ESI/1.0\""),
+        "{text}"
+    );
     assert!(!text.contains("x-hop"), "{text}");
     assert!(!text.contains("6.6.6.6"), "{text}");
     assert!(!text.contains("forged"), "{text}");
@@ -415,10 +508,20 @@ async fn include_loops_and_fan_out_bombs_are_bounded() {
     let proxy = proxy(&origin.url(), config).await;
     let (status, _, body) = get(&proxy.url("/loop")).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "LS"));
-    assert_eq!(fetches.swap(0, Ordering::SeqCst), 1, "the loop is stopped before a second fetch");
-    let (status, _, _) = tokio::time::timeout(MUST, get(&proxy.url("/bomb"))).await.expect("bounded");
+    assert_eq!(
+        fetches.swap(0, Ordering::SeqCst),
+        1,
+        "the loop is stopped before a second fetch"
+    );
+    let (status, _, _) = tokio::time::timeout(MUST, get(&proxy.url("/bomb")))
+        .await
+        .expect("bounded");
     assert_eq!(status, StatusCode::OK);
-    assert!(fetches.load(Ordering::SeqCst) <= 50, "fetched {} fragments", fetches.load(Ordering::SeqCst));
+    assert!(
+        fetches.load(Ordering::SeqCst) <= 50,
+        "fetched {} fragments",
+        fetches.load(Ordering::SeqCst)
+    );
     let metrics = proxy.metrics.render();
     assert!(metrics.contains("outcome=\"loop\""), "{metrics}");
     assert!(metrics.contains("outcome=\"limit\""), "{metrics}");

@@ -16,7 +16,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use crate::support::harness::{client, esi, get, html, proxy, proxy_with_lookup, response, serve, streaming};
+use crate::support::harness::{
+    client, esi, get, html, proxy, proxy_with_lookup, response, serve, streaming,
+};
 use crate::support::{gzip, read_head, serve_raw, StaticLookup};
 
 const MUST: Duration = Duration::from_secs(10);
@@ -36,7 +38,11 @@ async fn origin_with(layout: String) -> crate::support::harness::TestServer {
 }
 
 fn host(url: &str, trusted: bool, private_network: bool) -> HostConfig {
-    HostConfig { url: url.to_owned(), trusted, private_network }
+    HostConfig {
+        url: url.to_owned(),
+        trusted,
+        private_network,
+    }
 }
 
 #[tokio::test]
@@ -55,6 +61,8 @@ async fn reset_short_and_oversized_fragments_fall_back_without_partial_bytes() {
             let head = "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ntransfer-encoding: chunked\r\n\r\n1f4\r\n";
             let _ = s.write_all(head.as_bytes()).await;
             let _ = s.write_all(&[b'y'; 500]).await;
+            // SO_LINGER 0 is how a test makes the close a TCP reset.
+            #[allow(deprecated)]
             let _ = s.set_linger(Some(Duration::ZERO));
         }
     })
@@ -77,8 +85,14 @@ async fn reset_short_and_oversized_fragments_fall_back_without_partial_bytes() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, "1</alt-short>2</alt-reset>3</alt-big>4");
     let metrics = proxy.metrics.render();
-    assert!(metrics.contains("esi_proxy_fragment_failures_total{kind=\"truncated\"} 2"), "{metrics}");
-    assert!(metrics.contains("esi_proxy_fragment_failures_total{kind=\"too_large\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("esi_proxy_fragment_failures_total{kind=\"truncated\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("esi_proxy_fragment_failures_total{kind=\"too_large\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -96,13 +110,23 @@ async fn fail_policy_gives_502_before_the_head_and_aborts_after_it() {
     let proxy = proxy(&origin.url(), config).await;
     let (status, _, body) = get(&proxy.url("/early")).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
-    assert!(!body.contains("down"), "the body shows no internals: {body}");
-    let resp = client().get(proxy.url("/late")).send().await.expect("head was sent");
+    assert!(
+        !body.contains("down"),
+        "the body shows no internals: {body}"
+    );
+    let resp = client()
+        .get(proxy.url("/late"))
+        .send()
+        .await
+        .expect("head was sent");
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.bytes_stream();
     let mut got = Vec::new();
     let mut failed = false;
-    while let Some(chunk) = tokio::time::timeout(MUST, body.next()).await.expect("bounded") {
+    while let Some(chunk) = tokio::time::timeout(MUST, body.next())
+        .await
+        .expect("bounded")
+    {
         match chunk {
             Ok(c) => got.extend_from_slice(&c),
             Err(_) => {
@@ -111,7 +135,11 @@ async fn fail_policy_gives_502_before_the_head_and_aborts_after_it() {
             }
         }
     }
-    assert!(failed, "a broken page must not end as if it were whole; got {:?}", String::from_utf8_lossy(&got));
+    assert!(
+        failed,
+        "a broken page must not end as if it were whole; got {:?}",
+        String::from_utf8_lossy(&got)
+    );
     assert_eq!(got, b"before");
 }
 
@@ -128,7 +156,11 @@ async fn hosts_outside_the_allowlist_and_private_addresses_are_never_dialed() {
     let origin = origin_with(layout).await;
     let mut config = Config::default();
     // Listed by name, but the name resolves to loopback and the entry does not allow that.
-    config.fetch.hosts.push(host(&format!("http://evil.test:{}", named.addr.port()), false, false));
+    config.fetch.hosts.push(host(
+        &format!("http://evil.test:{}", named.addr.port()),
+        false,
+        false,
+    ));
     let lookup = StaticLookup(HashMap::from([("evil.test".to_owned(), vec![named.addr])]));
     let proxy = proxy_with_lookup(&origin.url(), config, Arc::new(lookup)).await;
     let (status, _, body) = get(&proxy.url("/page")).await;
@@ -136,17 +168,39 @@ async fn hosts_outside_the_allowlist_and_private_addresses_are_never_dialed() {
     assert_eq!(outside.connections.load(Ordering::SeqCst), 0);
     assert_eq!(named.connections.load(Ordering::SeqCst), 0);
     let metrics = proxy.metrics.render();
-    assert!(metrics.contains("esi_proxy_fragment_failures_total{kind=\"refused\"} 4"), "{metrics}");
+    assert!(
+        metrics.contains("esi_proxy_fragment_failures_total{kind=\"refused\"} 4"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
 async fn credentials_reach_trusted_hosts_only() {
     let seen = |tag: &'static str| {
         move |req: http::Request<hyper::body::Incoming>| async move {
-            let cookie = req.headers().get("cookie").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
-            let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
-            let lang = req.headers().get("accept-language").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
-            let range = req.headers().get("range").map_or("-", |_| "RANGE").to_owned();
+            let cookie = req
+                .headers()
+                .get("cookie")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned();
+            let auth = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned();
+            let lang = req
+                .headers()
+                .get("accept-language")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned();
+            let range = req
+                .headers()
+                .get("range")
+                .map_or("-", |_| "RANGE")
+                .to_owned();
             html(format!("{tag}:{cookie}:{auth}:{lang}:{range};"))
         }
     };
@@ -185,7 +239,10 @@ async fn credentials_reach_trusted_hosts_only() {
         .text()
         .await
         .expect("text");
-    assert_eq!(body, "origin:sid=42:Bearer t:de:-;trusted:sid=42:Bearer t:de:-;untrusted:-:-:de:-;");
+    assert_eq!(
+        body,
+        "origin:sid=42:Bearer t:de:-;trusted:sid=42:Bearer t:de:-;untrusted:-:-:de:-;"
+    );
 }
 
 #[tokio::test]
@@ -205,7 +262,9 @@ async fn page_deadline_gives_unfinished_fragments_their_fallback() {
     config.fetch.fragment_timeout_ms = 100;
     config.fetch.page_timeout_ms = 300;
     let proxy = proxy(&origin.url(), config).await;
-    let (_, _, body) = tokio::time::timeout(MUST, get(&proxy.url("/page"))).await.expect("bounded");
+    let (_, _, body) = tokio::time::timeout(MUST, get(&proxy.url("/page")))
+        .await
+        .expect("bounded");
     assert_eq!(body, "[][late]");
 }
 
@@ -223,7 +282,10 @@ async fn page_size_bound_aborts_the_response() {
     let proxy = proxy(&origin.url(), config).await;
     let resp = client().get(proxy.url("/page")).send().await.expect("head");
     let result = resp.bytes().await;
-    assert!(result.is_err(), "an over-size page is cut off, not ended cleanly");
+    assert!(
+        result.is_err(),
+        "an over-size page is cut off, not ended cleanly"
+    );
 }
 
 #[tokio::test]
@@ -250,7 +312,11 @@ async fn per_page_concurrency_is_bounded() {
     let proxy = proxy(&origin.url(), config).await;
     let (_, _, body) = get(&proxy.url("/page")).await;
     assert_eq!(body, "f".repeat(12));
-    assert!(peak.load(Ordering::SeqCst) <= 3, "peak {}", peak.load(Ordering::SeqCst));
+    assert!(
+        peak.load(Ordering::SeqCst) <= 3,
+        "peak {}",
+        peak.load(Ordering::SeqCst)
+    );
 }
 
 #[tokio::test]
@@ -281,11 +347,19 @@ async fn client_disconnect_cancels_the_page_fetches() {
     let proxy = proxy(&origin.url(), Config::default()).await;
     let resp = client().get(proxy.url("/page")).send().await.expect("head");
     let mut body = resp.bytes_stream();
-    let first = tokio::time::timeout(MUST, body.next()).await.expect("first bytes").expect("chunk").expect("ok");
+    let first = tokio::time::timeout(MUST, body.next())
+        .await
+        .expect("first bytes")
+        .expect("chunk")
+        .expect("ok");
     assert_eq!(&first[..], b"head");
-    tokio::time::timeout(MUST, started.notified()).await.expect("fragment requested");
+    tokio::time::timeout(MUST, started.notified())
+        .await
+        .expect("fragment requested");
     drop(body);
-    tokio::time::timeout(MUST, dropped.notified()).await.expect("the fragment fetch was cancelled");
+    tokio::time::timeout(MUST, dropped.notified())
+        .await
+        .expect("the fragment fetch was cancelled");
 }
 
 #[tokio::test]
@@ -302,7 +376,8 @@ async fn encoded_layouts_are_decoded_and_bombs_refused() {
                 _ => return html("F"),
             };
             let mut r = esi(body);
-            r.headers_mut().insert("content-encoding", http::HeaderValue::from_static("gzip"));
+            r.headers_mut()
+                .insert("content-encoding", http::HeaderValue::from_static("gzip"));
             r
         }
     })
@@ -313,7 +388,9 @@ async fn encoded_layouts_are_decoded_and_bombs_refused() {
     let (status, headers, body) = get(&proxy.url("/gz")).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "<p>zipped</p>F"));
     assert!(headers.get("content-encoding").is_none());
-    let (status, _, _) = tokio::time::timeout(MUST, get(&proxy.url("/bomb"))).await.expect("bounded");
+    let (status, _, _) = tokio::time::timeout(MUST, get(&proxy.url("/bomb")))
+        .await
+        .expect("bounded");
     assert_eq!(status, StatusCode::BAD_GATEWAY);
 }
 
@@ -322,8 +399,15 @@ async fn raw_status(addr: std::net::SocketAddr, request: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.write_all(request).await.expect("write");
     let mut buf = vec![0u8; 256];
-    let n = tokio::time::timeout(MUST, s.read(&mut buf)).await.expect("answered").expect("read");
-    String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_owned()
+    let n = tokio::time::timeout(MUST, s.read(&mut buf))
+        .await
+        .expect("answered")
+        .expect("read");
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
 }
 
 #[tokio::test]
@@ -331,20 +415,42 @@ async fn not_an_open_proxy_and_bad_requests_are_refused() {
     let origin = serve(|_| async { html("origin") }).await;
     let proxy = proxy(&origin.url(), Config::default()).await;
     let cases: [(&[u8], &str); 6] = [
-        (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", "HTTP/1.1 405"),
+        (
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+            "HTTP/1.1 405",
+        ),
         (b"TRACE / HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 405"),
-        (b"GET http://example.com/ HTTP/1.1\r\nHost: localhost\r\n\r\n", "HTTP/1.1 400"),
-        (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n", "HTTP/1.1 501"),
+        (
+            b"GET http://example.com/ HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "HTTP/1.1 501",
+        ),
         (b"GARBAGE\r\n\r\n", "HTTP/1.1 400"),
         (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 200"),
     ];
     for (request, want) in cases {
         let got = raw_status(proxy.addr, request).await;
-        assert!(got.starts_with(want), "{}: got {got:?}", String::from_utf8_lossy(request));
+        assert!(
+            got.starts_with(want),
+            "{}: got {got:?}",
+            String::from_utf8_lossy(request)
+        );
     }
-    let huge = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(64 * 1024));
-    assert!(raw_status(proxy.addr, huge.as_bytes()).await.starts_with("HTTP/1.1 431"));
-    assert_eq!(origin.hits(), 1, "only the valid request reached the origin");
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    assert!(raw_status(proxy.addr, huge.as_bytes())
+        .await
+        .starts_with("HTTP/1.1 431"));
+    assert_eq!(
+        origin.hits(),
+        1,
+        "only the valid request reached the origin"
+    );
 }
 
 #[tokio::test]
@@ -368,7 +474,8 @@ async fn origin_failures_are_502_and_504() {
 
 #[tokio::test]
 async fn admin_endpoints_health_and_guarded_metrics() {
-    let origin = serve(|_| async { esi("x<esi:include src=\"/nope\" onerror=\"continue\"/>") }).await;
+    let origin =
+        serve(|_| async { esi("x<esi:include src=\"/nope\" onerror=\"continue\"/>") }).await;
     let mut config = Config::default();
     config.server.admin_token = "s3cret".into();
     let proxy = proxy(&origin.url(), config).await;
@@ -378,14 +485,33 @@ async fn admin_endpoints_health_and_guarded_metrics() {
     assert!(body.contains("\"status\":\"ok\""), "{body}");
     let (status, _, _) = get(&proxy.url("/_esi/metrics")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let resp = client().get(proxy.url("/_esi/metrics")).bearer_auth("wrong").send().await.expect("ok");
+    let resp = client()
+        .get(proxy.url("/_esi/metrics"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .expect("ok");
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    let resp = client().get(proxy.url("/_esi/metrics")).bearer_auth("s3cret").send().await.expect("ok");
+    let resp = client()
+        .get(proxy.url("/_esi/metrics"))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .expect("ok");
     assert_eq!(resp.status(), StatusCode::OK);
     let text = resp.text().await.expect("text");
-    assert!(text.contains("esi_proxy_requests_total{route=\"esi\",status=\"200\"} 1"), "{text}");
-    assert!(text.contains("esi_proxy_fragment_duration_seconds_bucket"), "{text}");
-    assert!(text.contains("esi_proxy_fallbacks_total{kind=\"continue\"} 1"), "{text}");
+    assert!(
+        text.contains("esi_proxy_requests_total{route=\"esi\",status=\"200\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("esi_proxy_fragment_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(
+        text.contains("esi_proxy_fallbacks_total{kind=\"continue\"} 1"),
+        "{text}"
+    );
     let (status, _, _) = get(&proxy.url("/_esi/nothing")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let _ = Bytes::new();

@@ -6,4 +6,5 @@ mod fetch;
 mod lint_cli;
 mod proxy;
 mod proxy_limits;
+mod shutdown;
 mod support;

@@ -24,7 +24,7 @@ use crate::esi::vars::{render_html, render_url};
 use crate::esi::{
     self, CookieAccess, Event, Include, Node, OnError, ParseOptions, Parser, VarPolicy,
 };
-use crate::fetch::{FetchError, FragmentRequest, Fetcher};
+use crate::fetch::{FetchError, Fetcher, FragmentRequest};
 use crate::telemetry::Metrics;
 
 /// What an include that fails with no fallback yields outside `esi:try`.
@@ -175,12 +175,19 @@ impl ComposeConfig {
         Self {
             max_depth: e.max_depth,
             max_includes: e.max_includes,
-            on_error: if e.on_error == "fail" { ErrorPolicy::Fail } else { ErrorPolicy::Empty },
+            on_error: if e.on_error == "fail" {
+                ErrorPolicy::Fail
+            } else {
+                ErrorPolicy::Empty
+            },
             fragment_timeout: Duration::from_millis(config.fetch.fragment_timeout_ms),
             page_timeout: Duration::from_millis(config.fetch.page_timeout_ms),
             max_page_bytes: config.fetch.max_page_bytes,
             max_concurrent_per_page: config.fetch.max_concurrent_per_page,
-            parse: ParseOptions { max_depth: e.max_nesting, ..ParseOptions::default() },
+            parse: ParseOptions {
+                max_depth: e.max_nesting,
+                ..ParseOptions::default()
+            },
             vars: VarPolicy {
                 cookies,
                 whole_cookie_header: e.expose_cookie_header,
@@ -201,7 +208,12 @@ impl Composer {
         max_concurrent: usize,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
-        Arc::new(Self { fetcher, config, global: Arc::new(Semaphore::new(max_concurrent)), metrics })
+        Arc::new(Self {
+            fetcher,
+            config,
+            global: Arc::new(Semaphore::new(max_concurrent)),
+            metrics,
+        })
     }
 
     /// The settings this composer runs under.
@@ -212,13 +224,21 @@ impl Composer {
     /// Composes a page whose layout body arrives as `layout` (already decoded). Returns the
     /// page body in document order; an `Err` item means the page cannot be completed and the
     /// response must be aborted. Dropping the receiver stops the page and all its fetches.
-    pub fn compose<S>(self: &Arc<Self>, page: Page, layout: S) -> mpsc::Receiver<Result<Bytes, ComposeError>>
+    pub fn compose<S>(
+        self: &Arc<Self>,
+        page: Page,
+        layout: S,
+    ) -> mpsc::Receiver<Result<Bytes, ComposeError>>
     where
         S: Stream<Item = Result<Bytes, String>> + Send + Unpin + 'static,
     {
         let (tx, rx) = mpsc::channel(16);
         let deadline = tokio::time::Instant::from_std(page.started + self.config.page_timeout);
-        let doc = Arc::new(DocContext { base: page.url.clone(), ancestors: vec![page.url.clone()], depth: 0 });
+        let doc = Arc::new(DocContext {
+            base: page.url.clone(),
+            ancestors: vec![page.url.clone()],
+            depth: 0,
+        });
         let state = Arc::new(PageState {
             composer: Arc::clone(self),
             page,
@@ -226,7 +246,13 @@ impl Composer {
             local: Semaphore::new(self.config.max_concurrent_per_page),
             includes: AtomicUsize::new(0),
         });
-        let driver = Driver { state, doc, queue: VecDeque::new(), frames: Vec::new(), skip: 0 };
+        let driver = Driver {
+            state,
+            doc,
+            queue: VecDeque::new(),
+            frames: Vec::new(),
+            skip: 0,
+        };
         let span = tracing::Span::current();
         tokio::spawn(driver.run(layout, tx).instrument(span));
         rx
@@ -260,7 +286,9 @@ impl Driver {
                         }
                         sent += bytes.len();
                         if sent > max_page_bytes {
-                            let _ = tx.send(Err(ComposeError::PageTooLarge(max_page_bytes))).await;
+                            let _ = tx
+                                .send(Err(ComposeError::PageTooLarge(max_page_bytes)))
+                                .await;
                             return;
                         }
                         if tx.send(Ok(bytes)).await.is_err() {
@@ -274,7 +302,10 @@ impl Driver {
             if layout_done && current.is_none() && self.queue.is_empty() {
                 let problems = parser.problem_count();
                 if problems > 0 {
-                    self.state.composer.metrics.add_esi_problems(problems as u64);
+                    self.state
+                        .composer
+                        .metrics
+                        .add_esi_problems(problems as u64);
                     tracing::debug!(problems, diagnostics = ?parser.diagnostics(), "lenient ESI problems in layout");
                 }
                 return;
@@ -323,7 +354,12 @@ impl Driver {
 
     fn push(&mut self, slot: Slot) {
         for frame in self.frames.iter_mut().rev() {
-            if let Frame::Try { attempt, in_attempt: true, .. } = frame {
+            if let Frame::Try {
+                attempt,
+                in_attempt: true,
+                ..
+            } = frame
+            {
                 attempt.push(slot);
                 return;
             }
@@ -340,7 +376,12 @@ impl Driver {
             }
             return;
         }
-        if let Some(Frame::Try { collecting: collecting @ Some(_), except, .. }) = self.frames.last_mut() {
+        if let Some(Frame::Try {
+            collecting: collecting @ Some(_),
+            except,
+            ..
+        }) = self.frames.last_mut()
+        {
             let (builder, depth) = collecting.as_mut().expect("matched Some");
             if is_end(&event) && *depth == 0 {
                 // The `</esi:except>` closing the branch being collected.
@@ -360,7 +401,12 @@ impl Driver {
             Event::Text(bytes) => self.push(Slot::Ready(bytes)),
             Event::Vars(segments) => {
                 let mut out = Vec::new();
-                render_html(&segments, &self.state.page.vars, &self.state.composer.config.vars, &mut out);
+                render_html(
+                    &segments,
+                    &self.state.page.vars,
+                    &self.state.composer.config.vars,
+                    &mut out,
+                );
                 self.push(Slot::Ready(Bytes::from(out)));
             }
             Event::Include(inc) => {
@@ -386,16 +432,24 @@ impl Driver {
                 }
             }
             Event::TryEnd => {
-                if let Some(Frame::Try { attempt, except, .. }) = self.frames.pop() {
+                if let Some(Frame::Try {
+                    attempt, except, ..
+                }) = self.frames.pop()
+                {
                     let in_try = self.in_attempt();
                     let (state, doc) = (Arc::clone(&self.state), Arc::clone(&self.doc));
-                    let task = Task::spawn(async move { run_try(&state, attempt, except, &doc, in_try).await });
+                    let task =
+                        Task::spawn(
+                            async move { run_try(&state, attempt, except, &doc, in_try).await },
+                        );
                     self.push(Slot::Pending(task));
                 }
             }
             Event::ChooseStart => self.frames.push(Frame::Choose { taken: false }),
             Event::WhenStart { test, .. } => {
-                let pass = test.is_some_and(|t| t.eval(&self.state.page.vars, &self.state.composer.config.vars));
+                let pass = test.is_some_and(|t| {
+                    t.eval(&self.state.page.vars, &self.state.composer.config.vars)
+                });
                 self.enter_branch(pass);
             }
             Event::OtherwiseStart => self.enter_branch(true),
@@ -463,7 +517,11 @@ impl Task<Result<Bytes, Failure>> {
     async fn join(&mut self) -> Result<Bytes, Failure> {
         match (&mut self.0).await {
             Ok(result) => result,
-            Err(e) => Err(Failure { url: String::new(), kind: "transport", message: format!("fetch task ended: {e}") }),
+            Err(e) => Err(Failure {
+                url: String::new(),
+                kind: "transport",
+                message: format!("fetch task ended: {e}"),
+            }),
         }
     }
 }
@@ -620,15 +678,35 @@ async fn fetch_fragment(
 ) -> Result<Bytes, Failure> {
     let composer = &state.composer;
     let cfg = &composer.config;
-    let fail = |url: &str, kind: &'static str, message: String| Failure { url: url.to_owned(), kind, message };
-    let rendered = render_url(src, &state.page.vars, &cfg.vars).map_err(|e| fail(&src.to_string(), "url", e.to_string()))?;
-    let url = doc.base.join(&rendered).map_err(|e| fail(&rendered, "url", e.to_string()))?;
+    let fail = |url: &str, kind: &'static str, message: String| Failure {
+        url: url.to_owned(),
+        kind,
+        message,
+    };
+    let rendered = render_url(src, &state.page.vars, &cfg.vars)
+        .map_err(|e| fail(&src.to_string(), "url", e.to_string()))?;
+    let url = doc
+        .base
+        .join(&rendered)
+        .map_err(|e| fail(&rendered, "url", e.to_string()))?;
     let url_text = url.to_string();
-    let host = format!("{}:{}", url.host_str().unwrap_or(""), url.port_or_known_default().unwrap_or(0));
+    let host = format!(
+        "{}:{}",
+        url.host_str().unwrap_or(""),
+        url.port_or_known_default().unwrap_or(0)
+    );
     let refused = if doc.ancestors.contains(&url) {
-        Some(fail(&url_text, "loop", "includes itself or a document that includes it".into()))
+        Some(fail(
+            &url_text,
+            "loop",
+            "includes itself or a document that includes it".into(),
+        ))
     } else {
-        composer.fetcher.check(&url).err().map(|e| fetch_failure(&url_text, &e))
+        composer
+            .fetcher
+            .check(&url)
+            .err()
+            .map(|e| fetch_failure(&url_text, &e))
     };
     if let Some(f) = refused {
         composer.metrics.record_fragment(&host, f.kind, 0.0, 0);
@@ -638,18 +716,30 @@ async fn fetch_fragment(
     let span = tracing::info_span!("fragment", url = %url_text, depth = doc.depth, status = tracing::field::Empty, ms = tracing::field::Empty);
     let result = async {
         let timeout_err = || fail(&url_text, "timeout", "page deadline passed".into());
-        let _local = tokio::time::timeout_at(state.deadline, state.local.acquire()).await.map_err(|_| timeout_err())?;
-        let _global =
-            tokio::time::timeout_at(state.deadline, composer.global.acquire()).await.map_err(|_| timeout_err())?;
-        let remaining = state.deadline.saturating_duration_since(tokio::time::Instant::now());
+        let _local = tokio::time::timeout_at(state.deadline, state.local.acquire())
+            .await
+            .map_err(|_| timeout_err())?;
+        let _global = tokio::time::timeout_at(state.deadline, composer.global.acquire())
+            .await
+            .map_err(|_| timeout_err())?;
+        let remaining = state
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now());
         let own = maxwait_ms.map_or(cfg.fragment_timeout, Duration::from_millis);
         let timeout = own.min(remaining);
         if timeout.is_zero() {
             return Err(timeout_err());
         }
-        let request =
-            FragmentRequest { url: url.clone(), client_headers: Arc::clone(&state.page.client_headers), timeout };
-        composer.fetcher.fetch(request).await.map_err(|e| fetch_failure(&url_text, &e))
+        let request = FragmentRequest {
+            url: url.clone(),
+            client_headers: Arc::clone(&state.page.client_headers),
+            timeout,
+        };
+        composer
+            .fetcher
+            .fetch(request)
+            .await
+            .map_err(|e| fetch_failure(&url_text, &e))
     }
     .instrument(span.clone())
     .await;
@@ -658,7 +748,9 @@ async fn fetch_fragment(
     let fragment = match result {
         Ok(f) => {
             span.record("status", f.status.as_u16());
-            composer.metrics.record_fragment(&host, "ok", seconds, f.body.len());
+            composer
+                .metrics
+                .record_fragment(&host, "ok", seconds, f.body.len());
             f
         }
         Err(f) => {
@@ -670,25 +762,44 @@ async fn fetch_fragment(
         return Ok(fragment.body);
     }
     if doc.depth + 1 > cfg.max_depth {
-        return Err(fail(&url_text, "depth", format!("ESI nested deeper than {}", cfg.max_depth)));
+        return Err(fail(
+            &url_text,
+            "depth",
+            format!("ESI nested deeper than {}", cfg.max_depth),
+        ));
     }
-    let template = esi::parse(fragment.body, &cfg.parse).map_err(|e| fail(&url_text, "esi", e.to_string()))?;
+    let template =
+        esi::parse(fragment.body, &cfg.parse).map_err(|e| fail(&url_text, "esi", e.to_string()))?;
     if template.problem_count > 0 {
-        composer.metrics.add_esi_problems(template.problem_count as u64);
+        composer
+            .metrics
+            .add_esi_problems(template.problem_count as u64);
     }
     let mut ancestors = doc.ancestors.clone();
     ancestors.push(url.clone());
-    let child = DocContext { base: url, ancestors, depth: doc.depth + 1 };
+    let child = DocContext {
+        base: url,
+        ancestors,
+        depth: doc.depth + 1,
+    };
     let parts = compose_nodes(state, &template.nodes, &child, false).await?;
     let total: usize = parts.iter().map(Bytes::len).sum();
     if total > cfg.max_page_bytes {
-        return Err(fail(&url_text, "too_large", format!("composed fragment over {} bytes", cfg.max_page_bytes)));
+        return Err(fail(
+            &url_text,
+            "too_large",
+            format!("composed fragment over {} bytes", cfg.max_page_bytes),
+        ));
     }
     Ok(concat(parts))
 }
 
 fn fetch_failure(url: &str, e: &FetchError) -> Failure {
-    Failure { url: url.to_owned(), kind: e.kind(), message: e.to_string() }
+    Failure {
+        url: url.to_owned(),
+        kind: e.kind(),
+        message: e.to_string(),
+    }
 }
 
 /// Joins parts into one `Bytes`, without a copy when there is only one.

@@ -39,7 +39,9 @@ impl Error {
             Error::Origin(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
             Error::Origin(_) => StatusCode::BAD_GATEWAY,
             Error::Compose(ComposeError::LayoutTimeout(_)) => StatusCode::GATEWAY_TIMEOUT,
-            Error::Compose(ComposeError::Required(f)) if f.kind == "timeout" => StatusCode::GATEWAY_TIMEOUT,
+            Error::Compose(ComposeError::Required(f)) if f.kind == "timeout" => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             Error::Compose(_) | Error::UnsupportedEncoding(_) => StatusCode::BAD_GATEWAY,
             Error::Refused(_, status) => *status,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,

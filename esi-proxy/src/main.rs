@@ -54,7 +54,12 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config, listen, origin, json_logs } => serve(config, listen, origin, json_logs),
+        Command::Serve {
+            config,
+            listen,
+            origin,
+            json_logs,
+        } => serve(config, listen, origin, json_logs),
         Command::Lint { files } => run_lint(&files),
         Command::CheckConfig { file } => Ok(check_config(&file)),
     };
@@ -83,10 +88,15 @@ fn serve(
     if let Some(origin) = origin {
         config.server.origin = origin;
     }
-    let source = file.as_ref().map_or_else(|| "<defaults and flags>".to_owned(), |p| p.display().to_string());
+    let source = file.as_ref().map_or_else(
+        || "<defaults and flags>".to_owned(),
+        |p| p.display().to_string(),
+    );
     config.validate_source(&source, None)?;
     telemetry::init_tracing(json_logs || config.server.log_format == "json", "info")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&config.server.listen)
             .await

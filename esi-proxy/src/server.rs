@@ -82,8 +82,14 @@ impl AppState {
     ///
     /// # Errors
     /// The origin URL or a host entry cannot be used by the HTTP client.
-    pub fn new(config: Config, lookup: Arc<dyn Lookup>, metrics: Arc<Metrics>) -> Result<Arc<Self>, ServerError> {
-        let client = Arc::new(HttpClient::new(&config, lookup).map_err(|e| ServerError::Config(e.to_string()))?);
+    pub fn new(
+        config: Config,
+        lookup: Arc<dyn Lookup>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, ServerError> {
+        let client = Arc::new(
+            HttpClient::new(&config, lookup).map_err(|e| ServerError::Config(e.to_string()))?,
+        );
         let composer = Composer::new(
             Arc::clone(&client) as Arc<dyn crate::fetch::Fetcher>,
             ComposeConfig::from_config(&config),
@@ -91,7 +97,14 @@ impl AppState {
             Arc::clone(&metrics),
         );
         let origin = client.origin().clone();
-        Ok(Arc::new(Self { config, client, composer, metrics, origin, started: Instant::now() }))
+        Ok(Arc::new(Self {
+            config,
+            client,
+            composer,
+            metrics,
+            origin,
+            started: Instant::now(),
+        }))
     }
 
     /// The metrics this server records.
@@ -147,7 +160,10 @@ pub async fn run(
         });
     }
     drop(listener);
-    tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: draining in-flight requests");
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "shutting down: draining in-flight requests"
+    );
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; closing remaining connections"),
@@ -156,7 +172,11 @@ pub async fn run(
 }
 
 /// Handles one request; never fails: errors become their status with a short body.
-async fn handle(state: Arc<AppState>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+) -> Response<Body> {
     let started = Instant::now();
     let span = tracing::info_span!(
         "request",
@@ -193,27 +213,45 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>, remote: SocketAddr
 fn error_response(e: &Error) -> Response<Body> {
     let mut response = Response::new(full(e.public_message()));
     *response.status_mut() = e.status();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
 fn full(body: impl Into<Bytes>) -> Body {
-    Full::new(body.into()).map_err(|never| match never {}).boxed()
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// Refuses what a reverse proxy must not do: tunnels, TRACE, upgrades, forward-proxy requests.
 fn refuse(req: &Request<Incoming>) -> Result<(), Error> {
     if req.method() == Method::CONNECT {
-        return Err(Error::Refused("CONNECT is not supported: this is not a forward proxy", StatusCode::METHOD_NOT_ALLOWED));
+        return Err(Error::Refused(
+            "CONNECT is not supported: this is not a forward proxy",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ));
     }
     if req.method() == Method::TRACE {
-        return Err(Error::Refused("TRACE is not supported", StatusCode::METHOD_NOT_ALLOWED));
+        return Err(Error::Refused(
+            "TRACE is not supported",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ));
     }
     if req.headers().contains_key(header::UPGRADE) {
-        return Err(Error::Refused("protocol upgrades are not supported", StatusCode::NOT_IMPLEMENTED));
+        return Err(Error::Refused(
+            "protocol upgrades are not supported",
+            StatusCode::NOT_IMPLEMENTED,
+        ));
     }
     if let Some(authority) = req.uri().authority() {
-        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
         if !authority.as_str().eq_ignore_ascii_case(host) {
             return Err(Error::Refused(
                 "absolute-form requests for other hosts are refused: this is not a forward proxy",
@@ -247,7 +285,13 @@ fn origin_headers(req: &Request<Incoming>, remote: SocketAddr) -> HeaderMap {
     let mut headers = req.headers().clone();
     strip_hop_by_hop(&mut headers);
     let host = headers.remove(header::HOST);
-    for name in [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST, FORWARDED, SURROGATE_CAPABILITY] {
+    for name in [
+        X_FORWARDED_FOR,
+        X_FORWARDED_PROTO,
+        X_FORWARDED_HOST,
+        FORWARDED,
+        SURROGATE_CAPABILITY,
+    ] {
         headers.remove(name);
     }
     let ip = match remote.ip() {
@@ -275,7 +319,11 @@ async fn proxy(
         return ("proxy", Err(e));
     }
     let method = req.method().clone();
-    let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
     let headers = origin_headers(&req, remote);
     let vars = esi_vars(&req);
     let body = req.into_body();
@@ -285,7 +333,11 @@ async fn proxy(
         reqwest::Body::wrap_stream(body.into_data_stream())
     };
     let client_headers = Arc::new(headers.clone());
-    let upstream = match state.client.send_origin(method.clone(), &path_and_query, headers, body).await {
+    let upstream = match state
+        .client
+        .send_origin(method.clone(), &path_and_query, headers, body)
+        .await
+    {
         Ok(r) => r,
         Err(e) => return ("proxy", Err(Error::Origin(e))),
     };
@@ -295,15 +347,33 @@ async fn proxy(
     }
     let page_url = match state.origin.to_url().join(&path_and_query) {
         Ok(u) => u,
-        Err(_) => return ("esi", Err(Error::Refused("request target is not a valid URL", StatusCode::BAD_REQUEST))),
+        Err(_) => {
+            return (
+                "esi",
+                Err(Error::Refused(
+                    "request target is not a valid URL",
+                    StatusCode::BAD_REQUEST,
+                )),
+            )
+        }
     };
-    let page = Page { url: page_url, vars, client_headers, started };
+    let page = Page {
+        url: page_url,
+        vars,
+        client_headers,
+        started,
+    };
     ("esi", compose(state, upstream, page, layout_ms).await)
 }
 
 /// Whether a response is composed: marked `Surrogate-Control: content="ESI/1.0"` or on a
 /// configured path; HTML only; not for HEAD, 1xx, 204 or 304.
-fn wants_esi(config: &Config, method: &Method, path_and_query: &str, resp: &reqwest::Response) -> bool {
+fn wants_esi(
+    config: &Config,
+    method: &Method,
+    path_and_query: &str,
+    resp: &reqwest::Response,
+) -> bool {
     let status = resp.status();
     if method == Method::HEAD
         || status.is_informational()
@@ -312,25 +382,40 @@ fn wants_esi(config: &Config, method: &Method, path_and_query: &str, resp: &reqw
     {
         return false;
     }
-    let html = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
-        let ct = ct.trim_start().to_ascii_lowercase();
-        ct.starts_with("text/html") || ct.starts_with("application/xhtml+xml")
-    });
+    let html = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let ct = ct.trim_start().to_ascii_lowercase();
+            ct.starts_with("text/html") || ct.starts_with("application/xhtml+xml")
+        });
     if !html {
         return false;
     }
     let marked = resp.headers().get_all(SURROGATE_CONTROL).iter().any(|v| {
-        v.to_str().is_ok_and(|s| s.to_ascii_lowercase().replace(' ', "").contains("content=\"esi/1.0\""))
+        v.to_str().is_ok_and(|s| {
+            s.to_ascii_lowercase()
+                .replace(' ', "")
+                .contains("content=\"esi/1.0\"")
+        })
     });
     let path = path_and_query.split('?').next().unwrap_or("/");
-    marked || config.esi.process_paths.iter().any(|glob| glob_match(glob, path))
+    marked
+        || config
+            .esi
+            .process_paths
+            .iter()
+            .any(|glob| glob_match(glob, path))
 }
 
 /// `*` matches any run of characters; everything else matches itself.
 fn glob_match(glob: &str, text: &str) -> bool {
     let mut parts = glob.split('*');
     let first = parts.next().unwrap_or("");
-    let Some(mut rest) = text.strip_prefix(first) else { return false };
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
     let parts: Vec<&str> = parts.collect();
     for (i, part) in parts.iter().enumerate() {
         if i + 1 == parts.len() {
@@ -362,10 +447,15 @@ fn pass_through(upstream: reqwest::Response, method: &Method) -> Response<Body> 
     let body = if method == Method::HEAD {
         full(Bytes::new())
     } else {
-        let stream = upstream.bytes_stream().map_ok(Frame::data).map_err(|e| -> BoxError { Box::new(e) });
+        let stream = upstream
+            .bytes_stream()
+            .map_ok(Frame::data)
+            .map_err(|e| -> BoxError { Box::new(e) });
         BodyExt::boxed(StreamBody::new(stream))
     };
-    builder.body(body).unwrap_or_else(|_| Response::new(full(Bytes::new())))
+    builder
+        .body(body)
+        .unwrap_or_else(|_| Response::new(full(Bytes::new())))
 }
 
 /// Composes an ESI response. The head is sent once the first part of the page is ready, so a
@@ -382,12 +472,20 @@ async fn compose(
         .remove(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok().map(|s| s.trim().to_ascii_lowercase()))
         .unwrap_or_default();
-    for name in [header::CONTENT_LENGTH, header::ETAG, header::ACCEPT_RANGES, header::LAST_MODIFIED] {
+    for name in [
+        header::CONTENT_LENGTH,
+        header::ETAG,
+        header::ACCEPT_RANGES,
+        header::LAST_MODIFIED,
+    ] {
         headers.remove(name);
     }
     let cap = state.config.fetch.max_layout_bytes;
-    let raw = upstream.bytes_stream().map_err(|e| format!("reading the layout: {e}"));
-    let layout: Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>> = match encoding.as_str() {
+    let raw = upstream
+        .bytes_stream()
+        .map_err(|e| format!("reading the layout: {e}"));
+    let layout: Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>> = match encoding.as_str()
+    {
         "" | "identity" => Box::pin(capped(raw, cap)),
         "gzip" | "x-gzip" | "deflate" | "br" => Box::pin(decoded(raw, &encoding, cap)),
         other => return Err(Error::UnsupportedEncoding(other.to_owned())),
@@ -453,7 +551,10 @@ struct CapWriter {
 impl std::io::Write for CapWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         if self.written + data.len() > self.cap {
-            return Err(std::io::Error::other(format!("decoded layout over {} bytes", self.cap)));
+            return Err(std::io::Error::other(format!(
+                "decoded layout over {} bytes",
+                self.cap
+            )));
         }
         self.written += data.len();
         self.buf.extend_from_slice(data);
@@ -473,7 +574,11 @@ enum Decoder {
 
 impl Decoder {
     fn new(encoding: &str, cap: usize) -> Self {
-        let sink = CapWriter { buf: Vec::new(), written: 0, cap };
+        let sink = CapWriter {
+            buf: Vec::new(),
+            written: 0,
+            cap,
+        };
         match encoding {
             "deflate" => Decoder::Deflate(flate2::write::ZlibDecoder::new(sink)),
             "br" => Decoder::Brotli(Box::new(brotli::DecompressorWriter::new(sink, 4096))),
@@ -541,7 +646,12 @@ fn decoded(
 /// The values ESI variables read, from the client's request.
 fn esi_vars(req: &Request<Incoming>) -> esi::Request {
     let h = req.headers();
-    let get = |name: HeaderName| h.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>();
+    let get = |name: HeaderName| {
+        h.get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+    };
     let mut vars = esi::Request::new();
     if let Some(host) = get(header::HOST).first() {
         vars = vars.with_host(*host);
@@ -566,9 +676,16 @@ fn esi_vars(req: &Request<Incoming>) -> esi::Request {
 
 // === admin endpoints ===
 
-fn admin(state: &Arc<AppState>, req: &Request<Incoming>, remote: SocketAddr) -> Result<Response<Body>, Error> {
+fn admin(
+    state: &Arc<AppState>,
+    req: &Request<Incoming>,
+    remote: SocketAddr,
+) -> Result<Response<Body>, Error> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Err(Error::Refused("admin endpoints here answer GET only", StatusCode::METHOD_NOT_ALLOWED));
+        return Err(Error::Refused(
+            "admin endpoints here answer GET only",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ));
     }
     match req.uri().path() {
         "/_esi/health" => {
@@ -581,7 +698,10 @@ fn admin(state: &Arc<AppState>, req: &Request<Incoming>, remote: SocketAddr) -> 
         }
         "/_esi/metrics" => {
             authorize(state, req, remote)?;
-            Ok(with_type(full(state.metrics.render()), "text/plain; version=0.0.4; charset=utf-8"))
+            Ok(with_type(
+                full(state.metrics.render()),
+                "text/plain; version=0.0.4; charset=utf-8",
+            ))
         }
         _ => Err(Error::NotFound),
     }
@@ -592,7 +712,11 @@ fn admin(state: &Arc<AppState>, req: &Request<Incoming>, remote: SocketAddr) -> 
 fn authorize(state: &AppState, req: &Request<Incoming>, remote: SocketAddr) -> Result<(), Error> {
     let token = &state.config.server.admin_token;
     if token.is_empty() {
-        return if remote.ip().is_loopback() { Ok(()) } else { Err(Error::Unauthorized) };
+        return if remote.ip().is_loopback() {
+            Ok(())
+        } else {
+            Err(Error::Unauthorized)
+        };
     }
     let given = req
         .headers()
@@ -613,16 +737,32 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 fn with_type(body: Body, content_type: &'static str) -> Response<Body> {
     let mut response = Response::new(body);
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
 // === metered bodies ===
 
 /// Wraps a response body so bytes sent and the request's duration are recorded when it ends.
-fn metered(response: Response<Body>, route: &'static str, started: Instant, metrics: Arc<Metrics>) -> Response<Body> {
+fn metered(
+    response: Response<Body>,
+    route: &'static str,
+    started: Instant,
+    metrics: Arc<Metrics>,
+) -> Response<Body> {
     let status = response.status().as_u16();
-    response.map(|body| BodyExt::boxed(Metered { body, route, status, started, metrics, bytes: 0 }))
+    response.map(|body| {
+        BodyExt::boxed(Metered {
+            body,
+            route,
+            status,
+            started,
+            metrics,
+            bytes: 0,
+        })
+    })
 }
 
 struct Metered {
@@ -638,7 +778,10 @@ impl http_body::Body for Metered {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
@@ -660,7 +803,11 @@ impl http_body::Body for Metered {
 impl Drop for Metered {
     fn drop(&mut self) {
         self.metrics.add_bytes_out(self.route, self.bytes);
-        self.metrics.record_request(self.route, self.status, self.started.elapsed().as_secs_f64());
+        self.metrics.record_request(
+            self.route,
+            self.status,
+            self.started.elapsed().as_secs_f64(),
+        );
     }
 }
 
@@ -688,7 +835,10 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_named_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -701,7 +851,8 @@ mod tests {
     #[test]
     fn decoder_stops_a_bomb_at_the_cap() {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        gz.write_all(&vec![0u8; 8 * 1024 * 1024]).expect("in memory");
+        gz.write_all(&vec![0u8; 8 * 1024 * 1024])
+            .expect("in memory");
         let bomb = gz.finish().expect("in memory");
         let mut d = Decoder::new("gzip", 64 * 1024);
         let mut total = 0;

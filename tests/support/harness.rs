@@ -19,7 +19,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -27,7 +27,8 @@ use tokio::task::JoinHandle;
 pub type TestBody = BoxBody<Bytes, std::io::Error>;
 
 /// What a test server does with each request.
-pub type Handler = Arc<dyn Fn(Request<Incoming>) -> BoxFuture<'static, Response<TestBody>> + Send + Sync>;
+pub type Handler =
+    Arc<dyn Fn(Request<Incoming>) -> BoxFuture<'static, Response<TestBody>> + Send + Sync>;
 
 /// A server on loopback; stops when dropped.
 pub struct TestServer {
@@ -65,14 +66,18 @@ where
     Fut: Future<Output = Response<TestBody>> + Send + 'static,
 {
     let handler: Handler = Arc::new(move |req| Box::pin(handler(req)));
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
     let addr = listener.local_addr().expect("bound");
     let requests = Arc::new(AtomicUsize::new(0));
     let connections = Arc::new(AtomicUsize::new(0));
     let (req_count, conn_count) = (Arc::clone(&requests), Arc::clone(&connections));
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             conn_count.fetch_add(1, Ordering::SeqCst);
             let handler = Arc::clone(&handler);
             let req_count = Arc::clone(&req_count);
@@ -88,29 +93,12 @@ where
             });
         }
     });
-    TestServer { addr, requests, connections, task }
-}
-
-/// Starts a raw TCP server: `on_conn` gets each accepted socket, for peers that break HTTP.
-pub async fn serve_raw<F, Fut>(on_conn: F) -> TestServer
-where
-    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
-    let addr = listener.local_addr().expect("bound");
-    let requests = Arc::new(AtomicUsize::new(0));
-    let connections = Arc::new(AtomicUsize::new(0));
-    let conn_count = Arc::clone(&connections);
-    let on_conn = Arc::new(on_conn);
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            conn_count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(on_conn(stream));
-        }
-    });
-    TestServer { addr, requests, connections, task }
+    TestServer {
+        addr,
+        requests,
+        connections,
+        task,
+    }
 }
 
 /// A response with a body, status 200.
@@ -121,15 +109,29 @@ pub fn html(body: impl Into<Bytes>) -> Response<TestBody> {
 /// An ESI layout: HTML marked with `Surrogate-Control: content="ESI/1.0"`.
 pub fn esi(body: impl Into<Bytes>) -> Response<TestBody> {
     let mut r = html(body);
-    r.headers_mut().insert("surrogate-control", http::HeaderValue::from_static("content=\"ESI/1.0\""));
+    r.headers_mut().insert(
+        "surrogate-control",
+        http::HeaderValue::from_static("content=\"ESI/1.0\""),
+    );
     r
 }
 
 /// A response with the given status, content type and body.
-pub fn response(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<TestBody> {
-    let mut r = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed());
+pub fn response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<TestBody> {
+    let mut r = Response::new(
+        Full::new(body.into())
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
     r
 }
 
@@ -141,7 +143,10 @@ where
     use futures::StreamExt;
     let body = StreamBody::new(stream.map(|r| r.map(Frame::data)));
     let mut r = Response::new(BodyExt::boxed(body));
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
     r
 }
 
@@ -151,7 +156,8 @@ pub struct TestProxy {
     pub addr: SocketAddr,
     /// Its metrics.
     pub metrics: Arc<Metrics>,
-    shutdown: Option<oneshot::Sender<()>>,
+    /// Dropping it ends `server::run`'s shutdown future.
+    _shutdown: oneshot::Sender<()>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -159,16 +165,6 @@ impl TestProxy {
     /// `http://127.0.0.1:port` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
-    }
-
-    /// Signals shutdown and waits for the server to return.
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
     }
 }
 
@@ -186,10 +182,16 @@ pub async fn proxy(origin: &str, config: Config) -> TestProxy {
 }
 
 /// [`proxy`] with injected name resolution.
-pub async fn proxy_with_lookup(origin: &str, mut config: Config, lookup: Arc<dyn Lookup>) -> TestProxy {
+pub async fn proxy_with_lookup(
+    origin: &str,
+    mut config: Config,
+    lookup: Arc<dyn Lookup>,
+) -> TestProxy {
     config.server.origin = origin.to_owned();
     config.validate().expect("test config is valid");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
     let addr = listener.local_addr().expect("bound");
     let metrics = Arc::new(Metrics::new());
     let state = AppState::new(config, lookup, Arc::clone(&metrics)).expect("state");
@@ -200,12 +202,22 @@ pub async fn proxy_with_lookup(origin: &str, mut config: Config, lookup: Arc<dyn
         })
         .await;
     });
-    TestProxy { addr, metrics, shutdown: Some(tx), task: Some(task) }
+    TestProxy {
+        addr,
+        metrics,
+        _shutdown: tx,
+        task: Some(task),
+    }
 }
 
 /// A plain HTTP client with no pooling surprises: no proxy, no decompression.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().no_gzip().no_brotli().build().expect("client")
+    reqwest::Client::builder()
+        .no_proxy()
+        .no_gzip()
+        .no_brotli()
+        .build()
+        .expect("client")
 }
 
 /// GETs `url` and returns status, headers and the whole body as text.

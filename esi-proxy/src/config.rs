@@ -19,6 +19,8 @@ pub struct Config {
     pub esi: EsiConfig,
     /// Fetching layouts and fragments: timeouts, limits, hosts and headers.
     pub fetch: FetchConfig,
+    /// Caching of fragments and layouts: capacity, TTL rules, stale serving.
+    pub cache: CacheConfig,
 }
 
 /// `[server]`.
@@ -114,6 +116,56 @@ pub struct HostConfig {
     /// written as such an IP address is allowed to by being listed). Default: false.
     #[serde(default)]
     pub private_network: bool,
+}
+
+/// `[cache]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Whether fragments and layouts are cached (`serve --no-cache` turns it off). Default: true.
+    pub enabled: bool,
+    /// Bytes of fragment responses kept: bodies, kept headers and keys. Default: 268435456.
+    pub fragment_capacity_bytes: u64,
+    /// Bytes of parsed layouts kept. Default: 67108864.
+    pub layout_capacity_bytes: u64,
+    /// TTL in seconds when neither a rule nor the response's headers give one; 0 stores
+    /// nothing. Default: 0.
+    pub default_ttl_s: u64,
+    /// Seconds an expired entry may still be served while one background fetch refreshes it,
+    /// when the response gives no `stale-while-revalidate`. Default: 0.
+    pub stale_while_revalidate_s: u64,
+    /// Seconds an expired entry may still be served when a fresh fetch fails, when the
+    /// response gives no `stale-if-error`. Default: 0.
+    pub stale_if_error_s: u64,
+    /// Seconds a URL whose response could not be stored is fetched without waiting on other
+    /// requests for it (no coalescing). Default: 30.
+    pub hit_for_pass_s: u64,
+    /// Request headers (lowercase) that are part of every cache key. Default: [].
+    pub key_headers: Vec<String>,
+    /// TTL rules, first match wins; a rule beats the response's own headers. Default: [].
+    pub rules: Vec<CacheRule>,
+}
+
+/// One `[[cache.rules]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheRule {
+    /// Glob over `host:port/path` (or over the path alone when it starts with `/`); `*`
+    /// matches any run of characters. Required.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// TTL in seconds for what the rule matches. Required.
+    pub ttl_s: u64,
+    /// Stale-while-revalidate window in seconds, overriding the response's. Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_while_revalidate_s: Option<u64>,
+    /// Stale-if-error window in seconds, overriding the response's. Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_if_error_s: Option<u64>,
+    /// Request headers this rule adds to the key; `cookie` or `authorization` here make
+    /// personalised responses cacheable, one entry per user. Default: [].
+    #[serde(default)]
+    pub key_headers: Vec<String>,
 }
 
 /// Why a configuration was refused.
@@ -223,6 +275,41 @@ impl Default for EsiConfig {
     }
 }
 
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            fragment_capacity_bytes: 256 * 1024 * 1024,
+            layout_capacity_bytes: 64 * 1024 * 1024,
+            default_ttl_s: 0,
+            stale_while_revalidate_s: 0,
+            stale_if_error_s: 0,
+            hit_for_pass_s: 30,
+            key_headers: Vec::new(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// Whether `text` matches `glob`, where `*` matches any run of characters and everything else
+/// matches itself.
+pub fn glob_match(glob: &str, text: &str) -> bool {
+    let mut parts = glob.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else { return false };
+    let parts: Vec<&str> = parts.collect();
+    for (i, part) in parts.iter().enumerate() {
+        if i + 1 == parts.len() {
+            return rest.ends_with(part);
+        }
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.is_empty()
+}
+
 impl Default for FetchConfig {
     fn default() -> Self {
         Self {
@@ -310,6 +397,7 @@ impl Config {
         self.validate_server(&mut p);
         self.validate_esi(&mut p);
         self.validate_fetch(&mut p);
+        self.validate_cache(&mut p);
         if p.found.is_empty() {
             return Ok(());
         }
@@ -379,6 +467,27 @@ impl Config {
                 );
                 p.push(&field, message);
             }
+        }
+    }
+
+    fn validate_cache(&self, p: &mut Problems<'_>) {
+        let c = &self.cache;
+        let header_lists = std::iter::once(("cache.key_headers".to_owned(), &c.key_headers))
+            .chain(c.rules.iter().enumerate().map(|(i, r)| (format!("cache.rules[{i}].key_headers"), &r.key_headers)));
+        for (field, names) in header_lists {
+            for (i, name) in names.iter().enumerate() {
+                if http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).is_err() {
+                    p.push(&format!("{field}[{i}]"), format!("{name:?} is not a header name"));
+                }
+            }
+        }
+        for (i, rule) in c.rules.iter().enumerate() {
+            if rule.pattern.is_empty() {
+                p.push(&format!("cache.rules[{i}].match"), "must not be empty".into());
+            }
+        }
+        if c.enabled && c.fragment_capacity_bytes == 0 {
+            p.push("cache.fragment_capacity_bytes", "must be greater than 0 while the cache is enabled".into());
         }
     }
 
@@ -675,9 +784,11 @@ mod tests {
     /// example, commented out because the default list is empty, counts once uncommented.
     #[test]
     fn documented_file_names_every_field() {
-        let example = commented_hosts_example(DOCUMENTED);
+        let example = commented_example(DOCUMENTED, "[[fetch.hosts]]");
         assert!(!example.is_empty(), "no commented [[fetch.hosts]] example");
-        let text = format!("{DOCUMENTED}\n{example}");
+        let rule = commented_example(DOCUMENTED, "[[cache.rules]]");
+        assert!(!rule.is_empty(), "no commented [[cache.rules]] example");
+        let text = format!("{DOCUMENTED}\n{example}\n{rule}");
         let config = Config::parse(&text, Path::new("uncommented")).expect("example parses");
         assert_eq!(config.fetch.hosts.len(), 1, "the example has one host");
         let example_host = &config.fetch.hosts[0];
@@ -707,7 +818,11 @@ mod tests {
     /// a comment that gives the default (or says the field is required).
     #[test]
     fn documented_file_explains_every_field() {
-        let text = format!("{DOCUMENTED}\n{}", commented_hosts_example(DOCUMENTED));
+        let text = format!(
+            "{DOCUMENTED}\n{}\n{}",
+            commented_example(DOCUMENTED, "[[fetch.hosts]]"),
+            commented_example(DOCUMENTED, "[[cache.rules]]")
+        );
         let mut comment = String::new();
         for (i, line) in text.lines().enumerate() {
             if let Some(rest) = line.strip_prefix('#') {
@@ -726,9 +841,10 @@ mod tests {
     }
 
     /// The `# [[fetch.hosts]]` block and the `# ` lines after it, uncommented.
-    fn commented_hosts_example(text: &str) -> String {
+    fn commented_example(text: &str, header: &str) -> String {
         let mut out = String::new();
-        let mut lines = text.lines().skip_while(|l| l.trim() != "# [[fetch.hosts]]");
+        let marker = format!("# {header}");
+        let mut lines = text.lines().skip_while(|l| l.trim() != marker);
         for line in lines.by_ref() {
             match line.strip_prefix("# ") {
                 Some(rest) => {

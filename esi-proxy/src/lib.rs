@@ -12,6 +12,7 @@
 //! - [`error`]: the top-level error and its HTTP status.
 //! - [`lint`]: checks ESI markup for fragment teams (`esi-proxy lint`).
 
+pub mod cache;
 pub mod compose;
 pub mod config;
 pub mod error;

@@ -41,6 +41,9 @@ pub struct ServerConfig {
     pub admin_token: String,
     /// Log format: "text" or "json". Default: "text".
     pub log_format: String,
+    /// How often the config file is checked for changes, which are then reloaded; 0 reloads
+    /// on SIGHUP only. Default: 1000.
+    pub config_poll_ms: u64,
 }
 
 /// `[esi]`.
@@ -256,6 +259,7 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 10_000,
             admin_token: String::new(),
             log_format: "text".into(),
+            config_poll_ms: 1000,
         }
     }
 }

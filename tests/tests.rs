@@ -1,10 +1,13 @@
 //! The end-to-end test binary: every integration test links in here.
 
+mod cache;
+mod cache_proxy;
 mod config;
 mod engine;
 mod fetch;
 mod lint_cli;
 mod proxy;
 mod proxy_limits;
+mod reload;
 mod shutdown;
 mod support;

@@ -22,7 +22,7 @@ use crate::esi::ast::choose_branch;
 use crate::esi::parse::TemplateBuilder;
 use crate::esi::vars::{render_html, render_url};
 use crate::esi::{
-    self, CookieAccess, Event, Include, Node, OnError, ParseOptions, Parser, VarPolicy,
+    self, CookieAccess, Event, Include, Node, OnError, ParseOptions, Parser, Template, VarPolicy,
 };
 use crate::fetch::{FetchError, Fetcher, FragmentRequest};
 use crate::telemetry::Metrics;
@@ -224,10 +224,34 @@ impl Composer {
     /// Composes a page whose layout body arrives as `layout` (already decoded). Returns the
     /// page body in document order; an `Err` item means the page cannot be completed and the
     /// response must be aborted. Dropping the receiver stops the page and all its fetches.
+    /// When `on_parsed` is given, it receives the parsed layout and its size once the layout
+    /// has arrived whole (to cache it).
     pub fn compose<S>(
         self: &Arc<Self>,
         page: Page,
         layout: S,
+        on_parsed: Option<OnParsed>,
+    ) -> mpsc::Receiver<Result<Bytes, ComposeError>>
+    where
+        S: Stream<Item = Result<Bytes, String>> + Send + Unpin + 'static,
+    {
+        self.start(page, Source::Stream(layout, on_parsed))
+    }
+
+    /// Composes a page from a layout parsed earlier (a layout cache hit): no upstream request
+    /// and no parse for the layout itself.
+    pub fn compose_parsed(
+        self: &Arc<Self>,
+        page: Page,
+        template: Arc<Template>,
+    ) -> mpsc::Receiver<Result<Bytes, ComposeError>> {
+        self.start::<futures::stream::Empty<Result<Bytes, String>>>(page, Source::Parsed(template))
+    }
+
+    fn start<S>(
+        self: &Arc<Self>,
+        page: Page,
+        source: Source<S>,
     ) -> mpsc::Receiver<Result<Bytes, ComposeError>>
     where
         S: Stream<Item = Result<Bytes, String>> + Send + Unpin + 'static,
@@ -254,23 +278,98 @@ impl Composer {
             skip: 0,
         };
         let span = tracing::Span::current();
-        tokio::spawn(driver.run(layout, tx).instrument(span));
+        tokio::spawn(driver.run(source, tx).instrument(span));
         rx
+    }
+}
+
+/// Receives a layout parsed while it streamed, with its size in bytes.
+pub type OnParsed = Box<dyn FnOnce(Template, usize) + Send>;
+
+/// Where a page's layout comes from.
+enum Source<S> {
+    /// Streamed from the origin, parsed as it arrives.
+    Stream(S, Option<OnParsed>),
+    /// Parsed before.
+    Parsed(Arc<Template>),
+}
+
+/// The events a parsed template stands for, in document order (what the parser emitted).
+fn template_events(nodes: &[Node], out: &mut Vec<Event>) {
+    for node in nodes {
+        match node {
+            Node::Text(b) => out.push(Event::Text(b.clone())),
+            Node::Vars(segments) => out.push(Event::Vars(segments.clone())),
+            Node::Include(inc) => out.push(Event::Include(inc.clone())),
+            Node::Try { attempt, except } => {
+                out.push(Event::TryStart);
+                out.push(Event::AttemptStart);
+                template_events(attempt, out);
+                out.push(Event::AttemptEnd);
+                out.push(Event::ExceptStart);
+                template_events(except, out);
+                out.push(Event::ExceptEnd);
+                out.push(Event::TryEnd);
+            }
+            Node::Choose { whens, otherwise } => {
+                out.push(Event::ChooseStart);
+                for w in whens {
+                    out.push(Event::WhenStart {
+                        test: w.test.clone(),
+                        source: w.source.clone(),
+                    });
+                    template_events(&w.body, out);
+                    out.push(Event::WhenEnd);
+                }
+                if let Some(o) = otherwise {
+                    out.push(Event::OtherwiseStart);
+                    template_events(o, out);
+                    out.push(Event::OtherwiseEnd);
+                }
+                out.push(Event::ChooseEnd);
+            }
+            Node::Inline {
+                name,
+                fetchable,
+                body,
+            } => {
+                out.push(Event::InlineStart {
+                    name: name.clone(),
+                    fetchable: *fetchable,
+                });
+                template_events(body, out);
+                out.push(Event::InlineEnd);
+            }
+        }
     }
 }
 
 // === impl Driver ===
 
 impl Driver {
-    async fn run<S>(mut self, mut layout: S, tx: mpsc::Sender<Result<Bytes, ComposeError>>)
+    async fn run<S>(mut self, source: Source<S>, tx: mpsc::Sender<Result<Bytes, ComposeError>>)
     where
         S: Stream<Item = Result<Bytes, String>> + Send + Unpin,
     {
-        let cfg = &self.state.composer.config;
+        let composer = Arc::clone(&self.state.composer);
+        let cfg = &composer.config;
         let max_page_bytes = cfg.max_page_bytes;
         let mut parser = Parser::new(cfg.parse.clone());
         let mut events = Vec::new();
-        let mut layout_done = false;
+        let (mut layout, mut on_parsed, mut layout_done) = match source {
+            Source::Stream(layout, on_parsed) => (Some(layout), on_parsed, false),
+            Source::Parsed(template) => {
+                template_events(&template.nodes, &mut events);
+                (None, None, true)
+            }
+        };
+        // Only built when the layout is to be cached: a copy of the events, cheap (Bytes).
+        let mut keep = on_parsed
+            .as_ref()
+            .map(|_| (TemplateBuilder::default(), 0usize));
+        for event in events.drain(..) {
+            self.handle(event);
+        }
         let mut current: Option<Task<Result<Bytes, Failure>>> = None;
         let mut sent = 0usize;
         let deadline = self.state.deadline;
@@ -312,11 +411,16 @@ impl Driver {
             }
             tokio::select! {
                 () = tx.closed() => return,
-                chunk = tokio::time::timeout_at(deadline, layout.next()), if !layout_done => {
+                chunk = tokio::time::timeout_at(deadline, next_chunk(&mut layout)), if !layout_done => {
                     let step = match chunk {
                         Err(_) => Err(ComposeError::LayoutTimeout(page_timeout)),
                         Ok(Some(Err(e))) => Err(ComposeError::Layout(e)),
-                        Ok(Some(Ok(bytes))) => Ok(parser.feed(bytes, &mut events)),
+                        Ok(Some(Ok(bytes))) => {
+                            if let Some((_, size)) = &mut keep {
+                                *size += bytes.len();
+                            }
+                            Ok(parser.feed(bytes, &mut events))
+                        }
                         Ok(None) => {
                             layout_done = true;
                             Ok(parser.finish(&mut events))
@@ -327,7 +431,17 @@ impl Driver {
                         return;
                     }
                     for event in events.drain(..) {
+                        if let Some((builder, _)) = &mut keep {
+                            builder.push(event.clone());
+                        }
                         self.handle(event);
+                    }
+                    if layout_done {
+                        if let (Some((builder, size)), Some(store)) = (keep.take(), on_parsed.take()) {
+                            let mut template = builder.finish();
+                            template.problem_count = parser.problem_count();
+                            store(template, size);
+                        }
                     }
                 }
                 result = async { current.as_mut().expect("guarded by is_some").join().await }, if current.is_some() => {
@@ -476,6 +590,17 @@ impl Driver {
         } else {
             self.skip = 1;
         }
+    }
+}
+
+/// The next chunk of a streamed layout; a parsed one has none.
+async fn next_chunk<S>(layout: &mut Option<S>) -> Option<Result<Bytes, String>>
+where
+    S: Stream<Item = Result<Bytes, String>> + Unpin,
+{
+    match layout.as_mut() {
+        Some(l) => l.next().await,
+        None => None,
     }
 }
 

@@ -300,7 +300,9 @@ impl Default for CacheConfig {
 pub fn glob_match(glob: &str, text: &str) -> bool {
     let mut parts = glob.split('*');
     let first = parts.next().unwrap_or("");
-    let Some(mut rest) = text.strip_prefix(first) else { return false };
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
     let parts: Vec<&str> = parts.collect();
     for (i, part) in parts.iter().enumerate() {
         if i + 1 == parts.len() {
@@ -476,22 +478,35 @@ impl Config {
 
     fn validate_cache(&self, p: &mut Problems<'_>) {
         let c = &self.cache;
-        let header_lists = std::iter::once(("cache.key_headers".to_owned(), &c.key_headers))
-            .chain(c.rules.iter().enumerate().map(|(i, r)| (format!("cache.rules[{i}].key_headers"), &r.key_headers)));
+        let header_lists = std::iter::once(("cache.key_headers".to_owned(), &c.key_headers)).chain(
+            c.rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("cache.rules[{i}].key_headers"), &r.key_headers)),
+        );
         for (field, names) in header_lists {
             for (i, name) in names.iter().enumerate() {
                 if http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).is_err() {
-                    p.push(&format!("{field}[{i}]"), format!("{name:?} is not a header name"));
+                    p.push(
+                        &format!("{field}[{i}]"),
+                        format!("{name:?} is not a header name"),
+                    );
                 }
             }
         }
         for (i, rule) in c.rules.iter().enumerate() {
             if rule.pattern.is_empty() {
-                p.push(&format!("cache.rules[{i}].match"), "must not be empty".into());
+                p.push(
+                    &format!("cache.rules[{i}].match"),
+                    "must not be empty".into(),
+                );
             }
         }
         if c.enabled && c.fragment_capacity_bytes == 0 {
-            p.push("cache.fragment_capacity_bytes", "must be greater than 0 while the cache is enabled".into());
+            p.push(
+                "cache.fragment_capacity_bytes",
+                "must be greater than 0 while the cache is enabled".into(),
+            );
         }
     }
 

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use esi_proxy::config::Config;
 use esi_proxy::esi::Severity;
@@ -34,6 +35,9 @@ enum Command {
         /// The origin (gateway) URL, e.g. http://127.0.0.1:8081.
         #[arg(long)]
         origin: Option<String>,
+        /// Turn every cache off (for benchmarks and debugging).
+        #[arg(long)]
+        no_cache: bool,
         /// Log JSON lines instead of text.
         #[arg(long)]
         json_logs: bool,
@@ -58,8 +62,17 @@ fn main() -> ExitCode {
             config,
             listen,
             origin,
+            no_cache,
             json_logs,
-        } => serve(config, listen, origin, json_logs),
+        } => serve(
+            config,
+            Overrides {
+                listen,
+                origin,
+                no_cache,
+            },
+            json_logs,
+        ),
         Command::Lint { files } => run_lint(&files),
         Command::CheckConfig { file } => Ok(check_config(&file)),
     };
@@ -72,22 +85,34 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(
-    file: Option<PathBuf>,
+/// Command-line settings that win over the config file, at start and on every reload.
+#[derive(Debug, Clone)]
+struct Overrides {
     listen: Option<String>,
     origin: Option<String>,
-    json_logs: bool,
-) -> anyhow::Result<ExitCode> {
+    no_cache: bool,
+}
+
+impl Overrides {
+    fn apply(&self, config: &mut Config) {
+        if let Some(listen) = &self.listen {
+            config.server.listen.clone_from(listen);
+        }
+        if let Some(origin) = &self.origin {
+            config.server.origin.clone_from(origin);
+        }
+        if self.no_cache {
+            config.cache.enabled = false;
+        }
+    }
+}
+
+fn serve(file: Option<PathBuf>, overrides: Overrides, json_logs: bool) -> anyhow::Result<ExitCode> {
     let mut config = match &file {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    if let Some(listen) = listen {
-        config.server.listen = listen;
-    }
-    if let Some(origin) = origin {
-        config.server.origin = origin;
-    }
+    overrides.apply(&mut config);
     let source = file.as_ref().map_or_else(
         || "<defaults and flags>".to_owned(),
         |p| p.display().to_string(),
@@ -103,9 +128,19 @@ fn serve(
             .with_context(|| format!("listening on {}", config.server.listen))?;
         let addr = listener.local_addr()?;
         let metrics = Arc::new(telemetry::Metrics::new());
+        let cache = config.cache.enabled;
+        let poll = Duration::from_millis(config.server.config_poll_ms);
         let state = server::AppState::new(config, Arc::new(fetch::SystemLookup), metrics)?;
-        tracing::info!(%addr, "esi-proxy listening");
+        let watcher = file.map(|path| {
+            tracing::info!(path = %path.display(), "reloading the config on SIGHUP and when the file changes");
+            let adjust = move |c: &mut Config| overrides.apply(c);
+            server::watch_config(Arc::clone(&state), path, Arc::new(adjust), poll)
+        });
+        tracing::info!(%addr, cache, "esi-proxy listening");
         server::run(listener, state, shutdown_signal()).await?;
+        if let Some(w) = watcher {
+            w.abort();
+        }
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)

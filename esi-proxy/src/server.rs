@@ -6,8 +6,9 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -22,25 +23,47 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
-use crate::compose::{ComposeConfig, Composer, Page};
+use crate::cache::{CachePolicy, CachingFetcher, FragmentCache, LayoutCache};
+use crate::compose::{ComposeConfig, Composer, OnParsed, Page};
 use crate::config::Config;
 use crate::error::Error;
 use crate::esi;
-use crate::fetch::{BaseUrl, HttpClient, Lookup};
+use crate::fetch::{BaseUrl, Fetcher, HttpClient, Lookup};
 use crate::telemetry::{server_timing, Metrics};
 
 /// A response body: bytes streamed, errors abort the connection.
 pub type Body = BoxBody<Bytes, BoxError>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// What every request handler shares: config, HTTP client, composer, metrics.
+/// What every request handler shares: the runtime built from the config in force (swapped
+/// whole on reload), the caches (kept across reloads), metrics and reload status.
 pub struct AppState {
+    runtime: RwLock<Arc<Runtime>>,
+    lookup: Arc<dyn Lookup>,
+    metrics: Arc<Metrics>,
+    fragment_cache: Arc<FragmentCache>,
+    layout_cache: Arc<LayoutCache>,
+    reload: Mutex<ReloadStatus>,
+    started: Instant,
+}
+
+/// Everything built from one config. A request takes one `Arc<Runtime>` and keeps it to its
+/// end, so a reload never changes the rules under a page being composed.
+struct Runtime {
     config: Config,
     client: Arc<HttpClient>,
     composer: Arc<Composer>,
-    metrics: Arc<Metrics>,
+    policy: Arc<CachePolicy>,
     origin: BaseUrl,
-    started: Instant,
+}
+
+/// The outcome of config reloads so far, for `/_esi/health` and the metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadStatus {
+    /// How many configs were applied since start (0: the one it started with).
+    pub generation: u64,
+    /// The last failed reload's error, naming file, line and field; cleared by a success.
+    pub last_error: Option<String>,
 }
 
 /// Why the server could not start or run.
@@ -79,6 +102,7 @@ const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 
 impl AppState {
     /// Builds the shared state from a validated config, resolving names with `lookup`.
+    /// The caches are sized here; their capacity changes only with a restart.
     ///
     /// # Errors
     /// The origin URL or a host entry cannot be used by the HTTP client.
@@ -87,22 +111,22 @@ impl AppState {
         lookup: Arc<dyn Lookup>,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, ServerError> {
-        let client = Arc::new(
-            HttpClient::new(&config, lookup).map_err(|e| ServerError::Config(e.to_string()))?,
-        );
-        let composer = Composer::new(
-            Arc::clone(&client) as Arc<dyn crate::fetch::Fetcher>,
-            ComposeConfig::from_config(&config),
-            config.fetch.max_concurrent,
+        let fragment_cache = FragmentCache::new(
+            config.cache.fragment_capacity_bytes.max(1),
             Arc::clone(&metrics),
         );
-        let origin = client.origin().clone();
+        let layout_cache = LayoutCache::new(
+            config.cache.layout_capacity_bytes.max(1),
+            Arc::clone(&metrics),
+        );
+        let runtime = build_runtime(config, &lookup, &metrics, &fragment_cache)?;
         Ok(Arc::new(Self {
-            config,
-            client,
-            composer,
+            runtime: RwLock::new(Arc::new(runtime)),
+            lookup,
             metrics,
-            origin,
+            fragment_cache,
+            layout_cache,
+            reload: Mutex::new(ReloadStatus::default()),
             started: Instant::now(),
         }))
     }
@@ -111,6 +135,190 @@ impl AppState {
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
+
+    /// The fragment cache (shared across reloads).
+    pub fn fragment_cache(&self) -> &Arc<FragmentCache> {
+        &self.fragment_cache
+    }
+
+    fn runtime(&self) -> Arc<Runtime> {
+        Arc::clone(
+            &self
+                .runtime
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Applies a validated config to every request that starts from now on; requests in
+    /// flight finish under the config they started with. The listen address and cache
+    /// capacities are fixed at start.
+    ///
+    /// # Errors
+    /// The HTTP client cannot be built from it.
+    pub fn apply(&self, config: Config) -> Result<(), ServerError> {
+        let runtime = build_runtime(config, &self.lookup, &self.metrics, &self.fragment_cache)?;
+        *self
+            .runtime
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(runtime);
+        Ok(())
+    }
+
+    /// Loads `path`, lets `adjust` apply command-line overrides, validates and applies it. A
+    /// broken file is refused and the config in force stays; either way the outcome is kept
+    /// for `/_esi/health` and counted in the metrics.
+    ///
+    /// # Errors
+    /// The file's problems, naming file, line and field.
+    pub fn reload_file(
+        &self,
+        path: &Path,
+        adjust: &(dyn Fn(&mut Config) + Send + Sync),
+    ) -> Result<u64, String> {
+        let result = Config::load(path)
+            .map_err(|e| e.to_string())
+            .and_then(|mut config| {
+                adjust(&mut config);
+                config
+                    .validate_source(&path.display().to_string(), None)
+                    .map_err(|e| e.to_string())?;
+                self.apply(config).map_err(|e| e.to_string())
+            });
+        let mut status = self
+            .reload
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match result {
+            Ok(()) => {
+                status.generation += 1;
+                status.last_error = None;
+                self.metrics.inc_counter(
+                    "esi_proxy_config_reloads_total",
+                    "Config reloads, by result.",
+                    Some(("result", "ok")),
+                    1,
+                );
+                self.metrics.set_gauge(
+                    "esi_proxy_config_reload_failed",
+                    "1 while the last config reload failed.",
+                    0.0,
+                );
+                tracing::info!(path = %path.display(), generation = status.generation, "config reloaded");
+                Ok(status.generation)
+            }
+            Err(e) => {
+                status.last_error = Some(e.clone());
+                self.metrics.inc_counter(
+                    "esi_proxy_config_reloads_total",
+                    "Config reloads, by result.",
+                    Some(("result", "error")),
+                    1,
+                );
+                self.metrics.set_gauge(
+                    "esi_proxy_config_reload_failed",
+                    "1 while the last config reload failed.",
+                    1.0,
+                );
+                tracing::error!(path = %path.display(), error = %e, "config reload refused; the previous config stays in force");
+                Err(e)
+            }
+        }
+    }
+
+    /// The outcome of reloads so far.
+    pub fn reload_status(&self) -> ReloadStatus {
+        self.reload
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+fn build_runtime(
+    config: Config,
+    lookup: &Arc<dyn Lookup>,
+    metrics: &Arc<Metrics>,
+    fragment_cache: &Arc<FragmentCache>,
+) -> Result<Runtime, ServerError> {
+    let client = Arc::new(
+        HttpClient::new(&config, Arc::clone(lookup))
+            .map_err(|e| ServerError::Config(e.to_string()))?,
+    );
+    let policy = Arc::new(CachePolicy::from_config(&config.cache));
+    let fetcher: Arc<dyn Fetcher> = if config.cache.enabled {
+        Arc::new(CachingFetcher::new(
+            Arc::clone(&client) as Arc<dyn Fetcher>,
+            Arc::clone(fragment_cache),
+            Arc::clone(&policy),
+        ))
+    } else {
+        Arc::clone(&client) as Arc<dyn Fetcher>
+    };
+    let composer = Composer::new(
+        fetcher,
+        ComposeConfig::from_config(&config),
+        config.fetch.max_concurrent,
+        Arc::clone(metrics),
+    );
+    let origin = client.origin().clone();
+    Ok(Runtime {
+        config,
+        client,
+        composer,
+        policy,
+        origin,
+    })
+}
+
+/// Reloads the config on SIGHUP and whenever the file changes (checked every `poll`; zero:
+/// on SIGHUP only), until the returned task is aborted. `adjust` re-applies command-line overrides to each new file.
+pub fn watch_config(
+    state: Arc<AppState>,
+    path: PathBuf,
+    adjust: Arc<dyn Fn(&mut Config) + Send + Sync>,
+    poll: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let stamp = |p: &Path| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.modified().ok(), m.len()))
+        };
+        let mut last = stamp(&path);
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        // A zero interval means: reload on SIGHUP only.
+        let mut tick = tokio::time::interval(if poll.is_zero() {
+            Duration::from_secs(3600)
+        } else {
+            poll
+        });
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            #[cfg(unix)]
+            let hangup = async {
+                match hup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hangup = std::future::pending::<Option<()>>();
+            let forced = tokio::select! {
+                _ = hangup => true,
+                _ = tick.tick() => false,
+            };
+            if !forced && poll.is_zero() {
+                continue;
+            }
+            let now = stamp(&path);
+            if forced || now != last {
+                last = now;
+                let _ = state.reload_file(&path, adjust.as_ref());
+            }
+        }
+    })
 }
 
 /// Serves HTTP/1.1 on `listener` until `shutdown` completes; then stops accepting and lets
@@ -124,7 +332,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let grace = Duration::from_millis(state.config.server.shutdown_grace_ms);
+    let grace = Duration::from_millis(state.runtime().config.server.shutdown_grace_ms);
     tokio::pin!(shutdown);
     loop {
         let (stream, remote) = tokio::select! {
@@ -140,7 +348,7 @@ pub async fn run(
             },
         };
         let _ = stream.set_nodelay(true);
-        let max_buf = state.config.server.max_header_bytes.max(8192);
+        let max_buf = state.runtime().config.server.max_header_bytes.max(8192);
         let state = Arc::clone(&state);
         let service = service_fn(move |req| {
             let state = Arc::clone(&state);
@@ -188,7 +396,7 @@ async fn handle(
     );
     async move {
         let (route, result) = if req.uri().path().starts_with("/_esi/") {
-            ("admin", admin(&state, &req, remote))
+            ("admin", admin(&state, req, remote).await)
         } else {
             proxy(&state, req, remote, started).await
         };
@@ -308,7 +516,8 @@ fn origin_headers(req: &Request<Incoming>, remote: SocketAddr) -> HeaderMap {
     headers
 }
 
-/// Proxies one request to the origin and composes the response if it is marked for ESI.
+/// Proxies one request to the origin and composes the response if it is marked for ESI; a
+/// GET whose parsed layout is cached touches no upstream for the layout.
 async fn proxy(
     state: &Arc<AppState>,
     req: Request<Incoming>,
@@ -318,14 +527,39 @@ async fn proxy(
     if let Err(e) = refuse(&req) {
         return ("proxy", Err(e));
     }
+    let rt = state.runtime();
     let method = req.method().clone();
     let path_and_query = req
         .uri()
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
+    let Ok(page_url) = rt.origin.to_url().join(&path_and_query) else {
+        return (
+            "proxy",
+            Err(Error::Refused(
+                "request target is not a valid URL",
+                StatusCode::BAD_REQUEST,
+            )),
+        );
+    };
     let headers = origin_headers(&req, remote);
     let vars = esi_vars(&req);
+    let caching = rt.config.cache.enabled && method == Method::GET;
+    if caching {
+        if let Some(hit) = state.layout_cache.get(&rt.policy, &page_url, &headers) {
+            let page = Page {
+                url: page_url,
+                vars,
+                client_headers: Arc::new(headers),
+                started,
+            };
+            let rx = rt.composer.compose_parsed(page, Arc::clone(&hit.template));
+            let timing = server_timing(&[("layout", 0.0, Some("cache hit"))]);
+            let headers = composed_headers(&hit.headers);
+            return ("esi", respond(state, rx, hit.status, headers, timing).await);
+        }
+    }
     let body = req.into_body();
     let body = if body.is_end_stream() {
         reqwest::Body::from(Bytes::new())
@@ -333,7 +567,7 @@ async fn proxy(
         reqwest::Body::wrap_stream(body.into_data_stream())
     };
     let client_headers = Arc::new(headers.clone());
-    let upstream = match state
+    let upstream = match rt
         .client
         .send_origin(method.clone(), &path_and_query, headers, body)
         .await
@@ -342,28 +576,19 @@ async fn proxy(
         Err(e) => return ("proxy", Err(Error::Origin(e))),
     };
     let layout_ms = started.elapsed().as_secs_f64() * 1000.0;
-    if !wants_esi(&state.config, &method, &path_and_query, &upstream) {
+    if !wants_esi(&rt.config, &method, &path_and_query, &upstream) {
         return ("proxy", Ok(pass_through(upstream, &method)));
     }
-    let page_url = match state.origin.to_url().join(&path_and_query) {
-        Ok(u) => u,
-        Err(_) => {
-            return (
-                "esi",
-                Err(Error::Refused(
-                    "request target is not a valid URL",
-                    StatusCode::BAD_REQUEST,
-                )),
-            )
-        }
-    };
     let page = Page {
         url: page_url,
         vars,
         client_headers,
         started,
     };
-    ("esi", compose(state, upstream, page, layout_ms).await)
+    (
+        "esi",
+        compose(state, &rt, upstream, page, layout_ms, caching).await,
+    )
 }
 
 /// Whether a response is composed: marked `Surrogate-Control: content="ESI/1.0"` or on a
@@ -411,10 +636,26 @@ fn wants_esi(
 
 /// The response headers passed on to the client: the origin's, less hop-by-hop and
 /// Surrogate-Control.
-fn client_response_headers(upstream: &reqwest::Response) -> HeaderMap {
-    let mut headers = upstream.headers().clone();
+fn client_response_headers(upstream: &HeaderMap) -> HeaderMap {
+    let mut headers = upstream.clone();
     strip_hop_by_hop(&mut headers);
     headers.remove(SURROGATE_CONTROL);
+    headers
+}
+
+/// The headers of a composed page: the layout's, less what no longer describes the body
+/// (length, encoding, validators, ranges) and Surrogate-Control.
+fn composed_headers(layout: &HeaderMap) -> HeaderMap {
+    let mut headers = client_response_headers(layout);
+    for name in [
+        header::CONTENT_LENGTH,
+        header::CONTENT_ENCODING,
+        header::ETAG,
+        header::ACCEPT_RANGES,
+        header::LAST_MODIFIED,
+    ] {
+        headers.remove(name);
+    }
     headers
 }
 
@@ -422,7 +663,7 @@ fn client_response_headers(upstream: &reqwest::Response) -> HeaderMap {
 fn pass_through(upstream: reqwest::Response, method: &Method) -> Response<Body> {
     let mut builder = Response::builder().status(upstream.status());
     if let Some(h) = builder.headers_mut() {
-        *h = client_response_headers(&upstream);
+        *h = client_response_headers(upstream.headers());
     }
     let body = if method == Method::HEAD {
         full(Bytes::new())
@@ -438,29 +679,23 @@ fn pass_through(upstream: reqwest::Response, method: &Method) -> Response<Body> 
         .unwrap_or_else(|_| Response::new(full(Bytes::new())))
 }
 
-/// Composes an ESI response. The head is sent once the first part of the page is ready, so a
-/// failure before then is still a clean 502/504.
+/// Composes an ESI response from a streamed layout, caching the parsed layout when its
+/// headers allow.
 async fn compose(
     state: &Arc<AppState>,
+    rt: &Runtime,
     upstream: reqwest::Response,
     page: Page,
     layout_ms: f64,
+    caching: bool,
 ) -> Result<Response<Body>, Error> {
     let status = upstream.status();
-    let mut headers = client_response_headers(&upstream);
-    let encoding = headers
-        .remove(header::CONTENT_ENCODING)
+    let original = upstream.headers().clone();
+    let encoding = original
+        .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok().map(|s| s.trim().to_ascii_lowercase()))
         .unwrap_or_default();
-    for name in [
-        header::CONTENT_LENGTH,
-        header::ETAG,
-        header::ACCEPT_RANGES,
-        header::LAST_MODIFIED,
-    ] {
-        headers.remove(name);
-    }
-    let cap = state.config.fetch.max_layout_bytes;
+    let cap = rt.config.fetch.max_layout_bytes;
     let raw = upstream
         .bytes_stream()
         .map_err(|e| format!("reading the layout: {e}"));
@@ -470,15 +705,46 @@ async fn compose(
         "gzip" | "x-gzip" | "deflate" | "br" => Box::pin(decoded(raw, &encoding, cap)),
         other => return Err(Error::UnsupportedEncoding(other.to_owned())),
     };
+    let on_parsed: Option<OnParsed> = caching.then(|| {
+        let (cache, policy) = (Arc::clone(&state.layout_cache), Arc::clone(&rt.policy));
+        let (url, request_headers, response_headers) = (
+            page.url.clone(),
+            Arc::clone(&page.client_headers),
+            original.clone(),
+        );
+        Box::new(move |template: esi::Template, size: usize| {
+            cache.insert(
+                &policy,
+                &url,
+                &request_headers,
+                status,
+                &response_headers,
+                Arc::new(template),
+                size,
+            );
+        }) as OnParsed
+    });
+    let rx = rt.composer.compose(page, layout, on_parsed);
+    let timing = server_timing(&[("layout", layout_ms, None)]);
+    respond(state, rx, status, composed_headers(&original), timing).await
+}
+
+/// Sends a composed page. The head goes out once the first part of the page is ready, so a
+/// failure before then is still a clean 502/504; after it, a failure aborts the connection.
+async fn respond(
+    state: &Arc<AppState>,
+    mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, crate::compose::ComposeError>>,
+    status: StatusCode,
+    mut headers: HeaderMap,
+    timing: HeaderValue,
+) -> Result<Response<Body>, Error> {
     state.metrics.pages_in_flight(1);
     let in_flight = InFlight(Arc::clone(&state.metrics));
-    let mut rx = state.composer.compose(page, layout);
     let first = match rx.recv().await {
         Some(Ok(bytes)) => Some(bytes),
         Some(Err(e)) => return Err(Error::Compose(e)),
         None => None,
     };
-    let timing = server_timing(&[("layout", layout_ms, None)]);
     headers.append(SERVER_TIMING, timing);
     let rest = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let stream = futures::stream::iter(first.map(Ok))
@@ -656,41 +922,137 @@ fn esi_vars(req: &Request<Incoming>) -> esi::Request {
 
 // === admin endpoints ===
 
-fn admin(
+async fn admin(
     state: &Arc<AppState>,
-    req: &Request<Incoming>,
+    req: Request<Incoming>,
     remote: SocketAddr,
 ) -> Result<Response<Body>, Error> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Err(Error::Refused(
-            "admin endpoints here answer GET only",
-            StatusCode::METHOD_NOT_ALLOWED,
-        ));
-    }
-    match req.uri().path() {
-        "/_esi/health" => {
+    let rt = state.runtime();
+    match (req.method().clone(), req.uri().path()) {
+        (Method::GET | Method::HEAD, "/_esi/health") => {
+            let reload = state.reload_status();
+            let error = reload
+                .last_error
+                .as_deref()
+                .map_or("null".to_owned(), json_string);
             let body = format!(
-                "{{\"status\":\"ok\",\"uptime_seconds\":{},\"origin\":\"{}\"}}\n",
+                "{{\"status\":\"ok\",\"uptime_seconds\":{},\"origin\":{},\"config\":{{\"generation\":{},\"last_reload\":\"{}\",\"error\":{}}}}}\n",
                 state.started.elapsed().as_secs(),
-                state.origin
+                json_string(&rt.origin.to_string()),
+                reload.generation,
+                if reload.last_error.is_some() { "failed" } else { "ok" },
+                error,
             );
             Ok(with_type(full(body), "application/json"))
         }
-        "/_esi/metrics" => {
-            authorize(state, req, remote)?;
+        (Method::GET | Method::HEAD, "/_esi/metrics") => {
+            authorize(&rt, &req, remote)?;
+            state.fragment_cache.publish_metrics();
+            state.layout_cache.publish_metrics();
             Ok(with_type(
                 full(state.metrics.render()),
                 "text/plain; version=0.0.4; charset=utf-8",
             ))
         }
+        (Method::POST, "/_esi/purge") => {
+            authorize(&rt, &req, remote)?;
+            purge(state, &rt, &req)
+        }
+        (_, "/_esi/health" | "/_esi/metrics" | "/_esi/purge") => Err(Error::Refused(
+            "method not allowed on this endpoint",
+            StatusCode::METHOD_NOT_ALLOWED,
+        )),
         _ => Err(Error::NotFound),
     }
 }
 
+/// `POST /_esi/purge?url=U` drops every cached variant of `U`; `?prefix=P` drops every entry
+/// whose URL starts with `P`. A relative `U`/`P` is taken on the origin. Both caches.
+fn purge(state: &AppState, rt: &Runtime, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
+    let query = req.uri().query().unwrap_or("");
+    let mut target = None;
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        match key.as_ref() {
+            "url" | "prefix" if target.is_none() => {
+                target = Some((key.into_owned(), value.into_owned()))
+            }
+            _ => {
+                return Err(Error::Refused(
+                    "purge takes exactly one of url= or prefix=",
+                    StatusCode::BAD_REQUEST,
+                ))
+            }
+        }
+    }
+    let Some((kind, value)) = target else {
+        return Err(Error::Refused(
+            "purge takes exactly one of url= or prefix=",
+            StatusCode::BAD_REQUEST,
+        ));
+    };
+    let absolute = if value.starts_with('/') {
+        rt.origin
+            .to_url()
+            .join(&value)
+            .map(|u| u.to_string())
+            .map_err(|_| {
+                Error::Refused("purge target is not a valid URL", StatusCode::BAD_REQUEST)
+            })?
+    } else {
+        url::Url::parse(&value)
+            .map(|u| {
+                if kind == "prefix" {
+                    value.clone()
+                } else {
+                    u.to_string()
+                }
+            })
+            .map_err(|_| {
+                Error::Refused("purge target is not a valid URL", StatusCode::BAD_REQUEST)
+            })?
+    };
+    if kind == "url" {
+        state.fragment_cache.purge_url(&absolute);
+        state.layout_cache.purge_url(&absolute);
+    } else {
+        state.fragment_cache.purge_prefix(&absolute);
+        state.layout_cache.purge_prefix(&absolute);
+    }
+    state.metrics.inc_counter(
+        "esi_proxy_cache_purges_total",
+        "Purge requests, by kind.",
+        Some(("kind", &kind)),
+        1,
+    );
+    tracing::info!(%kind, target = %absolute, "cache purged");
+    let body = format!(
+        "{{\"purged\":{},\"{kind}\":{}}}\n",
+        "true",
+        json_string(&absolute)
+    );
+    Ok(with_type(full(body), "application/json"))
+}
+
+/// A JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// Admin endpoints that reveal or change state need `Authorization: Bearer <admin_token>`;
 /// with no token configured they answer loopback clients only.
-fn authorize(state: &AppState, req: &Request<Incoming>, remote: SocketAddr) -> Result<(), Error> {
-    let token = &state.config.server.admin_token;
+fn authorize(rt: &Runtime, req: &Request<Incoming>, remote: SocketAddr) -> Result<(), Error> {
+    let token = &rt.config.server.admin_token;
     if token.is_empty() {
         return if remote.ip().is_loopback() {
             Ok(())

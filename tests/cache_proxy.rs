@@ -232,3 +232,35 @@ async fn ttl_rule_in_config_beats_the_response_headers() {
     }
     assert_eq!(fetches.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn a_cached_esi_fragment_is_parsed_once() {
+    // The nested fragment holds one lenient problem (an unknown element), counted per parse.
+    let origin = serve(|req| async move {
+        let mut r = match req.uri().path() {
+            "/page" => esi("<esi:include src=\"/nested\"/>"),
+            "/nested" => esi("N<esi:bogus/><esi:include src=\"/leaf\"/>"),
+            _ => html("L"),
+        };
+        r.headers_mut().insert(
+            "cache-control",
+            http::HeaderValue::from_static("public, max-age=60"),
+        );
+        r
+    })
+    .await;
+    let proxy = proxy(&origin.url(), Config::default()).await;
+    for _ in 0..3 {
+        assert_eq!(get(&proxy.url("/page")).await.2, "NL");
+    }
+    assert_eq!(
+        origin.hits(),
+        3,
+        "layout, nested and leaf fetched once each"
+    );
+    let metrics = proxy.metrics.render();
+    assert!(
+        metrics.contains("esi_proxy_esi_problems_total 1\n"),
+        "{metrics}"
+    );
+}

@@ -8,7 +8,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ use url::Url;
 
 use crate::config::{glob_match, CacheConfig};
 use crate::esi::Template;
-use crate::fetch::{Access, FetchError, Fetcher, Fragment, FragmentRequest};
+use crate::fetch::{Access, CacheInfo, FetchError, Fetcher, Fragment, FragmentRequest};
 use crate::telemetry::Metrics;
 
 /// Longest TTL or stale window kept, whatever a header or rule says (one year), so expiry
@@ -242,6 +242,8 @@ struct Entry {
     stale_if_error: Duration,
     source: TtlSource,
     weight: u32,
+    /// The body parsed as ESI, filled by the first hit that needs it and shared by the rest.
+    parsed: Arc<OnceLock<Arc<Template>>>,
 }
 
 /// A layout cache value: the layout and what it weighs.
@@ -789,17 +791,17 @@ impl CachingFetcher {
                 .await;
             if self.cache.is_pass(&key).await {
                 self.cache.count_pass();
-                return self.inner.fetch(req).await;
+                return self.inner.fetch(req).await.map(passed);
             }
             let fallback = match self.cache.lookup(&key).await {
                 Lookup::Fresh(entry) => {
                     self.cache.count_hit();
-                    return Ok(entry.fragment());
+                    return Ok(entry.fragment("hit"));
                 }
                 Lookup::Revalidate(entry) => {
                     self.cache.count_stale("while_revalidate");
                     self.refresh(&key, &req, credentials);
-                    return Ok(entry.fragment());
+                    return Ok(entry.fragment("stale-while-revalidate"));
                 }
                 Lookup::Miss(stale) => stale,
             };
@@ -815,13 +817,13 @@ impl CachingFetcher {
                 Ok(Ok(Outcome::Stored(entry))) => {
                     let mine = CacheKey::new(&text, &entry.names, &req.client_headers, credentials);
                     if mine == entry.key {
-                        return Ok(entry.fragment());
+                        return Ok(entry.fragment("miss"));
                     }
                     // The response varies on a header this request differs in.
                     continue;
                 }
                 Ok(Ok(Outcome::Passed(fragment))) if leader => {
-                    return Ok(Arc::unwrap_or_clone(fragment));
+                    return Ok(passed(Arc::unwrap_or_clone(fragment)));
                 }
                 Ok(Ok(Outcome::Passed(_))) => {
                     // Maybe meant for another user: fetch alone, as hit-for-pass does.
@@ -837,7 +839,7 @@ impl CachingFetcher {
             if let Some(stale) = fallback.filter(|entry| entry.within_stale_if_error()) {
                 tracing::debug!(url = %text, error = %error, "serving stale fragment after error");
                 self.cache.count_stale("if_error");
-                return Ok(stale.fragment());
+                return Ok(stale.fragment("stale-if-error"));
             }
             // One retry, and only while this request's own deadline leaves time for it.
             if retried || tokio::time::Instant::now() >= deadline {
@@ -856,11 +858,11 @@ impl CachingFetcher {
         stale: Option<Arc<Entry>>,
     ) -> Result<Fragment, FetchError> {
         match self.inner.fetch(req).await {
-            Ok(fragment) => Ok(fragment),
+            Ok(fragment) => Ok(passed(fragment)),
             Err(error) => match stale.filter(|entry| entry.within_stale_if_error()) {
                 Some(entry) => {
                     self.cache.count_stale("if_error");
-                    Ok(entry.fragment())
+                    Ok(entry.fragment("stale-if-error"))
                 }
                 None => Err(error),
             },
@@ -1252,15 +1254,23 @@ impl Entry {
             stale_if_error,
             source,
             weight,
+            parsed: Arc::new(OnceLock::new()),
         })
     }
 
-    /// The stored response; the body is shared, not copied.
-    fn fragment(&self) -> Fragment {
+    /// The stored response as served with `status` ("hit", "miss" ...); the body and the
+    /// parsed-template slot are shared, not copied.
+    fn fragment(&self, status: &'static str) -> Fragment {
         Fragment {
             status: self.status,
             headers: self.headers.clone(),
             body: self.body.clone(),
+            cache: Some(CacheInfo {
+                status,
+                ttl: Some(self.ttl),
+                source: Some(self.source.to_string()),
+            }),
+            parsed: Some(Arc::clone(&self.parsed)),
         }
     }
 
@@ -1454,6 +1464,16 @@ impl SurrogateControl {
 // === helpers ===
 
 /// Counts one size eviction from the `cache` kind.
+/// Marks a response that went past the cache unstored.
+fn passed(mut fragment: Fragment) -> Fragment {
+    fragment.cache = Some(CacheInfo {
+        status: "pass",
+        ttl: None,
+        source: None,
+    });
+    fragment
+}
+
 fn count_eviction(metrics: &Metrics, cache: &'static str) {
     metrics.inc_counter(
         EVICTIONS,
@@ -2495,6 +2515,8 @@ mod tests {
 
         // An entry drops hop-by-hop headers before it is weighed.
         let fragment = Fragment {
+            cache: None,
+            parsed: None,
             status: StatusCode::OK,
             headers: headers(&[
                 ("content-type", "text/html"),
@@ -2521,6 +2543,8 @@ mod tests {
         let key = CacheKey::new(&url, &[], &HeaderMap::new(), NONE);
         let body = Bytes::from(vec![b'x'; 100]);
         let fragment = Fragment {
+            cache: None,
+            parsed: None,
             status: StatusCode::OK,
             headers: HeaderMap::new(),
             body: body.clone(),
@@ -2532,7 +2556,7 @@ mod tests {
             [Duration::from_secs(1); 3],
             TtlSource::Default,
         );
-        assert_eq!(entry.fragment().body.as_ptr(), body.as_ptr());
+        assert_eq!(entry.fragment("hit").body.as_ptr(), body.as_ptr());
     }
 
     #[test]

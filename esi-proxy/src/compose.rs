@@ -893,13 +893,20 @@ async fn fetch_fragment(
             format!("ESI nested deeper than {}", cfg.max_depth),
         ));
     }
-    let template =
-        esi::parse(fragment.body, &cfg.parse).map_err(|e| fail(&url_text, "esi", e.to_string()))?;
-    if template.problem_count > 0 {
-        composer
-            .metrics
-            .add_esi_problems(template.problem_count as u64);
-    }
+    // A cached ESI fragment is parsed once per cache entry; lenient parsing never fails.
+    let parse = || {
+        let template = esi::parse(fragment.body.clone(), &cfg.parse).unwrap_or_default();
+        if template.problem_count > 0 {
+            composer
+                .metrics
+                .add_esi_problems(template.problem_count as u64);
+        }
+        Arc::new(template)
+    };
+    let template = match &fragment.parsed {
+        Some(slot) => Arc::clone(slot.get_or_init(parse)),
+        None => parse(),
+    };
     let mut ancestors = doc.ancestors.clone();
     ancestors.push(url.clone());
     let child = DocContext {

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::error::Error as StdError;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -16,6 +16,7 @@ use http::{HeaderMap, Method, StatusCode};
 use url::{Host, Url};
 
 use crate::config::Config;
+use crate::esi::Template;
 
 /// Client request headers never sent to fragments, whatever `fetch.forward_headers` says
 /// (lowercase): credentials (which go to trusted hosts only, by their own rule), conditional and
@@ -195,6 +196,22 @@ pub struct Fragment {
     pub headers: HeaderMap,
     /// The decoded body.
     pub body: Bytes,
+    /// How a cache served it; `None` when it came straight from HTTP.
+    pub cache: Option<CacheInfo>,
+    /// For a fragment served from a cache entry: a slot for its parsed template, shared by
+    /// every hit of that entry, so an ESI fragment is parsed once per cache lifetime.
+    pub parsed: Option<Arc<OnceLock<Arc<Template>>>>,
+}
+
+/// What a cache did for one fragment, for logs and the page-build waterfall.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheInfo {
+    /// "hit", "miss", "stale-while-revalidate", "stale-if-error" or "pass".
+    pub status: &'static str,
+    /// The entry's TTL, when one was stored or served.
+    pub ttl: Option<Duration>,
+    /// What decided the TTL (a rule, Surrogate-Control, s-maxage, max-age, the default).
+    pub source: Option<String>,
 }
 
 /// Where fragments come from: HTTP here, a cache wrapping this later, in-memory in benches.
@@ -1004,6 +1021,8 @@ impl Shared {
             }
         }
         Ok(Fragment {
+            cache: None,
+            parsed: None,
             status,
             headers,
             body: body.into_bytes(),
@@ -1408,6 +1427,8 @@ mod tests {
                 );
             }
             let fragment = Fragment {
+                cache: None,
+                parsed: None,
                 status: StatusCode::OK,
                 headers,
                 body: Bytes::new(),

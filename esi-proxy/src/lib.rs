@@ -1,9 +1,11 @@
 //! esi-proxy: an Edge Side Includes page-composition server.
 //!
-//! Modules in data-flow order (arrows point one way: server → compose → fetch → config):
+//! Modules in data-flow order (arrows point one way: server → compose → cache → fetch → config):
 //! - [`server`]: hyper server, proxying of non-ESI responses, admin endpoints, graceful shutdown.
 //! - [`compose`]: runs a [`esi::Template`] for one request: concurrent fetches, fallbacks, nested
 //!   includes, the body streamed in document order.
+//! - [`cache`]: moka caches of fragments and parsed layouts: TTL rules, single-flight,
+//!   stale-while-revalidate / stale-if-error, purge. A [`fetch::Fetcher`] over the HTTP one.
 //! - [`fetch`]: HTTP client to origin and fragments: timeouts, host allowlist, header policy,
 //!   size limits.
 //! - [`config`]: TOML schema, defaults, validation with file/line/field errors.

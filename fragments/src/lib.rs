@@ -1,8 +1,10 @@
 //! Realistic pages for esi-proxy's tests and benches: product-page layouts with N includes and
 //! fragment bodies of a chosen size, generated deterministically from a seed.
-//! Owns no network code yet; the demo services are built on these generators.
+//! The generators touch no network; [`origin`] serves them over HTTP for tests and benches.
 
 use std::fmt::Write as _;
+
+pub mod origin;
 
 const WORDS: &[&str] = &[
     "lorem",
@@ -80,6 +82,15 @@ pub fn fragment_body(id: usize, bytes: usize) -> String {
 /// A layout page holding `includes` `<esi:include>` tags whose `src` is `src_of(i)`, with
 /// `paragraphs` paragraphs of text before each, as a gateway serves it.
 pub fn layout(includes: usize, paragraphs: usize, src_of: impl Fn(usize) -> String) -> String {
+    layout_with(includes, paragraphs, |i| {
+        format!("<esi:include src=\"{}\"/>", src_of(i))
+    })
+}
+
+/// The same layout as [`layout`] (same text for the same `includes` and `paragraphs`), with the
+/// markup of slot `i` given whole by `tag_of(i)`: an `<esi:include>`, an nginx SSI
+/// `<!--# include -->`, or anything else a composer understands.
+pub fn layout_with(includes: usize, paragraphs: usize, tag_of: impl Fn(usize) -> String) -> String {
     let mut rng = Rng::new(includes as u64);
     let mut out = String::from("<!doctype html><html><head><title>Product</title></head><body>\n");
     for i in 0..includes {
@@ -90,7 +101,7 @@ pub fn layout(includes: usize, paragraphs: usize, src_of: impl Fn(usize) -> Stri
             fill_words(&mut rng, &mut out, target);
             out.push_str("</p>\n");
         }
-        let _ = writeln!(out, "<esi:include src=\"{}\"/>\n</section>", src_of(i));
+        let _ = writeln!(out, "{}\n</section>", tag_of(i));
     }
     out.push_str("</body></html>\n");
     out

@@ -838,7 +838,16 @@ async fn fetch_fragment(
         return Err(f);
     }
     let started = Instant::now();
-    let span = tracing::info_span!("fragment", url = %url_text, depth = doc.depth, status = tracing::field::Empty, ms = tracing::field::Empty);
+    // Debug level: at the default `info` filter the span costs next to nothing per fragment
+    // (failures are logged as warnings on their own).
+    let span = tracing::debug_span!(
+        "fragment",
+        url = %url_text,
+        depth = doc.depth,
+        status = tracing::field::Empty,
+        cache = tracing::field::Empty,
+        ms = tracing::field::Empty,
+    );
     let result = async {
         let timeout_err = || fail(&url_text, "timeout", "page deadline passed".into());
         let _local = tokio::time::timeout_at(state.deadline, state.local.acquire())
@@ -873,6 +882,9 @@ async fn fetch_fragment(
     let fragment = match result {
         Ok(f) => {
             span.record("status", f.status.as_u16());
+            if let Some(cache) = &f.cache {
+                span.record("cache", cache.status);
+            }
             composer
                 .metrics
                 .record_fragment(&host, "ok", seconds, f.body.len());

@@ -14,6 +14,11 @@ use esi_proxy::config::Config;
 use esi_proxy::esi::Severity;
 use esi_proxy::{fetch, server, telemetry};
 
+// Composition allocates many short-lived buffers from many threads; mimalloc cuts the CPU per
+// 120-fragment page by a fifth against glibc's malloc (measured with benches/load.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// An Edge Side Includes page-composition server.
 #[derive(Debug, Parser)]
 #[command(name = "esi-proxy", version, about)]

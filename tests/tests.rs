@@ -3,6 +3,7 @@
 mod cache;
 mod cache_proxy;
 mod config;
+mod debug;
 mod engine;
 mod fetch;
 mod lint_cli;

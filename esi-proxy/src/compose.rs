@@ -78,6 +78,73 @@ pub struct Page {
     pub client_headers: Arc<HeaderMap>,
     /// When the page started (its deadline counts from here).
     pub started: Instant,
+    /// Where to record every fetch for the page-build waterfall; `None` records nothing.
+    pub trace: Option<Arc<Trace>>,
+}
+
+/// The build record of one page, for `/_esi/debug`: the layout and one row per fetch.
+#[derive(Debug, Default)]
+pub struct Trace {
+    records: std::sync::Mutex<Vec<FetchRecord>>,
+    layout: std::sync::Mutex<Option<LayoutRecord>>,
+    layout_done_ms: std::sync::Mutex<Option<f64>>,
+}
+
+/// The layout fetch of a traced page, times in milliseconds from the page's start.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct LayoutRecord {
+    /// The layout's URL at the origin.
+    pub url: String,
+    /// The origin's status (or the cached one).
+    pub status: u16,
+    /// When the response head arrived (or the cache answered).
+    pub headers_ms: f64,
+    /// "hit" or "miss" when the layout cache was consulted.
+    pub cache: Option<String>,
+    /// The cached layout's TTL in seconds.
+    pub ttl_s: Option<f64>,
+    /// What set that TTL.
+    pub ttl_source: Option<String>,
+}
+
+/// One fragment fetch of a page, times in milliseconds from the page's start.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct FetchRecord {
+    /// Index in the trace.
+    pub id: usize,
+    /// The fetch whose ESI body included this one; `None` for includes in the layout.
+    pub parent: Option<usize>,
+    /// Nesting depth (0: in the layout).
+    pub depth: usize,
+    /// The URL fetched (after variables and resolution), or the `src` when it did not resolve.
+    pub url: String,
+    /// Line of the include tag in its document.
+    pub line: u32,
+    /// Whether this fetch was the include's `alt`.
+    pub alt: bool,
+    /// When the fetch started.
+    pub start_ms: f64,
+    /// When it ended (body received, and composed if it was ESI).
+    pub end_ms: f64,
+    /// HTTP status, when a response came.
+    pub status: Option<u16>,
+    /// Body bytes received.
+    pub bytes: usize,
+    /// What the cache did: "hit", "miss", "stale-while-revalidate", "stale-if-error", "pass".
+    pub cache: Option<String>,
+    /// The cached entry's TTL in seconds.
+    pub ttl_s: Option<f64>,
+    /// What set the TTL (a rule, Surrogate-Control, s-maxage, max-age, the default).
+    pub ttl_source: Option<String>,
+    /// "ok" or the failure kind.
+    pub outcome: String,
+    /// The failure, when there was one.
+    pub error: Option<String>,
+    /// The fallback that replaced this fetch's content: "alt", "continue", "except", "empty",
+    /// "abort".
+    pub fallback: Option<String>,
+    /// Whether the body was ESI and composed in turn.
+    pub esi: bool,
 }
 
 /// Why a page could not be completed.
@@ -107,6 +174,8 @@ pub struct Failure {
     pub kind: &'static str,
     /// Details for the log.
     pub message: String,
+    /// The trace row of the fetch that failed, when the page is traced.
+    pub record: Option<usize>,
 }
 
 /// Per-page state shared by all of the page's fetch tasks.
@@ -124,6 +193,8 @@ struct DocContext {
     base: Url,
     ancestors: Vec<Url>,
     depth: usize,
+    /// The trace row of the fetch that brought this document (None: the layout).
+    record: Option<usize>,
 }
 
 /// A spawned task that is aborted when dropped, so a page's fetches stop with the page.
@@ -262,6 +333,7 @@ impl Composer {
             base: page.url.clone(),
             ancestors: vec![page.url.clone()],
             depth: 0,
+            record: None,
         });
         let state = Arc::new(PageState {
             composer: Arc::clone(self),
@@ -437,6 +509,10 @@ impl Driver {
                         self.handle(event);
                     }
                     if layout_done {
+                        if let Some(trace) = &self.state.page.trace {
+                            *trace.layout_done_ms.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                                Some(self.state.elapsed_ms());
+                        }
                         if let (Some((builder, size)), Some(store)) = (keep.take(), on_parsed.take()) {
                             let mut template = builder.finish();
                             template.problem_count = parser.problem_count();
@@ -630,6 +706,97 @@ fn is_end(e: &Event) -> bool {
     )
 }
 
+// === impl PageState ===
+
+impl PageState {
+    fn elapsed_ms(&self) -> f64 {
+        self.page.started.elapsed().as_secs_f64() * 1000.0
+    }
+
+    /// Opens a trace row for a fetch, when the page is traced.
+    fn trace_start(
+        &self,
+        doc: &DocContext,
+        src: &esi::VarString,
+        line: u32,
+        alt: bool,
+    ) -> Option<usize> {
+        let trace = self.page.trace.as_ref()?;
+        let mut records = trace
+            .records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let id = records.len();
+        records.push(FetchRecord {
+            id,
+            parent: doc.record,
+            depth: doc.depth,
+            url: src.to_string(),
+            line,
+            alt,
+            start_ms: self.elapsed_ms(),
+            outcome: "ok".into(),
+            ..FetchRecord::default()
+        });
+        Some(id)
+    }
+
+    fn trace_update(&self, id: usize, update: impl FnOnce(&mut FetchRecord)) {
+        if let Some(trace) = &self.page.trace {
+            let mut records = trace
+                .records
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(r) = records.get_mut(id) {
+                update(r);
+            }
+        }
+    }
+
+    /// Notes on the failed fetch's row which fallback took its place.
+    fn trace_fallback(&self, failure: Option<&Failure>, kind: &str) {
+        if let Some(id) = failure.and_then(|f| f.record) {
+            self.trace_update(id, |r| r.fallback = Some(kind.to_owned()));
+        }
+    }
+}
+
+// === impl Trace ===
+
+impl Trace {
+    /// The rows recorded so far, in the order the fetches started.
+    pub fn records(&self) -> Vec<FetchRecord> {
+        self.records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records the layout fetch.
+    pub fn set_layout(&self, layout: LayoutRecord) {
+        *self
+            .layout
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(layout);
+    }
+
+    /// The layout fetch, once recorded.
+    pub fn layout(&self) -> Option<LayoutRecord> {
+        self.layout
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// When the whole layout body had arrived and was parsed.
+    pub fn layout_done_ms(&self) -> Option<f64> {
+        *self
+            .layout_done_ms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 // === impl Task ===
 
 impl<T: Send + 'static> Task<T> {
@@ -646,6 +813,7 @@ impl Task<Result<Bytes, Failure>> {
                 url: String::new(),
                 kind: "transport",
                 message: format!("fetch task ended: {e}"),
+                record: None,
             }),
         }
     }
@@ -687,6 +855,7 @@ async fn run_try(
         Some(f) => {
             tracing::info!(failure = %f, "esi:attempt failed, using esi:except");
             state.composer.metrics.record_fallback("except");
+            state.trace_fallback(Some(&f), "except");
             compose_nodes(state, &except, doc, in_try).await.map(concat)
         }
     }
@@ -717,6 +886,7 @@ fn compose_nodes<'a>(
                         Err(f) => {
                             tracing::info!(failure = %f, "esi:attempt failed, using esi:except");
                             state.composer.metrics.record_fallback("except");
+                            state.trace_fallback(Some(&f), "except");
                             compose_nodes(state, except, doc, in_try).await
                         }
                     }
@@ -755,13 +925,15 @@ fn include<'a>(
                 url: inc.src.to_string(),
                 kind: "limit",
                 message: format!("more than {} includes in the page", cfg.max_includes),
+                record: None,
             });
         } else {
             for (i, src) in std::iter::once(&inc.src).chain(inc.alt.as_ref()).enumerate() {
-                match fetch_fragment(state, src, inc.maxwait_ms, doc).await {
+                match fetch_fragment(state, src, inc, i > 0, doc).await {
                     Ok(body) => {
                         if i > 0 {
                             metrics.record_fallback("alt");
+                            state.trace_fallback(last.as_ref(), "alt");
                         }
                         return Ok(body);
                     }
@@ -775,6 +947,7 @@ fn include<'a>(
         let failure = last.expect("an include fails only after an attempt or the limit");
         if inc.onerror == OnError::Continue {
             metrics.record_fallback("continue");
+            state.trace_fallback(Some(&failure), "continue");
             return Ok(Bytes::new());
         }
         if in_try {
@@ -783,10 +956,12 @@ fn include<'a>(
         match cfg.on_error {
             ErrorPolicy::Empty => {
                 metrics.record_fallback("empty");
+                state.trace_fallback(Some(&failure), "empty");
                 Ok(Bytes::new())
             }
             ErrorPolicy::Fail => {
                 metrics.record_fallback("abort");
+                state.trace_fallback(Some(&failure), "abort");
                 Err(failure)
             }
         }
@@ -794,12 +969,37 @@ fn include<'a>(
     .boxed()
 }
 
-/// Fetches one URL of an include, composing it if it is ESI itself.
+/// Fetches one URL of an include, composing it if it is ESI itself; traced when the page is.
 async fn fetch_fragment(
+    state: &Arc<PageState>,
+    src: &esi::VarString,
+    inc: &Include,
+    alt: bool,
+    doc: &DocContext,
+) -> Result<Bytes, Failure> {
+    let record = state.trace_start(doc, src, inc.line, alt);
+    let result = fetch_one(state, src, inc.maxwait_ms, doc, record).await;
+    if let Some(id) = record {
+        state.trace_update(id, |r| {
+            r.end_ms = state.elapsed_ms();
+            match &result {
+                Ok(body) => r.bytes = r.bytes.max(body.len()),
+                Err(f) => {
+                    f.kind.clone_into(&mut r.outcome);
+                    r.error = Some(f.message.clone());
+                }
+            }
+        });
+    }
+    result
+}
+
+async fn fetch_one(
     state: &Arc<PageState>,
     src: &esi::VarString,
     maxwait_ms: Option<u64>,
     doc: &DocContext,
+    record: Option<usize>,
 ) -> Result<Bytes, Failure> {
     let composer = &state.composer;
     let cfg = &composer.config;
@@ -807,6 +1007,7 @@ async fn fetch_fragment(
         url: url.to_owned(),
         kind,
         message,
+        record,
     };
     let rendered = render_url(src, &state.page.vars, &cfg.vars)
         .map_err(|e| fail(&src.to_string(), "url", e.to_string()))?;
@@ -815,6 +1016,9 @@ async fn fetch_fragment(
         .join(&rendered)
         .map_err(|e| fail(&rendered, "url", e.to_string()))?;
     let url_text = url.to_string();
+    if let Some(id) = record {
+        state.trace_update(id, |r| r.url.clone_from(&url_text));
+    }
     let host = format!(
         "{}:{}",
         url.host_str().unwrap_or(""),
@@ -831,7 +1035,7 @@ async fn fetch_fragment(
             .fetcher
             .check(&url)
             .err()
-            .map(|e| fetch_failure(&url_text, &e))
+            .map(|e| fetch_failure(&url_text, &e, record))
     };
     if let Some(f) = refused {
         composer.metrics.record_fragment(&host, f.kind, 0.0, 0);
@@ -873,7 +1077,7 @@ async fn fetch_fragment(
             .fetcher
             .fetch(request)
             .await
-            .map_err(|e| fetch_failure(&url_text, &e))
+            .map_err(|e| fetch_failure(&url_text, &e, record))
     }
     .instrument(span.clone())
     .await;
@@ -884,6 +1088,18 @@ async fn fetch_fragment(
             span.record("status", f.status.as_u16());
             if let Some(cache) = &f.cache {
                 span.record("cache", cache.status);
+            }
+            if let Some(id) = record {
+                state.trace_update(id, |r| {
+                    r.status = Some(f.status.as_u16());
+                    r.bytes = f.body.len();
+                    r.esi = f.is_esi();
+                    if let Some(c) = &f.cache {
+                        r.cache = Some(c.status.to_owned());
+                        r.ttl_s = c.ttl.map(|t| t.as_secs_f64());
+                        r.ttl_source.clone_from(&c.source);
+                    }
+                });
             }
             composer
                 .metrics
@@ -925,6 +1141,7 @@ async fn fetch_fragment(
         base: url,
         ancestors,
         depth: doc.depth + 1,
+        record,
     };
     let parts = compose_nodes(state, &template.nodes, &child, false).await?;
     let total: usize = parts.iter().map(Bytes::len).sum();
@@ -938,11 +1155,12 @@ async fn fetch_fragment(
     Ok(concat(parts))
 }
 
-fn fetch_failure(url: &str, e: &FetchError) -> Failure {
+fn fetch_failure(url: &str, e: &FetchError, record: Option<usize>) -> Failure {
     Failure {
         url: url.to_owned(),
         kind: e.kind(),
         message: e.to_string(),
+        record,
     }
 }
 

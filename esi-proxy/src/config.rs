@@ -44,6 +44,9 @@ pub struct ServerConfig {
     /// How often the config file is checked for changes, which are then reloaded; 0 reloads
     /// on SIGHUP only. Default: 1000.
     pub config_poll_ms: u64,
+    /// Whether loopback clients may open `/_esi/debug/` without the admin token (others always
+    /// need it). Default: true.
+    pub debug_from_loopback: bool,
 }
 
 /// `[esi]`.
@@ -260,6 +263,7 @@ impl Default for ServerConfig {
             admin_token: String::new(),
             log_format: "text".into(),
             config_poll_ms: 1000,
+            debug_from_loopback: true,
         }
     }
 }

@@ -10,6 +10,7 @@
 //!   size limits.
 //! - [`config`]: TOML schema, defaults, validation with file/line/field errors.
 //! - [`esi`]: the ESI 1.0 language, bytes → [`esi::Template`]; expressions and variables. Pure.
+//! - [`debug`]: the page-build waterfall report behind `/_esi/debug/<path>` (HTML and JSON).
 //! - [`telemetry`]: tracing subscriber, metrics registry, Server-Timing.
 //! - [`error`]: the top-level error and its HTTP status.
 //! - [`lint`]: checks ESI markup for fragment teams (`esi-proxy lint`).
@@ -17,6 +18,7 @@
 pub mod cache;
 pub mod compose;
 pub mod config;
+pub mod debug;
 pub mod error;
 pub mod esi;
 pub mod fetch;

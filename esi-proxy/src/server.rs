@@ -24,8 +24,9 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use crate::cache::{CachePolicy, CachingFetcher, FragmentCache, LayoutCache};
-use crate::compose::{ComposeConfig, Composer, OnParsed, Page};
+use crate::compose::{ComposeConfig, Composer, LayoutRecord, OnParsed, Page, Trace};
 use crate::config::Config;
+use crate::debug::PageReport;
 use crate::error::Error;
 use crate::esi;
 use crate::fetch::{BaseUrl, Fetcher, HttpClient, Lookup};
@@ -516,8 +517,43 @@ fn origin_headers(req: &Request<Incoming>, remote: SocketAddr) -> HeaderMap {
     headers
 }
 
-/// Proxies one request to the origin and composes the response if it is marked for ESI; a
-/// GET whose parsed layout is cached touches no upstream for the layout.
+/// A request on its way to the origin, taken apart from the client's.
+struct Outgoing {
+    method: Method,
+    path_and_query: String,
+    /// The client's headers as the origin gets them (hop-by-hop gone, X-Forwarded-* ours).
+    headers: HeaderMap,
+    vars: esi::Request,
+    body: reqwest::Body,
+}
+
+impl Outgoing {
+    fn new(req: Request<Incoming>, remote: SocketAddr) -> Self {
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let headers = origin_headers(&req, remote);
+        let vars = esi_vars(&req);
+        let method = req.method().clone();
+        let body = req.into_body();
+        let body = if body.is_end_stream() {
+            reqwest::Body::from(Bytes::new())
+        } else {
+            reqwest::Body::wrap_stream(body.into_data_stream())
+        };
+        Self {
+            method,
+            path_and_query,
+            headers,
+            vars,
+            body,
+        }
+    }
+}
+
+/// Proxies one request to the origin and composes the response if it is marked for ESI.
 async fn proxy(
     state: &Arc<AppState>,
     req: Request<Incoming>,
@@ -527,13 +563,25 @@ async fn proxy(
     if let Err(e) = refuse(&req) {
         return ("proxy", Err(e));
     }
+    forward(state, Outgoing::new(req, remote), started, None).await
+}
+
+/// Sends a request to the origin (a GET whose parsed layout is cached touches no upstream
+/// for the layout) and composes or passes the response; `trace` records the page's build.
+async fn forward(
+    state: &Arc<AppState>,
+    out: Outgoing,
+    started: Instant,
+    trace: Option<Arc<Trace>>,
+) -> (&'static str, Result<Response<Body>, Error>) {
     let rt = state.runtime();
-    let method = req.method().clone();
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
+    let Outgoing {
+        method,
+        path_and_query,
+        headers,
+        vars,
+        body,
+    } = out;
     let Ok(page_url) = rt.origin.to_url().join(&path_and_query) else {
         return (
             "proxy",
@@ -543,16 +591,25 @@ async fn proxy(
             )),
         );
     };
-    let headers = origin_headers(&req, remote);
-    let vars = esi_vars(&req);
     let caching = rt.config.cache.enabled && method == Method::GET;
     if caching {
         if let Some(hit) = state.layout_cache.get(&rt.policy, &page_url, &headers) {
+            if let Some(t) = &trace {
+                t.set_layout(LayoutRecord {
+                    url: page_url.to_string(),
+                    status: hit.status.as_u16(),
+                    headers_ms: started.elapsed().as_secs_f64() * 1000.0,
+                    cache: Some("hit".into()),
+                    ttl_s: Some(hit.ttl.as_secs_f64()),
+                    ttl_source: Some(hit.source.to_string()),
+                });
+            }
             let page = Page {
                 url: page_url,
                 vars,
                 client_headers: Arc::new(headers),
                 started,
+                trace,
             };
             let rx = rt.composer.compose_parsed(page, Arc::clone(&hit.template));
             let timing = server_timing(&[("layout", 0.0, Some("cache hit"))]);
@@ -560,12 +617,6 @@ async fn proxy(
             return ("esi", respond(state, rx, hit.status, headers, timing).await);
         }
     }
-    let body = req.into_body();
-    let body = if body.is_end_stream() {
-        reqwest::Body::from(Bytes::new())
-    } else {
-        reqwest::Body::wrap_stream(body.into_data_stream())
-    };
     let client_headers = Arc::new(headers.clone());
     let upstream = match rt
         .client
@@ -576,6 +627,16 @@ async fn proxy(
         Err(e) => return ("proxy", Err(Error::Origin(e))),
     };
     let layout_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if let Some(t) = &trace {
+        t.set_layout(LayoutRecord {
+            url: page_url.to_string(),
+            status: upstream.status().as_u16(),
+            headers_ms: layout_ms,
+            cache: caching.then(|| "miss".into()),
+            ttl_s: None,
+            ttl_source: None,
+        });
+    }
     if !wants_esi(&rt.config, &method, &path_and_query, &upstream) {
         return ("proxy", Ok(pass_through(upstream, &method)));
     }
@@ -584,6 +645,7 @@ async fn proxy(
         vars,
         client_headers,
         started,
+        trace,
     };
     (
         "esi",
@@ -954,6 +1016,9 @@ async fn admin(
                 "text/plain; version=0.0.4; charset=utf-8",
             ))
         }
+        (Method::GET, path) if path.starts_with("/_esi/debug/") => {
+            debug_page(state, req, remote).await
+        }
         (Method::POST, "/_esi/purge") => {
             authorize(&rt, &req, remote)?;
             purge(state, &rt, &req)
@@ -1033,6 +1098,80 @@ fn purge(state: &AppState, rt: &Runtime, req: &Request<Incoming>) -> Result<Resp
     Ok(with_type(full(body), "application/json"))
 }
 
+/// `GET /_esi/debug/<path>[?query][&format=json]` composes `<path>` as the client would get
+/// it (with the client's cookies), records every fetch, and answers with the page-build
+/// waterfall: HTML by default, JSON with `format=json`.
+async fn debug_page(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+) -> Result<Response<Body>, Error> {
+    let rt = state.runtime();
+    let loopback_ok = rt.config.server.debug_from_loopback && remote.ip().is_loopback();
+    if !loopback_ok {
+        authorize_token(&rt, &req)?;
+    }
+    let path = req.uri().path()["/_esi/debug".len()..].to_owned();
+    let mut json = false;
+    // The serializer is not Sync: keep it out of the awaits below.
+    let query = {
+        let mut kept = url::form_urlencoded::Serializer::new(String::new());
+        for (key, value) in url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        {
+            if key == "format" {
+                json = value == "json";
+            } else {
+                kept.append_pair(&key, &value);
+            }
+        }
+        kept.finish()
+    };
+    let target = if query.is_empty() {
+        path
+    } else {
+        format!("{path}?{query}")
+    };
+    let mut out = Outgoing::new(req, remote);
+    out.method = Method::GET;
+    out.path_and_query.clone_from(&target);
+    out.body = reqwest::Body::from(Bytes::new());
+    let trace = Arc::new(Trace::default());
+    let started = Instant::now();
+    let (route, result) = forward(state, out, started, Some(Arc::clone(&trace))).await;
+    let ms = || started.elapsed().as_secs_f64() * 1000.0;
+    let (status, body, mut error) = match result {
+        Ok(response) => (response.status(), Some(response.into_body()), None),
+        Err(e) => (e.status(), None, Some(e.to_string())),
+    };
+    let (mut first, mut bytes) = (None, 0usize);
+    if let Some(mut body) = body {
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => {
+                    if let Some(data) = frame.data_ref() {
+                        first.get_or_insert_with(ms);
+                        bytes += data.len();
+                    }
+                }
+                Err(e) => {
+                    error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+    }
+    let mut report = PageReport::new(target, status.as_u16(), route == "esi", &trace);
+    report.finish(first, ms(), bytes, error);
+    if json {
+        Ok(with_type(full(report.to_json()), "application/json"))
+    } else {
+        Ok(with_type(
+            full(report.to_html()),
+            "text/html; charset=utf-8",
+        ))
+    }
+}
+
 /// A JSON string literal.
 fn json_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
@@ -1052,21 +1191,26 @@ fn json_string(s: &str) -> String {
 /// Admin endpoints that reveal or change state need `Authorization: Bearer <admin_token>`;
 /// with no token configured they answer loopback clients only.
 fn authorize(rt: &Runtime, req: &Request<Incoming>, remote: SocketAddr) -> Result<(), Error> {
-    let token = &rt.config.server.admin_token;
-    if token.is_empty() {
+    if rt.config.server.admin_token.is_empty() {
         return if remote.ip().is_loopback() {
             Ok(())
         } else {
             Err(Error::Unauthorized)
         };
     }
+    authorize_token(rt, req)
+}
+
+/// Requires `Authorization: Bearer <admin_token>`; with no token configured, nobody has it.
+fn authorize_token(rt: &Runtime, req: &Request<Incoming>) -> Result<(), Error> {
+    let token = &rt.config.server.admin_token;
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+    if !token.is_empty() && constant_time_eq(given.as_bytes(), token.as_bytes()) {
         Ok(())
     } else {
         Err(Error::Unauthorized)

@@ -1,9 +1,11 @@
 //! The end-to-end test binary: every integration test links in here.
 
+mod browser;
 mod cache;
 mod cache_proxy;
 mod config;
 mod debug;
+mod demo;
 mod engine;
 mod fetch;
 mod lint_cli;

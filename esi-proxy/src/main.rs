@@ -1,5 +1,5 @@
 //! The `esi-proxy` command line: parses flags with clap and runs the chosen command.
-//! Commands: `serve` runs the proxy; `check-config` validates a config file; `lint` checks ESI markup for fragment teams.
+//! Commands: `demo` runs the demo shop; `serve` runs the proxy; `check-config` validates a config file; `lint` checks ESI markup for fragment teams.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +29,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start the demo shop: ~120 fragments from a few dozen services, a gateway and the proxy,
+    /// all on loopback, with no setup; prints the URL to open.
+    Demo {
+        /// Address for the proxy. Default: 127.0.0.1:8080.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
     /// Run the proxy in front of an origin (flags override the config file).
     Serve {
         /// TOML config file; without one, built-in defaults apply.
@@ -63,6 +70,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo { listen } => demo(&listen),
         Command::Serve {
             config,
             listen,
@@ -146,6 +154,58 @@ fn serve(file: Option<PathBuf>, overrides: Overrides, json_logs: bool) -> anyhow
         if let Some(w) = watcher {
             w.abort();
         }
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the demo until Ctrl-C: the services and the gateway from the `fragments` crate, the
+/// proxy in front with the services allowlisted and trusted (they are the shop's own).
+fn demo(listen: &str) -> anyhow::Result<ExitCode> {
+    telemetry::init_tracing(false, "info")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let shop = fragments::demo::Demo::start(fragments::demo::DemoConfig::default())
+            .await
+            .context("starting the demo services")?;
+        let mut config = Config::default();
+        config.server.listen = listen.to_owned();
+        config.server.origin = format!("http://{}", shop.gateway);
+        for url in shop.service_urls() {
+            config.fetch.hosts.push(esi_proxy::config::HostConfig {
+                url,
+                trusted: true,
+                private_network: true,
+            });
+        }
+        config.validate_source("<demo>", None)?;
+        let listener = tokio::net::TcpListener::bind(&config.server.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "listening on {} (choose another with --listen)",
+                    config.server.listen
+                )
+            })?;
+        let addr = listener.local_addr()?;
+        let metrics = Arc::new(telemetry::Metrics::new());
+        let state = server::AppState::new(config, Arc::new(fetch::SystemLookup), metrics)?;
+        println!();
+        println!(
+            "  esi-proxy demo: a product page composed from {} services",
+            shop.services.len()
+        );
+        println!();
+        println!("  open      http://{addr}/");
+        println!("  waterfall http://{addr}/_esi/debug/");
+        println!("  metrics   http://{addr}/_esi/metrics");
+        println!();
+        println!("  Ctrl-C stops everything.");
+        println!();
+        server::run(listener, state, shutdown_signal()).await?;
+        shop.shutdown();
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)

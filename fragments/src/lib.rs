@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 
+pub mod demo;
 pub mod origin;
 
 const WORDS: &[&str] = &[

@@ -8,14 +8,18 @@
 //! | `/page/ssi/{n}` | the same layout with `<!--# include virtual="/frag/{i}" -->` (nginx SSI), unmarked |
 //! | `/page/{esi,ssi}/{n}?delay=A-B` | each include asks for a delay in `A..=B` ms, fixed per `i`: `/frag/{i}?d={ms}` |
 //! | `/page/{esi,ssi}/{n}?delay=A` | each include asks for `A` ms |
-//! | `/frag/{i}` | [`fragment(i)`](fragment), `text/html`, after `d` ms when the query has `d={ms}` |
+//! | `/page/{esi,ssi}/{n}?ttl=S` | cacheable: the layout says `Cache-Control: public, max-age=S` and each include asks for the same (`/frag/{i}?ttl=S`) |
+//! | `/frag/{i}` | [`fragment(i)`](fragment), `text/html`, after `d` ms when the query has `d={ms}`; `Cache-Control: public, max-age=S` when it has `ttl=S` |
 //!
-//! Anything else is a 404; a malformed number, a delay over [`MAX_DELAY_MS`] or a count over
-//! [`OriginOptions::max_fragments`] is a 400.
+//! Without `ttl`, every response carries [`OriginOptions::cache_control`] (`no-store`). Anything
+//! else is a 404; a malformed number, a delay over [`MAX_DELAY_MS`], a TTL over [`MAX_TTL_S`] or
+//! a count over [`OriginOptions::max_fragments`] is a 400. [`OriginOptions::requests`] counts
+//! what was asked, so a bench can tell a warm cache in front (no request) from a cold one.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::fmt;
+use std::fmt::{self, Write as _};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +38,9 @@ use crate::{fragment_body, layout_with, Rng};
 /// Longest delay a request may ask for: a bound, so a typo cannot park a connection for hours.
 pub const MAX_DELAY_MS: u64 = 60_000;
 
+/// Longest TTL a request may ask for (one day): longer than any bench run, and a bound.
+pub const MAX_TTL_S: u64 = 86_400;
+
 /// Smallest fragment body [`fragment`] generates (before the closing markup).
 pub const FRAGMENT_MIN_BYTES: usize = 1024;
 
@@ -48,9 +55,38 @@ pub struct OriginOptions {
     /// Fragments served (`/frag/0` to `/frag/{max_fragments - 1}`) and most includes in one
     /// page; all bodies are generated when the server starts. Default: 1024.
     pub max_fragments: usize,
-    /// `Cache-Control` sent with every page and fragment; `None` sends none. Default:
-    /// `Some("no-store")`, so a cache in front measures composition, not caching.
+    /// `Cache-Control` sent with every page and fragment not asked for with `ttl`; `None`
+    /// sends none. Default: `Some("no-store")`, so a cache in front measures composition, not
+    /// caching.
     pub cache_control: Option<String>,
+    /// Counts the requests the origin answers; keep a clone to read it while it serves.
+    /// Default: a fresh counter.
+    pub requests: RequestCounter,
+}
+
+/// Requests an origin has answered, by kind. Clones share the counts.
+#[derive(Debug, Clone, Default)]
+pub struct RequestCounter(Arc<Counts>);
+
+#[derive(Debug, Default)]
+struct Counts {
+    pages: AtomicU64,
+    fragments: AtomicU64,
+    total: AtomicU64,
+}
+
+/// A page the origin serves: `/page/{markup}/{n}`, optionally with `delay` and `ttl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Page {
+    /// The include markup.
+    pub markup: Markup,
+    /// How many includes.
+    pub n: usize,
+    /// The delay each include asks its fragment for.
+    pub delays: Delays,
+    /// `Some(s)`: the layout and every include are cacheable for `s` seconds
+    /// (`Cache-Control: public, max-age=s`); `None`: the origin's default `Cache-Control`.
+    pub ttl_s: Option<u64>,
 }
 
 /// Which include markup a page carries.
@@ -80,7 +116,7 @@ struct Origin {
     opts: OriginOptions,
     cache_control: Option<HeaderValue>,
     /// Layouts generated so far, by what determines their text. Bounded by [`LAYOUT_CACHE`].
-    layouts: Mutex<HashMap<(Markup, usize, Delays), Bytes>>,
+    layouts: Mutex<HashMap<Page, Bytes>>,
 }
 
 /// Most distinct layouts kept; past that, layouts are generated per request.
@@ -94,7 +130,96 @@ impl Default for OriginOptions {
             paragraphs: 2,
             max_fragments: 1024,
             cache_control: Some("no-store".into()),
+            requests: RequestCounter::default(),
         }
+    }
+}
+
+// === impl RequestCounter ===
+
+impl RequestCounter {
+    /// Requests for `/page/...` so far, answered or refused.
+    pub fn pages(&self) -> u64 {
+        self.0.pages.load(Ordering::Relaxed)
+    }
+
+    /// Requests for `/frag/...` so far, answered or refused.
+    pub fn fragments(&self) -> u64 {
+        self.0.fragments.load(Ordering::Relaxed)
+    }
+
+    /// Every request so far, 404s included.
+    pub fn total(&self) -> u64 {
+        self.0.total.load(Ordering::Relaxed)
+    }
+
+    fn count(&self, path: &str) {
+        self.0.total.fetch_add(1, Ordering::Relaxed);
+        if path.starts_with("/page/") {
+            self.0.pages.fetch_add(1, Ordering::Relaxed);
+        } else if path.starts_with("/frag/") {
+            self.0.fragments.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+// === impl Page ===
+
+impl Page {
+    /// `n` undelayed includes in `markup`, with the origin's default `Cache-Control`.
+    pub fn new(markup: Markup, n: usize) -> Self {
+        Self {
+            markup,
+            n,
+            delays: Delays::None,
+            ttl_s: None,
+        }
+    }
+
+    /// The same page with each include asking for `delays`.
+    pub fn with_delays(self, delays: Delays) -> Self {
+        Self { delays, ..self }
+    }
+
+    /// The same page, cacheable for `ttl_s` seconds (layout and includes).
+    pub fn with_ttl_s(self, ttl_s: u64) -> Self {
+        Self {
+            ttl_s: Some(ttl_s),
+            ..self
+        }
+    }
+
+    /// The path that names it: `/page/esi/120`, `/page/ssi/120?delay=5-20`,
+    /// `/page/esi/10?ttl=300`.
+    pub fn path(&self) -> String {
+        let mut path = format!("/page/{}/{}", self.markup.as_str(), self.n);
+        let mut sep = '?';
+        if self.delays != Delays::None {
+            let _ = write!(path, "{sep}delay={}", self.delays);
+            sep = '&';
+        }
+        if let Some(ttl) = self.ttl_s {
+            let _ = write!(path, "{sep}ttl={ttl}");
+        }
+        path
+    }
+
+    /// The `src` of include `i`: `/frag/{i}`, then `?d={ms}` when delayed and `ttl={s}` when
+    /// cacheable (`/frag/{i}?d=12&ttl=300`). The `&` is left raw: nginx and Varnish take the
+    /// attribute as written, and esi-proxy decodes only character references (`&ttl` is none).
+    pub fn src(&self, i: usize) -> String {
+        let mut src = self.delays.src(i);
+        if let Some(ttl) = self.ttl_s {
+            let sep = if src.contains('?') { '&' } else { '?' };
+            let _ = write!(src, "{sep}ttl={ttl}");
+        }
+        src
+    }
+
+    /// The layout the origin serves for it, with `paragraphs` paragraphs of text before each
+    /// include.
+    pub fn body(&self, paragraphs: usize) -> String {
+        layout_with(self.n, paragraphs, |i| self.markup.include(&self.src(i)))
     }
 }
 
@@ -189,15 +314,13 @@ pub fn fragment(i: usize) -> String {
 /// The body `/page/{markup}/{n}?delay={delays}` serves, with `paragraphs` paragraphs of text
 /// before each include.
 pub fn page(markup: Markup, n: usize, delays: Delays, paragraphs: usize) -> String {
-    layout_with(n, paragraphs, |i| markup.include(&delays.src(i)))
+    Page::new(markup, n).with_delays(delays).body(paragraphs)
 }
 
-/// The path of a page: `/page/esi/120` or `/page/ssi/120?delay=5-20`.
+/// The path of a page: `/page/esi/120` or `/page/ssi/120?delay=5-20` ([`Page::path`] also
+/// names cacheable pages).
 pub fn page_path(markup: Markup, n: usize, delays: Delays) -> String {
-    match delays {
-        Delays::None => format!("/page/{}/{n}", markup.as_str()),
-        d => format!("/page/{}/{n}?delay={d}", markup.as_str()),
-    }
+    Page::new(markup, n).with_delays(delays).path()
 }
 
 /// Serves the origin on `listener` (HTTP/1.1, keep-alive) until the returned future is
@@ -253,6 +376,7 @@ impl Origin {
     async fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         let path = req.uri().path();
         let query = req.uri().query().unwrap_or("");
+        self.opts.requests.count(path);
         let mut segments = path.trim_start_matches('/').split('/');
         match (
             segments.next(),
@@ -282,10 +406,13 @@ impl Origin {
             Some(Ok(ms)) if ms <= MAX_DELAY_MS => ms,
             Some(_) => return plain(StatusCode::BAD_REQUEST, "d: not a delay in ms"),
         };
+        let Ok(ttl_s) = ttl(query) else {
+            return plain(StatusCode::BAD_REQUEST, "ttl: not a TTL in seconds");
+        };
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
-        self.html(body.clone(), None)
+        self.html(body.clone(), ttl_s, None)
     }
 
     fn page(&self, markup: Markup, n: &str, query: &str) -> Response<Full<Bytes>> {
@@ -304,10 +431,18 @@ impl Origin {
             Some(Some(d)) => d,
             Some(None) => return plain(StatusCode::BAD_REQUEST, "delay: not A or A-B in ms"),
         };
-        let key = (markup, n, delays);
+        let Ok(ttl_s) = ttl(query) else {
+            return plain(StatusCode::BAD_REQUEST, "ttl: not a TTL in seconds");
+        };
+        let key = Page {
+            markup,
+            n,
+            delays,
+            ttl_s,
+        };
         let cached = self.layouts().get(&key).cloned();
         let body = cached.unwrap_or_else(|| {
-            let body = Bytes::from(page(markup, n, delays, self.opts.paragraphs));
+            let body = Bytes::from(key.body(self.opts.paragraphs));
             let mut layouts = self.layouts();
             if layouts.len() < LAYOUT_CACHE {
                 layouts.insert(key, body.clone());
@@ -315,26 +450,38 @@ impl Origin {
             body
         });
         let marked = (markup == Markup::Esi).then_some("content=\"ESI/1.0\"");
-        self.html(body, marked)
+        self.html(body, ttl_s, marked)
     }
 
     /// The layout cache; a panic while it was held cannot leave it inconsistent (inserts are
     /// whole), so a poisoned lock is used as is.
-    fn layouts(&self) -> std::sync::MutexGuard<'_, HashMap<(Markup, usize, Delays), Bytes>> {
+    fn layouts(&self) -> std::sync::MutexGuard<'_, HashMap<Page, Bytes>> {
         self.layouts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn html(&self, body: Bytes, surrogate_control: Option<&'static str>) -> Response<Full<Bytes>> {
+    /// A `text/html` answer: cacheable for `ttl_s` seconds when asked with `ttl`, else with
+    /// the configured `Cache-Control`.
+    fn html(
+        &self,
+        body: Bytes,
+        ttl_s: Option<u64>,
+        surrogate_control: Option<&'static str>,
+    ) -> Response<Full<Bytes>> {
         let mut response = Response::new(Full::new(body));
         let headers = response.headers_mut();
         headers.insert(
             CONTENT_TYPE,
             HeaderValue::from_static("text/html; charset=utf-8"),
         );
-        if let Some(value) = &self.cache_control {
-            headers.insert(CACHE_CONTROL, value.clone());
+        // `public`: shared caches may store it even for a request that carried a cookie.
+        let cache_control = match ttl_s {
+            Some(s) => HeaderValue::from_str(&format!("public, max-age={s}")).ok(),
+            None => self.cache_control.clone(),
+        };
+        if let Some(value) = cache_control {
+            headers.insert(CACHE_CONTROL, value);
         }
         if let Some(value) = surrogate_control {
             headers.insert("surrogate-control", HeaderValue::from_static(value));
@@ -351,6 +498,20 @@ fn param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
         .filter_map(|pair| pair.split_once('='))
         .find(|(key, _)| *key == name)
         .map(|(_, value)| value)
+}
+
+/// The `ttl` query value in seconds: `Ok(None)` when absent, `Err` when not a number up to
+/// [`MAX_TTL_S`].
+fn ttl(query: &str) -> Result<Option<u64>, ()> {
+    match param(query, "ttl") {
+        None => Ok(None),
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|&s| s <= MAX_TTL_S)
+            .map(Some)
+            .ok_or(()),
+    }
 }
 
 fn plain(status: StatusCode, message: &'static str) -> Response<Full<Bytes>> {
@@ -456,6 +617,52 @@ mod tests {
         }
     }
 
+    #[test]
+    fn cacheable_page_paths_and_srcs() {
+        let esi = Page::new(Markup::Esi, 10);
+        let delayed = Page::new(Markup::Ssi, 120).with_delays(Delays::Fixed(12));
+        for (page, want_path, want_src_3) in [
+            (esi, "/page/esi/10", "/frag/3"),
+            (
+                esi.with_ttl_s(300),
+                "/page/esi/10?ttl=300",
+                "/frag/3?ttl=300",
+            ),
+            (esi.with_ttl_s(0), "/page/esi/10?ttl=0", "/frag/3?ttl=0"),
+            (delayed, "/page/ssi/120?delay=12", "/frag/3?d=12"),
+            (
+                delayed.with_ttl_s(60),
+                "/page/ssi/120?delay=12&ttl=60",
+                "/frag/3?d=12&ttl=60",
+            ),
+        ] {
+            assert_eq!(page.path(), want_path, "{page:?}");
+            assert_eq!(page.src(3), want_src_3, "{page:?}");
+        }
+        // Without a TTL, `Page` is what `page` and `page_path` always served.
+        assert_eq!(
+            delayed.body(2),
+            page(Markup::Ssi, 120, Delays::Fixed(12), 2)
+        );
+    }
+
+    #[test]
+    fn ttl_query_values() {
+        for (query, want) in [
+            ("", Ok(None)),
+            ("d=5", Ok(None)),
+            ("ttl=300", Ok(Some(300))),
+            ("d=5&ttl=0", Ok(Some(0))),
+            ("ttl=86400", Ok(Some(MAX_TTL_S))),
+            ("ttl=86401", Err(())),
+            ("ttl=-1", Err(())),
+            ("ttl=", Err(())),
+            ("ttl=5m", Err(())),
+        ] {
+            assert_eq!(ttl(query), want, "{query:?}");
+        }
+    }
+
     #[tokio::test]
     async fn esi_page_is_a_marked_layout_with_n_includes() {
         let addr = start(OriginOptions::default()).await;
@@ -534,6 +741,71 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn cacheable_page_marks_the_layout_and_every_include() {
+        let addr = start(OriginOptions::default()).await;
+        for (markup, path) in [
+            (Markup::Esi, "/page/esi/10?ttl=300"),
+            (Markup::Ssi, "/page/ssi/10?ttl=300"),
+        ] {
+            let resp = get(addr, path).await;
+            assert_eq!(resp.status(), 200, "{path}");
+            assert_eq!(resp.headers()["cache-control"], "public, max-age=300");
+            let body = resp.text().await.expect("body");
+            assert_eq!(
+                body,
+                Page::new(markup, 10).with_ttl_s(300).body(2),
+                "{path}"
+            );
+            for i in 0..10 {
+                let tag = markup.include(&format!("/frag/{i}?ttl=300"));
+                assert!(body.contains(&tag), "{path}: {tag}");
+            }
+            // Each include's URL is cacheable too, with the same body as uncached.
+            let frag = get(addr, "/frag/4?ttl=300").await;
+            assert_eq!(frag.headers()["cache-control"], "public, max-age=300");
+            assert_eq!(frag.text().await.expect("body"), fragment(4));
+        }
+        // Delayed and cacheable at once; the uncached page keeps `no-store`.
+        let resp = get(addr, "/page/esi/3?delay=7&ttl=60").await;
+        assert_eq!(resp.headers()["cache-control"], "public, max-age=60");
+        let body = resp.text().await.expect("body");
+        assert!(
+            body.contains("<esi:include src=\"/frag/2?d=7&ttl=60\"/>"),
+            "{body}"
+        );
+        let frag = get(addr, "/frag/2?d=7&ttl=60").await;
+        assert_eq!(frag.headers()["cache-control"], "public, max-age=60");
+        let plain = get(addr, "/page/esi/3").await;
+        assert_eq!(plain.headers()["cache-control"], "no-store");
+        assert!(!plain.text().await.expect("body").contains("ttl="));
+    }
+
+    #[tokio::test]
+    async fn requests_are_counted_by_kind() {
+        let opts = OriginOptions::default();
+        let counter = opts.requests.clone();
+        let addr = start(opts).await;
+        assert_eq!(
+            (counter.pages(), counter.fragments(), counter.total()),
+            (0, 0, 0)
+        );
+        for path in [
+            "/page/esi/2",
+            "/page/ssi/2?ttl=5",
+            "/frag/0",
+            "/frag/1?ttl=5",
+            "/frag/9999",
+            "/nowhere",
+        ] {
+            let _ = get(addr, path).await;
+        }
+        // The response is sent after the count: every request above is in it.
+        assert_eq!(counter.pages(), 2);
+        assert_eq!(counter.fragments(), 3);
+        assert_eq!(counter.total(), 6);
+    }
+
+    #[tokio::test]
     async fn bad_requests_are_refused() {
         let opts = OriginOptions {
             max_fragments: 16,
@@ -552,6 +824,8 @@ mod tests {
             ("/page/esi/3?delay=9-1", 400),
             ("/frag/1?d=999999", 400),
             ("/frag/1?d=x", 400),
+            ("/frag/1?ttl=86401", 400),
+            ("/page/esi/3?ttl=x", 400),
             ("/page/esi/16", 200),
             ("/frag/15", 200),
         ] {

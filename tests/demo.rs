@@ -1,0 +1,58 @@
+//! The demo shop's markup through the real ESI parser in strict mode (the layout and every ESI
+//! fragment), and the page composed by the proxy with every include resolved.
+
+use bytes::Bytes;
+use esi_proxy::config::{Config, HostConfig};
+use esi_proxy::esi::{parse, ParseOptions};
+use fragments::demo::{Demo, DemoConfig};
+
+use crate::support::harness::{client, get, proxy};
+
+#[tokio::test]
+async fn demo_markup_is_strictly_valid_esi_and_composes_whole() {
+    let demo = Demo::start(DemoConfig::default().without_latency())
+        .await
+        .expect("demo starts");
+    let c = client();
+    let mut urls = vec![demo.page_url()];
+    urls.extend(demo.fragment_urls().iter().cloned());
+    let mut esi_documents = 0;
+    for url in &urls {
+        let resp = c.get(url).send().await.expect("service answers");
+        assert!(resp.status().is_success(), "{url}: {}", resp.status());
+        let marked = resp
+            .headers()
+            .get("surrogate-control")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("ESI/1.0"));
+        let body = resp.bytes().await.expect("body");
+        if marked {
+            esi_documents += 1;
+            if let Err(e) = parse(Bytes::clone(&body), &ParseOptions::strict()) {
+                panic!("{url}: {e}");
+            }
+        }
+    }
+    assert!(
+        esi_documents >= 8,
+        "the layout and the ESI fragments: {esi_documents}"
+    );
+
+    let mut config = Config::default();
+    for url in demo.service_urls() {
+        config.fetch.hosts.push(HostConfig {
+            url,
+            trusted: true,
+            private_network: true,
+        });
+    }
+    let proxy = proxy(&format!("http://{}", demo.gateway), config).await;
+    let (status, _, page) = get(&proxy.url("/")).await;
+    assert!(status.is_success());
+    assert!(!page.contains("esi:"), "every include was resolved");
+    let failures = proxy.metrics.render();
+    assert!(
+        !failures.contains("esi_proxy_fragment_failures_total{"),
+        "no fragment failed: {failures}"
+    );
+}

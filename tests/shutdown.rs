@@ -122,3 +122,53 @@ async fn sigterm_lets_in_flight_pages_finish_and_exits_zero() {
     let tail = reader.join().expect("reader");
     assert!(tail.iter().any(|l| l.contains("drained")), "{tail:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_starts_with_no_setup_serves_the_page_and_stops_on_ctrl_c() {
+    let mut child = Command::new(bin())
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("esi-proxy demo starts");
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let url = loop {
+        let line = tokio::time::timeout(MUST, rx.recv())
+            .await
+            .expect("prints the URL")
+            .expect("line");
+        if let Some(url) = line.trim().strip_prefix("open") {
+            break url.trim().to_owned();
+        }
+    };
+    let page = client()
+        .get(&url)
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        page.contains("Trailhead 2 Waterproof Hiking Jacket"),
+        "{page}"
+    );
+    assert!(!page.contains("esi:"));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("joined")
+        .expect("waits");
+    assert!(exit.success(), "exit status {exit:?}");
+}

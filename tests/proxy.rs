@@ -452,6 +452,7 @@ async fn requests_reach_the_origin_with_method_body_and_clean_headers() {
         .header("x-forwarded-for", "6.6.6.6")
         .header("surrogate-capability", "forged=\"ESI/1.0\"")
         .header("x-app", "kept")
+        .header("accept-encoding", "gzip, zstd")
         .body("payload")
         .send()
         .await
@@ -462,6 +463,10 @@ async fn requests_reach_the_origin_with_method_body_and_clean_headers() {
     let want_host = format!("x-forwarded-host: {}", proxy.addr);
     assert!(text.starts_with("POST /submit?a=1&b=two\n"), "{text}");
     assert!(text.contains("x-app: kept"), "{text}");
+    assert!(
+        text.contains("accept-encoding: gzip\n"),
+        "only decodable encodings reach the origin: {text}"
+    );
     assert!(text.contains("x-forwarded-for: 127.0.0.1\n"), "{text}");
     assert!(text.contains("x-forwarded-proto: http"), "{text}");
     assert!(text.contains(&want_host), "{text}");

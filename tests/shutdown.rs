@@ -121,6 +121,11 @@ async fn sigterm_lets_in_flight_pages_finish_and_exits_zero() {
     assert!(exit.success(), "exit status {exit:?}");
     let tail = reader.join().expect("reader");
     assert!(tail.iter().any(|l| l.contains("drained")), "{tail:?}");
+    assert!(
+        tail.iter()
+            .any(|l| l.contains("request") && l.contains("path=/page") && l.contains("status=200")),
+        "the access log has the page: {tail:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,6 +47,9 @@ pub struct ServerConfig {
     /// Whether loopback clients may open `/_esi/debug/` without the admin token (others always
     /// need it). Default: true.
     pub debug_from_loopback: bool,
+    /// Whether every request is logged at `info` when its response ends (method, path,
+    /// status, route, bytes, milliseconds). Default: true.
+    pub access_log: bool,
 }
 
 /// `[esi]`.
@@ -264,6 +267,7 @@ impl Default for ServerConfig {
             log_format: "text".into(),
             config_poll_ms: 1000,
             debug_from_loopback: true,
+            access_log: true,
         }
     }
 }

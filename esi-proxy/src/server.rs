@@ -395,6 +395,7 @@ async fn handle(
         status = tracing::field::Empty,
         route = tracing::field::Empty,
     );
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     async move {
         let (route, result) = if req.uri().path().starts_with("/_esi/") {
             ("admin", admin(&state, req, remote).await)
@@ -413,7 +414,13 @@ async fn handle(
         span.record("status", response.status().as_u16());
         span.record("route", route);
         // Streamed bodies are counted as they go; the request is recorded when the body ends.
-        metered(response, route, started, Arc::clone(&state.metrics))
+        let access = state
+            .runtime()
+            .config
+            .server
+            .access_log
+            .then_some((method, path));
+        metered(response, route, started, Arc::clone(&state.metrics), access)
     }
     .instrument(span)
     .await
@@ -503,6 +510,10 @@ fn origin_headers(req: &Request<Incoming>, remote: SocketAddr) -> HeaderMap {
     ] {
         headers.remove(name);
     }
+    // The origin may only pick an encoding the proxy can decode to compose the page.
+    if let Some(accepted) = decodable_encodings(&headers) {
+        headers.insert(header::ACCEPT_ENCODING, accepted);
+    }
     let ip = match remote.ip() {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         ip => ip,
@@ -515,6 +526,41 @@ fn origin_headers(req: &Request<Incoming>, remote: SocketAddr) -> HeaderMap {
         headers.insert(X_FORWARDED_HOST, host);
     }
     headers
+}
+
+/// The client's `Accept-Encoding` narrowed to what a layout may be decoded from (gzip,
+/// deflate, br, identity), so an origin never answers an ESI page in, say, zstd. `None` when
+/// the client sent none.
+fn decodable_encodings(headers: &HeaderMap) -> Option<HeaderValue> {
+    let values: Vec<&str> = headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if values.is_empty() {
+        return None;
+    }
+    let mut kept: Vec<String> = Vec::new();
+    for item in values.iter().flat_map(|v| v.split(',')) {
+        let item = item.trim();
+        let coding = item
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match coding.as_str() {
+            "gzip" | "x-gzip" | "deflate" | "br" | "identity" => kept.push(item.to_owned()),
+            "*" => kept.extend(["gzip", "deflate", "br"].map(String::from)),
+            _ => {}
+        }
+    }
+    let joined = if kept.is_empty() {
+        "identity".to_owned()
+    } else {
+        kept.join(", ")
+    };
+    HeaderValue::from_str(&joined).ok()
 }
 
 /// A request on its way to the origin, taken apart from the client's.
@@ -1237,6 +1283,7 @@ fn metered(
     route: &'static str,
     started: Instant,
     metrics: Arc<Metrics>,
+    access: Option<(Method, String)>,
 ) -> Response<Body> {
     let status = response.status().as_u16();
     response.map(|body| {
@@ -1247,6 +1294,7 @@ fn metered(
             started,
             metrics,
             bytes: 0,
+            access,
         })
     })
 }
@@ -1258,6 +1306,8 @@ struct Metered {
     started: Instant,
     metrics: Arc<Metrics>,
     bytes: u64,
+    /// Method and path for the access log line, when access logging is on.
+    access: Option<(Method, String)>,
 }
 
 impl http_body::Body for Metered {
@@ -1288,6 +1338,18 @@ impl http_body::Body for Metered {
 
 impl Drop for Metered {
     fn drop(&mut self) {
+        if let Some((method, path)) = &self.access {
+            tracing::info!(
+                target: "esi_proxy::access",
+                %method,
+                path = %path,
+                status = self.status,
+                route = self.route,
+                bytes = self.bytes,
+                ms = self.started.elapsed().as_secs_f64() * 1000.0,
+                "request"
+            );
+        }
         self.metrics.add_bytes_out(self.route, self.bytes);
         self.metrics.record_request(
             self.route,
@@ -1300,6 +1362,31 @@ impl Drop for Metered {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_encoding_is_narrowed_to_what_a_layout_can_be_decoded_from() {
+        let cases = [
+            ("gzip, deflate, br, zstd", Some("gzip, deflate, br")),
+            ("zstd", Some("identity")),
+            (
+                "br;q=1.0, zstd;q=0.9, gzip;q=0.5",
+                Some("br;q=1.0, gzip;q=0.5"),
+            ),
+            ("*", Some("gzip, deflate, br")),
+            ("identity", Some("identity")),
+        ];
+        for (given, want) in cases {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(given));
+            let got = decodable_encodings(&h);
+            assert_eq!(
+                got.as_ref().map(|v| v.to_str().unwrap_or("?")),
+                want,
+                "{given}"
+            );
+        }
+        assert_eq!(decodable_encodings(&HeaderMap::new()), None);
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_are_removed() {

@@ -409,6 +409,10 @@ async fn head_and_304_keep_their_headers() {
     let resp = client().head(proxy.url("/p")).send().await.expect("head");
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(resp.headers().get("surrogate-control").is_none());
+    assert!(
+        resp.headers().get("content-length").is_none(),
+        "the layout's length is not the composed page's"
+    );
     let resp = client()
         .get(proxy.url("/p"))
         .header("if-none-match", "\"v1\"")

@@ -683,8 +683,15 @@ async fn forward(
             ttl_source: None,
         });
     }
-    if !wants_esi(&rt.config, &method, &path_and_query, &upstream) {
+    if !wants_esi(&rt.config, &path_and_query, &upstream) {
         return ("proxy", Ok(pass_through(upstream, &method)));
+    }
+    if method == Method::HEAD {
+        // The head of what a GET would get: the composed page's headers, no body.
+        let mut response = Response::new(full(Bytes::new()));
+        *response.status_mut() = upstream.status();
+        *response.headers_mut() = composed_headers(upstream.headers());
+        return ("esi", Ok(response));
     }
     let page = Page {
         url: page_url,
@@ -700,16 +707,10 @@ async fn forward(
 }
 
 /// Whether a response is composed: marked `Surrogate-Control: content="ESI/1.0"` or on a
-/// configured path; HTML only; not for HEAD, 1xx, 204 or 304.
-fn wants_esi(
-    config: &Config,
-    method: &Method,
-    path_and_query: &str,
-    resp: &reqwest::Response,
-) -> bool {
+/// configured path; HTML only; not for 1xx, 204 or 304.
+fn wants_esi(config: &Config, path_and_query: &str, resp: &reqwest::Response) -> bool {
     let status = resp.status();
-    if method == Method::HEAD
-        || status.is_informational()
+    if status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {

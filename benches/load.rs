@@ -1,6 +1,7 @@
 //! End-to-end load bench: esi-proxy, nginx SSI and Varnish ESI side by side, in front of one
-//! in-process origin (`fragments::origin`), each driven by `wrk` over loopback. It checks every
-//! peer composes correctly, loads each scenario, and writes a Markdown report to
+//! in-process origin (`fragments::origin`), each driven by `wrk` over loopback: cold (no cache
+//! anywhere) and warm (each peer's cache in front of cacheable pages). It checks every peer
+//! composes correctly, loads each scenario, and writes a Markdown report to
 //! `target/load-report.md`. How to run it and its knobs: `benches/README.md`.
 
 use std::fmt::Write as _;
@@ -12,11 +13,25 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fragments::origin::{self, Delays, Markup, OriginOptions};
+use fragments::origin::{self, Delays, Markup, OriginOptions, Page, RequestCounter};
 
 const NGINX_CONF: &str = include_str!("load/nginx.conf");
 const VARNISH_VCL: &str = include_str!("load/varnish.vcl");
+const NGINX_CACHE_CONF: &str = include_str!("load/nginx-cache.conf");
+const VARNISH_CACHE_VCL: &str = include_str!("load/varnish-cache.vcl");
 
+/// TTL of the warm scenarios' pages and fragments: far longer than any run, so nothing
+/// expires between the warm-up and the end of the measured run, whatever `LOAD_SECS` is.
+const WARM_TTL_S: u64 = 3600;
+
+/// Requests each warm peer serves before its cache is checked (the first fills it).
+const WARM_REQUESTS: usize = 5;
+
+/// Origin requests per page above which a warm run is reported as not warm.
+const WARM_MAX_ORIGIN_PER_PAGE: f64 = 0.001;
+
+/// The p99 esi-proxy aims for on the warm 10-fragment page.
+const WARM_P99_TARGET_MS: f64 = 5.0;
 /// Whether esi-proxy was started with `--no-cache` (binaries from before the switch have no
 /// cache to turn off).
 static NO_CACHE_FLAG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -45,6 +60,8 @@ struct Settings {
     inflight_pages: usize,
     inflight_delay_ms: u64,
     report: PathBuf,
+    /// /proc/loadavg when the run started: the machine is shared.
+    load_average: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +74,8 @@ enum PeerKind {
 /// A running peer: where it listens and the process to stop.
 struct Peer {
     kind: PeerKind,
+    /// Whether its cache is on: it serves the warm scenarios, the others the cold ones.
+    cached: bool,
     addr: SocketAddr,
     process: ChildGuard,
 }
@@ -74,6 +93,8 @@ struct TempDir(PathBuf);
 /// The origin's runtime thread; stopping it closes the listener and every connection.
 struct OriginGuard {
     addr: SocketAddr,
+    /// What the origin has been asked, from every peer.
+    requests: RequestCounter,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -85,6 +106,8 @@ struct Scenario {
     n: usize,
     delays: Delays,
     conns: u64,
+    /// Cacheable pages (`?ttl=`), served by the peers with their cache on, warmed first.
+    warm: bool,
 }
 
 /// What one wrk run measured.
@@ -104,8 +127,17 @@ struct Row {
     scenario: Scenario,
     peer: PeerKind,
     result: WrkResult,
-    /// esi-proxy only: peak RSS during the scenario (VmHWM, reset before it), kB.
-    peak_rss_kb: Option<u64>,
+    /// esi-proxy: peak RSS during the scenario (VmHWM, reset before it); nginx and Varnish:
+    /// the sum of their processes' RSS at the end of the run. kB.
+    rss_kb: Option<u64>,
+    /// The sum of the peer's processes' PSS at the end of the run (shared pages split between
+    /// the processes that map them), kB.
+    pss_kb: Option<u64>,
+    /// Requests the origin received during the measured run (from this peer alone: the
+    /// others are idle).
+    origin_requests: u64,
+    /// Warm scenarios: origin requests while one page was verified through the warm cache.
+    verify_origin_requests: Option<u64>,
     /// CPU time (user + system) the peer's processes used per page served during the run, ms.
     cpu_ms_per_page: Option<f64>,
     /// Connections the kernel dropped from full accept queues during the run (machine-wide):
@@ -167,41 +199,67 @@ fn run() -> Result<()> {
     let origin = OriginGuard::start()?;
     say(&format!("origin on http://{}", origin.addr));
 
+    // Cold scenarios go to peers with no cache, warm ones to a second instance of each with
+    // its cache on; only the instances some selected scenario needs are started.
     let mut peers = Vec::new();
     let mut skipped = Vec::new();
-    for kind in &settings.peers {
-        let started = match kind {
-            PeerKind::EsiProxy => start_esi_proxy(&tmp.0, origin.addr).map(Some),
-            PeerKind::Nginx => start_nginx(&tmp.0, origin.addr),
-            PeerKind::Varnish => start_varnish(&tmp.0, origin.addr),
+    for cached in [false, true] {
+        if !settings.scenarios.iter().any(|s| s.warm == cached) {
+            continue;
+        }
+        let dir = if cached {
+            tmp.0.join("warm")
+        } else {
+            tmp.0.clone()
         };
-        match started {
-            Ok(Some(peer)) => {
-                client_rt.block_on(wait_ready(&peer))?;
-                say(&format!("{} on http://{}", kind.name(), peer.addr));
-                peers.push(peer);
+        fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for kind in &settings.peers {
+            let started = match kind {
+                PeerKind::EsiProxy => start_esi_proxy(&dir, origin.addr, cached).map(Some),
+                PeerKind::Nginx => start_nginx(&dir, origin.addr, cached),
+                PeerKind::Varnish => start_varnish(&dir, origin.addr, cached),
+            };
+            match started {
+                Ok(Some(peer)) => {
+                    client_rt.block_on(wait_ready(&peer))?;
+                    say(&format!("{} on http://{}", peer.label(), peer.addr));
+                    peers.push(peer);
+                }
+                Ok(None) => {
+                    let line = format!(
+                        "{} skipped: {} is not installed (apt-get install -y {})",
+                        kind.name(),
+                        kind.program(),
+                        kind.package()
+                    );
+                    // Said once, for the cold and warm instances alike.
+                    if !skipped.contains(&line) {
+                        skipped.push(line);
+                    }
+                }
+                Err(e) if *kind == PeerKind::EsiProxy => return Err(e),
+                Err(e) => skipped.push(format!(
+                    "{} skipped: {e}",
+                    if cached {
+                        format!("{} (cache on)", kind.name())
+                    } else {
+                        kind.name().to_owned()
+                    }
+                )),
             }
-            Ok(None) => skipped.push(format!(
-                "{} skipped: {} is not installed (apt-get install -y {})",
-                kind.name(),
-                kind.program(),
-                kind.package()
-            )),
-            Err(e) if *kind == PeerKind::EsiProxy => return Err(e),
-            Err(e) => skipped.push(format!("{} skipped: {e}", kind.name())),
         }
     }
     for line in &skipped {
         say(line);
     }
-    let proxy_pid = peers
+    let has_cold_proxy = peers
         .iter()
-        .find(|p| p.kind == PeerKind::EsiProxy)
-        .map(|p| p.process.child.id());
+        .any(|p| p.kind == PeerKind::EsiProxy && !p.cached);
 
-    // Correctness first: a fast wrong answer is not a result.
+    // Correctness first: a fast wrong answer is not a result. For warm scenarios this first
+    // request also fills the caches.
     for scenario in &settings.scenarios {
-        for peer in &peers {
+        for peer in peers.iter().filter(|p| p.cached == scenario.warm) {
             client_rt.block_on(verify(peer, scenario))?;
         }
     }
@@ -209,10 +267,10 @@ fn run() -> Result<()> {
 
     // On a process of its own, so its idle RSS is a fresh process's and the thousands of
     // connections it opens do not linger in the pool the load runs use.
-    let memory = if proxy_pid.is_some() && settings.inflight_pages > 0 {
+    let memory = if has_cold_proxy && settings.inflight_pages > 0 {
         let dir = tmp.0.join("memory");
         fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let proxy = start_esi_proxy(&dir, origin.addr)?;
+        let proxy = start_esi_proxy(&dir, origin.addr, false)?;
         client_rt.block_on(wait_ready(&proxy))?;
         let pid = proxy.process.child.id();
         let memory = client_rt.block_on(measure_memory(
@@ -238,60 +296,21 @@ fn run() -> Result<()> {
     };
     let mut ttfbs = Vec::new();
     if let Some(s) = delayed {
-        for peer in &peers {
+        for peer in peers.iter().filter(|p| !p.cached) {
             ttfbs.push(client_rt.block_on(measure_ttfb(peer, &s))?);
         }
     }
 
     let mut rows = Vec::new();
     for scenario in &settings.scenarios {
-        for peer in &peers {
-            let url = format!(
-                "http://{}{}",
-                peer.addr,
-                origin::page_path(peer.kind.markup(), scenario.n, scenario.delays)
-            );
-            say(&format!(
-                "{} / {}: {} conns, {} s",
-                scenario.key,
-                peer.kind.name(),
-                scenario.conns,
-                settings.secs
-            ));
-            if settings.warmup_secs > 0 {
-                wrk(&url, &settings, scenario.conns, settings.warmup_secs)?;
-            }
-            let pid = (peer.kind == PeerKind::EsiProxy).then(|| peer.process.child.id());
-            if let Some(pid) = pid {
-                reset_peak_rss(pid);
-            }
-            let drops_before = listen_overflows();
-            let cpu_before = tree_cpu_ms(peer.process.child.id());
-            let result = wrk(&url, &settings, scenario.conns, settings.secs)?;
-            let cpu_ms_per_page = cpu_before
-                .zip(tree_cpu_ms(peer.process.child.id()))
-                .filter(|_| result.requests > 0)
-                .map(|(before, after)| (after - before) / result.requests as f64);
-            let listen_drops = drops_before
-                .zip(listen_overflows())
-                .map(|(before, after)| after.saturating_sub(before));
-            peer.process.check_alive()?;
-            let peak_rss_kb = pid.and_then(|pid| proc_status_kb(pid, "VmHWM"));
-            say(&format!(
-                "    {:.0} req/s, p50 {}, p99 {}, errors {}",
-                result.rps,
-                ms(result.p50_ms),
-                ms(result.p99_ms),
-                result.socket_errors + result.non_2xx
-            ));
-            rows.push(Row {
-                scenario: *scenario,
-                peer: peer.kind,
-                result,
-                peak_rss_kb,
-                cpu_ms_per_page,
-                listen_drops,
-            });
+        for peer in peers.iter().filter(|p| p.cached == scenario.warm) {
+            rows.push(load(
+                &client_rt,
+                peer,
+                scenario,
+                &settings,
+                &origin.requests,
+            )?);
         }
     }
 
@@ -320,6 +339,80 @@ fn say(line: &str) {
     eprintln!("[load] {line}");
 }
 
+/// One scenario on one peer: for a warm scenario, warm its cache and check a page comes whole
+/// from it; then a wrk warm-up run, and the measured run with the peer's CPU, memory and the
+/// origin requests it caused.
+fn load(
+    client_rt: &tokio::runtime::Runtime,
+    peer: &Peer,
+    scenario: &Scenario,
+    settings: &Settings,
+    origin_requests: &RequestCounter,
+) -> Result<Row> {
+    let url = format!(
+        "http://{}{}",
+        peer.addr,
+        scenario.page(peer.kind.markup()).path()
+    );
+    say(&format!(
+        "{} / {}: {} conns, {} s",
+        scenario.key,
+        peer.label(),
+        scenario.conns,
+        settings.secs
+    ));
+    let verify_origin_requests = if scenario.warm {
+        Some(client_rt.block_on(warm_up(peer, scenario, origin_requests))?)
+    } else {
+        None
+    };
+    if settings.warmup_secs > 0 {
+        wrk(&url, settings, scenario.conns, settings.warmup_secs)?;
+    }
+    let root = peer.process.child.id();
+    let proxy_pid = (peer.kind == PeerKind::EsiProxy).then_some(root);
+    if let Some(pid) = proxy_pid {
+        reset_peak_rss(pid);
+    }
+    let drops_before = listen_overflows();
+    let cpu_before = tree_cpu_ms(root);
+    let origin_before = origin_requests.total();
+    let result = wrk(&url, settings, scenario.conns, settings.secs)?;
+    let origin_requests = origin_requests.total() - origin_before;
+    let cpu_ms_per_page = cpu_before
+        .zip(tree_cpu_ms(root))
+        .filter(|_| result.requests > 0)
+        .map(|(before, after)| (after - before) / result.requests as f64);
+    let listen_drops = drops_before
+        .zip(listen_overflows())
+        .map(|(before, after)| after.saturating_sub(before));
+    peer.process.check_alive()?;
+    let (rss_sum, pss_kb) = tree_memory_kb(root);
+    let rss_kb = match proxy_pid {
+        Some(pid) => proc_status_kb(pid, "VmHWM"),
+        None => rss_sum,
+    };
+    say(&format!(
+        "    {:.0} req/s, p50 {}, p99 {}, errors {}, origin requests {}",
+        result.rps,
+        ms(result.p50_ms),
+        ms(result.p99_ms),
+        result.socket_errors + result.non_2xx,
+        origin_requests
+    ));
+    Ok(Row {
+        scenario: *scenario,
+        peer: peer.kind,
+        result,
+        rss_kb,
+        pss_kb,
+        origin_requests,
+        verify_origin_requests,
+        cpu_ms_per_page,
+        listen_drops,
+    })
+}
+
 // === impl Settings ===
 
 impl Settings {
@@ -333,7 +426,7 @@ impl Settings {
                 Err(_) => Ok(default),
             }
         };
-        let secs = num("LOAD_SECS", 10)?.max(1);
+        let secs = num("LOAD_SECS", 8)?.max(1);
         let warmup_secs = num("LOAD_WARMUP_SECS", 2)?;
         let conns = num("LOAD_CONNS", 32)?;
         let conns_delayed = num("LOAD_CONNS_DELAYED", 16)?;
@@ -366,6 +459,7 @@ impl Settings {
                 n: 10,
                 delays: Delays::None,
                 conns,
+                warm: false,
             },
             Scenario {
                 key: "b",
@@ -373,6 +467,7 @@ impl Settings {
                 n: 120,
                 delays: Delays::None,
                 conns,
+                warm: false,
             },
             Scenario {
                 key: "c",
@@ -380,15 +475,31 @@ impl Settings {
                 n: 120,
                 delays: Delays::Range(5, 20),
                 conns: conns_delayed,
+                warm: false,
+            },
+            Scenario {
+                key: "d",
+                title: "10 fragments, warm cache",
+                n: 10,
+                delays: Delays::None,
+                conns,
+                warm: true,
+            },
+            Scenario {
+                key: "e",
+                title: "120 fragments, warm cache",
+                n: 120,
+                delays: Delays::None,
+                conns,
+                warm: true,
             },
         ];
-        let wanted = std::env::var("LOAD_SCENARIOS").unwrap_or_else(|_| "a,b,c".into());
+        let wanted = std::env::var("LOAD_SCENARIOS").unwrap_or_else(|_| "a,b,c,d,e".into());
         let mut scenarios = Vec::new();
         for key in wanted.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let s = all
-                .iter()
-                .find(|s| s.key == key)
-                .ok_or_else(|| format!("LOAD_SCENARIOS: unknown scenario {key:?} (a, b, c)"))?;
+            let s = all.iter().find(|s| s.key == key).ok_or_else(|| {
+                format!("LOAD_SCENARIOS: unknown scenario {key:?} (a, b, c, d, e)")
+            })?;
             scenarios.push(*s);
         }
         let report = match std::env::var("LOAD_REPORT") {
@@ -406,7 +517,37 @@ impl Settings {
             inflight_pages: num("LOAD_INFLIGHT_PAGES", 200)? as usize,
             inflight_delay_ms: num("LOAD_INFLIGHT_DELAY_MS", 1000)?,
             report,
+            load_average: fs::read_to_string("/proc/loadavg")
+                .ok()
+                .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")),
         })
+    }
+}
+
+// === impl Scenario ===
+
+impl Scenario {
+    /// The page this scenario asks `markup`'s peers for.
+    fn page(&self, markup: Markup) -> Page {
+        let page = Page::new(markup, self.n).with_delays(self.delays);
+        if self.warm {
+            page.with_ttl_s(WARM_TTL_S)
+        } else {
+            page
+        }
+    }
+}
+
+// === impl Peer ===
+
+impl Peer {
+    /// Its name, and whether its cache is on: `nginx`, `nginx (cache on)`.
+    fn label(&self) -> String {
+        if self.cached {
+            format!("{} (cache on)", self.kind.name())
+        } else {
+            self.kind.name().to_owned()
+        }
     }
 }
 
@@ -540,6 +681,8 @@ impl Drop for TempDir {
 impl OriginGuard {
     /// Starts the origin on its own two-thread runtime, on 127.0.0.1:0.
     fn start() -> Result<Self> {
+        let opts = OriginOptions::default();
+        let requests = opts.requests.clone();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -567,7 +710,7 @@ impl OriginGuard {
                     };
                     let _ = addr_tx.send(listener.local_addr().map_err(|e| e.to_string()));
                     tokio::select! {
-                        () = origin::serve(listener, OriginOptions::default()) => {}
+                        () = origin::serve(listener, opts) => {}
                         _ = stopped => {}
                     }
                 });
@@ -578,6 +721,7 @@ impl OriginGuard {
             .map_err(|_| "origin thread ended before listening".to_owned())??;
         Ok(Self {
             addr,
+            requests,
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -656,14 +800,20 @@ fn free_addr() -> Result<SocketAddr> {
         .map_err(|e| format!("finding a free port: {e}"))
 }
 
-fn start_esi_proxy(tmp: &Path, origin: SocketAddr) -> Result<Peer> {
+/// esi-proxy with its cache off (`--no-cache`, when the binary has it) or on (the default
+/// `[cache]`: 256 MB of fragments, 64 MB of layouts, TTLs from the origin's headers).
+fn start_esi_proxy(tmp: &Path, origin: SocketAddr, cached: bool) -> Result<Peer> {
     let bin = esi_proxy_bin()?;
     let addr = free_addr()?;
     let config = tmp.join("esi-proxy.toml");
     // Limits roomy enough that the bench measures composition, not the bounds; idle pool as
     // large as nginx's (2 workers x 512).
-    let toml = "[server]\nshutdown_grace_ms = 1000\n\n[fetch]\nmax_concurrent_per_page = 256\n\
-                fragment_timeout_ms = 5000\npage_timeout_ms = 30000\npool_idle_per_host = 1024\n";
+    let mut toml = "[server]\nshutdown_grace_ms = 1000\n\n[fetch]\nmax_concurrent_per_page = 256\n\
+                    fragment_timeout_ms = 5000\npage_timeout_ms = 30000\npool_idle_per_host = 1024\n"
+        .to_owned();
+    if cached {
+        toml.push_str("\n[cache]\nenabled = true\n");
+    }
     fs::write(&config, toml).map_err(|e| format!("{}: {e}", config.display()))?;
     let mut cmd = Command::new(&bin);
     cmd.arg("serve")
@@ -679,26 +829,30 @@ fn start_esi_proxy(tmp: &Path, origin: SocketAddr) -> Result<Peer> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    if help.contains("--no-cache") {
+    if help.contains("--no-cache") && !cached {
         cmd.arg("--no-cache");
         NO_CACHE_FLAG.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     let process = ChildGuard::spawn("esi-proxy", cmd, tmp.join("esi-proxy.log"))?;
     Ok(Peer {
         kind: PeerKind::EsiProxy,
+        cached,
         addr,
         process,
     })
 }
 
-fn start_nginx(tmp: &Path, origin: SocketAddr) -> Result<Option<Peer>> {
+/// nginx with `benches/load/nginx.conf` (no cache) or `nginx-cache.conf` (`proxy_cache` on the
+/// layout and the SSI subrequests).
+fn start_nginx(tmp: &Path, origin: SocketAddr, cached: bool) -> Result<Option<Peer>> {
     let Some(bin) = which("nginx") else {
         return Ok(None);
     };
     let prefix = tmp.join("nginx");
     fs::create_dir_all(&prefix).map_err(|e| format!("{}: {e}", prefix.display()))?;
     let addr = free_addr()?;
-    let conf = NGINX_CONF
+    let template = if cached { NGINX_CACHE_CONF } else { NGINX_CONF };
+    let conf = template
         .replace("{{PREFIX}}", &prefix.display().to_string())
         .replace("{{LISTEN}}", &addr.to_string())
         .replace("{{ORIGIN}}", &origin.to_string());
@@ -715,19 +869,27 @@ fn start_nginx(tmp: &Path, origin: SocketAddr) -> Result<Option<Peer>> {
     let process = ChildGuard::spawn("nginx", cmd, prefix.join("stderr.log"))?;
     Ok(Some(Peer {
         kind: PeerKind::Nginx,
+        cached,
         addr,
         process,
     }))
 }
 
-fn start_varnish(tmp: &Path, origin: SocketAddr) -> Result<Option<Peer>> {
+/// varnishd with `benches/load/varnish.vcl` (`return (pass)`) or `varnish-cache.vcl` (cached,
+/// TTLs from the origin's headers).
+fn start_varnish(tmp: &Path, origin: SocketAddr, cached: bool) -> Result<Option<Peer>> {
     let Some(bin) = which("varnishd") else {
         return Ok(None);
     };
     let dir = tmp.join("varnish");
     fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let addr = free_addr()?;
-    let vcl = VARNISH_VCL
+    let template = if cached {
+        VARNISH_CACHE_VCL
+    } else {
+        VARNISH_VCL
+    };
+    let vcl = template
         .replace("{{ORIGIN_HOST}}", &origin.ip().to_string())
         .replace("{{ORIGIN_PORT}}", &origin.port().to_string());
     let vcl_path = dir.join("load.vcl");
@@ -745,6 +907,7 @@ fn start_varnish(tmp: &Path, origin: SocketAddr) -> Result<Option<Peer>> {
     let process = ChildGuard::spawn("varnishd", cmd, dir.join("varnishd.log"))?;
     Ok(Some(Peer {
         kind: PeerKind::Varnish,
+        cached,
         addr,
         process,
     }))
@@ -798,18 +961,18 @@ fn expected_page(n: usize) -> String {
 }
 
 async fn verify(peer: &Peer, scenario: &Scenario) -> Result<()> {
-    let path = origin::page_path(peer.kind.markup(), scenario.n, scenario.delays);
+    let path = scenario.page(peer.kind.markup()).path();
     let url = format!("http://{}{path}", peer.addr);
     let resp = client()?
         .get(&url)
         .send()
         .await
-        .map_err(|e| format!("{}: GET {url}: {e}", peer.kind.name()))?;
+        .map_err(|e| format!("{}: GET {url}: {e}", peer.label()))?;
     let status = resp.status();
     let body = resp
         .text()
         .await
-        .map_err(|e| format!("{}: reading {url}: {e}", peer.kind.name()))?;
+        .map_err(|e| format!("{}: reading {url}: {e}", peer.label()))?;
     let want = expected_page(scenario.n);
     if status.is_success() && body == want {
         return Ok(());
@@ -849,9 +1012,46 @@ async fn verify(peer: &Peer, scenario: &Scenario) -> Result<()> {
     }
     Err(format!(
         "{} composed {url} wrongly: {}",
-        peer.kind.name(),
+        peer.label(),
         problems.join("; ")
     ))
+}
+
+/// Fills a warm peer's cache with [`WARM_REQUESTS`] pages, then checks one more comes whole
+/// from it; returns the origin requests that check caused (0 when the page was all hits).
+async fn warm_up(
+    peer: &Peer,
+    scenario: &Scenario,
+    origin_requests: &RequestCounter,
+) -> Result<u64> {
+    let client = client()?;
+    let url = format!(
+        "http://{}{}",
+        peer.addr,
+        scenario.page(peer.kind.markup()).path()
+    );
+    for _ in 0..WARM_REQUESTS {
+        client
+            .get(&url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| format!("{}: GET {url}: {e}", peer.label()))?
+            .bytes()
+            .await
+            .map_err(|e| format!("{}: reading {url}: {e}", peer.label()))?;
+    }
+    let before = origin_requests.total();
+    verify(peer, scenario).await?;
+    let after = origin_requests.total();
+    if after > before {
+        say(&format!(
+            "    {} is not warm: a verified page cost {} origin requests",
+            peer.label(),
+            after - before
+        ));
+    }
+    Ok(after - before)
 }
 
 // === measurements ===
@@ -951,6 +1151,37 @@ fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
 /// CPU time (user + system, ms) used so far by process `root` and its descendants: nginx's
 /// workers, varnishd's cache process.
 fn tree_cpu_ms(root: u32) -> Option<f64> {
+    let ticks: u64 = process_tree(root)?.iter().map(|&(_, t)| t).sum();
+    Some(ticks as f64 * 1000.0 / clock_ticks_per_sec())
+}
+
+/// The sums of VmRSS and of PSS (`/proc/<pid>/smaps_rollup`) over process `root` and its
+/// descendants, kB. RSS counts a page shared by nginx's master and workers once per process;
+/// PSS splits it between them.
+fn tree_memory_kb(root: u32) -> (Option<u64>, Option<u64>) {
+    let Some(tree) = process_tree(root) else {
+        return (None, None);
+    };
+    let mut rss = Some(0);
+    let mut pss = Some(0);
+    for (pid, _) in tree {
+        rss = rss.zip(proc_status_kb(pid, "VmRSS")).map(|(a, b)| a + b);
+        pss = pss.zip(pss_kb(pid)).map(|(a, b)| a + b);
+    }
+    (rss, pss)
+}
+
+/// `Pss:` of /proc/<pid>/smaps_rollup, kB (readable for processes we may ptrace).
+fn pss_kb(pid: u32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Process `root` and its descendants, each with its CPU time so far (utime + stime, clock
+/// ticks); `None` when /proc cannot be read.
+fn process_tree(root: u32) -> Option<Vec<(u32, u64)>> {
     // (pid, ppid, utime + stime in clock ticks) of every process.
     let mut procs = Vec::new();
     for entry in fs::read_dir("/proc").ok()?.flatten() {
@@ -976,13 +1207,13 @@ fn tree_cpu_ms(root: u32) -> Option<f64> {
         }
     }
     let mut tree = vec![root];
-    let mut ticks = 0;
+    let mut out = Vec::new();
     let mut i = 0;
     while i < tree.len() {
         let parent = tree[i];
         for &(pid, ppid, t) in &procs {
             if pid == parent {
-                ticks += t;
+                out.push((pid, t));
             }
             if ppid == parent && !tree.contains(&pid) {
                 tree.push(pid);
@@ -990,7 +1221,7 @@ fn tree_cpu_ms(root: u32) -> Option<f64> {
         }
         i += 1;
     }
-    Some(ticks as f64 * 1000.0 / clock_ticks_per_sec())
+    Some(out)
 }
 
 /// `getconf CLK_TCK`, the unit of /proc's CPU times (100 on Linux unless told otherwise).
@@ -1036,10 +1267,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// fragment's delay, plus one fragment round trip; medians of sequential requests.
 async fn measure_floor(origin_addr: SocketAddr, s: &Scenario) -> Result<Floor> {
     let client = client()?;
-    let layout_url = format!(
-        "http://{origin_addr}{}",
-        origin::page_path(Markup::Esi, s.n, s.delays)
-    );
+    let layout_url = format!("http://{origin_addr}{}", s.page(Markup::Esi).path());
     let frag_url = format!("http://{origin_addr}/frag/0");
     let mut layout = Vec::new();
     let mut frag = Vec::new();
@@ -1074,11 +1302,7 @@ async fn measure_floor(origin_addr: SocketAddr, s: &Scenario) -> Result<Floor> {
 /// bytes and to the end; and whether the first bytes were only the layout's prefix.
 async fn measure_ttfb(peer: &Peer, s: &Scenario) -> Result<Ttfb> {
     let client = client()?;
-    let url = format!(
-        "http://{}{}",
-        peer.addr,
-        origin::page_path(peer.kind.markup(), s.n, s.delays)
-    );
+    let url = format!("http://{}{}", peer.addr, s.page(peer.kind.markup()).path());
     let prefix = expected_page(s.n);
     let prefix = &prefix[..prefix.find("<div class=\"fragment\"").unwrap_or(0)];
     let (mut head, mut first, mut done) = (Vec::new(), Vec::new(), Vec::new());
@@ -1209,6 +1433,29 @@ fn ms(v: f64) -> String {
     }
 }
 
+fn mb(kb: Option<u64>) -> String {
+    kb.map_or_else(
+        || "n/a".into(),
+        |kb| format!("{:.1} MB", kb as f64 / 1024.0),
+    )
+}
+
+/// `n / pages` with enough digits to tell 0 from a few stray requests.
+fn per_page(n: u64, pages: u64) -> String {
+    if pages == 0 {
+        "n/a".into()
+    } else if n == 0 {
+        "0".into()
+    } else {
+        let v = n as f64 / pages as f64;
+        if v < 0.01 {
+            format!("{v:.5}")
+        } else {
+            format!("{v:.2}")
+        }
+    }
+}
+
 fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 && a.is_finite() && b.is_finite() {
         format!("{:.2}x", a / b)
@@ -1241,6 +1488,81 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+/// Whether each warm run was really served from the caches, and esi-proxy's p99 on (d)
+/// against [`WARM_P99_TARGET_MS`].
+fn render_warm(out: &mut String, rows: &[Row]) {
+    let warm: Vec<&Row> = rows.iter().filter(|r| r.scenario.warm).collect();
+    if warm.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\n## Warm caches\n");
+    let _ = writeln!(
+        out,
+        "Origin requests while one page was checked through the warm cache (after \
+         {WARM_REQUESTS} warming pages), and during the measured run: a warm peer makes none. \
+         A run with more than {WARM_MAX_ORIGIN_PER_PAGE} per page is marked not warm.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| scenario | peer | check page | measured run | per page | warm |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---|");
+    let mut all_warm = true;
+    for row in &warm {
+        let pages = row.result.requests.max(1) as f64;
+        let is_warm = row.verify_origin_requests == Some(0)
+            && (row.origin_requests as f64 / pages) <= WARM_MAX_ORIGIN_PER_PAGE;
+        all_warm &= is_warm;
+        let _ = writeln!(
+            out,
+            "| ({}) {} | {} | {} | {} | {} | {} |",
+            row.scenario.key,
+            row.scenario.title,
+            row.peer.name(),
+            row.verify_origin_requests
+                .map_or_else(|| "n/a".into(), |n| n.to_string()),
+            row.origin_requests,
+            per_page(row.origin_requests, row.result.requests),
+            if is_warm { "yes" } else { "**no**" }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n{}",
+        if all_warm {
+            "Every warm run was served from its peer's cache."
+        } else {
+            "**At least one warm run reached the origin: its row measures more than the cache.**"
+        }
+    );
+    if let Some(d) = warm
+        .iter()
+        .find(|r| r.scenario.key == "d" && r.peer == PeerKind::EsiProxy)
+    {
+        let p99 = d.result.p99_ms;
+        // wrk keeps every connection busy: by Little's law the mean latency is at least
+        // connections / throughput, whatever the peer does per page.
+        let queueing_ms = d.scenario.conns as f64 / d.result.rps * 1000.0;
+        let _ = writeln!(
+            out,
+            "\nesi-proxy p99 on warm (d): {} at {} connections: {} the {} target. wrk is closed \
+             loop: {} connections / {:.0} req/s = {} mean latency from queueing alone; \
+             `LOAD_SCENARIOS=d LOAD_CONNS=2` measures the page unloaded.",
+            ms(p99),
+            d.scenario.conns,
+            if p99 < WARM_P99_TARGET_MS {
+                "under"
+            } else {
+                "**over**"
+            },
+            ms(WARM_P99_TARGET_MS),
+            d.scenario.conns,
+            d.result.rps,
+            ms(queueing_ms)
+        );
+    }
+}
+
 fn render_report(
     settings: &Settings,
     rows: &[Row],
@@ -1255,9 +1577,9 @@ fn render_report(
     let _ = writeln!(out, "# esi-proxy load report\n");
     let _ = writeln!(
         out,
-        "wrk -t{} --latency, {} s per run after {} s warm-up, {} conns for (a)/(b), {} for (c); \
-         no caching anywhere; origin in-process ({} paragraphs of layout text per include, \
-         fragments 1-4 KB). {cores} cores: {}. Whole run: {:.0} s.\n",
+        "wrk -t{} --latency, {} s per run after {} s warm-up, {} conns for (a)/(b)/(d)/(e), {} \
+         for (c); origin in-process ({} paragraphs of layout text per include, fragments 1-4 \
+         KB). {cores} cores: {}; load average before the run {}. Whole run: {:.0} s.\n",
         settings.threads,
         settings.secs,
         settings.warmup_secs,
@@ -1265,7 +1587,18 @@ fn render_report(
         settings.conns_delayed,
         PARAGRAPHS,
         cpu_model(),
+        settings.load_average.as_deref().unwrap_or("n/a"),
         took.as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
+        "Cold (a)-(c): no caching anywhere, every origin response says `Cache-Control: \
+         no-store`. Warm (d)/(e): the page and every include say `Cache-Control: public, \
+         max-age={WARM_TTL_S}` (`?ttl={WARM_TTL_S}`), served by a second instance of each peer \
+         with its cache on (esi-proxy without `--no-cache`; nginx `proxy_cache` on the layout \
+         and the SSI subrequests, keyed on the URI, `proxy_cache_lock on`; Varnish without \
+         `return (pass)`), each warmed with {WARM_REQUESTS} pages and the wrk warm-up before \
+         its measured run.\n"
     );
     let _ = writeln!(
         out,
@@ -1274,14 +1607,24 @@ fn render_report(
         version("varnishd", &["-V"]),
         version("wrk", &["-v"])
     );
+    let cold = rows.iter().any(|r| !r.scenario.warm);
+    let warm = rows.iter().any(|r| r.scenario.warm);
     let _ = writeln!(
         out,
         "esi-proxy: `serve --config` with `max_concurrent_per_page = 256`, \
-         `pool_idle_per_host = 1024`{}. Every origin response says `Cache-Control: no-store`.\n",
-        if NO_CACHE_FLAG.load(std::sync::atomic::Ordering::Relaxed) {
-            ", `--no-cache`"
+         `pool_idle_per_host = 1024`{}{}.\n",
+        match (
+            cold,
+            NO_CACHE_FLAG.load(std::sync::atomic::Ordering::Relaxed)
+        ) {
+            (false, _) => "",
+            (true, true) => "; cold: `--no-cache`",
+            (true, false) => "; cold: this binary has no `--no-cache`",
+        },
+        if warm {
+            "; warm: the default `[cache]`"
         } else {
-            " (this binary has no `--no-cache`)"
+            ""
         }
     );
     for line in skipped {
@@ -1291,11 +1634,20 @@ fn render_report(
     let _ = writeln!(out, "## Throughput and latency\n");
     let _ = writeln!(
         out,
-        "| scenario | peer | req/s | p50 | p99 | p50 / floor | CPU ms/page | errors | listen drops | KB/page | esi-proxy peak RSS |"
+        "CPU ms/page: user + system time of the peer's processes during the measured run, per \
+         page. Origin requests: what the origin received during the measured run, and per page. \
+         Peer RSS: esi-proxy's peak (`VmHWM`, reset before the scenario); nginx and Varnish: \
+         the sum of their processes' RSS at the end of the run (shared pages counted once per \
+         process). PSS: the sum of the processes' proportional set size at the end (shared \
+         pages split), the like-for-like figure.\n"
     );
     let _ = writeln!(
         out,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| scenario | peer | req/s | p50 | p99 | p50 / floor | CPU ms/page | errors | listen drops | KB/page | origin requests (per page) | peer RSS | PSS |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for row in rows {
         let r = &row.result;
@@ -1304,7 +1656,7 @@ fn render_report(
             .map(|f| f.layout_ms + f.max_delay_ms as f64 + f.fragment_rtt_ms);
         let _ = writeln!(
             out,
-            "| ({}) {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {:.1} | {} |",
+            "| ({}) {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {:.1} | {} ({}) | {} | {} |",
             row.scenario.key,
             row.scenario.title,
             row.peer.name(),
@@ -1322,8 +1674,10 @@ fn render_report(
             } else {
                 0.0
             },
-            row.peak_rss_kb
-                .map_or_else(String::new, |kb| format!("{:.1} MB", kb as f64 / 1024.0)),
+            row.origin_requests,
+            per_page(row.origin_requests, r.requests),
+            mb(row.rss_kb),
+            mb(row.pss_kb),
         );
     }
 
@@ -1335,9 +1689,12 @@ fn render_report(
     );
     let _ = writeln!(
         out,
-        "| scenario | req/s vs nginx | req/s vs varnish | p50 vs nginx | p50 vs varnish | p99 vs nginx | p99 vs varnish | CPU/page vs nginx | CPU/page vs varnish |"
+        "| scenario | req/s vs nginx | req/s vs varnish | p50 vs nginx | p50 vs varnish | p99 vs nginx | p99 vs varnish | CPU/page vs nginx | CPU/page vs varnish | RSS vs nginx | RSS vs varnish | PSS vs nginx | PSS vs varnish |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for scenario in &settings.scenarios {
         let find = |peer| {
             rows.iter()
@@ -1351,7 +1708,7 @@ fn render_report(
         };
         let _ = writeln!(
             out,
-            "| ({}) {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| ({}) {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             scenario.key,
             scenario.title,
             cmp(PeerKind::Nginx, |r| r.result.rps),
@@ -1362,8 +1719,22 @@ fn render_report(
             cmp(PeerKind::Varnish, |r| r.result.p99_ms),
             cmp(PeerKind::Nginx, |r| r.cpu_ms_per_page.unwrap_or(f64::NAN)),
             cmp(PeerKind::Varnish, |r| r.cpu_ms_per_page.unwrap_or(f64::NAN)),
+            cmp(PeerKind::Nginx, |r| r
+                .rss_kb
+                .map_or(f64::NAN, |kb| kb as f64)),
+            cmp(PeerKind::Varnish, |r| r
+                .rss_kb
+                .map_or(f64::NAN, |kb| kb as f64)),
+            cmp(PeerKind::Nginx, |r| r
+                .pss_kb
+                .map_or(f64::NAN, |kb| kb as f64)),
+            cmp(PeerKind::Varnish, |r| r
+                .pss_kb
+                .map_or(f64::NAN, |kb| kb as f64)),
         );
     }
+
+    render_warm(&mut out, rows);
 
     if let Some(f) = floor {
         let total = f.layout_ms + f.max_delay_ms as f64 + f.fragment_rtt_ms;

@@ -3,6 +3,7 @@
 //! fragments that are ESI themselves up to a depth, and emits the body in document order as
 //! early as each part is ready. Knows no sockets: fragments come from a [`Fetcher`].
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,10 +13,10 @@ use bytes::{Bytes, BytesMut};
 use futures::future::{try_join_all, BoxFuture, FutureExt};
 use futures::{Stream, StreamExt};
 use http::HeaderMap;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Semaphore, SemaphorePermit, TryAcquireError};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
-use url::Url;
+use url::{Position, Url};
 
 use crate::config::Config;
 use crate::esi::ast::choose_branch;
@@ -26,6 +27,10 @@ use crate::esi::{
 };
 use crate::fetch::{FetchError, Fetcher, FragmentRequest};
 use crate::telemetry::Metrics;
+
+/// Ready parts at the front of the page are sent as one chunk up to about this size, so a large
+/// ready run still streams in pieces rather than in one copy.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
 
 /// What an include that fails with no fallback yields outside `esi:try`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -446,6 +451,10 @@ impl Driver {
         let mut sent = 0usize;
         let deadline = self.state.deadline;
         let page_timeout = cfg.page_timeout;
+        // Parts ready at the front, sent as one chunk: one channel message and one body chunk
+        // for what would be several.
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut batch_bytes = 0usize;
 
         loop {
             // Send everything that is ready at the front, in order.
@@ -457,17 +466,35 @@ impl Driver {
                         }
                         sent += bytes.len();
                         if sent > max_page_bytes {
+                            // What came before the part that crosses the limit still goes out
+                            // first, as it would have one part at a time.
+                            if !batch.is_empty()
+                                && tx.send(Ok(concat_batch(&mut batch))).await.is_err()
+                            {
+                                return;
+                            }
                             let _ = tx
                                 .send(Err(ComposeError::PageTooLarge(max_page_bytes)))
                                 .await;
                             return;
                         }
-                        if tx.send(Ok(bytes)).await.is_err() {
-                            return;
+                        batch_bytes += bytes.len();
+                        batch.push(bytes);
+                        if batch_bytes >= MAX_BATCH_BYTES {
+                            batch_bytes = 0;
+                            if tx.send(Ok(concat_batch(&mut batch))).await.is_err() {
+                                return;
+                            }
                         }
                     }
                     Some(Slot::Pending(task)) => current = Some(task),
                     None => break,
+                }
+            }
+            if !batch.is_empty() {
+                batch_bytes = 0;
+                if tx.send(Ok(concat_batch(&mut batch))).await.is_err() {
+                    return;
                 }
             }
             if layout_done && current.is_none() && self.queue.is_empty() {
@@ -1015,18 +1042,13 @@ async fn fetch_one(
         .base
         .join(&rendered)
         .map_err(|e| fail(&rendered, "url", e.to_string()))?;
-    let url_text = url.to_string();
     if let Some(id) = record {
-        state.trace_update(id, |r| r.url.clone_from(&url_text));
+        state.trace_update(id, |r| url.as_str().clone_into(&mut r.url));
     }
-    let host = format!(
-        "{}:{}",
-        url.host_str().unwrap_or(""),
-        url.port_or_known_default().unwrap_or(0)
-    );
+    let host = host_label(&url);
     let refused = if doc.ancestors.contains(&url) {
         Some(fail(
-            &url_text,
+            url.as_str(),
             "loop",
             "includes itself or a document that includes it".into(),
         ))
@@ -1035,7 +1057,7 @@ async fn fetch_one(
             .fetcher
             .check(&url)
             .err()
-            .map(|e| fetch_failure(&url_text, &e, record))
+            .map(|e| fetch_failure(url.as_str(), &e, record))
     };
     if let Some(f) = refused {
         composer.metrics.record_fragment(&host, f.kind, 0.0, 0);
@@ -1046,20 +1068,20 @@ async fn fetch_one(
     // (failures are logged as warnings on their own).
     let span = tracing::debug_span!(
         "fragment",
-        url = %url_text,
+        url = %url,
         depth = doc.depth,
         status = tracing::field::Empty,
         cache = tracing::field::Empty,
         ms = tracing::field::Empty,
     );
     let result = async {
-        let timeout_err = || fail(&url_text, "timeout", "page deadline passed".into());
-        let _local = tokio::time::timeout_at(state.deadline, state.local.acquire())
+        let timeout_err = || fail(url.as_str(), "timeout", "page deadline passed".into());
+        let _local = acquire_by(&state.local, state.deadline)
             .await
-            .map_err(|_| timeout_err())?;
-        let _global = tokio::time::timeout_at(state.deadline, composer.global.acquire())
+            .ok_or_else(timeout_err)?;
+        let _global = acquire_by(&composer.global, state.deadline)
             .await
-            .map_err(|_| timeout_err())?;
+            .ok_or_else(timeout_err)?;
         let remaining = state
             .deadline
             .saturating_duration_since(tokio::time::Instant::now());
@@ -1077,7 +1099,7 @@ async fn fetch_one(
             .fetcher
             .fetch(request)
             .await
-            .map_err(|e| fetch_failure(&url_text, &e, record))
+            .map_err(|e| fetch_failure(url.as_str(), &e, record))
     }
     .instrument(span.clone())
     .await;
@@ -1116,7 +1138,7 @@ async fn fetch_one(
     }
     if doc.depth + 1 > cfg.max_depth {
         return Err(fail(
-            &url_text,
+            url.as_str(),
             "depth",
             format!("ESI nested deeper than {}", cfg.max_depth),
         ));
@@ -1147,12 +1169,42 @@ async fn fetch_one(
     let total: usize = parts.iter().map(Bytes::len).sum();
     if total > cfg.max_page_bytes {
         return Err(fail(
-            &url_text,
+            child.base.as_str(),
             "too_large",
             format!("composed fragment over {} bytes", cfg.max_page_bytes),
         ));
     }
     Ok(concat(parts))
+}
+
+/// The metrics label of a fragment's host: `host:port`, the port explicit or the scheme's.
+/// Borrowed from the URL when it spells the port out.
+fn host_label(url: &Url) -> Cow<'_, str> {
+    match url.port() {
+        Some(_) => Cow::Borrowed(&url[Position::BeforeHost..Position::AfterPort]),
+        None => Cow::Owned(format!(
+            "{}:{}",
+            url.host_str().unwrap_or(""),
+            url.port_or_known_default().unwrap_or(0)
+        )),
+    }
+}
+
+/// Waits for a permit from `semaphore` until `deadline`; `None` when the deadline passes
+/// first. The deadline's timer is only set up when there is a wait. A closed semaphore (these
+/// never are) lets the fetch go ahead without a permit.
+async fn acquire_by(
+    semaphore: &Semaphore,
+    deadline: tokio::time::Instant,
+) -> Option<Option<SemaphorePermit<'_>>> {
+    match semaphore.try_acquire() {
+        Ok(permit) => Some(Some(permit)),
+        Err(TryAcquireError::Closed) => Some(None),
+        Err(TryAcquireError::NoPermits) => tokio::time::timeout_at(deadline, semaphore.acquire())
+            .await
+            .ok()
+            .map(Result::ok),
+    }
 }
 
 fn fetch_failure(url: &str, e: &FetchError, record: Option<usize>) -> Failure {
@@ -1161,6 +1213,22 @@ fn fetch_failure(url: &str, e: &FetchError, record: Option<usize>) -> Failure {
         kind: e.kind(),
         message: e.to_string(),
         record,
+    }
+}
+
+/// Joins the parts of a send batch into one `Bytes` (no copy when there is only one), leaving
+/// the batch empty for reuse.
+fn concat_batch(parts: &mut Vec<Bytes>) -> Bytes {
+    match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.pop().expect("one part"),
+        _ => {
+            let mut out = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+            for p in parts.drain(..) {
+                out.extend_from_slice(&p);
+            }
+            out.freeze()
+        }
     }
 }
 
@@ -1176,6 +1244,50 @@ fn concat(mut parts: Vec<Bytes>) -> Bytes {
                 out.extend_from_slice(&p);
             }
             out.freeze()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_labels() {
+        let cases: &[(&str, &str)] = &[
+            ("http://a.test:8080/f", "a.test:8080"),
+            ("http://a.test/f", "a.test:80"),
+            ("http://a.test:80/f", "a.test:80"),
+            ("https://a.test/f?q", "a.test:443"),
+            ("http://127.0.0.1:18081/frag/3?d=12", "127.0.0.1:18081"),
+            ("http://[::1]:9000/", "[::1]:9000"),
+            ("http://[::1]/", "[::1]:80"),
+        ];
+        for (url, want) in cases {
+            let url = Url::parse(url).expect("test URLs parse");
+            let label = host_label(&url);
+            let old_form = format!(
+                "{}:{}",
+                url.host_str().unwrap_or(""),
+                url.port_or_known_default().unwrap_or(0)
+            );
+            assert_eq!(label, *want, "url: {url}");
+            assert_eq!(label, old_form, "url: {url}");
+        }
+    }
+
+    #[test]
+    fn batches_join_in_order() {
+        let parts = |list: &[&'static str]| -> Vec<Bytes> {
+            list.iter()
+                .map(|p| Bytes::from_static(p.as_bytes()))
+                .collect()
+        };
+        let cases: &[(&[&str], &str)] = &[(&[], ""), (&["one"], "one"), (&["a", "b", "c"], "abc")];
+        for (input, want) in cases {
+            let mut batch = parts(input);
+            assert_eq!(concat_batch(&mut batch), want.as_bytes(), "{input:?}");
+            assert!(batch.is_empty(), "{input:?}: the batch is left empty");
         }
     }
 }

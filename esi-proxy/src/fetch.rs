@@ -1,19 +1,33 @@
-//! The HTTP client to the origin and to fragment services: timeouts, the host allowlist and its
-//! connect-time guard against private addresses (SSRF), the request header policy, body size
-//! limits and `Surrogate-Capability`. It never parses ESI.
+//! The HTTP client to the origin and to fragment services: keep-alive pools (hyper's HTTP/1.1
+//! for `http`, reqwest for `https`), timeouts, the host allowlist and its connect-time guard
+//! against private addresses (SSRF), the request header policy, body decoding and size limits
+//! and `Surrogate-Capability`. It never parses ESI.
 
 use std::collections::{HashMap, HashSet};
 use std::error::Error as StdError;
 use std::fmt;
+use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
-use http::header::{HeaderName, HeaderValue, AUTHORIZATION, COOKIE};
-use http::{HeaderMap, Method, StatusCode};
-use url::{Host, Url};
+use http::header::{
+    Entry, HeaderName, HeaderValue, ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING,
+    CONTENT_LENGTH, COOKIE, HOST,
+};
+use http::{HeaderMap, Method, StatusCode, Uri};
+use http_body::Body as _;
+use http_body_util::{BodyExt as _, Empty};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use url::{Host, Position, Url};
 
 use crate::config::Config;
 use crate::esi::Template;
@@ -246,8 +260,9 @@ pub trait Lookup: Send + Sync + 'static {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemLookup;
 
-/// The HTTP client: one keep-alive pool for fragments (decoding bodies), one for the origin
-/// (passing bodies through as sent). Cloning is cheap and shares both pools.
+/// The HTTP client: keep-alive pools for fragments (decoding bodies; `http` and `https` pooled
+/// apart), one for the origin (passing bodies through as sent). Cloning is cheap and shares the
+/// pools.
 #[derive(Debug, Clone)]
 pub struct HttpClient {
     shared: Arc<Shared>,
@@ -258,18 +273,133 @@ pub struct HttpClient {
 struct Shared {
     origin: BaseUrl,
     /// The origin (trusted) and every `fetch.hosts` entry.
-    allow: HashMap<BaseUrl, Access>,
+    allow: Allowlist,
     /// Client headers forwarded to every allowed host; `Cookie`/`Authorization` are added for
     /// trusted ones.
     forward: HashSet<HeaderName>,
     max_fragment_bytes: usize,
     layout_timeout: Duration,
-    fragments: reqwest::Client,
+    /// `http` fragments: hyper connections from a pool of our own, with none of reqwest's
+    /// per-request layers (redirects, retries, decompression, its timeouts) that a fragment
+    /// never uses and that cost more CPU than the request itself on a loopback page.
+    plain: Arc<PlainPool<Empty<Bytes>>>,
+    /// `https` fragments, through reqwest for its TLS.
+    tls: reqwest::Client,
+    /// An `http` origin, the same way; its responses are handed out as reqwest's.
+    origin_plain: Arc<PlainPool<reqwest::Body>>,
+    /// An `https` origin, through reqwest.
     origin_client: reqwest::Client,
 }
 
-/// The DNS resolver both reqwest clients use: the injected [`Lookup`], minus every address the
-/// host may not reach, so no connection is ever attempted to one.
+/// Idle keep-alive HTTP/1.1 connections to `http` hosts, by authority (`host[:port]`
+/// as the URL spells it, the default port left out, so also the `Host` header), each driven by
+/// a task of its own. A connection is checked out for one request and back in once its
+/// response body has been read. Stands in for hyper-util's pooled client, whose per-request
+/// bookkeeping (a task per request to return the connection, connection-info extensions, URI
+/// rewriting) costs more than a loopback request.
+struct PlainPool<B> {
+    connector: PlainConnector,
+    idle: Mutex<HashMap<String, Vec<IdleConnection<B>>>>,
+    /// Most idle connections kept per authority (`fetch.pool_idle_per_host`).
+    max_idle_per_host: usize,
+    /// Whether the task closing connections idle past [`POOL_IDLE_TIMEOUT`] runs.
+    purging: AtomicBool,
+}
+
+/// A connection waiting in a [`PlainPool`], for requests with bodies of type `B`.
+struct IdleConnection<B> {
+    sender: SendRequest<B>,
+    since: Instant,
+}
+
+/// An origin response body that puts its connection back in the pool once it has been read
+/// to the end (dropped earlier, the connection closes).
+struct CheckinOnEnd {
+    body: hyper::body::Incoming,
+    connection: Option<(
+        Arc<PlainPool<reqwest::Body>>,
+        String,
+        SendRequest<reqwest::Body>,
+    )>,
+}
+
+/// How long a connection may stay idle in a [`PlainPool`], as reqwest keeps them.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Connects to `http` fragment hosts through the [`GuardedResolver`], resolution and TCP within
+/// `fetch.connect_timeout_ms` together (as reqwest counts its connect timeout).
+#[derive(Clone)]
+struct PlainConnector {
+    http: HttpConnector<ResolveName>,
+    timeout: Duration,
+}
+
+/// The [`GuardedResolver`] as the `Service<Name>` hyper's connector resolves with.
+#[derive(Clone)]
+struct ResolveName(Arc<GuardedResolver>);
+
+/// Why a [`PlainPool`] could not send a request.
+enum SendError {
+    /// No connection: resolution (or its guard), TCP connect, connect timeout.
+    Connect(Box<dyn StdError + Send + Sync>),
+    /// The connection failed before a response head arrived.
+    Request(hyper::Error),
+}
+
+/// The connect timeout of a [`PlainConnector`] passed; reported as a connect failure.
+#[derive(Debug, thiserror::Error)]
+#[error("connect timed out after {0:?}")]
+struct ConnectTimeout(Duration);
+
+/// A fragment body in a `Content-Encoding` the client undoes: exactly `gzip` or `br`, the
+/// encodings it asks for (what reqwest decoded).
+enum Decoder {
+    Gzip(Box<GzipDecoder>),
+    Brotli(Box<brotli::DecompressorWriter<CappedSink>>),
+}
+
+/// A streaming gzip decoder (RFC 1952, any number of members one after another) that tells a
+/// stream cut short from a corrupt one, which flate2's own decoders report alike.
+struct GzipDecoder {
+    state: GzipState,
+    /// The bytes of the member header read so far.
+    header: Vec<u8>,
+    inflate: flate2::Decompress,
+    crc: flate2::Crc,
+    /// The bytes of the member trailer (CRC-32, ISIZE) read so far.
+    trailer: Vec<u8>,
+}
+
+/// Where a [`GzipDecoder`] is in the current member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GzipState {
+    Header,
+    Deflate,
+    Trailer,
+}
+
+/// Decoded bytes, refusing to grow past the limit so a compression bomb stops there. The
+/// caller moves `buf` out after each write; `written` counts every byte taken.
+struct CappedSink {
+    buf: Vec<u8>,
+    written: usize,
+    limit: usize,
+    over: bool,
+}
+
+/// Why an encoded body could not be decoded.
+#[derive(Debug, PartialEq, Eq)]
+enum DecodeError {
+    /// The decoded body is over the limit.
+    TooLarge,
+    /// The encoded stream ended before it was complete.
+    Cut(String),
+    /// The bytes are not valid in the encoding.
+    Corrupt(String),
+}
+
+/// The DNS resolver every client uses: the injected [`Lookup`], minus every address the host
+/// may not reach, so no connection is ever attempted to one.
 struct GuardedResolver {
     lookup: Arc<dyn Lookup>,
     /// Lowercase names that may resolve to loopback/private/link-local addresses: the origin's
@@ -284,6 +414,14 @@ struct GuardedResolver {
 #[error("{host} resolves only to private/loopback addresses")]
 struct Blocked {
     host: String,
+}
+
+/// The allowed `scheme://host:port`s, keyed so that checking a URL allocates nothing (it runs
+/// twice per fragment): by address for IP hosts, by lowercase name for the others.
+#[derive(Debug, Default)]
+struct Allowlist {
+    by_ip: HashMap<(Scheme, IpAddr, u16), Access>,
+    by_name: HashMap<String, Vec<(Scheme, u16, Access)>>,
 }
 
 /// A body being collected: one chunk is kept as is, more are copied into one buffer.
@@ -558,22 +696,18 @@ fn redact(url: &Url) -> String {
     clean.to_string()
 }
 
-/// The messages of `e`'s sources, joined; reqwest's own top message only repeats the URL.
-fn describe(e: &reqwest::Error) -> String {
+/// The messages of `e` and its sources, joined; a reqwest error's own top message is left out,
+/// since it only repeats the URL.
+fn describe(e: &(dyn StdError + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
-    let mut source = e.source();
-    while let Some(err) = source {
+    let skip = usize::from(e.is::<reqwest::Error>() && e.source().is_some());
+    for err in chain(e).skip(skip) {
         let text = err.to_string();
         if !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
         }
-        source = err.source();
     }
-    if parts.is_empty() {
-        e.to_string()
-    } else {
-        parts.join(": ")
-    }
+    parts.join(": ")
 }
 
 /// `e` and its sources.
@@ -583,8 +717,15 @@ fn chain<'a>(
     std::iter::successors(Some(e), |err| (*err).source())
 }
 
-/// Maps an error from sending a request (before the response head).
-fn send_error(url: &str, e: &reqwest::Error, after: Duration) -> FetchError {
+/// Maps an error from sending a request (before the response head); `connect` and `timeout` are
+/// what the client says of it.
+fn send_error(
+    url: &str,
+    e: &(dyn StdError + 'static),
+    connect: bool,
+    timeout: bool,
+    after: Duration,
+) -> FetchError {
     let url = url.to_owned();
     if let Some(blocked) = chain(e).find_map(|err| err.downcast_ref::<Blocked>()) {
         tracing::debug!(host = %blocked.host, "fetch refused at resolution");
@@ -594,10 +735,10 @@ fn send_error(url: &str, e: &reqwest::Error, after: Duration) -> FetchError {
         };
     }
     let message = describe(e);
-    // A connect timeout is a connect failure: the overall deadline is ours, not reqwest's.
-    if e.is_connect() {
+    // A connect timeout is a connect failure: the overall deadline is ours, not the client's.
+    if connect {
         FetchError::Connect { url, message }
-    } else if e.is_timeout() {
+    } else if timeout {
         FetchError::Timeout { url, after }
     } else {
         FetchError::Transport { url, message }
@@ -605,8 +746,9 @@ fn send_error(url: &str, e: &reqwest::Error, after: Duration) -> FetchError {
 }
 
 /// Maps an error from reading the response body. reqwest reports every body error as a decode
-/// error, so the source chain tells a cut connection from a corrupt encoding.
-fn body_error(url: &str, e: &reqwest::Error) -> FetchError {
+/// error, so the source chain tells a cut connection from a corrupt encoding; hyper's body
+/// errors carry the same I/O errors.
+fn body_error(url: &str, e: &(dyn StdError + 'static)) -> FetchError {
     use std::io::ErrorKind;
     let url = url.to_owned();
     let message = describe(e);
@@ -689,6 +831,45 @@ fn split_unquoted(s: &str, sep: char) -> Vec<&str> {
     parts
 }
 
+// === impl Allowlist ===
+
+impl Allowlist {
+    fn new(entries: HashMap<BaseUrl, Access>) -> Self {
+        let mut list = Allowlist::default();
+        for (base, access) in entries {
+            match base.ip() {
+                Some(ip) => {
+                    list.by_ip.insert((base.scheme, ip, base.port), access);
+                }
+                None => list.by_name.entry(base.host).or_default().push((
+                    base.scheme,
+                    base.port,
+                    access,
+                )),
+            }
+        }
+        list
+    }
+
+    /// The entry for a name host; `url` keeps http(s) names lowercase already, so a copy is
+    /// only made for one that is not.
+    fn name(&self, scheme: Scheme, name: &str, port: u16) -> Option<Access> {
+        let find = |name: &str| {
+            self.by_name.get(name).and_then(|entries| {
+                entries
+                    .iter()
+                    .find(|(s, p, _)| *s == scheme && *p == port)
+                    .map(|(_, _, access)| *access)
+            })
+        };
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            find(&name.to_ascii_lowercase())
+        } else {
+            find(name)
+        }
+    }
+}
+
 // === impl Collected ===
 
 impl Collected {
@@ -737,9 +918,14 @@ impl Lookup for SystemLookup {
 
 // === impl GuardedResolver ===
 
-impl reqwest::dns::Resolve for GuardedResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let host = name.as_str().to_ascii_lowercase();
+impl GuardedResolver {
+    /// The addresses `name` may be connected to (port 0); [`Blocked`] when the guard dropped
+    /// them all.
+    fn resolve_guarded(
+        &self,
+        name: &str,
+    ) -> BoxFuture<'static, Result<Vec<SocketAddr>, Box<dyn StdError + Send + Sync>>> {
+        let host = name.to_ascii_lowercase();
         let private_ok = self.private_ok.contains(&host);
         let lookup = self.lookup.lookup(&host, 0);
         Box::pin(async move {
@@ -759,7 +945,57 @@ impl reqwest::dns::Resolve for GuardedResolver {
             if kept.is_empty() {
                 return Err(Box::new(Blocked { host }) as Box<dyn StdError + Send + Sync>);
             }
+            Ok(kept)
+        })
+    }
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let resolving = self.resolve_guarded(name.as_str());
+        Box::pin(async move {
+            let kept = resolving.await?;
             Ok(Box::new(kept.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+// === impl ResolveName ===
+
+impl tower_service::Service<Name> for ResolveName {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = Box<dyn StdError + Send + Sync>;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let resolving = self.0.resolve_guarded(name.as_str());
+        Box::pin(async move { resolving.await.map(Vec::into_iter) })
+    }
+}
+
+// === impl PlainConnector ===
+
+impl tower_service::Service<Uri> for PlainConnector {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = Box<dyn StdError + Send + Sync>;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower_service::Service::poll_ready(&mut self.http, cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let connecting = tower_service::Service::call(&mut self.http, dst);
+        let after = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(after, connecting).await {
+                Ok(connected) => connected.map_err(Into::into),
+                Err(_) => Err(Box::new(ConnectTimeout(after)) as Box<dyn StdError + Send + Sync>),
+            }
         })
     }
 }
@@ -799,6 +1035,7 @@ impl HttpClient {
         }
         private_ok.insert(origin.host.clone());
         allow.insert(origin.clone(), Access { trusted: true });
+        let allow = Allowlist::new(allow);
 
         let forward = fetch
             .forward_headers
@@ -811,6 +1048,8 @@ impl HttpClient {
 
         let resolver = Arc::new(GuardedResolver { lookup, private_ok });
         let connect_timeout = Duration::from_millis(fetch.connect_timeout_ms);
+        let plain = plain_pool(&resolver, connect_timeout, fetch.pool_idle_per_host);
+        let origin_plain = plain_pool(&resolver, connect_timeout, fetch.pool_idle_per_host);
         let builder = || {
             reqwest::Client::builder()
                 .dns_resolver(Arc::clone(&resolver))
@@ -826,7 +1065,7 @@ impl HttpClient {
                 format!("building the HTTP client: {e}"),
             )
         };
-        let fragments = builder().build().map_err(build_error)?;
+        let tls = builder().build().map_err(build_error)?;
         // Pass-through: bodies reach the browser exactly as the origin encoded them.
         let origin_client = builder()
             .no_gzip()
@@ -841,7 +1080,9 @@ impl HttpClient {
                 forward,
                 max_fragment_bytes: fetch.max_fragment_bytes,
                 layout_timeout: Duration::from_millis(fetch.layout_timeout_ms),
-                fragments,
+                plain,
+                tls,
+                origin_plain,
                 origin_client,
             }),
         })
@@ -887,6 +1128,15 @@ impl HttpClient {
             HeaderValue::from_static(SURROGATE_CAPABILITY),
         );
         let after = self.shared.layout_timeout;
+        if origin.scheme == Scheme::Http {
+            let sending = self
+                .shared
+                .send_origin_plain(&url, &text, method, headers, body, after);
+            return match tokio::time::timeout(after, sending).await {
+                Ok(result) => result,
+                Err(_) => Err(FetchError::Timeout { url: text, after }),
+            };
+        }
         let request = self
             .shared
             .origin_client
@@ -895,7 +1145,7 @@ impl HttpClient {
             .body(body);
         match tokio::time::timeout(after, request.send()).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(send_error(&text, &e, after)),
+            Ok(Err(e)) => Err(send_error(&text, &e, e.is_connect(), e.is_timeout(), after)),
             Err(_) => Err(FetchError::Timeout { url: text, after }),
         }
     }
@@ -943,15 +1193,28 @@ impl Shared {
         if !url.username().is_empty() || url.password().is_some() {
             return Err(refuse("user info in the URL".into()));
         }
-        let base = BaseUrl::of(url).ok_or_else(|| refuse("no host".into()))?;
-        if let Some(access) = self.allow.get(&base) {
+        let scheme = if url.scheme() == "https" {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        };
+        let port = url.port().unwrap_or_else(|| scheme.default_port());
+        let ip = match url.host() {
+            Some(Host::Ipv4(ip)) => IpAddr::V4(ip),
+            Some(Host::Ipv6(ip)) => IpAddr::V6(ip),
+            Some(Host::Domain(name)) if !name.is_empty() => {
+                return self
+                    .allow
+                    .name(scheme, name, port)
+                    .ok_or_else(|| refuse("host not in allowlist".into()));
+            }
+            _ => return Err(refuse("no host".into())),
+        };
+        if let Some(access) = self.allow.by_ip.get(&(scheme, ip, port)) {
             return Ok(*access);
         }
-        match base
-            .ip()
-            .and_then(|ip| classify(ip).map(|special| (ip, special)))
-        {
-            Some((ip, special)) => Err(refuse(format!("{ip} is a {special} address"))),
+        match classify(ip) {
+            Some(special) => Err(refuse(format!("{ip} is a {special} address"))),
             None => Err(refuse("host not in allowlist".into())),
         }
     }
@@ -959,7 +1222,9 @@ impl Shared {
     /// The headers of a fragment request: the forwarded subset of the client's, credentials for
     /// trusted hosts, and `Surrogate-Capability`.
     fn fragment_headers(&self, client: &HeaderMap, trusted: bool) -> HeaderMap {
-        let mut out = HeaderMap::new();
+        // Room for what is usually forwarded plus what the request adds (`Accept`,
+        // `Accept-Encoding`, `Host`), so the map does not grow on the way.
+        let mut out = HeaderMap::with_capacity(12);
         for (name, value) in client {
             let credential = *name == COOKIE || *name == AUTHORIZATION;
             if self.forward.contains(name) || (trusted && credential) {
@@ -973,8 +1238,212 @@ impl Shared {
         out
     }
 
+    /// [`HttpClient::send_origin`] for an `http` origin: the request as reqwest would make it,
+    /// on a connection from the origin's [`PlainPool`], the response as a reqwest one whose
+    /// body returns the connection when read to the end. The caller applies the deadline.
+    async fn send_origin_plain(
+        &self,
+        url: &Url,
+        text: &str,
+        method: Method,
+        mut headers: HeaderMap,
+        body: reqwest::Body,
+        after: Duration,
+    ) -> Result<reqwest::Response, FetchError> {
+        // `url` is normalised (dot segments, percent-encoding) as reqwest would send it.
+        let authority = &url[Position::BeforeHost..Position::AfterPort];
+        let target: Uri = url[Position::BeforePath..Position::AfterQuery]
+            .parse()
+            .map_err(|e| FetchError::Transport {
+                url: text.to_owned(),
+                message: format!("not a valid request URI: {e}"),
+            })?;
+        // reqwest's default `Accept`, and `Host`, unless the request has them.
+        if let Entry::Vacant(entry) = headers.entry(ACCEPT) {
+            entry.insert(HeaderValue::from_static("*/*"));
+        }
+        if let Entry::Vacant(entry) = headers.entry(HOST) {
+            let host = HeaderValue::from_str(authority).map_err(|e| FetchError::Transport {
+                url: text.to_owned(),
+                message: format!("not a valid Host: {e}"),
+            })?;
+            entry.insert(host);
+        }
+        let mut request = http::Request::new(body);
+        *request.method_mut() = method;
+        *request.uri_mut() = target;
+        *request.headers_mut() = headers;
+        let pool = &self.origin_plain;
+        let (response, connection) = pool.send(authority, request).await.map_err(|e| match e {
+            SendError::Connect(e) => send_error(text, &*e, true, false, after),
+            SendError::Request(e) => send_error(text, &e, false, false, after),
+        })?;
+        let response = response.map(|body| {
+            if body.is_end_stream() {
+                pool.checkin(authority, connection);
+                reqwest::Body::wrap(body)
+            } else {
+                reqwest::Body::wrap(CheckinOnEnd {
+                    body,
+                    connection: Some((Arc::clone(pool), authority.to_owned(), connection)),
+                })
+            }
+        });
+        Ok(reqwest::Response::from(response))
+    }
+
     /// Sends a checked fragment request and collects its body; the caller applies the deadline.
     async fn receive(
+        &self,
+        url: Url,
+        text: &str,
+        headers: HeaderMap,
+        after: Duration,
+    ) -> Result<Fragment, FetchError> {
+        if url.scheme() == "https" {
+            self.receive_tls(url, text, headers, after).await
+        } else {
+            self.receive_plain(&url, text, headers, after).await
+        }
+    }
+
+    /// [`Shared::receive`] for `http`: hyper connections from the [`PlainPool`], the request
+    /// and the decoding as reqwest makes and does them.
+    async fn receive_plain(
+        &self,
+        url: &Url,
+        text: &str,
+        mut headers: HeaderMap,
+        after: Duration,
+    ) -> Result<Fragment, FetchError> {
+        let limit = self.max_fragment_bytes;
+        let too_large = || FetchError::TooLarge {
+            url: text.to_owned(),
+            limit,
+        };
+        let invalid = |message: String| FetchError::Transport {
+            url: text.to_owned(),
+            message,
+        };
+        // `url` leaves out the scheme's default port, as `Host` does.
+        let authority = &url[Position::BeforeHost..Position::AfterPort];
+        let target: Uri = url[Position::BeforePath..Position::AfterQuery]
+            .parse()
+            .map_err(|e| invalid(format!("not a valid request URI: {e}")))?;
+        // What reqwest adds unless the request has them: its default `Accept`, the encodings it
+        // decodes (the client's `Accept-Encoding` is never forwarded), and `Host`.
+        if let Entry::Vacant(entry) = headers.entry(ACCEPT) {
+            entry.insert(HeaderValue::from_static("*/*"));
+        }
+        if let Entry::Vacant(entry) = headers.entry(ACCEPT_ENCODING) {
+            entry.insert(HeaderValue::from_static("gzip,br"));
+        }
+        if let Entry::Vacant(entry) = headers.entry(HOST) {
+            let host = HeaderValue::from_str(authority)
+                .map_err(|e| invalid(format!("not a valid Host: {e}")))?;
+            entry.insert(host);
+        }
+        let mut request = http::Request::new(Empty::new());
+        *request.uri_mut() = target;
+        *request.headers_mut() = headers;
+        let (response, connection) =
+            self.plain
+                .send(authority, request)
+                .await
+                .map_err(|e| match e {
+                    SendError::Connect(e) => send_error(text, &*e, true, false, after),
+                    SendError::Request(e) => send_error(text, &e, false, false, after),
+                })?;
+        let (parts, mut body) = response.into_parts();
+        let status = parts.status;
+        if !status.is_success() {
+            return Err(FetchError::Status {
+                url: text.to_owned(),
+                status,
+            });
+        }
+        let mut headers = parts.headers;
+        let decoder = match headers.get(CONTENT_ENCODING).map(HeaderValue::as_bytes) {
+            Some(b"gzip") => Some(Decoder::Gzip(Box::default())),
+            Some(b"br") => Some(Decoder::Brotli(Box::new(brotli::DecompressorWriter::new(
+                CappedSink::new(limit),
+                8 * 1024,
+            )))),
+            _ => None,
+        };
+        let Some(mut decoder) = decoder else {
+            let declared = body.size_hint().exact();
+            if declared.is_some_and(|len| len > limit as u64) {
+                return Err(too_large());
+            }
+            let capacity =
+                declared.map_or(0, |len| usize::try_from(len).unwrap_or(limit).min(limit));
+            let mut collected = Collected::Empty;
+            let mut total = 0usize;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| body_error(text, &e))?;
+                let Ok(chunk) = frame.into_data() else {
+                    continue;
+                };
+                total = total.saturating_add(chunk.len());
+                if total > limit {
+                    return Err(too_large());
+                }
+                if !chunk.is_empty() {
+                    collected.push(chunk, capacity);
+                }
+            }
+            self.plain.checkin(authority, connection);
+            return Ok(Fragment {
+                cache: None,
+                parsed: None,
+                status,
+                headers,
+                body: collected.into_bytes(),
+            });
+        };
+        // Decoded, the declared length no longer describes the body.
+        headers.remove(CONTENT_ENCODING);
+        headers.remove(CONTENT_LENGTH);
+        let mut decoded = Vec::new();
+        let mut encoded_bytes = 0usize;
+        let decode_error = |e: DecodeError| match e {
+            DecodeError::TooLarge => too_large(),
+            DecodeError::Cut(message) => FetchError::Truncated {
+                url: text.to_owned(),
+                message,
+            },
+            DecodeError::Corrupt(message) => FetchError::Transport {
+                url: text.to_owned(),
+                message: format!("undecodable body: {message}"),
+            },
+        };
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| body_error(text, &e))?;
+            let Ok(chunk) = frame.into_data() else {
+                continue;
+            };
+            encoded_bytes = encoded_bytes.saturating_add(chunk.len());
+            decoder
+                .push(&chunk, &mut decoded, limit)
+                .map_err(decode_error)?;
+        }
+        self.plain.checkin(authority, connection);
+        // An empty body stays empty whatever its encoding claims (as reqwest has it).
+        if encoded_bytes > 0 {
+            decoder.finish(&mut decoded).map_err(decode_error)?;
+        }
+        Ok(Fragment {
+            cache: None,
+            parsed: None,
+            status,
+            headers,
+            body: Bytes::from(decoded),
+        })
+    }
+
+    /// [`Shared::receive`] for `https`, through reqwest.
+    async fn receive_tls(
         &self,
         url: Url,
         text: &str,
@@ -987,12 +1456,12 @@ impl Shared {
             limit,
         };
         let mut response = self
-            .fragments
+            .tls
             .get(url)
             .headers(headers)
             .send()
             .await
-            .map_err(|e| send_error(text, &e, after))?;
+            .map_err(|e| send_error(text, &e, e.is_connect(), e.is_timeout(), after))?;
         let status = response.status();
         if !status.is_success() {
             return Err(FetchError::Status {
@@ -1027,6 +1496,435 @@ impl Shared {
             headers,
             body: body.into_bytes(),
         })
+    }
+}
+
+/// A pool for `http` fragments or an `http` origin, its connections set up as reqwest sets up
+/// its own: the guarded resolver, TCP_NODELAY, TCP keepalive.
+fn plain_pool<B>(
+    resolver: &Arc<GuardedResolver>,
+    connect_timeout: Duration,
+    max_idle_per_host: usize,
+) -> Arc<PlainPool<B>> {
+    let mut http = HttpConnector::new_with_resolver(ResolveName(Arc::clone(resolver)));
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    http.set_keepalive(Some(Duration::from_secs(15)));
+    http.set_keepalive_interval(Some(Duration::from_secs(15)));
+    http.set_keepalive_retries(Some(3));
+    Arc::new(PlainPool {
+        connector: PlainConnector {
+            http,
+            timeout: connect_timeout,
+        },
+        idle: Mutex::new(HashMap::new()),
+        max_idle_per_host,
+        purging: AtomicBool::new(false),
+    })
+}
+
+// === impl PlainPool ===
+
+impl<B> fmt::Debug for PlainPool<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PlainPool")
+            .field("max_idle_per_host", &self.max_idle_per_host)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> PlainPool<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    /// Sends `request` (origin-form URI, `Host` set) to `authority` on an idle connection, or
+    /// on a new one. A request an idle connection turned out to be closed for is sent again on
+    /// another, as it never reached the server. Returns the connection with the response, to
+    /// be checked back in once the body is read.
+    async fn send(
+        self: &Arc<Self>,
+        authority: &str,
+        mut request: http::Request<B>,
+    ) -> Result<(http::Response<hyper::body::Incoming>, SendRequest<B>), SendError> {
+        loop {
+            let (mut sender, reused) = match self.checkout(authority) {
+                Some(sender) => (sender, true),
+                None => (self.connect(authority).await?, false),
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, sender)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(SendError::Request(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// An idle connection to `authority` ready for a request, the most recently used first.
+    fn checkout(&self, authority: &str) -> Option<SendRequest<B>> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let waiting = idle.get_mut(authority)?;
+        // Closed or expired ones are dropped on the way, which closes them.
+        while let Some(conn) = waiting.pop() {
+            if conn.sender.is_ready() && conn.since.elapsed() < POOL_IDLE_TIMEOUT {
+                return Some(conn.sender);
+            }
+        }
+        None
+    }
+
+    /// Puts a connection whose response has been read whole back for the next request. One
+    /// the server is closing, or that would be over the per-host bound, is dropped.
+    fn checkin(self: &Arc<Self>, authority: &str, sender: SendRequest<B>) {
+        if sender.is_closed() || self.max_idle_per_host == 0 {
+            return;
+        }
+        if !sender.is_ready() {
+            // Its task has not yet seen the end of the response: return it once it has.
+            let pool = Arc::clone(self);
+            let authority = authority.to_owned();
+            let mut sender = sender;
+            tokio::spawn(async move {
+                if sender.ready().await.is_ok() {
+                    pool.checkin(&authority, sender);
+                }
+            });
+            return;
+        }
+        self.start_purging();
+        let conn = IdleConnection {
+            sender,
+            since: Instant::now(),
+        };
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        match idle.get_mut(authority) {
+            Some(waiting) if waiting.len() >= self.max_idle_per_host => {}
+            Some(waiting) => waiting.push(conn),
+            None => {
+                idle.insert(authority.to_owned(), vec![conn]);
+            }
+        }
+    }
+
+    /// Opens a connection to `authority` and starts the task that drives it.
+    async fn connect(&self, authority: &str) -> Result<SendRequest<B>, SendError> {
+        let dst: Uri = format!("http://{authority}/")
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| SendError::Connect(e.into()))?;
+        let mut connector = self.connector.clone();
+        futures::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut connector, cx))
+            .await
+            .map_err(SendError::Connect)?;
+        let io = tower_service::Service::call(&mut connector, dst)
+            .await
+            .map_err(SendError::Connect)?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| SendError::Connect(e.into()))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "pooled connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Starts, once, the task that closes connections idle longer than [`POOL_IDLE_TIMEOUT`];
+    /// it ends with the pool.
+    fn start_purging(self: &Arc<Self>) {
+        if self.purging.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(POOL_IDLE_TIMEOUT).await;
+                let Some(pool) = pool.upgrade() else {
+                    return;
+                };
+                let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
+                idle.retain(|_, waiting| {
+                    waiting.retain(|conn| {
+                        !conn.sender.is_closed() && conn.since.elapsed() < POOL_IDLE_TIMEOUT
+                    });
+                    !waiting.is_empty()
+                });
+            }
+        });
+    }
+}
+
+// === impl CheckinOnEnd ===
+
+impl http_body::Body for CheckinOnEnd {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
+        match &frame {
+            None => {
+                if let Some((pool, authority, connection)) = this.connection.take() {
+                    pool.checkin(&authority, connection);
+                }
+            }
+            Some(Err(_)) => this.connection = None,
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+// === impl Decoder ===
+
+impl Decoder {
+    /// Decodes `input` onto `out`, which may not grow past `limit`.
+    fn push(&mut self, input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), DecodeError> {
+        match self {
+            Decoder::Gzip(gzip) => gzip.push(input, out, limit),
+            Decoder::Brotli(brotli) => {
+                // Bytes after the end of the stream are ignored.
+                let written = brotli.write(input);
+                let sink = brotli.get_mut();
+                if sink.over {
+                    return Err(DecodeError::TooLarge);
+                }
+                written.map_err(|e| DecodeError::Corrupt(format!("invalid brotli data: {e}")))?;
+                out.append(&mut sink.buf);
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks that the stream ended where the body did.
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), DecodeError> {
+        match self {
+            Decoder::Gzip(gzip) => gzip.finish(),
+            Decoder::Brotli(brotli) => {
+                let closed = brotli.close();
+                let sink = brotli.get_mut();
+                if sink.over {
+                    return Err(DecodeError::TooLarge);
+                }
+                closed.map_err(|_| DecodeError::Cut("brotli stream ended early".into()))?;
+                out.append(&mut sink.buf);
+                Ok(())
+            }
+        }
+    }
+}
+
+// === impl GzipDecoder ===
+
+impl Default for GzipDecoder {
+    fn default() -> Self {
+        Self {
+            state: GzipState::Header,
+            header: Vec::new(),
+            inflate: flate2::Decompress::new(false),
+            crc: flate2::Crc::new(),
+            trailer: Vec::with_capacity(8),
+        }
+    }
+}
+
+impl GzipDecoder {
+    /// Longest member header kept while it is incomplete (a name or comment with no end).
+    const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+    fn push(
+        &mut self,
+        mut input: &[u8],
+        out: &mut Vec<u8>,
+        limit: usize,
+    ) -> Result<(), DecodeError> {
+        while !input.is_empty() {
+            match self.state {
+                GzipState::Header => {
+                    let before = self.header.len();
+                    self.header.extend_from_slice(input);
+                    let Some(len) = gzip_header_len(&self.header)? else {
+                        if self.header.len() > Self::MAX_HEADER_BYTES {
+                            return Err(DecodeError::Corrupt("gzip header too long".into()));
+                        }
+                        return Ok(());
+                    };
+                    input = input.get(len.saturating_sub(before)..).unwrap_or_default();
+                    self.header.clear();
+                    self.inflate.reset(false);
+                    self.crc.reset();
+                    self.state = GzipState::Deflate;
+                }
+                GzipState::Deflate => {
+                    let (used, done) = self.inflate(input, out, limit)?;
+                    input = input.get(used..).unwrap_or_default();
+                    if done {
+                        self.state = GzipState::Trailer;
+                    } else if used == 0 {
+                        // No progress on the input left: it is all held by the inflater.
+                        return Ok(());
+                    }
+                }
+                GzipState::Trailer => {
+                    let take = (8 - self.trailer.len()).min(input.len());
+                    let (part, rest) = input.split_at(take);
+                    self.trailer.extend_from_slice(part);
+                    input = rest;
+                    if self.trailer.len() == 8 {
+                        let word = |at: usize| {
+                            self.trailer
+                                .get(at..at + 4)
+                                .and_then(|b| b.try_into().ok())
+                                .map_or(0, u32::from_le_bytes)
+                        };
+                        if word(0) != self.crc.sum() {
+                            return Err(DecodeError::Corrupt("gzip CRC mismatch".into()));
+                        }
+                        if word(4) != self.crc.amount() {
+                            return Err(DecodeError::Corrupt("gzip length mismatch".into()));
+                        }
+                        self.trailer.clear();
+                        self.state = GzipState::Header;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Inflates from `input` until it is used up or the member's deflate stream ends: the bytes
+    /// used and whether it ended.
+    fn inflate(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        limit: usize,
+    ) -> Result<(usize, bool), DecodeError> {
+        let mut used = 0usize;
+        loop {
+            if out.capacity() - out.len() < 4096 {
+                out.reserve(16 * 1024);
+            }
+            let (in_before, out_before) = (self.inflate.total_in(), out.len());
+            let status = self
+                .inflate
+                .decompress_vec(
+                    input.get(used..).unwrap_or_default(),
+                    out,
+                    flate2::FlushDecompress::None,
+                )
+                .map_err(|e| DecodeError::Corrupt(format!("invalid deflate data: {e}")))?;
+            let consumed =
+                usize::try_from(self.inflate.total_in() - in_before).unwrap_or(usize::MAX);
+            used = used.saturating_add(consumed).min(input.len());
+            let produced = out.get(out_before..).unwrap_or_default();
+            self.crc.update(produced);
+            let produced = produced.len();
+            if out.len() > limit {
+                return Err(DecodeError::TooLarge);
+            }
+            if status == flate2::Status::StreamEnd {
+                return Ok((used, true));
+            }
+            let output_full = out.len() == out.capacity();
+            if (consumed == 0 && produced == 0) || (used == input.len() && !output_full) {
+                return Ok((used, false));
+            }
+        }
+    }
+
+    fn finish(&self) -> Result<(), DecodeError> {
+        if self.state == GzipState::Header && self.header.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::Cut("gzip stream ended early".into()))
+        }
+    }
+}
+
+/// The length of the gzip member header at the start of `buf`, `None` while it is incomplete.
+fn gzip_header_len(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
+    const FHCRC: u8 = 0x02;
+    const FEXTRA: u8 = 0x04;
+    const FNAME: u8 = 0x08;
+    const FCOMMENT: u8 = 0x10;
+    let corrupt = |what: &str| Err(DecodeError::Corrupt(format!("invalid gzip header: {what}")));
+    let byte = |at: usize| buf.get(at).copied();
+    if byte(0).is_some_and(|b| b != 0x1f) || byte(1).is_some_and(|b| b != 0x8b) {
+        return corrupt("not gzip");
+    }
+    if byte(2).is_some_and(|b| b != 8) {
+        return corrupt("not deflate");
+    }
+    let Some(flags) = byte(3) else {
+        return Ok(None);
+    };
+    if flags & 0xe0 != 0 {
+        return corrupt("reserved flags");
+    }
+    let mut end = 10;
+    if flags & FEXTRA != 0 {
+        let (Some(lo), Some(hi)) = (byte(end), byte(end + 1)) else {
+            return Ok(None);
+        };
+        end += 2 + usize::from(u16::from_le_bytes([lo, hi]));
+    }
+    for flag in [FNAME, FCOMMENT] {
+        if flags & flag != 0 {
+            let Some(zero) = buf.get(end..).and_then(|rest| memchr::memchr(0, rest)) else {
+                return Ok(None);
+            };
+            end += zero + 1;
+        }
+    }
+    if flags & FHCRC != 0 {
+        end += 2;
+    }
+    Ok((buf.len() >= end).then_some(end))
+}
+
+// === impl CappedSink ===
+
+impl CappedSink {
+    fn new(limit: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            written: 0,
+            limit,
+            over: false,
+        }
+    }
+}
+
+impl std::io::Write for CappedSink {
+    /// Takes all of `data`, or fails if that would make the total over the limit.
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.written.saturating_add(data.len()) > self.limit {
+            self.over = true;
+            return Err(std::io::Error::other("decoded body over the limit"));
+        }
+        self.written += data.len();
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -1541,5 +2439,171 @@ mod tests {
         }
         assert_eq!(body.into_bytes(), Bytes::from_static(b"abcdef"));
         assert_eq!(Collected::Empty.into_bytes(), Bytes::new());
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(data).expect("writing to a Vec");
+        encoder.finish().expect("writing to a Vec")
+    }
+
+    fn brotli(data: &[u8]) -> Vec<u8> {
+        let mut encoder = brotli::CompressorWriter::new(Vec::new(), 4096, 5, 22);
+        encoder.write_all(data).expect("writing to a Vec");
+        encoder.into_inner()
+    }
+
+    /// Decodes `input` fed in pieces of `piece` bytes, as a body arriving in chunks would be.
+    fn decode(
+        mut decoder: Decoder,
+        input: &[u8],
+        piece: usize,
+        limit: usize,
+    ) -> Result<Vec<u8>, DecodeError> {
+        let mut out = Vec::new();
+        for chunk in input.chunks(piece) {
+            decoder.push(chunk, &mut out, limit)?;
+        }
+        decoder.finish(&mut out)?;
+        Ok(out)
+    }
+
+    /// (what, input, limit, the body or the kind of error)
+    type DecodeCase<'a> = (&'a str, Vec<u8>, usize, Result<&'a [u8], &'a str>);
+
+    /// What a decode came to: the body, or the kind of error.
+    fn outcome(result: Result<Vec<u8>, DecodeError>) -> Result<Vec<u8>, &'static str> {
+        result.map_err(|e| match e {
+            DecodeError::TooLarge => "too large",
+            DecodeError::Cut(_) => "cut",
+            DecodeError::Corrupt(_) => "corrupt",
+        })
+    }
+
+    #[test]
+    fn gzip_decoding() {
+        let text = b"<p>hello, compressed world</p>".repeat(200);
+        let member = gzip(&text);
+        let n = member.len();
+        let with = |edit: &dyn Fn(&mut Vec<u8>)| {
+            let mut bytes = member.clone();
+            edit(&mut bytes);
+            bytes
+        };
+        // Header with a name, a comment and an extra field; and with a header CRC.
+        let mut named = flate2::GzBuilder::new()
+            .filename("f.html")
+            .comment("made by a test")
+            .extra(vec![1, 2, 3, 4])
+            .write(Vec::new(), flate2::Compression::fast());
+        named.write_all(&text).expect("writing to a Vec");
+        let named = named.finish().expect("writing to a Vec");
+        let header_crc = with(&|b| {
+            b[3] |= 0x02;
+            b.splice(10..10, [0xab, 0xcd]);
+        });
+        let two = [member.clone(), member.clone()].concat();
+        let twice = text.repeat(2);
+        let limit = text.len();
+        let cases: Vec<DecodeCase> = vec![
+            ("one member", member.clone(), limit, Ok(&text)),
+            ("named header", named, limit, Ok(&text)),
+            ("header CRC", header_crc, limit, Ok(&text)),
+            ("two members", two.clone(), 2 * limit, Ok(&twice)),
+            ("empty member", gzip(b""), limit, Ok(b"")),
+            ("no input", Vec::new(), limit, Ok(b"")),
+            (
+                "over the limit",
+                member.clone(),
+                limit - 1,
+                Err("too large"),
+            ),
+            ("second member over", two, limit + 1, Err("too large")),
+            ("cut in the header", member[..5].to_vec(), limit, Err("cut")),
+            (
+                "cut in the data",
+                member[..n / 2].to_vec(),
+                limit,
+                Err("cut"),
+            ),
+            (
+                "cut in the trailer",
+                member[..n - 3].to_vec(),
+                limit,
+                Err("cut"),
+            ),
+            (
+                "CRC mismatch",
+                with(&|b| b[n - 8] ^= 1),
+                limit,
+                Err("corrupt"),
+            ),
+            (
+                "length mismatch",
+                with(&|b| b[n - 4] ^= 1),
+                limit,
+                Err("corrupt"),
+            ),
+            ("not gzip", b"<p>plain</p>".to_vec(), limit, Err("corrupt")),
+            ("not deflate", with(&|b| b[2] = 7), limit, Err("corrupt")),
+            (
+                "reserved flag",
+                with(&|b| b[3] |= 0x80),
+                limit,
+                Err("corrupt"),
+            ),
+            (
+                "garbage after",
+                [member.clone(), b"junk".to_vec()].concat(),
+                limit,
+                Err("corrupt"),
+            ),
+        ];
+        for (what, input, limit, want) in cases {
+            for piece in [usize::MAX, 1, 7, 4096] {
+                let got = outcome(decode(
+                    Decoder::Gzip(Box::default()),
+                    &input,
+                    piece.min(input.len().max(1)),
+                    limit,
+                ));
+                assert_eq!(got, want.map(<[u8]>::to_vec), "{what}, pieces of {piece}");
+            }
+        }
+    }
+
+    #[test]
+    fn brotli_decoding() {
+        let text = b"<p>hello, compressed world</p>".repeat(200);
+        let encoded = brotli(&text);
+        let n = encoded.len();
+        let limit = text.len();
+        let cases: Vec<DecodeCase> = vec![
+            ("whole", encoded.clone(), limit, Ok(&text)),
+            (
+                "over the limit",
+                encoded.clone(),
+                limit - 1,
+                Err("too large"),
+            ),
+            ("cut", encoded[..n / 2].to_vec(), limit, Err("cut")),
+            (
+                "bytes after the end are ignored",
+                [encoded.clone(), b"junk".to_vec()].concat(),
+                limit,
+                Ok(&text),
+            ),
+            ("not brotli", vec![0xff; 64], limit, Err("corrupt")),
+        ];
+        for (what, input, limit, want) in cases {
+            for piece in [usize::MAX, 1, 7] {
+                let decoder = Decoder::Brotli(Box::new(brotli::DecompressorWriter::new(
+                    CappedSink::new(limit),
+                    8 * 1024,
+                )));
+                let got = outcome(decode(decoder, &input, piece.min(input.len()), limit));
+                assert_eq!(got, want.map(<[u8]>::to_vec), "{what}, pieces of {piece}");
+            }
+        }
     }
 }

@@ -280,6 +280,10 @@ pub fn watch_config(
     adjust: Arc<dyn Fn(&mut Config) + Send + Sync>,
     poll: Duration,
 ) -> tokio::task::JoinHandle<()> {
+    // The SIGHUP handler is installed before this returns: a signal that arrives before the
+    // task first runs must not take the default action, which ends the process.
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     tokio::spawn(async move {
         let stamp = |p: &Path| {
             std::fs::metadata(p)
@@ -287,8 +291,6 @@ pub fn watch_config(
                 .map(|m| (m.modified().ok(), m.len()))
         };
         let mut last = stamp(&path);
-        #[cfg(unix)]
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         // A zero interval means: reload on SIGHUP only.
         let mut tick = tokio::time::interval(if poll.is_zero() {
             Duration::from_secs(3600)

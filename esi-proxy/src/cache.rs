@@ -23,7 +23,9 @@ use url::Url;
 
 use crate::config::{glob_match, CacheConfig};
 use crate::esi::Template;
-use crate::fetch::{Access, CacheInfo, FetchError, Fetcher, Fragment, FragmentRequest};
+use crate::fetch::{
+    split_unquoted, Access, CacheInfo, FetchError, Fetcher, Fragment, FragmentRequest,
+};
 use crate::telemetry::Metrics;
 
 /// Longest TTL or stale window kept, whatever a header or rule says (one year), so expiry
@@ -1605,25 +1607,6 @@ fn directive_parts(directive: &str) -> (&str, Option<&str>) {
         Some((name, arg)) => (name.trim(), Some(arg.trim().trim_matches('"'))),
         None => (directive.trim(), None),
     }
-}
-
-/// `s` split at `sep` outside double quotes.
-fn split_unquoted(s: &str, sep: char) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let mut quoted = false;
-    let mut start = 0;
-    for (i, c) in s.char_indices() {
-        match c {
-            '"' => quoted = !quoted,
-            c if c == sep && !quoted => {
-                parts.push(&s[start..i]);
-                start = i + c.len_utf8();
-            }
-            _ => {}
-        }
-    }
-    parts.push(&s[start..]);
-    parts
 }
 
 /// The headers an entry keeps: all but hop-by-hop ones.

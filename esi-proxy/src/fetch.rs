@@ -812,8 +812,8 @@ fn surrogate_control_has_esi(value: &str) -> bool {
     })
 }
 
-/// `s` split at `sep` outside double quotes.
-fn split_unquoted(s: &str, sep: char) -> Vec<&str> {
+/// `s` split at `sep` outside double quotes (header directives such as Surrogate-Control's).
+pub(crate) fn split_unquoted(s: &str, sep: char) -> Vec<&str> {
     let mut parts = Vec::new();
     let mut quoted = false;
     let mut start = 0;

@@ -2,7 +2,6 @@
 //! refused naming its line while the old config stays in force, `/_esi/health` and the metrics
 //! show the failed reload, and SIGHUP reloads the real binary. Zero failed requests throughout.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,8 +14,8 @@ use esi_proxy::server::{self, AppState};
 use esi_proxy::telemetry::Metrics;
 use http::StatusCode;
 
-use crate::support::bin;
 use crate::support::harness::{client, esi, html, serve};
+use crate::support::{bin, lines, wait_for_line};
 
 const MUST: Duration = Duration::from_secs(20);
 
@@ -203,25 +202,13 @@ async fn sighup_reloads_the_running_binary() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("esi-proxy starts");
-    let stderr = child.stderr.take().expect("piped");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let addr = loop {
-        let line = tokio::time::timeout(MUST, rx.recv())
-            .await
-            .expect("starts")
-            .expect("line");
-        if let Some(addr) = line
-            .split_whitespace()
+    let mut log = lines(child.stderr.take().expect("piped"));
+    let addr = wait_for_line(&mut log, "the listening address", |line| {
+        line.split_whitespace()
             .find_map(|w| w.strip_prefix("addr="))
-        {
-            break addr.to_owned();
-        }
-    };
+            .map(str::to_owned)
+    })
+    .await;
     let base = format!("http://{addr}");
     // Polling is off in this file (config_poll_ms = 0): only the signal can reload it.
     std::fs::write(

@@ -1,7 +1,6 @@
 //! `esi-proxy serve` as a real process: SIGTERM with a page in flight stops new connections,
 //! lets the page finish, and exits 0.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,24 +8,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::Notify;
 
-use crate::support::bin;
 use crate::support::harness::{client, esi, html, serve};
+use crate::support::{bin, lines, wait_for_line};
 
 const MUST: Duration = Duration::from_secs(20);
-
-/// Reads the child's log lines until one contains `needle`; returns that line.
-fn wait_for_line(
-    lines: &mut impl Iterator<Item = std::io::Result<String>>,
-    needle: &str,
-) -> String {
-    for line in lines.by_ref() {
-        let line = line.expect("log line");
-        if line.contains(needle) {
-            return line;
-        }
-    }
-    panic!("the process ended before logging {needle:?}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_in_flight_pages_finish_and_exits_zero() {
@@ -59,26 +44,13 @@ async fn sigterm_lets_in_flight_pages_finish_and_exits_zero() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("esi-proxy starts");
-    let stderr = child.stderr.take().expect("piped");
-    let (line_tx, mut line_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    // Log lines are read on a thread; the test waits on them, never on sleeps.
-    let reader = std::thread::spawn(move || {
-        let mut lines = BufReader::new(stderr).lines();
-        let listening = wait_for_line(&mut lines, "listening");
-        let _ = line_tx.send(listening);
-        let draining = wait_for_line(&mut lines, "shutting down");
-        let _ = line_tx.send(draining);
-        lines.map_while(Result::ok).collect::<Vec<_>>()
-    });
-    let listening = tokio::time::timeout(MUST, line_rx.recv())
-        .await
-        .expect("starts")
-        .expect("line");
-    let addr = listening
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .expect("the log names the address")
-        .to_owned();
+    let mut log = lines(child.stderr.take().expect("piped"));
+    let addr = wait_for_line(&mut log, "the listening address", |line| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .map(str::to_owned)
+    })
+    .await;
 
     let resp = client()
         .get(format!("http://{addr}/page"))
@@ -98,10 +70,10 @@ async fn sigterm_lets_in_flight_pages_finish_and_exits_zero() {
         .status()
         .expect("kill runs");
     assert!(status.success());
-    tokio::time::timeout(MUST, line_rx.recv())
-        .await
-        .expect("drains")
-        .expect("line");
+    wait_for_line(&mut log, "shutting down", |line| {
+        line.contains("shutting down").then_some(())
+    })
+    .await;
     let refused = tokio::net::TcpStream::connect(&addr).await;
     assert!(refused.is_err(), "no new connections once shutting down");
 
@@ -119,7 +91,11 @@ async fn sigterm_lets_in_flight_pages_finish_and_exits_zero() {
         .expect("joined")
         .expect("waits");
     assert!(exit.success(), "exit status {exit:?}");
-    let tail = reader.join().expect("reader");
+    // The pipe closes when the process exits, so this ends.
+    let mut tail = Vec::new();
+    while let Some(line) = log.recv().await {
+        tail.push(line);
+    }
     assert!(tail.iter().any(|l| l.contains("drained")), "{tail:?}");
     assert!(
         tail.iter()
@@ -137,22 +113,13 @@ async fn demo_starts_with_no_setup_serves_the_page_and_stops_on_ctrl_c() {
         .stderr(Stdio::null())
         .spawn()
         .expect("esi-proxy demo starts");
-    let stdout = child.stdout.take().expect("piped");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let url = loop {
-        let line = tokio::time::timeout(MUST, rx.recv())
-            .await
-            .expect("prints the URL")
-            .expect("line");
-        if let Some(url) = line.trim().strip_prefix("open") {
-            break url.trim().to_owned();
-        }
-    };
+    let mut out = lines(child.stdout.take().expect("piped"));
+    let url = wait_for_line(&mut out, "the URL to open", |line| {
+        line.trim()
+            .strip_prefix("open")
+            .map(|u| u.trim().to_owned())
+    })
+    .await;
     let page = client()
         .get(&url)
         .send()

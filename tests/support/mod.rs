@@ -287,3 +287,40 @@ pub fn brotli(data: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// The lines a child process writes to `pipe`, read on a thread of their own so a test can
+/// wait on them (never on sleeps).
+pub fn lines(
+    pipe: impl std::io::Read + Send + 'static,
+) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits (up to 20 s) for the first line from which `find` takes a value; `what` names it in
+/// the failure message.
+pub async fn wait_for_line<T>(
+    lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    what: &str,
+    find: impl Fn(&str) -> Option<T>,
+) -> T {
+    let wait = async {
+        while let Some(line) = lines.recv().await {
+            if let Some(found) = find(&line) {
+                return found;
+            }
+        }
+        panic!("the process ended before printing {what}");
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), wait)
+        .await
+        .unwrap_or_else(|_| panic!("no {what} within 20 s"))
+}

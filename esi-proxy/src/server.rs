@@ -56,6 +56,8 @@ struct Runtime {
     composer: Arc<Composer>,
     policy: Arc<CachePolicy>,
     origin: BaseUrl,
+    /// `origin` as a URL, made once: every request's page URL is joined onto it.
+    origin_url: url::Url,
 }
 
 /// The outcome of config reloads so far, for `/_esi/health` and the metrics.
@@ -263,12 +265,14 @@ fn build_runtime(
         Arc::clone(metrics),
     );
     let origin = client.origin().clone();
+    let origin_url = origin.to_url();
     Ok(Runtime {
         config,
         client,
         composer,
         policy,
         origin,
+        origin_url,
     })
 }
 
@@ -630,7 +634,7 @@ async fn forward(
         vars,
         body,
     } = out;
-    let Ok(page_url) = rt.origin.to_url().join(&path_and_query) else {
+    let Ok(page_url) = rt.origin_url.join(&path_and_query) else {
         return (
             "proxy",
             Err(Error::Refused(
@@ -1105,8 +1109,7 @@ fn purge(state: &AppState, rt: &Runtime, req: &Request<Incoming>) -> Result<Resp
         ));
     };
     let absolute = if value.starts_with('/') {
-        rt.origin
-            .to_url()
+        rt.origin_url
             .join(&value)
             .map(|u| u.to_string())
             .map_err(|_| {

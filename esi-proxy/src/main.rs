@@ -32,9 +32,10 @@ enum Command {
     /// Start the demo shop: ~120 fragments from a few dozen services, a gateway and the proxy,
     /// all on loopback, with no setup; prints the URL to open.
     Demo {
-        /// Address for the proxy. Default: 127.0.0.1:8080.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: String,
+        /// Address for the proxy. Default: 127.0.0.1:8080, or a free loopback port when 8080
+        /// is taken (the URL printed is the one to open).
+        #[arg(long)]
+        listen: Option<String>,
     },
     /// Run the proxy in front of an origin (flags override the config file).
     Serve {
@@ -70,7 +71,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Demo { listen } => demo(&listen),
+        Command::Demo { listen } => demo(listen.as_deref()),
         Command::Serve {
             config,
             listen,
@@ -161,7 +162,7 @@ fn serve(file: Option<PathBuf>, overrides: Overrides, json_logs: bool) -> anyhow
 
 /// Runs the demo until Ctrl-C: the services and the gateway from the `fragments` crate, the
 /// proxy in front with the services allowlisted and trusted (they are the shop's own).
-fn demo(listen: &str) -> anyhow::Result<ExitCode> {
+fn demo(listen: Option<&str>) -> anyhow::Result<ExitCode> {
     telemetry::init_tracing(false, "info")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -170,8 +171,9 @@ fn demo(listen: &str) -> anyhow::Result<ExitCode> {
         let shop = fragments::demo::Demo::start(fragments::demo::DemoConfig::default())
             .await
             .context("starting the demo services")?;
+        let listener = bind_demo(listen).await?;
         let mut config = Config::default();
-        config.server.listen = listen.to_owned();
+        config.server.listen = listener.local_addr()?.to_string();
         config.server.origin = format!("http://{}", shop.gateway);
         for url in shop.service_urls() {
             config.fetch.hosts.push(esi_proxy::config::HostConfig {
@@ -181,14 +183,6 @@ fn demo(listen: &str) -> anyhow::Result<ExitCode> {
             });
         }
         config.validate_source("<demo>", None)?;
-        let listener = tokio::net::TcpListener::bind(&config.server.listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "listening on {} (choose another with --listen)",
-                    config.server.listen
-                )
-            })?;
         let addr = listener.local_addr()?;
         let metrics = Arc::new(telemetry::Metrics::new());
         let state = server::AppState::new(config, Arc::new(fetch::SystemLookup), metrics)?;
@@ -209,6 +203,24 @@ fn demo(listen: &str) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The demo's listener: `--listen` exactly as given; without it 127.0.0.1:8080, or any free
+/// loopback port when 8080 is taken, so the first command of the README works on any machine.
+async fn bind_demo(listen: Option<&str>) -> anyhow::Result<tokio::net::TcpListener> {
+    const DEFAULT: &str = "127.0.0.1:8080";
+    if let Some(addr) = listen {
+        return tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr} (choose another with --listen)"));
+    }
+    match tokio::net::TcpListener::bind(DEFAULT).await {
+        Ok(listener) => Ok(listener),
+        Err(e) => {
+            eprintln!("esi-proxy demo: {DEFAULT} is not free ({e}); using another loopback port");
+            Ok(tokio::net::TcpListener::bind("127.0.0.1:0").await?)
+        }
+    }
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

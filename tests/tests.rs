@@ -11,6 +11,7 @@ mod fetch;
 mod lint_cli;
 mod proxy;
 mod proxy_limits;
+mod readme;
 mod reload;
 mod shutdown;
 mod support;

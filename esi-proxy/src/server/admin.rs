@@ -11,6 +11,7 @@ use http::header;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use serde::Serialize;
 
 use crate::compose::Trace;
 
@@ -19,7 +20,39 @@ use super::error::Error;
 use super::proxy::{forward, Outgoing};
 use super::state::Runtime;
 use super::waterfall::PageReport;
-use super::AppState;
+use super::{AppState, ReloadStatus};
+
+/// The body of `GET /_esi/health`.
+#[derive(Debug, Serialize)]
+struct Health<'a> {
+    /// Always "ok": the server answers.
+    status: &'static str,
+    uptime_seconds: u64,
+    /// The origin in force.
+    origin: String,
+    config: HealthConfig<'a>,
+}
+
+/// The reload part of `/_esi/health`.
+#[derive(Debug, Serialize)]
+struct HealthConfig<'a> {
+    /// Configs applied since start.
+    generation: u64,
+    /// "ok", or "failed" while the last reload's error stands.
+    last_reload: &'static str,
+    /// That error, naming file, line and field; `null` after a success.
+    error: Option<&'a str>,
+}
+
+/// The body of `POST /_esi/purge`: the target, under the name it was given as.
+#[derive(Debug, Serialize)]
+struct Purged<'a> {
+    purged: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prefix: Option<&'a str>,
+}
 
 /// Serves one request under `/_esi/`.
 pub(super) async fn serve(
@@ -31,19 +64,11 @@ pub(super) async fn serve(
     match (req.method().clone(), req.uri().path()) {
         (Method::GET | Method::HEAD, "/_esi/health") => {
             let reload = state.reload_status();
-            let error = reload
-                .last_error
-                .as_deref()
-                .map_or("null".to_owned(), json_string);
-            let body = format!(
-                "{{\"status\":\"ok\",\"uptime_seconds\":{},\"origin\":{},\"config\":{{\"generation\":{},\"last_reload\":\"{}\",\"error\":{}}}}}\n",
+            Ok(json(&Health::new(
                 state.started.elapsed().as_secs(),
-                json_string(&rt.origin.to_string()),
-                reload.generation,
-                if reload.last_error.is_some() { "failed" } else { "ok" },
-                error,
-            );
-            Ok(with_type(full(body), "application/json"))
+                rt.origin.to_string(),
+                &reload,
+            )))
         }
         (Method::GET | Method::HEAD, "/_esi/metrics") => {
             authorize(&rt, &req, remote)?;
@@ -127,12 +152,12 @@ fn purge(state: &AppState, rt: &Runtime, req: &Request<Incoming>) -> Result<Resp
         1,
     );
     tracing::info!(%kind, target = %absolute, "cache purged");
-    let body = format!(
-        "{{\"purged\":{},\"{kind}\":{}}}\n",
-        "true",
-        json_string(&absolute)
-    );
-    Ok(with_type(full(body), "application/json"))
+    let target = Some(absolute.as_str());
+    Ok(json(&Purged {
+        purged: true,
+        url: target.filter(|_| kind == "url"),
+        prefix: target.filter(|_| kind == "prefix"),
+    }))
 }
 
 /// `GET /_esi/debug/<path>[?query][&format=json]` composes `<path>` as the client would get
@@ -209,20 +234,33 @@ async fn debug_page(
     }
 }
 
-/// A JSON string literal.
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+/// A JSON response: `value` on one line.
+fn json(value: &impl Serialize) -> Response<Body> {
+    let mut body =
+        serde_json::to_vec(value).expect("structs of strings and numbers always serialize");
+    body.push(b'\n');
+    with_type(full(body), "application/json")
+}
+
+// === impl Health ===
+
+impl<'a> Health<'a> {
+    fn new(uptime_seconds: u64, origin: String, reload: &'a ReloadStatus) -> Self {
+        Health {
+            status: "ok",
+            uptime_seconds,
+            origin,
+            config: HealthConfig {
+                generation: reload.generation,
+                last_reload: if reload.last_error.is_some() {
+                    "failed"
+                } else {
+                    "ok"
+                },
+                error: reload.last_error.as_deref(),
+            },
         }
     }
-    out.push('"');
-    out
 }
 
 /// Admin endpoints that reveal or change state need `Authorization: Bearer <admin_token>`;
@@ -256,4 +294,50 @@ fn authorize_token(rt: &Runtime, req: &Request<Incoming>) -> Result<(), Error> {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_json_keeps_its_fields_and_order() {
+        let ok = ReloadStatus::default();
+        let failed = ReloadStatus {
+            generation: 3,
+            last_error: Some("a.toml:2: \"x\" \\ bad\nnext".into()),
+        };
+        let cases = [
+            (
+                &ok,
+                r#"{"status":"ok","uptime_seconds":7,"origin":"http://o.test:81/","config":{"generation":0,"last_reload":"ok","error":null}}"#,
+            ),
+            (
+                &failed,
+                r#"{"status":"ok","uptime_seconds":7,"origin":"http://o.test:81/","config":{"generation":3,"last_reload":"failed","error":"a.toml:2: \"x\" \\ bad\nnext"}}"#,
+            ),
+        ];
+        for (reload, want) in cases {
+            let health = Health::new(7, "http://o.test:81/".into(), reload);
+            let got = serde_json::to_string(&health).expect("serializes");
+            assert_eq!(got, want, "{reload:?}");
+        }
+    }
+
+    #[test]
+    fn purge_json_names_the_target_as_given() {
+        let cases = [
+            ("url", r#"{"purged":true,"url":"http://o.test/a"}"#),
+            ("prefix", r#"{"purged":true,"prefix":"http://o.test/a"}"#),
+        ];
+        for (kind, want) in cases {
+            let target = Some("http://o.test/a");
+            let purged = Purged {
+                purged: true,
+                url: target.filter(|_| kind == "url"),
+                prefix: target.filter(|_| kind == "prefix"),
+            };
+            assert_eq!(serde_json::to_string(&purged).expect("serializes"), want);
+        }
+    }
 }

@@ -62,10 +62,10 @@ pub struct ComposeConfig {
 
 /// Runs pages: owns the fragment source, the process-wide fetch limit and the metrics.
 pub struct Composer {
-    pub(super) fetcher: Arc<dyn Fetcher>,
-    pub(super) config: ComposeConfig,
-    pub(super) global: Arc<Semaphore>,
-    pub(super) metrics: Arc<Metrics>,
+    fetcher: Arc<dyn Fetcher>,
+    config: ComposeConfig,
+    global: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
 }
 
 /// One page request: where its layout came from and what the client sent.
@@ -116,22 +116,22 @@ pub struct Failure {
 }
 
 /// Per-page state shared by all of the page's fetch tasks.
-pub(super) struct PageState {
-    pub(super) composer: Arc<Composer>,
-    pub(super) page: Page,
-    pub(super) deadline: tokio::time::Instant,
-    pub(super) local: Semaphore,
-    pub(super) includes: AtomicUsize,
+struct PageState {
+    composer: Arc<Composer>,
+    page: Page,
+    deadline: tokio::time::Instant,
+    local: Semaphore,
+    includes: AtomicUsize,
 }
 
 /// Where a document sits: its URL, the URLs of the documents that include it, its depth.
 #[derive(Debug, Clone)]
-pub(super) struct DocContext {
-    pub(super) base: Url,
-    pub(super) ancestors: Vec<Url>,
-    pub(super) depth: usize,
+struct DocContext {
+    base: Url,
+    ancestors: Vec<Url>,
+    depth: usize,
     /// The trace row of the fetch that brought this document (None: the layout).
-    pub(super) record: Option<usize>,
+    record: Option<usize>,
 }
 
 // === impl ComposeConfig ===
@@ -257,7 +257,7 @@ pub type OnParsed = Box<dyn FnOnce(Template, usize) + Send>;
 // === impl PageState ===
 
 impl PageState {
-    pub(super) fn elapsed_ms(&self) -> f64 {
+    fn elapsed_ms(&self) -> f64 {
         self.page.started.elapsed().as_secs_f64() * 1000.0
     }
 }

@@ -13,7 +13,7 @@ use crate::esi::Node;
 
 use super::include::include;
 use super::stream::Slot;
-use super::{DocContext, Failure, PageState};
+use super::{DocContext, Failure, Fallback, PageState};
 
 /// Runs a streamed `esi:try`: the attempt's slots are already in flight; if one fails, the
 /// except branch is composed instead.
@@ -42,8 +42,7 @@ pub(super) async fn run_try(
         None => Ok(concat(parts)),
         Some(f) => {
             tracing::info!(failure = %f, "esi:attempt failed, using esi:except");
-            state.composer.metrics.record_fallback("except");
-            state.trace_fallback(Some(&f), "except");
+            state.record_fallback(Fallback::Except, Some(&f));
             compose_nodes(state, &except, doc, in_try).await.map(concat)
         }
     }
@@ -73,8 +72,7 @@ pub(super) fn compose_nodes<'a>(
                         Ok(parts) => Ok(parts),
                         Err(f) => {
                             tracing::info!(failure = %f, "esi:attempt failed, using esi:except");
-                            state.composer.metrics.record_fallback("except");
-                            state.trace_fallback(Some(&f), "except");
+                            state.record_fallback(Fallback::Except, Some(&f));
                             compose_nodes(state, except, doc, in_try).await
                         }
                     }

@@ -19,7 +19,7 @@ use crate::esi::{self, Include, OnError};
 use crate::fetch::{FetchError, FragmentRequest};
 
 use super::buffered::{compose_nodes, concat};
-use super::{DocContext, ErrorPolicy, Failure, PageState};
+use super::{DocContext, ErrorPolicy, Failure, Fallback, PageState};
 
 /// One include with its fallbacks: `src`, then `alt`, then `onerror="continue"`; then, outside
 /// an attempt, the policy.
@@ -46,8 +46,7 @@ pub(super) fn include<'a>(
                 match fetch_fragment(state, src, inc, i > 0, doc).await {
                     Ok(body) => {
                         if i > 0 {
-                            metrics.record_fallback("alt");
-                            state.trace_fallback(last.as_ref(), "alt");
+                            state.record_fallback(Fallback::Alt, last.as_ref());
                         }
                         return Ok(body);
                     }
@@ -60,8 +59,7 @@ pub(super) fn include<'a>(
         }
         let failure = last.expect("an include fails only after an attempt or the limit");
         if inc.onerror == OnError::Continue {
-            metrics.record_fallback("continue");
-            state.trace_fallback(Some(&failure), "continue");
+            state.record_fallback(Fallback::Continue, Some(&failure));
             return Ok(Bytes::new());
         }
         if in_try {
@@ -69,13 +67,11 @@ pub(super) fn include<'a>(
         }
         match cfg.on_error {
             ErrorPolicy::Empty => {
-                metrics.record_fallback("empty");
-                state.trace_fallback(Some(&failure), "empty");
+                state.record_fallback(Fallback::Empty, Some(&failure));
                 Ok(Bytes::new())
             }
             ErrorPolicy::Fail => {
-                metrics.record_fallback("abort");
-                state.trace_fallback(Some(&failure), "abort");
+                state.record_fallback(Fallback::Abort, Some(&failure));
                 Err(failure)
             }
         }

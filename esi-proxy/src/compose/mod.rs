@@ -251,13 +251,69 @@ impl Composer {
     }
 }
 
+/// What took a failed include's place. Its name is a metrics label
+/// (`esi_proxy_fallbacks_total{kind}`) and a waterfall column, so the names never change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fallback {
+    /// The include's `alt`.
+    Alt,
+    /// `onerror="continue"`: an empty slot.
+    Continue,
+    /// The enclosing `esi:try`'s except branch.
+    Except,
+    /// Policy `empty`: an empty slot.
+    Empty,
+    /// Policy `fail`: the page fails.
+    Abort,
+}
+
 /// Receives a layout parsed while it streamed, with its size in bytes.
 pub type OnParsed = Box<dyn FnOnce(Template, usize) + Send>;
+
+// === impl Fallback ===
+
+impl Fallback {
+    /// The name in metrics labels and the waterfall.
+    fn as_str(self) -> &'static str {
+        match self {
+            Fallback::Alt => "alt",
+            Fallback::Continue => "continue",
+            Fallback::Except => "except",
+            Fallback::Empty => "empty",
+            Fallback::Abort => "abort",
+        }
+    }
+}
 
 // === impl PageState ===
 
 impl PageState {
     fn elapsed_ms(&self) -> f64 {
         self.page.started.elapsed().as_secs_f64() * 1000.0
+    }
+
+    /// Counts a fallback and notes it on the trace row of the fetch whose place it took.
+    fn record_fallback(&self, kind: Fallback, failure: Option<&Failure>) {
+        self.composer.metrics.record_fallback(kind.as_str());
+        self.trace_fallback(failure, kind);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallback_names() {
+        let cases = [
+            (Fallback::Alt, "alt"),
+            (Fallback::Continue, "continue"),
+            (Fallback::Except, "except"),
+            (Fallback::Empty, "empty"),
+            (Fallback::Abort, "abort"),
+        ];
+        for (kind, want) in cases {
+            assert_eq!(kind.as_str(), want, "{kind:?}");
+        }
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::esi;
 
-use super::{DocContext, Failure, PageState};
+use super::{DocContext, Failure, Fallback, PageState};
 
 /// The build record of one page, for `/_esi/debug`: the layout and one row per fetch.
 #[derive(Debug, Default)]
@@ -159,9 +159,9 @@ impl PageState {
     }
 
     /// Notes on the failed fetch's row which fallback took its place.
-    pub(super) fn trace_fallback(&self, failure: Option<&Failure>, kind: &str) {
+    pub(super) fn trace_fallback(&self, failure: Option<&Failure>, kind: Fallback) {
         if let Some(id) = failure.and_then(|f| f.record) {
-            self.trace_update(id, |r| r.fallback = Some(kind.to_owned()));
+            self.trace_update(id, |r| r.fallback = Some(kind.as_str().to_owned()));
         }
     }
 }

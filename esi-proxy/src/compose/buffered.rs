@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::future::{try_join_all, BoxFuture, FutureExt};
 
 use crate::esi::ast::choose_branch;
@@ -12,7 +12,7 @@ use crate::esi::vars::render_html;
 use crate::esi::Node;
 
 use super::include::include;
-use super::stream::Slot;
+use super::stream::{concat, Slot};
 use super::{DocContext, Failure, Fallback, PageState};
 
 /// Runs a streamed `esi:try`: the attempt's slots are already in flight; if one fails, the
@@ -41,11 +41,16 @@ pub(super) async fn run_try(
     match failure {
         None => Ok(concat(parts)),
         Some(f) => {
-            tracing::info!(failure = %f, "esi:attempt failed, using esi:except");
-            state.record_fallback(Fallback::Except, Some(&f));
+            fall_back_to_except(state, &f);
             compose_nodes(state, &except, doc, in_try).await.map(concat)
         }
     }
+}
+
+/// Logs and counts an attempt that failed; its except branch is composed in its place.
+fn fall_back_to_except(state: &PageState, failure: &Failure) {
+    tracing::info!(failure = %failure, "esi:attempt failed, using esi:except");
+    state.record_fallback(Fallback::Except, Some(failure));
 }
 
 /// Composes a buffered document (an except branch, an ESI fragment): every include starts at
@@ -58,53 +63,41 @@ pub(super) fn compose_nodes<'a>(
 ) -> BoxFuture<'a, Result<Vec<Bytes>, Failure>> {
     async move {
         let cfg = &state.composer.config;
-        let parts = nodes.iter().map(|node| -> BoxFuture<'a, Result<Vec<Bytes>, Failure>> {
-            match node {
-                Node::Text(b) => futures::future::ready(Ok(vec![b.clone()])).boxed(),
-                Node::Vars(segments) => {
-                    let mut out = Vec::new();
-                    render_html(segments, &state.page.vars, &cfg.vars, &mut out);
-                    futures::future::ready(Ok(vec![Bytes::from(out)])).boxed()
-                }
-                Node::Include(inc) => include(state, inc, doc, in_try).map(|r| r.map(|b| vec![b])).boxed(),
-                Node::Try { attempt, except } => async move {
-                    match compose_nodes(state, attempt, doc, true).await {
-                        Ok(parts) => Ok(parts),
-                        Err(f) => {
-                            tracing::info!(failure = %f, "esi:attempt failed, using esi:except");
-                            state.record_fallback(Fallback::Except, Some(&f));
-                            compose_nodes(state, except, doc, in_try).await
+        let parts = nodes
+            .iter()
+            .map(|node| -> BoxFuture<'a, Result<Vec<Bytes>, Failure>> {
+                match node {
+                    Node::Text(b) => futures::future::ready(Ok(vec![b.clone()])).boxed(),
+                    Node::Vars(segments) => {
+                        let mut out = Vec::new();
+                        render_html(segments, &state.page.vars, &cfg.vars, &mut out);
+                        futures::future::ready(Ok(vec![Bytes::from(out)])).boxed()
+                    }
+                    Node::Include(inc) => include(state, inc, doc, in_try)
+                        .map(|r| r.map(|b| vec![b]))
+                        .boxed(),
+                    Node::Try { attempt, except } => async move {
+                        match compose_nodes(state, attempt, doc, true).await {
+                            Ok(parts) => Ok(parts),
+                            Err(f) => {
+                                fall_back_to_except(state, &f);
+                                compose_nodes(state, except, doc, in_try).await
+                            }
                         }
                     }
-                }
-                .boxed(),
-                Node::Choose { whens, otherwise } => {
-                    match choose_branch(whens, otherwise.as_ref(), &state.page.vars, &cfg.vars) {
-                        Some(branch) => compose_nodes(state, branch, doc, in_try),
-                        None => futures::future::ready(Ok(Vec::new())).boxed(),
+                    .boxed(),
+                    Node::Choose { whens, otherwise } => {
+                        match choose_branch(whens, otherwise.as_ref(), &state.page.vars, &cfg.vars)
+                        {
+                            Some(branch) => compose_nodes(state, branch, doc, in_try),
+                            None => futures::future::ready(Ok(Vec::new())).boxed(),
+                        }
                     }
+                    Node::Inline { body, .. } => compose_nodes(state, body, doc, in_try),
                 }
-                Node::Inline { body, .. } => compose_nodes(state, body, doc, in_try),
-            }
-        });
+            });
         let parts = try_join_all(parts).await?;
         Ok(parts.into_iter().flatten().collect())
     }
     .boxed()
-}
-
-/// Joins parts into one `Bytes`, without a copy when there is only one.
-pub(super) fn concat(mut parts: Vec<Bytes>) -> Bytes {
-    parts.retain(|p| !p.is_empty());
-    match parts.len() {
-        0 => Bytes::new(),
-        1 => parts.pop().expect("one part"),
-        _ => {
-            let mut out = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
-            for p in parts {
-                out.extend_from_slice(&p);
-            }
-            out.freeze()
-        }
-    }
 }

@@ -18,7 +18,8 @@ use crate::esi::vars::render_url;
 use crate::esi::{self, Include, OnError};
 use crate::fetch::{FetchError, FragmentRequest};
 
-use super::buffered::{compose_nodes, concat};
+use super::buffered::compose_nodes;
+use super::stream::concat;
 use super::{DocContext, ErrorPolicy, Failure, Fallback, PageState};
 
 /// One include with its fallbacks: `src`, then `alt`, then `onerror="continue"`; then, outside

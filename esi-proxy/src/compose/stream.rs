@@ -485,6 +485,12 @@ fn concat_batch(parts: &mut Vec<Bytes>) -> Bytes {
     }
 }
 
+/// Joins parts into one `Bytes`, without a copy when there is only one.
+pub(super) fn concat(mut parts: Vec<Bytes>) -> Bytes {
+    parts.retain(|p| !p.is_empty());
+    concat_batch(&mut parts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,6 +507,14 @@ mod tests {
             let mut batch = parts(input);
             assert_eq!(concat_batch(&mut batch), want.as_bytes(), "{input:?}");
             assert!(batch.is_empty(), "{input:?}: the batch is left empty");
+        }
+        let cases: &[(&[&str], &str)] = &[
+            (&["", ""], ""),
+            (&["", "one", ""], "one"),
+            (&["a", "", "b"], "ab"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(concat(parts(input)), want.as_bytes(), "{input:?}");
         }
     }
 }

@@ -2,6 +2,8 @@
 //! row per fragment fetch, written by the composer as fetches start and end.
 //! Records only: reading them into a report is the waterfall's.
 
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
 use crate::esi;
 
 use super::{DocContext, Failure, Fallback, PageState};
@@ -9,9 +11,9 @@ use super::{DocContext, Failure, Fallback, PageState};
 /// The build record of one page, for `/_esi/debug`: the layout and one row per fetch.
 #[derive(Debug, Default)]
 pub struct Trace {
-    records: std::sync::Mutex<Vec<FetchRecord>>,
-    layout: std::sync::Mutex<Option<LayoutRecord>>,
-    layout_done_ms: std::sync::Mutex<Option<f64>>,
+    records: Mutex<Vec<FetchRecord>>,
+    layout: Mutex<Option<LayoutRecord>>,
+    layout_done_ms: Mutex<Option<f64>>,
 }
 
 /// The layout fetch of a traced page, times in milliseconds from the page's start.
@@ -76,42 +78,27 @@ pub struct FetchRecord {
 impl Trace {
     /// The rows recorded so far, in the order the fetches started.
     pub fn records(&self) -> Vec<FetchRecord> {
-        self.records
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        lock(&self.records).clone()
     }
 
     /// Records the layout fetch.
     pub fn set_layout(&self, layout: LayoutRecord) {
-        *self
-            .layout
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(layout);
+        *lock(&self.layout) = Some(layout);
     }
 
     /// The layout fetch, once recorded.
     pub fn layout(&self) -> Option<LayoutRecord> {
-        self.layout
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        lock(&self.layout).clone()
     }
 
     /// When the whole layout body had arrived and was parsed.
     pub fn layout_done_ms(&self) -> Option<f64> {
-        *self
-            .layout_done_ms
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        *lock(&self.layout_done_ms)
     }
 
     /// Records when the whole layout body had arrived and was parsed.
     pub(super) fn set_layout_done_ms(&self, ms: f64) {
-        *self
-            .layout_done_ms
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ms);
+        *lock(&self.layout_done_ms) = Some(ms);
     }
 }
 
@@ -127,10 +114,7 @@ impl PageState {
         alt: bool,
     ) -> Option<usize> {
         let trace = self.page.trace.as_ref()?;
-        let mut records = trace
-            .records
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut records = lock(&trace.records);
         let id = records.len();
         records.push(FetchRecord {
             id,
@@ -148,10 +132,7 @@ impl PageState {
 
     pub(super) fn trace_update(&self, id: usize, update: impl FnOnce(&mut FetchRecord)) {
         if let Some(trace) = &self.page.trace {
-            let mut records = trace
-                .records
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut records = lock(&trace.records);
             if let Some(r) = records.get_mut(id) {
                 update(r);
             }
@@ -164,4 +145,10 @@ impl PageState {
             self.trace_update(id, |r| r.fallback = Some(kind.as_str().to_owned()));
         }
     }
+}
+
+/// A guard that survives poisoning: a trace is plain data, whole after any panic, and a debug
+/// page should show what it has.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -97,6 +97,13 @@ pub(super) async fn serve(
 /// `POST /_esi/purge?url=U` drops every cached variant of `U`; `?prefix=P` drops every entry
 /// whose URL starts with `P`. A relative `U`/`P` is taken on the origin. Both caches.
 fn purge(state: &AppState, rt: &Runtime, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
+    let one_target = || {
+        Error::Refused(
+            "purge takes exactly one of url= or prefix=",
+            StatusCode::BAD_REQUEST,
+        )
+    };
+    let invalid = || Error::Refused("purge target is not a valid URL", StatusCode::BAD_REQUEST);
     let query = req.uri().query().unwrap_or("");
     let mut target = None;
     for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
@@ -104,27 +111,17 @@ fn purge(state: &AppState, rt: &Runtime, req: &Request<Incoming>) -> Result<Resp
             "url" | "prefix" if target.is_none() => {
                 target = Some((key.into_owned(), value.into_owned()))
             }
-            _ => {
-                return Err(Error::Refused(
-                    "purge takes exactly one of url= or prefix=",
-                    StatusCode::BAD_REQUEST,
-                ))
-            }
+            _ => return Err(one_target()),
         }
     }
     let Some((kind, value)) = target else {
-        return Err(Error::Refused(
-            "purge takes exactly one of url= or prefix=",
-            StatusCode::BAD_REQUEST,
-        ));
+        return Err(one_target());
     };
     let absolute = if value.starts_with('/') {
         rt.origin_url
             .join(&value)
             .map(|u| u.to_string())
-            .map_err(|_| {
-                Error::Refused("purge target is not a valid URL", StatusCode::BAD_REQUEST)
-            })?
+            .map_err(|_| invalid())?
     } else {
         url::Url::parse(&value)
             .map(|u| {
@@ -134,9 +131,7 @@ fn purge(state: &AppState, rt: &Runtime, req: &Request<Incoming>) -> Result<Resp
                     u.to_string()
                 }
             })
-            .map_err(|_| {
-                Error::Refused("purge target is not a valid URL", StatusCode::BAD_REQUEST)
-            })?
+            .map_err(|_| invalid())?
     };
     if kind == "url" {
         state.fragment_cache.purge_url(&absolute);

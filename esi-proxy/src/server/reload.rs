@@ -46,37 +46,30 @@ impl AppState {
             .reload
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (label, failed) = match result {
+            Ok(()) => ("ok", 0.0),
+            Err(_) => ("error", 1.0),
+        };
+        self.metrics.inc_counter(
+            "esi_proxy_config_reloads_total",
+            "Config reloads, by result.",
+            Some(("result", label)),
+            1,
+        );
+        self.metrics.set_gauge(
+            "esi_proxy_config_reload_failed",
+            "1 while the last config reload failed.",
+            failed,
+        );
         match result {
             Ok(()) => {
                 status.generation += 1;
                 status.last_error = None;
-                self.metrics.inc_counter(
-                    "esi_proxy_config_reloads_total",
-                    "Config reloads, by result.",
-                    Some(("result", "ok")),
-                    1,
-                );
-                self.metrics.set_gauge(
-                    "esi_proxy_config_reload_failed",
-                    "1 while the last config reload failed.",
-                    0.0,
-                );
                 tracing::info!(path = %path.display(), generation = status.generation, "config reloaded");
                 Ok(status.generation)
             }
             Err(e) => {
                 status.last_error = Some(e.clone());
-                self.metrics.inc_counter(
-                    "esi_proxy_config_reloads_total",
-                    "Config reloads, by result.",
-                    Some(("result", "error")),
-                    1,
-                );
-                self.metrics.set_gauge(
-                    "esi_proxy_config_reload_failed",
-                    "1 while the last config reload failed.",
-                    1.0,
-                );
                 tracing::error!(path = %path.display(), error = %e, "config reload refused; the previous config stays in force");
                 Err(e)
             }

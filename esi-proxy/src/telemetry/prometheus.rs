@@ -97,35 +97,24 @@ impl Metrics {
         blocks.push((FRAGMENT_DURATION, durations));
         blocks.push((FRAGMENT_BYTES, bytes));
 
-        let mut text = header(
+        blocks.push(counter_family(
             FRAGMENT_FAILURES,
             "Fragment fetches that failed, by failure kind.",
-            "counter",
-        );
-        for (kind, n) in snapshot(&self.failures, load) {
-            sample(&mut text, FRAGMENT_FAILURES, &[("kind", kind.as_str())], n)?;
-        }
-        blocks.push((FRAGMENT_FAILURES, text));
-
-        let mut text = header(
+            "kind",
+            snapshot(&self.failures, load),
+        )?);
+        blocks.push(counter_family(
             FALLBACKS,
             "Fallbacks used in place of a fragment, by kind.",
-            "counter",
-        );
-        for (kind, n) in snapshot(&self.fallbacks, load) {
-            sample(&mut text, FALLBACKS, &[("kind", kind)], n)?;
-        }
-        blocks.push((FALLBACKS, text));
-
-        let mut text = header(
+            "kind",
+            snapshot(&self.fallbacks, load),
+        )?);
+        blocks.push(counter_family(
             RESPONSE_BYTES,
             "Body bytes sent to clients, by route.",
-            "counter",
-        );
-        for (route, n) in snapshot(&self.response_bytes, load) {
-            sample(&mut text, RESPONSE_BYTES, &[("route", route)], n)?;
-        }
-        blocks.push((RESPONSE_BYTES, text));
+            "route",
+            snapshot(&self.response_bytes, load),
+        )?);
 
         let mut text = header(PAGES_IN_FLIGHT, "Pages being composed right now.", "gauge");
         sample(
@@ -191,6 +180,20 @@ fn header(name: &str, help: &str, kind: &str) -> String {
     out.push_str(kind);
     out.push('\n');
     out
+}
+
+/// A counter family with one label: its header, then one sample per `(label value, count)`.
+fn counter_family<V: AsRef<str>>(
+    name: &'static str,
+    help: &str,
+    label: &str,
+    rows: Vec<(V, u64)>,
+) -> Result<(&'static str, String), fmt::Error> {
+    let mut text = header(name, help, "counter");
+    for (value, n) in rows {
+        sample(&mut text, name, &[(label, value.as_ref())], n)?;
+    }
+    Ok((name, text))
 }
 
 /// One sample line: `name{label="value",...} value`.

@@ -1,11 +1,14 @@
-//! The top-level request error and the one place it becomes an HTTP status: upstream failures
+//! The request error and the one place it becomes an HTTP status: upstream failures
 //! are 502/504, bad requests 4xx, our own faults 500. Response bodies never show internals;
-//! details go to the log.
+//! details go to the log. Also why the server could not start or run ([`ServerError`]).
 
-use http::StatusCode;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
 
 use crate::compose::ComposeError;
 use crate::fetch::FetchError;
+
+use super::body::{full, Body};
 
 /// Why a request could not be answered normally.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +31,17 @@ pub enum Error {
     /// Nothing is here.
     #[error("not found")]
     NotFound,
+}
+
+/// Why the server could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The config cannot be used.
+    #[error("config: {0}")]
+    Config(String),
+    /// Accepting connections failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 // === impl Error ===
@@ -58,4 +72,15 @@ impl Error {
             _ => format!("{} {reason}\n", status.as_u16()),
         }
     }
+}
+
+/// The response a client gets for `e`: its status and short public text.
+pub(super) fn error_response(e: &Error) -> Response<Body> {
+    let mut response = Response::new(full(e.public_message()));
+    *response.status_mut() = e.status();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }

@@ -151,6 +151,22 @@ fn ms(v: f64) -> String {
     format!("{v:.1} ms")
 }
 
+/// The style of a cache column: a hit, or anything else.
+fn cache_class(cache: Option<&str>) -> &'static str {
+    if cache == Some("hit") {
+        "hit"
+    } else {
+        "miss"
+    }
+}
+
+/// A cached entry's TTL and what set it, e.g. `60s (s-maxage)`; empty when not cached.
+fn ttl_text(ttl_s: Option<f64>, source: Option<&str>) -> String {
+    ttl_s.map_or(String::new(), |t| {
+        format!("{t:.0}s ({})", source.unwrap_or(""))
+    })
+}
+
 impl PageReport {
     /// The report as an HTML page: totals, then the layout and every fetch as bars on one time
     /// axis, nested fetches indented under their parent, the critical path highlighted.
@@ -168,14 +184,8 @@ impl PageReport {
                 status: layout.status.to_string(),
                 bytes: String::new(),
                 cache: layout.cache.clone().unwrap_or_default(),
-                cache_class: if layout.cache.as_deref() == Some("hit") {
-                    "hit"
-                } else {
-                    "miss"
-                },
-                ttl: layout.ttl_s.map_or(String::new(), |t| {
-                    format!("{t:.0}s ({})", layout.ttl_source.as_deref().unwrap_or(""))
-                }),
+                cache_class: cache_class(layout.cache.as_deref()),
+                ttl: ttl_text(layout.ttl_s, layout.ttl_source.as_deref()),
                 fallback: String::new(),
                 error: String::new(),
                 span: format!("0.0–{end:.1}"),
@@ -206,11 +216,9 @@ impl PageReport {
                 url: r.url.clone(),
                 status: r.status.map_or_else(|| "–".to_owned(), |s| s.to_string()),
                 bytes: r.bytes.to_string(),
-                cache_class: if cache == "hit" { "hit" } else { "miss" },
+                cache_class: cache_class(Some(&cache)),
                 cache,
-                ttl: r.ttl_s.map_or(String::new(), |t| {
-                    format!("{t:.0}s ({})", r.ttl_source.as_deref().unwrap_or(""))
-                }),
+                ttl: ttl_text(r.ttl_s, r.ttl_source.as_deref()),
                 fallback: r.fallback.clone().unwrap_or_default(),
                 error: if failed {
                     format!("{}: {}", r.outcome, r.error.as_deref().unwrap_or(""))

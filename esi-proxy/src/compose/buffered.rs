@@ -1,0 +1,103 @@
+//! Composition of buffered documents: a streamed `esi:try` awaited whole (its except branch
+//! composed when the attempt fails), and the body of an ESI fragment or an except branch, every
+//! include started at once and the output kept in order.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::{try_join_all, BoxFuture, FutureExt};
+
+use crate::esi::ast::choose_branch;
+use crate::esi::vars::render_html;
+use crate::esi::Node;
+
+use super::include::include;
+use super::stream::{concat, Slot};
+use super::{DocContext, Failure, Fallback, PageState};
+
+/// Runs a streamed `esi:try`: the attempt's slots are already in flight; if one fails, the
+/// except branch is composed instead.
+pub(super) async fn run_try(
+    state: &Arc<PageState>,
+    attempt: Vec<Slot>,
+    except: Vec<Node>,
+    doc: &DocContext,
+    in_try: bool,
+) -> Result<Bytes, Failure> {
+    let mut parts = Vec::with_capacity(attempt.len());
+    let mut failure = None;
+    for slot in attempt {
+        match slot {
+            Slot::Ready(b) => parts.push(b),
+            Slot::Pending(mut task) => match task.join().await {
+                Ok(b) => parts.push(b),
+                Err(f) => {
+                    failure = Some(f);
+                    break;
+                }
+            },
+        }
+    }
+    match failure {
+        None => Ok(concat(parts)),
+        Some(f) => {
+            fall_back_to_except(state, &f);
+            compose_nodes(state, &except, doc, in_try).await.map(concat)
+        }
+    }
+}
+
+/// Logs and counts an attempt that failed; its except branch is composed in its place.
+fn fall_back_to_except(state: &PageState, failure: &Failure) {
+    tracing::info!(failure = %failure, "esi:attempt failed, using esi:except");
+    state.record_fallback(Fallback::Except, Some(failure));
+}
+
+/// Composes a buffered document (an except branch, an ESI fragment): every include starts at
+/// once; output is kept in order.
+pub(super) fn compose_nodes<'a>(
+    state: &'a Arc<PageState>,
+    nodes: &'a [Node],
+    doc: &'a DocContext,
+    in_try: bool,
+) -> BoxFuture<'a, Result<Vec<Bytes>, Failure>> {
+    async move {
+        let cfg = &state.composer.config;
+        let parts = nodes
+            .iter()
+            .map(|node| -> BoxFuture<'a, Result<Vec<Bytes>, Failure>> {
+                match node {
+                    Node::Text(b) => futures::future::ready(Ok(vec![b.clone()])).boxed(),
+                    Node::Vars(segments) => {
+                        let mut out = Vec::new();
+                        render_html(segments, &state.page.vars, &cfg.vars, &mut out);
+                        futures::future::ready(Ok(vec![Bytes::from(out)])).boxed()
+                    }
+                    Node::Include(inc) => include(state, inc, doc, in_try)
+                        .map(|r| r.map(|b| vec![b]))
+                        .boxed(),
+                    Node::Try { attempt, except } => async move {
+                        match compose_nodes(state, attempt, doc, true).await {
+                            Ok(parts) => Ok(parts),
+                            Err(f) => {
+                                fall_back_to_except(state, &f);
+                                compose_nodes(state, except, doc, in_try).await
+                            }
+                        }
+                    }
+                    .boxed(),
+                    Node::Choose { whens, otherwise } => {
+                        match choose_branch(whens, otherwise.as_ref(), &state.page.vars, &cfg.vars)
+                        {
+                            Some(branch) => compose_nodes(state, branch, doc, in_try),
+                            None => futures::future::ready(Ok(Vec::new())).boxed(),
+                        }
+                    }
+                    Node::Inline { body, .. } => compose_nodes(state, body, doc, in_try),
+                }
+            });
+        let parts = try_join_all(parts).await?;
+        Ok(parts.into_iter().flatten().collect())
+    }
+    .boxed()
+}

@@ -1,0 +1,330 @@
+//! One include: its `src` fetched (then its `alt`), refused on a loop or past the include limit,
+//! bounded by the page's deadline and fetch permits, composed in turn when the fragment is ESI
+//! (up to the depth), and on failure its fallback: `onerror="continue"`, or the page's policy.
+//! Records metrics and trace rows; never writes page output.
+
+use std::borrow::Cow;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt};
+use tokio::sync::{Semaphore, SemaphorePermit, TryAcquireError};
+use tracing::Instrument;
+use url::{Position, Url};
+
+use crate::esi::vars::render_url;
+use crate::esi::{self, Include, OnError};
+use crate::fetch::{FetchError, FragmentRequest};
+
+use super::buffered::compose_nodes;
+use super::stream::concat;
+use super::{DocContext, ErrorPolicy, Failure, Fallback, PageState};
+
+/// One include with its fallbacks: `src`, then `alt`, then `onerror="continue"`; then, outside
+/// an attempt, the policy.
+pub(super) fn include<'a>(
+    state: &'a Arc<PageState>,
+    inc: &'a Include,
+    doc: &'a DocContext,
+    in_try: bool,
+) -> BoxFuture<'a, Result<Bytes, Failure>> {
+    async move {
+        let cfg = &state.composer.config;
+        let metrics = &state.composer.metrics;
+        let mut last = None;
+        if state.includes.fetch_add(1, Ordering::Relaxed) >= cfg.max_includes {
+            metrics.record_fragment("", "limit", 0.0, 0);
+            last = Some(Failure {
+                url: inc.src.to_string(),
+                kind: "limit",
+                message: format!("more than {} includes in the page", cfg.max_includes),
+                record: None,
+            });
+        } else {
+            for (i, src) in std::iter::once(&inc.src).chain(inc.alt.as_ref()).enumerate() {
+                match fetch_fragment(state, src, inc, i > 0, doc).await {
+                    Ok(body) => {
+                        if i > 0 {
+                            state.record_fallback(Fallback::Alt, last.as_ref());
+                        }
+                        return Ok(body);
+                    }
+                    Err(f) => {
+                        tracing::warn!(failure = %f, alt = i > 0, line = inc.line, "include failed");
+                        last = Some(f);
+                    }
+                }
+            }
+        }
+        let failure = last.expect("an include fails only after an attempt or the limit");
+        if inc.onerror == OnError::Continue {
+            state.record_fallback(Fallback::Continue, Some(&failure));
+            return Ok(Bytes::new());
+        }
+        if in_try {
+            return Err(failure);
+        }
+        match cfg.on_error {
+            ErrorPolicy::Empty => {
+                state.record_fallback(Fallback::Empty, Some(&failure));
+                Ok(Bytes::new())
+            }
+            ErrorPolicy::Fail => {
+                state.record_fallback(Fallback::Abort, Some(&failure));
+                Err(failure)
+            }
+        }
+    }
+    .boxed()
+}
+
+/// Fetches one URL of an include, composing it if it is ESI itself; traced when the page is.
+async fn fetch_fragment(
+    state: &Arc<PageState>,
+    src: &esi::VarString,
+    inc: &Include,
+    alt: bool,
+    doc: &DocContext,
+) -> Result<Bytes, Failure> {
+    let record = state.trace_start(doc, src, inc.line, alt);
+    let result = fetch_one(state, src, inc.maxwait_ms, doc, record).await;
+    if let Some(id) = record {
+        state.trace_update(id, |r| {
+            r.end_ms = state.elapsed_ms();
+            match &result {
+                Ok(body) => r.bytes = r.bytes.max(body.len()),
+                Err(f) => {
+                    f.kind.clone_into(&mut r.outcome);
+                    r.error = Some(f.message.clone());
+                }
+            }
+        });
+    }
+    result
+}
+
+async fn fetch_one(
+    state: &Arc<PageState>,
+    src: &esi::VarString,
+    maxwait_ms: Option<u64>,
+    doc: &DocContext,
+    record: Option<usize>,
+) -> Result<Bytes, Failure> {
+    let composer = &state.composer;
+    let cfg = &composer.config;
+    let fail = |url: &str, kind: &'static str, message: String| Failure {
+        url: url.to_owned(),
+        kind,
+        message,
+        record,
+    };
+    let rendered = render_url(src, &state.page.vars, &cfg.vars)
+        .map_err(|e| fail(&src.to_string(), "url", e.to_string()))?;
+    let url = doc
+        .base
+        .join(&rendered)
+        .map_err(|e| fail(&rendered, "url", e.to_string()))?;
+    if let Some(id) = record {
+        state.trace_update(id, |r| url.as_str().clone_into(&mut r.url));
+    }
+    let host = host_label(&url);
+    let refused = if doc.ancestors.contains(&url) {
+        Some(fail(
+            url.as_str(),
+            "loop",
+            "includes itself or a document that includes it".into(),
+        ))
+    } else {
+        composer
+            .fetcher
+            .check(&url)
+            .err()
+            .map(|e| fetch_failure(url.as_str(), &e, record))
+    };
+    if let Some(f) = refused {
+        composer.metrics.record_fragment(&host, f.kind, 0.0, 0);
+        return Err(f);
+    }
+    let started = Instant::now();
+    // Debug level: at the default `info` filter the span costs next to nothing per fragment
+    // (failures are logged as warnings on their own).
+    let span = tracing::debug_span!(
+        "fragment",
+        url = %url,
+        depth = doc.depth,
+        status = tracing::field::Empty,
+        cache = tracing::field::Empty,
+        ms = tracing::field::Empty,
+    );
+    let result = async {
+        let timeout_err = || fail(url.as_str(), "timeout", "page deadline passed".into());
+        let _local = acquire_by(&state.local, state.deadline)
+            .await
+            .ok_or_else(timeout_err)?;
+        let _global = acquire_by(&composer.global, state.deadline)
+            .await
+            .ok_or_else(timeout_err)?;
+        let remaining = state
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now());
+        let own = maxwait_ms.map_or(cfg.fragment_timeout, Duration::from_millis);
+        let timeout = own.min(remaining);
+        if timeout.is_zero() {
+            return Err(timeout_err());
+        }
+        let request = FragmentRequest {
+            url: url.clone(),
+            client_headers: Arc::clone(&state.page.client_headers),
+            timeout,
+        };
+        composer
+            .fetcher
+            .fetch(request)
+            .await
+            .map_err(|e| fetch_failure(url.as_str(), &e, record))
+    }
+    .instrument(span.clone())
+    .await;
+    let seconds = started.elapsed().as_secs_f64();
+    span.record("ms", seconds * 1000.0);
+    let fragment = match result {
+        Ok(f) => {
+            span.record("status", f.status.as_u16());
+            if let Some(cache) = &f.cache {
+                span.record("cache", cache.status);
+            }
+            if let Some(id) = record {
+                state.trace_update(id, |r| {
+                    r.status = Some(f.status.as_u16());
+                    r.bytes = f.body.len();
+                    r.esi = f.is_esi();
+                    if let Some(c) = &f.cache {
+                        r.cache = Some(c.status.to_owned());
+                        r.ttl_s = c.ttl.map(|t| t.as_secs_f64());
+                        r.ttl_source.clone_from(&c.source);
+                    }
+                });
+            }
+            composer
+                .metrics
+                .record_fragment(&host, "ok", seconds, f.body.len());
+            f
+        }
+        Err(f) => {
+            composer.metrics.record_fragment(&host, f.kind, seconds, 0);
+            return Err(f);
+        }
+    };
+    if !fragment.is_esi() {
+        return Ok(fragment.body);
+    }
+    if doc.depth + 1 > cfg.max_depth {
+        return Err(fail(
+            url.as_str(),
+            "depth",
+            format!("ESI nested deeper than {}", cfg.max_depth),
+        ));
+    }
+    // A cached ESI fragment is parsed once per cache entry; lenient parsing never fails.
+    let parse = || {
+        let template = esi::parse(fragment.body.clone(), &cfg.parse).unwrap_or_default();
+        if template.problem_count > 0 {
+            composer
+                .metrics
+                .add_esi_problems(template.problem_count as u64);
+        }
+        Arc::new(template)
+    };
+    let template = match &fragment.parsed {
+        Some(slot) => Arc::clone(slot.get_or_init(parse)),
+        None => parse(),
+    };
+    let mut ancestors = doc.ancestors.clone();
+    ancestors.push(url.clone());
+    let child = DocContext {
+        base: url,
+        ancestors,
+        depth: doc.depth + 1,
+        record,
+    };
+    let parts = compose_nodes(state, &template.nodes, &child, false).await?;
+    let total: usize = parts.iter().map(Bytes::len).sum();
+    if total > cfg.max_page_bytes {
+        return Err(fail(
+            child.base.as_str(),
+            "too_large",
+            format!("composed fragment over {} bytes", cfg.max_page_bytes),
+        ));
+    }
+    Ok(concat(parts))
+}
+
+/// The metrics label of a fragment's host: `host:port`, the port explicit or the scheme's.
+/// Borrowed from the URL when it spells the port out.
+fn host_label(url: &Url) -> Cow<'_, str> {
+    match url.port() {
+        Some(_) => Cow::Borrowed(&url[Position::BeforeHost..Position::AfterPort]),
+        None => Cow::Owned(format!(
+            "{}:{}",
+            url.host_str().unwrap_or(""),
+            url.port_or_known_default().unwrap_or(0)
+        )),
+    }
+}
+
+/// Waits for a permit from `semaphore` until `deadline`; `None` when the deadline passes
+/// first. The deadline's timer is only set up when there is a wait. A closed semaphore (these
+/// never are) lets the fetch go ahead without a permit.
+async fn acquire_by(
+    semaphore: &Semaphore,
+    deadline: tokio::time::Instant,
+) -> Option<Option<SemaphorePermit<'_>>> {
+    match semaphore.try_acquire() {
+        Ok(permit) => Some(Some(permit)),
+        Err(TryAcquireError::Closed) => Some(None),
+        Err(TryAcquireError::NoPermits) => tokio::time::timeout_at(deadline, semaphore.acquire())
+            .await
+            .ok()
+            .map(Result::ok),
+    }
+}
+
+fn fetch_failure(url: &str, e: &FetchError, record: Option<usize>) -> Failure {
+    Failure {
+        url: url.to_owned(),
+        kind: e.kind(),
+        message: e.to_string(),
+        record,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_labels() {
+        let cases: &[(&str, &str)] = &[
+            ("http://a.test:8080/f", "a.test:8080"),
+            ("http://a.test/f", "a.test:80"),
+            ("http://a.test:80/f", "a.test:80"),
+            ("https://a.test/f?q", "a.test:443"),
+            ("http://127.0.0.1:18081/frag/3?d=12", "127.0.0.1:18081"),
+            ("http://[::1]:9000/", "[::1]:9000"),
+            ("http://[::1]/", "[::1]:80"),
+        ];
+        for (url, want) in cases {
+            let url = Url::parse(url).expect("test URLs parse");
+            let label = host_label(&url);
+            let old_form = format!(
+                "{}:{}",
+                url.host_str().unwrap_or(""),
+                url.port_or_known_default().unwrap_or(0)
+            );
+            assert_eq!(label, *want, "url: {url}");
+            assert_eq!(label, old_form, "url: {url}");
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! Composition of one page. This file holds the contract: [`Composer`], [`Page`],
+//! [`ComposeConfig`] and the errors; `stream` emits the page in document order as each part is
+//! ready, `include` runs one include and its fallbacks, `buffered` composes whole documents, and
+//! `trace` records the build. Knows no sockets: fragments come from a [`Fetcher`].
+
+mod buffered;
+mod include;
+mod stream;
+mod trace;
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::Stream;
+use http::HeaderMap;
+use tokio::sync::{mpsc, Semaphore};
+use tracing::Instrument;
+use url::Url;
+
+use crate::config::Config;
+use crate::esi::{self, CookieAccess, ParseOptions, Template, VarPolicy};
+use crate::fetch::Fetcher;
+use crate::telemetry::Metrics;
+
+pub use trace::{FetchRecord, LayoutRecord, Trace};
+
+use stream::{Driver, Source};
+
+/// What an include that fails with no fallback yields outside `esi:try`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorPolicy {
+    /// An empty slot, logged and counted.
+    Empty,
+    /// The page fails: 502 if nothing was sent yet, else the connection is aborted.
+    Fail,
+}
+
+/// The limits and policies composition runs under, taken from [`Config`].
+#[derive(Debug, Clone)]
+pub struct ComposeConfig {
+    /// How deep fragments that are ESI themselves are composed.
+    pub max_depth: usize,
+    /// Most includes per page, nested ones included.
+    pub max_includes: usize,
+    /// Policy for failed includes with no fallback.
+    pub on_error: ErrorPolicy,
+    /// Deadline per fragment unless the tag sets `maxwait`.
+    pub fragment_timeout: Duration,
+    /// Deadline for the whole page.
+    pub page_timeout: Duration,
+    /// Largest composed page.
+    pub max_page_bytes: usize,
+    /// Most fetches in flight for one page.
+    pub max_concurrent_per_page: usize,
+    /// Parser settings (lenient) for layouts and ESI fragments.
+    pub parse: ParseOptions,
+    /// What variables may read and how they are escaped.
+    pub vars: VarPolicy,
+}
+
+/// Runs pages: owns the fragment source, the process-wide fetch limit and the metrics.
+pub struct Composer {
+    fetcher: Arc<dyn Fetcher>,
+    config: ComposeConfig,
+    global: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+/// One page request: where its layout came from and what the client sent.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// The layout's URL: relative `src` resolve against it.
+    pub url: Url,
+    /// Values for ESI variables.
+    pub vars: esi::Request,
+    /// The client's request headers (with the proxy's X-Forwarded-*), for fragment requests.
+    pub client_headers: Arc<HeaderMap>,
+    /// When the page started (its deadline counts from here).
+    pub started: Instant,
+    /// Where to record every fetch for the page-build waterfall; `None` records nothing.
+    pub trace: Option<Arc<Trace>>,
+}
+
+/// Why a page could not be completed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ComposeError {
+    /// Reading the layout body failed.
+    #[error("layout body: {0}")]
+    Layout(String),
+    /// The layout did not finish before the page deadline.
+    #[error("layout not complete within {0:?}")]
+    LayoutTimeout(Duration),
+    /// An include failed with no fallback and the policy is `fail`.
+    #[error("required include failed: {0}")]
+    Required(Failure),
+    /// The page grew past `max_page_bytes`.
+    #[error("page over {0} bytes")]
+    PageTooLarge(usize),
+}
+
+/// Why one include produced nothing.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{url}: {kind}: {message}")]
+pub struct Failure {
+    /// The URL that failed last (the `alt` when there was one).
+    pub url: String,
+    /// Failure kind, as in metrics: a [`crate::fetch::FetchError::kind`], or "loop", "limit",
+    /// "depth", "url".
+    pub kind: &'static str,
+    /// Details for the log.
+    pub message: String,
+    /// The trace row of the fetch that failed, when the page is traced.
+    pub record: Option<usize>,
+}
+
+/// Per-page state shared by all of the page's fetch tasks.
+struct PageState {
+    composer: Arc<Composer>,
+    page: Page,
+    deadline: tokio::time::Instant,
+    local: Semaphore,
+    includes: AtomicUsize,
+}
+
+/// Where a document sits: its URL, the URLs of the documents that include it, its depth.
+#[derive(Debug, Clone)]
+struct DocContext {
+    base: Url,
+    ancestors: Vec<Url>,
+    depth: usize,
+    /// The trace row of the fetch that brought this document (None: the layout).
+    record: Option<usize>,
+}
+
+// === impl ComposeConfig ===
+
+impl ComposeConfig {
+    /// Composition settings from a validated config.
+    pub fn from_config(config: &Config) -> Self {
+        let e = &config.esi;
+        let cookies = if e.cookie_names.iter().any(|n| n == "*") {
+            CookieAccess::All
+        } else {
+            CookieAccess::Only(e.cookie_names.clone())
+        };
+        Self {
+            max_depth: e.max_depth,
+            max_includes: e.max_includes,
+            on_error: if e.on_error == "fail" {
+                ErrorPolicy::Fail
+            } else {
+                ErrorPolicy::Empty
+            },
+            fragment_timeout: Duration::from_millis(config.fetch.fragment_timeout_ms),
+            page_timeout: Duration::from_millis(config.fetch.page_timeout_ms),
+            max_page_bytes: config.fetch.max_page_bytes,
+            max_concurrent_per_page: config.fetch.max_concurrent_per_page,
+            parse: ParseOptions {
+                max_depth: e.max_nesting,
+                ..ParseOptions::default()
+            },
+            vars: VarPolicy {
+                cookies,
+                whole_cookie_header: e.expose_cookie_header,
+                raw_output: e.raw_vars,
+            },
+        }
+    }
+}
+
+// === impl Composer ===
+
+impl Composer {
+    /// A composer fetching from `fetcher`, with at most `max_concurrent` fetches in flight
+    /// process-wide.
+    pub fn new(
+        fetcher: Arc<dyn Fetcher>,
+        config: ComposeConfig,
+        max_concurrent: usize,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            fetcher,
+            config,
+            global: Arc::new(Semaphore::new(max_concurrent)),
+            metrics,
+        })
+    }
+
+    /// The settings this composer runs under.
+    pub fn config(&self) -> &ComposeConfig {
+        &self.config
+    }
+
+    /// Composes a page whose layout body arrives as `layout` (already decoded). Returns the
+    /// page body in document order; an `Err` item means the page cannot be completed and the
+    /// response must be aborted. Dropping the receiver stops the page and all its fetches.
+    /// When `on_parsed` is given, it receives the parsed layout and its size once the layout
+    /// has arrived whole (to cache it).
+    pub fn compose<S>(
+        self: &Arc<Self>,
+        page: Page,
+        layout: S,
+        on_parsed: Option<OnParsed>,
+    ) -> mpsc::Receiver<Result<Bytes, ComposeError>>
+    where
+        S: Stream<Item = Result<Bytes, String>> + Send + Unpin + 'static,
+    {
+        self.start(page, Source::Stream(layout, on_parsed))
+    }
+
+    /// Composes a page from a layout parsed earlier (a layout cache hit): no upstream request
+    /// and no parse for the layout itself.
+    pub fn compose_parsed(
+        self: &Arc<Self>,
+        page: Page,
+        template: Arc<Template>,
+    ) -> mpsc::Receiver<Result<Bytes, ComposeError>> {
+        self.start::<futures::stream::Empty<Result<Bytes, String>>>(page, Source::Parsed(template))
+    }
+
+    fn start<S>(
+        self: &Arc<Self>,
+        page: Page,
+        source: Source<S>,
+    ) -> mpsc::Receiver<Result<Bytes, ComposeError>>
+    where
+        S: Stream<Item = Result<Bytes, String>> + Send + Unpin + 'static,
+    {
+        let (tx, rx) = mpsc::channel(16);
+        let deadline = tokio::time::Instant::from_std(page.started + self.config.page_timeout);
+        let doc = Arc::new(DocContext {
+            base: page.url.clone(),
+            ancestors: vec![page.url.clone()],
+            depth: 0,
+            record: None,
+        });
+        let state = Arc::new(PageState {
+            composer: Arc::clone(self),
+            page,
+            deadline,
+            local: Semaphore::new(self.config.max_concurrent_per_page),
+            includes: AtomicUsize::new(0),
+        });
+        let driver = Driver::new(state, doc);
+        let span = tracing::Span::current();
+        tokio::spawn(driver.run(source, tx).instrument(span));
+        rx
+    }
+}
+
+/// What took a failed include's place. Its name is a metrics label
+/// (`esi_proxy_fallbacks_total{kind}`) and a waterfall column, so the names never change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fallback {
+    /// The include's `alt`.
+    Alt,
+    /// `onerror="continue"`: an empty slot.
+    Continue,
+    /// The enclosing `esi:try`'s except branch.
+    Except,
+    /// Policy `empty`: an empty slot.
+    Empty,
+    /// Policy `fail`: the page fails.
+    Abort,
+}
+
+/// Receives a layout parsed while it streamed, with its size in bytes.
+pub type OnParsed = Box<dyn FnOnce(Template, usize) + Send>;
+
+// === impl Fallback ===
+
+impl Fallback {
+    /// The name in metrics labels and the waterfall.
+    fn as_str(self) -> &'static str {
+        match self {
+            Fallback::Alt => "alt",
+            Fallback::Continue => "continue",
+            Fallback::Except => "except",
+            Fallback::Empty => "empty",
+            Fallback::Abort => "abort",
+        }
+    }
+}
+
+// === impl PageState ===
+
+impl PageState {
+    fn elapsed_ms(&self) -> f64 {
+        self.page.started.elapsed().as_secs_f64() * 1000.0
+    }
+
+    /// Counts a fallback and notes it on the trace row of the fetch whose place it took.
+    fn record_fallback(&self, kind: Fallback, failure: Option<&Failure>) {
+        self.composer.metrics.record_fallback(kind.as_str());
+        self.trace_fallback(failure, kind);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallback_names() {
+        let cases = [
+            (Fallback::Alt, "alt"),
+            (Fallback::Continue, "continue"),
+            (Fallback::Except, "except"),
+            (Fallback::Empty, "empty"),
+            (Fallback::Abort, "abort"),
+        ];
+        for (kind, want) in cases {
+            assert_eq!(kind.as_str(), want, "{kind:?}");
+        }
+    }
+}

@@ -1,0 +1,520 @@
+//! The in-order output of one page: the `Driver` feeds the streamed (or cached, parsed) layout to
+//! the parser, turns each event into a slot (ready bytes, or a spawned fetch aborted on drop),
+//! tracks open try/choose blocks, and sends the ready front of the page in batches.
+//! Fetches nothing itself: an include is `include`'s, a whole `esi:try` is `buffered`'s.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::esi::parse::TemplateBuilder;
+use crate::esi::vars::render_html;
+use crate::esi::{Event, Node, Parser, Template};
+
+use super::buffered::run_try;
+use super::include::include;
+use super::{ComposeError, DocContext, Failure, OnParsed, PageState};
+
+/// Ready parts at the front of the page are sent as one chunk up to about this size, so a large
+/// ready run still streams in pieces rather than in one copy.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+/// A spawned task that is aborted when dropped, so a page's fetches stop with the page.
+pub(super) struct Task<T>(JoinHandle<T>);
+
+/// One piece of output in document order.
+pub(super) enum Slot {
+    Ready(Bytes),
+    Pending(Task<Result<Bytes, Failure>>),
+}
+
+/// A block open while the layout streams in.
+enum Frame {
+    Try {
+        attempt: Vec<Slot>,
+        in_attempt: bool,
+        /// The except branch, collected as nodes and rendered only if the attempt fails.
+        except: Vec<Node>,
+        collecting: Option<(TemplateBuilder, usize)>,
+    },
+    Choose {
+        taken: bool,
+    },
+    /// A taken `when`/`otherwise`, or an `inline`: transparent.
+    Transparent,
+}
+
+/// The streaming state of one page.
+pub(super) struct Driver {
+    state: Arc<PageState>,
+    doc: Arc<DocContext>,
+    queue: VecDeque<Slot>,
+    frames: Vec<Frame>,
+    /// While above zero, events belong to a branch that was not taken.
+    skip: usize,
+}
+
+/// Where a page's layout comes from.
+pub(super) enum Source<S> {
+    /// Streamed from the origin, parsed as it arrives.
+    Stream(S, Option<OnParsed>),
+    /// Parsed before.
+    Parsed(Arc<Template>),
+}
+
+/// The events a parsed template stands for, in document order (what the parser emitted).
+fn template_events(nodes: &[Node], out: &mut Vec<Event>) {
+    for node in nodes {
+        match node {
+            Node::Text(b) => out.push(Event::Text(b.clone())),
+            Node::Vars(segments) => out.push(Event::Vars(segments.clone())),
+            Node::Include(inc) => out.push(Event::Include(inc.clone())),
+            Node::Try { attempt, except } => {
+                out.push(Event::TryStart);
+                out.push(Event::AttemptStart);
+                template_events(attempt, out);
+                out.push(Event::AttemptEnd);
+                out.push(Event::ExceptStart);
+                template_events(except, out);
+                out.push(Event::ExceptEnd);
+                out.push(Event::TryEnd);
+            }
+            Node::Choose { whens, otherwise } => {
+                out.push(Event::ChooseStart);
+                for w in whens {
+                    out.push(Event::WhenStart {
+                        test: w.test.clone(),
+                        source: w.source.clone(),
+                    });
+                    template_events(&w.body, out);
+                    out.push(Event::WhenEnd);
+                }
+                if let Some(o) = otherwise {
+                    out.push(Event::OtherwiseStart);
+                    template_events(o, out);
+                    out.push(Event::OtherwiseEnd);
+                }
+                out.push(Event::ChooseEnd);
+            }
+            Node::Inline {
+                name,
+                fetchable,
+                body,
+            } => {
+                out.push(Event::InlineStart {
+                    name: name.clone(),
+                    fetchable: *fetchable,
+                });
+                template_events(body, out);
+                out.push(Event::InlineEnd);
+            }
+        }
+    }
+}
+
+// === impl Driver ===
+
+impl Driver {
+    pub(super) fn new(state: Arc<PageState>, doc: Arc<DocContext>) -> Self {
+        Self {
+            state,
+            doc,
+            queue: VecDeque::new(),
+            frames: Vec::new(),
+            skip: 0,
+        }
+    }
+
+    pub(super) async fn run<S>(
+        mut self,
+        source: Source<S>,
+        tx: mpsc::Sender<Result<Bytes, ComposeError>>,
+    ) where
+        S: Stream<Item = Result<Bytes, String>> + Send + Unpin,
+    {
+        let composer = Arc::clone(&self.state.composer);
+        let cfg = &composer.config;
+        let max_page_bytes = cfg.max_page_bytes;
+        let mut parser = Parser::new(cfg.parse.clone());
+        let mut events = Vec::new();
+        let (mut layout, mut on_parsed, mut layout_done) = match source {
+            Source::Stream(layout, on_parsed) => (Some(layout), on_parsed, false),
+            Source::Parsed(template) => {
+                template_events(&template.nodes, &mut events);
+                (None, None, true)
+            }
+        };
+        // Only built when the layout is to be cached: a copy of the events, cheap (Bytes).
+        let mut keep = on_parsed
+            .as_ref()
+            .map(|_| (TemplateBuilder::default(), 0usize));
+        for event in events.drain(..) {
+            self.handle(event);
+        }
+        let mut current: Option<Task<Result<Bytes, Failure>>> = None;
+        let mut sent = 0usize;
+        let deadline = self.state.deadline;
+        let page_timeout = cfg.page_timeout;
+        // Parts ready at the front, sent as one chunk: one channel message and one body chunk
+        // for what would be several.
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut batch_bytes = 0usize;
+
+        loop {
+            // Send everything that is ready at the front, in order.
+            while current.is_none() {
+                match self.queue.pop_front() {
+                    Some(Slot::Ready(bytes)) => {
+                        if bytes.is_empty() {
+                            continue;
+                        }
+                        sent += bytes.len();
+                        if sent > max_page_bytes {
+                            // What came before the part that crosses the limit still goes out
+                            // first, as it would have one part at a time.
+                            if !batch.is_empty()
+                                && tx.send(Ok(concat_batch(&mut batch))).await.is_err()
+                            {
+                                return;
+                            }
+                            let _ = tx
+                                .send(Err(ComposeError::PageTooLarge(max_page_bytes)))
+                                .await;
+                            return;
+                        }
+                        batch_bytes += bytes.len();
+                        batch.push(bytes);
+                        if batch_bytes >= MAX_BATCH_BYTES {
+                            batch_bytes = 0;
+                            if tx.send(Ok(concat_batch(&mut batch))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Some(Slot::Pending(task)) => current = Some(task),
+                    None => break,
+                }
+            }
+            if !batch.is_empty() {
+                batch_bytes = 0;
+                if tx.send(Ok(concat_batch(&mut batch))).await.is_err() {
+                    return;
+                }
+            }
+            if layout_done && current.is_none() && self.queue.is_empty() {
+                let problems = parser.problem_count();
+                if problems > 0 {
+                    self.state
+                        .composer
+                        .metrics
+                        .add_esi_problems(problems as u64);
+                    tracing::debug!(problems, diagnostics = ?parser.diagnostics(), "lenient ESI problems in layout");
+                }
+                return;
+            }
+            tokio::select! {
+                () = tx.closed() => return,
+                chunk = tokio::time::timeout_at(deadline, next_chunk(&mut layout)), if !layout_done => {
+                    let step = match chunk {
+                        Err(_) => Err(ComposeError::LayoutTimeout(page_timeout)),
+                        Ok(Some(Err(e))) => Err(ComposeError::Layout(e)),
+                        Ok(Some(Ok(bytes))) => {
+                            if let Some((_, size)) = &mut keep {
+                                *size += bytes.len();
+                            }
+                            Ok(parser.feed(bytes, &mut events))
+                        }
+                        Ok(None) => {
+                            layout_done = true;
+                            Ok(parser.finish(&mut events))
+                        }
+                    };
+                    if let Err(e) = step {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                    for event in events.drain(..) {
+                        if let Some((builder, _)) = &mut keep {
+                            builder.push(event.clone());
+                        }
+                        self.handle(event);
+                    }
+                    if layout_done {
+                        if let Some(trace) = &self.state.page.trace {
+                            trace.set_layout_done_ms(self.state.elapsed_ms());
+                        }
+                        if let (Some((builder, size)), Some(store)) = (keep.take(), on_parsed.take()) {
+                            let mut template = builder.finish();
+                            template.problem_count = parser.problem_count();
+                            store(template, size);
+                        }
+                    }
+                }
+                result = async { current.as_mut().expect("guarded by is_some").join().await }, if current.is_some() => {
+                    current = None;
+                    match result {
+                        Ok(bytes) => self.queue.push_front(Slot::Ready(bytes)),
+                        Err(failure) => {
+                            let _ = tx.send(Err(ComposeError::Required(failure))).await;
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether content now lands inside an `esi:attempt`.
+    fn in_attempt(&self) -> bool {
+        self.frames.iter().rev().find_map(|f| match f {
+            Frame::Try { in_attempt, .. } => Some(*in_attempt),
+            _ => None,
+        }) == Some(true)
+    }
+
+    fn push(&mut self, slot: Slot) {
+        for frame in self.frames.iter_mut().rev() {
+            if let Frame::Try {
+                attempt,
+                in_attempt: true,
+                ..
+            } = frame
+            {
+                attempt.push(slot);
+                return;
+            }
+        }
+        self.queue.push_back(slot);
+    }
+
+    fn handle(&mut self, event: Event) {
+        if self.skip > 0 {
+            if is_start(&event) {
+                self.skip += 1;
+            } else if is_end(&event) {
+                self.skip -= 1;
+            }
+            return;
+        }
+        if let Some(Frame::Try {
+            collecting: collecting @ Some(_),
+            except,
+            ..
+        }) = self.frames.last_mut()
+        {
+            let (builder, depth) = collecting.as_mut().expect("matched Some");
+            if is_end(&event) && *depth == 0 {
+                // The `</esi:except>` closing the branch being collected.
+                let (builder, _) = collecting.take().expect("matched Some");
+                *except = builder.finish().nodes;
+                return;
+            }
+            if is_start(&event) {
+                *depth += 1;
+            } else if is_end(&event) {
+                *depth -= 1;
+            }
+            builder.push(event);
+            return;
+        }
+        match event {
+            Event::Text(bytes) => self.push(Slot::Ready(bytes)),
+            Event::Vars(segments) => {
+                let mut out = Vec::new();
+                render_html(
+                    &segments,
+                    &self.state.page.vars,
+                    &self.state.composer.config.vars,
+                    &mut out,
+                );
+                self.push(Slot::Ready(Bytes::from(out)));
+            }
+            Event::Include(inc) => {
+                let in_try = self.in_attempt();
+                let (state, doc) = (Arc::clone(&self.state), Arc::clone(&self.doc));
+                let task = Task::spawn(async move { include(&state, &inc, &doc, in_try).await });
+                self.push(Slot::Pending(task));
+            }
+            Event::TryStart => self.frames.push(Frame::Try {
+                attempt: Vec::new(),
+                in_attempt: false,
+                except: Vec::new(),
+                collecting: None,
+            }),
+            Event::AttemptStart | Event::AttemptEnd => {
+                if let Some(Frame::Try { in_attempt, .. }) = self.frames.last_mut() {
+                    *in_attempt = matches!(event, Event::AttemptStart);
+                }
+            }
+            Event::ExceptStart => {
+                if let Some(Frame::Try { collecting, .. }) = self.frames.last_mut() {
+                    *collecting = Some((TemplateBuilder::default(), 0));
+                }
+            }
+            Event::TryEnd => {
+                if let Some(Frame::Try {
+                    attempt, except, ..
+                }) = self.frames.pop()
+                {
+                    let in_try = self.in_attempt();
+                    let (state, doc) = (Arc::clone(&self.state), Arc::clone(&self.doc));
+                    let task =
+                        Task::spawn(
+                            async move { run_try(&state, attempt, except, &doc, in_try).await },
+                        );
+                    self.push(Slot::Pending(task));
+                }
+            }
+            Event::ChooseStart => self.frames.push(Frame::Choose { taken: false }),
+            Event::WhenStart { test, .. } => {
+                let pass = test.is_some_and(|t| {
+                    t.eval(&self.state.page.vars, &self.state.composer.config.vars)
+                });
+                self.enter_branch(pass);
+            }
+            Event::OtherwiseStart => self.enter_branch(true),
+            Event::InlineStart { .. } => self.frames.push(Frame::Transparent),
+            Event::WhenEnd | Event::OtherwiseEnd | Event::ChooseEnd | Event::InlineEnd => {
+                self.frames.pop();
+            }
+            // Consumed while collecting the except branch.
+            Event::ExceptEnd => {}
+        }
+    }
+
+    /// Opens a `when` (if `pass`) or `otherwise` branch: taken if no earlier branch was.
+    fn enter_branch(&mut self, pass: bool) {
+        let take = match self.frames.last_mut() {
+            Some(Frame::Choose { taken }) if !*taken && pass => {
+                *taken = true;
+                true
+            }
+            _ => false,
+        };
+        if take {
+            self.frames.push(Frame::Transparent);
+        } else {
+            self.skip = 1;
+        }
+    }
+}
+
+/// The next chunk of a streamed layout; a parsed one has none.
+async fn next_chunk<S>(layout: &mut Option<S>) -> Option<Result<Bytes, String>>
+where
+    S: Stream<Item = Result<Bytes, String>> + Unpin,
+{
+    match layout.as_mut() {
+        Some(l) => l.next().await,
+        None => None,
+    }
+}
+
+fn is_start(e: &Event) -> bool {
+    matches!(
+        e,
+        Event::TryStart
+            | Event::AttemptStart
+            | Event::ExceptStart
+            | Event::ChooseStart
+            | Event::WhenStart { .. }
+            | Event::OtherwiseStart
+            | Event::InlineStart { .. }
+    )
+}
+
+fn is_end(e: &Event) -> bool {
+    matches!(
+        e,
+        Event::TryEnd
+            | Event::AttemptEnd
+            | Event::ExceptEnd
+            | Event::ChooseEnd
+            | Event::WhenEnd
+            | Event::OtherwiseEnd
+            | Event::InlineEnd
+    )
+}
+
+// === impl Task ===
+
+impl<T: Send + 'static> Task<T> {
+    pub(super) fn spawn(fut: impl std::future::Future<Output = T> + Send + 'static) -> Self {
+        Task(tokio::spawn(fut.instrument(tracing::Span::current())))
+    }
+}
+
+impl Task<Result<Bytes, Failure>> {
+    pub(super) async fn join(&mut self) -> Result<Bytes, Failure> {
+        match (&mut self.0).await {
+            Ok(result) => result,
+            Err(e) => Err(Failure {
+                url: String::new(),
+                kind: "transport",
+                message: format!("fetch task ended: {e}"),
+                record: None,
+            }),
+        }
+    }
+}
+
+impl<T> Drop for Task<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Joins the parts of a send batch into one `Bytes` (no copy when there is only one), leaving
+/// the batch empty for reuse.
+fn concat_batch(parts: &mut Vec<Bytes>) -> Bytes {
+    match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.pop().expect("one part"),
+        _ => {
+            let mut out = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+            for p in parts.drain(..) {
+                out.extend_from_slice(&p);
+            }
+            out.freeze()
+        }
+    }
+}
+
+/// Joins parts into one `Bytes`, without a copy when there is only one.
+pub(super) fn concat(mut parts: Vec<Bytes>) -> Bytes {
+    parts.retain(|p| !p.is_empty());
+    concat_batch(&mut parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_join_in_order() {
+        let parts = |list: &[&'static str]| -> Vec<Bytes> {
+            list.iter()
+                .map(|p| Bytes::from_static(p.as_bytes()))
+                .collect()
+        };
+        let cases: &[(&[&str], &str)] = &[(&[], ""), (&["one"], "one"), (&["a", "b", "c"], "abc")];
+        for (input, want) in cases {
+            let mut batch = parts(input);
+            assert_eq!(concat_batch(&mut batch), want.as_bytes(), "{input:?}");
+            assert!(batch.is_empty(), "{input:?}: the batch is left empty");
+        }
+        let cases: &[(&[&str], &str)] = &[
+            (&["", ""], ""),
+            (&["", "one", ""], "one"),
+            (&["a", "", "b"], "ab"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(concat(parts(input)), want.as_bytes(), "{input:?}");
+        }
+    }
+}

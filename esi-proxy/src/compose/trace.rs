@@ -1,0 +1,154 @@
+//! The build record of one traced page, for the `/_esi/debug` waterfall: the layout fetch and one
+//! row per fragment fetch, written by the composer as fetches start and end.
+//! Records only: reading them into a report is the waterfall's.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::esi;
+
+use super::{DocContext, Failure, Fallback, PageState};
+
+/// The build record of one page, for `/_esi/debug`: the layout and one row per fetch.
+#[derive(Debug, Default)]
+pub struct Trace {
+    records: Mutex<Vec<FetchRecord>>,
+    layout: Mutex<Option<LayoutRecord>>,
+    layout_done_ms: Mutex<Option<f64>>,
+}
+
+/// The layout fetch of a traced page, times in milliseconds from the page's start.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct LayoutRecord {
+    /// The layout's URL at the origin.
+    pub url: String,
+    /// The origin's status (or the cached one).
+    pub status: u16,
+    /// When the response head arrived (or the cache answered).
+    pub headers_ms: f64,
+    /// "hit" or "miss" when the layout cache was consulted.
+    pub cache: Option<String>,
+    /// The cached layout's TTL in seconds.
+    pub ttl_s: Option<f64>,
+    /// What set that TTL.
+    pub ttl_source: Option<String>,
+}
+
+/// One fragment fetch of a page, times in milliseconds from the page's start.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct FetchRecord {
+    /// Index in the trace.
+    pub id: usize,
+    /// The fetch whose ESI body included this one; `None` for includes in the layout.
+    pub parent: Option<usize>,
+    /// Nesting depth (0: in the layout).
+    pub depth: usize,
+    /// The URL fetched (after variables and resolution), or the `src` when it did not resolve.
+    pub url: String,
+    /// Line of the include tag in its document.
+    pub line: u32,
+    /// Whether this fetch was the include's `alt`.
+    pub alt: bool,
+    /// When the fetch started.
+    pub start_ms: f64,
+    /// When it ended (body received, and composed if it was ESI).
+    pub end_ms: f64,
+    /// HTTP status, when a response came.
+    pub status: Option<u16>,
+    /// Body bytes received.
+    pub bytes: usize,
+    /// What the cache did: "hit", "miss", "stale-while-revalidate", "stale-if-error", "pass".
+    pub cache: Option<String>,
+    /// The cached entry's TTL in seconds.
+    pub ttl_s: Option<f64>,
+    /// What set the TTL (a rule, Surrogate-Control, s-maxage, max-age, the default).
+    pub ttl_source: Option<String>,
+    /// "ok" or the failure kind.
+    pub outcome: String,
+    /// The failure, when there was one.
+    pub error: Option<String>,
+    /// The fallback that replaced this fetch's content: "alt", "continue", "except", "empty",
+    /// "abort".
+    pub fallback: Option<String>,
+    /// Whether the body was ESI and composed in turn.
+    pub esi: bool,
+}
+
+// === impl Trace ===
+
+impl Trace {
+    /// The rows recorded so far, in the order the fetches started.
+    pub fn records(&self) -> Vec<FetchRecord> {
+        lock(&self.records).clone()
+    }
+
+    /// Records the layout fetch.
+    pub fn set_layout(&self, layout: LayoutRecord) {
+        *lock(&self.layout) = Some(layout);
+    }
+
+    /// The layout fetch, once recorded.
+    pub fn layout(&self) -> Option<LayoutRecord> {
+        lock(&self.layout).clone()
+    }
+
+    /// When the whole layout body had arrived and was parsed.
+    pub fn layout_done_ms(&self) -> Option<f64> {
+        *lock(&self.layout_done_ms)
+    }
+
+    /// Records when the whole layout body had arrived and was parsed.
+    pub(super) fn set_layout_done_ms(&self, ms: f64) {
+        *lock(&self.layout_done_ms) = Some(ms);
+    }
+}
+
+// === impl PageState ===
+
+impl PageState {
+    /// Opens a trace row for a fetch, when the page is traced.
+    pub(super) fn trace_start(
+        &self,
+        doc: &DocContext,
+        src: &esi::VarString,
+        line: u32,
+        alt: bool,
+    ) -> Option<usize> {
+        let trace = self.page.trace.as_ref()?;
+        let mut records = lock(&trace.records);
+        let id = records.len();
+        records.push(FetchRecord {
+            id,
+            parent: doc.record,
+            depth: doc.depth,
+            url: src.to_string(),
+            line,
+            alt,
+            start_ms: self.elapsed_ms(),
+            outcome: "ok".into(),
+            ..FetchRecord::default()
+        });
+        Some(id)
+    }
+
+    pub(super) fn trace_update(&self, id: usize, update: impl FnOnce(&mut FetchRecord)) {
+        if let Some(trace) = &self.page.trace {
+            let mut records = lock(&trace.records);
+            if let Some(r) = records.get_mut(id) {
+                update(r);
+            }
+        }
+    }
+
+    /// Notes on the failed fetch's row which fallback took its place.
+    pub(super) fn trace_fallback(&self, failure: Option<&Failure>, kind: Fallback) {
+        if let Some(id) = failure.and_then(|f| f.record) {
+            self.trace_update(id, |r| r.fallback = Some(kind.as_str().to_owned()));
+        }
+    }
+}
+
+/// A guard that survives poisoning: a trace is plain data, whole after any panic, and a debug
+/// page should show what it has.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

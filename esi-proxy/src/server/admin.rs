@@ -1,0 +1,338 @@
+//! The admin endpoints under `/_esi/`: health, Prometheus metrics, purge by URL or prefix, and
+//! the page-build waterfall of `/_esi/debug/<path>`, with the admin-token checks that guard
+//! them. Proxies nothing itself: the waterfall's page is built through the proxy path.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde::Serialize;
+
+use crate::compose::Trace;
+
+use super::body::{full, with_type, Body};
+use super::error::Error;
+use super::proxy::{forward, Outgoing};
+use super::state::Runtime;
+use super::waterfall::PageReport;
+use super::{AppState, ReloadStatus};
+
+/// The body of `GET /_esi/health`.
+#[derive(Debug, Serialize)]
+struct Health<'a> {
+    /// Always "ok": the server answers.
+    status: &'static str,
+    uptime_seconds: u64,
+    /// The origin in force.
+    origin: String,
+    config: HealthConfig<'a>,
+}
+
+/// The reload part of `/_esi/health`.
+#[derive(Debug, Serialize)]
+struct HealthConfig<'a> {
+    /// Configs applied since start.
+    generation: u64,
+    /// "ok", or "failed" while the last reload's error stands.
+    last_reload: &'static str,
+    /// That error, naming file, line and field; `null` after a success.
+    error: Option<&'a str>,
+}
+
+/// The body of `POST /_esi/purge`: the target, under the name it was given as.
+#[derive(Debug, Serialize)]
+struct Purged<'a> {
+    purged: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prefix: Option<&'a str>,
+}
+
+/// Serves one request under `/_esi/`.
+pub(super) async fn serve(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+) -> Result<Response<Body>, Error> {
+    let rt = state.runtime();
+    match (req.method().clone(), req.uri().path()) {
+        (Method::GET | Method::HEAD, "/_esi/health") => {
+            let reload = state.reload_status();
+            Ok(json(&Health::new(
+                state.started.elapsed().as_secs(),
+                rt.origin.to_string(),
+                &reload,
+            )))
+        }
+        (Method::GET | Method::HEAD, "/_esi/metrics") => {
+            authorize(&rt, &req, remote)?;
+            state.fragment_cache.publish_metrics();
+            state.layout_cache.publish_metrics();
+            Ok(with_type(
+                full(state.metrics.render()),
+                "text/plain; version=0.0.4; charset=utf-8",
+            ))
+        }
+        (Method::GET, path) if path.starts_with("/_esi/debug/") => {
+            debug_page(state, req, remote).await
+        }
+        (Method::POST, "/_esi/purge") => {
+            authorize(&rt, &req, remote)?;
+            purge(state, &rt, &req)
+        }
+        (_, "/_esi/health" | "/_esi/metrics" | "/_esi/purge") => Err(Error::Refused(
+            "method not allowed on this endpoint",
+            StatusCode::METHOD_NOT_ALLOWED,
+        )),
+        _ => Err(Error::NotFound),
+    }
+}
+
+/// `POST /_esi/purge?url=U` drops every cached variant of `U`; `?prefix=P` drops every entry
+/// whose URL starts with `P`. A relative `U`/`P` is taken on the origin. Both caches.
+fn purge(state: &AppState, rt: &Runtime, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
+    let one_target = || {
+        Error::Refused(
+            "purge takes exactly one of url= or prefix=",
+            StatusCode::BAD_REQUEST,
+        )
+    };
+    let invalid = || Error::Refused("purge target is not a valid URL", StatusCode::BAD_REQUEST);
+    let query = req.uri().query().unwrap_or("");
+    let mut target = None;
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        match key.as_ref() {
+            "url" | "prefix" if target.is_none() => {
+                target = Some((key.into_owned(), value.into_owned()))
+            }
+            _ => return Err(one_target()),
+        }
+    }
+    let Some((kind, value)) = target else {
+        return Err(one_target());
+    };
+    let absolute = if value.starts_with('/') {
+        rt.origin_url
+            .join(&value)
+            .map(|u| u.to_string())
+            .map_err(|_| invalid())?
+    } else {
+        url::Url::parse(&value)
+            .map(|u| {
+                if kind == "prefix" {
+                    value.clone()
+                } else {
+                    u.to_string()
+                }
+            })
+            .map_err(|_| invalid())?
+    };
+    if kind == "url" {
+        state.fragment_cache.purge_url(&absolute);
+        state.layout_cache.purge_url(&absolute);
+    } else {
+        state.fragment_cache.purge_prefix(&absolute);
+        state.layout_cache.purge_prefix(&absolute);
+    }
+    state.metrics.inc_counter(
+        "esi_proxy_cache_purges_total",
+        "Purge requests, by kind.",
+        Some(("kind", &kind)),
+        1,
+    );
+    tracing::info!(%kind, target = %absolute, "cache purged");
+    let target = Some(absolute.as_str());
+    Ok(json(&Purged {
+        purged: true,
+        url: target.filter(|_| kind == "url"),
+        prefix: target.filter(|_| kind == "prefix"),
+    }))
+}
+
+/// `GET /_esi/debug/<path>[?query][&format=json]` composes `<path>` as the client would get
+/// it (with the client's cookies), records every fetch, and answers with the page-build
+/// waterfall: HTML by default, JSON with `format=json`.
+async fn debug_page(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+) -> Result<Response<Body>, Error> {
+    let rt = state.runtime();
+    let loopback_ok = rt.config.server.debug_from_loopback && remote.ip().is_loopback();
+    if !loopback_ok {
+        authorize_token(&rt, &req)?;
+    }
+    let path = req.uri().path()["/_esi/debug".len()..].to_owned();
+    let mut json = false;
+    // The serializer is not Sync: keep it out of the awaits below.
+    let query = {
+        let mut kept = url::form_urlencoded::Serializer::new(String::new());
+        for (key, value) in url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        {
+            if key == "format" {
+                json = value == "json";
+            } else {
+                kept.append_pair(&key, &value);
+            }
+        }
+        kept.finish()
+    };
+    let target = if query.is_empty() {
+        path
+    } else {
+        format!("{path}?{query}")
+    };
+    let mut out = Outgoing::new(req, remote);
+    out.method = Method::GET;
+    out.path_and_query.clone_from(&target);
+    out.body = reqwest::Body::from(Bytes::new());
+    let trace = Arc::new(Trace::default());
+    let started = Instant::now();
+    let (route, result) = forward(state, out, started, Some(Arc::clone(&trace))).await;
+    let ms = || started.elapsed().as_secs_f64() * 1000.0;
+    let (status, body, mut error) = match result {
+        Ok(response) => (response.status(), Some(response.into_body()), None),
+        Err(e) => (e.status(), None, Some(e.to_string())),
+    };
+    let (mut first, mut bytes) = (None, 0usize);
+    if let Some(mut body) = body {
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => {
+                    if let Some(data) = frame.data_ref() {
+                        first.get_or_insert_with(ms);
+                        bytes += data.len();
+                    }
+                }
+                Err(e) => {
+                    error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+    }
+    let mut report = PageReport::new(target, status.as_u16(), route == "esi", &trace);
+    report.finish(first, ms(), bytes, error);
+    if json {
+        Ok(with_type(full(report.to_json()), "application/json"))
+    } else {
+        Ok(with_type(
+            full(report.to_html()),
+            "text/html; charset=utf-8",
+        ))
+    }
+}
+
+/// A JSON response: `value` on one line.
+fn json(value: &impl Serialize) -> Response<Body> {
+    let mut body =
+        serde_json::to_vec(value).expect("structs of strings and numbers always serialize");
+    body.push(b'\n');
+    with_type(full(body), "application/json")
+}
+
+// === impl Health ===
+
+impl<'a> Health<'a> {
+    fn new(uptime_seconds: u64, origin: String, reload: &'a ReloadStatus) -> Self {
+        Health {
+            status: "ok",
+            uptime_seconds,
+            origin,
+            config: HealthConfig {
+                generation: reload.generation,
+                last_reload: if reload.last_error.is_some() {
+                    "failed"
+                } else {
+                    "ok"
+                },
+                error: reload.last_error.as_deref(),
+            },
+        }
+    }
+}
+
+/// Admin endpoints that reveal or change state need `Authorization: Bearer <admin_token>`;
+/// with no token configured they answer loopback clients only.
+fn authorize(rt: &Runtime, req: &Request<Incoming>, remote: SocketAddr) -> Result<(), Error> {
+    if rt.config.server.admin_token.is_empty() {
+        return if remote.ip().is_loopback() {
+            Ok(())
+        } else {
+            Err(Error::Unauthorized)
+        };
+    }
+    authorize_token(rt, req)
+}
+
+/// Requires `Authorization: Bearer <admin_token>`; with no token configured, nobody has it.
+fn authorize_token(rt: &Runtime, req: &Request<Incoming>) -> Result<(), Error> {
+    let token = &rt.config.server.admin_token;
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !token.is_empty() && constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        Ok(())
+    } else {
+        Err(Error::Unauthorized)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_json_keeps_its_fields_and_order() {
+        let ok = ReloadStatus::default();
+        let failed = ReloadStatus {
+            generation: 3,
+            last_error: Some("a.toml:2: \"x\" \\ bad\nnext".into()),
+        };
+        let cases = [
+            (
+                &ok,
+                r#"{"status":"ok","uptime_seconds":7,"origin":"http://o.test:81/","config":{"generation":0,"last_reload":"ok","error":null}}"#,
+            ),
+            (
+                &failed,
+                r#"{"status":"ok","uptime_seconds":7,"origin":"http://o.test:81/","config":{"generation":3,"last_reload":"failed","error":"a.toml:2: \"x\" \\ bad\nnext"}}"#,
+            ),
+        ];
+        for (reload, want) in cases {
+            let health = Health::new(7, "http://o.test:81/".into(), reload);
+            let got = serde_json::to_string(&health).expect("serializes");
+            assert_eq!(got, want, "{reload:?}");
+        }
+    }
+
+    #[test]
+    fn purge_json_names_the_target_as_given() {
+        let cases = [
+            ("url", r#"{"purged":true,"url":"http://o.test/a"}"#),
+            ("prefix", r#"{"purged":true,"prefix":"http://o.test/a"}"#),
+        ];
+        for (kind, want) in cases {
+            let target = Some("http://o.test/a");
+            let purged = Purged {
+                purged: true,
+                url: target.filter(|_| kind == "url"),
+                prefix: target.filter(|_| kind == "prefix"),
+            };
+            assert_eq!(serde_json::to_string(&purged).expect("serializes"), want);
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Response bodies: the boxed [`Body`] every handler returns, small whole bodies, and the
+//! metered wrapper that records bytes sent, the request's duration and the access log line when
+//! a body ends. Knows no routes beyond the label it is given.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Response};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Frame;
+
+use crate::telemetry::Metrics;
+
+/// A response body: bytes streamed, errors abort the connection.
+pub type Body = BoxBody<Bytes, BoxError>;
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub(super) fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub(super) fn with_type(body: Body, content_type: &'static str) -> Response<Body> {
+    let mut response = Response::new(body);
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// Wraps a response body so bytes sent and the request's duration are recorded when it ends.
+pub(super) fn metered(
+    response: Response<Body>,
+    route: &'static str,
+    started: Instant,
+    metrics: Arc<Metrics>,
+    access: Option<(Method, String)>,
+) -> Response<Body> {
+    let status = response.status().as_u16();
+    response.map(|body| {
+        BodyExt::boxed(Metered {
+            body,
+            route,
+            status,
+            started,
+            metrics,
+            bytes: 0,
+            access,
+        })
+    })
+}
+
+struct Metered {
+    body: Body,
+    route: &'static str,
+    status: u16,
+    started: Instant,
+    metrics: Arc<Metrics>,
+    bytes: u64,
+    /// Method and path for the access log line, when access logging is on.
+    access: Option<(Method, String)>,
+}
+
+impl http_body::Body for Metered {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.bytes += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        if let Some((method, path)) = &self.access {
+            tracing::info!(
+                target: "esi_proxy::access",
+                %method,
+                path = %path,
+                status = self.status,
+                route = self.route,
+                bytes = self.bytes,
+                ms = self.started.elapsed().as_secs_f64() * 1000.0,
+                "request"
+            );
+        }
+        self.metrics.add_bytes_out(self.route, self.bytes);
+        self.metrics.record_request(
+            self.route,
+            self.status,
+            self.started.elapsed().as_secs_f64(),
+        );
+    }
+}

@@ -1,0 +1,389 @@
+//! The request path: a client request refused or taken apart for the origin, the origin's
+//! answer streamed through untouched or, when marked for ESI, composed (a cached parsed layout
+//! skips the origin) and sent once its first part is ready.
+//! Never handles admin routes; the ESI language itself is the composer's.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Body as _, Frame, Incoming};
+
+use crate::compose::{LayoutRecord, OnParsed, Page, Trace};
+use crate::config::Config;
+use crate::esi;
+use crate::telemetry::{server_timing, Metrics};
+
+use super::body::{full, Body, BoxError};
+use super::decode::{capped, decoded};
+use super::error::Error;
+use super::headers::{
+    client_response_headers, composed_headers, origin_headers, SERVER_TIMING, SURROGATE_CONTROL,
+};
+use super::state::Runtime;
+use super::AppState;
+
+/// Refuses what a reverse proxy must not do: tunnels, TRACE, upgrades, forward-proxy requests.
+fn refuse(req: &Request<Incoming>) -> Result<(), Error> {
+    if req.method() == Method::CONNECT {
+        return Err(Error::Refused(
+            "CONNECT is not supported: this is not a forward proxy",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ));
+    }
+    if req.method() == Method::TRACE {
+        return Err(Error::Refused(
+            "TRACE is not supported",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ));
+    }
+    if req.headers().contains_key(header::UPGRADE) {
+        return Err(Error::Refused(
+            "protocol upgrades are not supported",
+            StatusCode::NOT_IMPLEMENTED,
+        ));
+    }
+    if let Some(authority) = req.uri().authority() {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        if !authority.as_str().eq_ignore_ascii_case(host) {
+            return Err(Error::Refused(
+                "absolute-form requests for other hosts are refused: this is not a forward proxy",
+                StatusCode::BAD_REQUEST,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A request on its way to the origin, taken apart from the client's.
+pub(super) struct Outgoing {
+    pub(super) method: Method,
+    pub(super) path_and_query: String,
+    /// The client's headers as the origin gets them (hop-by-hop gone, X-Forwarded-* ours).
+    pub(super) headers: HeaderMap,
+    pub(super) vars: esi::Request,
+    pub(super) body: reqwest::Body,
+}
+
+impl Outgoing {
+    pub(super) fn new(req: Request<Incoming>, remote: SocketAddr) -> Self {
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let headers = origin_headers(&req, remote);
+        let vars = esi_vars(&req);
+        let method = req.method().clone();
+        let body = req.into_body();
+        let body = if body.is_end_stream() {
+            reqwest::Body::from(Bytes::new())
+        } else {
+            reqwest::Body::wrap_stream(body.into_data_stream())
+        };
+        Self {
+            method,
+            path_and_query,
+            headers,
+            vars,
+            body,
+        }
+    }
+}
+
+/// Proxies one request to the origin and composes the response if it is marked for ESI.
+pub(super) async fn serve(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+    started: Instant,
+) -> (&'static str, Result<Response<Body>, Error>) {
+    if let Err(e) = refuse(&req) {
+        return ("proxy", Err(e));
+    }
+    forward(state, Outgoing::new(req, remote), started, None).await
+}
+
+/// Sends a request to the origin (a GET whose parsed layout is cached touches no upstream
+/// for the layout) and composes or passes the response; `trace` records the page's build.
+pub(super) async fn forward(
+    state: &Arc<AppState>,
+    out: Outgoing,
+    started: Instant,
+    trace: Option<Arc<Trace>>,
+) -> (&'static str, Result<Response<Body>, Error>) {
+    let rt = state.runtime();
+    let Outgoing {
+        method,
+        path_and_query,
+        headers,
+        vars,
+        body,
+    } = out;
+    let Ok(page_url) = rt.origin_url.join(&path_and_query) else {
+        return (
+            "proxy",
+            Err(Error::Refused(
+                "request target is not a valid URL",
+                StatusCode::BAD_REQUEST,
+            )),
+        );
+    };
+    let caching = rt.config.cache.enabled && method == Method::GET;
+    if caching {
+        if let Some(hit) = state.layout_cache.get(&rt.policy, &page_url, &headers) {
+            if let Some(t) = &trace {
+                t.set_layout(LayoutRecord {
+                    url: page_url.to_string(),
+                    status: hit.status.as_u16(),
+                    headers_ms: started.elapsed().as_secs_f64() * 1000.0,
+                    cache: Some("hit".into()),
+                    ttl_s: Some(hit.ttl.as_secs_f64()),
+                    ttl_source: Some(hit.source.to_string()),
+                });
+            }
+            let page = Page {
+                url: page_url,
+                vars,
+                client_headers: Arc::new(headers),
+                started,
+                trace,
+            };
+            let rx = rt.composer.compose_parsed(page, Arc::clone(&hit.template));
+            let timing = server_timing(&[("layout", 0.0, Some("cache hit"))]);
+            let headers = composed_headers(&hit.headers);
+            return ("esi", respond(state, rx, hit.status, headers, timing).await);
+        }
+    }
+    let client_headers = Arc::new(headers.clone());
+    let upstream = match rt
+        .client
+        .send_origin(method.clone(), &path_and_query, headers, body)
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return ("proxy", Err(Error::Origin(e))),
+    };
+    let layout_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if let Some(t) = &trace {
+        t.set_layout(LayoutRecord {
+            url: page_url.to_string(),
+            status: upstream.status().as_u16(),
+            headers_ms: layout_ms,
+            cache: caching.then(|| "miss".into()),
+            ttl_s: None,
+            ttl_source: None,
+        });
+    }
+    if !wants_esi(&rt.config, &path_and_query, &upstream) {
+        return ("proxy", Ok(pass_through(upstream, &method)));
+    }
+    if method == Method::HEAD {
+        // The head of what a GET would get: the composed page's headers, no body.
+        let mut response = Response::new(full(Bytes::new()));
+        *response.status_mut() = upstream.status();
+        *response.headers_mut() = composed_headers(upstream.headers());
+        return ("esi", Ok(response));
+    }
+    let page = Page {
+        url: page_url,
+        vars,
+        client_headers,
+        started,
+        trace,
+    };
+    (
+        "esi",
+        compose(state, &rt, upstream, page, layout_ms, caching).await,
+    )
+}
+
+/// Whether a response is composed: marked `Surrogate-Control: content="ESI/1.0"` or on a
+/// configured path; HTML only; not for 1xx, 204 or 304.
+fn wants_esi(config: &Config, path_and_query: &str, resp: &reqwest::Response) -> bool {
+    let status = resp.status();
+    if status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return false;
+    }
+    let html = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let ct = ct.trim_start().to_ascii_lowercase();
+            ct.starts_with("text/html") || ct.starts_with("application/xhtml+xml")
+        });
+    if !html {
+        return false;
+    }
+    let marked = resp.headers().get_all(SURROGATE_CONTROL).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.to_ascii_lowercase()
+                .replace(' ', "")
+                .contains("content=\"esi/1.0\"")
+        })
+    });
+    let path = path_and_query.split('?').next().unwrap_or("/");
+    marked
+        || config
+            .esi
+            .process_paths
+            .iter()
+            .any(|glob| crate::config::glob_match(glob, path))
+}
+
+/// Streams a response through untouched and unbuffered.
+fn pass_through(upstream: reqwest::Response, method: &Method) -> Response<Body> {
+    let mut builder = Response::builder().status(upstream.status());
+    if let Some(h) = builder.headers_mut() {
+        *h = client_response_headers(upstream.headers());
+    }
+    let body = if method == Method::HEAD {
+        full(Bytes::new())
+    } else {
+        let stream = upstream
+            .bytes_stream()
+            .map_ok(Frame::data)
+            .map_err(|e| -> BoxError { Box::new(e) });
+        BodyExt::boxed(StreamBody::new(stream))
+    };
+    builder
+        .body(body)
+        .unwrap_or_else(|_| Response::new(full(Bytes::new())))
+}
+
+/// Composes an ESI response from a streamed layout, caching the parsed layout when its
+/// headers allow.
+async fn compose(
+    state: &Arc<AppState>,
+    rt: &Runtime,
+    upstream: reqwest::Response,
+    page: Page,
+    layout_ms: f64,
+    caching: bool,
+) -> Result<Response<Body>, Error> {
+    let status = upstream.status();
+    let original = upstream.headers().clone();
+    let encoding = original
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok().map(|s| s.trim().to_ascii_lowercase()))
+        .unwrap_or_default();
+    let cap = rt.config.fetch.max_layout_bytes;
+    let raw = upstream
+        .bytes_stream()
+        .map_err(|e| format!("reading the layout: {e}"));
+    let layout: Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>> = match encoding.as_str()
+    {
+        "" | "identity" => Box::pin(capped(raw, cap)),
+        "gzip" | "x-gzip" | "deflate" | "br" => Box::pin(decoded(raw, &encoding, cap)),
+        other => return Err(Error::UnsupportedEncoding(other.to_owned())),
+    };
+    let on_parsed: Option<OnParsed> = caching.then(|| {
+        let (cache, policy) = (Arc::clone(&state.layout_cache), Arc::clone(&rt.policy));
+        let (url, request_headers, response_headers) = (
+            page.url.clone(),
+            Arc::clone(&page.client_headers),
+            original.clone(),
+        );
+        Box::new(move |template: esi::Template, size: usize| {
+            cache.insert(
+                &policy,
+                &url,
+                &request_headers,
+                status,
+                &response_headers,
+                Arc::new(template),
+                size,
+            );
+        }) as OnParsed
+    });
+    let rx = rt.composer.compose(page, layout, on_parsed);
+    let timing = server_timing(&[("layout", layout_ms, None)]);
+    respond(state, rx, status, composed_headers(&original), timing).await
+}
+
+/// Sends a composed page. The head goes out once the first part of the page is ready, so a
+/// failure before then is still a clean 502/504; after it, a failure aborts the connection.
+async fn respond(
+    state: &Arc<AppState>,
+    mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, crate::compose::ComposeError>>,
+    status: StatusCode,
+    mut headers: HeaderMap,
+    timing: HeaderValue,
+) -> Result<Response<Body>, Error> {
+    state.metrics.pages_in_flight(1);
+    let in_flight = InFlight(Arc::clone(&state.metrics));
+    let first = match rx.recv().await {
+        Some(Ok(bytes)) => Some(bytes),
+        Some(Err(e)) => return Err(Error::Compose(e)),
+        None => None,
+    };
+    headers.append(SERVER_TIMING, timing);
+    let rest = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let stream = futures::stream::iter(first.map(Ok))
+        .chain(rest)
+        .map(move |item| {
+            let _keep = &in_flight;
+            item.map(Frame::data).map_err(|e| -> BoxError {
+                tracing::warn!(error = %e, "page aborted after its head was sent");
+                Box::new(e)
+            })
+        });
+    let mut response = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    Ok(response)
+}
+
+/// Keeps the pages-in-flight gauge honest however a page ends.
+struct InFlight(Arc<Metrics>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.pages_in_flight(-1);
+    }
+}
+
+/// The values ESI variables read, from the client's request.
+fn esi_vars(req: &Request<Incoming>) -> esi::Request {
+    let h = req.headers();
+    let get = |name: HeaderName| {
+        h.get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+    };
+    let mut vars = esi::Request::new();
+    if let Some(host) = get(header::HOST).first() {
+        vars = vars.with_host(*host);
+    }
+    if let Some(query) = req.uri().query() {
+        vars = vars.with_query(query);
+    }
+    for cookie in get(header::COOKIE) {
+        vars = vars.with_cookie(cookie);
+    }
+    if let Some(referer) = get(header::REFERER).first() {
+        vars = vars.with_referer(*referer);
+    }
+    if let Some(ua) = get(header::USER_AGENT).first() {
+        vars = vars.with_user_agent(*ua);
+    }
+    for lang in get(header::ACCEPT_LANGUAGE) {
+        vars = vars.with_accept_language(lang);
+    }
+    vars
+}

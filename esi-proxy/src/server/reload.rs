@@ -1,0 +1,138 @@
+//! Config reloads: the file loaded, adjusted by command-line overrides, validated and applied to
+//! requests that start from now on (on SIGHUP or when the file changes), and the outcome kept
+//! for `/_esi/health` and the metrics. A broken file never replaces the config in force.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+
+use super::AppState;
+
+/// The outcome of config reloads so far, for `/_esi/health` and the metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadStatus {
+    /// How many configs were applied since start (0: the one it started with).
+    pub generation: u64,
+    /// The last failed reload's error, naming file, line and field; cleared by a success.
+    pub last_error: Option<String>,
+}
+
+// === impl AppState ===
+
+impl AppState {
+    /// Loads `path`, lets `adjust` apply command-line overrides, validates and applies it. A
+    /// broken file is refused and the config in force stays; either way the outcome is kept
+    /// for `/_esi/health` and counted in the metrics.
+    ///
+    /// # Errors
+    /// The file's problems, naming file, line and field.
+    pub fn reload_file(
+        &self,
+        path: &Path,
+        adjust: &(dyn Fn(&mut Config) + Send + Sync),
+    ) -> Result<u64, String> {
+        let result = Config::load(path)
+            .map_err(|e| e.to_string())
+            .and_then(|mut config| {
+                adjust(&mut config);
+                config
+                    .validate_source(&path.display().to_string(), None)
+                    .map_err(|e| e.to_string())?;
+                self.apply(config).map_err(|e| e.to_string())
+            });
+        let mut status = self
+            .reload
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (label, failed) = match result {
+            Ok(()) => ("ok", 0.0),
+            Err(_) => ("error", 1.0),
+        };
+        self.metrics.inc_counter(
+            "esi_proxy_config_reloads_total",
+            "Config reloads, by result.",
+            Some(("result", label)),
+            1,
+        );
+        self.metrics.set_gauge(
+            "esi_proxy_config_reload_failed",
+            "1 while the last config reload failed.",
+            failed,
+        );
+        match result {
+            Ok(()) => {
+                status.generation += 1;
+                status.last_error = None;
+                tracing::info!(path = %path.display(), generation = status.generation, "config reloaded");
+                Ok(status.generation)
+            }
+            Err(e) => {
+                status.last_error = Some(e.clone());
+                tracing::error!(path = %path.display(), error = %e, "config reload refused; the previous config stays in force");
+                Err(e)
+            }
+        }
+    }
+
+    /// The outcome of reloads so far.
+    pub fn reload_status(&self) -> ReloadStatus {
+        self.reload
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Reloads the config on SIGHUP and whenever the file changes (checked every `poll`; zero:
+/// on SIGHUP only), until the returned task is aborted. `adjust` re-applies command-line overrides to each new file.
+pub fn watch_config(
+    state: Arc<AppState>,
+    path: PathBuf,
+    adjust: Arc<dyn Fn(&mut Config) + Send + Sync>,
+    poll: Duration,
+) -> tokio::task::JoinHandle<()> {
+    // The SIGHUP handler is installed before this returns: a signal that arrives before the
+    // task first runs must not take the default action, which ends the process.
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    tokio::spawn(async move {
+        let stamp = |p: &Path| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.modified().ok(), m.len()))
+        };
+        let mut last = stamp(&path);
+        // A zero interval means: reload on SIGHUP only.
+        let mut tick = tokio::time::interval(if poll.is_zero() {
+            Duration::from_secs(3600)
+        } else {
+            poll
+        });
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            #[cfg(unix)]
+            let hangup = async {
+                match hup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hangup = std::future::pending::<Option<()>>();
+            let forced = tokio::select! {
+                _ = hangup => true,
+                _ = tick.tick() => false,
+            };
+            if !forced && poll.is_zero() {
+                continue;
+            }
+            let now = stamp(&path);
+            if forced || now != last {
+                last = now;
+                let _ = state.reload_file(&path, adjust.as_ref());
+            }
+        }
+    })
+}

@@ -1,0 +1,145 @@
+//! The state every request handler shares: the runtime built from the config in force (HTTP
+//! client, composer, cache policy, origin), swapped whole on reload, and the caches and metrics
+//! that outlive reloads. Handles no request itself.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use crate::cache::{CachePolicy, CachingFetcher, FragmentCache, LayoutCache};
+use crate::compose::{ComposeConfig, Composer};
+use crate::config::Config;
+use crate::fetch::{BaseUrl, Fetcher, HttpClient, Lookup};
+use crate::telemetry::Metrics;
+
+use super::error::ServerError;
+use super::reload::ReloadStatus;
+
+/// What every request handler shares: the runtime built from the config in force (swapped
+/// whole on reload), the caches (kept across reloads), metrics and reload status.
+pub struct AppState {
+    runtime: RwLock<Arc<Runtime>>,
+    lookup: Arc<dyn Lookup>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) fragment_cache: Arc<FragmentCache>,
+    pub(super) layout_cache: Arc<LayoutCache>,
+    pub(super) reload: Mutex<ReloadStatus>,
+    pub(super) started: Instant,
+}
+
+/// Everything built from one config. A request takes one `Arc<Runtime>` and keeps it to its
+/// end, so a reload never changes the rules under a page being composed.
+pub(super) struct Runtime {
+    pub(super) config: Config,
+    pub(super) client: Arc<HttpClient>,
+    pub(super) composer: Arc<Composer>,
+    pub(super) policy: Arc<CachePolicy>,
+    pub(super) origin: BaseUrl,
+    /// `origin` as a URL, made once: every request's page URL is joined onto it.
+    pub(super) origin_url: url::Url,
+}
+
+// === impl AppState ===
+
+impl AppState {
+    /// Builds the shared state from a validated config, resolving names with `lookup`.
+    /// The caches are sized here; their capacity changes only with a restart.
+    ///
+    /// # Errors
+    /// The origin URL or a host entry cannot be used by the HTTP client.
+    pub fn new(
+        config: Config,
+        lookup: Arc<dyn Lookup>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, ServerError> {
+        let fragment_cache = FragmentCache::new(
+            config.cache.fragment_capacity_bytes.max(1),
+            Arc::clone(&metrics),
+        );
+        let layout_cache = LayoutCache::new(
+            config.cache.layout_capacity_bytes.max(1),
+            Arc::clone(&metrics),
+        );
+        let runtime = build_runtime(config, &lookup, &metrics, &fragment_cache)?;
+        Ok(Arc::new(Self {
+            runtime: RwLock::new(Arc::new(runtime)),
+            lookup,
+            metrics,
+            fragment_cache,
+            layout_cache,
+            reload: Mutex::new(ReloadStatus::default()),
+            started: Instant::now(),
+        }))
+    }
+
+    /// The metrics this server records.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The fragment cache (shared across reloads).
+    pub fn fragment_cache(&self) -> &Arc<FragmentCache> {
+        &self.fragment_cache
+    }
+
+    pub(super) fn runtime(&self) -> Arc<Runtime> {
+        Arc::clone(
+            &self
+                .runtime
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Applies a validated config to every request that starts from now on; requests in
+    /// flight finish under the config they started with. The listen address and cache
+    /// capacities are fixed at start.
+    ///
+    /// # Errors
+    /// The HTTP client cannot be built from it.
+    pub fn apply(&self, config: Config) -> Result<(), ServerError> {
+        let runtime = build_runtime(config, &self.lookup, &self.metrics, &self.fragment_cache)?;
+        *self
+            .runtime
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(runtime);
+        Ok(())
+    }
+}
+
+fn build_runtime(
+    config: Config,
+    lookup: &Arc<dyn Lookup>,
+    metrics: &Arc<Metrics>,
+    fragment_cache: &Arc<FragmentCache>,
+) -> Result<Runtime, ServerError> {
+    let client = Arc::new(
+        HttpClient::new(&config, Arc::clone(lookup))
+            .map_err(|e| ServerError::Config(e.to_string()))?,
+    );
+    let policy = Arc::new(CachePolicy::from_config(&config.cache));
+    let fetcher: Arc<dyn Fetcher> = if config.cache.enabled {
+        Arc::new(CachingFetcher::new(
+            Arc::clone(&client) as Arc<dyn Fetcher>,
+            Arc::clone(fragment_cache),
+            Arc::clone(&policy),
+        ))
+    } else {
+        Arc::clone(&client) as Arc<dyn Fetcher>
+    };
+    let composer = Composer::new(
+        fetcher,
+        ComposeConfig::from_config(&config),
+        config.fetch.max_concurrent,
+        Arc::clone(metrics),
+    );
+    let origin = client.origin().clone();
+    let origin_url = origin.to_url();
+    Ok(Runtime {
+        config,
+        client,
+        composer,
+        policy,
+        origin,
+        origin_url,
+    })
+}

@@ -9,6 +9,9 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+pub mod base_url;
+pub use base_url::{parse_base_url, BaseUrl, Scheme};
+
 /// The whole configuration. `config/esi-proxy.toml` documents `Config::default()`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]

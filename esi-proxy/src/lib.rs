@@ -20,6 +20,7 @@ pub mod compose;
 pub mod config;
 pub mod esi;
 pub mod fetch;
+pub mod headers;
 pub mod lint;
 pub mod server;
 pub mod telemetry;

@@ -1,0 +1,691 @@
+//! The HTTP client behind the [`Fetcher`] seam: fragment requests (header policy, deadlines,
+//! bodies collected and decoded under their cap) and the origin request the server passes
+//! through, over the pool for `http` and reqwest for `https`.
+
+use std::collections::{HashMap, HashSet};
+use std::error::Error as StdError;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use http::header::{
+    Entry, HeaderName, HeaderValue, ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING,
+    CONTENT_LENGTH, COOKIE, HOST,
+};
+use http::{HeaderMap, Method, Uri};
+use http_body::Body as _;
+use http_body_util::{BodyExt as _, Empty};
+use url::{Host, Position, Url};
+
+use super::decode::{CappedSink, DecodeError, Decoder};
+use super::guard::{classify, Allowlist, Blocked, GuardedResolver, Lookup};
+use super::pool::{plain_pool, CheckinOnEnd, PlainPool, SendError};
+use super::{Access, FetchError, Fetcher, Fragment, FragmentRequest};
+use crate::config::{parse_base_url, BaseUrl, Config, Scheme};
+use crate::headers::{
+    surrogate_capability_name, NEVER_FORWARDED, SURROGATE_CAPABILITY, X_FORWARDED,
+};
+
+/// The HTTP client: keep-alive pools for fragments (decoding bodies; `http` and `https` pooled
+/// apart), one for the origin (passing bodies through as sent). Cloning is cheap and shares the
+/// pools.
+#[derive(Debug, Clone)]
+pub struct HttpClient {
+    shared: Arc<Shared>,
+}
+
+/// What an [`HttpClient`] and the futures it returns share.
+#[derive(Debug)]
+struct Shared {
+    origin: BaseUrl,
+    /// The origin (trusted) and every `fetch.hosts` entry.
+    allow: Allowlist,
+    /// Client headers forwarded to every allowed host; `Cookie`/`Authorization` are added for
+    /// trusted ones.
+    forward: HashSet<HeaderName>,
+    max_fragment_bytes: usize,
+    layout_timeout: Duration,
+    /// `http` fragments: hyper connections from a pool of our own, with none of reqwest's
+    /// per-request layers (redirects, retries, decompression, its timeouts) that a fragment
+    /// never uses and that cost more CPU than the request itself on a loopback page.
+    plain: Arc<PlainPool<Empty<Bytes>>>,
+    /// `https` fragments, through reqwest for its TLS.
+    tls: reqwest::Client,
+    /// An `http` origin, the same way; its responses are handed out as reqwest's.
+    origin_plain: Arc<PlainPool<reqwest::Body>>,
+    /// An `https` origin, through reqwest.
+    origin_client: reqwest::Client,
+}
+
+/// A body being collected: one chunk is kept as is, more are copied into one buffer.
+#[derive(Default)]
+pub(super) enum Collected {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+/// `url` for errors and logs: user info (a password, perhaps) removed.
+pub(super) fn redact(url: &Url) -> String {
+    if url.username().is_empty() && url.password().is_none() {
+        return url.to_string();
+    }
+    let mut clean = url.clone();
+    // Fails only for URLs that cannot have user info, which then have none to remove.
+    let _ = clean.set_username("");
+    let _ = clean.set_password(None);
+    clean.to_string()
+}
+
+/// The messages of `e` and its sources, joined; a reqwest error's own top message is left out,
+/// since it only repeats the URL.
+pub(super) fn describe(e: &(dyn StdError + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let skip = usize::from(e.is::<reqwest::Error>() && e.source().is_some());
+    for err in chain(e).skip(skip) {
+        let text = err.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
+/// `e` and its sources.
+pub(super) fn chain<'a>(
+    e: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(e), |err| (*err).source())
+}
+
+/// Maps an error from sending a request (before the response head); `connect` and `timeout` are
+/// what the client says of it.
+pub(super) fn send_error(
+    url: &str,
+    e: &(dyn StdError + 'static),
+    connect: bool,
+    timeout: bool,
+    after: Duration,
+) -> FetchError {
+    let url = url.to_owned();
+    if let Some(blocked) = chain(e).find_map(|err| err.downcast_ref::<Blocked>()) {
+        tracing::debug!(host = %blocked.host, "fetch refused at resolution");
+        return FetchError::Refused {
+            url,
+            reason: "resolves only to private/loopback addresses".into(),
+        };
+    }
+    let message = describe(e);
+    // A connect timeout is a connect failure: the overall deadline is ours, not the client's.
+    if connect {
+        FetchError::Connect { url, message }
+    } else if timeout {
+        FetchError::Timeout { url, after }
+    } else {
+        FetchError::Transport { url, message }
+    }
+}
+
+/// Maps an error from reading the response body. reqwest reports every body error as a decode
+/// error, so the source chain tells a cut connection from a corrupt encoding; hyper's body
+/// errors carry the same I/O errors.
+pub(super) fn body_error(url: &str, e: &(dyn StdError + 'static)) -> FetchError {
+    use std::io::ErrorKind;
+    let url = url.to_owned();
+    let message = describe(e);
+    let cut = chain(e).any(|err| {
+        err.downcast_ref::<reqwest::Error>()
+            .is_some_and(reqwest::Error::is_body)
+            || err.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    ErrorKind::UnexpectedEof
+                        | ErrorKind::ConnectionReset
+                        | ErrorKind::ConnectionAborted
+                        | ErrorKind::BrokenPipe
+                )
+            })
+    });
+    if cut {
+        FetchError::Truncated { url, message }
+    } else {
+        FetchError::Transport {
+            url,
+            message: format!("undecodable body: {message}"),
+        }
+    }
+}
+
+// === impl Collected ===
+
+impl Collected {
+    /// Appends a chunk; `capacity` is the expected total (Content-Length, bounded by the limit).
+    fn push(&mut self, chunk: Bytes, capacity: usize) {
+        *self = match std::mem::take(self) {
+            Collected::Empty => Collected::One(chunk),
+            Collected::One(first) => {
+                let mut buf = BytesMut::with_capacity(capacity.max(first.len() + chunk.len()));
+                buf.extend_from_slice(&first);
+                buf.extend_from_slice(&chunk);
+                Collected::Many(buf)
+            }
+            Collected::Many(mut buf) => {
+                buf.extend_from_slice(&chunk);
+                Collected::Many(buf)
+            }
+        };
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Collected::Empty => Bytes::new(),
+            Collected::One(bytes) => bytes,
+            Collected::Many(buf) => buf.freeze(),
+        }
+    }
+}
+
+// === impl HttpClient ===
+
+impl HttpClient {
+    /// Builds both clients from `config.server.origin` and `config.fetch`. Resolution goes
+    /// through `lookup`, guarded so no connection is made to an address the host may not reach.
+    ///
+    /// # Errors
+    /// [`FetchError::Transport`] naming the value when the origin or a host entry is not a
+    /// valid base URL (config validation reports these first), or when a client cannot be built.
+    pub fn new(config: &Config, lookup: Arc<dyn Lookup>) -> Result<HttpClient, FetchError> {
+        let fetch = &config.fetch;
+        let invalid = |value: &str, message: String| FetchError::Transport {
+            url: value.to_owned(),
+            message,
+        };
+        let origin =
+            parse_base_url(&config.server.origin).map_err(|m| invalid(&config.server.origin, m))?;
+
+        let mut allow = HashMap::new();
+        let mut private_ok = HashSet::new();
+        for entry in &fetch.hosts {
+            let base = parse_base_url(&entry.url).map_err(|m| invalid(&entry.url, m))?;
+            if entry.private_network {
+                private_ok.insert(base.host.clone());
+            }
+            // A host listed twice is trusted if any of its entries says so.
+            allow
+                .entry(base)
+                .and_modify(|a: &mut Access| a.trusted |= entry.trusted)
+                .or_insert(Access {
+                    trusted: entry.trusted,
+                });
+        }
+        private_ok.insert(origin.host.clone());
+        allow.insert(origin.clone(), Access { trusted: true });
+        let allow = Allowlist::new(allow);
+
+        let forward = fetch
+            .forward_headers
+            .iter()
+            .map(|name| name.to_ascii_lowercase())
+            .filter(|name| !NEVER_FORWARDED.contains(&name.as_str()))
+            .chain(X_FORWARDED.iter().map(|name| (*name).to_owned()))
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .collect();
+
+        let resolver = Arc::new(GuardedResolver { lookup, private_ok });
+        let connect_timeout = Duration::from_millis(fetch.connect_timeout_ms);
+        let plain = plain_pool(&resolver, connect_timeout, fetch.pool_idle_per_host);
+        let origin_plain = plain_pool(&resolver, connect_timeout, fetch.pool_idle_per_host);
+        let builder = || {
+            reqwest::Client::builder()
+                .dns_resolver(Arc::clone(&resolver))
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(connect_timeout)
+                .pool_max_idle_per_host(fetch.pool_idle_per_host)
+                .tcp_nodelay(true)
+        };
+        let build_error = |e: reqwest::Error| {
+            invalid(
+                &config.server.origin,
+                format!("building the HTTP client: {e}"),
+            )
+        };
+        let tls = builder().build().map_err(build_error)?;
+        // Pass-through: bodies reach the browser exactly as the origin encoded them.
+        let origin_client = builder()
+            .no_gzip()
+            .no_brotli()
+            .build()
+            .map_err(build_error)?;
+
+        Ok(HttpClient {
+            shared: Arc::new(Shared {
+                origin,
+                allow,
+                forward,
+                max_fragment_bytes: fetch.max_fragment_bytes,
+                layout_timeout: Duration::from_millis(fetch.layout_timeout_ms),
+                plain,
+                tls,
+                origin_plain,
+                origin_client,
+            }),
+        })
+    }
+
+    /// The origin every non-fragment request goes to.
+    pub fn origin(&self) -> &BaseUrl {
+        &self.shared.origin
+    }
+
+    /// Sends a request to the origin and returns the response once its head arrives: the body
+    /// is streamed by the caller, not decompressed, and redirects are not followed. `headers`
+    /// are sent as given, plus `Surrogate-Capability`.
+    ///
+    /// # Errors
+    /// [`FetchError::Refused`] when `path_and_query` does not start with `/`,
+    /// [`FetchError::Timeout`] when no head arrives within `fetch.layout_timeout_ms`,
+    /// [`FetchError::Connect`] when the origin cannot be reached, [`FetchError::Transport`]
+    /// for anything else.
+    pub async fn send_origin(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        mut headers: HeaderMap,
+        body: reqwest::Body,
+    ) -> Result<reqwest::Response, FetchError> {
+        let origin = &self.shared.origin;
+        let text = format!("{origin}{path_and_query}");
+        let refuse = |reason: &str| FetchError::Refused {
+            url: text.clone(),
+            reason: reason.to_owned(),
+        };
+        if !path_and_query.starts_with('/') {
+            return Err(refuse("path must start with \"/\""));
+        }
+        let url = Url::parse(&text).map_err(|e| refuse(&format!("not a valid URL: {e}")))?;
+        // Prefixing the authority means the path cannot name another host; this holds it.
+        if !origin.matches(&url) {
+            return Err(refuse("not on the origin"));
+        }
+        headers.insert(
+            surrogate_capability_name(),
+            HeaderValue::from_static(SURROGATE_CAPABILITY),
+        );
+        let after = self.shared.layout_timeout;
+        if origin.scheme == Scheme::Http {
+            let sending = self
+                .shared
+                .send_origin_plain(&url, &text, method, headers, body, after);
+            return match tokio::time::timeout(after, sending).await {
+                Ok(result) => result,
+                Err(_) => Err(FetchError::Timeout { url: text, after }),
+            };
+        }
+        let request = self
+            .shared
+            .origin_client
+            .request(method, url)
+            .headers(headers)
+            .body(body);
+        match tokio::time::timeout(after, request.send()).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(send_error(&text, &e, e.is_connect(), e.is_timeout(), after)),
+            Err(_) => Err(FetchError::Timeout { url: text, after }),
+        }
+    }
+}
+
+impl Fetcher for HttpClient {
+    fn fetch(&self, req: FragmentRequest) -> BoxFuture<'static, Result<Fragment, FetchError>> {
+        let shared = Arc::clone(&self.shared);
+        Box::pin(async move {
+            let access = shared.check(&req.url)?;
+            let text = redact(&req.url);
+            let headers = shared.fragment_headers(&req.client_headers, access.trusted);
+            let after = req.timeout;
+            match tokio::time::timeout(after, shared.receive(req.url, &text, headers, after)).await
+            {
+                Ok(result) => result,
+                Err(_) => Err(FetchError::Timeout { url: text, after }),
+            }
+        })
+    }
+
+    /// The URL must be http(s) without user info, and its `scheme://host:port` the origin
+    /// (trusted) or a `fetch.hosts` entry (trusted as configured). An IP host that is not
+    /// public (loopback, private, link-local, metadata, ...) is allowed only when listed exactly.
+    fn check(&self, url: &Url) -> Result<Access, FetchError> {
+        self.shared.check(url)
+    }
+}
+
+// === impl Shared ===
+
+impl Shared {
+    /// The allowlist; see [`Fetcher::check`].
+    fn check(&self, url: &Url) -> Result<Access, FetchError> {
+        let refuse = |reason: String| FetchError::Refused {
+            url: redact(url),
+            reason,
+        };
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(refuse(format!(
+                "scheme {:?} is not http or https",
+                url.scheme()
+            )));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(refuse("user info in the URL".into()));
+        }
+        let scheme = if url.scheme() == "https" {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        };
+        let port = url.port().unwrap_or_else(|| scheme.default_port());
+        let ip = match url.host() {
+            Some(Host::Ipv4(ip)) => IpAddr::V4(ip),
+            Some(Host::Ipv6(ip)) => IpAddr::V6(ip),
+            Some(Host::Domain(name)) if !name.is_empty() => {
+                return self
+                    .allow
+                    .name(scheme, name, port)
+                    .ok_or_else(|| refuse("host not in allowlist".into()));
+            }
+            _ => return Err(refuse("no host".into())),
+        };
+        if let Some(access) = self.allow.by_ip.get(&(scheme, ip, port)) {
+            return Ok(*access);
+        }
+        match classify(ip) {
+            Some(special) => Err(refuse(format!("{ip} is a {special} address"))),
+            None => Err(refuse("host not in allowlist".into())),
+        }
+    }
+
+    /// The headers of a fragment request: the forwarded subset of the client's, credentials for
+    /// trusted hosts, and `Surrogate-Capability`.
+    fn fragment_headers(&self, client: &HeaderMap, trusted: bool) -> HeaderMap {
+        // Room for what is usually forwarded plus what the request adds (`Accept`,
+        // `Accept-Encoding`, `Host`), so the map does not grow on the way.
+        let mut out = HeaderMap::with_capacity(12);
+        for (name, value) in client {
+            let credential = *name == COOKIE || *name == AUTHORIZATION;
+            if self.forward.contains(name) || (trusted && credential) {
+                out.append(name.clone(), value.clone());
+            }
+        }
+        out.insert(
+            surrogate_capability_name(),
+            HeaderValue::from_static(SURROGATE_CAPABILITY),
+        );
+        out
+    }
+
+    /// [`HttpClient::send_origin`] for an `http` origin: the request as reqwest would make it,
+    /// on a connection from the origin's [`PlainPool`], the response as a reqwest one whose
+    /// body returns the connection when read to the end. The caller applies the deadline.
+    async fn send_origin_plain(
+        &self,
+        url: &Url,
+        text: &str,
+        method: Method,
+        mut headers: HeaderMap,
+        body: reqwest::Body,
+        after: Duration,
+    ) -> Result<reqwest::Response, FetchError> {
+        // `url` is normalised (dot segments, percent-encoding) as reqwest would send it.
+        let authority = &url[Position::BeforeHost..Position::AfterPort];
+        let target: Uri = url[Position::BeforePath..Position::AfterQuery]
+            .parse()
+            .map_err(|e| FetchError::Transport {
+                url: text.to_owned(),
+                message: format!("not a valid request URI: {e}"),
+            })?;
+        // reqwest's default `Accept`, and `Host`, unless the request has them.
+        if let Entry::Vacant(entry) = headers.entry(ACCEPT) {
+            entry.insert(HeaderValue::from_static("*/*"));
+        }
+        if let Entry::Vacant(entry) = headers.entry(HOST) {
+            let host = HeaderValue::from_str(authority).map_err(|e| FetchError::Transport {
+                url: text.to_owned(),
+                message: format!("not a valid Host: {e}"),
+            })?;
+            entry.insert(host);
+        }
+        let mut request = http::Request::new(body);
+        *request.method_mut() = method;
+        *request.uri_mut() = target;
+        *request.headers_mut() = headers;
+        let pool = &self.origin_plain;
+        let (response, connection) = pool.send(authority, request).await.map_err(|e| match e {
+            SendError::Connect(e) => send_error(text, &*e, true, false, after),
+            SendError::Request(e) => send_error(text, &e, false, false, after),
+        })?;
+        let response = response.map(|body| {
+            if body.is_end_stream() {
+                pool.checkin(authority, connection);
+                reqwest::Body::wrap(body)
+            } else {
+                reqwest::Body::wrap(CheckinOnEnd {
+                    body,
+                    connection: Some((Arc::clone(pool), authority.to_owned(), connection)),
+                })
+            }
+        });
+        Ok(reqwest::Response::from(response))
+    }
+
+    /// Sends a checked fragment request and collects its body; the caller applies the deadline.
+    async fn receive(
+        &self,
+        url: Url,
+        text: &str,
+        headers: HeaderMap,
+        after: Duration,
+    ) -> Result<Fragment, FetchError> {
+        if url.scheme() == "https" {
+            self.receive_tls(url, text, headers, after).await
+        } else {
+            self.receive_plain(&url, text, headers, after).await
+        }
+    }
+
+    /// [`Shared::receive`] for `http`: hyper connections from the [`PlainPool`], the request
+    /// and the decoding as reqwest makes and does them.
+    async fn receive_plain(
+        &self,
+        url: &Url,
+        text: &str,
+        mut headers: HeaderMap,
+        after: Duration,
+    ) -> Result<Fragment, FetchError> {
+        let limit = self.max_fragment_bytes;
+        let too_large = || FetchError::TooLarge {
+            url: text.to_owned(),
+            limit,
+        };
+        let invalid = |message: String| FetchError::Transport {
+            url: text.to_owned(),
+            message,
+        };
+        // `url` leaves out the scheme's default port, as `Host` does.
+        let authority = &url[Position::BeforeHost..Position::AfterPort];
+        let target: Uri = url[Position::BeforePath..Position::AfterQuery]
+            .parse()
+            .map_err(|e| invalid(format!("not a valid request URI: {e}")))?;
+        // What reqwest adds unless the request has them: its default `Accept`, the encodings it
+        // decodes (the client's `Accept-Encoding` is never forwarded), and `Host`.
+        if let Entry::Vacant(entry) = headers.entry(ACCEPT) {
+            entry.insert(HeaderValue::from_static("*/*"));
+        }
+        if let Entry::Vacant(entry) = headers.entry(ACCEPT_ENCODING) {
+            entry.insert(HeaderValue::from_static("gzip,br"));
+        }
+        if let Entry::Vacant(entry) = headers.entry(HOST) {
+            let host = HeaderValue::from_str(authority)
+                .map_err(|e| invalid(format!("not a valid Host: {e}")))?;
+            entry.insert(host);
+        }
+        let mut request = http::Request::new(Empty::new());
+        *request.uri_mut() = target;
+        *request.headers_mut() = headers;
+        let (response, connection) =
+            self.plain
+                .send(authority, request)
+                .await
+                .map_err(|e| match e {
+                    SendError::Connect(e) => send_error(text, &*e, true, false, after),
+                    SendError::Request(e) => send_error(text, &e, false, false, after),
+                })?;
+        let (parts, mut body) = response.into_parts();
+        let status = parts.status;
+        if !status.is_success() {
+            return Err(FetchError::Status {
+                url: text.to_owned(),
+                status,
+            });
+        }
+        let mut headers = parts.headers;
+        let decoder = match headers.get(CONTENT_ENCODING).map(HeaderValue::as_bytes) {
+            Some(b"gzip") => Some(Decoder::Gzip(Box::default())),
+            Some(b"br") => Some(Decoder::Brotli(Box::new(brotli::DecompressorWriter::new(
+                CappedSink::new(limit),
+                8 * 1024,
+            )))),
+            _ => None,
+        };
+        let Some(mut decoder) = decoder else {
+            let declared = body.size_hint().exact();
+            if declared.is_some_and(|len| len > limit as u64) {
+                return Err(too_large());
+            }
+            let capacity =
+                declared.map_or(0, |len| usize::try_from(len).unwrap_or(limit).min(limit));
+            let mut collected = Collected::Empty;
+            let mut total = 0usize;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| body_error(text, &e))?;
+                let Ok(chunk) = frame.into_data() else {
+                    continue;
+                };
+                total = total.saturating_add(chunk.len());
+                if total > limit {
+                    return Err(too_large());
+                }
+                if !chunk.is_empty() {
+                    collected.push(chunk, capacity);
+                }
+            }
+            self.plain.checkin(authority, connection);
+            return Ok(Fragment {
+                cache: None,
+                parsed: None,
+                status,
+                headers,
+                body: collected.into_bytes(),
+            });
+        };
+        // Decoded, the declared length no longer describes the body.
+        headers.remove(CONTENT_ENCODING);
+        headers.remove(CONTENT_LENGTH);
+        let mut decoded = Vec::new();
+        let mut encoded_bytes = 0usize;
+        let decode_error = |e: DecodeError| match e {
+            DecodeError::TooLarge => too_large(),
+            DecodeError::Cut(message) => FetchError::Truncated {
+                url: text.to_owned(),
+                message,
+            },
+            DecodeError::Corrupt(message) => FetchError::Transport {
+                url: text.to_owned(),
+                message: format!("undecodable body: {message}"),
+            },
+        };
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| body_error(text, &e))?;
+            let Ok(chunk) = frame.into_data() else {
+                continue;
+            };
+            encoded_bytes = encoded_bytes.saturating_add(chunk.len());
+            decoder
+                .push(&chunk, &mut decoded, limit)
+                .map_err(decode_error)?;
+        }
+        self.plain.checkin(authority, connection);
+        // An empty body stays empty whatever its encoding claims (as reqwest has it).
+        if encoded_bytes > 0 {
+            decoder.finish(&mut decoded).map_err(decode_error)?;
+        }
+        Ok(Fragment {
+            cache: None,
+            parsed: None,
+            status,
+            headers,
+            body: Bytes::from(decoded),
+        })
+    }
+
+    /// [`Shared::receive`] for `https`, through reqwest.
+    async fn receive_tls(
+        &self,
+        url: Url,
+        text: &str,
+        headers: HeaderMap,
+        after: Duration,
+    ) -> Result<Fragment, FetchError> {
+        let limit = self.max_fragment_bytes;
+        let too_large = || FetchError::TooLarge {
+            url: text.to_owned(),
+            limit,
+        };
+        let mut response = self
+            .tls
+            .get(url)
+            .headers(headers)
+            .send()
+            .await
+            .map_err(|e| send_error(text, &e, e.is_connect(), e.is_timeout(), after))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(FetchError::Status {
+                url: text.to_owned(),
+                status,
+            });
+        }
+        // Known only when the body is not encoded (decoding drops Content-Length).
+        let declared = response.content_length();
+        if declared.is_some_and(|len| len > limit as u64) {
+            return Err(too_large());
+        }
+        let capacity = declared.map_or(0, |len| usize::try_from(len).unwrap_or(limit).min(limit));
+        let headers = std::mem::take(response.headers_mut());
+        let mut body = Collected::Empty;
+        let mut total = 0usize;
+        while let Some(chunk) = response.chunk().await.map_err(|e| body_error(text, &e))? {
+            // Checked before keeping the chunk: decoded chunks are small, so memory stays near
+            // the limit however much a compressed body would expand to.
+            total = total.saturating_add(chunk.len());
+            if total > limit {
+                return Err(too_large());
+            }
+            if !chunk.is_empty() {
+                body.push(chunk, capacity);
+            }
+        }
+        Ok(Fragment {
+            cache: None,
+            parsed: None,
+            status,
+            headers,
+            body: body.into_bytes(),
+        })
+    }
+}
+#[cfg(test)]
+#[path = "client_tests.rs"]
+mod tests;

@@ -1,0 +1,252 @@
+//! Where fragments come from: the [`Fetcher`] contract the composer and the cache depend on
+//! ([`FragmentRequest`], [`Fragment`], [`FetchError`], [`Access`]), and its HTTP implementation
+//! ([`HttpClient`]) with its keep-alive pools, allowlist guard and body decoding. It never
+//! parses ESI.
+
+mod client;
+mod decode;
+mod guard;
+mod pool;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::header::HeaderName;
+use http::{HeaderMap, StatusCode};
+use url::Url;
+
+pub use crate::config::{parse_base_url, BaseUrl, Scheme};
+use crate::esi::Template;
+pub(crate) use crate::headers::split_unquoted;
+use crate::headers::surrogate_control_has_esi;
+pub use crate::headers::{NEVER_FORWARDED, SURROGATE_CAPABILITY};
+pub use client::HttpClient;
+pub use guard::{Lookup, SystemLookup};
+
+/// Access an allowlisted URL has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    /// Whether the host receives the client's `Cookie` and `Authorization`.
+    pub trusted: bool,
+}
+
+/// Why a fetch failed. `url` is the URL asked for, with any user info removed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The URL is not allowed: scheme, user info, host not in the allowlist, or a host that
+    /// resolves only to addresses it may not reach.
+    #[error("{url}: refused: {reason}")]
+    Refused {
+        /// The URL.
+        url: String,
+        /// Which rule refused it.
+        reason: String,
+    },
+    /// No complete response within the deadline.
+    #[error("{url}: no response within {after:?}")]
+    Timeout {
+        /// The URL.
+        url: String,
+        /// The deadline that passed.
+        after: Duration,
+    },
+    /// Name resolution or the TCP/TLS connection failed (refused, unreachable, connect timeout).
+    #[error("{url}: connect failed: {message}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// What the network said.
+        message: String,
+    },
+    /// A fragment answered with a status outside 200..=299 (redirects are not followed).
+    #[error("{url}: status {status}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The status received.
+        status: StatusCode,
+    },
+    /// The body, after decoding, is over the limit (or its Content-Length says it will be).
+    #[error("{url}: body over {limit} bytes")]
+    TooLarge {
+        /// The URL.
+        url: String,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The body ended early: connection reset or closed before Content-Length bytes.
+    #[error("{url}: body cut short: {message}")]
+    Truncated {
+        /// The URL.
+        url: String,
+        /// What the network said.
+        message: String,
+    },
+    /// Anything else: a malformed response, an undecodable body, a client that cannot be built.
+    #[error("{url}: {message}")]
+    Transport {
+        /// The URL (or the configured value that could not be used).
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// A fragment to fetch.
+#[derive(Debug, Clone)]
+pub struct FragmentRequest {
+    /// Absolute URL, already resolved against the document that includes it.
+    pub url: Url,
+    /// The browser's request headers as the server received them, plus the `X-Forwarded-For`,
+    /// `-Proto` and `-Host` the server set. Only the policy's subset is forwarded.
+    pub client_headers: Arc<HeaderMap>,
+    /// Deadline for the whole fetch: connect, headers and body.
+    pub timeout: Duration,
+}
+
+/// A fetched fragment: status 2xx only (anything else is [`FetchError::Status`]), body complete
+/// and decoded (`Content-Encoding` undone).
+#[derive(Debug, Clone)]
+pub struct Fragment {
+    /// The 2xx status.
+    pub status: StatusCode,
+    /// The response headers. When the body was decoded, `Content-Encoding` and
+    /// `Content-Length` are gone.
+    pub headers: HeaderMap,
+    /// The decoded body.
+    pub body: Bytes,
+    /// How a cache served it; `None` when it came straight from HTTP.
+    pub cache: Option<CacheInfo>,
+    /// For a fragment served from a cache entry: a slot for its parsed template, shared by
+    /// every hit of that entry, so an ESI fragment is parsed once per cache lifetime.
+    pub parsed: Option<Arc<OnceLock<Arc<Template>>>>,
+}
+
+/// What a cache did for one fragment, for logs and the page-build waterfall.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheInfo {
+    /// "hit", "miss", "stale-while-revalidate", "stale-if-error" or "pass".
+    pub status: &'static str,
+    /// The entry's TTL, when one was stored or served.
+    pub ttl: Option<Duration>,
+    /// What decided the TTL (a rule, Surrogate-Control, s-maxage, max-age, the default).
+    pub source: Option<String>,
+}
+
+/// Where fragments come from: HTTP here, a cache wrapping this later, in-memory in benches.
+pub trait Fetcher: Send + Sync + 'static {
+    /// Fetches one fragment. The future owns everything it needs, so it can outlive `&self`.
+    ///
+    /// # Errors
+    /// The future yields a [`FetchError`] for a refused URL, a missed deadline, a failed
+    /// connection, a non-2xx status, an oversized or cut body, or another transport failure.
+    fn fetch(&self, req: FragmentRequest) -> BoxFuture<'static, Result<Fragment, FetchError>>;
+
+    /// Allowlist check without fetching, so a caller can fail fast. The default, for fetchers
+    /// that never touch the network, allows everything untrusted.
+    ///
+    /// # Errors
+    /// [`FetchError::Refused`] when the URL may not be fetched.
+    fn check(&self, url: &Url) -> Result<Access, FetchError> {
+        let _ = url;
+        Ok(Access { trusted: false })
+    }
+}
+
+// === impl FetchError ===
+
+impl FetchError {
+    /// A stable name for metrics and logs: `refused`, `timeout`, `connect`, `status`,
+    /// `too_large`, `truncated` or `transport`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FetchError::Refused { .. } => "refused",
+            FetchError::Timeout { .. } => "timeout",
+            FetchError::Connect { .. } => "connect",
+            FetchError::Status { .. } => "status",
+            FetchError::TooLarge { .. } => "too_large",
+            FetchError::Truncated { .. } => "truncated",
+            FetchError::Transport { .. } => "transport",
+        }
+    }
+
+    /// Whether the deadline passed.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, FetchError::Timeout { .. })
+    }
+
+    /// The URL the error is about.
+    pub fn url(&self) -> &str {
+        match self {
+            FetchError::Refused { url, .. }
+            | FetchError::Timeout { url, .. }
+            | FetchError::Connect { url, .. }
+            | FetchError::Status { url, .. }
+            | FetchError::TooLarge { url, .. }
+            | FetchError::Truncated { url, .. }
+            | FetchError::Transport { url, .. } => url,
+        }
+    }
+}
+
+// === impl Fragment ===
+
+impl Fragment {
+    /// Whether the fragment is itself ESI: a `Surrogate-Control` header has a `content`
+    /// directive listing `ESI/1.0` (case-insensitive, targeted or not).
+    pub fn is_esi(&self) -> bool {
+        self.headers
+            .get_all(HeaderName::from_static("surrogate-control"))
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(surrogate_control_has_esi)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn esi_marking() {
+        let cases: &[(&[&str], bool)] = &[
+            (&[], false),
+            (&["content=\"ESI/1.0\""], true),
+            (&["content=\"esi/1.0\""], true),
+            (&["max-age=60, content=\"ESI/1.0\""], true),
+            (
+                &["max-age=60,content=\"ESI/1.0 ESI-Inline/1.0\";esi-proxy"],
+                true,
+            ),
+            (&["content=\"ESI-Inline/1.0 ESI/1.0\""], true),
+            (&["no-store", "Content = \"ESI/1.0\""], true),
+            (&["content=ESI/1.0"], true),
+            (&["content=\"ESI/1.0\";other-surrogate"], true),
+            (&["max-age=60"], false),
+            (&["content=\"ESI-Inline/1.0\""], false),
+            (&["content=\"ESI/1.01\""], false),
+            (&["no-store-content=\"ESI/1.0\""], false),
+            (&["x=\"a, content=ESI/1.0\""], false),
+        ];
+        for (values, want) in cases {
+            let mut headers = HeaderMap::new();
+            for value in *values {
+                headers.append(
+                    "surrogate-control",
+                    HeaderValue::from_str(value).expect("test values are valid"),
+                );
+            }
+            let fragment = Fragment {
+                cache: None,
+                parsed: None,
+                status: StatusCode::OK,
+                headers,
+                body: Bytes::new(),
+            };
+            assert_eq!(fragment.is_esi(), *want, "values: {values:?}");
+        }
+    }
+}

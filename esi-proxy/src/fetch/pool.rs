@@ -1,0 +1,294 @@
+//! A keep-alive pool of HTTP/1.1 connections to `http` hosts over hyper, and the connector
+//! that dials them through the guarded resolver within the connect timeout.
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::Uri;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+
+use super::guard::GuardedResolver;
+
+/// Idle keep-alive HTTP/1.1 connections to `http` hosts, by authority (`host[:port]`
+/// as the URL spells it, the default port left out, so also the `Host` header), each driven by
+/// a task of its own. A connection is checked out for one request and back in once its
+/// response body has been read. Stands in for hyper-util's pooled client, whose per-request
+/// bookkeeping (a task per request to return the connection, connection-info extensions, URI
+/// rewriting) costs more than a loopback request.
+pub(super) struct PlainPool<B> {
+    connector: PlainConnector,
+    idle: Mutex<HashMap<String, Vec<IdleConnection<B>>>>,
+    /// Most idle connections kept per authority (`fetch.pool_idle_per_host`).
+    max_idle_per_host: usize,
+    /// Whether the task closing connections idle past [`POOL_IDLE_TIMEOUT`] runs.
+    purging: AtomicBool,
+}
+
+/// A connection waiting in a [`PlainPool`], for requests with bodies of type `B`.
+pub(super) struct IdleConnection<B> {
+    sender: SendRequest<B>,
+    since: Instant,
+}
+
+/// An origin response body that puts its connection back in the pool once it has been read
+/// to the end (dropped earlier, the connection closes).
+pub(super) struct CheckinOnEnd {
+    pub(super) body: hyper::body::Incoming,
+    pub(super) connection: Option<(
+        Arc<PlainPool<reqwest::Body>>,
+        String,
+        SendRequest<reqwest::Body>,
+    )>,
+}
+
+/// How long a connection may stay idle in a [`PlainPool`], as reqwest keeps them.
+pub(super) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Connects to `http` fragment hosts through the [`GuardedResolver`], resolution and TCP within
+/// `fetch.connect_timeout_ms` together (as reqwest counts its connect timeout).
+#[derive(Clone)]
+pub(super) struct PlainConnector {
+    http: HttpConnector<ResolveName>,
+    timeout: Duration,
+}
+
+/// The [`GuardedResolver`] as the `Service<Name>` hyper's connector resolves with.
+#[derive(Clone)]
+pub(super) struct ResolveName(pub(super) Arc<GuardedResolver>);
+
+/// Why a [`PlainPool`] could not send a request.
+pub(super) enum SendError {
+    /// No connection: resolution (or its guard), TCP connect, connect timeout.
+    Connect(Box<dyn StdError + Send + Sync>),
+    /// The connection failed before a response head arrived.
+    Request(hyper::Error),
+}
+
+/// The connect timeout of a [`PlainConnector`] passed; reported as a connect failure.
+#[derive(Debug, thiserror::Error)]
+#[error("connect timed out after {0:?}")]
+pub(super) struct ConnectTimeout(Duration);
+
+// === impl PlainConnector ===
+
+impl tower_service::Service<Uri> for PlainConnector {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = Box<dyn StdError + Send + Sync>;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower_service::Service::poll_ready(&mut self.http, cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let connecting = tower_service::Service::call(&mut self.http, dst);
+        let after = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(after, connecting).await {
+                Ok(connected) => connected.map_err(Into::into),
+                Err(_) => Err(Box::new(ConnectTimeout(after)) as Box<dyn StdError + Send + Sync>),
+            }
+        })
+    }
+}
+
+/// A pool for `http` fragments or an `http` origin, its connections set up as reqwest sets up
+/// its own: the guarded resolver, TCP_NODELAY, TCP keepalive.
+pub(super) fn plain_pool<B>(
+    resolver: &Arc<GuardedResolver>,
+    connect_timeout: Duration,
+    max_idle_per_host: usize,
+) -> Arc<PlainPool<B>> {
+    let mut http = HttpConnector::new_with_resolver(ResolveName(Arc::clone(resolver)));
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    http.set_keepalive(Some(Duration::from_secs(15)));
+    http.set_keepalive_interval(Some(Duration::from_secs(15)));
+    http.set_keepalive_retries(Some(3));
+    Arc::new(PlainPool {
+        connector: PlainConnector {
+            http,
+            timeout: connect_timeout,
+        },
+        idle: Mutex::new(HashMap::new()),
+        max_idle_per_host,
+        purging: AtomicBool::new(false),
+    })
+}
+
+// === impl PlainPool ===
+
+impl<B> fmt::Debug for PlainPool<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PlainPool")
+            .field("max_idle_per_host", &self.max_idle_per_host)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> PlainPool<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    /// Sends `request` (origin-form URI, `Host` set) to `authority` on an idle connection, or
+    /// on a new one. A request an idle connection turned out to be closed for is sent again on
+    /// another, as it never reached the server. Returns the connection with the response, to
+    /// be checked back in once the body is read.
+    pub(super) async fn send(
+        self: &Arc<Self>,
+        authority: &str,
+        mut request: http::Request<B>,
+    ) -> Result<(http::Response<hyper::body::Incoming>, SendRequest<B>), SendError> {
+        loop {
+            let (mut sender, reused) = match self.checkout(authority) {
+                Some(sender) => (sender, true),
+                None => (self.connect(authority).await?, false),
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, sender)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(SendError::Request(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// An idle connection to `authority` ready for a request, the most recently used first.
+    pub(super) fn checkout(&self, authority: &str) -> Option<SendRequest<B>> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let waiting = idle.get_mut(authority)?;
+        // Closed or expired ones are dropped on the way, which closes them.
+        while let Some(conn) = waiting.pop() {
+            if conn.sender.is_ready() && conn.since.elapsed() < POOL_IDLE_TIMEOUT {
+                return Some(conn.sender);
+            }
+        }
+        None
+    }
+
+    /// Puts a connection whose response has been read whole back for the next request. One
+    /// the server is closing, or that would be over the per-host bound, is dropped.
+    pub(super) fn checkin(self: &Arc<Self>, authority: &str, sender: SendRequest<B>) {
+        if sender.is_closed() || self.max_idle_per_host == 0 {
+            return;
+        }
+        if !sender.is_ready() {
+            // Its task has not yet seen the end of the response: return it once it has.
+            let pool = Arc::clone(self);
+            let authority = authority.to_owned();
+            let mut sender = sender;
+            tokio::spawn(async move {
+                if sender.ready().await.is_ok() {
+                    pool.checkin(&authority, sender);
+                }
+            });
+            return;
+        }
+        self.start_purging();
+        let conn = IdleConnection {
+            sender,
+            since: Instant::now(),
+        };
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        match idle.get_mut(authority) {
+            Some(waiting) if waiting.len() >= self.max_idle_per_host => {}
+            Some(waiting) => waiting.push(conn),
+            None => {
+                idle.insert(authority.to_owned(), vec![conn]);
+            }
+        }
+    }
+
+    /// Opens a connection to `authority` and starts the task that drives it.
+    pub(super) async fn connect(&self, authority: &str) -> Result<SendRequest<B>, SendError> {
+        let dst: Uri = format!("http://{authority}/")
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| SendError::Connect(e.into()))?;
+        let mut connector = self.connector.clone();
+        futures::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut connector, cx))
+            .await
+            .map_err(SendError::Connect)?;
+        let io = tower_service::Service::call(&mut connector, dst)
+            .await
+            .map_err(SendError::Connect)?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| SendError::Connect(e.into()))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "pooled connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Starts, once, the task that closes connections idle longer than [`POOL_IDLE_TIMEOUT`];
+    /// it ends with the pool.
+    pub(super) fn start_purging(self: &Arc<Self>) {
+        if self.purging.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(POOL_IDLE_TIMEOUT).await;
+                let Some(pool) = pool.upgrade() else {
+                    return;
+                };
+                let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
+                idle.retain(|_, waiting| {
+                    waiting.retain(|conn| {
+                        !conn.sender.is_closed() && conn.since.elapsed() < POOL_IDLE_TIMEOUT
+                    });
+                    !waiting.is_empty()
+                });
+            }
+        });
+    }
+}
+
+// === impl CheckinOnEnd ===
+
+impl http_body::Body for CheckinOnEnd {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
+        match &frame {
+            None => {
+                if let Some((pool, authority, connection)) = this.connection.take() {
+                    pool.checkin(&authority, connection);
+                }
+            }
+            Some(Err(_)) => this.connection = None,
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}

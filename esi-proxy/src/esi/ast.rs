@@ -4,8 +4,8 @@
 
 use bytes::Bytes;
 
+use super::diag::Diagnostic;
 use super::expr::Expr;
-use super::parse::Diagnostic;
 use super::vars::{render_html, render_url, Request, Segment, VarPolicy, VarString};
 
 /// A parsed document: literal runs and ESI instructions, in document order.

@@ -3,12 +3,14 @@
 //! Pure: no I/O, no async, no allocation per literal byte (literal runs are `Bytes` slices).
 
 pub mod ast;
+pub mod diag;
 pub mod expr;
 pub mod parse;
 pub mod scan;
 pub mod vars;
 
 pub use ast::{Include, Node, OnError, Template, When};
+pub use diag::{Diagnostic, ParseError, Problem, Severity};
 pub use expr::{parse_expr, CmpOp, Expr, ExprError};
-pub use parse::{parse, Diagnostic, Event, Mode, ParseError, ParseOptions, Parser, Severity};
+pub use parse::{parse, Event, Mode, ParseOptions, Parser};
 pub use vars::{CookieAccess, Request, Segment, VarError, VarName, VarPolicy, VarRef, VarString};

@@ -1,0 +1,660 @@
+//! Unit tests of variables: parsing, policies, rendering into pages and URLs.
+
+use super::*;
+use proptest::prelude::*;
+
+fn var(s: &str) -> VarRef {
+    parse_var_ref(s.as_bytes())
+        .expect("test reference is well-formed")
+        .0
+}
+
+fn r(name: VarName, key: Option<&str>, default: Option<&str>) -> VarRef {
+    VarRef {
+        name,
+        key: key.map(Box::from),
+        default: default.map(Box::from),
+    }
+}
+
+#[test]
+fn parse_var_ref_forms() {
+    use VarName::*;
+    let cases: &[(&str, VarRef, usize)] = &[
+        ("$(HTTP_HOST)", r(Host, None, None), 12),
+        ("$(HTTP_HOST)tail", r(Host, None, None), 12),
+        ("$(HTTP_REFERER)", r(Referer, None, None), 15),
+        ("$(HTTP_USER_AGENT{os})", r(UserAgent, Some("os"), None), 22),
+        (
+            "$(HTTP_ACCEPT_LANGUAGE{en-US})",
+            r(AcceptLanguage, Some("en-US"), None),
+            30,
+        ),
+        ("$(HTTP_COOKIE{id})", r(Cookie, Some("id"), None), 18),
+        ("$(HTTP_COOKIE{'a b'})", r(Cookie, Some("a b"), None), 21),
+        ("$(HTTP_COOKIE{'}'})", r(Cookie, Some("}"), None), 19),
+        ("$(QUERY_STRING)", r(QueryString, None, None), 15),
+        (
+            "$(QUERY_STRING{id}|'x')",
+            r(QueryString, Some("id"), Some("x")),
+            23,
+        ),
+        (
+            "$(QUERY_STRING{id}|x y)",
+            r(QueryString, Some("id"), Some("x y")),
+            23,
+        ),
+        (
+            "$(QUERY_STRING|'a)b')",
+            r(QueryString, None, Some("a)b")),
+            21,
+        ),
+        (
+            "$(QUERY_STRING|'it$(x')",
+            r(QueryString, None, Some("it$(x")),
+            23,
+        ),
+        ("$(HTTP_HOST|)", r(Host, None, Some("")), 13),
+        ("$(HTTP_HOST|'')", r(Host, None, Some("")), 15),
+        ("$(HTTP_HOST{k}|d)", r(Host, Some("k"), Some("d")), 17),
+        ("$(FOO_1)", r(Unknown("FOO_1".into()), None, None), 8),
+        ("$(_X)", r(Unknown("_X".into()), None, None), 5),
+        (
+            "$(HTTP_COOKIE{naïve}|café)",
+            r(Cookie, Some("naïve"), Some("café")),
+            28,
+        ),
+    ];
+    for (input, want, len) in cases {
+        let got = parse_var_ref(input.as_bytes());
+        assert_eq!(got, Some((want.clone(), *len)), "input: {input}");
+    }
+}
+
+#[test]
+fn parse_var_ref_malformed() {
+    let cases = [
+        "",
+        "$",
+        "$(",
+        "$()",
+        "(HTTP_HOST)",
+        "$ (HTTP_HOST)",
+        "$(http_host)",
+        "$(1A)",
+        "$(HTTP_HOST",
+        "$(HTTP_HOST }",
+        "$(HTTP_HOST{})",
+        "$(HTTP_HOST{''})",
+        "$(HTTP_HOST{a b})",
+        "$(HTTP_HOST{a)",
+        "$(HTTP_HOST{'a})",
+        "$(HTTP_HOST{'a'x})",
+        "$(HTTP_HOST{a}x)",
+        "$(HTTP_HOST |x)",
+        "$(HTTP_HOST| a(b)",
+        "$(HTTP_HOST|a$b)",
+        "$(HTTP_HOST|it's)",
+        "$(HTTP_HOST|'x'y)",
+        "$(HTTP_HOST|'unterminated)",
+        "$(HTTP_HOST|no close",
+    ];
+    for input in cases {
+        assert_eq!(parse_var_ref(input.as_bytes()), None, "input: {input:?}");
+    }
+    assert_eq!(parse_var_ref(b"$(HTTP_HOST|\xff)"), None, "invalid UTF-8");
+}
+
+#[test]
+fn parse_var_ref_length_bound() {
+    let fits = format!("$(HTTP_HOST|'{}')", "a".repeat(MAX_REF_BYTES - 15));
+    assert_eq!(fits.len(), MAX_REF_BYTES);
+    assert!(parse_var_ref(fits.as_bytes()).is_some());
+    let long = format!("$(HTTP_HOST|'{}')", "a".repeat(MAX_REF_BYTES));
+    assert_eq!(parse_var_ref(long.as_bytes()), None);
+    assert_eq!(VarString::parse(&long).as_constant(), Some(long.as_str()));
+}
+
+#[test]
+fn var_string_parse_and_display() {
+    // (input, segments as "L:text" / "V:source", display)
+    let cases: &[(&str, &[&str], &str)] = &[
+        ("", &[], ""),
+        ("/plain", &["L:/plain"], "/plain"),
+        (
+            "/p?id=$(QUERY_STRING{id}|'x')",
+            &["L:/p?id=", "V:$(QUERY_STRING{id}|'x')"],
+            "/p?id=$(QUERY_STRING{id}|'x')",
+        ),
+        (
+            "/p?id=$(QUERY_STRING{id}|x)",
+            &["L:/p?id=", "V:$(QUERY_STRING{id}|'x')"],
+            "/p?id=$(QUERY_STRING{id}|'x')",
+        ),
+        (
+            "$(HTTP_HOST)$(HTTP_REFERER)",
+            &["V:$(HTTP_HOST)", "V:$(HTTP_REFERER)"],
+            "$(HTTP_HOST)$(HTTP_REFERER)",
+        ),
+        ("cost: $5 $(", &["L:cost: $5 $("], "cost: $5 $("),
+        ("$(lower) x", &["L:$(lower) x"], "$(lower) x"),
+        (
+            "$($(HTTP_HOST))",
+            &["L:$(", "V:$(HTTP_HOST)", "L:)"],
+            "$($(HTTP_HOST))",
+        ),
+        (
+            "a$(HTTP_HOST{k)$(HTTP_HOST)b",
+            &["L:a$(HTTP_HOST{k)", "V:$(HTTP_HOST)", "L:b"],
+            "a$(HTTP_HOST{k)$(HTTP_HOST)b",
+        ),
+        (
+            "$(HTTP_COOKIE{'a b'}|x y)",
+            &["V:$(HTTP_COOKIE{'a b'}|'x y')"],
+            "$(HTTP_COOKIE{'a b'}|'x y')",
+        ),
+        (
+            "$(HTTP_COOKIE{a}|it's)",
+            &["L:$(HTTP_COOKIE{a}|it's)"],
+            "$(HTTP_COOKIE{a}|it's)",
+        ),
+        (
+            "é$(HTTP_HOST)é",
+            &["L:é", "V:$(HTTP_HOST)", "L:é"],
+            "é$(HTTP_HOST)é",
+        ),
+    ];
+    for (input, want, display) in cases {
+        let vs = VarString::parse(input);
+        let got: Vec<String> = vs
+            .segments
+            .iter()
+            .map(|s| match s {
+                Segment::Literal(t) => format!("L:{t}"),
+                Segment::Var(v) => format!("V:{v}"),
+            })
+            .collect();
+        assert_eq!(got, *want, "input: {input}");
+        assert_eq!(vs.to_string(), *display, "input: {input}");
+        assert_eq!(VarString::parse(&vs.to_string()), vs, "round trip: {input}");
+        let has_var = want.iter().any(|s| s.starts_with("V:"));
+        assert_eq!(vs.as_constant().is_none(), has_var, "input: {input}");
+        assert_eq!(
+            vs.vars().count(),
+            want.iter().filter(|s| s.starts_with("V:")).count()
+        );
+    }
+    assert_eq!(VarString::parse("").as_constant(), Some(""));
+    assert_eq!(VarString::parse("/a$b").as_constant(), Some("/a$b"));
+}
+
+#[test]
+fn split_vars_segments() {
+    let cases: &[(&str, Option<&[&str]>)] = &[
+        ("", None),
+        ("no variables here", None),
+        ("price $5, $( and $(lower)", None),
+        ("$(HTTP_HOST)", Some(&["V:HTTP_HOST"])),
+        (
+            "Hi $(HTTP_COOKIE{name}|'you')!",
+            Some(&["L:Hi ", "V:HTTP_COOKIE", "L:!"]),
+        ),
+        (
+            "$(X$(HTTP_HOST)$(QUERY_STRING)",
+            Some(&["L:$(X", "V:HTTP_HOST", "V:QUERY_STRING"]),
+        ),
+    ];
+    for (input, want) in cases {
+        let got = split_vars(&Bytes::copy_from_slice(input.as_bytes())).map(|segs| {
+            segs.iter()
+                .map(|s| match s {
+                    Segment::Literal(b) => format!("L:{}", String::from_utf8_lossy(b)),
+                    Segment::Var(v) => format!("V:{}", v.name.as_str()),
+                })
+                .collect::<Vec<_>>()
+        });
+        let want = want.map(|w| w.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(got, want, "input: {input}");
+    }
+}
+
+#[test]
+fn split_vars_is_zero_copy() {
+    let text = Bytes::from_static(b"<p>Hello $(HTTP_COOKIE{name}), from $(HTTP_HOST).</p>");
+    let range = text.as_ptr_range();
+    let segments = split_vars(&text).expect("text holds variables");
+    let mut literals = 0;
+    for seg in &segments {
+        if let Segment::Literal(b) = seg {
+            let r = b.as_ptr_range();
+            assert!(
+                range.start <= r.start && r.end <= range.end,
+                "literal copied: {b:?}"
+            );
+            literals += 1;
+        }
+    }
+    assert_eq!(literals, 3);
+}
+
+#[test]
+fn request_values() {
+    let req = Request::new()
+        .with_host("example.com")
+        .with_referer("https://ref.example/")
+        .with_query("a=1&b=x+y%21&c&a=2&e=%E2%82%AC&bad=%ff%zz&k%5B%5D=arr&empty=")
+        .with_cookie("id=42;  group = Advanced ; empty=")
+        .with_cookie("id=shadowed; last=1")
+        .with_user_agent("curl/8.4.0")
+        .with_accept_language("en-US, fr;q=0.5");
+    let policy = VarPolicy::default();
+    let cases: &[(&str, &str)] = &[
+        ("$(HTTP_HOST)", "example.com"),
+        ("$(HTTP_HOST{ignored})", "example.com"),
+        ("$(HTTP_REFERER)", "https://ref.example/"),
+        ("$(HTTP_COOKIE{id})", "42"),
+        ("$(HTTP_COOKIE{group})", "Advanced"),
+        ("$(HTTP_COOKIE{last})", "1"),
+        ("$(HTTP_COOKIE{ID})", ""),
+        ("$(HTTP_COOKIE{missing}|'dflt')", "dflt"),
+        ("$(HTTP_COOKIE{empty}|dflt)", "dflt"),
+        ("$(HTTP_COOKIE)", ""),
+        ("$(HTTP_COOKIE|hidden)", "hidden"),
+        (
+            "$(QUERY_STRING)",
+            "a=1&b=x+y%21&c&a=2&e=%E2%82%AC&bad=%ff%zz&k%5B%5D=arr&empty=",
+        ),
+        ("$(QUERY_STRING{a})", "1"),
+        ("$(QUERY_STRING{A})", ""),
+        ("$(QUERY_STRING{b})", "x y!"),
+        ("$(QUERY_STRING{c})", ""),
+        ("$(QUERY_STRING{c}|'none')", "none"),
+        ("$(QUERY_STRING{e})", "€"),
+        ("$(QUERY_STRING{bad})", "\u{fffd}%zz"),
+        ("$(QUERY_STRING{k[]})", "arr"),
+        ("$(QUERY_STRING{empty}|d)", "d"),
+        ("$(QUERY_STRING{nope})", ""),
+        ("$(HTTP_ACCEPT_LANGUAGE)", "en-US, fr;q=0.5"),
+        ("$(HTTP_ACCEPT_LANGUAGE{en})", "true"),
+        ("$(HTTP_ACCEPT_LANGUAGE{de}|'x')", "false"),
+        ("$(HTTP_USER_AGENT)", "curl/8.4.0"),
+        ("$(HTTP_USER_AGENT{browser})", "OTHER"),
+        ("$(HTTP_USER_AGENT{nope}|d)", "d"),
+        ("$(UNKNOWN_VAR)", ""),
+        ("$(UNKNOWN_VAR|'d')", "d"),
+    ];
+    for (src, want) in cases {
+        assert_eq!(req.value(&var(src), &policy), *want, "var: {src}");
+    }
+}
+
+#[test]
+fn missing_headers_give_defaults() {
+    let req = Request::new();
+    let policy = VarPolicy {
+        whole_cookie_header: true,
+        ..VarPolicy::default()
+    };
+    let cases: &[(&str, &str)] = &[
+        ("$(HTTP_HOST)", ""),
+        ("$(HTTP_HOST|h)", "h"),
+        ("$(HTTP_COOKIE|c)", "c"),
+        ("$(HTTP_COOKIE{a}|c)", "c"),
+        ("$(QUERY_STRING|q)", "q"),
+        ("$(QUERY_STRING{a}|q)", "q"),
+        ("$(HTTP_REFERER|r)", "r"),
+        ("$(HTTP_USER_AGENT|u)", "u"),
+        ("$(HTTP_USER_AGENT{browser}|u)", "OTHER"),
+        ("$(HTTP_USER_AGENT{os}|u)", "OTHER"),
+        ("$(HTTP_USER_AGENT{version}|u)", "u"),
+        ("$(HTTP_ACCEPT_LANGUAGE|l)", "l"),
+        ("$(HTTP_ACCEPT_LANGUAGE{en}|l)", "false"),
+    ];
+    for (src, want) in cases {
+        assert_eq!(req.value(&var(src), &policy), *want, "var: {src}");
+    }
+}
+
+#[test]
+fn cookie_policy() {
+    let req = Request::new().with_cookie("session=s3cr3t; group=gold; theme=dark");
+    let only = CookieAccess::Only(vec!["group".into(), "theme".into()]);
+    // (policy cookies, whole header, var, want)
+    let cases: &[(&CookieAccess, bool, &str, &str)] = &[
+        (
+            &CookieAccess::All,
+            false,
+            "$(HTTP_COOKIE{session})",
+            "s3cr3t",
+        ),
+        (&CookieAccess::All, false, "$(HTTP_COOKIE)", ""),
+        (&CookieAccess::All, false, "$(HTTP_COOKIE|none)", "none"),
+        (
+            &CookieAccess::All,
+            true,
+            "$(HTTP_COOKIE)",
+            "session=s3cr3t; group=gold; theme=dark",
+        ),
+        (&only, false, "$(HTTP_COOKIE{group})", "gold"),
+        (&only, false, "$(HTTP_COOKIE{theme})", "dark"),
+        (&only, false, "$(HTTP_COOKIE{session})", ""),
+        (&only, false, "$(HTTP_COOKIE{session}|'no')", "no"),
+        (&only, false, "$(HTTP_COOKIE{GROUP})", ""),
+        (
+            &CookieAccess::Only(vec![]),
+            false,
+            "$(HTTP_COOKIE{group})",
+            "",
+        ),
+    ];
+    for (cookies, whole, src, want) in cases {
+        let policy = VarPolicy {
+            cookies: (*cookies).clone(),
+            whole_cookie_header: *whole,
+            raw_output: false,
+        };
+        assert_eq!(
+            req.value(&var(src), &policy),
+            *want,
+            "var: {src}, {policy:?}"
+        );
+    }
+}
+
+#[test]
+fn user_agents() {
+    // (User-Agent, browser, os, version)
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "Mozilla/4.0 (compatible; MSIE 6.0; Windows NT 5.1; SV1)",
+            "MSIE",
+            "WIN",
+            "6.0",
+        ),
+        (
+            "Mozilla/4.0 (compatible; MSIE 8.0; Windows NT 6.1; Trident/4.0)",
+            "MSIE",
+            "WIN",
+            "8.0",
+        ),
+        (
+            "Mozilla/5.0 (Windows NT 10.0; WOW64; Trident/7.0; rv:11.0) like Gecko",
+            "MSIE",
+            "WIN",
+            "11.0",
+        ),
+        (
+            "Mozilla/4.0 (compatible; MSIE 5.23; Mac_PowerPC)",
+            "MSIE",
+            "MAC",
+            "5.23",
+        ),
+        (
+            "Mozilla/5.0 (X11; Linux x86_64; rv:109.0) Gecko/20100101 Firefox/115.0",
+            "MOZILLA",
+            "UNIX",
+            "5.0",
+        ),
+        (
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) \
+             Chrome/120.0.0.0 Safari/537.36",
+            "MOZILLA",
+            "WIN",
+            "5.0",
+        ),
+        (
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like \
+             Gecko) Version/17.1 Safari/605.1.15",
+            "MOZILLA",
+            "MAC",
+            "5.0",
+        ),
+        (
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 \
+             (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1",
+            "MOZILLA",
+            "MAC",
+            "5.0",
+        ),
+        (
+            "Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) \
+             Chrome/120.0.0.0 Mobile Safari/537.36",
+            "MOZILLA",
+            "UNIX",
+            "5.0",
+        ),
+        (
+            "Mozilla/5.0 (X11; FreeBSD amd64; rv:120.0) Gecko/20100101 Firefox/120.0",
+            "MOZILLA",
+            "UNIX",
+            "5.0",
+        ),
+        (
+            "Opera/9.80 (Windows NT 6.1; U; en) Presto/2.10.289 Version/12.00",
+            "OTHER",
+            "WIN",
+            "9.80",
+        ),
+        ("curl/8.4.0", "OTHER", "OTHER", "8.4.0"),
+        (
+            "Googlebot/2.1 (+http://www.google.com/bot.html)",
+            "OTHER",
+            "OTHER",
+            "2.1",
+        ),
+        (
+            "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+            "MOZILLA",
+            "OTHER",
+            "5.0",
+        ),
+        ("", "OTHER", "OTHER", ""),
+        ("just words", "OTHER", "OTHER", ""),
+    ];
+    let policy = VarPolicy::default();
+    let (b, o, v) = (
+        var("$(HTTP_USER_AGENT{browser})"),
+        var("$(HTTP_USER_AGENT{os})"),
+        var("$(HTTP_USER_AGENT{version})"),
+    );
+    for (ua, browser, os, version) in cases {
+        let req = Request::new().with_user_agent(*ua);
+        let got = (
+            req.value(&b, &policy),
+            req.value(&o, &policy),
+            req.value(&v, &policy),
+        );
+        assert_eq!(
+            got,
+            ((*browser).into(), (*os).into(), (*version).into()),
+            "UA: {ua}"
+        );
+    }
+}
+
+#[test]
+fn accept_language() {
+    // (header, key, listed)
+    let cases: &[(&str, &str, bool)] = &[
+        ("en-US,en;q=0.9,fr;q=0.8", "en", true),
+        ("en-US,en;q=0.9,fr;q=0.8", "fr", true),
+        ("en-US,en;q=0.9,fr;q=0.8", "de", false),
+        ("en-US", "en", true),
+        ("en-US", "en-us", true),
+        ("en-US", "EN-US", true),
+        ("en", "en-us", false),
+        ("eng", "en", false),
+        ("da, en-gb;q=0.8, en;q=0.7", "en-GB", true),
+        ("fr;q=0, en", "fr", false),
+        ("fr; q=0.0, en", "fr", false),
+        ("fr;Q=0.000", "fr", false),
+        ("fr;q=0.001", "fr", true),
+        ("fr;q=junk", "fr", true),
+        ("*", "en", false),
+        ("*;q=0.5", "en", false),
+        ("", "en", false),
+        (" , ;, en ", "en", true),
+    ];
+    let policy = VarPolicy::default();
+    for (header, key, listed) in cases {
+        let req = Request::new().with_accept_language(*header);
+        let v = VarRef {
+            name: VarName::AcceptLanguage,
+            key: Some((*key).into()),
+            default: Some("ignored".into()),
+        };
+        let want = if *listed { "true" } else { "false" };
+        assert_eq!(req.value(&v, &policy), want, "header {header:?}, key {key}");
+    }
+    let req = Request::new()
+        .with_accept_language("de")
+        .with_accept_language("en;q=0.5");
+    assert_eq!(
+        req.value(&var("$(HTTP_ACCEPT_LANGUAGE{en})"), &policy),
+        "true"
+    );
+    assert_eq!(
+        req.value(&var("$(HTTP_ACCEPT_LANGUAGE)"), &policy),
+        "de, en;q=0.5"
+    );
+}
+
+#[test]
+fn render_url_encoding() {
+    let req = Request::new()
+        .with_host("example.com")
+        .with_query("id=a b&x=1+2%20&q=/?#")
+        .with_cookie("name=J. Doe/<x>; emoji=é");
+    let policy = VarPolicy::default();
+    let cases: &[(&str, &str)] = &[
+        ("/static.html", "/static.html"),
+        ("", ""),
+        ("/f?h=$(HTTP_HOST)", "/f?h=example.com"),
+        ("/f?$(QUERY_STRING)", "/f?id=a%20b&x=1+2%20&q=%2F%3F%23"),
+        ("/f?id=$(QUERY_STRING{id})", "/f?id=a%20b"),
+        ("/f?x=$(QUERY_STRING{x})", "/f?x=1%202%20"),
+        ("/f/$(HTTP_COOKIE{name})", "/f/J.%20Doe%2F%3Cx%3E"),
+        ("/f/$(HTTP_COOKIE{emoji})", "/f/%C3%A9"),
+        ("/f/$(HTTP_COOKIE{none}|'a&b')", "/f/a%26b"),
+        ("/f/$(HTTP_COOKIE{none}|-._~)", "/f/-._~"),
+        ("/é/$(UNKNOWN)", "/é/"),
+    ];
+    for (src, want) in cases {
+        let got = render_url(&VarString::parse(src), &req, &policy);
+        assert_eq!(got.as_deref(), Ok(*want), "src: {src}");
+    }
+}
+
+#[test]
+fn render_url_refusal() {
+    let req = Request::new()
+        .with_cookie("sp=a b; nl=a\nb; cr=x\r\nHost: evil; ok=fine")
+        .with_query("q=%0d%0a");
+    let raw = VarPolicy {
+        raw_output: true,
+        ..VarPolicy::default()
+    };
+    let escaped = VarPolicy::default();
+    // (src, policy, Ok(rendered) or Err(())
+    let cases: &[(&str, &VarPolicy, Result<&str, ()>)] = &[
+        ("/f/$(HTTP_COOKIE{sp})", &raw, Err(())),
+        ("/f/$(HTTP_COOKIE{nl})", &raw, Err(())),
+        ("/f/$(HTTP_COOKIE{cr})", &raw, Err(())),
+        ("/f/$(HTTP_COOKIE{ok})", &raw, Ok("/f/fine")),
+        ("/f/$(QUERY_STRING{q})", &raw, Err(())),
+        ("/f/$(HTTP_COOKIE{sp})", &escaped, Ok("/f/a%20b")),
+        (
+            "/f/$(HTTP_COOKIE{cr})",
+            &escaped,
+            Ok("/f/x%0D%0AHost%3A%20evil"),
+        ),
+        ("/f/$(QUERY_STRING{q})", &escaped, Ok("/f/%0D%0A")),
+        ("/f/\tx", &escaped, Err(())),
+        ("/f x", &escaped, Err(())),
+        ("/f\u{7f}", &escaped, Err(())),
+        ("/f\0", &escaped, Err(())),
+        ("/f\u{1b}", &raw, Err(())),
+    ];
+    for (src, policy, want) in cases {
+        let got = render_url(&VarString::parse(src), &req, policy);
+        match want {
+            Ok(w) => assert_eq!(got.as_deref(), Ok(*w), "src: {src:?}"),
+            Err(()) => assert!(
+                matches!(got, Err(VarError::UnsafeUrl(_))),
+                "src: {src:?} gave {got:?}"
+            ),
+        }
+    }
+}
+
+#[test]
+fn render_html_escaping() {
+    let req = Request::new().with_cookie(r#"n=<b>"Tom" & 'Jerry'</b>"#);
+    let text = Bytes::from_static(b"<p a='1'>Hi $(HTTP_COOKIE{n}) & $(HTTP_HOST|'<guest>')</p>");
+    let segments = split_vars(&text).expect("text holds variables");
+    let raw = VarPolicy {
+        raw_output: true,
+        ..VarPolicy::default()
+    };
+    let cases: &[(&VarPolicy, &str)] = &[
+        (
+            &VarPolicy::default(),
+            "<p a='1'>Hi &lt;b&gt;&quot;Tom&quot; &amp; &#39;Jerry&#39;&lt;/b&gt; & \
+             &lt;guest&gt;</p>",
+        ),
+        (&raw, r#"<p a='1'>Hi <b>"Tom" & 'Jerry'</b> & <guest></p>"#),
+    ];
+    for (policy, want) in cases {
+        let mut out = b"prefix:".to_vec();
+        render_html(&segments, &req, policy, &mut out);
+        assert_eq!(String::from_utf8_lossy(&out), format!("prefix:{want}"));
+    }
+}
+
+#[test]
+fn escape_html_table() {
+    let cases = [
+        ("", ""),
+        ("plain", "plain"),
+        ("a&b", "a&amp;b"),
+        ("<>\"'&", "&lt;&gt;&quot;&#39;&amp;"),
+        ("é<é", "é&lt;é"),
+    ];
+    for (input, want) in cases {
+        let mut out = Vec::new();
+        escape_html(input, &mut out);
+        assert_eq!(String::from_utf8_lossy(&out), want, "input: {input}");
+    }
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_text_never_panics(s in any::<String>(), raw in proptest::collection::vec(any::<u8>(), 0..64)) {
+        for text in [s.clone(), String::from_utf8_lossy(&raw).into_owned()] {
+            let vs = VarString::parse(&text);
+            prop_assert_eq!(VarString::parse(&vs.to_string()), vs.clone());
+            let _ = split_vars(&Bytes::from(text.clone()));
+            let _ = render_url(&vs, &Request::new().with_query(text.clone()), &VarPolicy::default());
+        }
+        let _ = split_vars(&Bytes::from(raw.clone()));
+        let _ = parse_var_ref(&raw);
+    }
+
+    #[test]
+    fn text_without_references_is_literal(s in "[^$]*") {
+        prop_assert!(split_vars(&Bytes::from(s.clone())).is_none());
+        let vs = VarString::parse(&s);
+        prop_assert_eq!(vs.as_constant(), Some(s.as_str()));
+    }
+
+    #[test]
+    fn reference_like_text_round_trips(s in "(\\$\\(|[A-Z_]{1,3}|[{}|')]|'[a-z ]*'|[a-z ]{1,3})*") {
+        let vs = VarString::parse(&s);
+        prop_assert_eq!(VarString::parse(&vs.to_string()), vs.clone());
+        let joined = match split_vars(&Bytes::from(s.clone())) {
+            None => { prop_assert!(vs.as_constant().is_some()); return Ok(()); }
+            Some(segs) => segs,
+        };
+        prop_assert_eq!(joined.len(), vs.segments.len());
+    }
+}

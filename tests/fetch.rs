@@ -11,8 +11,8 @@ use bytes::Bytes;
 use esi_proxy::config::{Config, HostConfig};
 use esi_proxy::fetch::{
     FetchError, Fetcher, Fragment, FragmentRequest, HttpClient, Lookup, SystemLookup,
-    SURROGATE_CAPABILITY,
 };
+use esi_proxy::headers::CAPABILITY;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
@@ -141,7 +141,7 @@ async fn header_policy_seen_by_fragments() {
             ("x-forwarded-for", "192.0.2.7"),
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "www.example.test"),
-            ("surrogate-capability", SURROGATE_CAPABILITY),
+            ("surrogate-capability", CAPABILITY),
         ];
         for (name, value) in present {
             assert_eq!(values(server, name), [*value], "{name} at {}", server.addr);
@@ -554,7 +554,7 @@ async fn send_origin_streams_undecoded() {
         ("accept-encoding", "gzip"),
         ("cookie", "id=7"),
         ("x-request", "1"),
-        ("surrogate-capability", SURROGATE_CAPABILITY),
+        ("surrogate-capability", CAPABILITY),
     ] {
         assert_eq!(values(&origin, name), [value], "{name}");
     }

@@ -535,3 +535,43 @@ async fn include_loops_and_fan_out_bombs_are_bounded() {
     assert!(metrics.contains("outcome=\"loop\""), "{metrics}");
     assert!(metrics.contains("outcome=\"limit\""), "{metrics}");
 }
+
+/// Regression: a layout marked with several capabilities (`content="ESI/1.0 ESI-Inline/1.0"`,
+/// targeted, or among other directives) was passed through with its raw `<esi:include>`, while
+/// a fragment with the same marker was composed. Layouts and fragments now share one parser.
+#[tokio::test]
+async fn layouts_are_recognised_as_esi_by_the_same_marker_parser_as_fragments() {
+    let markers = [
+        "content=\"ESI/1.0 ESI-Inline/1.0\"",
+        "max-age=60, content=\"ESI/1.0\";esi-proxy",
+        "no-store, Content = \"esi/1.0\"",
+    ];
+    let origin = serve(move |req| async move {
+        if req.uri().path() == "/f" {
+            return html("fragment");
+        }
+        let n: usize = req
+            .uri()
+            .path()
+            .trim_start_matches('/')
+            .parse()
+            .unwrap_or(0);
+        let mut r = html("<p><esi:include src=\"/f\"/></p>");
+        r.headers_mut().insert(
+            "surrogate-control",
+            http::HeaderValue::from_static(markers[n]),
+        );
+        r
+    })
+    .await;
+    let proxy = proxy(&origin.url(), cfg()).await;
+    for (n, marker) in markers.iter().enumerate() {
+        let (status, headers, body) = get(&proxy.url(&format!("/{n}"))).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "<p>fragment</p>"),
+            "{marker}"
+        );
+        assert!(headers.get("surrogate-control").is_none(), "{marker}");
+    }
+}

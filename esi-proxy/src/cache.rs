@@ -2544,7 +2544,7 @@ mod tests {
 
     #[test]
     fn device_token_is_the_announced_one() {
-        let announced = crate::fetch::SURROGATE_CAPABILITY;
+        let announced = crate::headers::CAPABILITY;
         assert!(announced.starts_with(&format!("{DEVICE}=")), "{announced}");
     }
 

@@ -568,7 +568,7 @@ impl Config {
             let lower = name.to_ascii_lowercase();
             if http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
                 p.push(&field, format!("{name:?} is not a header name"));
-            } else if crate::fetch::NEVER_FORWARDED.contains(&lower.as_str()) {
+            } else if crate::headers::never_to_fragments(&lower) {
                 let message = format!("{name:?} is never forwarded to fragments");
                 p.push(&field, message);
             }

@@ -1,22 +1,15 @@
-//! Every HTTP header rule in one place: the never-forwarded and hop-by-hop names,
-//! `Surrogate-Capability`, `Surrogate-Control` parsing and `X-Forwarded-*`. Pure: no I/O.
+//! Every HTTP header rule in one place: the hop-by-hop and never-forwarded names,
+//! `Surrogate-Capability` and `Surrogate-Control` (the ESI marker), `X-Forwarded-*`, and what
+//! the origin is sent and the client gets back. Pure functions over header maps: no I/O, no ESI.
 
-use http::header::HeaderName;
+use std::net::{IpAddr, SocketAddr};
 
-/// Client request headers never sent to fragments, whatever `fetch.forward_headers` says
-/// (lowercase): credentials (which go to trusted hosts only, by their own rule), conditional and
-/// range headers (a fragment is always fetched whole), hop-by-hop headers, and headers that
-/// describe the client's own request or that the fetcher sets itself.
-pub const NEVER_FORWARDED: &[&str] = &[
-    "cookie",
-    "authorization",
-    "proxy-authorization",
-    "range",
-    "if-match",
-    "if-none-match",
-    "if-modified-since",
-    "if-unmodified-since",
-    "if-range",
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Request;
+
+/// Headers that describe one hop, never forwarded nor cached (RFC 9110 section 7.6.1, and the
+/// proxy authentication pair of RFC 9110 section 11.7).
+pub const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -24,29 +17,72 @@ pub const NEVER_FORWARDED: &[&str] = &[
     "trailer",
     "transfer-encoding",
     "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+/// Client request headers never sent to fragments besides [`HOP_BY_HOP`], whatever
+/// `fetch.forward_headers` says (lowercase): credentials (which go to trusted hosts only, by
+/// their own rule), conditional and range headers (a fragment is always fetched whole), and
+/// headers that describe the client's own request or that the fetcher sets itself.
+pub const NOT_TO_FRAGMENTS: [&str; 13] = [
+    "cookie",
+    "authorization",
+    "range",
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+    "if-range",
     "host",
     "content-length",
     "content-type",
     "expect",
     "accept-encoding",
-    "surrogate-capability",
 ];
 
-/// The `Surrogate-Capability` value sent on every request to the origin and to fragments.
-pub const SURROGATE_CAPABILITY: &str = "esi-proxy=\"ESI/1.0\"";
+/// `Surrogate-Control`: the origin's instructions to the proxy, never passed to the client.
+pub const SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
+/// `Surrogate-Capability`: what the proxy can do, on every request to origin and fragments.
+pub const SURROGATE_CAPABILITY: HeaderName = HeaderName::from_static("surrogate-capability");
+/// The device token the proxy announces and that `Surrogate-Control` directives may target.
+pub const DEVICE: &str = "esi-proxy";
+/// The `Surrogate-Capability` value sent: [`DEVICE`] processes ESI 1.0.
+pub const CAPABILITY: &str = "esi-proxy=\"ESI/1.0\"";
+/// `X-Forwarded-For`, set by the proxy from the peer address.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`, set by the proxy.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`, the client's `Host`, set by the proxy.
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// The `X-Forwarded-*` headers the proxy sets; they always go to fragments.
+pub const X_FORWARDED: [HeaderName; 3] = [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST];
+/// `Forwarded` (RFC 7239): a client's own is never passed on.
+pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+/// `Server-Timing`, added to composed pages.
+pub const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 
-/// The `X-Forwarded-*` headers the server sets; they always go to fragments.
-pub(crate) const X_FORWARDED: [&str; 3] =
-    ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
+/// Whether a client request header (lowercase) may never reach a fragment host.
+pub fn never_to_fragments(name: &str) -> bool {
+    HOP_BY_HOP.contains(&name)
+        || NOT_TO_FRAGMENTS.contains(&name)
+        || name == SURROGATE_CAPABILITY.as_str()
+}
 
-/// `Surrogate-Capability`, which `http` has no constant for.
-pub(crate) fn surrogate_capability_name() -> HeaderName {
-    HeaderName::from_static("surrogate-capability")
+/// Whether a response is marked as ESI: one of its `Surrogate-Control` values has a `content`
+/// directive listing `ESI/1.0` (see [`surrogate_control_has_esi`]). The one test for layouts
+/// and fragments alike.
+pub fn is_esi(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(SURROGATE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(surrogate_control_has_esi)
 }
 
 /// Whether one `Surrogate-Control` value has `content="ESI/1.0"` among its directives, e.g.
 /// `max-age=60, content="ESI/1.0 ESI-Inline/1.0";esi-proxy`.
-pub(crate) fn surrogate_control_has_esi(value: &str) -> bool {
+pub fn surrogate_control_has_esi(value: &str) -> bool {
     split_unquoted(value, ',').into_iter().any(|directive| {
         let Some((name, rest)) = directive.split_once('=') else {
             return false;
@@ -68,7 +104,7 @@ pub(crate) fn surrogate_control_has_esi(value: &str) -> bool {
 }
 
 /// `s` split at `sep` outside double quotes (header directives such as Surrogate-Control's).
-pub(crate) fn split_unquoted(s: &str, sep: char) -> Vec<&str> {
+pub fn split_unquoted(s: &str, sep: char) -> Vec<&str> {
     let mut parts = Vec::new();
     let mut quoted = false;
     let mut start = 0;
@@ -84,4 +120,185 @@ pub(crate) fn split_unquoted(s: &str, sep: char) -> Vec<&str> {
     }
     parts.push(&s[start..]);
     parts
+}
+
+/// Removes hop-by-hop headers and every header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    for name in &named {
+        headers.remove(name);
+    }
+}
+
+/// The headers sent to the origin: the client's, less hop-by-hop and anything a client could
+/// use to impersonate the proxy, plus X-Forwarded-* set by us.
+pub fn origin_headers<B>(req: &Request<B>, remote: SocketAddr) -> HeaderMap {
+    let mut headers = req.headers().clone();
+    strip_hop_by_hop(&mut headers);
+    let host = headers.remove(header::HOST);
+    for name in [
+        X_FORWARDED_FOR,
+        X_FORWARDED_PROTO,
+        X_FORWARDED_HOST,
+        FORWARDED,
+        SURROGATE_CAPABILITY,
+    ] {
+        headers.remove(name);
+    }
+    // The origin may only pick an encoding the proxy can decode to compose the page.
+    if let Some(accepted) = decodable_encodings(&headers) {
+        headers.insert(header::ACCEPT_ENCODING, accepted);
+    }
+    let ip = match remote.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        ip => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    if let Some(host) = host {
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+    headers
+}
+
+/// The client's `Accept-Encoding` narrowed to what a layout may be decoded from (gzip,
+/// deflate, br, identity), so an origin never answers an ESI page in, say, zstd. `None` when
+/// the client sent none.
+fn decodable_encodings(headers: &HeaderMap) -> Option<HeaderValue> {
+    let values: Vec<&str> = headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if values.is_empty() {
+        return None;
+    }
+    let mut kept: Vec<String> = Vec::new();
+    for item in values.iter().flat_map(|v| v.split(',')) {
+        let item = item.trim();
+        let coding = item
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match coding.as_str() {
+            "gzip" | "x-gzip" | "deflate" | "br" | "identity" => kept.push(item.to_owned()),
+            "*" => kept.extend(["gzip", "deflate", "br"].map(String::from)),
+            _ => {}
+        }
+    }
+    let joined = if kept.is_empty() {
+        "identity".to_owned()
+    } else {
+        kept.join(", ")
+    };
+    HeaderValue::from_str(&joined).ok()
+}
+
+/// The response headers passed on to the client: the origin's, less hop-by-hop and
+/// Surrogate-Control.
+pub fn client_response_headers(upstream: &HeaderMap) -> HeaderMap {
+    let mut headers = upstream.clone();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(SURROGATE_CONTROL);
+    headers
+}
+
+/// The headers of a composed page: the layout's, less what no longer describes the body
+/// (length, encoding, validators, ranges) and Surrogate-Control.
+pub fn composed_headers(layout: &HeaderMap) -> HeaderMap {
+    let mut headers = client_response_headers(layout);
+    for name in [
+        header::CONTENT_LENGTH,
+        header::CONTENT_ENCODING,
+        header::ETAG,
+        header::ACCEPT_RANGES,
+        header::LAST_MODIFIED,
+    ] {
+        headers.remove(name);
+    }
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_capability_announces_the_device_that_directives_target() {
+        assert_eq!(CAPABILITY.split('=').next(), Some(DEVICE));
+        assert!(HeaderValue::from_str(CAPABILITY).is_ok());
+    }
+
+    #[test]
+    fn never_to_fragments_covers_credentials_hop_by_hop_and_our_own_headers() {
+        for name in [
+            "cookie",
+            "authorization",
+            "proxy-authorization",
+            "connection",
+            "te",
+        ]
+        .into_iter()
+        .chain(["range", "if-none-match", "host", "surrogate-capability"])
+        {
+            assert!(never_to_fragments(name), "{name}");
+        }
+        for name in ["accept-language", "user-agent", "x-forwarded-for"] {
+            assert!(!never_to_fragments(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn accept_encoding_is_narrowed_to_what_a_layout_can_be_decoded_from() {
+        let cases = [
+            ("gzip, deflate, br, zstd", Some("gzip, deflate, br")),
+            ("zstd", Some("identity")),
+            (
+                "br;q=1.0, zstd;q=0.9, gzip;q=0.5",
+                Some("br;q=1.0, gzip;q=0.5"),
+            ),
+            ("*", Some("gzip, deflate, br")),
+            ("identity", Some("identity")),
+        ];
+        for (given, want) in cases {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(given));
+            let got = decodable_encodings(&h);
+            assert_eq!(
+                got.as_ref().map(|v| v.to_str().unwrap_or("?")),
+                want,
+                "{given}"
+            );
+        }
+        assert_eq!(decodable_encodings(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-kept"]);
+    }
 }

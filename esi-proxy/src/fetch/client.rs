@@ -24,9 +24,7 @@ use super::guard::{classify, Allowlist, Blocked, GuardedResolver, Lookup};
 use super::pool::{plain_pool, CheckinOnEnd, PlainPool, SendError};
 use super::{Access, FetchError, Fetcher, Fragment, FragmentRequest};
 use crate::config::{parse_base_url, BaseUrl, Config, Scheme};
-use crate::headers::{
-    surrogate_capability_name, NEVER_FORWARDED, SURROGATE_CAPABILITY, X_FORWARDED,
-};
+use crate::headers::{never_to_fragments, CAPABILITY, SURROGATE_CAPABILITY, X_FORWARDED};
 
 /// The HTTP client: keep-alive pools for fragments (decoding bodies; `http` and `https` pooled
 /// apart), one for the origin (passing bodies through as sent). Cloning is cheap and shares the
@@ -229,9 +227,9 @@ impl HttpClient {
             .forward_headers
             .iter()
             .map(|name| name.to_ascii_lowercase())
-            .filter(|name| !NEVER_FORWARDED.contains(&name.as_str()))
-            .chain(X_FORWARDED.iter().map(|name| (*name).to_owned()))
+            .filter(|name| !never_to_fragments(name))
             .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .chain(X_FORWARDED)
             .collect();
 
         let resolver = Arc::new(GuardedResolver { lookup, private_ok });
@@ -311,10 +309,7 @@ impl HttpClient {
         if !origin.matches(&url) {
             return Err(refuse("not on the origin"));
         }
-        headers.insert(
-            surrogate_capability_name(),
-            HeaderValue::from_static(SURROGATE_CAPABILITY),
-        );
+        headers.insert(SURROGATE_CAPABILITY, HeaderValue::from_static(CAPABILITY));
         let after = self.shared.layout_timeout;
         if origin.scheme == Scheme::Http {
             let sending = self
@@ -419,10 +414,7 @@ impl Shared {
                 out.append(name.clone(), value.clone());
             }
         }
-        out.insert(
-            surrogate_capability_name(),
-            HeaderValue::from_static(SURROGATE_CAPABILITY),
-        );
+        out.insert(SURROGATE_CAPABILITY, HeaderValue::from_static(CAPABILITY));
         out
     }
 

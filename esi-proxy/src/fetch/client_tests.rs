@@ -5,7 +5,7 @@ use http::StatusCode;
 use super::super::{FetchError, FragmentRequest, SystemLookup};
 use super::*;
 use crate::config::HostConfig;
-use crate::headers::SURROGATE_CAPABILITY;
+use crate::headers::CAPABILITY;
 
 fn client(hosts: &[(&str, bool, bool)]) -> HttpClient {
     let mut config = Config::default();
@@ -129,7 +129,7 @@ fn header_policy() {
         ("x-forwarded-for", &["192.0.2.1"]),
         ("x-forwarded-proto", &["https"]),
         ("x-forwarded-host", &["www.test"]),
-        ("surrogate-capability", &[SURROGATE_CAPABILITY]),
+        ("surrogate-capability", &[CAPABILITY]),
         ("proxy-authorization", &[]),
         ("range", &[]),
         ("if-none-match", &[]),

@@ -13,15 +13,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use http::header::HeaderName;
 use http::{HeaderMap, StatusCode};
 use url::Url;
 
 pub use crate::config::{parse_base_url, BaseUrl, Scheme};
 use crate::esi::Template;
 pub(crate) use crate::headers::split_unquoted;
-use crate::headers::surrogate_control_has_esi;
-pub use crate::headers::{NEVER_FORWARDED, SURROGATE_CAPABILITY};
 pub use client::HttpClient;
 pub use guard::{Lookup, SystemLookup};
 
@@ -197,11 +194,7 @@ impl Fragment {
     /// Whether the fragment is itself ESI: a `Surrogate-Control` header has a `content`
     /// directive listing `ESI/1.0` (case-insensitive, targeted or not).
     pub fn is_esi(&self) -> bool {
-        self.headers
-            .get_all(HeaderName::from_static("surrogate-control"))
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(surrogate_control_has_esi)
+        crate::headers::is_esi(&self.headers)
     }
 }
 

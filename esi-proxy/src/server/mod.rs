@@ -6,7 +6,6 @@ mod admin;
 mod body;
 mod decode;
 pub mod error;
-mod headers;
 mod proxy;
 mod reload;
 mod state;

@@ -23,11 +23,9 @@ use crate::telemetry::{server_timing, Metrics};
 use super::body::{full, Body, BoxError};
 use super::decode::{capped, decoded};
 use super::error::Error;
-use super::headers::{
-    client_response_headers, composed_headers, origin_headers, SERVER_TIMING, SURROGATE_CONTROL,
-};
 use super::state::Runtime;
 use super::AppState;
+use crate::headers::{client_response_headers, composed_headers, origin_headers, SERVER_TIMING};
 
 /// Refuses what a reverse proxy must not do: tunnels, TRACE, upgrades, forward-proxy requests.
 fn refuse(req: &Request<Incoming>) -> Result<(), Error> {
@@ -229,13 +227,7 @@ fn wants_esi(config: &Config, path_and_query: &str, resp: &reqwest::Response) ->
     if !html {
         return false;
     }
-    let marked = resp.headers().get_all(SURROGATE_CONTROL).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.to_ascii_lowercase()
-                .replace(' ', "")
-                .contains("content=\"esi/1.0\"")
-        })
-    });
+    let marked = crate::headers::is_esi(resp.headers());
     let path = path_and_query.split('?').next().unwrap_or("/");
     marked
         || config

@@ -19,7 +19,7 @@ use http_body::Body as _;
 use http_body_util::{BodyExt as _, Empty};
 use url::{Host, Position, Url};
 
-use super::decode::{CappedSink, DecodeError, Decoder};
+use super::decode::{DecodeError, Decoder};
 use super::guard::{classify, Allowlist, Blocked, GuardedResolver, Lookup};
 use super::pool::{plain_pool, CheckinOnEnd, PlainPool, SendError};
 use super::{Access, FetchError, Fetcher, Fragment, FragmentRequest};
@@ -543,14 +543,10 @@ impl Shared {
             });
         }
         let mut headers = parts.headers;
-        let decoder = match headers.get(CONTENT_ENCODING).map(HeaderValue::as_bytes) {
-            Some(b"gzip") => Some(Decoder::Gzip(Box::default())),
-            Some(b"br") => Some(Decoder::Brotli(Box::new(brotli::DecompressorWriter::new(
-                CappedSink::new(limit),
-                8 * 1024,
-            )))),
-            _ => None,
-        };
+        let decoder = headers
+            .get(CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|coding| Decoder::for_encoding(coding, limit));
         let Some(mut decoder) = decoder else {
             let declared = body.size_hint().exact();
             if declared.is_some_and(|len| len > limit as u64) {

@@ -1,18 +1,34 @@
-//! Streaming decoders for `Content-Encoding` (gzip members, brotli) into a capped buffer, so
-//! a compression bomb stops at the limit and a stream cut short is told from a corrupt one.
+//! Streaming decoders for `Content-Encoding` (gzip members, deflate, brotli) into a capped
+//! buffer, so a compression bomb stops at the limit and a stream cut short is told from a
+//! corrupt one; the one decoder for fragments and layouts alike.
 
 use std::io::Write as _;
+use std::pin::Pin;
 
-/// A fragment body in a `Content-Encoding` the client undoes: exactly `gzip` or `br`, the
-/// encodings it asks for (what reqwest decoded).
-pub(super) enum Decoder {
+use bytes::Bytes;
+use futures::{Stream, StreamExt as _};
+
+/// A body in a `Content-Encoding` the proxy undoes: `gzip` (or `x-gzip`), `deflate` (zlib, as
+/// RFC 9110 defines it) or `br`.
+pub(crate) enum Decoder {
     Gzip(Box<GzipDecoder>),
+    Deflate(Box<ZlibDecoder>),
     Brotli(Box<brotli::DecompressorWriter<CappedSink>>),
 }
 
+/// A streaming zlib decoder that knows whether its stream reached its end.
+pub(crate) struct ZlibDecoder {
+    inflate: flate2::Decompress,
+    crc: flate2::Crc,
+    ended: bool,
+}
+
+/// A decoded body as it streams: chunks of bytes, or what went wrong in words.
+pub(crate) type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
+
 /// A streaming gzip decoder (RFC 1952, any number of members one after another) that tells a
 /// stream cut short from a corrupt one, which flate2's own decoders report alike.
-pub(super) struct GzipDecoder {
+pub(crate) struct GzipDecoder {
     state: GzipState,
     /// The bytes of the member header read so far.
     header: Vec<u8>,
@@ -32,7 +48,7 @@ pub(super) enum GzipState {
 
 /// Decoded bytes, refusing to grow past the limit so a compression bomb stops there. The
 /// caller moves `buf` out after each write; `written` counts every byte taken.
-pub(super) struct CappedSink {
+pub(crate) struct CappedSink {
     buf: Vec<u8>,
     written: usize,
     limit: usize,
@@ -41,7 +57,7 @@ pub(super) struct CappedSink {
 
 /// Why an encoded body could not be decoded.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum DecodeError {
+pub(crate) enum DecodeError {
     /// The decoded body is over the limit.
     TooLarge,
     /// The encoded stream ended before it was complete.
@@ -50,9 +66,80 @@ pub(super) enum DecodeError {
     Corrupt(String),
 }
 
+/// `stream` decoded from `encoding` (lowercase; empty or `identity` for none) as it arrives,
+/// failing once more than `cap` decoded bytes went through or when the encoded stream ends
+/// before it is complete. `None` for an encoding the proxy cannot undo.
+pub(crate) fn decode_stream(
+    stream: impl Stream<Item = Result<Bytes, String>> + Send + Unpin + 'static,
+    encoding: &str,
+    cap: usize,
+) -> Option<BodyStream> {
+    if matches!(encoding, "" | "identity") {
+        let mut seen = 0usize;
+        return Some(Box::pin(stream.map(move |item| {
+            let bytes = item?;
+            seen = seen.saturating_add(bytes.len());
+            if seen > cap {
+                return Err(format!("body over {cap} bytes"));
+            }
+            Ok(bytes)
+        })));
+    }
+    let decoder = Decoder::for_encoding(encoding, cap)?;
+    // `push` bounds what one call adds to `out`; the stream hands each call's bytes on, so the
+    // bound left is the cap less what went before.
+    let start = (stream, decoder, 0usize);
+    let steps = futures::stream::unfold(Some(start), move |state| async move {
+        let (mut stream, mut decoder, mut emitted) = state?;
+        let mut out = Vec::new();
+        loop {
+            let left = cap - emitted;
+            let step = match stream.next().await {
+                Some(Ok(chunk)) => decoder.push(&chunk, &mut out, left),
+                Some(Err(e)) => return Some((Err(e), None)),
+                None => {
+                    return match decoder.finish(&mut out) {
+                        Ok(()) if out.is_empty() => None,
+                        Ok(()) => Some((Ok(Bytes::from(out)), None)),
+                        Err(e) => Some((Err(e.describe(cap)), None)),
+                    };
+                }
+            };
+            match step {
+                Ok(()) if out.is_empty() => {}
+                Ok(()) => {
+                    emitted += out.len();
+                    let next = Some((stream, decoder, emitted));
+                    return Some((Ok(Bytes::from(out)), next));
+                }
+                Err(e) => return Some((Err(e.describe(cap)), None)),
+            }
+        }
+    });
+    Some(Box::pin(steps))
+}
+
 // === impl Decoder ===
 
 impl Decoder {
+    /// The decoder of a `Content-Encoding` value (lowercase), decoding at most `limit` bytes;
+    /// `None` for one the proxy cannot undo.
+    pub(crate) fn for_encoding(encoding: &str, limit: usize) -> Option<Decoder> {
+        match encoding {
+            "gzip" | "x-gzip" => Some(Decoder::Gzip(Box::default())),
+            "deflate" => Some(Decoder::Deflate(Box::new(ZlibDecoder {
+                inflate: flate2::Decompress::new(true),
+                crc: flate2::Crc::new(),
+                ended: false,
+            }))),
+            "br" => Some(Decoder::Brotli(Box::new(brotli::DecompressorWriter::new(
+                CappedSink::new(limit),
+                8 * 1024,
+            )))),
+            _ => None,
+        }
+    }
+
     /// Decodes `input` onto `out`, which may not grow past `limit`.
     pub(super) fn push(
         &mut self,
@@ -62,6 +149,7 @@ impl Decoder {
     ) -> Result<(), DecodeError> {
         match self {
             Decoder::Gzip(gzip) => gzip.push(input, out, limit),
+            Decoder::Deflate(zlib) => zlib.push(input, out, limit),
             Decoder::Brotli(brotli) => {
                 // Bytes after the end of the stream are ignored.
                 let written = brotli.write(input);
@@ -80,6 +168,8 @@ impl Decoder {
     pub(super) fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), DecodeError> {
         match self {
             Decoder::Gzip(gzip) => gzip.finish(),
+            Decoder::Deflate(zlib) if zlib.ended => Ok(()),
+            Decoder::Deflate(_) => Err(DecodeError::Cut("deflate stream ended early".into())),
             Decoder::Brotli(brotli) => {
                 let closed = brotli.close();
                 let sink = brotli.get_mut();
@@ -90,6 +180,19 @@ impl Decoder {
                 out.append(&mut sink.buf);
                 Ok(())
             }
+        }
+    }
+}
+
+// === impl DecodeError ===
+
+impl DecodeError {
+    /// The error in words, for a body decoded under `limit` bytes.
+    pub(crate) fn describe(&self, limit: usize) -> String {
+        match self {
+            DecodeError::TooLarge => format!("decoded body over {limit} bytes"),
+            DecodeError::Cut(why) => format!("body cut short: {why}"),
+            DecodeError::Corrupt(why) => format!("undecodable body: {why}"),
         }
     }
 }
@@ -136,7 +239,8 @@ impl GzipDecoder {
                     self.state = GzipState::Deflate;
                 }
                 GzipState::Deflate => {
-                    let (used, done) = self.inflate(input, out, limit)?;
+                    let (used, done) =
+                        inflate(&mut self.inflate, &mut self.crc, input, out, limit)?;
                     input = input.get(used..).unwrap_or_default();
                     if done {
                         self.state = GzipState::Trailer;
@@ -172,52 +276,64 @@ impl GzipDecoder {
         Ok(())
     }
 
-    /// Inflates from `input` until it is used up or the member's deflate stream ends: the bytes
-    /// used and whether it ended.
-    pub(super) fn inflate(
-        &mut self,
-        input: &[u8],
-        out: &mut Vec<u8>,
-        limit: usize,
-    ) -> Result<(usize, bool), DecodeError> {
-        let mut used = 0usize;
-        loop {
-            if out.capacity() - out.len() < 4096 {
-                out.reserve(16 * 1024);
-            }
-            let (in_before, out_before) = (self.inflate.total_in(), out.len());
-            let status = self
-                .inflate
-                .decompress_vec(
-                    input.get(used..).unwrap_or_default(),
-                    out,
-                    flate2::FlushDecompress::None,
-                )
-                .map_err(|e| DecodeError::Corrupt(format!("invalid deflate data: {e}")))?;
-            let consumed =
-                usize::try_from(self.inflate.total_in() - in_before).unwrap_or(usize::MAX);
-            used = used.saturating_add(consumed).min(input.len());
-            let produced = out.get(out_before..).unwrap_or_default();
-            self.crc.update(produced);
-            let produced = produced.len();
-            if out.len() > limit {
-                return Err(DecodeError::TooLarge);
-            }
-            if status == flate2::Status::StreamEnd {
-                return Ok((used, true));
-            }
-            let output_full = out.len() == out.capacity();
-            if (consumed == 0 && produced == 0) || (used == input.len() && !output_full) {
-                return Ok((used, false));
-            }
-        }
-    }
-
     pub(super) fn finish(&self) -> Result<(), DecodeError> {
         if self.state == GzipState::Header && self.header.is_empty() {
             Ok(())
         } else {
             Err(DecodeError::Cut("gzip stream ended early".into()))
+        }
+    }
+}
+
+// === impl ZlibDecoder ===
+
+impl ZlibDecoder {
+    fn push(&mut self, input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), DecodeError> {
+        // Bytes after the end of the stream are ignored, as brotli's are.
+        if !self.ended {
+            let (_, ended) = inflate(&mut self.inflate, &mut self.crc, input, out, limit)?;
+            self.ended = ended;
+        }
+        Ok(())
+    }
+}
+
+/// Inflates from `input` until it is used up or the deflate stream ends, adding what it
+/// produces to `crc`: the bytes used and whether the stream ended.
+fn inflate(
+    decompress: &mut flate2::Decompress,
+    crc: &mut flate2::Crc,
+    input: &[u8],
+    out: &mut Vec<u8>,
+    limit: usize,
+) -> Result<(usize, bool), DecodeError> {
+    let mut used = 0usize;
+    loop {
+        if out.capacity() - out.len() < 4096 {
+            out.reserve(16 * 1024);
+        }
+        let (in_before, out_before) = (decompress.total_in(), out.len());
+        let status = decompress
+            .decompress_vec(
+                input.get(used..).unwrap_or_default(),
+                out,
+                flate2::FlushDecompress::None,
+            )
+            .map_err(|e| DecodeError::Corrupt(format!("invalid deflate data: {e}")))?;
+        let consumed = usize::try_from(decompress.total_in() - in_before).unwrap_or(usize::MAX);
+        used = used.saturating_add(consumed).min(input.len());
+        let produced = out.get(out_before..).unwrap_or_default();
+        crc.update(produced);
+        let produced = produced.len();
+        if out.len() > limit {
+            return Err(DecodeError::TooLarge);
+        }
+        if status == flate2::Status::StreamEnd {
+            return Ok((used, true));
+        }
+        let output_full = out.len() == out.capacity();
+        if (consumed == 0 && produced == 0) || (used == input.len() && !output_full) {
+            return Ok((used, false));
         }
     }
 }
@@ -461,5 +577,64 @@ mod tests {
                 assert_eq!(got, want.map(<[u8]>::to_vec), "{what}, pieces of {piece}");
             }
         }
+    }
+
+    fn zlib(data: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(data).expect("writing to a Vec");
+        encoder.finish().expect("writing to a Vec")
+    }
+
+    /// What `decode_stream` makes of `input` sent in 7-byte chunks: the body, or the error.
+    async fn stream(encoding: &str, input: &[u8], cap: usize) -> Result<Vec<u8>, String> {
+        let chunks: Vec<Result<Bytes, String>> = input
+            .chunks(7)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let body = decode_stream(futures::stream::iter(chunks), encoding, cap)
+            .ok_or_else(|| "unsupported".to_owned())?;
+        body.collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .try_fold(Vec::new(), |mut all, chunk| {
+                all.extend_from_slice(&chunk?);
+                Ok(all)
+            })
+    }
+
+    #[tokio::test]
+    async fn streams_decode_whole_and_fail_when_cut_short_or_over_the_cap() {
+        let page = b"<html>a layout that streams</html>".repeat(50);
+        let whole: [(&str, Vec<u8>); 5] = [
+            ("", page.clone()),
+            ("identity", page.clone()),
+            ("gzip", gzip(&page)),
+            ("deflate", zlib(&page)),
+            ("br", brotli(&page)),
+        ];
+        for (encoding, encoded) in &whole {
+            let got = stream(encoding, encoded, page.len()).await;
+            assert!(
+                got.as_ref() == Ok(&page),
+                "{encoding}: {:?}",
+                got.map(|b| b.len())
+            );
+            let over = stream(encoding, encoded, page.len() - 1).await;
+            assert!(
+                over.as_ref().is_err_and(|e| e.contains("over")),
+                "{encoding}: {over:?}"
+            );
+            if !encoding.is_empty() && *encoding != "identity" {
+                let cut = stream(encoding, &encoded[..encoded.len() * 2 / 3], page.len()).await;
+                assert!(
+                    cut.as_ref().is_err_and(|e| e.contains("cut short")),
+                    "{encoding}: {cut:?}"
+                );
+            }
+        }
+        assert_eq!(
+            stream("zstd", b"x", 10).await,
+            Err("unsupported".to_owned())
+        );
     }
 }

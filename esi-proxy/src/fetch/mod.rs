@@ -20,6 +20,7 @@ pub use crate::config::{parse_base_url, BaseUrl, Scheme};
 use crate::esi::Template;
 pub(crate) use crate::headers::split_unquoted;
 pub use client::HttpClient;
+pub(crate) use decode::decode_stream;
 pub use guard::{Lookup, SystemLookup};
 
 /// Access an allowlisted URL has.

@@ -4,7 +4,6 @@
 
 mod admin;
 mod body;
-mod decode;
 pub mod error;
 mod proxy;
 mod reload;

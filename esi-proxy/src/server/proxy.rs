@@ -4,12 +4,11 @@
 //! Never handles admin routes; the ESI language itself is the composer's.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{StreamExt, TryStreamExt};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
@@ -21,10 +20,10 @@ use crate::esi;
 use crate::telemetry::{server_timing, Metrics};
 
 use super::body::{full, Body, BoxError};
-use super::decode::{capped, decoded};
 use super::error::Error;
 use super::state::Runtime;
 use super::AppState;
+use crate::fetch::decode_stream;
 use crate::headers::{client_response_headers, composed_headers, origin_headers, SERVER_TIMING};
 
 /// Refuses what a reverse proxy must not do: tunnels, TRACE, upgrades, forward-proxy requests.
@@ -277,11 +276,8 @@ async fn compose(
     let raw = upstream
         .bytes_stream()
         .map_err(|e| format!("reading the layout: {e}"));
-    let layout: Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>> = match encoding.as_str()
-    {
-        "" | "identity" => Box::pin(capped(raw, cap)),
-        "gzip" | "x-gzip" | "deflate" | "br" => Box::pin(decoded(raw, &encoding, cap)),
-        other => return Err(Error::UnsupportedEncoding(other.to_owned())),
+    let Some(layout) = decode_stream(raw, &encoding, cap) else {
+        return Err(Error::UnsupportedEncoding(encoding));
     };
     let on_parsed: Option<OnParsed> = caching.then(|| {
         let (cache, policy) = (Arc::clone(&state.layout_cache), Arc::clone(&rt.policy));

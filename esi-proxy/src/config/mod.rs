@@ -1,6 +1,7 @@
 //! Configuration: the serde TOML schema with every field's documented default, and
 //! `Config::load`/`Config::parse`. Spans for file:line:field errors live in `source`, the error
-//! types in `error`, the checks in `validate`, the `*` matcher in `glob`. Touches no network.
+//! types in `error`, the checks in `validate`, which builds the typed view of `settings`, and
+//! the `*` matcher in `glob`. Touches no network.
 
 use std::path::Path;
 
@@ -8,11 +9,16 @@ use serde::{Deserialize, Serialize};
 
 mod error;
 mod glob;
+mod settings;
 mod source;
 mod validate;
 
 pub use error::{ConfigError, Invalid};
 pub use glob::glob_match;
+pub use settings::{
+    CacheRuleSettings, CacheSettings, CookieNames, EsiSettings, FetchSettings, HostSettings,
+    LogFormat, OnError, ServerSettings, Settings,
+};
 
 /// The whole configuration. `config/esi-proxy.toml` documents `Config::default()`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -1,6 +1,16 @@
 //! Validation: values that parse but cannot work, every problem collected with its file, line
-//! and field (`Problems`), in the order of the file. Reads the schema; never changes it.
+//! and field (`Problems`), in the order of the file; while checking, it builds the typed
+//! [`Settings`], so the two never disagree. Reads the schema; never changes it.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::HeaderName;
+
+use super::settings::{
+    CacheRuleSettings, CacheSettings, CookieNames, EsiSettings, FetchSettings, HostSettings,
+    LogFormat, OnError, ServerSettings, Settings,
+};
 use super::source::KeyMap;
 use super::{Config, ConfigError, Invalid};
 
@@ -30,32 +40,21 @@ impl Config {
     /// # Errors
     /// [`ConfigError::Invalid`] listing each problem, in the order of the file.
     pub fn validate_source(&self, path: &str, text: Option<&str>) -> Result<(), ConfigError> {
-        let mut p = Problems {
-            path,
-            keys: text.map(KeyMap::new).unwrap_or_default(),
-            found: Vec::new(),
-        };
-        self.validate_server(&mut p);
-        self.validate_esi(&mut p);
-        self.validate_fetch(&mut p);
-        self.validate_cache(&mut p);
-        if p.found.is_empty() {
-            return Ok(());
-        }
-        // Stable: problems on one line, or not in the file, keep the order they were found in.
-        p.found.sort_by_key(|i| i.line);
-        Err(ConfigError::Invalid { problems: p.found })
+        settings(self, path, text).map(drop)
     }
 
-    fn validate_server(&self, p: &mut Problems<'_>) {
+    // Each section checks its fields in a fixed order (problems on one line, or not in the
+    // file, are reported in the order found) and returns its typed view: `None` when a value
+    // it cannot do without did not pass; list entries that did not pass are left out.
+
+    fn validate_server(&self, p: &mut Problems<'_>) -> Option<ServerSettings> {
         let s = &self.server;
-        if s.listen.parse::<std::net::SocketAddr>().is_err() {
-            let message = format!("{:?} is not an address like 127.0.0.1:8080", s.listen);
-            p.push("server.listen", message);
-        }
-        if let Err(e) = crate::fetch::parse_base_url(&s.origin) {
-            p.push("server.origin", e.to_string());
-        }
+        let listen = s
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|_| format!("{:?} is not an address like 127.0.0.1:8080", s.listen));
+        let listen = p.check("server.listen", listen);
+        let origin = p.check("server.origin", crate::fetch::parse_base_url(&s.origin));
         if s.max_header_bytes < 8192 {
             let message = format!("{} is below the minimum of 8192", s.max_header_bytes);
             p.push("server.max_header_bytes", message);
@@ -66,13 +65,24 @@ impl Config {
             let message = "must be printable ASCII with no spaces or newlines".to_owned();
             p.push("server.admin_token", message);
         }
-        if !matches!(s.log_format.as_str(), "text" | "json") {
-            let message = format!("{:?}: expected \"text\" or \"json\"", s.log_format);
-            p.push("server.log_format", message);
-        }
+        let log_format = p.check(
+            "server.log_format",
+            choose(&s.log_format, LogFormat::CHOICES),
+        );
+        Some(ServerSettings {
+            listen: listen?,
+            origin: origin?,
+            max_header_bytes: s.max_header_bytes,
+            shutdown_grace: Duration::from_millis(s.shutdown_grace_ms),
+            admin_token: Some(s.admin_token.clone()).filter(|t| !t.is_empty()),
+            log_format: log_format?,
+            config_poll: Some(Duration::from_millis(s.config_poll_ms)).filter(|d| !d.is_zero()),
+            debug_from_loopback: s.debug_from_loopback,
+            access_log: s.access_log,
+        })
     }
 
-    fn validate_esi(&self, p: &mut Problems<'_>) {
+    fn validate_esi(&self, p: &mut Problems<'_>) -> Option<EsiSettings> {
         let e = &self.esi;
         for (i, glob) in e.process_paths.iter().enumerate() {
             if !glob.starts_with('/') {
@@ -96,10 +106,7 @@ impl Config {
                 p.push(field, "must be greater than 0".into());
             }
         }
-        if !matches!(e.on_error.as_str(), "empty" | "fail") {
-            let message = format!("{:?}: expected \"empty\" or \"fail\"", e.on_error);
-            p.push("esi.on_error", message);
-        }
+        let on_error = p.check("esi.on_error", choose(&e.on_error, OnError::CHOICES));
         for (i, name) in e.cookie_names.iter().enumerate() {
             if !is_token(name) {
                 let field = format!("esi.cookie_names[{i}]");
@@ -109,26 +116,30 @@ impl Config {
                 p.push(&field, message);
             }
         }
+        Some(EsiSettings {
+            process_paths: e.process_paths.clone(),
+            max_depth: e.max_depth,
+            max_includes: e.max_includes,
+            max_nesting: e.max_nesting,
+            on_error: on_error?,
+            cookies: CookieNames::from_list(&e.cookie_names),
+            expose_cookie_header: e.expose_cookie_header,
+            raw_vars: e.raw_vars,
+        })
     }
 
-    fn validate_cache(&self, p: &mut Problems<'_>) {
+    fn validate_cache(&self, p: &mut Problems<'_>) -> CacheSettings {
         let c = &self.cache;
-        let header_lists = std::iter::once(("cache.key_headers".to_owned(), &c.key_headers)).chain(
-            c.rules
-                .iter()
-                .enumerate()
-                .map(|(i, r)| (format!("cache.rules[{i}].key_headers"), &r.key_headers)),
-        );
-        for (field, names) in header_lists {
-            for (i, name) in names.iter().enumerate() {
-                if http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).is_err() {
-                    p.push(
-                        &format!("{field}[{i}]"),
-                        format!("{name:?} is not a header name"),
-                    );
-                }
-            }
-        }
+        let key_headers = header_names(p, "cache.key_headers", &c.key_headers, |_| None);
+        let rule_keys: Vec<Vec<HeaderName>> = c
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| {
+                let field = format!("cache.rules[{i}].key_headers");
+                header_names(p, &field, &rule.key_headers, |_| None)
+            })
+            .collect();
         for (i, rule) in c.rules.iter().enumerate() {
             if rule.pattern.is_empty() {
                 p.push(
@@ -143,9 +154,32 @@ impl Config {
                 "must be greater than 0 while the cache is enabled".into(),
             );
         }
+        let rules = c
+            .rules
+            .iter()
+            .zip(rule_keys)
+            .map(|(rule, key_headers)| CacheRuleSettings {
+                pattern: rule.pattern.clone(),
+                ttl: Duration::from_secs(rule.ttl_s),
+                stale_while_revalidate: rule.stale_while_revalidate_s.map(Duration::from_secs),
+                stale_if_error: rule.stale_if_error_s.map(Duration::from_secs),
+                key_headers,
+            })
+            .collect();
+        CacheSettings {
+            enabled: c.enabled,
+            fragment_capacity_bytes: c.fragment_capacity_bytes,
+            layout_capacity_bytes: c.layout_capacity_bytes,
+            default_ttl: Duration::from_secs(c.default_ttl_s),
+            stale_while_revalidate: Duration::from_secs(c.stale_while_revalidate_s),
+            stale_if_error: Duration::from_secs(c.stale_if_error_s),
+            hit_for_pass: Duration::from_secs(c.hit_for_pass_s),
+            key_headers,
+            rules,
+        }
     }
 
-    fn validate_fetch(&self, p: &mut Problems<'_>) {
+    fn validate_fetch(&self, p: &mut Problems<'_>) -> FetchSettings {
         let f = &self.fetch;
         for (field, value) in [
             ("fetch.connect_timeout_ms", f.connect_timeout_ms),
@@ -187,19 +221,15 @@ impl Config {
                 p.push(field, "must be greater than 0".into());
             }
         }
-        for (i, name) in f.forward_headers.iter().enumerate() {
-            let field = format!("fetch.forward_headers[{i}]");
-            let lower = name.to_ascii_lowercase();
-            if http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
-                p.push(&field, format!("{name:?} is not a header name"));
-            } else if crate::fetch::NEVER_FORWARDED.contains(&lower.as_str()) {
-                let message = format!("{name:?} is never forwarded to fragments");
-                p.push(&field, message);
-            }
-        }
+        let forward_headers =
+            header_names(p, "fetch.forward_headers", &f.forward_headers, |name| {
+                crate::fetch::NEVER_FORWARDED
+                    .contains(&name.as_str())
+                    .then_some("is never forwarded to fragments")
+            });
         // Compared as the allowlist compares them: scheme, lowercase host, port or its default.
         let origin = crate::fetch::parse_base_url(&self.server.origin).ok();
-        let mut seen: Vec<(crate::fetch::BaseUrl, usize)> = Vec::new();
+        let mut hosts: Vec<(HostSettings, usize)> = Vec::new();
         for (i, host) in f.hosts.iter().enumerate() {
             let field = format!("fetch.hosts[{i}].url");
             let base = match crate::fetch::parse_base_url(&host.url) {
@@ -216,14 +246,100 @@ impl Config {
                     host.url
                 );
                 p.push(&field, message);
-            } else if let Some((_, first)) = seen.iter().find(|(b, _)| *b == base) {
+            } else if let Some((_, first)) = hosts.iter().find(|(h, _)| h.url == base) {
                 let message = format!("{:?} is already listed as fetch.hosts[{first}]", host.url);
                 p.push(&field, message);
             } else {
-                seen.push((base, i));
+                let entry = HostSettings {
+                    url: base,
+                    trusted: host.trusted,
+                    private_network: host.private_network,
+                };
+                hosts.push((entry, i));
             }
         }
+        FetchSettings {
+            connect_timeout: Duration::from_millis(f.connect_timeout_ms),
+            fragment_timeout: Duration::from_millis(f.fragment_timeout_ms),
+            layout_timeout: Duration::from_millis(f.layout_timeout_ms),
+            page_timeout: Duration::from_millis(f.page_timeout_ms),
+            max_fragment_bytes: f.max_fragment_bytes,
+            max_layout_bytes: f.max_layout_bytes,
+            max_page_bytes: f.max_page_bytes,
+            max_concurrent_per_page: f.max_concurrent_per_page,
+            max_concurrent: f.max_concurrent,
+            pool_idle_per_host: f.pool_idle_per_host,
+            forward_headers,
+            hosts: hosts.into_iter().map(|(host, _)| host).collect(),
+        }
     }
+}
+
+/// Validates `config`, building its typed view; problems name `path` and, when `text` is the
+/// file's, the line of each field.
+pub(super) fn settings(
+    config: &Config,
+    path: &str,
+    text: Option<&str>,
+) -> Result<Settings, ConfigError> {
+    let mut p = Problems {
+        path,
+        keys: text.map(KeyMap::new).unwrap_or_default(),
+        found: Vec::new(),
+    };
+    let server = config.validate_server(&mut p);
+    let esi = config.validate_esi(&mut p);
+    let fetch = config.validate_fetch(&mut p);
+    let cache = config.validate_cache(&mut p);
+    if let (true, Some(server), Some(esi)) = (p.found.is_empty(), server, esi) {
+        return Ok(Settings {
+            server,
+            esi,
+            fetch,
+            cache,
+        });
+    }
+    // A section is `None` only after it recorded why.
+    debug_assert!(!p.found.is_empty(), "a section failed without a problem");
+    // Stable: problems on one line, or not in the file, keep the order they were found in.
+    p.found.sort_by_key(|i| i.line);
+    Err(ConfigError::Invalid { problems: p.found })
+}
+
+/// The header names of the list at `field`, lowercase and in order; each name that does not
+/// parse, or that `refuse` has a reason against, is a problem at `field[i]` and left out.
+fn header_names(
+    p: &mut Problems<'_>,
+    field: &str,
+    names: &[String],
+    refuse: impl Fn(&HeaderName) -> Option<&'static str>,
+) -> Vec<HeaderName> {
+    let mut parsed = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        let at = format!("{field}[{i}]");
+        match HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+            Err(_) => p.push(&at, format!("{name:?} is not a header name")),
+            Ok(header) => match refuse(&header) {
+                Some(reason) => p.push(&at, format!("{name:?} {reason}")),
+                None => parsed.push(header),
+            },
+        }
+    }
+    parsed
+}
+
+/// The value named `name` in `choices`; else the problem, listing the names:
+/// `"xml": expected "text" or "json"`.
+fn choose<T: Copy>(name: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    if let Some(&(_, value)) = choices.iter().find(|(n, _)| *n == name) {
+        return Ok(value);
+    }
+    let names: Vec<String> = choices.iter().map(|(n, _)| format!("{n:?}")).collect();
+    let expected = match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.concat(),
+    };
+    Err(format!("{name:?}: expected {expected}"))
 }
 
 /// An RFC 6265 cookie-name: an RFC 2616 token, i.e. visible ASCII except separators.
@@ -245,6 +361,11 @@ impl Problems<'_> {
             field: field.to_owned(),
             message,
         });
+    }
+
+    /// The value, or `None` after recording the problem with `field`.
+    fn check<T>(&mut self, field: &str, value: Result<T, String>) -> Option<T> {
+        value.map_err(|message| self.push(field, message)).ok()
     }
 }
 

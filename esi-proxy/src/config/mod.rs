@@ -1,0 +1,403 @@
+//! Configuration: the serde TOML schema with every field's documented default, and
+//! `Config::load`/`Config::parse`. Spans for file:line:field errors live in `source`, the error
+//! types in `error`, the checks in `validate`, which builds the typed view of `settings`, and
+//! the `*` matcher in `glob`. Touches no network.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+pub mod base_url;
+mod error;
+mod glob;
+mod settings;
+mod source;
+mod validate;
+
+pub use base_url::{parse_base_url, BaseUrl, Scheme};
+pub use error::{ConfigError, Invalid};
+pub use glob::glob_match;
+pub use settings::{
+    CacheRuleSettings, CacheSettings, CookieNames, EsiSettings, FetchSettings, HostSettings,
+    LogFormat, OnError, ServerSettings, Settings,
+};
+
+/// The whole configuration. `config/esi-proxy.toml` documents `Config::default()`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listening, origin and admin settings.
+    pub server: ServerConfig,
+    /// How ESI is processed.
+    pub esi: EsiConfig,
+    /// Fetching layouts and fragments: timeouts, limits, hosts and headers.
+    pub fetch: FetchConfig,
+    /// Caching of fragments and layouts: capacity, TTL rules, stale serving.
+    pub cache: CacheConfig,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on. Default: "127.0.0.1:8080".
+    pub listen: String,
+    /// The gateway that serves layouts and everything not ESI: `http://host:port`.
+    /// Default: "http://127.0.0.1:8081".
+    pub origin: String,
+    /// Largest request head (request line and headers) accepted; larger gets 431. Default: 16384.
+    pub max_header_bytes: usize,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish. Default: 10000.
+    pub shutdown_grace_ms: u64,
+    /// Token for the admin endpoints that change or reveal state (`Authorization: Bearer ...`).
+    /// Empty: those endpoints answer only to loopback clients. Default: "".
+    pub admin_token: String,
+    /// Log format: "text" or "json". Default: "text".
+    pub log_format: String,
+    /// How often the config file is checked for changes, which are then reloaded; 0 reloads
+    /// on SIGHUP only. Default: 1000.
+    pub config_poll_ms: u64,
+    /// Whether loopback clients may open `/_esi/debug/` without the admin token (others always
+    /// need it). Default: true.
+    pub debug_from_loopback: bool,
+    /// Whether every request is logged at `info` when its response ends (method, path,
+    /// status, route, bytes, milliseconds). Default: true.
+    pub access_log: bool,
+}
+
+/// `[esi]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EsiConfig {
+    /// Path globs (`*` matches any run of characters) whose HTML responses are processed even
+    /// without `Surrogate-Control: content="ESI/1.0"`. Default: [] (only marked responses).
+    pub process_paths: Vec<String>,
+    /// How deep fragments that are themselves ESI are composed, at most 20. Default: 5.
+    pub max_depth: usize,
+    /// Most includes composed for one page, nested ones included. Default: 256.
+    pub max_includes: usize,
+    /// Deepest nesting of ESI elements in one document. Default: 32.
+    pub max_nesting: usize,
+    /// What a failed include with no `alt`, `onerror` or `esi:try` yields: "empty" (an empty
+    /// slot, logged and counted) or "fail" (502 before the headers are sent, else the
+    /// connection is aborted). Default: "empty".
+    pub on_error: String,
+    /// Cookie names `$(HTTP_COOKIE{name})` may read; `["*"]` means all. Default: ["*"].
+    pub cookie_names: Vec<String>,
+    /// Whether `$(HTTP_COOKIE)` may read the whole Cookie header. Default: false.
+    pub expose_cookie_header: bool,
+    /// Write variables into pages and URLs without HTML-escaping or percent-encoding.
+    /// Default: false.
+    pub raw_vars: bool,
+}
+
+/// `[fetch]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FetchConfig {
+    /// Deadline to connect to the origin or a fragment host. Default: 1000.
+    pub connect_timeout_ms: u64,
+    /// Deadline for a whole fragment (headers and body) unless the tag sets `maxwait`; at most
+    /// `page_timeout_ms`. Default: 2000.
+    pub fragment_timeout_ms: u64,
+    /// Deadline for the layout's response headers from the origin. Default: 10000.
+    pub layout_timeout_ms: u64,
+    /// Deadline for a whole composed page; what is not done by then takes its fallback.
+    /// Default: 10000.
+    pub page_timeout_ms: u64,
+    /// Largest fragment body after decoding. Default: 1048576.
+    pub max_fragment_bytes: usize,
+    /// Largest layout body after decoding. Default: 8388608.
+    pub max_layout_bytes: usize,
+    /// Largest composed page sent to a client. Default: 33554432.
+    pub max_page_bytes: usize,
+    /// Most fragment fetches in flight for one page. Default: 256.
+    pub max_concurrent_per_page: usize,
+    /// Most fragment fetches in flight in the whole process. Default: 4096.
+    pub max_concurrent: usize,
+    /// Idle keep-alive connections kept per host. Default: 256.
+    pub pool_idle_per_host: usize,
+    /// Client request headers forwarded to fragments (lowercase names). `Cookie` and
+    /// `Authorization` are never listed here: they go to trusted hosts only.
+    /// Default: ["accept-language", "user-agent"].
+    pub forward_headers: Vec<String>,
+    /// Fragment hosts other than the origin that includes may name. Default: [].
+    pub hosts: Vec<HostConfig>,
+}
+
+/// One `[[fetch.hosts]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// `scheme://host:port` (the port may be left out for the scheme's default). Required.
+    pub url: String,
+    /// Whether this host receives the client's `Cookie` and `Authorization`. Default: false.
+    #[serde(default)]
+    pub trusted: bool,
+    /// Whether this host may resolve to loopback, private or link-local addresses (a host
+    /// written as such an IP address is allowed to by being listed). Default: false.
+    #[serde(default)]
+    pub private_network: bool,
+}
+
+/// `[cache]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Whether fragments and layouts are cached (`serve --no-cache` turns it off). Default: true.
+    pub enabled: bool,
+    /// Bytes of fragment responses kept: bodies, kept headers and keys. Default: 268435456.
+    pub fragment_capacity_bytes: u64,
+    /// Bytes of parsed layouts kept. Default: 67108864.
+    pub layout_capacity_bytes: u64,
+    /// TTL in seconds when neither a rule nor the response's headers give one; 0 stores
+    /// nothing. Default: 0.
+    pub default_ttl_s: u64,
+    /// Seconds an expired entry may still be served while one background fetch refreshes it,
+    /// when the response gives no `stale-while-revalidate`. Default: 0.
+    pub stale_while_revalidate_s: u64,
+    /// Seconds an expired entry may still be served when a fresh fetch fails, when the
+    /// response gives no `stale-if-error`. Default: 0.
+    pub stale_if_error_s: u64,
+    /// Seconds a URL whose response could not be stored is fetched without waiting on other
+    /// requests for it (no coalescing). Default: 30.
+    pub hit_for_pass_s: u64,
+    /// Request headers (lowercase) that are part of every cache key. Default: [].
+    pub key_headers: Vec<String>,
+    /// TTL rules, first match wins; a rule beats the response's own headers. Default: [].
+    pub rules: Vec<CacheRule>,
+}
+
+/// One `[[cache.rules]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheRule {
+    /// Glob over `host:port/path` (or over the path alone when it starts with `/`); `*`
+    /// matches any run of characters. Required.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// TTL in seconds for what the rule matches. Required.
+    pub ttl_s: u64,
+    /// Stale-while-revalidate window in seconds, overriding the response's. Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_while_revalidate_s: Option<u64>,
+    /// Stale-if-error window in seconds, overriding the response's. Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_if_error_s: Option<u64>,
+    /// Request headers this rule adds to the key; `cookie` or `authorization` here make
+    /// personalised responses cacheable, one entry per user. Default: [].
+    #[serde(default)]
+    pub key_headers: Vec<String>,
+}
+
+// === impl defaults ===
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            origin: "http://127.0.0.1:8081".into(),
+            max_header_bytes: 16 * 1024,
+            shutdown_grace_ms: 10_000,
+            admin_token: String::new(),
+            log_format: "text".into(),
+            config_poll_ms: 1000,
+            debug_from_loopback: true,
+            access_log: true,
+        }
+    }
+}
+
+impl Default for EsiConfig {
+    fn default() -> Self {
+        Self {
+            process_paths: Vec::new(),
+            max_depth: 5,
+            max_includes: 256,
+            max_nesting: 32,
+            on_error: "empty".into(),
+            cookie_names: vec!["*".into()],
+            expose_cookie_header: false,
+            raw_vars: false,
+        }
+    }
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_ms: 1000,
+            fragment_timeout_ms: 2000,
+            layout_timeout_ms: 10_000,
+            page_timeout_ms: 10_000,
+            max_fragment_bytes: 1024 * 1024,
+            max_layout_bytes: 8 * 1024 * 1024,
+            max_page_bytes: 32 * 1024 * 1024,
+            max_concurrent_per_page: 256,
+            max_concurrent: 4096,
+            pool_idle_per_host: 256,
+            forward_headers: vec!["accept-language".into(), "user-agent".into()],
+            hosts: Vec::new(),
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            fragment_capacity_bytes: 256 * 1024 * 1024,
+            layout_capacity_bytes: 64 * 1024 * 1024,
+            default_ttl_s: 0,
+            stale_while_revalidate_s: 0,
+            stale_if_error_s: 0,
+            hit_for_pass_s: 30,
+            key_headers: Vec::new(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    ///
+    /// # Errors
+    /// The file cannot be read, is not TOML, has unknown fields or wrong types (naming file,
+    /// line and field), or holds values that fail [`Config::validate`].
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Self::parse(&text, path)?;
+        config.validate_source(&path.display().to_string(), Some(&text))?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; `path` is used in error messages only. Does not validate.
+    ///
+    /// # Errors
+    /// Invalid TOML, an unknown field or a value of the wrong type: [`ConfigError::Parse`] with
+    /// the line and, when the problem is in a key or value, the dotted field.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| source::parse_error(text, path, &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    const DOCUMENTED: &str = include_str!("../../../config/esi-proxy.toml");
+
+    #[test]
+    fn documented_file_is_the_default() {
+        let config = Config::parse(DOCUMENTED, Path::new("config/esi-proxy.toml"))
+            .expect("config/esi-proxy.toml parses");
+        assert_eq!(config, Config::default());
+        Config::default().validate().expect("the default is valid");
+    }
+
+    /// Every field of the schema is written out in the documented file; the `[[fetch.hosts]]`
+    /// example, commented out because the default list is empty, counts once uncommented.
+    #[test]
+    fn documented_file_names_every_field() {
+        let example = commented_example(DOCUMENTED, "[[fetch.hosts]]");
+        assert!(!example.is_empty(), "no commented [[fetch.hosts]] example");
+        let rule = commented_example(DOCUMENTED, "[[cache.rules]]");
+        assert!(!rule.is_empty(), "no commented [[cache.rules]] example");
+        let text = format!("{DOCUMENTED}\n{example}\n{rule}");
+        let config = Config::parse(&text, Path::new("uncommented")).expect("example parses");
+        assert_eq!(config.fetch.hosts.len(), 1, "the example has one host");
+        let example_host = &config.fetch.hosts[0];
+        assert!(
+            !example_host.trusted && !example_host.private_network,
+            "defaults in example"
+        );
+        config.validate().expect("the uncommented example is valid");
+
+        let file: toml::Value = toml::from_str(&text).expect("TOML");
+        let schema = toml::Value::try_from(&config).expect("the schema serializes");
+        let (mut in_file, mut in_schema) = (BTreeSet::new(), BTreeSet::new());
+        key_paths(&file, "", &mut in_file);
+        key_paths(&schema, "", &mut in_schema);
+        assert!(
+            in_schema.contains("fetch.hosts[].private_network"),
+            "{in_schema:?}"
+        );
+        let missing: Vec<_> = in_schema.difference(&in_file).collect();
+        assert!(
+            missing.is_empty(),
+            "not in config/esi-proxy.toml: {missing:?}"
+        );
+    }
+
+    /// Every `key = value` line of the documented file (and of its uncommented example) follows
+    /// a comment that gives the default (or says the field is required).
+    #[test]
+    fn documented_file_explains_every_field() {
+        let text = format!(
+            "{DOCUMENTED}\n{}\n{}",
+            commented_example(DOCUMENTED, "[[fetch.hosts]]"),
+            commented_example(DOCUMENTED, "[[cache.rules]]")
+        );
+        let mut comment = String::new();
+        for (i, line) in text.lines().enumerate() {
+            if let Some(rest) = line.strip_prefix('#') {
+                comment.push_str(rest);
+            } else if line.contains(" = ") {
+                assert!(
+                    comment.contains("Default: ") || comment.contains("Required."),
+                    "line {}: {line:?} has no comment giving its default",
+                    i + 1
+                );
+                comment.clear();
+            } else {
+                comment.clear();
+            }
+        }
+    }
+
+    /// The `# [[fetch.hosts]]` block and the `# ` lines after it, uncommented.
+    fn commented_example(text: &str, header: &str) -> String {
+        let mut out = String::new();
+        let marker = format!("# {header}");
+        let mut lines = text.lines().skip_while(|l| l.trim() != marker);
+        for line in lines.by_ref() {
+            match line.strip_prefix("# ") {
+                Some(rest) => {
+                    out.push_str(rest);
+                    out.push('\n');
+                }
+                None => break,
+            }
+        }
+        out
+    }
+
+    fn key_paths(value: &toml::Value, prefix: &str, out: &mut BTreeSet<String>) {
+        match value {
+            toml::Value::Table(table) => {
+                for (key, value) in table {
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    out.insert(path.clone());
+                    key_paths(value, &path, out);
+                }
+            }
+            toml::Value::Array(items) => {
+                for item in items {
+                    key_paths(item, &format!("{prefix}[]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,508 @@
+//! Validation: values that parse but cannot work, every problem collected with its file, line
+//! and field (`Problems`), in the order of the file; while checking, it builds the typed
+//! [`Settings`], so the two never disagree. Reads the schema; never changes it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::HeaderName;
+
+use super::settings::{
+    CacheRuleSettings, CacheSettings, CookieNames, EsiSettings, FetchSettings, HostSettings,
+    LogFormat, OnError, ServerSettings, Settings,
+};
+use super::source::KeyMap;
+use super::{Config, ConfigError, Invalid};
+
+/// Deeper composition than this is an include loop, not a page design.
+const MAX_ESI_DEPTH: usize = 20;
+
+/// Collects problems found by [`Config::validate_source`].
+struct Problems<'a> {
+    path: &'a str,
+    keys: KeyMap,
+    found: Vec<Invalid>,
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Checks values that parse but cannot work, reporting every problem.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] listing each problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_source("<config>", None)
+    }
+
+    /// [`Config::validate`], with lines looked up in the file's text when there is one.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] listing each problem, in the order of the file.
+    pub fn validate_source(&self, path: &str, text: Option<&str>) -> Result<(), ConfigError> {
+        settings(self, path, text).map(drop)
+    }
+
+    // Each section checks its fields in a fixed order (problems on one line, or not in the
+    // file, are reported in the order found) and returns its typed view: `None` when a value
+    // it cannot do without did not pass; list entries that did not pass are left out.
+
+    fn validate_server(&self, p: &mut Problems<'_>) -> Option<ServerSettings> {
+        let s = &self.server;
+        let listen = s
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|_| format!("{:?} is not an address like 127.0.0.1:8080", s.listen));
+        let listen = p.check("server.listen", listen);
+        let origin = p.check("server.origin", super::parse_base_url(&s.origin));
+        if s.max_header_bytes < 8192 {
+            let message = format!("{} is below the minimum of 8192", s.max_header_bytes);
+            p.push("server.max_header_bytes", message);
+        }
+        if !s.admin_token.bytes().all(|b| b.is_ascii_graphic()) {
+            // It is compared with what follows `Bearer ` in a header: a space, newline or
+            // non-ASCII character (usually a copy-paste accident) makes it impossible to send.
+            let message = "must be printable ASCII with no spaces or newlines".to_owned();
+            p.push("server.admin_token", message);
+        }
+        let log_format = p.check(
+            "server.log_format",
+            choose(&s.log_format, LogFormat::CHOICES),
+        );
+        Some(ServerSettings {
+            listen: listen?,
+            origin: origin?,
+            max_header_bytes: s.max_header_bytes,
+            shutdown_grace: Duration::from_millis(s.shutdown_grace_ms),
+            admin_token: Some(s.admin_token.clone()).filter(|t| !t.is_empty()),
+            log_format: log_format?,
+            config_poll: Some(Duration::from_millis(s.config_poll_ms)).filter(|d| !d.is_zero()),
+            debug_from_loopback: s.debug_from_loopback,
+            access_log: s.access_log,
+        })
+    }
+
+    fn validate_esi(&self, p: &mut Problems<'_>) -> Option<EsiSettings> {
+        let e = &self.esi;
+        for (i, glob) in e.process_paths.iter().enumerate() {
+            if !glob.starts_with('/') {
+                let field = format!("esi.process_paths[{i}]");
+                let message = format!("{glob:?} does not start with '/': request paths always do");
+                p.push(&field, message);
+            }
+        }
+        if e.max_depth > MAX_ESI_DEPTH {
+            let message = format!(
+                "{} is over the limit of {MAX_ESI_DEPTH}: includes nested that deep are a loop",
+                e.max_depth
+            );
+            p.push("esi.max_depth", message);
+        }
+        for (field, value) in [
+            ("esi.max_includes", e.max_includes),
+            ("esi.max_nesting", e.max_nesting),
+        ] {
+            if value == 0 {
+                p.push(field, "must be greater than 0".into());
+            }
+        }
+        let on_error = p.check("esi.on_error", choose(&e.on_error, OnError::CHOICES));
+        for (i, name) in e.cookie_names.iter().enumerate() {
+            if !is_token(name) {
+                let field = format!("esi.cookie_names[{i}]");
+                let message = format!(
+                    "{name:?} is not a cookie name (letters, digits and !#$%&'*+-.^_`|~ only)"
+                );
+                p.push(&field, message);
+            }
+        }
+        Some(EsiSettings {
+            process_paths: e.process_paths.clone(),
+            max_depth: e.max_depth,
+            max_includes: e.max_includes,
+            max_nesting: e.max_nesting,
+            on_error: on_error?,
+            cookies: CookieNames::from_list(&e.cookie_names),
+            expose_cookie_header: e.expose_cookie_header,
+            raw_vars: e.raw_vars,
+        })
+    }
+
+    fn validate_cache(&self, p: &mut Problems<'_>) -> CacheSettings {
+        let c = &self.cache;
+        let key_headers = header_names(p, "cache.key_headers", &c.key_headers, |_| None);
+        let rule_keys: Vec<Vec<HeaderName>> = c
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| {
+                let field = format!("cache.rules[{i}].key_headers");
+                header_names(p, &field, &rule.key_headers, |_| None)
+            })
+            .collect();
+        for (i, rule) in c.rules.iter().enumerate() {
+            if rule.pattern.is_empty() {
+                p.push(
+                    &format!("cache.rules[{i}].match"),
+                    "must not be empty".into(),
+                );
+            }
+        }
+        if c.enabled && c.fragment_capacity_bytes == 0 {
+            p.push(
+                "cache.fragment_capacity_bytes",
+                "must be greater than 0 while the cache is enabled".into(),
+            );
+        }
+        let rules = c
+            .rules
+            .iter()
+            .zip(rule_keys)
+            .map(|(rule, key_headers)| CacheRuleSettings {
+                pattern: rule.pattern.clone(),
+                ttl: Duration::from_secs(rule.ttl_s),
+                stale_while_revalidate: rule.stale_while_revalidate_s.map(Duration::from_secs),
+                stale_if_error: rule.stale_if_error_s.map(Duration::from_secs),
+                key_headers,
+            })
+            .collect();
+        CacheSettings {
+            enabled: c.enabled,
+            fragment_capacity_bytes: c.fragment_capacity_bytes,
+            layout_capacity_bytes: c.layout_capacity_bytes,
+            default_ttl: Duration::from_secs(c.default_ttl_s),
+            stale_while_revalidate: Duration::from_secs(c.stale_while_revalidate_s),
+            stale_if_error: Duration::from_secs(c.stale_if_error_s),
+            hit_for_pass: Duration::from_secs(c.hit_for_pass_s),
+            key_headers,
+            rules,
+        }
+    }
+
+    fn validate_fetch(&self, p: &mut Problems<'_>) -> FetchSettings {
+        let f = &self.fetch;
+        for (field, value) in [
+            ("fetch.connect_timeout_ms", f.connect_timeout_ms),
+            ("fetch.fragment_timeout_ms", f.fragment_timeout_ms),
+            ("fetch.layout_timeout_ms", f.layout_timeout_ms),
+            ("fetch.page_timeout_ms", f.page_timeout_ms),
+        ] {
+            if value == 0 {
+                p.push(field, "must be greater than 0".into());
+            }
+        }
+        if f.fragment_timeout_ms > f.page_timeout_ms && f.page_timeout_ms > 0 {
+            // Blame whichever of the two the file sets (the fragment one when it sets both).
+            let (frag, page) = (f.fragment_timeout_ms, f.page_timeout_ms);
+            if p.keys.line("fetch.page_timeout_ms") > 0
+                && p.keys.line("fetch.fragment_timeout_ms") == 0
+            {
+                let message = format!(
+                    "{page} ms is shorter than fetch.fragment_timeout_ms ({frag} ms): the page \
+                     deadline would always cut a slow fragment off first"
+                );
+                p.push("fetch.page_timeout_ms", message);
+            } else {
+                let message = format!(
+                    "{frag} ms is longer than fetch.page_timeout_ms ({page} ms): the page \
+                     deadline would always cut a slow fragment off first"
+                );
+                p.push("fetch.fragment_timeout_ms", message);
+            }
+        }
+        for (field, value) in [
+            ("fetch.max_fragment_bytes", f.max_fragment_bytes),
+            ("fetch.max_layout_bytes", f.max_layout_bytes),
+            ("fetch.max_page_bytes", f.max_page_bytes),
+            ("fetch.max_concurrent_per_page", f.max_concurrent_per_page),
+            ("fetch.max_concurrent", f.max_concurrent),
+        ] {
+            if value == 0 {
+                p.push(field, "must be greater than 0".into());
+            }
+        }
+        let forward_headers =
+            header_names(p, "fetch.forward_headers", &f.forward_headers, |name| {
+                crate::headers::never_to_fragments(name.as_str())
+                    .then_some("is never forwarded to fragments")
+            });
+        // Compared as the allowlist compares them: scheme, lowercase host, port or its default.
+        let origin = super::parse_base_url(&self.server.origin).ok();
+        let mut hosts: Vec<(HostSettings, usize)> = Vec::new();
+        for (i, host) in f.hosts.iter().enumerate() {
+            let field = format!("fetch.hosts[{i}].url");
+            let base = match super::parse_base_url(&host.url) {
+                Ok(base) => base,
+                Err(e) => {
+                    p.push(&field, e.to_string());
+                    continue;
+                }
+            };
+            if origin.as_ref() == Some(&base) {
+                let message = format!(
+                    "{:?} is the origin (server.origin), which is always allowed and trusted; \
+                     remove this entry",
+                    host.url
+                );
+                p.push(&field, message);
+            } else if let Some((_, first)) = hosts.iter().find(|(h, _)| h.url == base) {
+                let message = format!("{:?} is already listed as fetch.hosts[{first}]", host.url);
+                p.push(&field, message);
+            } else {
+                let entry = HostSettings {
+                    url: base,
+                    trusted: host.trusted,
+                    private_network: host.private_network,
+                };
+                hosts.push((entry, i));
+            }
+        }
+        FetchSettings {
+            connect_timeout: Duration::from_millis(f.connect_timeout_ms),
+            fragment_timeout: Duration::from_millis(f.fragment_timeout_ms),
+            layout_timeout: Duration::from_millis(f.layout_timeout_ms),
+            page_timeout: Duration::from_millis(f.page_timeout_ms),
+            max_fragment_bytes: f.max_fragment_bytes,
+            max_layout_bytes: f.max_layout_bytes,
+            max_page_bytes: f.max_page_bytes,
+            max_concurrent_per_page: f.max_concurrent_per_page,
+            max_concurrent: f.max_concurrent,
+            pool_idle_per_host: f.pool_idle_per_host,
+            forward_headers,
+            hosts: hosts.into_iter().map(|(host, _)| host).collect(),
+        }
+    }
+}
+
+/// Validates `config`, building its typed view; problems name `path` and, when `text` is the
+/// file's, the line of each field.
+pub(super) fn settings(
+    config: &Config,
+    path: &str,
+    text: Option<&str>,
+) -> Result<Settings, ConfigError> {
+    let mut p = Problems {
+        path,
+        keys: text.map(KeyMap::new).unwrap_or_default(),
+        found: Vec::new(),
+    };
+    let server = config.validate_server(&mut p);
+    let esi = config.validate_esi(&mut p);
+    let fetch = config.validate_fetch(&mut p);
+    let cache = config.validate_cache(&mut p);
+    if let (true, Some(server), Some(esi)) = (p.found.is_empty(), server, esi) {
+        return Ok(Settings {
+            server,
+            esi,
+            fetch,
+            cache,
+        });
+    }
+    // A section is `None` only after it recorded why.
+    debug_assert!(!p.found.is_empty(), "a section failed without a problem");
+    // Stable: problems on one line, or not in the file, keep the order they were found in.
+    p.found.sort_by_key(|i| i.line);
+    Err(ConfigError::Invalid { problems: p.found })
+}
+
+/// The header names of the list at `field`, lowercase and in order; each name that does not
+/// parse, or that `refuse` has a reason against, is a problem at `field[i]` and left out.
+fn header_names(
+    p: &mut Problems<'_>,
+    field: &str,
+    names: &[String],
+    refuse: impl Fn(&HeaderName) -> Option<&'static str>,
+) -> Vec<HeaderName> {
+    let mut parsed = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        let at = format!("{field}[{i}]");
+        match HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+            Err(_) => p.push(&at, format!("{name:?} is not a header name")),
+            Ok(header) => match refuse(&header) {
+                Some(reason) => p.push(&at, format!("{name:?} {reason}")),
+                None => parsed.push(header),
+            },
+        }
+    }
+    parsed
+}
+
+/// The value named `name` in `choices`; else the problem, listing the names:
+/// `"xml": expected "text" or "json"`.
+fn choose<T: Copy>(name: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    if let Some(&(_, value)) = choices.iter().find(|(n, _)| *n == name) {
+        return Ok(value);
+    }
+    let names: Vec<String> = choices.iter().map(|(n, _)| format!("{n:?}")).collect();
+    let expected = match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.concat(),
+    };
+    Err(format!("{name:?}: expected {expected}"))
+}
+
+/// An RFC 6265 cookie-name: an RFC 2616 token, i.e. visible ASCII except separators.
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+}
+
+// === impl Problems ===
+
+impl Problems<'_> {
+    /// Records a problem with `field`, at the field's line (0 when the text does not set it).
+    fn push(&mut self, field: &str, message: String) {
+        self.found.push(Invalid {
+            path: self.path.to_owned(),
+            line: self.keys.line(field),
+            field: field.to_owned(),
+            message,
+        });
+    }
+
+    /// The value, or `None` after recording the problem with `field`.
+    fn check<T>(&mut self, field: &str, value: Result<T, String>) -> Option<T> {
+        value.map_err(|message| self.push(field, message)).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::is_token;
+    use crate::config::{Config, ConfigError, HostConfig};
+
+    /// `(toml, wanted problems as "line: field: message start")`.
+    const INVALID: &[(&str, &[&str])] = &[
+        ("", &[]),
+        ("[server]\nlisten = \"localhost\"\n", &["2: server.listen: \"localhost\" is not"]),
+        ("[server]\nmax_header_bytes = 100\n", &["2: server.max_header_bytes: 100 is below"]),
+        ("[server]\nadmin_token = \"abc \"\n", &["2: server.admin_token: must be printable"]),
+        ("[server]\nlog_format = \"xml\"\n", &["2: server.log_format: \"xml\": expected"]),
+        ("[esi]\nmax_depth = 21\n", &["2: esi.max_depth: 21 is over the limit of 20"]),
+        ("[esi]\nmax_depth = 20\n", &[]),
+        ("[esi]\nmax_depth = 0\n", &[]),
+        ("[esi]\nmax_includes = 0\n", &["2: esi.max_includes: must be greater than 0"]),
+        ("[esi]\non_error = \"ignore\"\n", &["2: esi.on_error: \"ignore\": expected"]),
+        (
+            "[esi]\nprocess_paths = [\"/a/*\", \"b/*\", \"*\"]\n",
+            &[
+                "2: esi.process_paths[1]: \"b/*\" does not start with '/'",
+                "2: esi.process_paths[2]: \"*\" does not start with '/'",
+            ],
+        ),
+        (
+            "[esi]\ncookie_names = [\n  \"session_id\",\n  \"a b\",\n  \"\",\n  \"x=y\",\n]\n",
+            &[
+                "4: esi.cookie_names[1]: \"a b\" is not a cookie name",
+                "5: esi.cookie_names[2]: \"\" is not a cookie name",
+                "6: esi.cookie_names[3]: \"x=y\" is not a cookie name",
+            ],
+        ),
+        ("[esi]\ncookie_names = [\"*\", \"__Host-x\", \"a.b~c\"]\n", &[]),
+        (
+            "[fetch]\nfragment_timeout_ms = 3000\npage_timeout_ms = 2000\n",
+            &["2: fetch.fragment_timeout_ms: 3000 ms is longer than fetch.page_timeout_ms (2000 ms)"],
+        ),
+        (
+            "[fetch]\npage_timeout_ms = 1000\n",
+            &["2: fetch.page_timeout_ms: 1000 ms is shorter than fetch.fragment_timeout_ms (2000 ms)"],
+        ),
+        ("[fetch]\nfragment_timeout_ms = 10000\n", &[]),
+        (
+            "[fetch]\npage_timeout_ms = 0\n",
+            &["2: fetch.page_timeout_ms: must be greater than 0"],
+        ),
+        (
+            "[fetch]\nforward_headers = [\"accept\", \"bad header\", \"Cookie\"]\n",
+            &[
+                "2: fetch.forward_headers[1]: \"bad header\" is not a header name",
+                "2: fetch.forward_headers[2]: \"Cookie\" is never forwarded",
+            ],
+        ),
+        (
+            "[server]\norigin = \"http://gw:8081\"\n\
+             [[fetch.hosts]]\nurl = \"http://a\"\n\
+             [[fetch.hosts]]\nurl = \"HTTP://A:80\"\n\
+             [[fetch.hosts]]\nurl = \"http://gw:8081\"\n\
+             [[fetch.hosts]]\nurl = \"https://a\"\n",
+            &[
+                "6: fetch.hosts[1].url: \"HTTP://A:80\" is already listed as fetch.hosts[0]",
+                "8: fetch.hosts[2].url: \"http://gw:8081\" is the origin (server.origin)",
+            ],
+        ),
+        (
+            "[server]\nlisten = \"nope\"\n[esi]\nmax_depth = 99\n[fetch]\nmax_concurrent = 0\n",
+            &[
+                "2: server.listen: \"nope\" is not",
+                "4: esi.max_depth: 99 is over",
+                "6: fetch.max_concurrent: must be greater than 0",
+            ],
+        ),
+    ];
+
+    #[test]
+    fn validation_lists_every_problem_in_file_order() {
+        for (text, want) in INVALID {
+            let config = Config::parse(text, Path::new("f.toml")).expect(text);
+            let got: Vec<String> = match config.validate_source("f.toml", Some(text)) {
+                Ok(()) => Vec::new(),
+                Err(ConfigError::Invalid { problems }) => {
+                    problems.iter().map(ToString::to_string).collect()
+                }
+                Err(e) => panic!("{text:?}: unexpected {e}"),
+            };
+            assert_eq!(got.len(), want.len(), "{text:?}: {got:#?}");
+            for (got, want) in got.iter().zip(*want) {
+                let want = format!("f.toml:{want}");
+                assert!(
+                    got.starts_with(&want),
+                    "{text:?}\n got: {got}\nwant: {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn validate_without_text_reports_line_zero() {
+        let mut config = Config::default();
+        config.esi.max_depth = 50;
+        config.fetch.hosts.push(HostConfig {
+            url: "http://127.0.0.1:8081".into(),
+            trusted: false,
+            private_network: false,
+        });
+        let err = config.validate().expect_err("invalid");
+        let lines: Vec<String> = err.to_string().lines().map(str::to_owned).collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[0].starts_with("<config>:0: esi.max_depth: 50 is over"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].starts_with("<config>:0: fetch.hosts[0].url: "),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn cookie_name_tokens() {
+        for (name, ok) in [
+            ("session", true),
+            ("*", true),
+            ("a-b_c.d!#$%&'*+^`|~", true),
+            ("", false),
+            ("a b", false),
+            ("a;b", false),
+            ("a=b", false),
+            ("\"a\"", false),
+            ("a\tb", false),
+            ("é", false),
+        ] {
+            assert_eq!(is_token(name), ok, "{name:?}");
+        }
+    }
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use esi_proxy::config::{Config, HostConfig};
 use esi_proxy::fetch::{
-    FetchError, Fetcher, Fragment, FragmentRequest, HttpClient, Lookup, SystemLookup,
+    FetchError, Fetcher, Fragment, FragmentRequest, HttpClient, Lookup, OriginRequest, SystemLookup,
 };
 use esi_proxy::headers::CAPABILITY;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -523,12 +523,12 @@ async fn send_origin_streams_undecoded() {
     headers.insert("cookie", HeaderValue::from_static("id=7"));
     headers.insert("x-request", HeaderValue::from_static("1"));
     let mut response = client
-        .send_origin(
+        .send_origin(origin_request(
             Method::POST,
             "/page?q=1",
             headers,
-            reqwest::Body::from("payload"),
-        )
+            "payload",
+        ))
         .await
         .expect("origin answers");
     assert_eq!(response.status(), StatusCode::CREATED);
@@ -536,15 +536,19 @@ async fn send_origin_streams_undecoded() {
     assert_eq!(response.headers()["x-origin"], "yes");
     let mut body = Vec::new();
     let head = response
-        .chunk()
+        .body_mut()
+        .frame()
         .await
-        .expect("first chunk")
-        .expect("not the end");
-    body.extend_from_slice(&head);
+        .expect("not the end")
+        .expect("first chunk");
+    body.extend_from_slice(head.data_ref().expect("a data frame"));
     more_tx.send(()).expect("origin waits for the signal");
-    while let Some(chunk) = response.chunk().await.expect("rest of the body") {
-        body.extend_from_slice(&chunk);
-    }
+    let rest = response
+        .into_body()
+        .collect()
+        .await
+        .expect("rest of the body");
+    body.extend_from_slice(&rest.to_bytes());
     assert_eq!(body, encoded, "the body is passed through as encoded");
 
     let received = origin.received();
@@ -571,12 +575,7 @@ async fn send_origin_does_not_follow_redirects() {
     .await;
     let client = client(&config(&origin.base(), &[(&target.base(), true, false)]));
     let response = client
-        .send_origin(
-            Method::GET,
-            "/here",
-            HeaderMap::new(),
-            reqwest::Body::from(""),
-        )
+        .send_origin(origin_request(Method::GET, "/here", HeaderMap::new(), ""))
         .await
         .expect("origin answers");
     assert_eq!(response.status(), StatusCode::FOUND);
@@ -607,11 +606,28 @@ async fn send_origin_failures() {
         config.fetch.layout_timeout_ms = 100;
         let client = client(&config);
         match client
-            .send_origin(Method::GET, path, HeaderMap::new(), reqwest::Body::from(""))
+            .send_origin(origin_request(Method::GET, path, HeaderMap::new(), ""))
             .await
         {
             Err(e) => assert_eq!(e.kind(), *kind, "{origin}{path}: {e}"),
             Ok(response) => panic!("{origin}{path}: {}", response.status()),
         }
+    }
+}
+
+/// A request to the origin with a whole body.
+fn origin_request(
+    method: Method,
+    path: &str,
+    headers: HeaderMap,
+    body: &'static str,
+) -> OriginRequest {
+    OriginRequest {
+        method,
+        path_and_query: path.to_owned(),
+        headers,
+        body: http_body_util::Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed(),
     }
 }

@@ -14,15 +14,17 @@ use http::header::{
     Entry, HeaderName, HeaderValue, ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING,
     CONTENT_LENGTH, COOKIE, HOST,
 };
-use http::{HeaderMap, Method, Uri};
+use http::{HeaderMap, Method, Response, Uri};
 use http_body::Body as _;
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt, Empty};
 use url::{Host, Position, Url};
 
 use super::decode::{DecodeError, Decoder};
 use super::guard::{classify, Allowlist, Blocked, GuardedResolver, Lookup};
 use super::pool::{plain_pool, CheckinOnEnd, PlainPool, SendError};
-use super::{Access, FetchError, Fetcher, Fragment, FragmentRequest};
+use super::{
+    Access, BoxError, FetchError, Fetcher, Fragment, FragmentRequest, OriginBody, OriginRequest,
+};
 use crate::config::{parse_base_url, BaseUrl, Config, Scheme};
 use crate::headers::{never_to_fragments, CAPABILITY, SURROGATE_CAPABILITY, X_FORWARDED};
 
@@ -52,7 +54,7 @@ struct Shared {
     /// `https` fragments, through reqwest for its TLS.
     tls: reqwest::Client,
     /// An `http` origin, the same way; its responses are handed out as reqwest's.
-    origin_plain: Arc<PlainPool<reqwest::Body>>,
+    origin_plain: Arc<PlainPool<OriginBody>>,
     /// An `https` origin, through reqwest.
     origin_client: reqwest::Client,
 }
@@ -279,22 +281,14 @@ impl HttpClient {
         &self.shared.origin
     }
 
-    /// Sends a request to the origin and returns the response once its head arrives: the body
-    /// is streamed by the caller, not decompressed, and redirects are not followed. `headers`
-    /// are sent as given, plus `Surrogate-Capability`.
-    ///
-    /// # Errors
-    /// [`FetchError::Refused`] when `path_and_query` does not start with `/`,
-    /// [`FetchError::Timeout`] when no head arrives within `fetch.layout_timeout_ms`,
-    /// [`FetchError::Connect`] when the origin cannot be reached, [`FetchError::Transport`]
-    /// for anything else.
-    pub async fn send_origin(
-        &self,
-        method: Method,
-        path_and_query: &str,
-        mut headers: HeaderMap,
-        body: reqwest::Body,
-    ) -> Result<reqwest::Response, FetchError> {
+    /// [`Fetcher::send_origin`] over this client's pools.
+    async fn origin_request(&self, req: OriginRequest) -> Result<Response<OriginBody>, FetchError> {
+        let OriginRequest {
+            method,
+            path_and_query,
+            mut headers,
+            body,
+        } = req;
         let origin = &self.shared.origin;
         let text = format!("{origin}{path_and_query}");
         let refuse = |reason: &str| FetchError::Refused {
@@ -325,9 +319,12 @@ impl HttpClient {
             .origin_client
             .request(method, url)
             .headers(headers)
-            .body(body);
+            .body(reqwest::Body::wrap(body));
         match tokio::time::timeout(after, request.send()).await {
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => {
+                Ok(Response::from(response)
+                    .map(|body| BodyExt::boxed(body.map_err(BoxError::from))))
+            }
             Ok(Err(e)) => Err(send_error(&text, &e, e.is_connect(), e.is_timeout(), after)),
             Err(_) => Err(FetchError::Timeout { url: text, after }),
         }
@@ -335,6 +332,14 @@ impl HttpClient {
 }
 
 impl Fetcher for HttpClient {
+    fn send_origin(
+        &self,
+        req: OriginRequest,
+    ) -> BoxFuture<'static, Result<Response<OriginBody>, FetchError>> {
+        let client = self.clone();
+        Box::pin(async move { client.origin_request(req).await })
+    }
+
     fn fetch(&self, req: FragmentRequest) -> BoxFuture<'static, Result<Fragment, FetchError>> {
         let shared = Arc::clone(&self.shared);
         Box::pin(async move {
@@ -418,18 +423,18 @@ impl Shared {
         out
     }
 
-    /// [`HttpClient::send_origin`] for an `http` origin: the request as reqwest would make it,
-    /// on a connection from the origin's [`PlainPool`], the response as a reqwest one whose
-    /// body returns the connection when read to the end. The caller applies the deadline.
+    /// [`Fetcher::send_origin`] for an `http` origin: the request as reqwest would make it, on
+    /// a connection from the origin's [`PlainPool`], the response's body returning the
+    /// connection when read to the end. The caller applies the deadline.
     async fn send_origin_plain(
         &self,
         url: &Url,
         text: &str,
         method: Method,
         mut headers: HeaderMap,
-        body: reqwest::Body,
+        body: OriginBody,
         after: Duration,
-    ) -> Result<reqwest::Response, FetchError> {
+    ) -> Result<Response<OriginBody>, FetchError> {
         // `url` is normalised (dot segments, percent-encoding) as reqwest would send it.
         let authority = &url[Position::BeforeHost..Position::AfterPort];
         let target: Uri = url[Position::BeforePath..Position::AfterQuery]
@@ -458,18 +463,18 @@ impl Shared {
             SendError::Connect(e) => send_error(text, &*e, true, false, after),
             SendError::Request(e) => send_error(text, &e, false, false, after),
         })?;
-        let response = response.map(|body| {
+        Ok(response.map(|body| {
             if body.is_end_stream() {
                 pool.checkin(authority, connection);
-                reqwest::Body::wrap(body)
+                BodyExt::boxed(body.map_err(BoxError::from))
             } else {
-                reqwest::Body::wrap(CheckinOnEnd {
+                let body = CheckinOnEnd {
                     body,
                     connection: Some((Arc::clone(pool), authority.to_owned(), connection)),
-                })
+                };
+                BodyExt::boxed(body.map_err(BoxError::from))
             }
-        });
-        Ok(reqwest::Response::from(response))
+        }))
     }
 
     /// Sends a checked fragment request and collects its body; the caller applies the deadline.

@@ -231,7 +231,12 @@ fn error_kinds() {
 fn futures_are_send() {
     fn send<T: Send>(_: &T) {}
     let client = client(&[]);
-    let origin = client.send_origin(Method::GET, "/", HeaderMap::new(), reqwest::Body::from(""));
+    let origin = client.send_origin(OriginRequest {
+        method: Method::GET,
+        path_and_query: "/".into(),
+        headers: HeaderMap::new(),
+        body: OriginBody::default(),
+    });
     send(&origin);
     let url = Url::parse("http://origin.test:8081/f").expect("valid");
     let headers = Arc::new(HeaderMap::new());

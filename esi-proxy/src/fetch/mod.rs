@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, Method, StatusCode};
 use url::Url;
 
 pub use crate::config::{parse_base_url, BaseUrl, Scheme};
@@ -133,7 +133,28 @@ pub struct CacheInfo {
     pub source: Option<String>,
 }
 
-/// Where fragments come from: HTTP here, a cache wrapping this later, in-memory in benches.
+/// An error of a streamed body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A body streamed to or from the origin: the client's request body on its way, the origin's
+/// response body (undecoded) on its way back.
+pub type OriginBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// A request to the origin, as the server takes it apart from the client's.
+#[derive(Debug)]
+pub struct OriginRequest {
+    /// The client's method.
+    pub method: Method,
+    /// Path and query, starting with `/`; always resolved on the origin.
+    pub path_and_query: String,
+    /// The headers to send (the server's policy applied); `Surrogate-Capability` is added.
+    pub headers: HeaderMap,
+    /// The client's body, streamed.
+    pub body: OriginBody,
+}
+
+/// Where layouts and fragments come from: HTTP here, a cache wrapping it, in-memory in benches.
+/// The one seam between composition and the network.
 pub trait Fetcher: Send + Sync + 'static {
     /// Fetches one fragment. The future owns everything it needs, so it can outlive `&self`.
     ///
@@ -150,6 +171,28 @@ pub trait Fetcher: Send + Sync + 'static {
     fn check(&self, url: &Url) -> Result<Access, FetchError> {
         let _ = url;
         Ok(Access { trusted: false })
+    }
+
+    /// Sends a request to the origin; the response comes back once its head arrives, its body
+    /// streamed undecoded, redirects not followed. The default, for fetchers with no origin
+    /// (in-memory ones), refuses.
+    ///
+    /// # Errors
+    /// The future yields [`FetchError::Refused`] for a target not on the origin,
+    /// [`FetchError::Timeout`] when no head arrives within the layout deadline,
+    /// [`FetchError::Connect`] when the origin cannot be reached, [`FetchError::Transport`]
+    /// for anything else.
+    fn send_origin(
+        &self,
+        req: OriginRequest,
+    ) -> BoxFuture<'static, Result<http::Response<OriginBody>, FetchError>> {
+        let url = req.path_and_query;
+        Box::pin(async move {
+            Err(FetchError::Refused {
+                url,
+                reason: "this fetcher has no origin".into(),
+            })
+        })
     }
 }
 

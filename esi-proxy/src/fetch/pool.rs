@@ -18,6 +18,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 
 use super::guard::GuardedResolver;
+use super::OriginBody;
 
 /// Idle keep-alive HTTP/1.1 connections to `http` hosts, by authority (`host[:port]`
 /// as the URL spells it, the default port left out, so also the `Host` header), each driven by
@@ -44,11 +45,7 @@ pub(super) struct IdleConnection<B> {
 /// to the end (dropped earlier, the connection closes).
 pub(super) struct CheckinOnEnd {
     pub(super) body: hyper::body::Incoming,
-    pub(super) connection: Option<(
-        Arc<PlainPool<reqwest::Body>>,
-        String,
-        SendRequest<reqwest::Body>,
-    )>,
+    pub(super) connection: Option<(Arc<PlainPool<OriginBody>>, String, SendRequest<OriginBody>)>,
 }
 
 /// How long a connection may stay idle in a [`PlainPool`], as reqwest keeps them.

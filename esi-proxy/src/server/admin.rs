@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::header;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -191,7 +190,7 @@ async fn debug_page(
     let mut out = Outgoing::new(req, remote);
     out.method = Method::GET;
     out.path_and_query.clone_from(&target);
-    out.body = reqwest::Body::from(Bytes::new());
+    out.body = crate::fetch::OriginBody::default();
     let trace = Arc::new(Trace::default());
     let started = Instant::now();
     let (route, result) = forward(state, out, started, Some(Arc::clone(&trace))).await;

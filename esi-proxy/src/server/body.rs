@@ -13,11 +13,11 @@ use http::{Method, Response};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Frame;
 
+pub(super) use crate::fetch::BoxError;
 use crate::telemetry::Metrics;
 
 /// A response body: bytes streamed, errors abort the connection.
 pub type Body = BoxBody<Bytes, BoxError>;
-pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub(super) fn full(body: impl Into<Bytes>) -> Body {
     Full::new(body.into())

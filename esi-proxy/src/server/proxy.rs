@@ -12,7 +12,7 @@ use futures::{StreamExt, TryStreamExt};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Body as _, Frame, Incoming};
+use hyper::body::{Frame, Incoming};
 
 use crate::compose::{LayoutRecord, OnParsed, Page, Trace};
 use crate::config::Config;
@@ -23,7 +23,7 @@ use super::body::{full, Body, BoxError};
 use super::error::Error;
 use super::state::Runtime;
 use super::AppState;
-use crate::fetch::decode_stream;
+use crate::fetch::{decode_stream, Fetcher as _, OriginBody, OriginRequest};
 use crate::headers::{client_response_headers, composed_headers, origin_headers, SERVER_TIMING};
 
 /// Refuses what a reverse proxy must not do: tunnels, TRACE, upgrades, forward-proxy requests.
@@ -69,7 +69,7 @@ pub(super) struct Outgoing {
     /// The client's headers as the origin gets them (hop-by-hop gone, X-Forwarded-* ours).
     pub(super) headers: HeaderMap,
     pub(super) vars: esi::Request,
-    pub(super) body: reqwest::Body,
+    pub(super) body: OriginBody,
 }
 
 impl Outgoing {
@@ -82,12 +82,7 @@ impl Outgoing {
         let headers = origin_headers(&req, remote);
         let vars = esi_vars(&req);
         let method = req.method().clone();
-        let body = req.into_body();
-        let body = if body.is_end_stream() {
-            reqwest::Body::from(Bytes::new())
-        } else {
-            reqwest::Body::wrap_stream(body.into_data_stream())
-        };
+        let body = req.into_body().map_err(BoxError::from).boxed();
         Self {
             method,
             path_and_query,
@@ -163,11 +158,13 @@ pub(super) async fn forward(
         }
     }
     let client_headers = Arc::new(headers.clone());
-    let upstream = match rt
-        .client
-        .send_origin(method.clone(), &path_and_query, headers, body)
-        .await
-    {
+    let request = OriginRequest {
+        method: method.clone(),
+        path_and_query: path_and_query.clone(),
+        headers,
+        body,
+    };
+    let upstream = match rt.client.send_origin(request).await {
         Ok(r) => r,
         Err(e) => return ("proxy", Err(Error::Origin(e))),
     };
@@ -207,7 +204,7 @@ pub(super) async fn forward(
 
 /// Whether a response is composed: marked `Surrogate-Control: content="ESI/1.0"` or on a
 /// configured path; HTML only; not for 1xx, 204 or 304.
-fn wants_esi(config: &Config, path_and_query: &str, resp: &reqwest::Response) -> bool {
+fn wants_esi(config: &Config, path_and_query: &str, resp: &Response<OriginBody>) -> bool {
     let status = resp.status();
     if status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -237,23 +234,15 @@ fn wants_esi(config: &Config, path_and_query: &str, resp: &reqwest::Response) ->
 }
 
 /// Streams a response through untouched and unbuffered.
-fn pass_through(upstream: reqwest::Response, method: &Method) -> Response<Body> {
-    let mut builder = Response::builder().status(upstream.status());
-    if let Some(h) = builder.headers_mut() {
-        *h = client_response_headers(upstream.headers());
-    }
+fn pass_through(upstream: Response<OriginBody>, method: &Method) -> Response<Body> {
+    let (mut parts, body) = upstream.into_parts();
+    parts.headers = client_response_headers(&parts.headers);
     let body = if method == Method::HEAD {
         full(Bytes::new())
     } else {
-        let stream = upstream
-            .bytes_stream()
-            .map_ok(Frame::data)
-            .map_err(|e| -> BoxError { Box::new(e) });
-        BodyExt::boxed(StreamBody::new(stream))
+        body
     };
-    builder
-        .body(body)
-        .unwrap_or_else(|_| Response::new(full(Bytes::new())))
+    Response::from_parts(parts, body)
 }
 
 /// Composes an ESI response from a streamed layout, caching the parsed layout when its
@@ -261,7 +250,7 @@ fn pass_through(upstream: reqwest::Response, method: &Method) -> Response<Body> 
 async fn compose(
     state: &Arc<AppState>,
     rt: &Runtime,
-    upstream: reqwest::Response,
+    upstream: Response<OriginBody>,
     page: Page,
     layout_ms: f64,
     caching: bool,
@@ -274,7 +263,8 @@ async fn compose(
         .unwrap_or_default();
     let cap = rt.config.fetch.max_layout_bytes;
     let raw = upstream
-        .bytes_stream()
+        .into_body()
+        .into_data_stream()
         .map_err(|e| format!("reading the layout: {e}"));
     let Some(layout) = decode_stream(raw, &encoding, cap) else {
         return Err(Error::UnsupportedEncoding(encoding));

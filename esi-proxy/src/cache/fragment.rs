@@ -9,24 +9,34 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, FutureExt, Shared, WeakShared};
-use http::header::HeaderName;
-use http::HeaderMap;
 use moka::future::Cache;
-use moka::notification::RemovalCause;
 use url::Url;
 
-use super::policy::{merge_names, vary_names, CachePolicy, Credentials, Decision};
+use super::entry::{Entry, EntryInfo};
+use super::policy::{CachePolicy, Credentials, Decision};
 use super::store::{
-    cache_url, count_eviction, invalidate, normalise, side_capacity, ByLifetime, CacheKey, Entry,
-    EntryInfo, Lifetime, VaryBook, SIDE_OVERHEAD,
+    cache_url, invalidate, side_capacity, ByLifetime, CacheKey, Kind, Lifetime, Store, Urls,
+    Variant, SIDE_OVERHEAD,
 };
-use super::{COALESCED, FRAGMENT_BYTES, FRAGMENT_ENTRIES, HITS, MISSES, PASSES, STALE_SERVED};
+use super::{COALESCED, FRAGMENT_BYTES, FRAGMENT_ENTRIES, PASSES, STALE_SERVED};
 use crate::fetch::{Access, CacheInfo, FetchError, Fetcher, Fragment, FragmentRequest};
 use crate::telemetry::Metrics;
 
 /// How often one request looks the cache up again: a Vary mismatch with the response it
 /// waited for, or a retry after a failed shared fetch. Past it, the request fetches alone.
 const MAX_ROUNDS: usize = 3;
+
+/// The fragment store's names in moka and in metrics.
+static FRAGMENTS: Kind = Kind {
+    label: "fragment",
+    entries_name: "esi-proxy fragments",
+    vary_name: "esi-proxy fragment vary",
+    entries_gauge: (FRAGMENT_ENTRIES, "Fragment responses held by the cache."),
+    bytes_gauge: (
+        FRAGMENT_BYTES,
+        "Bytes of fragment responses held by the cache (bodies, kept headers and keys).",
+    ),
+};
 
 /// Storage for fragment responses, shared across config reloads.
 ///
@@ -35,12 +45,10 @@ const MAX_ROUNDS: usize = 3;
 /// (the header names the last stored response varied on) and hit-for-pass markers, plus the
 /// fetches in flight (one per key, for as long as someone waits on it).
 pub struct FragmentCache {
-    entries: Cache<CacheKey, Arc<Entry>>,
-    vary: VaryBook,
+    store: Store<Arc<Entry>>,
     passes: Cache<CacheKey, PassMarker>,
     flights: Mutex<HashMap<CacheKey, FlightSlot>>,
     next_flight: AtomicU64,
-    metrics: Arc<Metrics>,
 }
 
 /// A Fetcher that serves from and fills a FragmentCache.
@@ -104,19 +112,6 @@ impl FragmentCache {
     /// An empty cache keeping at most `capacity_bytes` of entries (body, kept headers and
     /// key); vary specs and hit-for-pass markers get an eighth of that each (at least 64 KiB).
     pub fn new(capacity_bytes: u64, metrics: Arc<Metrics>) -> Arc<Self> {
-        let evicted = Arc::clone(&metrics);
-        let entries = Cache::builder()
-            .name("esi-proxy fragments")
-            .max_capacity(capacity_bytes)
-            .weigher(|_key: &CacheKey, entry: &Arc<Entry>| entry.weight)
-            .expire_after(ByLifetime)
-            .eviction_listener(move |_key, _value, cause| {
-                if cause == RemovalCause::Size {
-                    count_eviction(&evicted, "fragment");
-                }
-            })
-            .support_invalidation_closures()
-            .build();
         let passes = Cache::builder()
             .name("esi-proxy hit-for-pass")
             .max_capacity(side_capacity(capacity_bytes))
@@ -125,12 +120,10 @@ impl FragmentCache {
             .support_invalidation_closures()
             .build();
         Arc::new(Self {
-            entries,
-            vary: VaryBook::new("esi-proxy fragment vary", side_capacity(capacity_bytes)),
+            store: Store::new(&FRAGMENTS, capacity_bytes, metrics),
             passes,
             flights: Mutex::new(HashMap::new()),
             next_flight: AtomicU64::new(0),
-            metrics,
         })
     }
 
@@ -141,95 +134,60 @@ impl FragmentCache {
     /// first. The URL's vary spec and hit-for-pass markers go too. A fetch already in flight
     /// may still store its response.
     pub fn purge_url(&self, url: &str) {
-        let url: Arc<str> = normalise(url).into();
-        let (a, b) = (Arc::clone(&url), Arc::clone(&url));
-        invalidate(&self.entries, move |key, _| key.url == a);
-        invalidate(&self.passes, move |key, _| key.url == b);
-        self.vary.purge(move |u| *u == *url);
+        self.purge(&Urls::equal(url));
     }
 
     /// Drops every entry whose URL starts with `prefix` (compared as given, in the form of
     /// [`FragmentCache::purge_url`]), with those URLs' vary specs and hit-for-pass markers.
     pub fn purge_prefix(&self, prefix: &str) {
-        let prefix: Arc<str> = prefix.into();
-        let (a, b) = (Arc::clone(&prefix), Arc::clone(&prefix));
-        invalidate(&self.entries, move |key, _| key.url.starts_with(&*a));
-        invalidate(&self.passes, move |key, _| key.url.starts_with(&*b));
-        self.vary.purge(move |u| u.starts_with(&*prefix));
+        self.purge(&Urls::prefix(prefix));
     }
 
     /// Entries held (approximate until moka's pending work runs; see
     /// [`FragmentCache::run_pending_tasks`]).
     pub fn entry_count(&self) -> u64 {
-        self.entries.entry_count()
+        self.store.entry_count()
     }
 
     /// Bytes held by entries, as the weigher counts them (approximate until moka's pending
     /// work runs).
     pub fn weighted_size(&self) -> u64 {
-        self.entries.weighted_size()
+        self.store.weighted_size()
     }
 
     /// Runs moka's pending work now: evictions, expirations, purges and the size counters.
     /// It also runs by itself as the cache is used.
     pub async fn run_pending_tasks(&self) {
-        self.entries.run_pending_tasks().await;
+        self.store.run_pending_tasks().await;
         self.passes.run_pending_tasks().await;
-        self.vary.specs.run_pending_tasks().await;
     }
 
     /// Sets the cache gauges (entries, bytes) in metrics; called before /_esi/metrics renders.
     pub fn publish_metrics(&self) {
-        self.metrics.set_gauge(
-            FRAGMENT_ENTRIES,
-            "Fragment responses held by the cache.",
-            self.entry_count() as f64,
-        );
-        self.metrics.set_gauge(
-            FRAGMENT_BYTES,
-            "Bytes of fragment responses held by the cache (bodies, kept headers and keys).",
-            self.weighted_size() as f64,
-        );
+        self.store.publish_metrics();
     }
 
     /// What is stored for `url` (in the form of [`FragmentCache::purge_url`]), one item per
     /// variant. Walks the whole cache: for the debug page and tests, not for serving.
     pub fn entries_for_url(&self, url: &str) -> Vec<EntryInfo> {
-        let url = normalise(url);
         let now = Instant::now();
-        self.entries
+        self.store
+            .values(&Urls::equal(url))
             .iter()
-            .filter(|(key, _)| *key.url == *url)
-            .map(|(_, entry)| EntryInfo {
-                url: entry.key.url.to_string(),
-                body_bytes: entry.body.len(),
-                weight: entry.weight,
-                source: entry.source.clone(),
-                ttl: entry.ttl,
-                stale_while_revalidate: entry.stale_while_revalidate,
-                stale_if_error: entry.stale_if_error,
-                age: now.saturating_duration_since(entry.stored_at),
-            })
+            .map(|entry| entry.info(now))
             .collect()
     }
 
-    /// The key of a request under the URL's current vary spec and the policy's key headers.
-    async fn key_for(
-        &self,
-        policy: &CachePolicy,
-        url: &Url,
-        text: &Arc<str>,
-        headers: &HeaderMap,
-        credentials: Credentials,
-    ) -> CacheKey {
-        let vary = self.vary.names(text).await;
-        let names = merge_names(&vary, &policy.key_headers(url));
-        CacheKey::new(text, &names, headers, credentials)
+    /// Drops the entries, vary specs and hit-for-pass markers of `urls`.
+    fn purge(&self, urls: &Urls) {
+        self.store.purge(urls);
+        let urls = urls.clone();
+        invalidate(&self.passes, move |key, _| urls.matches(&key.url));
     }
 
     /// The entry for `key`, classified by age.
     async fn lookup(&self, key: &CacheKey) -> Lookup {
-        let Some(entry) = self.entries.get(key).await else {
+        let Some(entry) = self.store.get(key).await else {
             return Lookup::Miss(None);
         };
         let age = entry.stored_at.elapsed();
@@ -251,28 +209,8 @@ impl FragmentCache {
         self.flights.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn count(&self, name: &'static str, help: &'static str, label: Option<(&'static str, &str)>) {
-        self.metrics.inc_counter(name, help, label, 1);
-    }
-
-    fn count_hit(&self) {
-        self.count(
-            HITS,
-            "Cache lookups answered with a fresh entry.",
-            Some(("cache", "fragment")),
-        );
-    }
-
-    fn count_miss(&self) {
-        self.count(
-            MISSES,
-            "Cache lookups that found nothing servable.",
-            Some(("cache", "fragment")),
-        );
-    }
-
     fn count_stale(&self, reason: &'static str) {
-        self.count(
+        self.store.count(
             STALE_SERVED,
             "Expired fragment entries served: while_revalidate or if_error.",
             Some(("reason", reason)),
@@ -280,7 +218,7 @@ impl FragmentCache {
     }
 
     fn count_coalesced(&self) {
-        self.count(
+        self.store.count(
             COALESCED,
             "Fragment requests that waited on a fetch another request started.",
             None,
@@ -288,7 +226,7 @@ impl FragmentCache {
     }
 
     fn count_pass(&self) {
-        self.count(
+        self.store.count(
             PASSES,
             "Fragment responses fetched without the cache: not storable, or hit-for-pass.",
             None,
@@ -298,10 +236,7 @@ impl FragmentCache {
 
 impl fmt::Debug for FragmentCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FragmentCache")
-            .field("entries", &self.entry_count())
-            .field("bytes", &self.weighted_size())
-            .finish_non_exhaustive()
+        self.store.describe("FragmentCache", f)
     }
 }
 
@@ -331,6 +266,7 @@ impl CachingFetcher {
         for _ in 0..MAX_ROUNDS {
             let key = self
                 .cache
+                .store
                 .key_for(
                     &self.policy,
                     &req.url,
@@ -345,7 +281,7 @@ impl CachingFetcher {
             }
             let fallback = match self.cache.lookup(&key).await {
                 Lookup::Fresh(entry) => {
-                    self.cache.count_hit();
+                    self.cache.store.count_hit();
                     return Ok(entry.fragment("hit"));
                 }
                 Lookup::Revalidate(entry) => {
@@ -356,7 +292,7 @@ impl CachingFetcher {
                 Lookup::Miss(stale) => stale,
             };
             if !counted {
-                self.cache.count_miss();
+                self.cache.store.count_miss();
                 counted = true;
             }
             let (flight, leader) = self.join_or_start(&key, &req, credentials);
@@ -501,10 +437,14 @@ impl CachingFetcher {
                 stale_if_error,
                 source,
             } => {
-                let vary: Arc<[HeaderName]> =
-                    vary_names(&fragment.headers).unwrap_or_default().into();
-                let names = merge_names(&vary, &self.policy.key_headers(&req.url));
-                let key = CacheKey::new(&flight_key.url, &names, &req.client_headers, credentials);
+                let Variant { key, vary, names } = Variant::of(
+                    &self.policy,
+                    &req.url,
+                    &flight_key.url,
+                    &req.client_headers,
+                    credentials,
+                    &fragment.headers,
+                );
                 let entry = Entry::new(
                     key,
                     names,
@@ -519,14 +459,9 @@ impl CachingFetcher {
                     bytes = entry.weight,
                     "fragment stored"
                 );
-                let lifetime = entry.lifetime();
                 cache
-                    .entries
-                    .insert(entry.key.clone(), Arc::clone(&entry))
-                    .await;
-                cache
-                    .vary
-                    .learn(Arc::clone(&flight_key.url), vary, lifetime)
+                    .store
+                    .insert(entry.key.clone(), vary, Arc::clone(&entry))
                     .await;
                 Outcome::Stored(entry)
             }
@@ -541,7 +476,7 @@ impl CachingFetcher {
                         .await;
                 }
                 // The newest response says not to keep this; an older copy must not answer.
-                cache.entries.invalidate(flight_key).await;
+                cache.store.remove(flight_key).await;
                 Outcome::Passed(Arc::new(fragment))
             }
         }
@@ -566,6 +501,8 @@ impl Fetcher for CachingFetcher {
         self.inner.check(url)
     }
 }
+
+// === impl PassMarker ===
 
 impl Lifetime for PassMarker {
     fn lifetime(&self) -> Duration {

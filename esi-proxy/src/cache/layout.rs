@@ -7,20 +7,28 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::FutureExt;
-use http::header::HeaderName;
 use http::{HeaderMap, StatusCode};
-use moka::future::Cache;
-use moka::notification::RemovalCause;
 use url::Url;
 
-use super::policy::{merge_names, vary_names, CachePolicy, Credentials, Decision, TtlSource};
+use super::policy::{CachePolicy, Credentials, Decision, TtlSource};
 use super::store::{
-    cache_url, count_eviction, invalidate, kept_headers, normalise, poll_once, run_soon,
-    side_capacity, weigh, ByLifetime, CacheKey, Lifetime, VaryBook, VarySpec,
+    cache_url, kept_headers, run_soon, weigh, Kind, Lifetime, Store, Stored, Urls, Variant,
 };
-use super::{HITS, LAYOUT_BYTES, LAYOUT_ENTRIES, MISSES};
+use super::{LAYOUT_BYTES, LAYOUT_ENTRIES};
 use crate::esi::Template;
 use crate::telemetry::Metrics;
+
+/// The layout store's names in moka and in metrics.
+static LAYOUTS: Kind = Kind {
+    label: "layout",
+    entries_name: "esi-proxy layouts",
+    vary_name: "esi-proxy layout vary",
+    entries_gauge: (LAYOUT_ENTRIES, "Parsed layouts held by the cache."),
+    bytes_gauge: (
+        LAYOUT_BYTES,
+        "Bytes of layouts held by the cache (decoded bodies, kept headers and keys).",
+    ),
+};
 
 /// Parsed layouts (Arc<esi::Template>) with their status and headers, for a fully warm page with
 /// no upstream request and no parse.
@@ -31,9 +39,7 @@ use crate::telemetry::Metrics;
 /// is synchronous for the server's convenience; a lookup that would have to wait for moka's
 /// housekeeping counts as a miss rather than blocking.
 pub struct LayoutCache {
-    entries: Cache<CacheKey, LayoutSlot>,
-    vary: VaryBook,
-    metrics: Arc<Metrics>,
+    store: Store<LayoutSlot>,
 }
 
 /// A parsed layout as the layout cache keeps it.
@@ -67,23 +73,8 @@ impl LayoutCache {
     /// An empty layout cache keeping at most `capacity_bytes` (decoded layout bytes, kept
     /// headers and keys).
     pub fn new(capacity_bytes: u64, metrics: Arc<Metrics>) -> Arc<Self> {
-        let evicted = Arc::clone(&metrics);
-        let entries = Cache::builder()
-            .name("esi-proxy layouts")
-            .max_capacity(capacity_bytes)
-            .weigher(|_key: &CacheKey, slot: &LayoutSlot| slot.weight)
-            .expire_after(ByLifetime)
-            .eviction_listener(move |_key, _value, cause| {
-                if cause == RemovalCause::Size {
-                    count_eviction(&evicted, "layout");
-                }
-            })
-            .support_invalidation_closures()
-            .build();
         Arc::new(Self {
-            entries,
-            vary: VaryBook::new("esi-proxy layout vary", side_capacity(capacity_bytes)),
-            metrics,
+            store: Store::new(&LAYOUTS, capacity_bytes, metrics),
         })
     }
 
@@ -98,21 +89,19 @@ impl LayoutCache {
     ) -> Option<Arc<CachedLayout>> {
         let text: Arc<str> = cache_url(url).into();
         let credentials = Credentials::of(request_headers, true);
-        let vary = self.vary.names_now(&text);
-        let names = merge_names(&vary, &policy.key_headers(url));
-        let key = CacheKey::new(&text, &names, request_headers, credentials);
-        let found = poll_once(&mut self.entries.get(&key).boxed()).flatten();
-        let fresh = found
+        let key = self
+            .store
+            .key_now(policy, url, &text, request_headers, credentials);
+        let fresh = self
+            .store
+            .get_now(&key)
             .map(|slot| slot.layout)
             .filter(|layout| layout.stored_at.elapsed() < layout.ttl);
-        let outcome = if fresh.is_some() { HITS } else { MISSES };
-        let help = if fresh.is_some() {
-            "Cache lookups answered with a fresh entry."
+        if fresh.is_some() {
+            self.store.count_hit();
         } else {
-            "Cache lookups that found nothing servable."
-        };
-        self.metrics
-            .inc_counter(outcome, help, Some(("cache", "layout")), 1);
+            self.store.count_miss();
+        }
         fresh
     }
 
@@ -142,9 +131,14 @@ impl LayoutCache {
                 return false;
             }
         };
-        let vary: Arc<[HeaderName]> = vary_names(response_headers).unwrap_or_default().into();
-        let names = merge_names(&vary, &policy.key_headers(url));
-        let key = CacheKey::new(&text, &names, request_headers, credentials);
+        let Variant { key, vary, .. } = Variant::of(
+            policy,
+            url,
+            &text,
+            request_headers,
+            credentials,
+            response_headers,
+        );
         let mut headers = kept_headers(response_headers);
         headers.remove("surrogate-control");
         headers.remove(http::header::CONTENT_LENGTH);
@@ -164,81 +158,44 @@ impl LayoutCache {
             stored_at: Instant::now(),
             ttl,
         });
-        let entries = self.entries.clone();
-        let specs = self.vary.specs.clone();
-        let spec = VarySpec {
-            names: vary,
-            lifetime: ttl,
-        };
-        run_soon(
-            async move {
-                entries.insert(key, LayoutSlot { layout, weight }).await;
-                specs.insert(text, spec).await;
-            }
-            .boxed(),
-        )
+        let slot = LayoutSlot { layout, weight };
+        run_soon(self.store.insert(key, vary, slot).boxed())
     }
 
     /// Drops every layout whose URL equals `url` (all variants), as
-    /// [`FragmentCache::purge_url`] does for fragments.
+    /// [`super::FragmentCache::purge_url`] does for fragments.
     pub fn purge_url(&self, url: &str) {
-        let url: Arc<str> = normalise(url).into();
-        let a = Arc::clone(&url);
-        invalidate(&self.entries, move |key, _| key.url == a);
-        self.vary.purge(move |u| *u == *url);
+        self.store.purge(&Urls::equal(url));
     }
 
     /// Drops every layout whose URL starts with `prefix`.
     pub fn purge_prefix(&self, prefix: &str) {
-        let prefix: Arc<str> = prefix.into();
-        let a = Arc::clone(&prefix);
-        invalidate(&self.entries, move |key, _| key.url.starts_with(&*a));
-        self.vary.purge(move |u| u.starts_with(&*prefix));
-    }
-
-    /// Layouts held (approximate until moka's pending work runs).
-    pub fn entry_count(&self) -> u64 {
-        self.entries.entry_count()
-    }
-
-    /// Bytes held, as the weigher counts them (approximate until moka's pending work runs).
-    pub fn weighted_size(&self) -> u64 {
-        self.entries.weighted_size()
-    }
-
-    /// Runs moka's pending work now (evictions, expirations, purges, size counters).
-    pub async fn run_pending_tasks(&self) {
-        self.entries.run_pending_tasks().await;
-        self.vary.specs.run_pending_tasks().await;
+        self.store.purge(&Urls::prefix(prefix));
     }
 
     /// Sets the layout cache gauges (entries, bytes) in metrics.
     pub fn publish_metrics(&self) {
-        self.metrics.set_gauge(
-            LAYOUT_ENTRIES,
-            "Parsed layouts held by the cache.",
-            self.entry_count() as f64,
-        );
-        self.metrics.set_gauge(
-            LAYOUT_BYTES,
-            "Bytes of layouts held by the cache (decoded bodies, kept headers and keys).",
-            self.weighted_size() as f64,
-        );
+        self.store.publish_metrics();
     }
 }
 
 impl fmt::Debug for LayoutCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LayoutCache")
-            .field("entries", &self.entry_count())
-            .field("bytes", &self.weighted_size())
-            .finish_non_exhaustive()
+        self.store.describe("LayoutCache", f)
     }
 }
+
+// === impl LayoutSlot ===
 
 impl Lifetime for LayoutSlot {
     fn lifetime(&self) -> Duration {
         self.layout.ttl
+    }
+}
+
+impl Stored for LayoutSlot {
+    fn weight(&self) -> u32 {
+        self.weight
     }
 }
 
@@ -314,7 +271,7 @@ mod tests {
         cache.purge_prefix("http://b.test/");
         assert!(cache.get(&p, &other, &user).is_none(), "purged by prefix");
 
-        cache.run_pending_tasks().await;
+        cache.store.run_pending_tasks().await;
         cache.publish_metrics();
         let text = metrics.render();
         assert!(

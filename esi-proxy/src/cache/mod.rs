@@ -4,10 +4,12 @@
 //! [`crate::fetch::Fetcher`], so the composer sees one source of fragments; never serves HTTP.
 //!
 //! - `policy`: the pure TTL decision ([`CachePolicy`]) and the header directives it reads.
-//! - `store`: keys, entries, Vary, the weigher, expiry and purges.
+//! - `store`: the one store both caches use: keys, Vary, the weigher, expiry, purges, gauges.
+//! - `entry`: one stored fragment response and its debug view ([`EntryInfo`]).
 //! - `fragment`: [`FragmentCache`] and the caching fetcher (single-flight, hit-for-pass, stale).
 //! - `layout`: [`LayoutCache`], parsed layouts served fresh only.
 
+mod entry;
 mod fragment;
 mod layout;
 mod policy;
@@ -15,10 +17,10 @@ mod store;
 #[cfg(test)]
 mod testing;
 
+pub use entry::EntryInfo;
 pub use fragment::{CachingFetcher, FragmentCache};
 pub use layout::{CachedLayout, LayoutCache};
 pub use policy::{CachePolicy, Credentials, Decision, TtlSource};
-pub use store::EntryInfo;
 
 // Metric names: dashboards and alerts read them, so they stay as they are.
 const HITS: &str = "esi_proxy_cache_hits_total";

@@ -250,12 +250,12 @@ impl CachePolicy {
 
     /// Request header names that are part of the key for this URL (config key_headers +
     /// matching rule's key_headers), lowercase.
-    pub fn key_headers(&self, url: &Url) -> Vec<HeaderName> {
+    pub(super) fn key_headers(&self, url: &Url) -> Vec<HeaderName> {
         self.key_headers_of(self.rule_for(url).map(|(_, rule)| rule))
     }
 
     /// How long a key whose response could not be stored skips the cache.
-    pub fn hit_for_pass(&self) -> Duration {
+    pub(super) fn hit_for_pass(&self) -> Duration {
         self.hit_for_pass
     }
 
@@ -303,7 +303,7 @@ impl fmt::Display for TtlSource {
 
 impl Credentials {
     /// The credentials in `headers` that go upstream: none unless the host is `trusted`.
-    pub fn of(headers: &HeaderMap, trusted: bool) -> Self {
+    pub(super) fn of(headers: &HeaderMap, trusted: bool) -> Self {
         Self {
             cookie: trusted && headers.contains_key(COOKIE),
             authorization: trusted && headers.contains_key(AUTHORIZATION),
@@ -311,7 +311,7 @@ impl Credentials {
     }
 
     /// Whether any went upstream.
-    pub fn any(self) -> bool {
+    fn any(self) -> bool {
         self.cookie || self.authorization
     }
 

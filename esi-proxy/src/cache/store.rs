@@ -1,25 +1,25 @@
-//! What the caches store and how: keys ([`CacheKey`]) with their Vary specs, fragment entries,
-//! the byte weigher, per-entry expiry, URL normalisation and purges. Never decides a TTL (the
-//! policy does) and never fetches.
+//! The one store both caches use: values under [`CacheKey`]s (URL and the request's values of
+//! the names it varies on), the per-URL Vary specs, the byte weigher, per-value expiry, purges
+//! by URL or prefix, and the gauges. Generic over what it holds (fragment entries, layouts);
+//! never decides a TTL (the policy does) and never fetches.
 
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt};
 use http::header::HeaderName;
-use http::{HeaderMap, StatusCode};
+use http::HeaderMap;
 use moka::future::Cache;
+use moka::notification::RemovalCause;
 use moka::Expiry;
 use url::Url;
 
-use super::policy::{Credentials, TtlSource};
-use super::EVICTIONS;
-use crate::esi::Template;
-use crate::fetch::{CacheInfo, Fragment};
+use super::policy::{merge_names, vary_names, CachePolicy, Credentials};
+use super::{EVICTIONS, HITS, MISSES};
 use crate::telemetry::Metrics;
 
 /// Bytes charged per entry on top of its body, headers and key: the `Arc`, the entry struct
@@ -45,66 +45,34 @@ const HOP_BY_HOP: [&str; 7] = [
     "upgrade",
 ];
 
-/// What the fragment cache holds for one key, for the debug page and tests.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EntryInfo {
-    /// The fragment URL.
-    pub url: String,
-    /// Bytes of body.
-    pub body_bytes: usize,
-    /// What the entry weighs against the capacity.
-    pub weight: u32,
-    /// Where the TTL came from.
-    pub source: TtlSource,
-    /// Fresh lifetime.
-    pub ttl: Duration,
-    /// Stale-while-revalidate window after `ttl`.
-    pub stale_while_revalidate: Duration,
-    /// Stale-if-error window after `ttl`.
-    pub stale_if_error: Duration,
-    /// Time since it was stored.
-    pub age: Duration,
+/// Values bounded in bytes under [`CacheKey`]s, each expiring by its own [`Lifetime`], with the
+/// vary specs their keys are computed from. The fragment cache and the layout cache each own
+/// one; what tells them apart is their [`Kind`].
+pub(super) struct Store<V> {
+    kind: &'static Kind,
+    entries: Cache<CacheKey, V>,
+    vary: VaryBook,
+    metrics: Arc<Metrics>,
 }
 
-/// The key of an entry: the URL (without `#fragment`) and the request's values of the header
-/// names it varies on, with which credentials went upstream.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(super) struct CacheKey {
-    pub(super) url: Arc<str>,
-    /// See [`CacheKey::new`] for the encoding.
-    pub(super) variant: Arc<[u8]>,
+/// What tells one store from another: its names in moka and in metrics.
+pub(super) struct Kind {
+    /// The `cache` label of its hit, miss and eviction counters.
+    pub(super) label: &'static str,
+    /// moka's name of its entries.
+    pub(super) entries_name: &'static str,
+    /// moka's name of its vary specs.
+    pub(super) vary_name: &'static str,
+    /// The gauge of entries held: name and help.
+    pub(super) entries_gauge: (&'static str, &'static str),
+    /// The gauge of bytes held: name and help.
+    pub(super) bytes_gauge: (&'static str, &'static str),
 }
 
-/// One stored fragment response.
-#[derive(Debug)]
-pub(super) struct Entry {
-    pub(super) key: CacheKey,
-    /// The header names `key` was computed from (sorted), so a request that waited on this
-    /// response can tell whether it is its variant.
-    pub(super) names: Arc<[HeaderName]>,
-    pub(super) status: StatusCode,
-    pub(super) headers: HeaderMap,
-    pub(super) body: Bytes,
-    pub(super) stored_at: Instant,
-    pub(super) ttl: Duration,
-    pub(super) stale_while_revalidate: Duration,
-    pub(super) stale_if_error: Duration,
-    pub(super) source: TtlSource,
-    pub(super) weight: u32,
-    /// The body parsed as ESI, filled by the first hit that needs it and shared by the rest.
-    pub(super) parsed: Arc<OnceLock<Arc<Template>>>,
-}
-
-/// The header names the last stored response for a URL varied on.
-#[derive(Debug, Clone)]
-pub(super) struct VarySpec {
-    pub(super) names: Arc<[HeaderName]>,
-    pub(super) lifetime: Duration,
-}
-
-/// Per-URL vary specs, bounded in bytes.
-pub(super) struct VaryBook {
-    pub(super) specs: Cache<Arc<str>, VarySpec>,
+/// A value a [`Store`] holds: cheap to clone, it says what it weighs and how long it is kept.
+pub(super) trait Stored: Lifetime + Clone + Send + Sync + 'static {
+    /// What it weighs against the capacity (see [`weigh`]).
+    fn weight(&self) -> u32;
 }
 
 /// Values that say how long they may be kept.
@@ -114,6 +82,236 @@ pub(super) trait Lifetime {
 
 /// Per-entry expiry from [`Lifetime`], counted from each insert.
 pub(super) struct ByLifetime;
+
+/// The key of an entry: the URL (without `#fragment`) and the request's values of the header
+/// names it varies on, with which credentials went upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct CacheKey {
+    pub(super) url: Arc<str>,
+    /// See [`CacheKey::new`] for the encoding.
+    variant: Arc<[u8]>,
+}
+
+/// How a response is keyed when it is stored.
+pub(super) struct Variant {
+    /// The key it is stored under.
+    pub(super) key: CacheKey,
+    /// The names its `Vary` lists: what the store learns for its URL.
+    pub(super) vary: Arc<[HeaderName]>,
+    /// Every name `key` was computed from (`vary` and the policy's key headers), sorted, so a
+    /// request that waited on the response can tell whether it is its variant.
+    pub(super) names: Arc<[HeaderName]>,
+}
+
+/// The URLs a purge or a listing is about.
+#[derive(Debug, Clone)]
+pub(super) enum Urls {
+    /// One URL, every variant of it.
+    Equal(Arc<str>),
+    /// Every URL starting with this text.
+    Prefix(Arc<str>),
+}
+
+/// The header names the last stored response for a URL varied on.
+#[derive(Debug, Clone)]
+struct VarySpec {
+    names: Arc<[HeaderName]>,
+    lifetime: Duration,
+}
+
+/// Per-URL vary specs, bounded in bytes.
+#[derive(Clone)]
+struct VaryBook {
+    specs: Cache<Arc<str>, VarySpec>,
+}
+
+// === impl Store ===
+
+impl<V: Stored> Store<V> {
+    /// An empty store keeping at most `capacity_bytes` of values; its vary specs get an eighth
+    /// of that (at least 64 KiB). Size evictions are counted under the kind's label.
+    pub(super) fn new(kind: &'static Kind, capacity_bytes: u64, metrics: Arc<Metrics>) -> Self {
+        let evicted = Arc::clone(&metrics);
+        let entries = Cache::builder()
+            .name(kind.entries_name)
+            .max_capacity(capacity_bytes)
+            .weigher(|_key: &CacheKey, value: &V| value.weight())
+            .expire_after(ByLifetime)
+            .eviction_listener(move |_key, _value, cause| {
+                if cause == RemovalCause::Size {
+                    count_eviction(&evicted, kind.label);
+                }
+            })
+            .support_invalidation_closures()
+            .build();
+        Self {
+            kind,
+            entries,
+            vary: VaryBook::new(kind.vary_name, side_capacity(capacity_bytes)),
+            metrics,
+        }
+    }
+
+    /// The key of a request under the URL's current vary spec and the policy's key headers.
+    pub(super) async fn key_for(
+        &self,
+        policy: &CachePolicy,
+        url: &Url,
+        text: &Arc<str>,
+        headers: &HeaderMap,
+        credentials: Credentials,
+    ) -> CacheKey {
+        let vary = self.vary.names(text).await;
+        CacheKey::new(text, &key_names(policy, url, &vary), headers, credentials)
+    }
+
+    /// [`Store::key_for`] without waiting: the vary spec counts as unknown when moka would
+    /// have to wait.
+    pub(super) fn key_now(
+        &self,
+        policy: &CachePolicy,
+        url: &Url,
+        text: &Arc<str>,
+        headers: &HeaderMap,
+        credentials: Credentials,
+    ) -> CacheKey {
+        let vary = self.vary.names_now(text);
+        CacheKey::new(text, &key_names(policy, url, &vary), headers, credentials)
+    }
+
+    /// The value under `key`, whatever its age.
+    pub(super) async fn get(&self, key: &CacheKey) -> Option<V> {
+        self.entries.get(key).await
+    }
+
+    /// [`Store::get`] without waiting: `None` when moka would have to wait.
+    pub(super) fn get_now(&self, key: &CacheKey) -> Option<V> {
+        poll_once(&mut self.entries.get(key).boxed()).flatten()
+    }
+
+    /// Stores `value` under `key`, then learns `vary` for its URL for as long as the value
+    /// lives. The future owns what it needs, so a caller that cannot wait may hand it to
+    /// [`run_soon`].
+    pub(super) fn insert(
+        &self,
+        key: CacheKey,
+        vary: Arc<[HeaderName]>,
+        value: V,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let (entries, book) = (self.entries.clone(), self.vary.clone());
+        let spec = VarySpec {
+            names: vary,
+            lifetime: value.lifetime(),
+        };
+        async move {
+            let url = Arc::clone(&key.url);
+            entries.insert(key, value).await;
+            book.specs.insert(url, spec).await;
+        }
+    }
+
+    /// Drops the value under `key`.
+    pub(super) async fn remove(&self, key: &CacheKey) {
+        self.entries.invalidate(key).await;
+    }
+
+    /// Drops every value whose URL `urls` matches (all variants), with those URLs' vary specs.
+    /// A fetch already in flight may still store its response.
+    pub(super) fn purge(&self, urls: &Urls) {
+        let (a, b) = (urls.clone(), urls.clone());
+        invalidate(&self.entries, move |key, _| a.matches(&key.url));
+        invalidate(&self.vary.specs, move |url, _| b.matches(url));
+    }
+
+    /// The values stored for `urls`, one per variant. Walks the whole store: for the debug
+    /// page and tests, not for serving.
+    pub(super) fn values(&self, urls: &Urls) -> Vec<V> {
+        self.entries
+            .iter()
+            .filter(|(key, _)| urls.matches(&key.url))
+            .map(|(_, value)| value)
+            .collect()
+    }
+
+    /// Values held (approximate until moka's pending work runs).
+    pub(super) fn entry_count(&self) -> u64 {
+        self.entries.entry_count()
+    }
+
+    /// Bytes held, as the weigher counts them (approximate until moka's pending work runs).
+    pub(super) fn weighted_size(&self) -> u64 {
+        self.entries.weighted_size()
+    }
+
+    /// Runs moka's pending work now: evictions, expirations, purges and the size counters.
+    pub(super) async fn run_pending_tasks(&self) {
+        self.entries.run_pending_tasks().await;
+        self.vary.specs.run_pending_tasks().await;
+    }
+
+    /// Sets the kind's gauges (entries, bytes) in metrics.
+    pub(super) fn publish_metrics(&self) {
+        let [(entries, entries_help), (bytes, bytes_help)] =
+            [self.kind.entries_gauge, self.kind.bytes_gauge];
+        let metrics = &self.metrics;
+        metrics.set_gauge(entries, entries_help, self.entry_count() as f64);
+        metrics.set_gauge(bytes, bytes_help, self.weighted_size() as f64);
+    }
+
+    /// Counts one lookup answered with a fresh value.
+    pub(super) fn count_hit(&self) {
+        self.count(
+            HITS,
+            "Cache lookups answered with a fresh entry.",
+            Some(("cache", self.kind.label)),
+        );
+    }
+
+    /// Counts one lookup that found nothing servable.
+    pub(super) fn count_miss(&self) {
+        self.count(
+            MISSES,
+            "Cache lookups that found nothing servable.",
+            Some(("cache", self.kind.label)),
+        );
+    }
+
+    /// Adds one to the counter `name`.
+    pub(super) fn count(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        label: Option<(&'static str, &str)>,
+    ) {
+        self.metrics.inc_counter(name, help, label, 1);
+    }
+
+    /// The `Debug` form of the cache named `name` that owns this store.
+    pub(super) fn describe(&self, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(name)
+            .field("entries", &self.entry_count())
+            .field("bytes", &self.weighted_size())
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl ByLifetime ===
+
+impl<K, V: Lifetime> Expiry<K, V> for ByLifetime {
+    fn expire_after_create(&self, _key: &K, value: &V, _created_at: Instant) -> Option<Duration> {
+        Some(value.lifetime())
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &K,
+        value: &V,
+        _updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.lifetime())
+    }
+}
 
 // === impl CacheKey ===
 
@@ -150,93 +348,57 @@ impl CacheKey {
     }
 }
 
-// === impl Entry ===
+// === impl Variant ===
 
-impl Entry {
-    /// An entry for `fragment` under `key`; `times` are the TTL, stale-while-revalidate and
-    /// stale-if-error windows.
-    pub(super) fn new(
-        key: CacheKey,
-        names: Arc<[HeaderName]>,
-        fragment: Fragment,
-        times: [Duration; 3],
-        source: TtlSource,
-    ) -> Arc<Self> {
-        let [ttl, stale_while_revalidate, stale_if_error] = times;
-        let headers = kept_headers(&fragment.headers);
-        let weight = weigh(&key, &headers, fragment.body.len());
-        Arc::new(Self {
-            key,
+impl Variant {
+    /// How the response with `response_headers` to a request for `url` (`text` as keys hold
+    /// it) with `request_headers` and `credentials` is stored. A `Vary` the policy refused
+    /// (see [`CachePolicy::decide_for`]) counts as none.
+    pub(super) fn of(
+        policy: &CachePolicy,
+        url: &Url,
+        text: &Arc<str>,
+        request_headers: &HeaderMap,
+        credentials: Credentials,
+        response_headers: &HeaderMap,
+    ) -> Self {
+        let vary: Arc<[HeaderName]> = vary_names(response_headers).unwrap_or_default().into();
+        let names = key_names(policy, url, &vary);
+        Self {
+            key: CacheKey::new(text, &names, request_headers, credentials),
+            vary,
             names,
-            status: fragment.status,
-            headers,
-            body: fragment.body,
-            stored_at: Instant::now(),
-            ttl,
-            stale_while_revalidate,
-            stale_if_error,
-            source,
-            weight,
-            parsed: Arc::new(OnceLock::new()),
-        })
-    }
-
-    /// The stored response as served with `status` ("hit", "miss" ...); the body and the
-    /// parsed-template slot are shared, not copied.
-    pub(super) fn fragment(&self, status: &'static str) -> Fragment {
-        Fragment {
-            status: self.status,
-            headers: self.headers.clone(),
-            body: self.body.clone(),
-            cache: Some(CacheInfo {
-                status,
-                ttl: Some(self.ttl),
-                source: Some(self.source.to_string()),
-            }),
-            parsed: Some(Arc::clone(&self.parsed)),
         }
     }
-
-    pub(super) fn within_stale_if_error(&self) -> bool {
-        self.stored_at.elapsed() < self.ttl.saturating_add(self.stale_if_error)
-    }
 }
 
-impl Lifetime for Arc<Entry> {
-    fn lifetime(&self) -> Duration {
-        self.ttl
-            .saturating_add(self.stale_while_revalidate.max(self.stale_if_error))
-    }
-}
+// === impl Urls ===
 
-impl Lifetime for VarySpec {
-    fn lifetime(&self) -> Duration {
-        self.lifetime
-    }
-}
-
-// === impl ByLifetime ===
-
-impl<K, V: Lifetime> Expiry<K, V> for ByLifetime {
-    fn expire_after_create(&self, _key: &K, value: &V, _created_at: Instant) -> Option<Duration> {
-        Some(value.lifetime())
+impl Urls {
+    /// `url` in the form `url::Url` prints it (`http://host:8080/path?query`, default port and
+    /// `#fragment` left out) when it parses as a URL; else as given.
+    pub(super) fn equal(url: &str) -> Self {
+        Self::Equal(normalise(url).into())
     }
 
-    fn expire_after_update(
-        &self,
-        _key: &K,
-        value: &V,
-        _updated_at: Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.lifetime())
+    /// Every URL starting with `prefix`, compared as given.
+    pub(super) fn prefix(prefix: &str) -> Self {
+        Self::Prefix(prefix.into())
+    }
+
+    /// Whether `url` (as keys hold it) is one of these.
+    pub(super) fn matches(&self, url: &str) -> bool {
+        match self {
+            Self::Equal(wanted) => **wanted == *url,
+            Self::Prefix(prefix) => url.starts_with(&**prefix),
+        }
     }
 }
 
 // === impl VaryBook ===
 
 impl VaryBook {
-    pub(super) fn new(name: &str, capacity_bytes: u64) -> Self {
+    fn new(name: &str, capacity_bytes: u64) -> Self {
         let specs = Cache::builder()
             .name(name)
             .max_capacity(capacity_bytes)
@@ -251,7 +413,7 @@ impl VaryBook {
     }
 
     /// The names the URL's last stored response varied on (none when unknown).
-    pub(super) async fn names(&self, url: &Arc<str>) -> Arc<[HeaderName]> {
+    async fn names(&self, url: &Arc<str>) -> Arc<[HeaderName]> {
         self.specs
             .get(url)
             .await
@@ -259,25 +421,29 @@ impl VaryBook {
     }
 
     /// [`VaryBook::names`] without waiting: unknown when moka would have to wait.
-    pub(super) fn names_now(&self, url: &Arc<str>) -> Arc<[HeaderName]> {
+    fn names_now(&self, url: &Arc<str>) -> Arc<[HeaderName]> {
         poll_once(&mut self.specs.get(url).boxed())
             .flatten()
             .map_or_else(|| Arc::from([]), |spec| spec.names)
     }
+}
 
-    pub(super) async fn learn(&self, url: Arc<str>, names: Arc<[HeaderName]>, lifetime: Duration) {
-        self.specs.insert(url, VarySpec { names, lifetime }).await;
-    }
-
-    pub(super) fn purge(&self, matches: impl Fn(&str) -> bool + Send + Sync + 'static) {
-        invalidate(&self.specs, move |url, _| matches(url));
+impl Lifetime for VarySpec {
+    fn lifetime(&self) -> Duration {
+        self.lifetime
     }
 }
 
 // === helpers ===
 
+/// The names a key varies on: those the URL's response varied on and the policy's key
+/// headers for it, sorted and unique.
+fn key_names(policy: &CachePolicy, url: &Url, vary: &[HeaderName]) -> Arc<[HeaderName]> {
+    merge_names(vary, &policy.key_headers(url))
+}
+
 /// Counts one size eviction from the `cache` kind.
-pub(super) fn count_eviction(metrics: &Metrics, cache: &'static str) {
+fn count_eviction(metrics: &Metrics, cache: &'static str) {
     metrics.inc_counter(
         EVICTIONS,
         "Cache entries evicted to stay within the byte bound.",
@@ -300,7 +466,7 @@ pub(super) fn cache_url(url: &Url) -> String {
 }
 
 /// `text` in the form keys hold URLs in, when it parses as one; else as given.
-pub(super) fn normalise(text: &str) -> String {
+fn normalise(text: &str) -> String {
     Url::parse(text).map_or_else(|_| text.to_owned(), |url| cache_url(&url))
 }
 
@@ -318,7 +484,7 @@ pub(super) fn invalidate<K, V>(
 }
 
 /// Polls `fut` once with a waker that does nothing: its output, or `None` if it would wait.
-pub(super) fn poll_once<F: Future + Unpin>(fut: &mut F) -> Option<F::Output> {
+fn poll_once<F: Future + Unpin>(fut: &mut F) -> Option<F::Output> {
     let waker = futures::task::noop_waker();
     let mut cx = Context::from_waker(&waker);
     match Pin::new(fut).poll(&mut cx) {
@@ -500,51 +666,6 @@ mod tests {
         for (what, pairs, body, want) in cases {
             assert_eq!(weigh(&key, &headers(pairs), *body), *want, "{what}");
         }
-
-        // An entry drops hop-by-hop headers before it is weighed.
-        let fragment = Fragment {
-            cache: None,
-            parsed: None,
-            status: StatusCode::OK,
-            headers: headers(&[
-                ("content-type", "text/html"),
-                ("transfer-encoding", "chunked"),
-                ("connection", "close"),
-            ]),
-            body: Bytes::from(vec![b'x'; 1000]),
-        };
-        let entry = Entry::new(
-            key,
-            Arc::from([]),
-            fragment,
-            [Duration::from_secs(1); 3],
-            TtlSource::Default,
-        );
-        assert_eq!(entry.weight, 1000 + (12 + 9 + 32) + 15 + 1 + 160);
-        assert_eq!(entry.headers.len(), 1);
-        assert_eq!(entry.lifetime(), Duration::from_secs(2));
-    }
-
-    #[test]
-    fn hit_shares_the_body() {
-        let url: Arc<str> = "http://a.test/f".into();
-        let key = CacheKey::new(&url, &[], &HeaderMap::new(), NONE);
-        let body = Bytes::from(vec![b'x'; 100]);
-        let fragment = Fragment {
-            cache: None,
-            parsed: None,
-            status: StatusCode::OK,
-            headers: HeaderMap::new(),
-            body: body.clone(),
-        };
-        let entry = Entry::new(
-            key,
-            Arc::from([]),
-            fragment,
-            [Duration::from_secs(1); 3],
-            TtlSource::Default,
-        );
-        assert_eq!(entry.fragment("hit").body.as_ptr(), body.as_ptr());
     }
 
     #[test]

@@ -1,13 +1,7 @@
-//! Caching of fragments and parsed layouts: moka caches bounded in bytes, TTLs from config rules
-//! and response headers, Vary-aware keys, single-flight fetches, hit-for-pass,
-//! stale-while-revalidate / stale-if-error, and purge. A [`CachingFetcher`] wraps the HTTP
-//! [`crate::fetch::Fetcher`], so the composer sees one source of fragments; never serves HTTP.
-//!
-//! - `policy`: the pure TTL decision ([`CachePolicy`]) and the header directives it reads.
-//! - `store`: the one store both caches use: keys, Vary, the weigher, expiry, purges, gauges.
-//! - `entry`: one stored fragment response and its debug view ([`EntryInfo`]).
-//! - `fragment`: [`FragmentCache`] and the caching fetcher (single-flight, hit-for-pass, stale).
-//! - `layout`: [`LayoutCache`], parsed layouts served fresh only.
+//! Caching of fragments and parsed layouts. This file holds the contract (the re-exports) and the
+//! metric names; `policy` decides TTLs, `store` is the one byte-bounded, Vary-aware store both
+//! caches use, `entry` a stored fragment, `fragment` the caching [`crate::fetch::Fetcher`]
+//! (single-flight, hit-for-pass, stale serving) and `layout` the layout cache. Never serves HTTP.
 
 mod entry;
 mod fragment;

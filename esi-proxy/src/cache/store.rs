@@ -251,11 +251,12 @@ impl<V: Stored> Store<V> {
 
     /// Sets the kind's gauges (entries, bytes) in metrics.
     pub(super) fn publish_metrics(&self) {
-        let [(entries, entries_help), (bytes, bytes_help)] =
-            [self.kind.entries_gauge, self.kind.bytes_gauge];
-        let metrics = &self.metrics;
-        metrics.set_gauge(entries, entries_help, self.entry_count() as f64);
-        metrics.set_gauge(bytes, bytes_help, self.weighted_size() as f64);
+        let (entries, entries_help) = self.kind.entries_gauge;
+        let (bytes, bytes_help) = self.kind.bytes_gauge;
+        self.metrics
+            .set_gauge(entries, entries_help, self.entry_count() as f64);
+        self.metrics
+            .set_gauge(bytes, bytes_help, self.weighted_size() as f64);
     }
 
     /// Counts one lookup answered with a fresh value.

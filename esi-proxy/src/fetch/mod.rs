@@ -18,7 +18,6 @@ use url::Url;
 
 pub use crate::config::{parse_base_url, BaseUrl, Scheme};
 use crate::esi::Template;
-pub(crate) use crate::headers::split_unquoted;
 pub use client::HttpClient;
 pub(crate) use decode::decode_stream;
 pub use guard::{Lookup, SystemLookup};

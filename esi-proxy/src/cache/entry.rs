@@ -1,0 +1,182 @@
+//! One stored fragment response ([`Entry`]): what it keeps (status, headers less hop-by-hop,
+//! the body shared as `Bytes`, the parsed-template slot), its TTL and stale windows, what it
+//! weighs, and how it is served back. The debug view of it is [`EntryInfo`]. No lookups here.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::HeaderName;
+use http::{HeaderMap, StatusCode};
+
+use super::policy::TtlSource;
+use super::store::{kept_headers, weigh, CacheKey, Lifetime, Stored};
+use crate::esi::Template;
+use crate::fetch::{CacheInfo, Fragment};
+
+/// What the fragment cache holds for one key, for the debug page and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryInfo {
+    /// The fragment URL.
+    pub url: String,
+    /// Bytes of body.
+    pub body_bytes: usize,
+    /// What the entry weighs against the capacity.
+    pub weight: u32,
+    /// Where the TTL came from.
+    pub source: TtlSource,
+    /// Fresh lifetime.
+    pub ttl: Duration,
+    /// Stale-while-revalidate window after `ttl`.
+    pub stale_while_revalidate: Duration,
+    /// Stale-if-error window after `ttl`.
+    pub stale_if_error: Duration,
+    /// Time since it was stored.
+    pub age: Duration,
+}
+
+/// One stored fragment response.
+#[derive(Debug)]
+pub(super) struct Entry {
+    pub(super) key: CacheKey,
+    /// The header names `key` was computed from (sorted), so a request that waited on this
+    /// response can tell whether it is its variant.
+    pub(super) names: Arc<[HeaderName]>,
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    pub(super) stored_at: Instant,
+    pub(super) ttl: Duration,
+    pub(super) stale_while_revalidate: Duration,
+    stale_if_error: Duration,
+    pub(super) source: TtlSource,
+    pub(super) weight: u32,
+    /// The body parsed as ESI, filled by the first hit that needs it and shared by the rest.
+    parsed: Arc<OnceLock<Arc<Template>>>,
+}
+
+// === impl Entry ===
+
+impl Entry {
+    /// An entry for `fragment` under `key`; `times` are the TTL, stale-while-revalidate and
+    /// stale-if-error windows.
+    pub(super) fn new(
+        key: CacheKey,
+        names: Arc<[HeaderName]>,
+        fragment: Fragment,
+        times: [Duration; 3],
+        source: TtlSource,
+    ) -> Arc<Self> {
+        let [ttl, stale_while_revalidate, stale_if_error] = times;
+        let headers = kept_headers(&fragment.headers);
+        let weight = weigh(&key, &headers, fragment.body.len());
+        Arc::new(Self {
+            key,
+            names,
+            status: fragment.status,
+            headers,
+            body: fragment.body,
+            stored_at: Instant::now(),
+            ttl,
+            stale_while_revalidate,
+            stale_if_error,
+            source,
+            weight,
+            parsed: Arc::new(OnceLock::new()),
+        })
+    }
+
+    /// The stored response as served with `status` ("hit", "miss" ...); the body and the
+    /// parsed-template slot are shared, not copied.
+    pub(super) fn fragment(&self, status: &'static str) -> Fragment {
+        Fragment {
+            status: self.status,
+            headers: self.headers.clone(),
+            body: self.body.clone(),
+            cache: Some(CacheInfo {
+                status,
+                ttl: Some(self.ttl),
+                source: Some(self.source.to_string()),
+            }),
+            parsed: Some(Arc::clone(&self.parsed)),
+        }
+    }
+
+    /// Whether it may be served when a fresh fetch fails.
+    pub(super) fn within_stale_if_error(&self) -> bool {
+        self.stored_at.elapsed() < self.ttl.saturating_add(self.stale_if_error)
+    }
+
+    /// The debug view of it at `now`.
+    pub(super) fn info(&self, now: Instant) -> EntryInfo {
+        EntryInfo {
+            url: self.key.url.to_string(),
+            body_bytes: self.body.len(),
+            weight: self.weight,
+            source: self.source.clone(),
+            ttl: self.ttl,
+            stale_while_revalidate: self.stale_while_revalidate,
+            stale_if_error: self.stale_if_error,
+            age: now.saturating_duration_since(self.stored_at),
+        }
+    }
+}
+
+impl Lifetime for Arc<Entry> {
+    fn lifetime(&self) -> Duration {
+        self.ttl
+            .saturating_add(self.stale_while_revalidate.max(self.stale_if_error))
+    }
+}
+
+impl Stored for Arc<Entry> {
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::testing::{headers, NONE};
+
+    /// An entry of `body` with `pairs` as headers, under a key with no variant; one second
+    /// of TTL and of each stale window.
+    fn entry(pairs: &[(&str, &str)], body: Bytes) -> Arc<Entry> {
+        let url: Arc<str> = "http://a.test/f".into();
+        let fragment = Fragment {
+            cache: None,
+            parsed: None,
+            status: StatusCode::OK,
+            headers: headers(pairs),
+            body,
+        };
+        Entry::new(
+            CacheKey::new(&url, &[], &HeaderMap::new(), NONE),
+            Arc::from([]),
+            fragment,
+            [Duration::from_secs(1); 3],
+            TtlSource::Default,
+        )
+    }
+
+    #[test]
+    fn entry_drops_hop_by_hop_headers_before_it_is_weighed() {
+        let pairs = [
+            ("content-type", "text/html"),
+            ("transfer-encoding", "chunked"),
+            ("connection", "close"),
+        ];
+        let entry = entry(&pairs, Bytes::from(vec![b'x'; 1000]));
+        assert_eq!(entry.weight, 1000 + (12 + 9 + 32) + 15 + 1 + 160);
+        assert_eq!(entry.headers.len(), 1);
+        assert_eq!(entry.lifetime(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn hit_shares_the_body() {
+        let body = Bytes::from(vec![b'x'; 100]);
+        let entry = entry(&[], body.clone());
+        assert_eq!(entry.fragment("hit").body.as_ptr(), body.as_ptr());
+    }
+}

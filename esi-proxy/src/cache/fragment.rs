@@ -1,0 +1,619 @@
+//! The fragment cache and the caching [`Fetcher`]: lookups by age, single-flight (one upstream
+//! fetch per key, shared by every waiter), hit-for-pass, stale-while-revalidate and
+//! stale-if-error. Stores through `store`, decides through `policy`; never serves HTTP.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures::future::{BoxFuture, FutureExt, Shared, WeakShared};
+use moka::future::Cache;
+use url::Url;
+
+use super::entry::{Entry, EntryInfo};
+use super::policy::{CachePolicy, Credentials, Decision};
+use super::store::{
+    cache_url, invalidate, side_capacity, ByLifetime, CacheKey, Kind, Lifetime, Store, Urls,
+    Variant, SIDE_OVERHEAD,
+};
+use super::{COALESCED, FRAGMENT_BYTES, FRAGMENT_ENTRIES, PASSES, STALE_SERVED};
+use crate::fetch::{Access, CacheInfo, FetchError, Fetcher, Fragment, FragmentRequest};
+use crate::telemetry::Metrics;
+
+/// How often one request looks the cache up again: a Vary mismatch with the response it
+/// waited for, or a retry after a failed shared fetch. Past it, the request fetches alone.
+const MAX_ROUNDS: usize = 3;
+
+/// The fragment store's names in moka and in metrics.
+static FRAGMENTS: Kind = Kind {
+    label: "fragment",
+    entries_name: "esi-proxy fragments",
+    vary_name: "esi-proxy fragment vary",
+    entries_gauge: (FRAGMENT_ENTRIES, "Fragment responses held by the cache."),
+    bytes_gauge: (
+        FRAGMENT_BYTES,
+        "Bytes of fragment responses held by the cache (bodies, kept headers and keys).",
+    ),
+};
+
+/// Storage for fragment responses, shared across config reloads.
+///
+/// Entries are bounded in bytes (body, kept headers and key) and expire `ttl` plus the longer
+/// stale window after they were stored. Beside them it keeps, bounded too, a per-URL vary spec
+/// (the header names the last stored response varied on) and hit-for-pass markers, plus the
+/// fetches in flight (one per key, for as long as someone waits on it).
+pub struct FragmentCache {
+    store: Store<Arc<Entry>>,
+    passes: Cache<CacheKey, PassMarker>,
+    flights: Mutex<HashMap<CacheKey, FlightSlot>>,
+    next_flight: AtomicU64,
+}
+
+/// A Fetcher that serves from and fills a FragmentCache.
+///
+/// A lookup is fresh (served), within `stale-while-revalidate` (served, and one background
+/// fetch refreshes it), or a miss: concurrent misses for one key share one upstream fetch.
+/// When a fetch fails, a copy within `stale-if-error` is served instead; when it fails with no
+/// such copy, every request that waited on it tries once more (shared again), then gives up.
+#[derive(Clone)]
+pub struct CachingFetcher {
+    inner: Arc<dyn Fetcher>,
+    cache: Arc<FragmentCache>,
+    policy: Arc<CachePolicy>,
+}
+
+/// A key whose last response could not be stored, for this long.
+#[derive(Debug, Clone, Copy)]
+struct PassMarker(Duration);
+
+/// What one lookup found.
+enum Lookup {
+    /// Within its TTL.
+    Fresh(Arc<Entry>),
+    /// Past its TTL, within stale-while-revalidate.
+    Revalidate(Arc<Entry>),
+    /// Nothing servable now; maybe a copy to fall back on if the fetch fails.
+    Miss(Option<Arc<Entry>>),
+}
+
+/// What a shared fetch produced.
+#[derive(Clone)]
+enum Outcome {
+    /// Stored: anyone whose key matches the entry's may use it.
+    Stored(Arc<Entry>),
+    /// Not storable: for the request that started the fetch only.
+    Passed(Arc<Fragment>),
+}
+
+/// The output of a shared fetch; errors are shared, each waiter gets a copy.
+type FlightResult = Result<Outcome, Arc<FetchError>>;
+
+/// A fetch some requests are waiting on.
+type Flight = Shared<BoxFuture<'static, FlightResult>>;
+
+/// A fetch in flight as the map knows it: weak, so it stops when nobody waits on it.
+struct FlightSlot {
+    id: u64,
+    weak: WeakShared<BoxFuture<'static, FlightResult>>,
+}
+
+/// Removes its flight from the map when the flight ends or is dropped.
+struct FlightGuard {
+    cache: Arc<FragmentCache>,
+    key: CacheKey,
+    id: u64,
+}
+
+// === impl FragmentCache ===
+
+impl FragmentCache {
+    /// An empty cache keeping at most `capacity_bytes` of entries (body, kept headers and
+    /// key); vary specs and hit-for-pass markers get an eighth of that each (at least 64 KiB).
+    pub fn new(capacity_bytes: u64, metrics: Arc<Metrics>) -> Arc<Self> {
+        let passes = Cache::builder()
+            .name("esi-proxy hit-for-pass")
+            .max_capacity(side_capacity(capacity_bytes))
+            .weigher(|key: &CacheKey, _marker: &PassMarker| key.weight(SIDE_OVERHEAD))
+            .expire_after(ByLifetime)
+            .support_invalidation_closures()
+            .build();
+        Arc::new(Self {
+            store: Store::new(&FRAGMENTS, capacity_bytes, metrics),
+            passes,
+            flights: Mutex::new(HashMap::new()),
+            next_flight: AtomicU64::new(0),
+        })
+    }
+
+    /// Drops every entry whose URL equals `url` (all Vary variants).
+    ///
+    /// `url` is compared in the form `url::Url` prints it (`http://host:8080/path?query`,
+    /// default port and `#fragment` left out); text that parses as a URL is put in that form
+    /// first. The URL's vary spec and hit-for-pass markers go too. A fetch already in flight
+    /// may still store its response.
+    pub fn purge_url(&self, url: &str) {
+        self.purge(&Urls::equal(url));
+    }
+
+    /// Drops every entry whose URL starts with `prefix` (compared as given, in the form of
+    /// [`FragmentCache::purge_url`]), with those URLs' vary specs and hit-for-pass markers.
+    pub fn purge_prefix(&self, prefix: &str) {
+        self.purge(&Urls::prefix(prefix));
+    }
+
+    /// Entries held (approximate until moka's pending work runs; see
+    /// [`FragmentCache::run_pending_tasks`]).
+    pub fn entry_count(&self) -> u64 {
+        self.store.entry_count()
+    }
+
+    /// Bytes held by entries, as the weigher counts them (approximate until moka's pending
+    /// work runs).
+    pub fn weighted_size(&self) -> u64 {
+        self.store.weighted_size()
+    }
+
+    /// Runs moka's pending work now: evictions, expirations, purges and the size counters.
+    /// It also runs by itself as the cache is used.
+    pub async fn run_pending_tasks(&self) {
+        self.store.run_pending_tasks().await;
+        self.passes.run_pending_tasks().await;
+    }
+
+    /// Sets the cache gauges (entries, bytes) in metrics; called before /_esi/metrics renders.
+    pub fn publish_metrics(&self) {
+        self.store.publish_metrics();
+    }
+
+    /// What is stored for `url` (in the form of [`FragmentCache::purge_url`]), one item per
+    /// variant. Walks the whole cache: for the debug page and tests, not for serving.
+    pub fn entries_for_url(&self, url: &str) -> Vec<EntryInfo> {
+        let now = Instant::now();
+        self.store
+            .values(&Urls::equal(url))
+            .iter()
+            .map(|entry| entry.info(now))
+            .collect()
+    }
+
+    /// Drops the entries, vary specs and hit-for-pass markers of `urls`.
+    fn purge(&self, urls: &Urls) {
+        self.store.purge(urls);
+        let urls = urls.clone();
+        invalidate(&self.passes, move |key, _| urls.matches(&key.url));
+    }
+
+    /// The entry for `key`, classified by age.
+    async fn lookup(&self, key: &CacheKey) -> Lookup {
+        let Some(entry) = self.store.get(key).await else {
+            return Lookup::Miss(None);
+        };
+        let age = entry.stored_at.elapsed();
+        if age < entry.ttl {
+            Lookup::Fresh(entry)
+        } else if age < entry.ttl.saturating_add(entry.stale_while_revalidate) {
+            Lookup::Revalidate(entry)
+        } else {
+            Lookup::Miss(Some(entry))
+        }
+    }
+
+    /// Whether a hit-for-pass marker stands for `key`.
+    async fn is_pass(&self, key: &CacheKey) -> bool {
+        self.passes.get(key).await.is_some()
+    }
+
+    fn flights(&self) -> MutexGuard<'_, HashMap<CacheKey, FlightSlot>> {
+        self.flights.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn count_stale(&self, reason: &'static str) {
+        self.store.count(
+            STALE_SERVED,
+            "Expired fragment entries served: while_revalidate or if_error.",
+            Some(("reason", reason)),
+        );
+    }
+
+    fn count_coalesced(&self) {
+        self.store.count(
+            COALESCED,
+            "Fragment requests that waited on a fetch another request started.",
+            None,
+        );
+    }
+
+    fn count_pass(&self) {
+        self.store.count(
+            PASSES,
+            "Fragment responses fetched without the cache: not storable, or hit-for-pass.",
+            None,
+        );
+    }
+}
+
+impl fmt::Debug for FragmentCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.store.describe("FragmentCache", f)
+    }
+}
+
+// === impl CachingFetcher ===
+
+impl CachingFetcher {
+    /// A fetcher answering from `cache` under `policy`, fetching misses from `inner`.
+    pub fn new(
+        inner: Arc<dyn Fetcher>,
+        cache: Arc<FragmentCache>,
+        policy: Arc<CachePolicy>,
+    ) -> Self {
+        Self {
+            inner,
+            cache,
+            policy,
+        }
+    }
+
+    async fn fetch_cached(self, req: FragmentRequest) -> Result<Fragment, FetchError> {
+        let access: Access = self.inner.check(&req.url)?;
+        let credentials = Credentials::of(&req.client_headers, access.trusted);
+        let text: Arc<str> = cache_url(&req.url).into();
+        let deadline = tokio::time::Instant::now() + req.timeout;
+        let mut retried = false;
+        let mut counted = false;
+        for _ in 0..MAX_ROUNDS {
+            let key = self
+                .cache
+                .store
+                .key_for(
+                    &self.policy,
+                    &req.url,
+                    &text,
+                    &req.client_headers,
+                    credentials,
+                )
+                .await;
+            if self.cache.is_pass(&key).await {
+                self.cache.count_pass();
+                return self.inner.fetch(req).await.map(passed);
+            }
+            let fallback = match self.cache.lookup(&key).await {
+                Lookup::Fresh(entry) => {
+                    self.cache.store.count_hit();
+                    return Ok(entry.fragment("hit"));
+                }
+                Lookup::Revalidate(entry) => {
+                    self.cache.count_stale("while_revalidate");
+                    self.refresh(&key, &req, credentials);
+                    return Ok(entry.fragment("stale-while-revalidate"));
+                }
+                Lookup::Miss(stale) => stale,
+            };
+            if !counted {
+                self.cache.store.count_miss();
+                counted = true;
+            }
+            let (flight, leader) = self.join_or_start(&key, &req, credentials);
+            if !leader {
+                self.cache.count_coalesced();
+            }
+            let error = match tokio::time::timeout_at(deadline, flight).await {
+                Ok(Ok(Outcome::Stored(entry))) => {
+                    let mine = CacheKey::new(&text, &entry.names, &req.client_headers, credentials);
+                    if mine == entry.key {
+                        return Ok(entry.fragment("miss"));
+                    }
+                    // The response varies on a header this request differs in.
+                    continue;
+                }
+                Ok(Ok(Outcome::Passed(fragment))) if leader => {
+                    return Ok(passed(Arc::unwrap_or_clone(fragment)));
+                }
+                Ok(Ok(Outcome::Passed(_))) => {
+                    // Maybe meant for another user: fetch alone, as hit-for-pass does.
+                    self.cache.count_pass();
+                    return self.fetch_alone(req, fallback).await;
+                }
+                Ok(Err(error)) => clone_error(&error),
+                Err(_) => FetchError::Timeout {
+                    url: req.url.to_string(),
+                    after: req.timeout,
+                },
+            };
+            if let Some(stale) = fallback.filter(|entry| entry.within_stale_if_error()) {
+                tracing::debug!(url = %text, error = %error, "serving stale fragment after error");
+                self.cache.count_stale("if_error");
+                return Ok(stale.fragment("stale-if-error"));
+            }
+            // One retry, and only while this request's own deadline leaves time for it.
+            if retried || tokio::time::Instant::now() >= deadline {
+                return Err(error);
+            }
+            retried = true;
+        }
+        self.fetch_alone(req, None).await
+    }
+
+    /// Fetches without the cache; a failure falls back to `stale` when it is in its
+    /// stale-if-error window.
+    async fn fetch_alone(
+        &self,
+        req: FragmentRequest,
+        stale: Option<Arc<Entry>>,
+    ) -> Result<Fragment, FetchError> {
+        match self.inner.fetch(req).await {
+            Ok(fragment) => Ok(passed(fragment)),
+            Err(error) => match stale.filter(|entry| entry.within_stale_if_error()) {
+                Some(entry) => {
+                    self.cache.count_stale("if_error");
+                    Ok(entry.fragment("stale-if-error"))
+                }
+                None => Err(error),
+            },
+        }
+    }
+
+    /// The fetch in flight for `key`, or a new one with this request's headers; `true` when
+    /// this request started it.
+    fn join_or_start(
+        &self,
+        key: &CacheKey,
+        req: &FragmentRequest,
+        credentials: Credentials,
+    ) -> (Flight, bool) {
+        let mut flights = self.cache.flights();
+        if let Some(flight) = flights.get(key).and_then(|slot| slot.weak.upgrade()) {
+            return (flight, false);
+        }
+        let id = self.cache.next_flight.fetch_add(1, Ordering::Relaxed);
+        let guard = FlightGuard {
+            cache: Arc::clone(&self.cache),
+            key: key.clone(),
+            id,
+        };
+        let this = self.clone();
+        let (key_owned, req_owned) = (key.clone(), req.clone());
+        let flight = async move {
+            // A fetch that ended between this request's lookup and its taking the map's lock
+            // has stored its response (it stores before leaving the map): use that.
+            if let Lookup::Fresh(entry) = this.cache.lookup(&key_owned).await {
+                drop(guard);
+                return Ok(Outcome::Stored(entry));
+            }
+            let result = this.inner.fetch(req_owned.clone()).await;
+            let outcome = match result {
+                Ok(fragment) => Ok(this
+                    .settle(&key_owned, &req_owned, credentials, fragment)
+                    .await),
+                Err(error) => Err(Arc::new(error)),
+            };
+            // Before the waiters wake: a retry must start a new fetch, not find this one.
+            drop(guard);
+            outcome
+        }
+        .boxed()
+        .shared();
+        if let Some(weak) = flight.downgrade() {
+            flights.insert(key.clone(), FlightSlot { id, weak });
+        }
+        (flight, true)
+    }
+
+    /// Starts one background fetch for a stale entry, unless one is in flight.
+    fn refresh(&self, key: &CacheKey, req: &FragmentRequest, credentials: Credentials) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // Joining a fetch in flight (a refresh or a miss) and dropping it leaves it running.
+        let (flight, started) = self.join_or_start(key, req, credentials);
+        if started {
+            let url = req.url.to_string();
+            runtime.spawn(async move {
+                if let Err(error) = flight.await {
+                    tracing::debug!(%url, %error, "background refresh failed");
+                }
+            });
+        }
+    }
+
+    /// Stores a fetched fragment if the policy allows, else records hit-for-pass.
+    async fn settle(
+        &self,
+        flight_key: &CacheKey,
+        req: &FragmentRequest,
+        credentials: Credentials,
+        fragment: Fragment,
+    ) -> Outcome {
+        let cache = &self.cache;
+        let decision =
+            self.policy
+                .decide_for(&req.url, fragment.status, &fragment.headers, credentials);
+        match decision {
+            Decision::Store {
+                ttl,
+                stale_while_revalidate,
+                stale_if_error,
+                source,
+            } => {
+                let Variant { key, vary, names } = Variant::of(
+                    &self.policy,
+                    &req.url,
+                    &flight_key.url,
+                    &req.client_headers,
+                    credentials,
+                    &fragment.headers,
+                );
+                let entry = Entry::new(
+                    key,
+                    names,
+                    fragment,
+                    [ttl, stale_while_revalidate, stale_if_error],
+                    source,
+                );
+                tracing::debug!(
+                    url = %entry.key.url,
+                    ttl_source = %entry.source,
+                    ttl_s = entry.ttl.as_secs(),
+                    bytes = entry.weight,
+                    "fragment stored"
+                );
+                cache
+                    .store
+                    .insert(entry.key.clone(), vary, Arc::clone(&entry))
+                    .await;
+                Outcome::Stored(entry)
+            }
+            Decision::Pass(reason) => {
+                tracing::debug!(url = %flight_key.url, reason, "fragment not stored");
+                cache.count_pass();
+                let hit_for_pass = self.policy.hit_for_pass();
+                if !hit_for_pass.is_zero() {
+                    cache
+                        .passes
+                        .insert(flight_key.clone(), PassMarker(hit_for_pass))
+                        .await;
+                }
+                // The newest response says not to keep this; an older copy must not answer.
+                cache.store.remove(flight_key).await;
+                Outcome::Passed(Arc::new(fragment))
+            }
+        }
+    }
+}
+
+impl fmt::Debug for CachingFetcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachingFetcher")
+            .field("cache", &self.cache)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fetcher for CachingFetcher {
+    fn fetch(&self, req: FragmentRequest) -> BoxFuture<'static, Result<Fragment, FetchError>> {
+        Box::pin(self.clone().fetch_cached(req))
+    }
+
+    fn check(&self, url: &Url) -> Result<Access, FetchError> {
+        self.inner.check(url)
+    }
+}
+
+// === impl PassMarker ===
+
+impl Lifetime for PassMarker {
+    fn lifetime(&self) -> Duration {
+        self.0
+    }
+}
+
+// === impl FlightGuard ===
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        let mut flights = self.cache.flights();
+        if flights
+            .get(&self.key)
+            .is_some_and(|slot| slot.id == self.id)
+        {
+            flights.remove(&self.key);
+        }
+    }
+}
+
+// === helpers ===
+
+/// Marks a response that went past the cache unstored.
+fn passed(mut fragment: Fragment) -> Fragment {
+    fragment.cache = Some(CacheInfo {
+        status: "pass",
+        ttl: None,
+        source: None,
+    });
+    fragment
+}
+/// A copy of a shared fetch error for one waiter.
+fn clone_error(error: &FetchError) -> FetchError {
+    match error {
+        FetchError::Refused { url, reason } => FetchError::Refused {
+            url: url.clone(),
+            reason: reason.clone(),
+        },
+        FetchError::Timeout { url, after } => FetchError::Timeout {
+            url: url.clone(),
+            after: *after,
+        },
+        FetchError::Connect { url, message } => FetchError::Connect {
+            url: url.clone(),
+            message: message.clone(),
+        },
+        FetchError::Status { url, status } => FetchError::Status {
+            url: url.clone(),
+            status: *status,
+        },
+        FetchError::TooLarge { url, limit } => FetchError::TooLarge {
+            url: url.clone(),
+            limit: *limit,
+        },
+        FetchError::Truncated { url, message } => FetchError::Truncated {
+            url: url.clone(),
+            message: message.clone(),
+        },
+        FetchError::Transport { url, message } => FetchError::Transport {
+            url: url.clone(),
+            message: message.clone(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::StatusCode;
+
+    use super::*;
+
+    #[test]
+    fn errors_copied_whole() {
+        let url = || "http://a.test/".to_owned();
+        let errors = vec![
+            FetchError::Refused {
+                url: url(),
+                reason: "r".into(),
+            },
+            FetchError::Timeout {
+                url: url(),
+                after: Duration::from_millis(5),
+            },
+            FetchError::Connect {
+                url: url(),
+                message: "m".into(),
+            },
+            FetchError::Status {
+                url: url(),
+                status: StatusCode::BAD_GATEWAY,
+            },
+            FetchError::TooLarge {
+                url: url(),
+                limit: 1,
+            },
+            FetchError::Truncated {
+                url: url(),
+                message: "m".into(),
+            },
+            FetchError::Transport {
+                url: url(),
+                message: "m".into(),
+            },
+        ];
+        for error in errors {
+            let copy = clone_error(&error);
+            assert_eq!(copy.kind(), error.kind());
+            assert_eq!(copy.to_string(), error.to_string());
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! The layout cache: parsed layouts ([`Template`]) with their status and headers, served fresh
+//! only, through a synchronous API for the server. Keys, TTLs and purges are the store's and the
+//! policy's, as for fragments; the origin request and the parse stay with the server.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::FutureExt;
+use http::{HeaderMap, StatusCode};
+use url::Url;
+
+use super::policy::{CachePolicy, Credentials, Decision, TtlSource};
+use super::store::{
+    cache_url, kept_headers, run_soon, weigh, Kind, Lifetime, Store, Stored, Urls, Variant,
+};
+use super::{LAYOUT_BYTES, LAYOUT_ENTRIES};
+use crate::esi::Template;
+use crate::telemetry::Metrics;
+
+/// The layout store's names in moka and in metrics.
+static LAYOUTS: Kind = Kind {
+    label: "layout",
+    entries_name: "esi-proxy layouts",
+    vary_name: "esi-proxy layout vary",
+    entries_gauge: (LAYOUT_ENTRIES, "Parsed layouts held by the cache."),
+    bytes_gauge: (
+        LAYOUT_BYTES,
+        "Bytes of layouts held by the cache (decoded bodies, kept headers and keys).",
+    ),
+};
+
+/// Parsed layouts (Arc<esi::Template>) with their status and headers, for a fully warm page with
+/// no upstream request and no parse.
+///
+/// Keys, TTLs and the credential rule are those of [`CachePolicy`], as for fragments. Layouts
+/// are served fresh only: there is no stale serving and no single-flight here (a layout that
+/// expired is fetched and parsed again by the server, which owns the origin request). The API
+/// is synchronous for the server's convenience; a lookup that would have to wait for moka's
+/// housekeeping counts as a miss rather than blocking.
+pub struct LayoutCache {
+    store: Store<LayoutSlot>,
+}
+
+/// A parsed layout as the layout cache keeps it.
+#[derive(Debug)]
+pub struct CachedLayout {
+    /// The origin's status (200: nothing else is stored).
+    pub status: StatusCode,
+    /// Response headers as the client gets them: the origin's, less `Surrogate-Control`,
+    /// `Content-Length` and hop-by-hop headers.
+    pub headers: HeaderMap,
+    /// The parsed layout.
+    pub template: Arc<Template>,
+    /// Where the TTL came from.
+    pub source: TtlSource,
+    /// When it was stored.
+    pub stored_at: Instant,
+    /// How long after `stored_at` it is served.
+    pub ttl: Duration,
+}
+
+/// A layout cache value: the layout and what it weighs.
+#[derive(Debug, Clone)]
+struct LayoutSlot {
+    layout: Arc<CachedLayout>,
+    weight: u32,
+}
+
+// === impl LayoutCache ===
+
+impl LayoutCache {
+    /// An empty layout cache keeping at most `capacity_bytes` (decoded layout bytes, kept
+    /// headers and keys).
+    pub fn new(capacity_bytes: u64, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            store: Store::new(&LAYOUTS, capacity_bytes, metrics),
+        })
+    }
+
+    /// A fresh cached layout for this URL and these request headers (client's, as sent to
+    /// origin). The origin is trusted, so `Cookie` and `Authorization` there count as
+    /// credentials.
+    pub fn get(
+        &self,
+        policy: &CachePolicy,
+        url: &Url,
+        request_headers: &HeaderMap,
+    ) -> Option<Arc<CachedLayout>> {
+        let text: Arc<str> = cache_url(url).into();
+        let credentials = Credentials::of(request_headers, true);
+        let key = self
+            .store
+            .key_now(policy, url, &text, request_headers, credentials);
+        let fresh = self
+            .store
+            .get_now(&key)
+            .map(|slot| slot.layout)
+            .filter(|layout| layout.stored_at.elapsed() < layout.ttl);
+        if fresh.is_some() {
+            self.store.count_hit();
+        } else {
+            self.store.count_miss();
+        }
+        fresh
+    }
+
+    /// Stores a layout if `policy.decide` allows; `body_bytes` is the decoded layout size (for
+    /// the weigher). Returns whether stored.
+    ///
+    /// `response_headers` are the origin's (`Surrogate-Control` included: it may give the
+    /// TTL); the stored copy leaves out `Surrogate-Control`, `Content-Length` and hop-by-hop
+    /// headers. Credentials are read from `request_headers` as in [`LayoutCache::get`].
+    #[allow(clippy::too_many_arguments)] // The API the server codes against: one call, no builder.
+    pub fn insert(
+        &self,
+        policy: &CachePolicy,
+        url: &Url,
+        request_headers: &HeaderMap,
+        status: StatusCode,
+        response_headers: &HeaderMap,
+        template: Arc<Template>,
+        body_bytes: usize,
+    ) -> bool {
+        let text: Arc<str> = cache_url(url).into();
+        let credentials = Credentials::of(request_headers, true);
+        let (ttl, source) = match policy.decide_for(url, status, response_headers, credentials) {
+            Decision::Store { ttl, source, .. } => (ttl, source),
+            Decision::Pass(reason) => {
+                tracing::debug!(url = %text, reason, "layout not stored");
+                return false;
+            }
+        };
+        let Variant { key, vary, .. } = Variant::of(
+            policy,
+            url,
+            &text,
+            request_headers,
+            credentials,
+            response_headers,
+        );
+        let mut headers = kept_headers(response_headers);
+        headers.remove(crate::headers::SURROGATE_CONTROL);
+        headers.remove(http::header::CONTENT_LENGTH);
+        let weight = weigh(&key, &headers, body_bytes);
+        tracing::debug!(
+            url = %text,
+            ttl_source = %source,
+            ttl_s = ttl.as_secs(),
+            bytes = weight,
+            "layout stored"
+        );
+        let layout = Arc::new(CachedLayout {
+            status,
+            headers,
+            template,
+            source,
+            stored_at: Instant::now(),
+            ttl,
+        });
+        let slot = LayoutSlot { layout, weight };
+        run_soon(self.store.insert(key, vary, slot).boxed())
+    }
+
+    /// Drops every layout whose URL equals `url` (all variants), as
+    /// [`super::FragmentCache::purge_url`] does for fragments.
+    pub fn purge_url(&self, url: &str) {
+        self.store.purge(&Urls::equal(url));
+    }
+
+    /// Drops every layout whose URL starts with `prefix`.
+    pub fn purge_prefix(&self, prefix: &str) {
+        self.store.purge(&Urls::prefix(prefix));
+    }
+
+    /// Sets the layout cache gauges (entries, bytes) in metrics.
+    pub fn publish_metrics(&self) {
+        self.store.publish_metrics();
+    }
+}
+
+impl fmt::Debug for LayoutCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.store.describe("LayoutCache", f)
+    }
+}
+
+// === impl LayoutSlot ===
+
+impl Lifetime for LayoutSlot {
+    fn lifetime(&self) -> Duration {
+        self.layout.ttl
+    }
+}
+
+impl Stored for LayoutSlot {
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+    use crate::cache::testing::{headers, policy, url};
+
+    #[tokio::test]
+    async fn layouts_stored_per_policy() {
+        let metrics = Arc::new(Metrics::new());
+        let cache = LayoutCache::new(1 << 20, Arc::clone(&metrics));
+        let p = policy(false);
+        let template = Arc::new(Template::default());
+        let ok = StatusCode::OK;
+        let page = url("http://b.test/page");
+        let de = headers(&[("accept-language", "de")]);
+        let en = headers(&[("accept-language", "en")]);
+        let response = headers(&[
+            ("cache-control", "max-age=60"),
+            ("vary", "Accept-Language"),
+            ("surrogate-control", "content=\"ESI/1.0\""),
+            ("content-length", "123"),
+            ("content-type", "text/html"),
+        ]);
+        assert!(cache.get(&p, &page, &de).is_none());
+        assert!(cache.insert(&p, &page, &de, ok, &response, Arc::clone(&template), 100));
+        let hit = cache.get(&p, &page, &de).expect("stored for de");
+        assert_eq!(hit.source, TtlSource::MaxAge);
+        assert_eq!(hit.ttl, Duration::from_secs(60));
+        assert!(hit.headers.get("surrogate-control").is_none());
+        assert!(hit.headers.get("content-length").is_none());
+        assert_eq!(
+            hit.headers.get("content-type").map(HeaderValue::as_bytes),
+            Some(&b"text/html"[..])
+        );
+        assert!(
+            cache.get(&p, &page, &en).is_none(),
+            "varies on Accept-Language"
+        );
+
+        // Credentials: a cookie-bearing request's response is not stored without public.
+        let user = headers(&[("cookie", "s=1")]);
+        let other = url("http://b.test/other");
+        let plain = headers(&[("cache-control", "max-age=60")]);
+        assert!(!cache.insert(&p, &other, &user, ok, &plain, Arc::clone(&template), 100));
+        let public = headers(&[("cache-control", "public, max-age=60")]);
+        assert!(cache.insert(&p, &other, &user, ok, &public, Arc::clone(&template), 100));
+        assert!(cache.get(&p, &other, &user).is_some());
+        assert!(
+            cache.get(&p, &other, &HeaderMap::new()).is_none(),
+            "anonymous requests have their own entry"
+        );
+
+        // Never stored, whatever the TTL.
+        let set_cookie = headers(&[("cache-control", "max-age=60"), ("set-cookie", "a=1")]);
+        assert!(!cache.insert(&p, &page, &de, ok, &set_cookie, Arc::clone(&template), 100));
+        assert!(!cache.insert(
+            &p,
+            &page,
+            &de,
+            StatusCode::NOT_FOUND,
+            &response,
+            Arc::clone(&template),
+            100
+        ));
+
+        cache.purge_url("http://b.test:80/page");
+        assert!(cache.get(&p, &page, &de).is_none(), "purged");
+        assert!(cache.get(&p, &other, &user).is_some(), "other URL kept");
+        cache.purge_prefix("http://b.test/");
+        assert!(cache.get(&p, &other, &user).is_none(), "purged by prefix");
+
+        cache.store.run_pending_tasks().await;
+        cache.publish_metrics();
+        let text = metrics.render();
+        assert!(
+            text.contains("esi_proxy_cache_hits_total{cache=\"layout\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("esi_proxy_layout_cache_entries 0"), "{text}");
+    }
+}

@@ -1,0 +1,29 @@
+//! Caching of fragments and parsed layouts. This file holds the contract (the re-exports) and the
+//! metric names; `policy` decides TTLs, `store` is the one byte-bounded, Vary-aware store both
+//! caches use, `entry` a stored fragment, `fragment` the caching [`crate::fetch::Fetcher`]
+//! (single-flight, hit-for-pass, stale serving) and `layout` the layout cache. Never serves HTTP.
+
+mod entry;
+mod fragment;
+mod layout;
+mod policy;
+mod store;
+#[cfg(test)]
+mod testing;
+
+pub use entry::EntryInfo;
+pub use fragment::{CachingFetcher, FragmentCache};
+pub use layout::{CachedLayout, LayoutCache};
+pub use policy::{CachePolicy, Credentials, Decision, TtlSource};
+
+// Metric names: dashboards and alerts read them, so they stay as they are.
+const HITS: &str = "esi_proxy_cache_hits_total";
+const MISSES: &str = "esi_proxy_cache_misses_total";
+const STALE_SERVED: &str = "esi_proxy_cache_stale_served_total";
+const COALESCED: &str = "esi_proxy_cache_coalesced_total";
+const PASSES: &str = "esi_proxy_cache_passes_total";
+const EVICTIONS: &str = "esi_proxy_cache_evictions_total";
+const FRAGMENT_ENTRIES: &str = "esi_proxy_fragment_cache_entries";
+const FRAGMENT_BYTES: &str = "esi_proxy_fragment_cache_bytes";
+const LAYOUT_ENTRIES: &str = "esi_proxy_layout_cache_entries";
+const LAYOUT_BYTES: &str = "esi_proxy_layout_cache_bytes";

@@ -1,0 +1,671 @@
+//! The one store both caches use: values under [`CacheKey`]s (URL and the request's values of
+//! the names it varies on), the per-URL Vary specs, the byte weigher, per-value expiry, purges
+//! by URL or prefix, and the gauges. Generic over what it holds (fragment entries, layouts);
+//! never decides a TTL (the policy does) and never fetches.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::future::{BoxFuture, FutureExt};
+use http::header::HeaderName;
+use http::HeaderMap;
+use moka::future::Cache;
+use moka::notification::RemovalCause;
+use moka::Expiry;
+use url::Url;
+
+use super::policy::{merge_names, vary_names, CachePolicy, Credentials};
+use super::{EVICTIONS, HITS, MISSES};
+use crate::telemetry::Metrics;
+
+/// Bytes charged per entry on top of its body, headers and key: the `Arc`, the entry struct
+/// and moka's own bookkeeping.
+const ENTRY_OVERHEAD: usize = 160;
+/// Bytes charged per kept header on top of its name and value.
+const HEADER_OVERHEAD: usize = 32;
+/// Bytes charged per vary spec or hit-for-pass marker on top of its key.
+pub(super) const SIDE_OVERHEAD: usize = 64;
+/// The side caches (vary specs, hit-for-pass markers) get this fraction of the main capacity
+/// each, and at least [`MIN_SIDE_BYTES`].
+const SIDE_SHARE: u64 = 8;
+/// Smallest byte bound of a side cache.
+const MIN_SIDE_BYTES: u64 = 64 * 1024;
+
+/// Values bounded in bytes under [`CacheKey`]s, each expiring by its own [`Lifetime`], with the
+/// vary specs their keys are computed from. The fragment cache and the layout cache each own
+/// one; what tells them apart is their [`Kind`].
+pub(super) struct Store<V> {
+    kind: &'static Kind,
+    entries: Cache<CacheKey, V>,
+    vary: VaryBook,
+    metrics: Arc<Metrics>,
+}
+
+/// What tells one store from another: its names in moka and in metrics.
+pub(super) struct Kind {
+    /// The `cache` label of its hit, miss and eviction counters.
+    pub(super) label: &'static str,
+    /// moka's name of its entries.
+    pub(super) entries_name: &'static str,
+    /// moka's name of its vary specs.
+    pub(super) vary_name: &'static str,
+    /// The gauge of entries held: name and help.
+    pub(super) entries_gauge: (&'static str, &'static str),
+    /// The gauge of bytes held: name and help.
+    pub(super) bytes_gauge: (&'static str, &'static str),
+}
+
+/// A value a [`Store`] holds: cheap to clone, it says what it weighs and how long it is kept.
+pub(super) trait Stored: Lifetime + Clone + Send + Sync + 'static {
+    /// What it weighs against the capacity (see [`weigh`]).
+    fn weight(&self) -> u32;
+}
+
+/// Values that say how long they may be kept.
+pub(super) trait Lifetime {
+    fn lifetime(&self) -> Duration;
+}
+
+/// Per-entry expiry from [`Lifetime`], counted from each insert.
+pub(super) struct ByLifetime;
+
+/// The key of an entry: the URL (without `#fragment`) and the request's values of the header
+/// names it varies on, with which credentials went upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct CacheKey {
+    pub(super) url: Arc<str>,
+    /// See [`CacheKey::new`] for the encoding.
+    variant: Arc<[u8]>,
+}
+
+/// How a response is keyed when it is stored.
+pub(super) struct Variant {
+    /// The key it is stored under.
+    pub(super) key: CacheKey,
+    /// The names its `Vary` lists: what the store learns for its URL.
+    pub(super) vary: Arc<[HeaderName]>,
+    /// Every name `key` was computed from (`vary` and the policy's key headers), sorted, so a
+    /// request that waited on the response can tell whether it is its variant.
+    pub(super) names: Arc<[HeaderName]>,
+}
+
+/// The URLs a purge or a listing is about.
+#[derive(Debug, Clone)]
+pub(super) enum Urls {
+    /// One URL, every variant of it.
+    Equal(Arc<str>),
+    /// Every URL starting with this text.
+    Prefix(Arc<str>),
+}
+
+/// The header names the last stored response for a URL varied on.
+#[derive(Debug, Clone)]
+struct VarySpec {
+    names: Arc<[HeaderName]>,
+    lifetime: Duration,
+}
+
+/// Per-URL vary specs, bounded in bytes.
+#[derive(Clone)]
+struct VaryBook {
+    specs: Cache<Arc<str>, VarySpec>,
+}
+
+// === impl Store ===
+
+impl<V: Stored> Store<V> {
+    /// An empty store keeping at most `capacity_bytes` of values; its vary specs get an eighth
+    /// of that (at least 64 KiB). Size evictions are counted under the kind's label.
+    pub(super) fn new(kind: &'static Kind, capacity_bytes: u64, metrics: Arc<Metrics>) -> Self {
+        let evicted = Arc::clone(&metrics);
+        let entries = Cache::builder()
+            .name(kind.entries_name)
+            .max_capacity(capacity_bytes)
+            .weigher(|_key: &CacheKey, value: &V| value.weight())
+            .expire_after(ByLifetime)
+            .eviction_listener(move |_key, _value, cause| {
+                if cause == RemovalCause::Size {
+                    count_eviction(&evicted, kind.label);
+                }
+            })
+            .support_invalidation_closures()
+            .build();
+        Self {
+            kind,
+            entries,
+            vary: VaryBook::new(kind.vary_name, side_capacity(capacity_bytes)),
+            metrics,
+        }
+    }
+
+    /// The key of a request under the URL's current vary spec and the policy's key headers.
+    pub(super) async fn key_for(
+        &self,
+        policy: &CachePolicy,
+        url: &Url,
+        text: &Arc<str>,
+        headers: &HeaderMap,
+        credentials: Credentials,
+    ) -> CacheKey {
+        let vary = self.vary.names(text).await;
+        CacheKey::new(text, &key_names(policy, url, &vary), headers, credentials)
+    }
+
+    /// [`Store::key_for`] without waiting: the vary spec counts as unknown when moka would
+    /// have to wait.
+    pub(super) fn key_now(
+        &self,
+        policy: &CachePolicy,
+        url: &Url,
+        text: &Arc<str>,
+        headers: &HeaderMap,
+        credentials: Credentials,
+    ) -> CacheKey {
+        let vary = self.vary.names_now(text);
+        CacheKey::new(text, &key_names(policy, url, &vary), headers, credentials)
+    }
+
+    /// The value under `key`, whatever its age.
+    pub(super) async fn get(&self, key: &CacheKey) -> Option<V> {
+        self.entries.get(key).await
+    }
+
+    /// [`Store::get`] without waiting: `None` when moka would have to wait.
+    pub(super) fn get_now(&self, key: &CacheKey) -> Option<V> {
+        poll_once(&mut self.entries.get(key).boxed()).flatten()
+    }
+
+    /// Stores `value` under `key`, then learns `vary` for its URL for as long as the value
+    /// lives. The future owns what it needs, so a caller that cannot wait may hand it to
+    /// [`run_soon`].
+    pub(super) fn insert(
+        &self,
+        key: CacheKey,
+        vary: Arc<[HeaderName]>,
+        value: V,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let (entries, book) = (self.entries.clone(), self.vary.clone());
+        let spec = VarySpec {
+            names: vary,
+            lifetime: value.lifetime(),
+        };
+        async move {
+            let url = Arc::clone(&key.url);
+            entries.insert(key, value).await;
+            book.specs.insert(url, spec).await;
+        }
+    }
+
+    /// Drops the value under `key`.
+    pub(super) async fn remove(&self, key: &CacheKey) {
+        self.entries.invalidate(key).await;
+    }
+
+    /// Drops every value whose URL `urls` matches (all variants), with those URLs' vary specs.
+    /// A fetch already in flight may still store its response.
+    pub(super) fn purge(&self, urls: &Urls) {
+        let (a, b) = (urls.clone(), urls.clone());
+        invalidate(&self.entries, move |key, _| a.matches(&key.url));
+        invalidate(&self.vary.specs, move |url, _| b.matches(url));
+    }
+
+    /// The values stored for `urls`, one per variant. Walks the whole store: for the debug
+    /// page and tests, not for serving.
+    pub(super) fn values(&self, urls: &Urls) -> Vec<V> {
+        self.entries
+            .iter()
+            .filter(|(key, _)| urls.matches(&key.url))
+            .map(|(_, value)| value)
+            .collect()
+    }
+
+    /// Values held (approximate until moka's pending work runs).
+    pub(super) fn entry_count(&self) -> u64 {
+        self.entries.entry_count()
+    }
+
+    /// Bytes held, as the weigher counts them (approximate until moka's pending work runs).
+    pub(super) fn weighted_size(&self) -> u64 {
+        self.entries.weighted_size()
+    }
+
+    /// Runs moka's pending work now: evictions, expirations, purges and the size counters.
+    pub(super) async fn run_pending_tasks(&self) {
+        self.entries.run_pending_tasks().await;
+        self.vary.specs.run_pending_tasks().await;
+    }
+
+    /// Sets the kind's gauges (entries, bytes) in metrics.
+    pub(super) fn publish_metrics(&self) {
+        let (entries, entries_help) = self.kind.entries_gauge;
+        let (bytes, bytes_help) = self.kind.bytes_gauge;
+        self.metrics
+            .set_gauge(entries, entries_help, self.entry_count() as f64);
+        self.metrics
+            .set_gauge(bytes, bytes_help, self.weighted_size() as f64);
+    }
+
+    /// Counts one lookup answered with a fresh value.
+    pub(super) fn count_hit(&self) {
+        self.count(
+            HITS,
+            "Cache lookups answered with a fresh entry.",
+            Some(("cache", self.kind.label)),
+        );
+    }
+
+    /// Counts one lookup that found nothing servable.
+    pub(super) fn count_miss(&self) {
+        self.count(
+            MISSES,
+            "Cache lookups that found nothing servable.",
+            Some(("cache", self.kind.label)),
+        );
+    }
+
+    /// Adds one to the counter `name`.
+    pub(super) fn count(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        label: Option<(&'static str, &str)>,
+    ) {
+        self.metrics.inc_counter(name, help, label, 1);
+    }
+
+    /// The `Debug` form of the cache named `name` that owns this store.
+    pub(super) fn describe(&self, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(name)
+            .field("entries", &self.entry_count())
+            .field("bytes", &self.weighted_size())
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl ByLifetime ===
+
+impl<K, V: Lifetime> Expiry<K, V> for ByLifetime {
+    fn expire_after_create(&self, _key: &K, value: &V, _created_at: Instant) -> Option<Duration> {
+        Some(value.lifetime())
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &K,
+        value: &V,
+        _updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.lifetime())
+    }
+}
+
+// === impl CacheKey ===
+
+impl CacheKey {
+    /// The key of `url` for a request with `headers` and `credentials`, varying on `names`
+    /// (sorted, unique). The variant is the credential bits, then per name: the name, `0x00`,
+    /// each value followed by `0x01`, and `0x02`. Header values never hold bytes below 0x09,
+    /// so an absent header, an empty value and any list of values all differ.
+    pub(super) fn new(
+        url: &Arc<str>,
+        names: &[HeaderName],
+        headers: &HeaderMap,
+        credentials: Credentials,
+    ) -> Self {
+        let mut variant = vec![credentials.bits()];
+        for name in names {
+            variant.extend_from_slice(name.as_str().as_bytes());
+            variant.push(0);
+            for value in headers.get_all(name) {
+                variant.extend_from_slice(value.as_bytes());
+                variant.push(1);
+            }
+            variant.push(2);
+        }
+        Self {
+            url: Arc::clone(url),
+            variant: variant.into(),
+        }
+    }
+
+    /// What the key weighs, plus `overhead`.
+    pub(super) fn weight(&self, overhead: usize) -> u32 {
+        clamp_weight(self.url.len() + self.variant.len() + overhead)
+    }
+}
+
+// === impl Variant ===
+
+impl Variant {
+    /// How the response with `response_headers` to a request for `url` (`text` as keys hold
+    /// it) with `request_headers` and `credentials` is stored. A `Vary` the policy refused
+    /// (see [`CachePolicy::decide_for`]) counts as none.
+    pub(super) fn of(
+        policy: &CachePolicy,
+        url: &Url,
+        text: &Arc<str>,
+        request_headers: &HeaderMap,
+        credentials: Credentials,
+        response_headers: &HeaderMap,
+    ) -> Self {
+        let vary: Arc<[HeaderName]> = vary_names(response_headers).unwrap_or_default().into();
+        let names = key_names(policy, url, &vary);
+        Self {
+            key: CacheKey::new(text, &names, request_headers, credentials),
+            vary,
+            names,
+        }
+    }
+}
+
+// === impl Urls ===
+
+impl Urls {
+    /// `url` in the form `url::Url` prints it (`http://host:8080/path?query`, default port and
+    /// `#fragment` left out) when it parses as a URL; else as given.
+    pub(super) fn equal(url: &str) -> Self {
+        Self::Equal(normalise(url).into())
+    }
+
+    /// Every URL starting with `prefix`, compared as given.
+    pub(super) fn prefix(prefix: &str) -> Self {
+        Self::Prefix(prefix.into())
+    }
+
+    /// Whether `url` (as keys hold it) is one of these.
+    pub(super) fn matches(&self, url: &str) -> bool {
+        match self {
+            Self::Equal(wanted) => **wanted == *url,
+            Self::Prefix(prefix) => url.starts_with(&**prefix),
+        }
+    }
+}
+
+// === impl VaryBook ===
+
+impl VaryBook {
+    fn new(name: &str, capacity_bytes: u64) -> Self {
+        let specs = Cache::builder()
+            .name(name)
+            .max_capacity(capacity_bytes)
+            .weigher(|url: &Arc<str>, spec: &VarySpec| {
+                let names: usize = spec.names.iter().map(|n| n.as_str().len()).sum();
+                clamp_weight(url.len() + names + SIDE_OVERHEAD)
+            })
+            .expire_after(ByLifetime)
+            .support_invalidation_closures()
+            .build();
+        Self { specs }
+    }
+
+    /// The names the URL's last stored response varied on (none when unknown).
+    async fn names(&self, url: &Arc<str>) -> Arc<[HeaderName]> {
+        self.specs
+            .get(url)
+            .await
+            .map_or_else(|| Arc::from([]), |spec| spec.names)
+    }
+
+    /// [`VaryBook::names`] without waiting: unknown when moka would have to wait.
+    fn names_now(&self, url: &Arc<str>) -> Arc<[HeaderName]> {
+        poll_once(&mut self.specs.get(url).boxed())
+            .flatten()
+            .map_or_else(|| Arc::from([]), |spec| spec.names)
+    }
+}
+
+impl Lifetime for VarySpec {
+    fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+}
+
+// === helpers ===
+
+/// The names a key varies on: those the URL's response varied on and the policy's key
+/// headers for it, sorted and unique.
+fn key_names(policy: &CachePolicy, url: &Url, vary: &[HeaderName]) -> Arc<[HeaderName]> {
+    merge_names(vary, &policy.key_headers(url))
+}
+
+/// Counts one size eviction from the `cache` kind.
+fn count_eviction(metrics: &Metrics, cache: &'static str) {
+    metrics.inc_counter(
+        EVICTIONS,
+        "Cache entries evicted to stay within the byte bound.",
+        Some(("cache", cache)),
+        1,
+    );
+}
+
+/// The byte bound of a side cache for a main cache of `capacity_bytes`.
+pub(super) fn side_capacity(capacity_bytes: u64) -> u64 {
+    (capacity_bytes / SIDE_SHARE).max(MIN_SIDE_BYTES)
+}
+
+/// `url` as keys hold it: without `#fragment` (never sent upstream).
+pub(super) fn cache_url(url: &Url) -> String {
+    match url.as_str().split_once('#') {
+        Some((before, _)) => before.to_owned(),
+        None => url.as_str().to_owned(),
+    }
+}
+
+/// `text` in the form keys hold URLs in, when it parses as one; else as given.
+fn normalise(text: &str) -> String {
+    Url::parse(text).map_or_else(|_| text.to_owned(), |url| cache_url(&url))
+}
+
+/// Registers an invalidation predicate; every cache here supports them.
+pub(super) fn invalidate<K, V>(
+    cache: &Cache<K, V>,
+    predicate: impl Fn(&K, &V) -> bool + Send + Sync + 'static,
+) where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    if let Err(error) = cache.invalidate_entries_if(predicate) {
+        tracing::warn!(%error, "cache purge not applied");
+    }
+}
+
+/// Polls `fut` once with a waker that does nothing: its output, or `None` if it would wait.
+fn poll_once<F: Future + Unpin>(fut: &mut F) -> Option<F::Output> {
+    let waker = futures::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    match Pin::new(fut).poll(&mut cx) {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    }
+}
+
+/// Runs `fut` now if it does not wait, else on the tokio runtime; `false` when it would wait
+/// and there is no runtime to finish it (it is then dropped; moka's operations are
+/// cancellation-safe).
+pub(super) fn run_soon(mut fut: BoxFuture<'static, ()>) -> bool {
+    if poll_once(&mut fut).is_some() {
+        return true;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(fut);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// The headers an entry keeps: all but hop-by-hop ones.
+pub(super) fn kept_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut kept = headers.clone();
+    crate::headers::strip_hop_by_hop(&mut kept);
+    kept
+}
+
+/// What an entry weighs: body, kept headers, key and a fixed overhead.
+pub(super) fn weigh(key: &CacheKey, headers: &HeaderMap, body_bytes: usize) -> u32 {
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + HEADER_OVERHEAD)
+        .sum();
+    clamp_weight(
+        body_bytes
+            .saturating_add(header_bytes)
+            .saturating_add(key.url.len() + key.variant.len() + ENTRY_OVERHEAD),
+    )
+}
+
+fn clamp_weight(bytes: usize) -> u32 {
+    u32::try_from(bytes).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::testing::{headers, Pairs, AUTH_ONLY, COOKIE_ONLY, NONE};
+
+    #[test]
+    fn keys_vary_on_named_headers_only() {
+        let url: Arc<str> = "http://a.test/f".into();
+        let lang = [HeaderName::from_static("accept-language")];
+        // (what, names, first request, second request, credentials of each, same key)
+        type KeyCase<'a> = (
+            &'a str,
+            &'a [HeaderName],
+            &'a [(&'a str, &'a str)],
+            &'a [(&'a str, &'a str)],
+            (Credentials, Credentials),
+            bool,
+        );
+        let cases: &[KeyCase<'_>] = &[
+            (
+                "same value",
+                &lang,
+                &[("accept-language", "de")],
+                &[("accept-language", "de")],
+                (NONE, NONE),
+                true,
+            ),
+            (
+                "other value",
+                &lang,
+                &[("accept-language", "de")],
+                &[("accept-language", "en")],
+                (NONE, NONE),
+                false,
+            ),
+            (
+                "absent vs empty",
+                &lang,
+                &[],
+                &[("accept-language", "")],
+                (NONE, NONE),
+                false,
+            ),
+            (
+                "two values vs one joined",
+                &lang,
+                &[("accept-language", "de"), ("accept-language", "en")],
+                &[("accept-language", "de, en")],
+                (NONE, NONE),
+                false,
+            ),
+            (
+                "unnamed header differs",
+                &lang,
+                &[("accept-language", "de"), ("user-agent", "a")],
+                &[("accept-language", "de"), ("user-agent", "b")],
+                (NONE, NONE),
+                true,
+            ),
+            (
+                "no names",
+                &[],
+                &[("accept-language", "de")],
+                &[("accept-language", "en")],
+                (NONE, NONE),
+                true,
+            ),
+            (
+                "credentials vs none",
+                &[],
+                &[],
+                &[],
+                (COOKIE_ONLY, NONE),
+                false,
+            ),
+            (
+                "cookie vs authorization",
+                &[],
+                &[],
+                &[],
+                (COOKIE_ONLY, AUTH_ONLY),
+                false,
+            ),
+            (
+                "same credentials, other cookie, cookie not named",
+                &[],
+                &[("cookie", "a=1")],
+                &[("cookie", "a=2")],
+                (COOKIE_ONLY, COOKIE_ONLY),
+                true,
+            ),
+            (
+                "cookie named",
+                &[HeaderName::from_static("cookie")],
+                &[("cookie", "a=1")],
+                &[("cookie", "a=2")],
+                (COOKIE_ONLY, COOKIE_ONLY),
+                false,
+            ),
+        ];
+        for (what, names, first, second, (c1, c2), same) in cases {
+            let a = CacheKey::new(&url, names, &headers(first), *c1);
+            let b = CacheKey::new(&url, names, &headers(second), *c2);
+            assert_eq!(a == b, *same, "{what}");
+        }
+        // Names differ, values alike: different keys.
+        let h = headers(&[("accept-language", "de")]);
+        let with = CacheKey::new(&url, &lang, &h, NONE);
+        let without = CacheKey::new(&url, &[], &h, NONE);
+        assert_ne!(with, without);
+    }
+
+    #[test]
+    fn weigher_counts_body_headers_and_key() {
+        let url: Arc<str> = "http://a.test/f".into();
+        let key = CacheKey::new(&url, &[], &HeaderMap::new(), NONE);
+        // (what, kept headers, body bytes, want)
+        let cases: &[(&str, Pairs, usize, u32)] = &[
+            ("empty", &[], 0, 15 + 1 + 160),
+            ("body", &[], 1000, 1000 + 15 + 1 + 160),
+            (
+                "header",
+                &[("content-type", "text/html")],
+                1000,
+                1000 + (12 + 9 + 32) + 15 + 1 + 160,
+            ),
+            ("huge", &[], usize::MAX, u32::MAX),
+        ];
+        for (what, pairs, body, want) in cases {
+            assert_eq!(weigh(&key, &headers(pairs), *body), *want, "{what}");
+        }
+    }
+
+    #[test]
+    fn urls_normalised_for_keys_and_purges() {
+        let cases: &[(&str, &str)] = &[
+            ("http://a.test:80/f?x=1#top", "http://a.test/f?x=1"),
+            ("HTTP://A.test/f", "http://a.test/f"),
+            ("not a url", "not a url"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(normalise(text), *want, "{text}");
+        }
+    }
+}

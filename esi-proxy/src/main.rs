@@ -15,7 +15,7 @@ use esi_proxy::esi::Severity;
 use esi_proxy::{fetch, server, telemetry};
 
 // Composition allocates many short-lived buffers from many threads; mimalloc cuts the CPU per
-// 120-fragment page by a fifth against glibc's malloc (measured with benches/load.rs).
+// 120-fragment page by a fifth against glibc's malloc (measured with benches/load/).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

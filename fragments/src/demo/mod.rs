@@ -68,6 +68,8 @@ use tokio::task::JoinSet;
 pub use config::{DemoConfig, DemoConfigError, ServiceConfig, ServiceOverride, MAX_LATENCY_MS};
 pub use registry::GATEWAY;
 
+use crate::server;
+
 use catalog::Catalog;
 use pages::{Directory, FragmentPage, Layout};
 use registry::SERVICES;
@@ -196,7 +198,7 @@ impl Demo {
             .into_iter()
             .zip(std::iter::once(gateway_listener).chain(listeners))
         {
-            tasks.spawn(services::serve(listener, Arc::new(site)));
+            tasks.spawn(server::serve(listener, Arc::new(site)));
         }
         Ok(Demo {
             gateway,

@@ -1,10 +1,9 @@
 //! The demo's fragment services and gateway on hyper: the knobs each request goes through
-//! (down, latency, jitter, errors, TTL), the gateway's cookie actions and the accept loop.
-//! Bodies are rendered once at start; a request renders nothing and never calls out. Which
-//! service serves what is in `registry`.
+//! (down, latency, jitter, errors, TTL) and the gateway's cookie actions. Bodies are rendered
+//! once at start; a request renders nothing and never calls out. Which service serves what is
+//! in `registry`; the accept loop is the crate's `server`.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -14,13 +13,10 @@ use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, S
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 
 use super::config::{ServiceConfig, MAX_LATENCY_MS};
 use super::registry::GATEWAY;
+use crate::server::Respond;
 use crate::Rng;
 
 /// A service's knobs as they are now, changed at runtime through `DemoHandle`.
@@ -140,7 +136,7 @@ fn ppm(rate: f64) -> u32 {
 
 // === impl Site ===
 
-impl Site {
+impl Respond for Site {
     /// Answers one request: knobs first (down, delay, error), then the page or action.
     async fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -186,7 +182,9 @@ impl Site {
             ),
         }
     }
+}
 
+impl Site {
     fn html(&self, page: &Page, knobs: &ServiceConfig) -> Response<Full<Bytes>> {
         let mut response = Response::new(Full::new(page.body.clone()));
         let headers = response.headers_mut();
@@ -326,36 +324,6 @@ fn cookie<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(key, _)| *key == name)
         .map(|(_, value)| value)
-}
-
-/// Serves `site` on `listener` (HTTP/1.1, keep-alive) until the future is dropped; dropping it
-/// also closes every connection it accepted.
-pub(crate) async fn serve(listener: TcpListener, site: Arc<Site>) {
-    let mut connections = JoinSet::new();
-    loop {
-        // Reap finished connections so the set stays as large as what is open.
-        while connections.try_join_next().is_some() {}
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(_) => {
-                // Out of descriptors and the like: back off rather than spin.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let site = Arc::clone(&site);
-        connections.spawn(async move {
-            let service = service_fn(move |req| {
-                let site = Arc::clone(&site);
-                async move { Ok::<_, Infallible>(site.respond(&req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
 }
 
 #[cfg(test)]

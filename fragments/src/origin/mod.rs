@@ -24,7 +24,6 @@ pub use documents::{
 };
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,10 +33,9 @@ use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
+
+use crate::server::{self, Respond};
 
 /// Longest TTL a request may ask for (one day): longer than any bench run, and a bound.
 pub const MAX_TTL_S: u64 = 86_400;
@@ -126,53 +124,12 @@ impl RequestCounter {
 /// Serves the origin on `listener` (HTTP/1.1, keep-alive) until the returned future is
 /// dropped; dropping it also closes every connection it accepted.
 pub async fn serve(listener: TcpListener, opts: OriginOptions) {
-    let origin = Arc::new(Origin::new(opts));
-    let mut connections = JoinSet::new();
-    loop {
-        // Reap finished connections so the set stays as large as what is open.
-        while connections.try_join_next().is_some() {}
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(_) => {
-                // Out of descriptors and the like: back off rather than spin.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let origin = Arc::clone(&origin);
-        connections.spawn(async move {
-            let service = service_fn(move |req| {
-                let origin = Arc::clone(&origin);
-                async move { Ok::<_, Infallible>(origin.respond(&req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    server::serve(listener, Arc::new(Origin::new(opts))).await;
 }
 
 // === impl Origin ===
 
-impl Origin {
-    fn new(opts: OriginOptions) -> Self {
-        let fragments = (0..opts.max_fragments)
-            .map(|i| Bytes::from(fragment(i)))
-            .collect();
-        let cache_control = opts
-            .cache_control
-            .as_deref()
-            .and_then(|v| HeaderValue::from_str(v).ok());
-        Self {
-            fragments,
-            opts,
-            cache_control,
-            layouts: Mutex::new(HashMap::new()),
-        }
-    }
-
+impl Respond for Origin {
     async fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         let path = req.uri().path();
         let query = req.uri().query().unwrap_or("");
@@ -194,6 +151,24 @@ impl Origin {
                 self.page(markup, n, query)
             }
             _ => plain(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+}
+
+impl Origin {
+    fn new(opts: OriginOptions) -> Self {
+        let fragments = (0..opts.max_fragments)
+            .map(|i| Bytes::from(fragment(i)))
+            .collect();
+        let cache_control = opts
+            .cache_control
+            .as_deref()
+            .and_then(|v| HeaderValue::from_str(v).ok());
+        Self {
+            fragments,
+            opts,
+            cache_control,
+            layouts: Mutex::new(HashMap::new()),
         }
     }
 

@@ -20,7 +20,9 @@ use std::time::Instant;
 use fragments::origin::{Delays, Markup, Page};
 
 use measure::{load, measure_floor, measure_memory, measure_ttfb};
-use peers::{start_esi_proxy, start_nginx, start_varnish, target_dir, wait_ready, which};
+use peers::{
+    create_dir, start_esi_proxy, start_nginx, start_varnish, target_dir, wait_ready, which,
+};
 use peers::{OriginGuard, PeerKind, TempDir};
 use report::render_report;
 use verify::verify;
@@ -97,7 +99,7 @@ fn run() -> Result<()> {
         } else {
             tmp.0.clone()
         };
-        fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        create_dir(&dir)?;
         for kind in &settings.peers {
             let started = match kind {
                 PeerKind::EsiProxy => start_esi_proxy(&dir, origin.addr, cached).map(Some),
@@ -154,7 +156,7 @@ fn run() -> Result<()> {
     // connections it opens do not linger in the pool the load runs use.
     let memory = if has_cold_proxy && settings.inflight_pages > 0 {
         let dir = tmp.0.join("memory");
-        fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        create_dir(&dir)?;
         let proxy = start_esi_proxy(&dir, origin.addr, false)?;
         client_rt.block_on(wait_ready(&proxy))?;
         let pid = proxy.process.child.id();

@@ -81,6 +81,16 @@ pub(crate) struct Memory {
     pub(crate) completed: usize,
 }
 
+// === impl Floor ===
+
+impl Floor {
+    /// What a composer that fetches every fragment at once cannot beat: the layout, the slowest
+    /// fragment's delay and one fragment round trip.
+    pub(crate) fn total_ms(&self) -> f64 {
+        self.layout_ms + self.max_delay_ms as f64 + self.fragment_rtt_ms
+    }
+}
+
 /// One scenario on one peer: for a warm scenario, warm its cache and check a page comes whole
 /// from it; then a wrk warm-up run, and the measured run with the peer's CPU, memory and the
 /// origin requests it caused.

@@ -179,7 +179,7 @@ impl TempDir {
     pub(crate) fn new() -> Result<Self> {
         let path = std::env::temp_dir().join(format!("esi-load-{}", std::process::id()));
         let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        create_dir(&path)?;
         // nginx workers and varnishd's jailed processes run as other users and must reach it.
         #[cfg(unix)]
         {
@@ -336,7 +336,7 @@ pub(crate) fn start_esi_proxy(tmp: &Path, origin: SocketAddr, cached: bool) -> R
     if cached {
         toml.push_str("\n[cache]\nenabled = true\n");
     }
-    fs::write(&config, toml).map_err(|e| format!("{}: {e}", config.display()))?;
+    write_file(&config, &toml)?;
     let mut cmd = Command::new(&bin);
     cmd.arg("serve")
         .arg("--config")
@@ -371,7 +371,7 @@ pub(crate) fn start_nginx(tmp: &Path, origin: SocketAddr, cached: bool) -> Resul
         return Ok(None);
     };
     let prefix = tmp.join("nginx");
-    fs::create_dir_all(&prefix).map_err(|e| format!("{}: {e}", prefix.display()))?;
+    create_dir(&prefix)?;
     let addr = free_addr()?;
     let template = if cached { NGINX_CACHE_CONF } else { NGINX_CONF };
     let conf = template
@@ -379,7 +379,7 @@ pub(crate) fn start_nginx(tmp: &Path, origin: SocketAddr, cached: bool) -> Resul
         .replace("{{LISTEN}}", &addr.to_string())
         .replace("{{ORIGIN}}", &origin.to_string());
     let conf_path = prefix.join("nginx.conf");
-    fs::write(&conf_path, conf).map_err(|e| format!("{}: {e}", conf_path.display()))?;
+    write_file(&conf_path, &conf)?;
     let mut cmd = Command::new(bin);
     cmd.arg("-p")
         .arg(&prefix)
@@ -404,7 +404,7 @@ pub(crate) fn start_varnish(tmp: &Path, origin: SocketAddr, cached: bool) -> Res
         return Ok(None);
     };
     let dir = tmp.join("varnish");
-    fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    create_dir(&dir)?;
     let addr = free_addr()?;
     let template = if cached {
         VARNISH_CACHE_VCL
@@ -415,7 +415,7 @@ pub(crate) fn start_varnish(tmp: &Path, origin: SocketAddr, cached: bool) -> Res
         .replace("{{ORIGIN_HOST}}", &origin.ip().to_string())
         .replace("{{ORIGIN_PORT}}", &origin.port().to_string());
     let vcl_path = dir.join("load.vcl");
-    fs::write(&vcl_path, vcl).map_err(|e| format!("{}: {e}", vcl_path.display()))?;
+    write_file(&vcl_path, &vcl)?;
     let mut cmd = Command::new(bin);
     cmd.arg("-F")
         .arg("-n")
@@ -466,6 +466,16 @@ pub(crate) fn client() -> Result<reqwest::Client> {
         .timeout(Duration::from_secs(60))
         .build()
         .map_err(|e| format!("HTTP client: {e}"))
+}
+
+/// `fs::create_dir_all`, its error naming the directory.
+pub(crate) fn create_dir(path: &Path) -> Result<()> {
+    fs::create_dir_all(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `fs::write`, its error naming the file.
+pub(crate) fn write_file(path: &Path, contents: &str) -> Result<()> {
+    fs::write(path, contents).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn tail(path: &Path, lines: usize) -> String {

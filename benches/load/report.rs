@@ -241,7 +241,7 @@ pub(crate) fn render_report(
         let r = &row.result;
         let floor_ms = floor
             .filter(|_| row.scenario.delays != Delays::None)
-            .map(|f| f.layout_ms + f.max_delay_ms as f64 + f.fragment_rtt_ms);
+            .map(Floor::total_ms);
         let _ = writeln!(
             out,
             "| ({}) {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {:.1} | {} ({}) | {} | {} |",
@@ -325,7 +325,7 @@ pub(crate) fn render_report(
     render_warm(&mut out, rows);
 
     if let Some(f) = floor {
-        let total = f.layout_ms + f.max_delay_ms as f64 + f.fragment_rtt_ms;
+        let total = f.total_ms();
         let _ = writeln!(out, "\n## Floor of (c)\n");
         let _ = writeln!(
             out,

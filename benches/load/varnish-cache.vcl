@@ -1,4 +1,4 @@
-# Varnish ESI peer with caching, for the warm scenarios of benches/load.rs. Placeholders:
+# Varnish ESI peer with caching, for the warm scenarios of the load bench. Placeholders:
 # {{ORIGIN_HOST}}, {{ORIGIN_PORT}}. A second instance beside varnish.vcl's. No `return (pass)`:
 # the built-in vcl_recv looks every request up (the bench sends no cookie), and the built-in
 # vcl_backend_response takes the TTL from the origin's `Cache-Control: s-maxage/max-age`. The

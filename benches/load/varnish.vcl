@@ -1,4 +1,4 @@
-# Varnish ESI peer for benches/load.rs. Placeholders: {{ORIGIN_HOST}}, {{ORIGIN_PORT}}.
+# Varnish ESI peer for the load bench. Placeholders: {{ORIGIN_HOST}}, {{ORIGIN_PORT}}.
 # No caching: every request (the layout and each ESI include) is passed to the origin, so
 # Varnish composes the page from fresh fetches, as esi-proxy does with its cache off.
 vcl 4.1;

@@ -1,5 +1,7 @@
 //! The `esi-proxy` command line: parses flags with clap and runs the chosen command.
 //! Commands: `demo` runs the demo shop; `serve` runs the proxy; `check-config` validates a config file; `lint` checks ESI markup for fragment teams.
+//! The demo is the `demo` cargo feature (on by default); a build without it answers `demo` with
+//! an error that says so.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +17,7 @@ use esi_proxy::esi::Severity;
 use esi_proxy::{fetch, server, telemetry};
 
 // Composition allocates many short-lived buffers from many threads; mimalloc cuts the CPU per
-// 120-fragment page by a fifth against glibc's malloc (measured with benches/load.rs).
+// 120-fragment page by a fifth against glibc's malloc (measured with benches/load/).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -31,6 +33,9 @@ struct Cli {
 enum Command {
     /// Start the demo shop: ~120 fragments from a few dozen services, a gateway and the proxy,
     /// all on loopback, with no setup; prints the URL to open.
+    // Without the feature it stays, hidden, so `esi-proxy demo` says why there is none rather
+    // than "unrecognized subcommand".
+    #[cfg_attr(not(feature = "demo"), command(hide = true))]
     Demo {
         /// Address for the proxy. Default: 127.0.0.1:8080, or a free loopback port when 8080
         /// is taken (the URL printed is the one to open).
@@ -162,6 +167,7 @@ fn serve(file: Option<PathBuf>, overrides: Overrides, json_logs: bool) -> anyhow
 
 /// Runs the demo until Ctrl-C: the services and the gateway from the `fragments` crate, the
 /// proxy in front with the services allowlisted and trusted (they are the shop's own).
+#[cfg(feature = "demo")]
 fn demo(listen: Option<&str>) -> anyhow::Result<ExitCode> {
     telemetry::init_tracing(false, "info")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -205,8 +211,18 @@ fn demo(listen: Option<&str>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A build without the `demo` feature: no services, no pages; says so and how to get them.
+#[cfg(not(feature = "demo"))]
+fn demo(_listen: Option<&str>) -> anyhow::Result<ExitCode> {
+    anyhow::bail!(
+        "this build has no demo (built without the `demo` cargo feature); build with the default \
+         features for it: cargo build --release -p esi-proxy"
+    )
+}
+
 /// The demo's listener: `--listen` exactly as given; without it 127.0.0.1:8080, or any free
 /// loopback port when 8080 is taken, so the first command of the README works on any machine.
+#[cfg(feature = "demo")]
 async fn bind_demo(listen: Option<&str>) -> anyhow::Result<tokio::net::TcpListener> {
     const DEFAULT: &str = "127.0.0.1:8080";
     if let Some(addr) = listen {

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 pub mod demo;
 pub mod origin;
+mod server;
 
 const WORDS: &[&str] = &[
     "lorem",

@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::de::Deserializer;
 use serde::Deserialize;
 
-use super::services::{GATEWAY, SERVICES};
+use super::registry::{GATEWAY, SERVICES};
 
 /// The longest latency or jitter a knob may ask for, in ms: a bound, so a typo cannot park
 /// every connection for hours.

@@ -51,6 +51,7 @@
 mod catalog;
 mod config;
 mod pages;
+mod registry;
 mod services;
 
 use std::collections::{BTreeMap, HashMap};
@@ -65,11 +66,14 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 pub use config::{DemoConfig, DemoConfigError, ServiceConfig, ServiceOverride, MAX_LATENCY_MS};
-pub use services::GATEWAY;
+pub use registry::GATEWAY;
+
+use crate::server;
 
 use catalog::Catalog;
 use pages::{Directory, FragmentPage, Layout};
-use services::{Control, Page, Site, SERVICES};
+use registry::SERVICES;
+use services::{Control, Page, Site};
 
 /// A running demo: the gateway and every fragment service, each on its own loopback port.
 /// Dropping it (or [`Demo::shutdown`]) stops them all and closes their connections.
@@ -194,7 +198,7 @@ impl Demo {
             .into_iter()
             .zip(std::iter::once(gateway_listener).chain(listeners))
         {
-            tasks.spawn(services::serve(listener, Arc::new(site)));
+            tasks.spawn(server::serve(listener, Arc::new(site)));
         }
         Ok(Demo {
             gateway,

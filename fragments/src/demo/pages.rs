@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use askama::Template;
 
 use super::catalog::{Catalog, Tile};
-use super::services::FOOTER_COLUMNS;
+use super::registry::FOOTER_COLUMNS;
 
 /// Where each service listens: name → `http://127.0.0.1:{port}`.
 #[derive(Debug, Clone, Default)]

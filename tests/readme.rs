@@ -68,6 +68,9 @@ async fn every_command_the_readme_shows_runs_as_written() {
                 let (status, out) = run_to_end(root, command, timeout);
                 assert!(status.success(), "{command}: {status:?}\n{out}");
             }
+            ["cargo", "build", "--release", "-p", "esi-proxy", "--no-default-features"] => {
+                production_build(root, command, timeout);
+            }
             ["cargo", "test", "--workspace"] => {
                 // What is running this test; CI must run it exactly as written.
                 let ci = std::fs::read_to_string(root.join(".ci/run")).expect(".ci/run");
@@ -127,6 +130,19 @@ fn lint(root: &Path, command: &str, shown: &[String], timeout: Duration) {
             "{command} prints `{line}`\n{out}"
         );
     }
+}
+
+/// The production build: it builds, and its binary has no demo (exit status 2, saying so).
+fn production_build(root: &Path, command: &str, timeout: Duration) {
+    let (status, out) = run_to_end(root, command, timeout);
+    assert!(status.success(), "{command}: {status:?}\n{out}");
+    let (status, out) = run_to_end(root, "target/release/esi-proxy demo", STEP);
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "a build without the demo refuses it\n{out}"
+    );
+    assert!(out.contains("no demo"), "{out}");
 }
 
 /// A `serve` line: an origin on the README's origin address, the proxy on its listen address,

@@ -956,11 +956,14 @@ impl Decoder {
         Ok(self.take())
     }
 
+    /// The last decoded bytes; an error when the compressed stream ended early.
     fn finish(&mut self) -> std::io::Result<Bytes> {
         match self {
             Decoder::Gzip(d) => d.try_finish(),
             Decoder::Deflate(d) => d.try_finish(),
-            Decoder::Brotli(d) => d.flush(),
+            // `flush` would hand out what a cut stream decoded so far as if it were whole;
+            // `close` fails unless the stream reached its end.
+            Decoder::Brotli(d) => d.close(),
         }?;
         Ok(self.take())
     }

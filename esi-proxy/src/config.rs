@@ -110,6 +110,9 @@ pub struct FetchConfig {
     pub forward_headers: Vec<String>,
     /// Fragment hosts other than the origin that includes may name. Default: [].
     pub hosts: Vec<HostConfig>,
+    /// PEM files of CA certificates trusted for `https` origins and fragment hosts, besides
+    /// the built-in roots (an internal CA). Default: [].
+    pub ca_certs: Vec<String>,
 }
 
 /// One `[[fetch.hosts]]` entry.
@@ -339,6 +342,7 @@ impl Default for FetchConfig {
             pool_idle_per_host: 256,
             forward_headers: vec!["accept-language".into(), "user-agent".into()],
             hosts: Vec::new(),
+            ca_certs: Vec::new(),
         }
     }
 }
@@ -568,6 +572,13 @@ impl Config {
             } else if crate::fetch::NEVER_FORWARDED.contains(&lower.as_str()) {
                 let message = format!("{name:?} is never forwarded to fragments");
                 p.push(&field, message);
+            }
+        }
+        for (i, file) in f.ca_certs.iter().enumerate() {
+            // Read again (and parsed) when the HTTP client is built; here so check-config and a
+            // reload name the line.
+            if let Err(e) = std::fs::metadata(file) {
+                p.push(&format!("fetch.ca_certs[{i}]"), format!("{file:?}: {e}"));
             }
         }
         // Compared as the allowlist compares them: scheme, lowercase host, port or its default.

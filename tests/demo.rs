@@ -6,7 +6,7 @@ use esi_proxy::config::{Config, HostConfig};
 use esi_proxy::esi::{parse, ParseOptions};
 use fragments::demo::{Demo, DemoConfig};
 
-use crate::support::harness::{client, get, proxy};
+use crate::support::{client, get, proxy};
 
 #[tokio::test]
 async fn demo_markup_is_strictly_valid_esi_and_composes_whole() {

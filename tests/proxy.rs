@@ -12,10 +12,9 @@ use futures::StreamExt;
 use http::StatusCode;
 use tokio::sync::{Barrier, Notify};
 
-use crate::support::harness::{client, esi, get, html, proxy, response, serve, streaming};
-
-/// Generous bound for anything that must happen; a hang fails the test instead of blocking CI.
-const MUST: Duration = Duration::from_secs(10);
+use crate::support::{
+    client, esi, full, get, html, proxy, response, serve, stream, ESI, HTML, MUST,
+};
 
 fn cfg() -> Config {
     Config::default()
@@ -28,7 +27,7 @@ async fn composes_includes_in_document_order_and_cleans_headers() {
         html(format!("[{name}]"))
     })
     .await;
-    let f = frags.url();
+    let f = frags.base();
     let layout = format!(
         "<html><esi:include src=\"{f}/f/a\"/>-<esi:include src=\"{f}/f/b\"/>-<esi:include src=\"{f}/f/c\"/></html>"
     );
@@ -50,7 +49,7 @@ async fn composes_includes_in_document_order_and_cleans_headers() {
         trusted: false,
         private_network: true,
     });
-    let proxy = proxy(&origin.url(), config).await;
+    let proxy = proxy(&origin.base(), config).await;
     let (status, headers, body) = get(&proxy.url("/page")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, "<html>[a]-[b]-[c]</html>");
@@ -80,11 +79,11 @@ async fn relative_src_resolves_against_the_layout_and_origin_is_allowed() {
             "/shop/page" => esi("<esi:include src=\"part\"/>|<esi:include src=\"/abs\"/>"),
             "/shop/part" => html("P"),
             "/abs" => html("A"),
-            _ => response(StatusCode::NOT_FOUND, "text/plain", "nope"),
+            _ => response(404, &[("content-type", "text/plain")], full("nope")),
         }
     })
     .await;
-    let proxy = proxy(&origin.url(), cfg()).await;
+    let proxy = proxy(&origin.base(), cfg()).await;
     let (_, _, body) = get(&proxy.url("/shop/page")).await;
     assert_eq!(body, "P|A");
 }
@@ -109,7 +108,7 @@ async fn all_fragments_of_a_page_are_in_flight_at_once() {
         }
     })
     .await;
-    let proxy = proxy(&origin.url(), cfg()).await;
+    let proxy = proxy(&origin.base(), cfg()).await;
     let (_, _, body) = tokio::time::timeout(MUST, get(&proxy.url("/page")))
         .await
         .expect("fan-out is concurrent");
@@ -134,7 +133,7 @@ async fn first_bytes_reach_the_client_before_a_slow_fragment_completes() {
         }
     })
     .await;
-    let proxy = proxy(&origin.url(), cfg()).await;
+    let proxy = proxy(&origin.base(), cfg()).await;
     let resp = tokio::time::timeout(MUST, client().get(proxy.url("/page")).send())
         .await
         .expect("head before the slow fragment")
@@ -176,12 +175,7 @@ async fn includes_start_while_the_layout_is_still_arriving() {
                             }
                         }
                     });
-                    let mut r = streaming("text/html", parts);
-                    r.headers_mut().insert(
-                        "surrogate-control",
-                        http::HeaderValue::from_static("content=\"ESI/1.0\""),
-                    );
-                    r
+                    response(200, &[HTML, ESI], stream(parts))
                 }
                 "/first" => {
                     seen.notify_one();
@@ -192,7 +186,7 @@ async fn includes_start_while_the_layout_is_still_arriving() {
         }
     })
     .await;
-    let proxy = proxy(&origin.url(), cfg()).await;
+    let proxy = proxy(&origin.base(), cfg()).await;
     let (_, _, body) = tokio::time::timeout(MUST, get(&proxy.url("/page")))
         .await
         .expect("no deadlock");
@@ -211,17 +205,17 @@ async fn fragment_failures_take_their_fallbacks() {
                 "[<esi:include src=\"/ok\"/>]",
             )),
             "/ok" => html("ok"),
-            "/404" => response(StatusCode::NOT_FOUND, "text/html", "not found page"),
+            "/404" => response(404, &[("content-type", "text/html")], full("not found page")),
             "/302" => {
-                let mut r = response(StatusCode::FOUND, "text/html", "moved");
+                let mut r = response(302, &[("content-type", "text/html")], full("moved"));
                 r.headers_mut().insert("location", http::HeaderValue::from_static("/ok"));
                 r
             }
-            _ => response(StatusCode::INTERNAL_SERVER_ERROR, "text/html", "boom"),
+            _ => response(500, &[("content-type", "text/html")], full("boom")),
         }
     })
     .await;
-    let proxy = proxy(&origin.url(), cfg()).await;
+    let proxy = proxy(&origin.base(), cfg()).await;
     let (status, _, body) = get(&proxy.url("/page")).await;
     assert_eq!(status, StatusCode::OK);
     // The 302 is a failure with no fallback: the default policy leaves its slot empty.
@@ -260,7 +254,7 @@ async fn slow_fragment_times_out_into_its_alt() {
     .await;
     let mut config = cfg();
     config.fetch.fragment_timeout_ms = 100;
-    let proxy = proxy(&origin.url(), config).await;
+    let proxy = proxy(&origin.base(), config).await;
     let (_, _, body) = get(&proxy.url("/page")).await;
     assert_eq!(body, "fast");
 }
@@ -270,19 +264,20 @@ async fn never_ending_trickle_is_cut_by_the_fragment_deadline() {
     let origin = serve(|req| async move {
         match req.uri().path() {
             "/page" => esi("a<esi:include src=\"/trickle\" onerror=\"continue\"/>b"),
-            _ => streaming(
-                "text/html",
-                futures::stream::unfold((), |()| async {
+            _ => response(
+                200,
+                &[HTML],
+                stream(futures::stream::unfold((), |()| async {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     Some((Ok(Bytes::from_static(b"x")), ()))
-                }),
+                })),
             ),
         }
     })
     .await;
     let mut config = cfg();
     config.fetch.fragment_timeout_ms = 200;
-    let proxy = proxy(&origin.url(), config).await;
+    let proxy = proxy(&origin.base(), config).await;
     let (_, _, body) = tokio::time::timeout(MUST, get(&proxy.url("/page")))
         .await
         .expect("bounded");
@@ -298,22 +293,18 @@ async fn non_esi_responses_pass_through_untouched() {
         match req.uri().path() {
             "/plain.html" => html("<esi:include src=\"/x\"/> not processed"),
             "/data.json" => {
-                let mut r = response(
-                    StatusCode::OK,
-                    "application/json",
-                    "{\"a\":\"<esi:include src='/x'/>\"}",
-                );
-                r.headers_mut().insert(
-                    "surrogate-control",
-                    http::HeaderValue::from_static("content=\"ESI/1.0\""),
-                );
-                r
+                let json = "{\"a\":\"<esi:include src='/x'/>\"}";
+                response(
+                    200,
+                    &[("content-type", "application/json"), ESI],
+                    full(json),
+                )
             }
-            _ => response(StatusCode::NOT_FOUND, "text/plain", "missing"),
+            _ => response(404, &[("content-type", "text/plain")], full("missing")),
         }
     })
     .await;
-    let proxy = proxy(&origin.url(), cfg()).await;
+    let proxy = proxy(&origin.base(), cfg()).await;
     let (status, headers, body) = get(&proxy.url("/plain.html")).await;
     assert_eq!(
         (status, body.as_str()),
@@ -344,7 +335,7 @@ async fn ten_megabyte_download_streams_without_buffering() {
     let origin = serve(move |_| {
         let received = Arc::clone(&r);
         async move {
-            let stream = futures::stream::iter(0..TOTAL / CHUNK).then(move |i| {
+            let chunks = futures::stream::iter(0..TOTAL / CHUNK).then(move |i| {
                 let received = Arc::clone(&received);
                 async move {
                     if i == 16 {
@@ -353,14 +344,16 @@ async fn ten_megabyte_download_streams_without_buffering() {
                     Ok(Bytes::from(vec![(i % 251) as u8; CHUNK]))
                 }
             });
-            let mut resp = streaming("application/octet-stream", stream);
-            resp.headers_mut()
-                .insert("content-length", http::HeaderValue::from(TOTAL));
-            resp
+            let length = TOTAL.to_string();
+            let headers = [
+                ("content-type", "application/octet-stream"),
+                ("content-length", length.as_str()),
+            ];
+            response(200, &headers, stream(chunks))
         }
     })
     .await;
-    let proxy = proxy(&origin.url(), cfg()).await;
+    let proxy = proxy(&origin.base(), cfg()).await;
     let resp = client()
         .get(proxy.url("/big.bin"))
         .send()
@@ -390,14 +383,14 @@ async fn ten_megabyte_download_streams_without_buffering() {
     assert_eq!(sum, want);
 }
 
+/// The 304 is marked as ESI and HTML, so the rule that keeps 1xx, 204 and 304 out of composition
+/// is what leaves it untouched (composing it would drop its ETag, as a composed page's headers
+/// do).
 #[tokio::test]
 async fn head_and_304_keep_their_headers() {
     let origin = serve(|req| async move {
         if req.headers().contains_key("if-none-match") {
-            let mut r = response(StatusCode::NOT_MODIFIED, "text/html", "");
-            r.headers_mut()
-                .insert("etag", http::HeaderValue::from_static("\"v1\""));
-            return r;
+            return response(304, &[HTML, ESI, ("etag", "\"v1\"")], full(""));
         }
         let mut r = esi("<esi:include src=\"/x\"/>0123456789");
         r.headers_mut()
@@ -405,7 +398,7 @@ async fn head_and_304_keep_their_headers() {
         r
     })
     .await;
-    let proxy = proxy(&origin.url(), cfg()).await;
+    let proxy = proxy(&origin.base(), cfg()).await;
     let resp = client().head(proxy.url("/p")).send().await.expect("head");
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(resp.headers().get("surrogate-control").is_none());
@@ -424,6 +417,15 @@ async fn head_and_304_keep_their_headers() {
         resp.headers().get("etag").map(|v| v.as_bytes()),
         Some(&b"\"v1\""[..])
     );
+    assert!(
+        resp.headers().get("surrogate-control").is_none(),
+        "Surrogate-Control never leaves the proxy"
+    );
+    assert!(
+        resp.headers().get("server-timing").is_none(),
+        "not composed: a composed page carries Server-Timing"
+    );
+    assert_eq!(resp.text().await.expect("body"), "");
 }
 
 #[tokio::test]
@@ -441,14 +443,11 @@ async fn requests_reach_the_origin_with_method_body_and_clean_headers() {
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        response(
-            StatusCode::OK,
-            "text/plain",
-            format!("{head}body={}", String::from_utf8_lossy(&body)),
-        )
+        let text = format!("{head}body={}", String::from_utf8_lossy(&body));
+        response(200, &[("content-type", "text/plain")], full(text))
     })
     .await;
-    let proxy = proxy(&origin.url(), cfg()).await;
+    let proxy = proxy(&origin.base(), cfg()).await;
     let text = client()
         .post(proxy.url("/submit?a=1&b=two"))
         .header("connection", "keep-alive, x-hop")
@@ -514,7 +513,7 @@ async fn include_loops_and_fan_out_bombs_are_bounded() {
     .await;
     let mut config = cfg();
     config.esi.max_includes = 50;
-    let proxy = proxy(&origin.url(), config).await;
+    let proxy = proxy(&origin.base(), config).await;
     let (status, _, body) = get(&proxy.url("/loop")).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "LS"));
     assert_eq!(

@@ -4,7 +4,7 @@
 //! layouts, admin endpoints.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,17 +14,15 @@ use futures::StreamExt;
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use tokio::sync::{Barrier, Notify};
 
-use crate::support::harness::{
-    client, esi, get, html, proxy, proxy_with_lookup, response, serve, streaming,
+use crate::support::{
+    client, esi, full, get, gzip, html, proxy, proxy_with_lookup, raw_get, read_head, response,
+    serve, serve_raw, stream, OnDrop, Server, StaticLookup, ESI, HTML, MUST,
 };
-use crate::support::{gzip, read_head, serve_raw, StaticLookup};
-
-const MUST: Duration = Duration::from_secs(10);
 
 /// An origin serving `layout` at `/page` and `html(path)` elsewhere.
-async fn origin_with(layout: String) -> crate::support::harness::TestServer {
+async fn origin_with(layout: String) -> Server {
     serve(move |req| {
         let layout = layout.clone();
         async move {
@@ -72,15 +70,15 @@ async fn reset_short_and_oversized_fragments_fall_back_without_partial_bytes() {
         "1<esi:include src=\"{}/s\" alt=\"/alt-short\"/>2<esi:include src=\"{}/r\" alt=\"/alt-reset\"/>3<esi:include src=\"{}/b\" alt=\"/alt-big\"/>4",
         short.base(),
         reset.base(),
-        big.url()
+        big.base()
     );
     let origin = origin_with(layout).await;
     let mut config = Config::default();
     config.fetch.max_fragment_bytes = 16 * 1024;
-    for url in [short.base(), reset.base(), big.url()] {
+    for url in [short.base(), reset.base(), big.base()] {
         config.fetch.hosts.push(host(&url, false, true));
     }
-    let proxy = proxy(&origin.url(), config).await;
+    let proxy = proxy(&origin.base(), config).await;
     let (status, _, body) = get(&proxy.url("/page")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, "1</alt-short>2</alt-reset>3</alt-big>4");
@@ -101,13 +99,13 @@ async fn fail_policy_gives_502_before_the_head_and_aborts_after_it() {
         match req.uri().path() {
             "/early" => esi("<esi:include src=\"/down\"/>after"),
             "/late" => esi("before<esi:include src=\"/down\"/>after"),
-            _ => response(StatusCode::SERVICE_UNAVAILABLE, "text/html", "down"),
+            _ => response(503, &[("content-type", "text/html")], full("down")),
         }
     })
     .await;
     let mut config = Config::default();
     config.esi.on_error = "fail".into();
-    let proxy = proxy(&origin.url(), config).await;
+    let proxy = proxy(&origin.base(), config).await;
     let (status, _, body) = get(&proxy.url("/early")).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert!(
@@ -149,7 +147,7 @@ async fn hosts_outside_the_allowlist_and_private_addresses_are_never_dialed() {
     let named = serve(|_| async { html("NAMED") }).await;
     let layout = format!(
         "a<esi:include src=\"{}/x\" onerror=\"continue\"/>b<esi:include src=\"http://169.254.169.254/latest/meta-data/\" onerror=\"continue\"/>c<esi:include src=\"http://evil.test:{}/x\" onerror=\"continue\"/>d<esi:include src=\"http://user:pw@{}/x\" onerror=\"continue\"/>e",
-        outside.url(),
+        outside.base(),
         named.addr.port(),
         outside.addr,
     );
@@ -162,11 +160,11 @@ async fn hosts_outside_the_allowlist_and_private_addresses_are_never_dialed() {
         false,
     ));
     let lookup = StaticLookup(HashMap::from([("evil.test".to_owned(), vec![named.addr])]));
-    let proxy = proxy_with_lookup(&origin.url(), config, Arc::new(lookup)).await;
+    let proxy = proxy_with_lookup(&origin.base(), config, Arc::new(lookup)).await;
     let (status, _, body) = get(&proxy.url("/page")).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "abcde"));
-    assert_eq!(outside.connections.load(Ordering::SeqCst), 0);
-    assert_eq!(named.connections.load(Ordering::SeqCst), 0);
+    assert_eq!(outside.connections().await, 0);
+    assert_eq!(named.connections().await, 0);
     let metrics = proxy.metrics.render();
     assert!(
         metrics.contains("esi_proxy_fragment_failures_total{kind=\"refused\"} 4"),
@@ -208,8 +206,8 @@ async fn credentials_reach_trusted_hosts_only() {
     let untrusted = serve(seen("untrusted")).await;
     let layout = format!(
         "<esi:include src=\"/own\"/><esi:include src=\"{}/t\"/><esi:include src=\"{}/u\"/>",
-        trusted.url(),
-        untrusted.url()
+        trusted.base(),
+        untrusted.base()
     );
     let origin = serve(move |req| {
         let layout = layout.clone();
@@ -224,9 +222,12 @@ async fn credentials_reach_trusted_hosts_only() {
     })
     .await;
     let mut config = Config::default();
-    config.fetch.hosts.push(host(&trusted.url(), true, true));
-    config.fetch.hosts.push(host(&untrusted.url(), false, true));
-    let proxy = proxy(&origin.url(), config).await;
+    config.fetch.hosts.push(host(&trusted.base(), true, true));
+    config
+        .fetch
+        .hosts
+        .push(host(&untrusted.base(), false, true));
+    let proxy = proxy(&origin.base(), config).await;
     let body = client()
         .get(proxy.url("/page"))
         .header("cookie", "sid=42")
@@ -261,13 +262,15 @@ async fn page_deadline_gives_unfinished_fragments_their_fallback() {
     let mut config = Config::default();
     config.fetch.fragment_timeout_ms = 100;
     config.fetch.page_timeout_ms = 300;
-    let proxy = proxy(&origin.url(), config).await;
+    let proxy = proxy(&origin.base(), config).await;
     let (_, _, body) = tokio::time::timeout(MUST, get(&proxy.url("/page")))
         .await
         .expect("bounded");
     assert_eq!(body, "[][late]");
 }
 
+/// README: "size (... `max_page_bytes` ...)": the parts that fit go out whole, the page stops
+/// at the bound and the response is cut off, not ended as if whole.
 #[tokio::test]
 async fn page_size_bound_aborts_the_response() {
     let origin = serve(|req| async move {
@@ -279,46 +282,219 @@ async fn page_size_bound_aborts_the_response() {
     .await;
     let mut config = Config::default();
     config.fetch.max_page_bytes = 40_000;
-    let proxy = proxy(&origin.url(), config).await;
-    let resp = client().get(proxy.url("/page")).send().await.expect("head");
-    let result = resp.bytes().await;
+    let proxy = proxy(&origin.base(), config).await;
+    let raw = raw_get(proxy.addr, "/page").await;
+    assert!(raw.head.starts_with("HTTP/1.1 200 OK"), "{}", raw.head);
     assert!(
-        result.is_err(),
+        !raw.complete,
         "an over-size page is cut off, not ended cleanly"
+    );
+    assert_eq!(
+        raw.body,
+        vec![b'f'; 40_000],
+        "the four fragments that fit, and not a byte more"
     );
 }
 
-#[tokio::test]
-async fn per_page_concurrency_is_bounded() {
+/// An origin whose `/page` and `/page2` hold `per_page` includes of `/f/<n>`; each fragment
+/// request waits until `bound` of them are in flight at once (a barrier), and the peak of
+/// requests in flight is recorded. A proxy that fetched fewer than `bound` at a time would
+/// never finish; one that fetched more would show a higher peak.
+async fn barrier_origin(per_page: usize, bound: usize) -> (Server, Arc<AtomicUsize>) {
     let in_flight = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
+    let barrier = Arc::new(Barrier::new(bound));
     let (i, p) = (Arc::clone(&in_flight), Arc::clone(&peak));
     let origin = serve(move |req| {
-        let (in_flight, peak) = (Arc::clone(&i), Arc::clone(&p));
+        let (in_flight, peak, barrier) = (Arc::clone(&i), Arc::clone(&p), Arc::clone(&barrier));
         async move {
-            if req.uri().path() == "/page" {
-                return esi("<esi:include src=\"/f\"/>".repeat(12));
+            if req.uri().path().starts_with("/page") {
+                let layout: String = (0..per_page)
+                    .map(|n| format!("<esi:include src=\"/f/{n}\"/>"))
+                    .collect();
+                return esi(layout);
             }
             let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             peak.fetch_max(now, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            barrier.wait().await;
             in_flight.fetch_sub(1, Ordering::SeqCst);
-            html("f")
+            html(req.uri().path().trim_start_matches("/f/").to_owned())
+        }
+    })
+    .await;
+    (origin, peak)
+}
+
+/// README: "concurrency (`fetch.max_concurrent_per_page` ...)": a page's fetches run exactly
+/// that many at a time.
+#[tokio::test]
+async fn per_page_concurrency_is_bounded() {
+    let (origin, peak) = barrier_origin(12, 3).await;
+    let mut config = Config::default();
+    config.fetch.max_concurrent_per_page = 3;
+    let proxy = proxy(&origin.base(), config).await;
+    let (_, _, body) = get(&proxy.url("/page")).await;
+    assert_eq!(body, "01234567891011");
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        3,
+        "as many as the bound, no more"
+    );
+}
+
+/// README: "concurrency (... `fetch.max_concurrent`)": the process-wide bound holds across
+/// pages, however many each page may run.
+#[tokio::test]
+async fn process_wide_concurrency_is_bounded_across_pages() {
+    let (origin, peak) = barrier_origin(4, 4).await;
+    let mut config = Config::default();
+    config.fetch.max_concurrent = 4;
+    let proxy = proxy(&origin.base(), config).await;
+    let (first, second) = tokio::join!(get(&proxy.url("/page")), get(&proxy.url("/page2")));
+    assert_eq!((first.2.as_str(), second.2.as_str()), ("0123", "0123"));
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        4,
+        "as many as the bound, no more"
+    );
+}
+
+/// README: "`fetch.page_timeout_ms` for the whole page, after which what is unfinished takes its
+/// fallback", also when the unfinished include is still waiting for a concurrency slot: page B
+/// gives up on the slot at its own deadline while page A still holds it.
+#[tokio::test]
+async fn the_page_deadline_passes_while_waiting_for_a_concurrency_slot() {
+    let b_first_gone = Arc::new(Notify::new());
+    let hold_started = Arc::new(Notify::new());
+    let b_rest = Arc::new(Notify::new());
+    let hold_gone = Arc::new(AtomicBool::new(false));
+    let (f, h, r, g) = (
+        Arc::clone(&b_first_gone),
+        Arc::clone(&hold_started),
+        Arc::clone(&b_rest),
+        Arc::clone(&hold_gone),
+    );
+    let origin = serve(move |req| {
+        let (b_first_gone, hold_started, b_rest, hold_gone) = (
+            Arc::clone(&f),
+            Arc::clone(&h),
+            Arc::clone(&r),
+            Arc::clone(&g),
+        );
+        async move {
+            match req.uri().path() {
+                // B's second include arrives only once A holds the one slot.
+                "/b" => {
+                    let parts = futures::stream::iter([0, 1]).then(move |i| {
+                        let b_rest = Arc::clone(&b_rest);
+                        async move {
+                            if i == 0 {
+                                Ok(Bytes::from_static(
+                                    b"b1<esi:include src=\"/slow\" onerror=\"continue\"/>",
+                                ))
+                            } else {
+                                b_rest.notified().await;
+                                Ok(Bytes::from_static(
+                                    b"b2<esi:include src=\"/never\" onerror=\"continue\"/>b3",
+                                ))
+                            }
+                        }
+                    });
+                    response(200, &[HTML, ESI], stream(parts))
+                }
+                "/a" => esi("a<esi:include src=\"/hold\" maxwait=\"60000\" onerror=\"continue\"/>"),
+                // Cut by B's fragment deadline (500 ms): B is that far into its page.
+                "/slow" => {
+                    let _gone = OnDrop(b_first_gone);
+                    futures::future::pending::<()>().await;
+                    html("never")
+                }
+                // A's own: its deadline is 500 ms later than B's.
+                "/hold" => {
+                    struct Flag(Arc<AtomicBool>);
+                    impl Drop for Flag {
+                        fn drop(&mut self) {
+                            self.0.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    let _gone = Flag(hold_gone);
+                    hold_started.notify_one();
+                    futures::future::pending::<()>().await;
+                    html("never")
+                }
+                _ => html("NEVER"),
+            }
         }
     })
     .await;
     let mut config = Config::default();
-    config.fetch.max_concurrent_per_page = 3;
-    let proxy = proxy(&origin.url(), config).await;
-    let (_, _, body) = get(&proxy.url("/page")).await;
-    assert_eq!(body, "f".repeat(12));
+    config.fetch.max_concurrent = 1;
+    config.fetch.fragment_timeout_ms = 500;
+    config.fetch.page_timeout_ms = 1500;
+    let proxy = proxy(&origin.base(), config).await;
+    let b = tokio::spawn(get(&proxy.url("/b")));
+    tokio::time::timeout(MUST, b_first_gone.notified())
+        .await
+        .expect("B's first include times out");
+    let a = tokio::spawn(get(&proxy.url("/a")));
+    tokio::time::timeout(MUST, hold_started.notified())
+        .await
+        .expect("A takes the slot");
+    b_rest.notify_one();
+    let (status, _, body) = b.await.expect("joined");
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "b1b2b3"));
     assert!(
-        peak.load(Ordering::SeqCst) <= 3,
-        "peak {}",
-        peak.load(Ordering::SeqCst)
+        !hold_gone.load(Ordering::SeqCst),
+        "B ended at its deadline while A still held the slot"
     );
+    assert_eq!(origin.hits_on("/never"), 0, "no slot, no request");
+    let (_, _, body) = a.await.expect("joined");
+    assert_eq!(body, "a");
 }
 
+/// README: "fan-out (`esi.max_includes`, `esi.max_depth` for fragments that are ESI themselves)":
+/// a chain of distinct ESI fragments (no loop) is composed exactly `max_depth` levels deep; the
+/// level below takes its fallback.
+#[tokio::test]
+async fn nested_esi_fragments_stop_at_max_depth() {
+    let origin = serve(|req| async move {
+        let level: usize = req.uri().path()[2..].parse().unwrap_or(0);
+        // /d/0 is the layout; /d/n includes /d/n+1, up to /d/4, which is plain ESI text.
+        if level < 4 {
+            esi(format!(
+                "{level}[<esi:include src=\"/d{}\" onerror=\"continue\"/>]",
+                level + 1
+            ))
+        } else {
+            esi("4")
+        }
+    })
+    .await;
+    // (max_depth, page)
+    let cases = [
+        (0, "0[]"),
+        (1, "0[1[]]"),
+        (2, "0[1[2[]]]"),
+        (3, "0[1[2[3[]]]]"),
+        (4, "0[1[2[3[4]]]]"),
+    ];
+    for (max_depth, want) in cases {
+        let mut config = Config::default();
+        config.esi.max_depth = max_depth;
+        config.cache.enabled = false;
+        let proxy = proxy(&origin.base(), config).await;
+        let (status, _, body) = get(&proxy.url("/d0")).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, want),
+            "max_depth {max_depth}"
+        );
+    }
+}
+
+/// README: "Fetches belong to their request": a client that goes away stops its page's
+/// fragment fetches at once. The deadlines are 60 s, so only the disconnect can end the fetch
+/// within the 5 s allowed.
 #[tokio::test]
 async fn client_disconnect_cancels_the_page_fetches() {
     let dropped = Arc::new(Notify::new());
@@ -331,12 +507,6 @@ async fn client_disconnect_cancels_the_page_fetches() {
                 return esi("head<esi:include src=\"/forever\"/>");
             }
             // Notifies when the proxy gives up on this request (its future is dropped).
-            struct OnDrop(Arc<Notify>);
-            impl Drop for OnDrop {
-                fn drop(&mut self) {
-                    self.0.notify_one();
-                }
-            }
             let _guard = OnDrop(dropped);
             started.notify_one();
             futures::future::pending::<()>().await;
@@ -344,7 +514,10 @@ async fn client_disconnect_cancels_the_page_fetches() {
         }
     })
     .await;
-    let proxy = proxy(&origin.url(), Config::default()).await;
+    let mut config = Config::default();
+    config.fetch.fragment_timeout_ms = 60_000;
+    config.fetch.page_timeout_ms = 60_000;
+    let proxy = proxy(&origin.base(), config).await;
     let resp = client().get(proxy.url("/page")).send().await.expect("head");
     let mut body = resp.bytes_stream();
     let first = tokio::time::timeout(MUST, body.next())
@@ -357,9 +530,9 @@ async fn client_disconnect_cancels_the_page_fetches() {
         .await
         .expect("fragment requested");
     drop(body);
-    tokio::time::timeout(MUST, dropped.notified())
+    tokio::time::timeout(Duration::from_secs(5), dropped.notified())
         .await
-        .expect("the fragment fetch was cancelled");
+        .expect("the fragment fetch is cancelled promptly, long before its 60 s deadline");
 }
 
 #[tokio::test]
@@ -384,7 +557,7 @@ async fn encoded_layouts_are_decoded_and_bombs_refused() {
     .await;
     let mut config = Config::default();
     config.fetch.max_layout_bytes = 1024 * 1024;
-    let proxy = proxy(&origin.url(), config).await;
+    let proxy = proxy(&origin.base(), config).await;
     let (status, headers, body) = get(&proxy.url("/gz")).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "<p>zipped</p>F"));
     assert!(headers.get("content-encoding").is_none());
@@ -413,7 +586,7 @@ async fn raw_status(addr: std::net::SocketAddr, request: &[u8]) -> String {
 #[tokio::test]
 async fn not_an_open_proxy_and_bad_requests_are_refused() {
     let origin = serve(|_| async { html("origin") }).await;
-    let proxy = proxy(&origin.url(), Config::default()).await;
+    let proxy = proxy(&origin.base(), Config::default()).await;
     let cases: [(&[u8], &str); 6] = [
         (
             b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
@@ -462,7 +635,7 @@ async fn origin_failures_are_502_and_504() {
     .await;
     let mut config = Config::default();
     config.fetch.layout_timeout_ms = 100;
-    let proxy_slow = proxy(&slow.url(), config).await;
+    let proxy_slow = proxy(&slow.base(), config).await;
     let (status, _, _) = get(&proxy_slow.url("/")).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     let closed = format!("http://127.0.0.1:{}", crate::support::closed_port());
@@ -478,7 +651,7 @@ async fn admin_endpoints_health_and_guarded_metrics() {
         serve(|_| async { esi("x<esi:include src=\"/nope\" onerror=\"continue\"/>") }).await;
     let mut config = Config::default();
     config.server.admin_token = "s3cret".into();
-    let proxy = proxy(&origin.url(), config).await;
+    let proxy = proxy(&origin.base(), config).await;
     let _ = get(&proxy.url("/")).await;
     let (status, _, body) = get(&proxy.url("/_esi/health")).await;
     assert_eq!(status, StatusCode::OK);
@@ -514,6 +687,4 @@ async fn admin_endpoints_health_and_guarded_metrics() {
     );
     let (status, _, _) = get(&proxy.url("/_esi/nothing")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let _ = Bytes::new();
-    let _ = streaming::<futures::stream::Empty<Result<Bytes, std::io::Error>>>;
 }

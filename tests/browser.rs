@@ -10,11 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use esi_proxy::config::{Config, HostConfig};
 use fragments::demo::{Demo, DemoConfig};
 
 use crate::support::process::{self};
-use crate::support::{get, proxy, Proxy};
+use crate::support::{demo_config, get, proxy, Proxy};
 
 /// Product tiles on the page: recommendations, trending, recently viewed, sponsored.
 const TILES: usize = 52;
@@ -126,15 +125,8 @@ async fn shop(cache: bool) -> (Demo, Proxy) {
     let demo = Demo::start(DemoConfig::default().without_latency())
         .await
         .expect("demo starts");
-    let mut config = Config::default();
+    let mut config = demo_config(&demo);
     config.cache.enabled = cache;
-    for url in demo.service_urls() {
-        config.fetch.hosts.push(HostConfig {
-            url,
-            trusted: true,
-            private_network: true,
-        });
-    }
     let proxy = proxy(&format!("http://{}", demo.gateway), config).await;
     (demo, proxy)
 }

@@ -13,7 +13,7 @@ use http::StatusCode;
 use tokio::sync::{Barrier, Notify};
 
 use crate::support::{
-    client, esi, full, get, html, proxy, response, serve, stream, ESI, HTML, MUST,
+    client, esi, full, get, html, proxy, response, serve, stream, Streamed, ESI, HTML, MUST,
 };
 
 fn cfg() -> Config {
@@ -134,23 +134,10 @@ async fn first_bytes_reach_the_client_before_a_slow_fragment_completes() {
     })
     .await;
     let proxy = proxy(&origin.base(), cfg()).await;
-    let resp = tokio::time::timeout(MUST, client().get(proxy.url("/page")).send())
-        .await
-        .expect("head before the slow fragment")
-        .expect("response");
-    let mut body = resp.bytes_stream();
-    let first = tokio::time::timeout(MUST, body.next())
-        .await
-        .expect("first bytes early")
-        .expect("chunk")
-        .expect("ok");
-    assert_eq!(&first[..], b"<h1>Head</h1>");
+    // The head and the first bytes come while the slow fragment is held.
+    let page = Streamed::first(&proxy.url("/page"), b"<h1>Head</h1>").await;
     gate.notify_one();
-    let mut rest = Vec::new();
-    while let Some(chunk) = body.next().await {
-        rest.extend_from_slice(&chunk.expect("ok"));
-    }
-    assert_eq!(rest, b"SLOW<p>tail</p>");
+    assert_eq!(page.rest().await.expect("whole"), b"SLOW<p>tail</p>");
 }
 
 #[tokio::test]

@@ -18,7 +18,7 @@ use tokio::sync::{Barrier, Notify};
 
 use crate::support::{
     client, esi, full, get, gzip, html, proxy, proxy_with_lookup, raw_get, read_head, response,
-    serve, serve_raw, stream, OnDrop, Server, StaticLookup, ESI, HTML, MUST,
+    serve, serve_raw, stream, OnDrop, Server, StaticLookup, Streamed, ESI, HTML, MUST,
 };
 
 /// An origin serving `layout` at `/page` and `html(path)` elsewhere.
@@ -112,33 +112,13 @@ async fn fail_policy_gives_502_before_the_head_and_aborts_after_it() {
         !body.contains("down"),
         "the body shows no internals: {body}"
     );
-    let resp = client()
-        .get(proxy.url("/late"))
-        .send()
-        .await
-        .expect("head was sent");
-    assert_eq!(resp.status(), StatusCode::OK);
-    let mut body = resp.bytes_stream();
-    let mut got = Vec::new();
-    let mut failed = false;
-    while let Some(chunk) = tokio::time::timeout(MUST, body.next())
-        .await
-        .expect("bounded")
-    {
-        match chunk {
-            Ok(c) => got.extend_from_slice(&c),
-            Err(_) => {
-                failed = true;
-                break;
-            }
-        }
+    match Streamed::open(&proxy.url("/late")).await.rest().await {
+        Err((got, _)) => assert_eq!(got, b"before"),
+        Ok(got) => panic!(
+            "a broken page must not end as if it were whole; got {:?}",
+            String::from_utf8_lossy(&got)
+        ),
     }
-    assert!(
-        failed,
-        "a broken page must not end as if it were whole; got {:?}",
-        String::from_utf8_lossy(&got)
-    );
-    assert_eq!(got, b"before");
 }
 
 #[tokio::test]
@@ -518,18 +498,11 @@ async fn client_disconnect_cancels_the_page_fetches() {
     config.fetch.fragment_timeout_ms = 60_000;
     config.fetch.page_timeout_ms = 60_000;
     let proxy = proxy(&origin.base(), config).await;
-    let resp = client().get(proxy.url("/page")).send().await.expect("head");
-    let mut body = resp.bytes_stream();
-    let first = tokio::time::timeout(MUST, body.next())
-        .await
-        .expect("first bytes")
-        .expect("chunk")
-        .expect("ok");
-    assert_eq!(&first[..], b"head");
+    let page = Streamed::first(&proxy.url("/page"), b"head").await;
     tokio::time::timeout(MUST, started.notified())
         .await
         .expect("fragment requested");
-    drop(body);
+    drop(page);
     tokio::time::timeout(Duration::from_secs(5), dropped.notified())
         .await
         .expect("the fragment fetch is cancelled promptly, long before its 60 s deadline");

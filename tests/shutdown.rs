@@ -5,11 +5,10 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use tokio::sync::Notify;
 
 use crate::support::process::{self, Proc, Watch};
-use crate::support::{client, esi, html, serve, Server, MUST};
+use crate::support::{client, esi, html, serve, Server, Streamed};
 
 /// An origin whose `/page` is `<p>start</p>`, then `/slow` (answered when `gate` is notified),
 /// then `<p>end</p>`.
@@ -37,18 +36,7 @@ async fn sigterm_lets_in_flight_pages_finish_and_exits_zero() {
     let (mut proxy, addr) =
         process::serve(&["--listen", "127.0.0.1:0", "--origin", &origin.base()]).await;
 
-    let resp = client()
-        .get(format!("http://{addr}/page"))
-        .send()
-        .await
-        .expect("page");
-    let mut body = resp.bytes_stream();
-    let first = tokio::time::timeout(MUST, body.next())
-        .await
-        .expect("first bytes")
-        .expect("chunk")
-        .expect("ok");
-    assert_eq!(&first[..], b"<p>start</p>");
+    let page = Streamed::first(&format!("http://{addr}/page"), b"<p>start</p>").await;
 
     proxy.signal("TERM").await;
     proxy.line_with("shutting down").await;
@@ -56,14 +44,10 @@ async fn sigterm_lets_in_flight_pages_finish_and_exits_zero() {
     assert!(refused.is_err(), "no new connections once shutting down");
 
     gate.notify_one();
-    let mut rest = Vec::new();
-    while let Some(chunk) = tokio::time::timeout(MUST, body.next())
-        .await
-        .expect("in-flight page finishes")
-    {
-        rest.extend_from_slice(&chunk.expect("the page completes"));
-    }
-    assert_eq!(rest, b"SLOW<p>end</p>");
+    assert_eq!(
+        page.rest().await.expect("the page completes"),
+        b"SLOW<p>end</p>"
+    );
     let exit = proxy.exit().await;
     assert!(exit.success(), "exit status {exit:?}");
     let tail = proxy.rest().await;
@@ -94,18 +78,7 @@ async fn the_grace_period_ends_a_page_that_would_outlive_it() {
     std::fs::write(&path, text).expect("write config");
     let (mut proxy, addr) = process::serve(&["--config", path.to_str().expect("UTF-8")]).await;
 
-    let resp = client()
-        .get(format!("http://{addr}/page"))
-        .send()
-        .await
-        .expect("page");
-    let mut body = resp.bytes_stream();
-    let first = tokio::time::timeout(MUST, body.next())
-        .await
-        .expect("first bytes")
-        .expect("chunk")
-        .expect("ok");
-    assert_eq!(&first[..], b"<p>start</p>");
+    let page = Streamed::first(&format!("http://{addr}/page"), b"<p>start</p>").await;
 
     proxy.signal("TERM").await;
     // MUST (20 s) is far below the fragment's 60 s: only the grace period can end it this soon.
@@ -117,13 +90,13 @@ async fn the_grace_period_ends_a_page_that_would_outlive_it() {
             .any(|l| l.contains("shutdown grace period over")),
         "{tail:?}"
     );
-    let end = tokio::time::timeout(MUST, body.next())
-        .await
-        .expect("the page ends with the process");
-    assert!(
-        matches!(end, Some(Err(_))),
-        "a page cut off by the grace period does not end as if whole: {end:?}"
-    );
+    match page.rest().await {
+        Err((got, _)) => assert_eq!(got, b"", "nothing after the first part"),
+        Ok(got) => panic!(
+            "a page cut off by the grace period ended as if whole: {:?}",
+            String::from_utf8_lossy(&got)
+        ),
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

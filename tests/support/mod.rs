@@ -23,7 +23,7 @@ use hyper::{Request, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-pub use proxy::{client, get, proxy, proxy_with_lookup, Proxy};
+pub use proxy::{client, demo_config, get, proxy, proxy_with_lookup, Proxy, Streamed};
 
 /// Generous bound for anything that must happen; a hang fails the test instead of blocking CI.
 pub const MUST: Duration = Duration::from_secs(20);

@@ -112,3 +112,66 @@ pub fn get(
             .unwrap_or_else(|_| panic!("GET {url}: no whole response within {:?}", super::MUST))
     }
 }
+
+/// A response body read chunk by chunk as it streams, each wait bounded by [`super::MUST`].
+pub struct Streamed {
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+}
+
+impl Streamed {
+    /// GETs `url` and waits for the response head.
+    pub async fn open(url: &str) -> Streamed {
+        let resp = tokio::time::timeout(super::MUST, client().get(url).send())
+            .await
+            .unwrap_or_else(|_| panic!("GET {url}: no response head within {:?}", super::MUST))
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        Streamed {
+            body: Box::pin(resp.bytes_stream()),
+        }
+    }
+
+    /// [`Streamed::open`], then checks that the first chunk of the body is `want`.
+    pub async fn first(url: &str, want: &[u8]) -> Streamed {
+        let mut page = Streamed::open(url).await;
+        let first = page.next().await.expect("a first chunk").expect("readable");
+        assert_eq!(
+            String::from_utf8_lossy(&first),
+            String::from_utf8_lossy(want),
+            "the first chunk of {url}"
+        );
+        page
+    }
+
+    /// The next chunk; `None` at the end of the body.
+    pub async fn next(&mut self) -> Option<reqwest::Result<bytes::Bytes>> {
+        use futures::StreamExt;
+        tokio::time::timeout(super::MUST, self.body.next())
+            .await
+            .unwrap_or_else(|_| panic!("no chunk and no end within {:?}", super::MUST))
+    }
+
+    /// The rest of the body; when it fails part way, what came before and the error.
+    pub async fn rest(mut self) -> Result<Vec<u8>, (Vec<u8>, reqwest::Error)> {
+        let mut got = Vec::new();
+        while let Some(chunk) = self.next().await {
+            match chunk {
+                Ok(chunk) => got.extend_from_slice(&chunk),
+                Err(e) => return Err((got, e)),
+            }
+        }
+        Ok(got)
+    }
+}
+
+/// A config with the demo's services allowlisted and trusted, as `esi-proxy demo` wires them.
+pub fn demo_config(demo: &fragments::demo::Demo) -> Config {
+    let mut config = Config::default();
+    for url in demo.service_urls() {
+        config.fetch.hosts.push(esi_proxy::config::HostConfig {
+            url,
+            trusted: true,
+            private_network: true,
+        });
+    }
+    config
+}

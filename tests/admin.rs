@@ -31,8 +31,9 @@ async fn admin_requests_are_refused_unless_authorised_and_well_formed() {
         StatusCode::METHOD_NOT_ALLOWED,
         "405 Method Not Allowed: method not allowed on this endpoint\n",
     );
-    // (method, path, Authorization, status, body; None: any body)
-    let cases: &[(Method, &str, Option<&str>, (StatusCode, &str))] = &[
+    /// A request (method, path, Authorization) and its answer (status, body; "": any body).
+    type Case<'a> = (Method, &'a str, Option<&'a str>, (StatusCode, &'a str));
+    let cases: &[Case] = &[
         (Method::GET, "/_esi/metrics", None, unauthorized),
         (
             Method::GET,

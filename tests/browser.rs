@@ -131,6 +131,7 @@ async fn shop(cache: bool) -> (Demo, Proxy) {
     (demo, proxy)
 }
 
+/// README: "the browser tests drive headless (they load the demo page and the waterfall, check the DOM and save screenshots to `target/screenshots/`)".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_product_page_renders_whole_in_a_browser() {
     if chromium().is_none() {
@@ -165,6 +166,7 @@ async fn the_product_page_renders_whole_in_a_browser() {
     screenshot(&proxy.url("/"), "page", 2400).await;
 }
 
+/// README: "a `choose` on a logged-in cookie — try `/login?user=Ann`".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_logged_in_cookie_changes_the_page_through_esi_choose() {
     if chromium().is_none() {
@@ -180,6 +182,7 @@ async fn a_logged_in_cookie_changes_the_page_through_esi_choose() {
     );
 }
 
+/// README: "its services' knobs (latency, jitter, error rate, down switch, TTL)"; "and a `try` with a fallback".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_switched_down_shows_its_fallback() {
     if chromium().is_none() {
@@ -196,6 +199,7 @@ async fn a_service_switched_down_shows_its_fallback() {
     screenshot(&proxy.url("/"), "page-reviews-down", 2400).await;
 }
 
+/// README: "Every page can be opened as its page-build waterfall at `/_esi/debug/<path>`".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_waterfall_renders_in_a_browser() {
     if chromium().is_none() {

@@ -130,6 +130,7 @@ async fn pass(gate: &mut watch::Receiver<bool>) {
     let _ = gate.wait_for(|open| *open).await;
 }
 
+/// README: "TTLs, first match wins: ... `Surrogate-Control: max-age`, then `Cache-Control: s-maxage`, then `max-age`; `cache.default_ttl_s`".
 #[tokio::test]
 async fn ttl_from_each_source_in_precedence_order() {
     // Each path gives 1 s from the source that must win and 60 s from the ones that must not
@@ -226,6 +227,7 @@ async fn ttl_from_each_source_in_precedence_order() {
     );
 }
 
+/// README: "a response to a request that carried `Cookie` or `Authorization` is shared only when it says `public` or `s-maxage`, or a rule keys it by that header".
 #[tokio::test]
 async fn cookie_bearing_fragments_stay_per_user() {
     let server = support::serve(|req| async move {
@@ -278,6 +280,7 @@ async fn cookie_bearing_fragments_stay_per_user() {
     assert_eq!(hits(&server, "/public/me"), 2);
 }
 
+/// README: "a response to a request that carried `Cookie` or `Authorization` is shared only when it says `public` or `s-maxage`".
 #[tokio::test]
 async fn waiters_do_not_share_a_response_meant_for_another_user() {
     let (open, gate_rx) = gate();
@@ -323,6 +326,7 @@ async fn waiters_do_not_share_a_response_meant_for_another_user() {
     assert_eq!(hits(&server, "/me"), 2);
 }
 
+/// README: "`Vary: *` ... never stored".
 #[tokio::test]
 async fn vary_keeps_one_entry_per_variant() {
     let server = support::serve(|req| async move {
@@ -407,6 +411,7 @@ async fn a_waiter_of_another_variant_fetches_its_own() {
 }
 
 // Many worker threads, so waiters wake and race for real.
+/// README: "Concurrent misses share one upstream fetch".
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_misses_make_one_upstream_request() {
     const N: usize = 200;
@@ -531,6 +536,7 @@ async fn a_failure_after_the_retry_is_reported() {
     assert_eq!(hits(&server, "/down"), 2, "one try and one retry");
 }
 
+/// README: "`no-store`, `private`, `Vary: *` and `Set-Cookie` responses are never stored".
 #[tokio::test]
 async fn uncacheable_responses_are_fetched_concurrently() {
     const N: usize = 20;
@@ -578,6 +584,7 @@ async fn uncacheable_responses_are_fetched_concurrently() {
     );
 }
 
+/// README: "`stale-while-revalidate` ... serve an expired copy while one background fetch refreshes it".
 #[tokio::test]
 async fn stale_while_revalidate_serves_at_once_and_refreshes_once() {
     let (open, gate_rx) = gate();
@@ -637,6 +644,7 @@ async fn stale_while_revalidate_serves_at_once_and_refreshes_once() {
     assert!(stale_served >= 11, "{stale_served}");
 }
 
+/// README: "`stale-if-error` ... serve an expired copy ... when the fragment service fails".
 #[tokio::test]
 async fn stale_if_error_when_the_service_is_gone() {
     let server = support::serve(|req| async move {
@@ -669,6 +677,7 @@ async fn stale_if_error_when_the_service_is_gone() {
     assert_eq!(served, 1);
 }
 
+/// README: "`POST /_esi/purge?url=U` or `?prefix=P` (drops cached fragments and layouts)".
 #[tokio::test]
 async fn purge_by_url_and_by_prefix() {
     let server = support::serve(|req| async move {

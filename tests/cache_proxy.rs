@@ -49,6 +49,7 @@ fn hits(counts: &[AtomicUsize; 3]) -> [usize; 3] {
     [0, 1, 2].map(|i| counts[i].load(Ordering::SeqCst))
 }
 
+/// README: "A fully warm page makes no upstream request and parses nothing".
 #[tokio::test]
 async fn a_warm_page_touches_no_upstream() {
     let (origin, counts) = counting_origin("public, max-age=60").await;
@@ -71,6 +72,7 @@ async fn a_warm_page_touches_no_upstream() {
     assert!(timing.contains("cache hit"), "{timing}");
 }
 
+/// README: "`serve --no-cache` turns it off".
 #[tokio::test]
 async fn no_cache_turns_every_cache_off() {
     let (origin, counts) = counting_origin("public, max-age=60").await;
@@ -84,6 +86,7 @@ async fn no_cache_turns_every_cache_off() {
     assert_eq!(hits(&counts), [3, 3, 3]);
 }
 
+/// README: "Concurrent misses share one upstream fetch".
 #[tokio::test]
 async fn two_hundred_concurrent_pages_make_one_fragment_fetch() {
     // The fragment is held until every page request has reached the proxy's cache.
@@ -148,6 +151,7 @@ async fn two_hundred_concurrent_pages_make_one_fragment_fetch() {
     assert_eq!(origin.hits(), 201, "200 layouts and one fragment");
 }
 
+/// README: "`POST /_esi/purge?url=U` or `?prefix=P` (drops cached fragments and layouts)".
 #[tokio::test]
 async fn purge_by_url_and_prefix_refetches_next_time() {
     let (origin, counts) = counting_origin("public, max-age=60").await;
@@ -202,6 +206,7 @@ fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
+/// README: "TTLs, first match wins: 1. a `[[cache.rules]]` entry".
 #[tokio::test]
 async fn ttl_rule_in_config_beats_the_response_headers() {
     let fetches = Arc::new(AtomicUsize::new(0));
@@ -237,6 +242,7 @@ async fn ttl_rule_in_config_beats_the_response_headers() {
     assert_eq!(fetches.load(Ordering::SeqCst), 1);
 }
 
+/// README: "A fully warm page makes no upstream request and parses nothing".
 #[tokio::test]
 async fn a_cached_esi_fragment_is_parsed_once() {
     // The nested fragment holds one lenient problem (an unknown element), counted per parse.

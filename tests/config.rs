@@ -23,6 +23,7 @@ async fn assert_problems(file: &str, want: &[(usize, &str)]) {
     assert_eq!(out.status.code(), Some(1), "{file}: {out:?}");
 }
 
+/// README: "`cargo run --release -- check-config config/esi-proxy.toml`"; "Every limit has a documented default in `config/esi-proxy.toml`".
 #[tokio::test]
 async fn documented_config_is_ok() {
     for file in ["config/esi-proxy.toml", "tests/data/config/valid.toml"] {
@@ -97,6 +98,7 @@ async fn wrong_type_in_inline_table_names_the_list_entry() {
     .await;
 }
 
+/// README: "`esi-proxy check-config FILE`, for operators: prints every problem with its line".
 #[tokio::test]
 async fn every_invalid_value_is_listed_with_its_line() {
     assert_problems(

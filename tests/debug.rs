@@ -29,6 +29,7 @@ async fn shop() -> Server {
     .await
 }
 
+/// README: "Every page can be opened as its page-build waterfall at `/_esi/debug/<path>` ... (`?format=json` gives the same data to tools)".
 #[tokio::test]
 async fn json_waterfall_shows_every_fetch_nested_with_cache_and_fallbacks() {
     let origin = shop().await;
@@ -69,6 +70,7 @@ async fn json_waterfall_shows_every_fetch_nested_with_cache_and_fallbacks() {
     assert!(report["layout"]["status"] == 200);
 }
 
+/// README: "the layout and every fragment fetch on one time axis, nested ones indented under their parent ... the critical path highlighted".
 #[tokio::test]
 async fn html_waterfall_draws_bars_on_a_time_axis() {
     let origin = shop().await;

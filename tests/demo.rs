@@ -7,6 +7,7 @@ use fragments::demo::{Demo, DemoConfig};
 
 use crate::support::{client, demo_config, get, proxy};
 
+/// README: "The product page is composed from 138 fragments, some of them ESI themselves".
 #[tokio::test]
 async fn demo_markup_is_strictly_valid_esi_and_composes_whole() {
     let demo = Demo::start(DemoConfig::default().without_latency())

@@ -290,8 +290,9 @@ async fn a_layout_in_an_unsupported_encoding_is_a_502() {
 async fn encoded_layouts_whole_and_cut_short() {
     let text = format!("<p>{}</p>", "lorem ipsum ".repeat(400));
     let layout = format!("{text}<esi:include src=\"/f\"/>");
-    let encoders: [(&'static str, fn(&[u8]) -> Vec<u8>); 3] =
-        [("gzip", gzip), ("deflate", deflate), ("br", brotli)];
+    /// A `Content-Encoding` and how to encode a body with it.
+    type Encoder = (&'static str, fn(&[u8]) -> Vec<u8>);
+    let encoders: [Encoder; 3] = [("gzip", gzip), ("deflate", deflate), ("br", brotli)];
     for (encoding, encode) in encoders {
         let encoded = Bytes::from(encode(layout.as_bytes()));
         let origin = serve(move |req| {

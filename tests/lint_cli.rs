@@ -2,6 +2,7 @@
 
 use crate::support::process::run;
 
+/// README: "`esi-proxy lint`, for fragment teams: checks markup and prints `file:line:col: message`".
 #[tokio::test]
 async fn good_file_passes_with_no_output() {
     let out = run(&["lint", "tests/data/lint/good.html"]).await;
@@ -9,6 +10,7 @@ async fn good_file_passes_with_no_output() {
     assert!(out.status.success(), "{out:?}");
 }
 
+/// README: "The exit status is 1 when any error is found, so `lint` can gate a fragment service's CI".
 #[tokio::test]
 async fn bad_file_reports_each_problem_with_file_line_col() {
     let out = run(&[

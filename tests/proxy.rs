@@ -20,6 +20,7 @@ fn cfg() -> Config {
     Config::default()
 }
 
+/// README: "a response marked `Surrogate-Control: content="ESI/1.0"` (HTML only) is composed ... in document order"; "`Surrogate-Control` is removed before the response leaves the proxy".
 #[tokio::test]
 async fn composes_includes_in_document_order_and_cleans_headers() {
     let frags = serve(|req| async move {
@@ -72,6 +73,7 @@ async fn composes_includes_in_document_order_and_cleans_headers() {
     assert_eq!(frags.hits(), 3);
 }
 
+/// README: "The origin's host is always allowed".
 #[tokio::test]
 async fn relative_src_resolves_against_the_layout_and_origin_is_allowed() {
     let origin = serve(|req| async move {
@@ -88,6 +90,7 @@ async fn relative_src_resolves_against_the_layout_and_origin_is_allowed() {
     assert_eq!(body, "P|A");
 }
 
+/// README: "all of a page's fragments are in flight at once".
 #[tokio::test]
 async fn all_fragments_of_a_page_are_in_flight_at_once() {
     // Each fragment answers only once all 20 requests have arrived: a proxy that fetched them
@@ -116,6 +119,7 @@ async fn all_fragments_of_a_page_are_in_flight_at_once() {
     assert_eq!(body, want);
 }
 
+/// README: "the page streams to the browser in document order as each part is ready".
 #[tokio::test]
 async fn first_bytes_reach_the_client_before_a_slow_fragment_completes() {
     let gate = Arc::new(Notify::new());
@@ -140,6 +144,7 @@ async fn first_bytes_reach_the_client_before_a_slow_fragment_completes() {
     assert_eq!(page.rest().await.expect("whole"), b"SLOW<p>tail</p>");
 }
 
+/// README: "each include starts fetching the moment its tag is parsed".
 #[tokio::test]
 async fn includes_start_while_the_layout_is_still_arriving() {
     // The origin holds back the second half of the layout until the first include's request
@@ -180,6 +185,7 @@ async fn includes_start_while_the_layout_is_still_arriving() {
     assert_eq!(body, "A1BC2D");
 }
 
+/// README: "Failed fragments take their `alt`, `onerror="continue"`, `esi:except`, or the configured policy".
 #[tokio::test]
 async fn fragment_failures_take_their_fallbacks() {
     let origin = serve(|req| async move {
@@ -226,6 +232,7 @@ async fn fragment_failures_take_their_fallbacks() {
     );
 }
 
+/// README: "time (`fetch.fragment_timeout_ms` ...)".
 #[tokio::test]
 async fn slow_fragment_times_out_into_its_alt() {
     let origin = serve(|req| async move {
@@ -246,6 +253,7 @@ async fn slow_fragment_times_out_into_its_alt() {
     assert_eq!(body, "fast");
 }
 
+/// README: "time (`fetch.fragment_timeout_ms` ...)".
 #[tokio::test]
 async fn never_ending_trickle_is_cut_by_the_fragment_deadline() {
     let origin = serve(|req| async move {
@@ -274,6 +282,7 @@ async fn never_ending_trickle_is_cut_by_the_fragment_deadline() {
     );
 }
 
+/// README: "Everything else streams through untouched"; "the proxy composes only marked HTML".
 #[tokio::test]
 async fn non_esi_responses_pass_through_untouched() {
     let origin = serve(|req| async move {
@@ -311,6 +320,7 @@ async fn non_esi_responses_pass_through_untouched() {
     assert_eq!((status, body.as_str()), (StatusCode::NOT_FOUND, "missing"));
 }
 
+/// README: "Everything else streams through untouched".
 #[tokio::test]
 async fn ten_megabyte_download_streams_without_buffering() {
     // The origin sends 1 MiB, then waits until the client has received bytes: a proxy that
@@ -370,6 +380,8 @@ async fn ten_megabyte_download_streams_without_buffering() {
     assert_eq!(sum, want);
 }
 
+/// README: "Everything else streams through untouched".
+///
 /// The 304 is marked as ESI and HTML, so the rule that keeps 1xx, 204 and 304 out of composition
 /// is what leaves it untouched (composing it would drop its ETag, as a composed page's headers
 /// do).
@@ -415,6 +427,7 @@ async fn head_and_304_keep_their_headers() {
     assert_eq!(resp.text().await.expect("body"), "");
 }
 
+/// README: "Every request goes to the origin".
 #[tokio::test]
 async fn requests_reach_the_origin_with_method_body_and_clean_headers() {
     let origin = serve(|req| async move {
@@ -470,6 +483,7 @@ async fn requests_reach_the_origin_with_method_body_and_clean_headers() {
     assert!(text.ends_with("body=payload"), "{text}");
 }
 
+/// README: "fan-out (`esi.max_includes` ...)".
 #[tokio::test]
 async fn include_loops_and_fan_out_bombs_are_bounded() {
     let fetches = Arc::new(AtomicUsize::new(0));

@@ -43,6 +43,7 @@ fn host(url: &str, trusted: bool, private_network: bool) -> HostConfig {
     }
 }
 
+/// README: "size (`fetch.max_fragment_bytes` after decoding ...)"; "Failed fragments take their `alt`".
 #[tokio::test]
 async fn reset_short_and_oversized_fragments_fall_back_without_partial_bytes() {
     // Each peer promises 1000 bytes: one sends 500 and closes, one sends 500 and resets.
@@ -93,6 +94,7 @@ async fn reset_short_and_oversized_fragments_fall_back_without_partial_bytes() {
     );
 }
 
+/// README: "What a failed include yields outside `esi:try` is `esi.on_error`: `"empty"` (default) or `"fail"`".
 #[tokio::test]
 async fn fail_policy_gives_502_before_the_head_and_aborts_after_it() {
     let origin = serve(|req| async move {
@@ -121,6 +123,7 @@ async fn fail_policy_gives_502_before_the_head_and_aborts_after_it() {
     }
 }
 
+/// README: "other fragment hosts are allowed ... only by `[[fetch.hosts]]` entries. Names that resolve to loopback, private, link-local or metadata addresses are refused unless the entry allows it".
 #[tokio::test]
 async fn hosts_outside_the_allowlist_and_private_addresses_are_never_dialed() {
     let outside = serve(|_| async { html("SECRET") }).await;
@@ -152,6 +155,7 @@ async fn hosts_outside_the_allowlist_and_private_addresses_are_never_dialed() {
     );
 }
 
+/// README: "The origin's host is always allowed and trusted (its fragments get the client's `Cookie` and `Authorization`); other fragment hosts are allowed, and trusted, only by `[[fetch.hosts]]` entries".
 #[tokio::test]
 async fn credentials_reach_trusted_hosts_only() {
     let seen = |tag: &'static str| {
@@ -226,6 +230,7 @@ async fn credentials_reach_trusted_hosts_only() {
     );
 }
 
+/// README: "`fetch.page_timeout_ms` for the whole page, after which what is unfinished takes its fallback".
 #[tokio::test]
 async fn page_deadline_gives_unfinished_fragments_their_fallback() {
     let origin = serve(|req| async move {
@@ -502,6 +507,7 @@ async fn client_disconnect_cancels_the_page_fetches() {
         .expect("the fragment fetch is cancelled promptly, long before its 60 s deadline");
 }
 
+/// README: "size (... `max_layout_bytes` ...)".
 #[tokio::test]
 async fn encoded_layouts_are_decoded_and_bombs_refused() {
     let page = b"<p>zipped</p><esi:include src=\"/f\"/>".to_vec();
@@ -550,6 +556,7 @@ async fn raw_status(addr: std::net::SocketAddr, request: &[u8]) -> String {
         .to_owned()
 }
 
+/// README: "size (... `server.max_header_bytes`)".
 #[tokio::test]
 async fn not_an_open_proxy_and_bad_requests_are_refused() {
     let origin = serve(|_| async { html("origin") }).await;
@@ -593,6 +600,7 @@ async fn not_an_open_proxy_and_bad_requests_are_refused() {
     );
 }
 
+/// README: "Every request goes to the origin".
 #[tokio::test]
 async fn origin_failures_are_502_and_504() {
     let slow = serve(|_| async {
@@ -612,6 +620,7 @@ async fn origin_failures_are_502_and_504() {
     assert_eq!(body, "502 Bad Gateway\n");
 }
 
+/// README: "Admin endpoints: `GET /_esi/health` (public ...), `GET /_esi/metrics` (Prometheus text)".
 #[tokio::test]
 async fn admin_endpoints_health_and_guarded_metrics() {
     let origin =

@@ -418,10 +418,7 @@ fn parse_raw(bytes: &[u8]) -> RawResponse {
         };
     }
     let mut body = Vec::new();
-    loop {
-        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
+    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
         let size = std::str::from_utf8(&rest[..eol])
             .ok()
             .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())

@@ -86,6 +86,12 @@ async fn body(fetcher: &CachingFetcher, url: &str, headers: &[(&str, &str)]) -> 
     String::from_utf8(fragment.body.to_vec()).expect("test bodies are UTF-8")
 }
 
+/// A task fetching `url` through the cache (no client headers) and returning the body.
+fn spawn_body(s: &Arc<Setup>, url: &str) -> tokio::task::JoinHandle<String> {
+    let (s, url) = (Arc::clone(s), url.to_owned());
+    tokio::spawn(async move { body(&s.fetcher, &url, &[]).await })
+}
+
 /// Requests the server received for `path`.
 fn hits(server: &Server, path: &str) -> usize {
     server
@@ -326,7 +332,6 @@ async fn waiters_do_not_share_a_response_meant_for_another_user() {
     assert_eq!(hits(&server, "/me"), 2);
 }
 
-/// README: "`Vary: *` ... never stored".
 #[tokio::test]
 async fn vary_keeps_one_entry_per_variant() {
     let server = support::serve(|req| async move {
@@ -426,12 +431,7 @@ async fn concurrent_misses_make_one_upstream_request() {
     .await;
     let s = Arc::new(setup(&server, CacheConfig::default()));
     let url = server.url("/one");
-    let tasks: Vec<_> = (0..N)
-        .map(|_| {
-            let (s, url) = (Arc::clone(&s), url.clone());
-            tokio::spawn(async move { body(&s.fetcher, &url, &[]).await })
-        })
-        .collect();
+    let tasks: Vec<_> = (0..N).map(|_| spawn_body(&s, &url)).collect();
     wait_until("every request waits on the one fetch", || {
         hits(&server, "/one") == 1
             && metric(&s.metrics, "esi_proxy_cache_coalesced_total", None) == N as u64 - 1
@@ -463,10 +463,7 @@ async fn a_leader_that_goes_away_does_not_fail_the_waiters() {
     .await;
     let s = Arc::new(setup(&server, CacheConfig::default()));
     let url = server.url("/leader");
-    let spawn = || {
-        let (s, url) = (Arc::clone(&s), url.clone());
-        tokio::spawn(async move { body(&s.fetcher, &url, &[]).await })
-    };
+    let spawn = || spawn_body(&s, &url);
     let leader = spawn();
     wait_until("the leader's request reached the service", || {
         hits(&server, "/leader") == 1
@@ -508,12 +505,7 @@ async fn a_failed_shared_fetch_is_retried_once_for_everyone() {
     .await;
     let s = Arc::new(setup(&server, CacheConfig::default()));
     let url = server.url("/flaky");
-    let tasks: Vec<_> = (0..N)
-        .map(|_| {
-            let (s, url) = (Arc::clone(&s), url.clone());
-            tokio::spawn(async move { body(&s.fetcher, &url, &[]).await })
-        })
-        .collect();
+    let tasks: Vec<_> = (0..N).map(|_| spawn_body(&s, &url)).collect();
     wait_until("every request waits on the first fetch", || {
         metric(&s.metrics, "esi_proxy_cache_coalesced_total", None) == N as u64 - 1
     })
@@ -536,7 +528,7 @@ async fn a_failure_after_the_retry_is_reported() {
     assert_eq!(hits(&server, "/down"), 2, "one try and one retry");
 }
 
-/// README: "`no-store`, `private`, `Vary: *` and `Set-Cookie` responses are never stored".
+/// README: "`no-store` ... responses are never stored".
 #[tokio::test]
 async fn uncacheable_responses_are_fetched_concurrently() {
     const N: usize = 20;

@@ -282,7 +282,7 @@ async fn page_size_bound_aborts_the_response() {
 }
 
 /// An origin whose `/page` and `/page2` hold `per_page` includes of `/f/<page>/<n>`, each fragment
-/// stalling past the page deadline, and a config whose page deadline is 500 ms. No fetch ends
+/// stalling past the page deadline, and a config whose page deadline is 2 s. No fetch ends
 /// before the deadline, so the requests that reach the origin are exactly the fetches the
 /// proxy had in flight at once: fewer than the bound if it fetched one after another, more if
 /// it let more through.
@@ -301,8 +301,8 @@ async fn stalling_origin(per_page: usize) -> (Server, Config) {
     })
     .await;
     let mut config = Config::default();
-    config.fetch.fragment_timeout_ms = 500;
-    config.fetch.page_timeout_ms = 500;
+    config.fetch.fragment_timeout_ms = 2000;
+    config.fetch.page_timeout_ms = 2000;
     (origin, config)
 }
 
@@ -382,13 +382,13 @@ async fn the_page_deadline_passes_while_waiting_for_a_concurrency_slot() {
                     response(200, &[HTML, ESI], stream(parts))
                 }
                 "/a" => esi("a<esi:include src=\"/hold\" maxwait=\"60000\" onerror=\"continue\"/>"),
-                // Cut by B's fragment deadline (500 ms): B is that far into its page.
+                // Cut by B's fragment deadline (1 s): B is that far into its page.
                 "/slow" => {
                     let _gone = OnDrop(b_first_gone);
                     futures::future::pending::<()>().await;
                     html("never")
                 }
-                // A's own: its deadline is 500 ms later than B's.
+                // A's own: its deadline is at least 1 s later than B's.
                 "/hold" => {
                     struct Flag(Arc<AtomicBool>);
                     impl Drop for Flag {
@@ -408,8 +408,8 @@ async fn the_page_deadline_passes_while_waiting_for_a_concurrency_slot() {
     .await;
     let mut config = Config::default();
     config.fetch.max_concurrent = 1;
-    config.fetch.fragment_timeout_ms = 500;
-    config.fetch.page_timeout_ms = 1500;
+    config.fetch.fragment_timeout_ms = 1000;
+    config.fetch.page_timeout_ms = 2000;
     let proxy = proxy(&origin.base(), config).await;
     let b = tokio::spawn(get(&proxy.url("/b")));
     tokio::time::timeout(MUST, b_first_gone.notified())

@@ -29,7 +29,20 @@ pub fn bin() -> PathBuf {
         if release {
             build.arg("--release");
         }
-        let status = build.status().expect("cargo runs");
+        // A cold build on a busy machine takes minutes; a hung one is killed.
+        let mut cargo = build.spawn().expect("cargo runs");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30 * 60);
+        let status = loop {
+            if let Some(status) = cargo.try_wait().expect("waitpid") {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = cargo.kill();
+                let _ = cargo.wait();
+                panic!("building esi-proxy took more than 30 minutes");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         assert!(status.success(), "building esi-proxy failed");
         profile_dir.join(format!("esi-proxy{}", std::env::consts::EXE_SUFFIX))
     })

@@ -3,41 +3,65 @@
 //! markup left, the logged-in `choose`, the fallback of a service switched down) and
 //! screenshots are saved under `target/screenshots/`.
 //!
-//! Chromium is Debian's `chromium`; `.ci/run` installs it. Without it these tests say so and
-//! pass, except under CI (`CI` set), where they fail.
+//! Chromium is found on `PATH` (Debian's `chromium`, or `chromium-browser`); `.ci/run` installs
+//! it. Without it these tests say so and pass, except under CI (`CI` set), where they fail.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use esi_proxy::config::{Config, HostConfig};
 use fragments::demo::{Demo, DemoConfig};
 
-use crate::support::harness::{get, proxy, TestProxy};
-
-const CHROMIUM: &str = "/usr/bin/chromium";
+use crate::support::process::{self};
+use crate::support::{demo_config, get, proxy, Proxy};
 
 /// Product tiles on the page: recommendations, trending, recently viewed, sponsored.
 const TILES: usize = 52;
 
-fn chromium_available() -> bool {
-    if Path::new(CHROMIUM).exists() {
-        return true;
+/// The names Chromium goes by.
+const NAMES: [&str; 2] = ["chromium", "chromium-browser"];
+
+/// The first Chromium on `path` (a `PATH` value).
+fn find_chromium(path: &std::ffi::OsStr) -> Option<PathBuf> {
+    std::env::split_paths(path)
+        .flat_map(|dir| NAMES.map(|name| dir.join(name)))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Chromium from `PATH`; `None` (with a note) when it is missing outside CI. Under CI a missing
+/// Chromium fails the test.
+fn chromium() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| find_chromium(&path));
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no chromium on PATH: .ci/run installs Debian's chromium"
+        );
+        eprintln!("skipping: no chromium on PATH (apt-get install chromium)");
     }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{CHROMIUM} is missing: .ci/run installs Debian's chromium"
-    );
-    eprintln!("skipping: {CHROMIUM} is not installed (apt-get install chromium)");
-    false
+    found
+}
+
+#[test]
+fn chromium_is_found_on_path() {
+    let dir = std::env::temp_dir().join(format!("esi-proxy-path-{}", std::process::id()));
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).expect("temp dir");
+    std::fs::write(bin.join("chromium-browser"), "").expect("write");
+    let path = std::env::join_paths([dir.join("empty"), bin.clone()]).expect("PATH");
+    assert_eq!(find_chromium(&path), Some(bin.join("chromium-browser")));
+    let path = std::env::join_paths([dir.join("empty")]).expect("PATH");
+    assert_eq!(find_chromium(&path), None);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Runs headless Chromium on `url` with the given extra flags and returns its stdout; each run
 /// gets a fresh profile, and the network flags keep it off everything but loopback.
-async fn chromium(url: &str, extra: &[String]) -> String {
+async fn run_chromium(url: &str, extra: &[String]) -> String {
+    let chromium = chromium().expect("checked by the test");
     let profile = tempdir("chromium-profile");
-    let mut cmd = Command::new("timeout");
-    cmd.arg("60").arg(CHROMIUM).args([
+    let mut cmd = Command::new(chromium);
+    cmd.args([
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
@@ -51,10 +75,7 @@ async fn chromium(url: &str, extra: &[String]) -> String {
     cmd.arg(format!("--user-data-dir={}", profile.display()))
         .args(extra)
         .arg(url);
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .expect("joined")
-        .expect("chromium runs");
+    let out = process::output_within(cmd, Duration::from_secs(90)).await;
     let _ = std::fs::remove_dir_all(&profile);
     assert!(
         out.status.success(),
@@ -66,7 +87,7 @@ async fn chromium(url: &str, extra: &[String]) -> String {
 
 /// The DOM Chromium built for `url`, after following redirects.
 async fn dom(url: &str) -> String {
-    chromium(url, &["--dump-dom".to_owned()]).await
+    run_chromium(url, &["--dump-dom".to_owned()]).await
 }
 
 /// Saves a screenshot of `url` as `target/screenshots/<name>.png` and checks it is a PNG.
@@ -75,7 +96,7 @@ async fn screenshot(url: &str, name: &str, height: u32) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("screenshot dir");
     let file = dir.join(format!("{name}.png"));
     let _ = std::fs::remove_file(&file);
-    chromium(
+    run_chromium(
         url,
         &[
             format!("--screenshot={}", file.display()),
@@ -100,26 +121,20 @@ fn tempdir(what: &str) -> PathBuf {
 }
 
 /// The demo services and a proxy in front of them, as `esi-proxy demo` wires them.
-async fn shop(cache: bool) -> (Demo, TestProxy) {
+async fn shop(cache: bool) -> (Demo, Proxy) {
     let demo = Demo::start(DemoConfig::default().without_latency())
         .await
         .expect("demo starts");
-    let mut config = Config::default();
+    let mut config = demo_config(&demo);
     config.cache.enabled = cache;
-    for url in demo.service_urls() {
-        config.fetch.hosts.push(HostConfig {
-            url,
-            trusted: true,
-            private_network: true,
-        });
-    }
     let proxy = proxy(&format!("http://{}", demo.gateway), config).await;
     (demo, proxy)
 }
 
+/// README: "the browser tests drive headless (they load the demo page and the waterfall, check the DOM and save screenshots to `target/screenshots/`)".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_product_page_renders_whole_in_a_browser() {
-    if !chromium_available() {
+    if chromium().is_none() {
         return;
     }
     let (_demo, proxy) = shop(true).await;
@@ -151,9 +166,10 @@ async fn the_product_page_renders_whole_in_a_browser() {
     screenshot(&proxy.url("/"), "page", 2400).await;
 }
 
+/// README: "a `choose` on a logged-in cookie — try `/login?user=Ann`".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_logged_in_cookie_changes_the_page_through_esi_choose() {
-    if !chromium_available() {
+    if chromium().is_none() {
         return;
     }
     let (_demo, proxy) = shop(true).await;
@@ -166,9 +182,10 @@ async fn a_logged_in_cookie_changes_the_page_through_esi_choose() {
     );
 }
 
+/// README: "its services' knobs (latency, jitter, error rate, down switch, TTL)"; "and a `try` with a fallback".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_switched_down_shows_its_fallback() {
-    if !chromium_available() {
+    if chromium().is_none() {
         return;
     }
     let (demo, proxy) = shop(false).await;
@@ -182,9 +199,10 @@ async fn a_service_switched_down_shows_its_fallback() {
     screenshot(&proxy.url("/"), "page-reviews-down", 2400).await;
 }
 
+/// README: "Every page can be opened as its page-build waterfall at `/_esi/debug/<path>`".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_waterfall_renders_in_a_browser() {
-    if !chromium_available() {
+    if chromium().is_none() {
         return;
     }
     let (_demo, proxy) = shop(true).await;

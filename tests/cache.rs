@@ -86,13 +86,10 @@ async fn body(fetcher: &CachingFetcher, url: &str, headers: &[(&str, &str)]) -> 
     String::from_utf8(fragment.body.to_vec()).expect("test bodies are UTF-8")
 }
 
-/// Requests the server received for `path`.
-fn hits(server: &Server, path: &str) -> usize {
-    server
-        .received()
-        .iter()
-        .filter(|r| r.uri.path() == path)
-        .count()
+/// A task fetching `url` through the cache (no client headers) and returning the body.
+fn spawn_body(s: &Arc<Setup>, url: &str) -> tokio::task::JoinHandle<String> {
+    let (s, url) = (Arc::clone(s), url.to_owned());
+    tokio::spawn(async move { body(&s.fetcher, &url, &[]).await })
 }
 
 /// A counter's value in the metrics text (0 when absent).
@@ -130,6 +127,7 @@ async fn pass(gate: &mut watch::Receiver<bool>) {
     let _ = gate.wait_for(|open| *open).await;
 }
 
+/// README: "TTLs, first match wins: ... `Surrogate-Control: max-age`, then `Cache-Control: s-maxage`, then `max-age`; `cache.default_ttl_s`".
 #[tokio::test]
 async fn ttl_from_each_source_in_precedence_order() {
     // Each path gives 1 s from the source that must win and 60 s from the ones that must not
@@ -205,7 +203,7 @@ async fn ttl_from_each_source_in_precedence_order() {
         let url = server.url(path);
         assert_eq!(body(&s.fetcher, &url, &[]).await, *path);
         assert_eq!(body(&s.fetcher, &url, &[]).await, *path);
-        assert_eq!(hits(&server, path), 1, "{path}: second fetch is a hit");
+        assert_eq!(server.hits_on(path), 1, "{path}: second fetch is a hit");
         let stored = s.cache.entries_for_url(&url);
         assert_eq!(stored.len(), 1, "{path}");
         assert_eq!(stored[0].source, *source, "{path}");
@@ -214,7 +212,7 @@ async fn ttl_from_each_source_in_precedence_order() {
     for (s, path, refetched, _) in &cases {
         assert_eq!(body(&s.fetcher, &server.url(path), &[]).await, *path);
         let want = if *refetched { 2 } else { 1 };
-        assert_eq!(hits(&server, path), want, "{path}: refetched: {refetched}");
+        assert_eq!(server.hits_on(path), want, "{path}: refetched: {refetched}");
     }
     assert_eq!(
         metric(
@@ -226,6 +224,7 @@ async fn ttl_from_each_source_in_precedence_order() {
     );
 }
 
+/// README: "a response to a request that carried `Cookie` or `Authorization` is shared only when it says `public` or `s-maxage`, or a rule keys it by that header".
 #[tokio::test]
 async fn cookie_bearing_fragments_stay_per_user() {
     let server = support::serve(|req| async move {
@@ -258,7 +257,7 @@ async fn cookie_bearing_fragments_stay_per_user() {
         assert_eq!(body(&s.fetcher, &me, &alice).await, "user=alice");
         assert_eq!(body(&s.fetcher, &me, &bob).await, "user=bob");
     }
-    assert_eq!(hits(&server, "/me"), 4);
+    assert_eq!(server.hits_on("/me"), 4);
 
     // Keyed by cookie: one entry per user.
     let keyed = server.url("/keyed/me");
@@ -266,7 +265,7 @@ async fn cookie_bearing_fragments_stay_per_user() {
         assert_eq!(body(&s.fetcher, &keyed, &alice).await, "user=alice");
         assert_eq!(body(&s.fetcher, &keyed, &bob).await, "user=bob");
     }
-    assert_eq!(hits(&server, "/keyed/me"), 2);
+    assert_eq!(server.hits_on("/keyed/me"), 2);
     assert_eq!(s.cache.entries_for_url(&keyed).len(), 2);
 
     // Public: the origin says it may be shared between users who send credentials; requests
@@ -275,9 +274,10 @@ async fn cookie_bearing_fragments_stay_per_user() {
     assert_eq!(body(&s.fetcher, &public, &alice).await, "user=alice");
     assert_eq!(body(&s.fetcher, &public, &bob).await, "user=alice");
     assert_eq!(body(&s.fetcher, &public, &[]).await, "anonymous");
-    assert_eq!(hits(&server, "/public/me"), 2);
+    assert_eq!(server.hits_on("/public/me"), 2);
 }
 
+/// README: "a response to a request that carried `Cookie` or `Authorization` is shared only when it says `public` or `s-maxage`".
 #[tokio::test]
 async fn waiters_do_not_share_a_response_meant_for_another_user() {
     let (open, gate_rx) = gate();
@@ -306,7 +306,7 @@ async fn waiters_do_not_share_a_response_meant_for_another_user() {
         tokio::spawn(async move { body(&s.fetcher, &url, &[("cookie", "user=alice")]).await })
     };
     wait_until("alice's request reached the service", || {
-        hits(&server, "/me") == 1
+        server.hits_on("/me") == 1
     })
     .await;
     let bob = {
@@ -320,7 +320,7 @@ async fn waiters_do_not_share_a_response_meant_for_another_user() {
     open.send_replace(true);
     assert_eq!(alice.await.expect("task"), "user=alice");
     assert_eq!(bob.await.expect("task"), "user=bob");
-    assert_eq!(hits(&server, "/me"), 2);
+    assert_eq!(server.hits_on("/me"), 2);
 }
 
 #[tokio::test]
@@ -349,7 +349,7 @@ async fn vary_keeps_one_entry_per_variant() {
             lang
         );
     }
-    assert_eq!(hits(&server, "/lang"), 3);
+    assert_eq!(server.hits_on("/lang"), 3);
     assert_eq!(s.cache.entries_for_url(&url).len(), 3);
 
     // A hit shares the stored body.
@@ -394,7 +394,7 @@ async fn a_waiter_of_another_variant_fetches_its_own() {
     };
     // The URL's Vary is not known yet, so both requests share one key and one fetch.
     let en = spawn("en");
-    wait_until("en reached the service", || hits(&server, "/lang") == 1).await;
+    wait_until("en reached the service", || server.hits_on("/lang") == 1).await;
     let de = spawn("de");
     wait_until("de waits on en's fetch", || {
         metric(&s.metrics, "esi_proxy_cache_coalesced_total", None) == 1
@@ -403,10 +403,11 @@ async fn a_waiter_of_another_variant_fetches_its_own() {
     open.send_replace(true);
     assert_eq!(en.await.expect("task"), "en");
     assert_eq!(de.await.expect("task"), "de");
-    assert_eq!(hits(&server, "/lang"), 2);
+    assert_eq!(server.hits_on("/lang"), 2);
 }
 
 // Many worker threads, so waiters wake and race for real.
+/// README: "Concurrent misses share one upstream fetch".
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_misses_make_one_upstream_request() {
     const N: usize = 200;
@@ -421,14 +422,9 @@ async fn concurrent_misses_make_one_upstream_request() {
     .await;
     let s = Arc::new(setup(&server, CacheConfig::default()));
     let url = server.url("/one");
-    let tasks: Vec<_> = (0..N)
-        .map(|_| {
-            let (s, url) = (Arc::clone(&s), url.clone());
-            tokio::spawn(async move { body(&s.fetcher, &url, &[]).await })
-        })
-        .collect();
+    let tasks: Vec<_> = (0..N).map(|_| spawn_body(&s, &url)).collect();
     wait_until("every request waits on the one fetch", || {
-        hits(&server, "/one") == 1
+        server.hits_on("/one") == 1
             && metric(&s.metrics, "esi_proxy_cache_coalesced_total", None) == N as u64 - 1
     })
     .await;
@@ -436,7 +432,7 @@ async fn concurrent_misses_make_one_upstream_request() {
     for task in tasks {
         assert_eq!(task.await.expect("task"), "shared");
     }
-    assert_eq!(hits(&server, "/one"), 1);
+    assert_eq!(server.hits_on("/one"), 1);
     let misses = metric(
         &s.metrics,
         "esi_proxy_cache_misses_total",
@@ -458,13 +454,10 @@ async fn a_leader_that_goes_away_does_not_fail_the_waiters() {
     .await;
     let s = Arc::new(setup(&server, CacheConfig::default()));
     let url = server.url("/leader");
-    let spawn = || {
-        let (s, url) = (Arc::clone(&s), url.clone());
-        tokio::spawn(async move { body(&s.fetcher, &url, &[]).await })
-    };
+    let spawn = || spawn_body(&s, &url);
     let leader = spawn();
     wait_until("the leader's request reached the service", || {
-        hits(&server, "/leader") == 1
+        server.hits_on("/leader") == 1
     })
     .await;
     let waiter = spawn();
@@ -477,7 +470,7 @@ async fn a_leader_that_goes_away_does_not_fail_the_waiters() {
     open.send_replace(true);
     assert_eq!(waiter.await.expect("task"), "kept");
     assert_eq!(
-        hits(&server, "/leader"),
+        server.hits_on("/leader"),
         1,
         "the fetch went on for the waiter"
     );
@@ -503,12 +496,7 @@ async fn a_failed_shared_fetch_is_retried_once_for_everyone() {
     .await;
     let s = Arc::new(setup(&server, CacheConfig::default()));
     let url = server.url("/flaky");
-    let tasks: Vec<_> = (0..N)
-        .map(|_| {
-            let (s, url) = (Arc::clone(&s), url.clone());
-            tokio::spawn(async move { body(&s.fetcher, &url, &[]).await })
-        })
-        .collect();
+    let tasks: Vec<_> = (0..N).map(|_| spawn_body(&s, &url)).collect();
     wait_until("every request waits on the first fetch", || {
         metric(&s.metrics, "esi_proxy_cache_coalesced_total", None) == N as u64 - 1
     })
@@ -517,7 +505,7 @@ async fn a_failed_shared_fetch_is_retried_once_for_everyone() {
     for task in tasks {
         assert_eq!(task.await.expect("task"), "second");
     }
-    assert_eq!(hits(&server, "/flaky"), 2);
+    assert_eq!(server.hits_on("/flaky"), 2);
 }
 
 #[tokio::test]
@@ -528,9 +516,10 @@ async fn a_failure_after_the_retry_is_reported() {
         .await
         .expect_err("the service is down");
     assert_eq!(error.kind(), "status");
-    assert_eq!(hits(&server, "/down"), 2, "one try and one retry");
+    assert_eq!(server.hits_on("/down"), 2, "one try and one retry");
 }
 
+/// README: "`no-store` ... responses are never stored".
 #[tokio::test]
 async fn uncacheable_responses_are_fetched_concurrently() {
     const N: usize = 20;
@@ -567,7 +556,7 @@ async fn uncacheable_responses_are_fetched_concurrently() {
         bodies.iter().all(|b| b != "n0"),
         "nothing served from the cache"
     );
-    assert_eq!(hits(&server, "/uncacheable"), N + 1);
+    assert_eq!(server.hits_on("/uncacheable"), N + 1);
     assert_eq!(
         metric(&s.metrics, "esi_proxy_cache_coalesced_total", None),
         0
@@ -578,6 +567,7 @@ async fn uncacheable_responses_are_fetched_concurrently() {
     );
 }
 
+/// README: "`stale-while-revalidate` ... serve an expired copy while one background fetch refreshes it".
 #[tokio::test]
 async fn stale_while_revalidate_serves_at_once_and_refreshes_once() {
     let (open, gate_rx) = gate();
@@ -613,11 +603,11 @@ async fn stale_while_revalidate_serves_at_once_and_refreshes_once() {
         .expect("stale entries are served without waiting");
     assert!(bodies.iter().all(|b| b == "v0"), "{bodies:?}");
     wait_until("the refresh reached the service", || {
-        hits(&server, "/swr") == 2
+        server.hits_on("/swr") == 2
     })
     .await;
     assert_eq!(body(&s.fetcher, &url, &[]).await, "v0");
-    assert_eq!(hits(&server, "/swr"), 2, "one background refresh");
+    assert_eq!(server.hits_on("/swr"), 2, "one background refresh");
 
     open.send_replace(true);
     let deadline = tokio::time::Instant::now() + MUST;
@@ -628,7 +618,7 @@ async fn stale_while_revalidate_serves_at_once_and_refreshes_once() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(hits(&server, "/swr"), 2);
+    assert_eq!(server.hits_on("/swr"), 2);
     let stale_served = metric(
         &s.metrics,
         "esi_proxy_cache_stale_served_total",
@@ -637,6 +627,7 @@ async fn stale_while_revalidate_serves_at_once_and_refreshes_once() {
     assert!(stale_served >= 11, "{stale_served}");
 }
 
+/// README: "`stale-if-error` ... serve an expired copy ... when the fragment service fails".
 #[tokio::test]
 async fn stale_if_error_when_the_service_is_gone() {
     let server = support::serve(|req| async move {
@@ -669,6 +660,7 @@ async fn stale_if_error_when_the_service_is_gone() {
     assert_eq!(served, 1);
 }
 
+/// README: "`POST /_esi/purge?url=U` or `?prefix=P` (drops cached fragments and layouts)".
 #[tokio::test]
 async fn purge_by_url_and_by_prefix() {
     let server = support::serve(|req| async move {
@@ -686,7 +678,7 @@ async fn purge_by_url_and_by_prefix() {
             assert_eq!(body(&s.fetcher, &server.url(path), &[]).await, path);
         }
     };
-    let counts = || paths.map(|p| hits(&server, p));
+    let counts = || paths.map(|p| server.hits_on(p));
     fetch_all().await;
     fetch_all().await;
     assert_eq!(counts(), [1, 1, 1]);

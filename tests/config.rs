@@ -1,21 +1,18 @@
 //! `esi-proxy check-config` run as a real process on the documented config and on broken files:
 //! each problem printed as `file:line: field: message`, and the exit status.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-use crate::support::bin;
+use crate::support::process::run;
 
-fn check_config(file: &str) -> Output {
-    Command::new(bin())
-        .args(["check-config", file])
-        .output()
-        .expect("esi-proxy runs")
+async fn check_config(file: &str) -> Output {
+    run(&["check-config", file]).await
 }
 
 /// Runs `check-config` on a file expected to fail and checks its whole output: one
 /// `file:line: message` per wanted `(line, message)`, in order, and exit status 1.
-fn assert_problems(file: &str, want: &[(usize, &str)]) {
-    let out = check_config(file);
+async fn assert_problems(file: &str, want: &[(usize, &str)]) {
+    let out = check_config(file).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let got: Vec<&str> = stdout.lines().collect();
     let want: Vec<String> = want
@@ -26,10 +23,11 @@ fn assert_problems(file: &str, want: &[(usize, &str)]) {
     assert_eq!(out.status.code(), Some(1), "{file}: {out:?}");
 }
 
-#[test]
-fn documented_config_is_ok() {
+/// README: "`cargo run --release -- check-config config/esi-proxy.toml`"; "Every limit has a documented default in `config/esi-proxy.toml`".
+#[tokio::test]
+async fn documented_config_is_ok() {
     for file in ["config/esi-proxy.toml", "tests/data/config/valid.toml"] {
-        let out = check_config(file);
+        let out = check_config(file).await;
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
             format!("{file}: ok\n")
@@ -38,16 +36,17 @@ fn documented_config_is_ok() {
     }
 }
 
-#[test]
-fn syntax_error_names_file_and_line() {
+#[tokio::test]
+async fn syntax_error_names_file_and_line() {
     assert_problems(
         "tests/data/config/syntax-error.toml",
         &[(5, "invalid table header: expected `.`, `]`")],
-    );
+    )
+    .await;
 }
 
-#[test]
-fn unknown_field_names_its_line_and_dotted_path() {
+#[tokio::test]
+async fn unknown_field_names_its_line_and_dotted_path() {
     assert_problems(
         "tests/data/config/unknown-field.toml",
         &[(
@@ -55,13 +54,14 @@ fn unknown_field_names_its_line_and_dotted_path() {
             "fetch.timeout_ms: unknown field `timeout_ms`, expected one of `connect_timeout_ms`, \
              `fragment_timeout_ms`, `layout_timeout_ms`, `page_timeout_ms`, `max_fragment_bytes`, \
              `max_layout_bytes`, `max_page_bytes`, `max_concurrent_per_page`, `max_concurrent`, \
-             `pool_idle_per_host`, `forward_headers`, `hosts`",
+             `pool_idle_per_host`, `forward_headers`, `hosts`, `ca_certs`",
         )],
-    );
+    )
+    .await;
 }
 
-#[test]
-fn unknown_field_in_second_host_entry_names_that_entry() {
+#[tokio::test]
+async fn unknown_field_in_second_host_entry_names_that_entry() {
     assert_problems(
         "tests/data/config/unknown-host-field.toml",
         &[(
@@ -69,11 +69,12 @@ fn unknown_field_in_second_host_entry_names_that_entry() {
             "fetch.hosts[1].weight: unknown field `weight`, expected one of `url`, `trusted`, \
              `private_network`",
         )],
-    );
+    )
+    .await;
 }
 
-#[test]
-fn wrong_type_names_the_field() {
+#[tokio::test]
+async fn wrong_type_names_the_field() {
     assert_problems(
         "tests/data/config/wrong-type.toml",
         &[(
@@ -81,22 +82,25 @@ fn wrong_type_names_the_field() {
             "fetch.fragment_timeout_ms: invalid type: string \"fast\", expected a non-negative \
              integer",
         )],
-    );
+    )
+    .await;
 }
 
-#[test]
-fn wrong_type_in_inline_table_names_the_list_entry() {
+#[tokio::test]
+async fn wrong_type_in_inline_table_names_the_list_entry() {
     assert_problems(
         "tests/data/config/wrong-type-inline.toml",
         &[(
             2,
             "esi.cookie_names[1]: invalid type: integer `42`, expected a string",
         )],
-    );
+    )
+    .await;
 }
 
-#[test]
-fn every_invalid_value_is_listed_with_its_line() {
+/// README: "`esi-proxy check-config FILE`, for operators: prints every problem with its line".
+#[tokio::test]
+async fn every_invalid_value_is_listed_with_its_line() {
     assert_problems(
         "tests/data/config/invalid-values.toml",
         &[
@@ -142,11 +146,12 @@ fn every_invalid_value_is_listed_with_its_line() {
                  fetch.hosts[0]",
             ),
         ],
-    );
+    )
+    .await;
 }
 
-#[test]
-fn host_url_with_user_info_is_refused_at_its_entry() {
+#[tokio::test]
+async fn host_url_with_user_info_is_refused_at_its_entry() {
     assert_problems(
         "tests/data/config/host-userinfo.toml",
         &[(
@@ -154,13 +159,14 @@ fn host_url_with_user_info_is_refused_at_its_entry() {
             "fetch.hosts[1].url: \"https://deploy:secret@cart.example.com\": user info is not \
              allowed",
         )],
-    );
+    )
+    .await;
 }
 
-#[test]
-fn missing_file_names_the_file() {
+#[tokio::test]
+async fn missing_file_names_the_file() {
     let file = "tests/data/config/no-such-file.toml";
-    let out = check_config(file);
+    let out = check_config(file).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.starts_with(&format!("{file}: ")), "{stdout}");
     assert_eq!(out.status.code(), Some(1), "{out:?}");

@@ -4,9 +4,9 @@
 use esi_proxy::config::Config;
 use http::StatusCode;
 
-use crate::support::harness::{client, esi, get, html, proxy, response, serve};
+use crate::support::{client, esi, full, get, html, proxy, response, serve, Server};
 
-async fn shop() -> crate::support::harness::TestServer {
+async fn shop() -> Server {
     serve(|req| async move {
         let mut r = match req.uri().path() {
             "/product" => esi(concat!(
@@ -15,7 +15,7 @@ async fn shop() -> crate::support::harness::TestServer {
                 "<esi:include src=\"/recs\"/>",
             )),
             "/recs" => esi("<esi:include src=\"/tile/1\"/><esi:include src=\"/tile/2\"/>"),
-            "/down" => response(StatusCode::INTERNAL_SERVER_ERROR, "text/html", "boom"),
+            "/down" => response(500, &[("content-type", "text/html")], full("boom")),
             p => html(format!("[{p}]")),
         };
         if req.uri().path() == "/header" {
@@ -29,10 +29,11 @@ async fn shop() -> crate::support::harness::TestServer {
     .await
 }
 
+/// README: "Every page can be opened as its page-build waterfall at `/_esi/debug/<path>` ... (`?format=json` gives the same data to tools)".
 #[tokio::test]
 async fn json_waterfall_shows_every_fetch_nested_with_cache_and_fallbacks() {
     let origin = shop().await;
-    let proxy = proxy(&origin.url(), Config::default()).await;
+    let proxy = proxy(&origin.base(), Config::default()).await;
     let _ = get(&proxy.url("/product")).await; // warms /header
     let (status, headers, body) = get(&proxy.url("/_esi/debug/product?format=json")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -69,10 +70,11 @@ async fn json_waterfall_shows_every_fetch_nested_with_cache_and_fallbacks() {
     assert!(report["layout"]["status"] == 200);
 }
 
+/// README: "the layout and every fragment fetch on one time axis, nested ones indented under their parent ... the critical path highlighted".
 #[tokio::test]
 async fn html_waterfall_draws_bars_on_a_time_axis() {
     let origin = shop().await;
-    let proxy = proxy(&origin.url(), Config::default()).await;
+    let proxy = proxy(&origin.base(), Config::default()).await;
     let (status, headers, body) = get(&proxy.url("/_esi/debug/product")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(headers
@@ -99,7 +101,7 @@ async fn debug_needs_the_token_when_loopback_is_not_trusted() {
     let mut config = Config::default();
     config.server.debug_from_loopback = false;
     config.server.admin_token = "tok".into();
-    let proxy = proxy(&origin.url(), config).await;
+    let proxy = proxy(&origin.base(), config).await;
     let (status, _, _) = get(&proxy.url("/_esi/debug/product")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let resp = client()

@@ -2,12 +2,12 @@
 //! fragment), and the page composed by the proxy with every include resolved.
 
 use bytes::Bytes;
-use esi_proxy::config::{Config, HostConfig};
 use esi_proxy::esi::{parse, ParseOptions};
 use fragments::demo::{Demo, DemoConfig};
 
-use crate::support::harness::{client, get, proxy};
+use crate::support::{client, demo_config, get, proxy};
 
+/// README: "The product page is composed from 138 fragments, some of them ESI themselves".
 #[tokio::test]
 async fn demo_markup_is_strictly_valid_esi_and_composes_whole() {
     let demo = Demo::start(DemoConfig::default().without_latency())
@@ -38,15 +38,7 @@ async fn demo_markup_is_strictly_valid_esi_and_composes_whole() {
         "the layout and the ESI fragments: {esi_documents}"
     );
 
-    let mut config = Config::default();
-    for url in demo.service_urls() {
-        config.fetch.hosts.push(HostConfig {
-            url,
-            trusted: true,
-            private_network: true,
-        });
-    }
-    let proxy = proxy(&format!("http://{}", demo.gateway), config).await;
+    let proxy = proxy(&format!("http://{}", demo.gateway), demo_config(&demo)).await;
     let (status, _, page) = get(&proxy.url("/")).await;
     assert!(status.is_success());
     assert!(!page.contains("esi:"), "every include was resolved");

@@ -141,6 +141,7 @@ fn render(doc: &[u8]) -> Vec<u8> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
+    /// README: "All other bytes pass through exactly, including invalid UTF-8".
     #[test]
     fn input_with_no_esi_renders_to_itself(doc in esi_like().prop_map(defuse)) {
         prop_assert_eq!(render(&doc), doc);
@@ -173,6 +174,7 @@ proptest! {
         }
     }
 
+    /// README: "It is incremental".
     #[test]
     fn chunk_splits_give_the_same_template(doc in esi_like(), cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6)) {
         let whole = parse(Bytes::copy_from_slice(&doc), &ParseOptions::default()).expect("lenient");

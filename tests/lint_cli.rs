@@ -1,29 +1,24 @@
 //! `esi-proxy lint` run as a real process on good and bad files: output lines and exit status.
 
-use std::process::Command;
+use crate::support::process::run;
 
-use crate::support::bin;
-
-#[test]
-fn good_file_passes_with_no_output() {
-    let out = Command::new(bin())
-        .args(["lint", "tests/data/lint/good.html"])
-        .output()
-        .expect("runs");
+/// README: "`esi-proxy lint`, for fragment teams: checks markup and prints `file:line:col: message`".
+#[tokio::test]
+async fn good_file_passes_with_no_output() {
+    let out = run(&["lint", "tests/data/lint/good.html"]).await;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "");
     assert!(out.status.success(), "{out:?}");
 }
 
-#[test]
-fn bad_file_reports_each_problem_with_file_line_col() {
-    let out = Command::new(bin())
-        .args([
-            "lint",
-            "tests/data/lint/good.html",
-            "tests/data/lint/bad.html",
-        ])
-        .output()
-        .expect("runs");
+/// README: "The exit status is 1 when any error is found, so `lint` can gate a fragment service's CI".
+#[tokio::test]
+async fn bad_file_reports_each_problem_with_file_line_col() {
+    let out = run(&[
+        "lint",
+        "tests/data/lint/good.html",
+        "tests/data/lint/bad.html",
+    ])
+    .await;
     let f = "tests/data/lint/bad.html";
     let want = [
         format!("{f}:2:1: warning: <esi:include src=\"/fragments/header\"> has no alt, no onerror=\"continue\" and no enclosing <esi:try>: a failure leaves the page to the proxy's policy"),
@@ -52,12 +47,9 @@ fn line_col(line: &str) -> (u32, u32) {
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
-#[test]
-fn missing_file_is_a_clear_error() {
-    let out = Command::new(bin())
-        .args(["lint", "tests/data/lint/no-such-file.html"])
-        .output()
-        .expect("runs");
+#[tokio::test]
+async fn missing_file_is_a_clear_error() {
+    let out = run(&["lint", "tests/data/lint/no-such-file.html"]).await;
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

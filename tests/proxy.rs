@@ -12,15 +12,15 @@ use futures::StreamExt;
 use http::StatusCode;
 use tokio::sync::{Barrier, Notify};
 
-use crate::support::harness::{client, esi, get, html, proxy, response, serve, streaming};
-
-/// Generous bound for anything that must happen; a hang fails the test instead of blocking CI.
-const MUST: Duration = Duration::from_secs(10);
+use crate::support::{
+    client, esi, full, get, html, proxy, response, serve, stream, Streamed, ESI, HTML, MUST,
+};
 
 fn cfg() -> Config {
     Config::default()
 }
 
+/// README: "a response marked `Surrogate-Control: content="ESI/1.0"` (HTML only) is composed ... in document order"; "`Surrogate-Control` is removed before the response leaves the proxy".
 #[tokio::test]
 async fn composes_includes_in_document_order_and_cleans_headers() {
     let frags = serve(|req| async move {
@@ -28,7 +28,7 @@ async fn composes_includes_in_document_order_and_cleans_headers() {
         html(format!("[{name}]"))
     })
     .await;
-    let f = frags.url();
+    let f = frags.base();
     let layout = format!(
         "<html><esi:include src=\"{f}/f/a\"/>-<esi:include src=\"{f}/f/b\"/>-<esi:include src=\"{f}/f/c\"/></html>"
     );
@@ -50,7 +50,7 @@ async fn composes_includes_in_document_order_and_cleans_headers() {
         trusted: false,
         private_network: true,
     });
-    let proxy = proxy(&origin.url(), config).await;
+    let proxy = proxy(&origin.base(), config).await;
     let (status, headers, body) = get(&proxy.url("/page")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, "<html>[a]-[b]-[c]</html>");
@@ -73,6 +73,7 @@ async fn composes_includes_in_document_order_and_cleans_headers() {
     assert_eq!(frags.hits(), 3);
 }
 
+/// README: "The origin's host is always allowed".
 #[tokio::test]
 async fn relative_src_resolves_against_the_layout_and_origin_is_allowed() {
     let origin = serve(|req| async move {
@@ -80,15 +81,16 @@ async fn relative_src_resolves_against_the_layout_and_origin_is_allowed() {
             "/shop/page" => esi("<esi:include src=\"part\"/>|<esi:include src=\"/abs\"/>"),
             "/shop/part" => html("P"),
             "/abs" => html("A"),
-            _ => response(StatusCode::NOT_FOUND, "text/plain", "nope"),
+            _ => response(404, &[("content-type", "text/plain")], full("nope")),
         }
     })
     .await;
-    let proxy = proxy(&origin.url(), cfg()).await;
+    let proxy = proxy(&origin.base(), cfg()).await;
     let (_, _, body) = get(&proxy.url("/shop/page")).await;
     assert_eq!(body, "P|A");
 }
 
+/// README: "all of a page's fragments are in flight at once".
 #[tokio::test]
 async fn all_fragments_of_a_page_are_in_flight_at_once() {
     // Each fragment answers only once all 20 requests have arrived: a proxy that fetched them
@@ -109,7 +111,7 @@ async fn all_fragments_of_a_page_are_in_flight_at_once() {
         }
     })
     .await;
-    let proxy = proxy(&origin.url(), cfg()).await;
+    let proxy = proxy(&origin.base(), cfg()).await;
     let (_, _, body) = tokio::time::timeout(MUST, get(&proxy.url("/page")))
         .await
         .expect("fan-out is concurrent");
@@ -117,6 +119,7 @@ async fn all_fragments_of_a_page_are_in_flight_at_once() {
     assert_eq!(body, want);
 }
 
+/// README: "the page streams to the browser in document order as each part is ready".
 #[tokio::test]
 async fn first_bytes_reach_the_client_before_a_slow_fragment_completes() {
     let gate = Arc::new(Notify::new());
@@ -134,26 +137,14 @@ async fn first_bytes_reach_the_client_before_a_slow_fragment_completes() {
         }
     })
     .await;
-    let proxy = proxy(&origin.url(), cfg()).await;
-    let resp = tokio::time::timeout(MUST, client().get(proxy.url("/page")).send())
-        .await
-        .expect("head before the slow fragment")
-        .expect("response");
-    let mut body = resp.bytes_stream();
-    let first = tokio::time::timeout(MUST, body.next())
-        .await
-        .expect("first bytes early")
-        .expect("chunk")
-        .expect("ok");
-    assert_eq!(&first[..], b"<h1>Head</h1>");
+    let proxy = proxy(&origin.base(), cfg()).await;
+    // The head and the first bytes come while the slow fragment is held.
+    let page = Streamed::first(&proxy.url("/page"), b"<h1>Head</h1>").await;
     gate.notify_one();
-    let mut rest = Vec::new();
-    while let Some(chunk) = body.next().await {
-        rest.extend_from_slice(&chunk.expect("ok"));
-    }
-    assert_eq!(rest, b"SLOW<p>tail</p>");
+    assert_eq!(page.rest().await.expect("whole"), b"SLOW<p>tail</p>");
 }
 
+/// README: "each include starts fetching the moment its tag is parsed".
 #[tokio::test]
 async fn includes_start_while_the_layout_is_still_arriving() {
     // The origin holds back the second half of the layout until the first include's request
@@ -176,12 +167,7 @@ async fn includes_start_while_the_layout_is_still_arriving() {
                             }
                         }
                     });
-                    let mut r = streaming("text/html", parts);
-                    r.headers_mut().insert(
-                        "surrogate-control",
-                        http::HeaderValue::from_static("content=\"ESI/1.0\""),
-                    );
-                    r
+                    response(200, &[HTML, ESI], stream(parts))
                 }
                 "/first" => {
                     seen.notify_one();
@@ -192,13 +178,14 @@ async fn includes_start_while_the_layout_is_still_arriving() {
         }
     })
     .await;
-    let proxy = proxy(&origin.url(), cfg()).await;
+    let proxy = proxy(&origin.base(), cfg()).await;
     let (_, _, body) = tokio::time::timeout(MUST, get(&proxy.url("/page")))
         .await
         .expect("no deadlock");
     assert_eq!(body, "A1BC2D");
 }
 
+/// README: "Failed fragments take their `alt`, `onerror="continue"`, `esi:except`, or the configured policy".
 #[tokio::test]
 async fn fragment_failures_take_their_fallbacks() {
     let origin = serve(|req| async move {
@@ -211,17 +198,17 @@ async fn fragment_failures_take_their_fallbacks() {
                 "[<esi:include src=\"/ok\"/>]",
             )),
             "/ok" => html("ok"),
-            "/404" => response(StatusCode::NOT_FOUND, "text/html", "not found page"),
+            "/404" => response(404, &[("content-type", "text/html")], full("not found page")),
             "/302" => {
-                let mut r = response(StatusCode::FOUND, "text/html", "moved");
+                let mut r = response(302, &[("content-type", "text/html")], full("moved"));
                 r.headers_mut().insert("location", http::HeaderValue::from_static("/ok"));
                 r
             }
-            _ => response(StatusCode::INTERNAL_SERVER_ERROR, "text/html", "boom"),
+            _ => response(500, &[("content-type", "text/html")], full("boom")),
         }
     })
     .await;
-    let proxy = proxy(&origin.url(), cfg()).await;
+    let proxy = proxy(&origin.base(), cfg()).await;
     let (status, _, body) = get(&proxy.url("/page")).await;
     assert_eq!(status, StatusCode::OK);
     // The 302 is a failure with no fallback: the default policy leaves its slot empty.
@@ -245,6 +232,7 @@ async fn fragment_failures_take_their_fallbacks() {
     );
 }
 
+/// README: "time (`fetch.fragment_timeout_ms` ...)".
 #[tokio::test]
 async fn slow_fragment_times_out_into_its_alt() {
     let origin = serve(|req| async move {
@@ -260,29 +248,31 @@ async fn slow_fragment_times_out_into_its_alt() {
     .await;
     let mut config = cfg();
     config.fetch.fragment_timeout_ms = 100;
-    let proxy = proxy(&origin.url(), config).await;
+    let proxy = proxy(&origin.base(), config).await;
     let (_, _, body) = get(&proxy.url("/page")).await;
     assert_eq!(body, "fast");
 }
 
+/// README: "time (`fetch.fragment_timeout_ms` ...)".
 #[tokio::test]
 async fn never_ending_trickle_is_cut_by_the_fragment_deadline() {
     let origin = serve(|req| async move {
         match req.uri().path() {
             "/page" => esi("a<esi:include src=\"/trickle\" onerror=\"continue\"/>b"),
-            _ => streaming(
-                "text/html",
-                futures::stream::unfold((), |()| async {
+            _ => response(
+                200,
+                &[HTML],
+                stream(futures::stream::unfold((), |()| async {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     Some((Ok(Bytes::from_static(b"x")), ()))
-                }),
+                })),
             ),
         }
     })
     .await;
     let mut config = cfg();
     config.fetch.fragment_timeout_ms = 200;
-    let proxy = proxy(&origin.url(), config).await;
+    let proxy = proxy(&origin.base(), config).await;
     let (_, _, body) = tokio::time::timeout(MUST, get(&proxy.url("/page")))
         .await
         .expect("bounded");
@@ -292,28 +282,25 @@ async fn never_ending_trickle_is_cut_by_the_fragment_deadline() {
     );
 }
 
+/// README: "Everything else streams through untouched"; "the proxy composes only marked HTML".
 #[tokio::test]
 async fn non_esi_responses_pass_through_untouched() {
     let origin = serve(|req| async move {
         match req.uri().path() {
             "/plain.html" => html("<esi:include src=\"/x\"/> not processed"),
             "/data.json" => {
-                let mut r = response(
-                    StatusCode::OK,
-                    "application/json",
-                    "{\"a\":\"<esi:include src='/x'/>\"}",
-                );
-                r.headers_mut().insert(
-                    "surrogate-control",
-                    http::HeaderValue::from_static("content=\"ESI/1.0\""),
-                );
-                r
+                let json = "{\"a\":\"<esi:include src='/x'/>\"}";
+                response(
+                    200,
+                    &[("content-type", "application/json"), ESI],
+                    full(json),
+                )
             }
-            _ => response(StatusCode::NOT_FOUND, "text/plain", "missing"),
+            _ => response(404, &[("content-type", "text/plain")], full("missing")),
         }
     })
     .await;
-    let proxy = proxy(&origin.url(), cfg()).await;
+    let proxy = proxy(&origin.base(), cfg()).await;
     let (status, headers, body) = get(&proxy.url("/plain.html")).await;
     assert_eq!(
         (status, body.as_str()),
@@ -333,6 +320,7 @@ async fn non_esi_responses_pass_through_untouched() {
     assert_eq!((status, body.as_str()), (StatusCode::NOT_FOUND, "missing"));
 }
 
+/// README: "Everything else streams through untouched".
 #[tokio::test]
 async fn ten_megabyte_download_streams_without_buffering() {
     // The origin sends 1 MiB, then waits until the client has received bytes: a proxy that
@@ -344,7 +332,7 @@ async fn ten_megabyte_download_streams_without_buffering() {
     let origin = serve(move |_| {
         let received = Arc::clone(&r);
         async move {
-            let stream = futures::stream::iter(0..TOTAL / CHUNK).then(move |i| {
+            let chunks = futures::stream::iter(0..TOTAL / CHUNK).then(move |i| {
                 let received = Arc::clone(&received);
                 async move {
                     if i == 16 {
@@ -353,14 +341,16 @@ async fn ten_megabyte_download_streams_without_buffering() {
                     Ok(Bytes::from(vec![(i % 251) as u8; CHUNK]))
                 }
             });
-            let mut resp = streaming("application/octet-stream", stream);
-            resp.headers_mut()
-                .insert("content-length", http::HeaderValue::from(TOTAL));
-            resp
+            let length = TOTAL.to_string();
+            let headers = [
+                ("content-type", "application/octet-stream"),
+                ("content-length", length.as_str()),
+            ];
+            response(200, &headers, stream(chunks))
         }
     })
     .await;
-    let proxy = proxy(&origin.url(), cfg()).await;
+    let proxy = proxy(&origin.base(), cfg()).await;
     let resp = client()
         .get(proxy.url("/big.bin"))
         .send()
@@ -390,14 +380,16 @@ async fn ten_megabyte_download_streams_without_buffering() {
     assert_eq!(sum, want);
 }
 
+/// README: "Everything else streams through untouched".
+///
+/// The 304 is marked as ESI and HTML, so the rule that keeps 1xx, 204 and 304 out of composition
+/// is what leaves it untouched (composing it would drop its ETag, as a composed page's headers
+/// do).
 #[tokio::test]
 async fn head_and_304_keep_their_headers() {
     let origin = serve(|req| async move {
         if req.headers().contains_key("if-none-match") {
-            let mut r = response(StatusCode::NOT_MODIFIED, "text/html", "");
-            r.headers_mut()
-                .insert("etag", http::HeaderValue::from_static("\"v1\""));
-            return r;
+            return response(304, &[HTML, ESI, ("etag", "\"v1\"")], full(""));
         }
         let mut r = esi("<esi:include src=\"/x\"/>0123456789");
         r.headers_mut()
@@ -405,7 +397,7 @@ async fn head_and_304_keep_their_headers() {
         r
     })
     .await;
-    let proxy = proxy(&origin.url(), cfg()).await;
+    let proxy = proxy(&origin.base(), cfg()).await;
     let resp = client().head(proxy.url("/p")).send().await.expect("head");
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(resp.headers().get("surrogate-control").is_none());
@@ -424,8 +416,18 @@ async fn head_and_304_keep_their_headers() {
         resp.headers().get("etag").map(|v| v.as_bytes()),
         Some(&b"\"v1\""[..])
     );
+    assert!(
+        resp.headers().get("surrogate-control").is_none(),
+        "Surrogate-Control never leaves the proxy"
+    );
+    assert!(
+        resp.headers().get("server-timing").is_none(),
+        "not composed: a composed page carries Server-Timing"
+    );
+    assert_eq!(resp.text().await.expect("body"), "");
 }
 
+/// README: "Every request goes to the origin".
 #[tokio::test]
 async fn requests_reach_the_origin_with_method_body_and_clean_headers() {
     let origin = serve(|req| async move {
@@ -441,14 +443,11 @@ async fn requests_reach_the_origin_with_method_body_and_clean_headers() {
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        response(
-            StatusCode::OK,
-            "text/plain",
-            format!("{head}body={}", String::from_utf8_lossy(&body)),
-        )
+        let text = format!("{head}body={}", String::from_utf8_lossy(&body));
+        response(200, &[("content-type", "text/plain")], full(text))
     })
     .await;
-    let proxy = proxy(&origin.url(), cfg()).await;
+    let proxy = proxy(&origin.base(), cfg()).await;
     let text = client()
         .post(proxy.url("/submit?a=1&b=two"))
         .header("connection", "keep-alive, x-hop")
@@ -484,6 +483,7 @@ async fn requests_reach_the_origin_with_method_body_and_clean_headers() {
     assert!(text.ends_with("body=payload"), "{text}");
 }
 
+/// README: "fan-out (`esi.max_includes` ...)".
 #[tokio::test]
 async fn include_loops_and_fan_out_bombs_are_bounded() {
     let fetches = Arc::new(AtomicUsize::new(0));
@@ -514,7 +514,7 @@ async fn include_loops_and_fan_out_bombs_are_bounded() {
     .await;
     let mut config = cfg();
     config.esi.max_includes = 50;
-    let proxy = proxy(&origin.url(), config).await;
+    let proxy = proxy(&origin.base(), config).await;
     let (status, _, body) = get(&proxy.url("/loop")).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "LS"));
     assert_eq!(
@@ -564,7 +564,7 @@ async fn layouts_are_recognised_as_esi_by_the_same_marker_parser_as_fragments() 
         r
     })
     .await;
-    let proxy = proxy(&origin.url(), cfg()).await;
+    let proxy = proxy(&origin.base(), cfg()).await;
     for (n, marker) in markers.iter().enumerate() {
         let (status, headers, body) = get(&proxy.url(&format!("/{n}"))).await;
         assert_eq!(

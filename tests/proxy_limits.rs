@@ -4,7 +4,7 @@
 //! layouts, admin endpoints.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,15 +16,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use crate::support::harness::{
-    client, esi, get, html, proxy, proxy_with_lookup, response, serve, streaming,
+use crate::support::{
+    client, esi, full, get, gzip, html, proxy, proxy_with_lookup, raw_get, read_head, response,
+    serve, serve_raw, stream, OnDrop, Server, StaticLookup, Streamed, ESI, HTML, MUST,
 };
-use crate::support::{gzip, read_head, serve_raw, StaticLookup};
-
-const MUST: Duration = Duration::from_secs(10);
 
 /// An origin serving `layout` at `/page` and `html(path)` elsewhere.
-async fn origin_with(layout: String) -> crate::support::harness::TestServer {
+async fn origin_with(layout: String) -> Server {
     serve(move |req| {
         let layout = layout.clone();
         async move {
@@ -45,6 +43,7 @@ fn host(url: &str, trusted: bool, private_network: bool) -> HostConfig {
     }
 }
 
+/// README: "size (`fetch.max_fragment_bytes` after decoding ...)"; "Failed fragments take their `alt`".
 #[tokio::test]
 async fn reset_short_and_oversized_fragments_fall_back_without_partial_bytes() {
     // Each peer promises 1000 bytes: one sends 500 and closes, one sends 500 and resets.
@@ -72,15 +71,15 @@ async fn reset_short_and_oversized_fragments_fall_back_without_partial_bytes() {
         "1<esi:include src=\"{}/s\" alt=\"/alt-short\"/>2<esi:include src=\"{}/r\" alt=\"/alt-reset\"/>3<esi:include src=\"{}/b\" alt=\"/alt-big\"/>4",
         short.base(),
         reset.base(),
-        big.url()
+        big.base()
     );
     let origin = origin_with(layout).await;
     let mut config = Config::default();
     config.fetch.max_fragment_bytes = 16 * 1024;
-    for url in [short.base(), reset.base(), big.url()] {
+    for url in [short.base(), reset.base(), big.base()] {
         config.fetch.hosts.push(host(&url, false, true));
     }
-    let proxy = proxy(&origin.url(), config).await;
+    let proxy = proxy(&origin.base(), config).await;
     let (status, _, body) = get(&proxy.url("/page")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, "1</alt-short>2</alt-reset>3</alt-big>4");
@@ -95,61 +94,43 @@ async fn reset_short_and_oversized_fragments_fall_back_without_partial_bytes() {
     );
 }
 
+/// README: "What a failed include yields outside `esi:try` is `esi.on_error`: `"empty"` (default) or `"fail"`".
 #[tokio::test]
 async fn fail_policy_gives_502_before_the_head_and_aborts_after_it() {
     let origin = serve(|req| async move {
         match req.uri().path() {
             "/early" => esi("<esi:include src=\"/down\"/>after"),
             "/late" => esi("before<esi:include src=\"/down\"/>after"),
-            _ => response(StatusCode::SERVICE_UNAVAILABLE, "text/html", "down"),
+            _ => response(503, &[("content-type", "text/html")], full("down")),
         }
     })
     .await;
     let mut config = Config::default();
     config.esi.on_error = "fail".into();
-    let proxy = proxy(&origin.url(), config).await;
+    let proxy = proxy(&origin.base(), config).await;
     let (status, _, body) = get(&proxy.url("/early")).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert!(
         !body.contains("down"),
         "the body shows no internals: {body}"
     );
-    let resp = client()
-        .get(proxy.url("/late"))
-        .send()
-        .await
-        .expect("head was sent");
-    assert_eq!(resp.status(), StatusCode::OK);
-    let mut body = resp.bytes_stream();
-    let mut got = Vec::new();
-    let mut failed = false;
-    while let Some(chunk) = tokio::time::timeout(MUST, body.next())
-        .await
-        .expect("bounded")
-    {
-        match chunk {
-            Ok(c) => got.extend_from_slice(&c),
-            Err(_) => {
-                failed = true;
-                break;
-            }
-        }
+    match Streamed::open(&proxy.url("/late")).await.rest().await {
+        Err((got, _)) => assert_eq!(got, b"before"),
+        Ok(got) => panic!(
+            "a broken page must not end as if it were whole; got {:?}",
+            String::from_utf8_lossy(&got)
+        ),
     }
-    assert!(
-        failed,
-        "a broken page must not end as if it were whole; got {:?}",
-        String::from_utf8_lossy(&got)
-    );
-    assert_eq!(got, b"before");
 }
 
+/// README: "other fragment hosts are allowed ... only by `[[fetch.hosts]]` entries. Names that resolve to loopback, private, link-local or metadata addresses are refused unless the entry allows it".
 #[tokio::test]
 async fn hosts_outside_the_allowlist_and_private_addresses_are_never_dialed() {
     let outside = serve(|_| async { html("SECRET") }).await;
     let named = serve(|_| async { html("NAMED") }).await;
     let layout = format!(
         "a<esi:include src=\"{}/x\" onerror=\"continue\"/>b<esi:include src=\"http://169.254.169.254/latest/meta-data/\" onerror=\"continue\"/>c<esi:include src=\"http://evil.test:{}/x\" onerror=\"continue\"/>d<esi:include src=\"http://user:pw@{}/x\" onerror=\"continue\"/>e",
-        outside.url(),
+        outside.base(),
         named.addr.port(),
         outside.addr,
     );
@@ -162,11 +143,11 @@ async fn hosts_outside_the_allowlist_and_private_addresses_are_never_dialed() {
         false,
     ));
     let lookup = StaticLookup(HashMap::from([("evil.test".to_owned(), vec![named.addr])]));
-    let proxy = proxy_with_lookup(&origin.url(), config, Arc::new(lookup)).await;
+    let proxy = proxy_with_lookup(&origin.base(), config, Arc::new(lookup)).await;
     let (status, _, body) = get(&proxy.url("/page")).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "abcde"));
-    assert_eq!(outside.connections.load(Ordering::SeqCst), 0);
-    assert_eq!(named.connections.load(Ordering::SeqCst), 0);
+    assert_eq!(outside.connections().await, 0);
+    assert_eq!(named.connections().await, 0);
     let metrics = proxy.metrics.render();
     assert!(
         metrics.contains("esi_proxy_fragment_failures_total{kind=\"refused\"} 4"),
@@ -174,6 +155,7 @@ async fn hosts_outside_the_allowlist_and_private_addresses_are_never_dialed() {
     );
 }
 
+/// README: "The origin's host is always allowed and trusted (its fragments get the client's `Cookie` and `Authorization`); other fragment hosts are allowed, and trusted, only by `[[fetch.hosts]]` entries".
 #[tokio::test]
 async fn credentials_reach_trusted_hosts_only() {
     let seen = |tag: &'static str| {
@@ -208,8 +190,8 @@ async fn credentials_reach_trusted_hosts_only() {
     let untrusted = serve(seen("untrusted")).await;
     let layout = format!(
         "<esi:include src=\"/own\"/><esi:include src=\"{}/t\"/><esi:include src=\"{}/u\"/>",
-        trusted.url(),
-        untrusted.url()
+        trusted.base(),
+        untrusted.base()
     );
     let origin = serve(move |req| {
         let layout = layout.clone();
@@ -224,9 +206,12 @@ async fn credentials_reach_trusted_hosts_only() {
     })
     .await;
     let mut config = Config::default();
-    config.fetch.hosts.push(host(&trusted.url(), true, true));
-    config.fetch.hosts.push(host(&untrusted.url(), false, true));
-    let proxy = proxy(&origin.url(), config).await;
+    config.fetch.hosts.push(host(&trusted.base(), true, true));
+    config
+        .fetch
+        .hosts
+        .push(host(&untrusted.base(), false, true));
+    let proxy = proxy(&origin.base(), config).await;
     let body = client()
         .get(proxy.url("/page"))
         .header("cookie", "sid=42")
@@ -245,6 +230,7 @@ async fn credentials_reach_trusted_hosts_only() {
     );
 }
 
+/// README: "`fetch.page_timeout_ms` for the whole page, after which what is unfinished takes its fallback".
 #[tokio::test]
 async fn page_deadline_gives_unfinished_fragments_their_fallback() {
     let origin = serve(|req| async move {
@@ -261,13 +247,15 @@ async fn page_deadline_gives_unfinished_fragments_their_fallback() {
     let mut config = Config::default();
     config.fetch.fragment_timeout_ms = 100;
     config.fetch.page_timeout_ms = 300;
-    let proxy = proxy(&origin.url(), config).await;
+    let proxy = proxy(&origin.base(), config).await;
     let (_, _, body) = tokio::time::timeout(MUST, get(&proxy.url("/page")))
         .await
         .expect("bounded");
     assert_eq!(body, "[][late]");
 }
 
+/// README: "size (... `max_page_bytes` ...)": the parts that fit go out whole, the page stops
+/// at the bound and the response is cut off, not ended as if whole.
 #[tokio::test]
 async fn page_size_bound_aborts_the_response() {
     let origin = serve(|req| async move {
@@ -279,46 +267,213 @@ async fn page_size_bound_aborts_the_response() {
     .await;
     let mut config = Config::default();
     config.fetch.max_page_bytes = 40_000;
-    let proxy = proxy(&origin.url(), config).await;
-    let resp = client().get(proxy.url("/page")).send().await.expect("head");
-    let result = resp.bytes().await;
+    let proxy = proxy(&origin.base(), config).await;
+    let raw = raw_get(proxy.addr, "/page").await;
+    assert!(raw.head.starts_with("HTTP/1.1 200 OK"), "{}", raw.head);
     assert!(
-        result.is_err(),
+        !raw.complete,
         "an over-size page is cut off, not ended cleanly"
+    );
+    assert_eq!(
+        (raw.body.len(), raw.body.iter().all(|b| *b == b'f')),
+        (40_000, true),
+        "the four fragments that fit, and not a byte more"
     );
 }
 
+/// An origin whose `/page` and `/page2` hold `per_page` includes of `/f/<page>/<n>`, each fragment
+/// stalling past the page deadline, and a config whose page deadline is 2 s. No fetch ends
+/// before the deadline, so the requests that reach the origin are exactly the fetches the
+/// proxy had in flight at once: fewer than the bound if it fetched one after another, more if
+/// it let more through.
+async fn stalling_origin(per_page: usize) -> (Server, Config) {
+    let origin = serve(move |req| async move {
+        let path = req.uri().path();
+        if path.starts_with("/page") {
+            // Distinct per page: the cache would let pages share one fetch of the same URL.
+            let layout: String = (0..per_page)
+                .map(|n| format!("<esi:include src=\"/f{path}/{n}\"/>"))
+                .collect();
+            return esi(format!("[{layout}]"));
+        }
+        futures::future::pending::<()>().await;
+        html("never")
+    })
+    .await;
+    let mut config = Config::default();
+    config.fetch.fragment_timeout_ms = 2000;
+    config.fetch.page_timeout_ms = 2000;
+    (origin, config)
+}
+
+/// README: "concurrency (`fetch.max_concurrent_per_page` ...)": a page's fetches run exactly
+/// that many at a time.
 #[tokio::test]
 async fn per_page_concurrency_is_bounded() {
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let (i, p) = (Arc::clone(&in_flight), Arc::clone(&peak));
+    let (origin, mut config) = stalling_origin(12).await;
+    config.fetch.max_concurrent_per_page = 3;
+    let proxy = proxy(&origin.base(), config).await;
+    let (status, _, body) = get(&proxy.url("/page")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "[]"));
+    assert_eq!(
+        origin.hits() - 1,
+        3,
+        "as many fetches in flight as the bound, no more"
+    );
+}
+
+/// README: "concurrency (... `fetch.max_concurrent`)": the process-wide bound holds across
+/// pages, however many each page may run.
+#[tokio::test]
+async fn process_wide_concurrency_is_bounded_across_pages() {
+    let (origin, mut config) = stalling_origin(3).await;
+    config.fetch.max_concurrent = 4;
+    let proxy = proxy(&origin.base(), config).await;
+    let (first, second) = tokio::join!(get(&proxy.url("/page")), get(&proxy.url("/page2")));
+    assert_eq!((first.2.as_str(), second.2.as_str()), ("[]", "[]"));
+    assert_eq!(
+        origin.hits() - 2,
+        4,
+        "as many fetches in flight as the bound, no more, over both pages"
+    );
+}
+
+/// README: "`fetch.page_timeout_ms` for the whole page, after which what is unfinished takes its
+/// fallback", also when the unfinished include is still waiting for a concurrency slot: page B
+/// gives up on the slot at its own deadline while page A still holds it.
+#[tokio::test]
+async fn the_page_deadline_passes_while_waiting_for_a_concurrency_slot() {
+    let b_first_gone = Arc::new(Notify::new());
+    let hold_started = Arc::new(Notify::new());
+    let b_rest = Arc::new(Notify::new());
+    let hold_gone = Arc::new(AtomicBool::new(false));
+    let (f, h, r, g) = (
+        Arc::clone(&b_first_gone),
+        Arc::clone(&hold_started),
+        Arc::clone(&b_rest),
+        Arc::clone(&hold_gone),
+    );
     let origin = serve(move |req| {
-        let (in_flight, peak) = (Arc::clone(&i), Arc::clone(&p));
+        let (b_first_gone, hold_started, b_rest, hold_gone) = (
+            Arc::clone(&f),
+            Arc::clone(&h),
+            Arc::clone(&r),
+            Arc::clone(&g),
+        );
         async move {
-            if req.uri().path() == "/page" {
-                return esi("<esi:include src=\"/f\"/>".repeat(12));
+            match req.uri().path() {
+                // B's second include arrives only once A holds the one slot.
+                "/b" => {
+                    let parts = futures::stream::iter([0, 1]).then(move |i| {
+                        let b_rest = Arc::clone(&b_rest);
+                        async move {
+                            if i == 0 {
+                                Ok(Bytes::from_static(
+                                    b"b1<esi:include src=\"/slow\" onerror=\"continue\"/>",
+                                ))
+                            } else {
+                                b_rest.notified().await;
+                                Ok(Bytes::from_static(
+                                    b"b2<esi:include src=\"/never\" onerror=\"continue\"/>b3",
+                                ))
+                            }
+                        }
+                    });
+                    response(200, &[HTML, ESI], stream(parts))
+                }
+                "/a" => esi("a<esi:include src=\"/hold\" maxwait=\"60000\" onerror=\"continue\"/>"),
+                // Cut by B's fragment deadline (1 s): B is that far into its page.
+                "/slow" => {
+                    let _gone = OnDrop(b_first_gone);
+                    futures::future::pending::<()>().await;
+                    html("never")
+                }
+                // A's own: its deadline is at least 1 s later than B's.
+                "/hold" => {
+                    struct Flag(Arc<AtomicBool>);
+                    impl Drop for Flag {
+                        fn drop(&mut self) {
+                            self.0.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    let _gone = Flag(hold_gone);
+                    hold_started.notify_one();
+                    futures::future::pending::<()>().await;
+                    html("never")
+                }
+                _ => html("NEVER"),
             }
-            let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-            peak.fetch_max(now, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            in_flight.fetch_sub(1, Ordering::SeqCst);
-            html("f")
         }
     })
     .await;
     let mut config = Config::default();
-    config.fetch.max_concurrent_per_page = 3;
-    let proxy = proxy(&origin.url(), config).await;
-    let (_, _, body) = get(&proxy.url("/page")).await;
-    assert_eq!(body, "f".repeat(12));
+    config.fetch.max_concurrent = 1;
+    config.fetch.fragment_timeout_ms = 1000;
+    config.fetch.page_timeout_ms = 2000;
+    let proxy = proxy(&origin.base(), config).await;
+    let b = tokio::spawn(get(&proxy.url("/b")));
+    tokio::time::timeout(MUST, b_first_gone.notified())
+        .await
+        .expect("B's first include times out");
+    let a = tokio::spawn(get(&proxy.url("/a")));
+    tokio::time::timeout(MUST, hold_started.notified())
+        .await
+        .expect("A takes the slot");
+    b_rest.notify_one();
+    let (status, _, body) = b.await.expect("joined");
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "b1b2b3"));
     assert!(
-        peak.load(Ordering::SeqCst) <= 3,
-        "peak {}",
-        peak.load(Ordering::SeqCst)
+        !hold_gone.load(Ordering::SeqCst),
+        "B ended at its deadline while A still held the slot"
     );
+    assert_eq!(origin.hits_on("/never"), 0, "no slot, no request");
+    let (_, _, body) = a.await.expect("joined");
+    assert_eq!(body, "a");
 }
 
+/// README: "fan-out (`esi.max_includes`, `esi.max_depth` for fragments that are ESI themselves)":
+/// a chain of distinct ESI fragments (no loop) is composed exactly `max_depth` levels deep; the
+/// level below takes its fallback.
+#[tokio::test]
+async fn nested_esi_fragments_stop_at_max_depth() {
+    let origin = serve(|req| async move {
+        let level: usize = req.uri().path()[2..].parse().unwrap_or(0);
+        // /d/0 is the layout; /d/n includes /d/n+1, up to /d/4, which is plain ESI text.
+        if level < 4 {
+            esi(format!(
+                "{level}[<esi:include src=\"/d{}\" onerror=\"continue\"/>]",
+                level + 1
+            ))
+        } else {
+            esi("4")
+        }
+    })
+    .await;
+    // (max_depth, page)
+    let cases = [
+        (0, "0[]"),
+        (1, "0[1[]]"),
+        (2, "0[1[2[]]]"),
+        (3, "0[1[2[3[]]]]"),
+        (4, "0[1[2[3[4]]]]"),
+    ];
+    for (max_depth, want) in cases {
+        let mut config = Config::default();
+        config.esi.max_depth = max_depth;
+        config.cache.enabled = false;
+        let proxy = proxy(&origin.base(), config).await;
+        let (status, _, body) = get(&proxy.url("/d0")).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, want),
+            "max_depth {max_depth}"
+        );
+    }
+}
+
+/// README: "Fetches belong to their request": a client that goes away stops its page's
+/// fragment fetches at once. The deadlines are 60 s, so only the disconnect can end the fetch
+/// within the 5 s allowed.
 #[tokio::test]
 async fn client_disconnect_cancels_the_page_fetches() {
     let dropped = Arc::new(Notify::new());
@@ -331,12 +486,6 @@ async fn client_disconnect_cancels_the_page_fetches() {
                 return esi("head<esi:include src=\"/forever\"/>");
             }
             // Notifies when the proxy gives up on this request (its future is dropped).
-            struct OnDrop(Arc<Notify>);
-            impl Drop for OnDrop {
-                fn drop(&mut self) {
-                    self.0.notify_one();
-                }
-            }
             let _guard = OnDrop(dropped);
             started.notify_one();
             futures::future::pending::<()>().await;
@@ -344,24 +493,21 @@ async fn client_disconnect_cancels_the_page_fetches() {
         }
     })
     .await;
-    let proxy = proxy(&origin.url(), Config::default()).await;
-    let resp = client().get(proxy.url("/page")).send().await.expect("head");
-    let mut body = resp.bytes_stream();
-    let first = tokio::time::timeout(MUST, body.next())
-        .await
-        .expect("first bytes")
-        .expect("chunk")
-        .expect("ok");
-    assert_eq!(&first[..], b"head");
+    let mut config = Config::default();
+    config.fetch.fragment_timeout_ms = 60_000;
+    config.fetch.page_timeout_ms = 60_000;
+    let proxy = proxy(&origin.base(), config).await;
+    let page = Streamed::first(&proxy.url("/page"), b"head").await;
     tokio::time::timeout(MUST, started.notified())
         .await
         .expect("fragment requested");
-    drop(body);
-    tokio::time::timeout(MUST, dropped.notified())
+    drop(page);
+    tokio::time::timeout(Duration::from_secs(5), dropped.notified())
         .await
-        .expect("the fragment fetch was cancelled");
+        .expect("the fragment fetch is cancelled promptly, long before its 60 s deadline");
 }
 
+/// README: "size (... `max_layout_bytes` ...)".
 #[tokio::test]
 async fn encoded_layouts_are_decoded_and_bombs_refused() {
     let page = b"<p>zipped</p><esi:include src=\"/f\"/>".to_vec();
@@ -384,7 +530,7 @@ async fn encoded_layouts_are_decoded_and_bombs_refused() {
     .await;
     let mut config = Config::default();
     config.fetch.max_layout_bytes = 1024 * 1024;
-    let proxy = proxy(&origin.url(), config).await;
+    let proxy = proxy(&origin.base(), config).await;
     let (status, headers, body) = get(&proxy.url("/gz")).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "<p>zipped</p>F"));
     assert!(headers.get("content-encoding").is_none());
@@ -410,10 +556,11 @@ async fn raw_status(addr: std::net::SocketAddr, request: &[u8]) -> String {
         .to_owned()
 }
 
+/// README: "size (... `server.max_header_bytes`)".
 #[tokio::test]
 async fn not_an_open_proxy_and_bad_requests_are_refused() {
     let origin = serve(|_| async { html("origin") }).await;
-    let proxy = proxy(&origin.url(), Config::default()).await;
+    let proxy = proxy(&origin.base(), Config::default()).await;
     let cases: [(&[u8], &str); 6] = [
         (
             b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
@@ -453,6 +600,7 @@ async fn not_an_open_proxy_and_bad_requests_are_refused() {
     );
 }
 
+/// README: "Every request goes to the origin".
 #[tokio::test]
 async fn origin_failures_are_502_and_504() {
     let slow = serve(|_| async {
@@ -462,7 +610,7 @@ async fn origin_failures_are_502_and_504() {
     .await;
     let mut config = Config::default();
     config.fetch.layout_timeout_ms = 100;
-    let proxy_slow = proxy(&slow.url(), config).await;
+    let proxy_slow = proxy(&slow.base(), config).await;
     let (status, _, _) = get(&proxy_slow.url("/")).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     let closed = format!("http://127.0.0.1:{}", crate::support::closed_port());
@@ -472,13 +620,14 @@ async fn origin_failures_are_502_and_504() {
     assert_eq!(body, "502 Bad Gateway\n");
 }
 
+/// README: "Admin endpoints: `GET /_esi/health` (public ...), `GET /_esi/metrics` (Prometheus text)".
 #[tokio::test]
 async fn admin_endpoints_health_and_guarded_metrics() {
     let origin =
         serve(|_| async { esi("x<esi:include src=\"/nope\" onerror=\"continue\"/>") }).await;
     let mut config = Config::default();
     config.server.admin_token = "s3cret".into();
-    let proxy = proxy(&origin.url(), config).await;
+    let proxy = proxy(&origin.base(), config).await;
     let _ = get(&proxy.url("/")).await;
     let (status, _, body) = get(&proxy.url("/_esi/health")).await;
     assert_eq!(status, StatusCode::OK);
@@ -514,6 +663,4 @@ async fn admin_endpoints_health_and_guarded_metrics() {
     );
     let (status, _, _) = get(&proxy.url("/_esi/nothing")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let _ = Bytes::new();
-    let _ = streaming::<futures::stream::Empty<Result<Bytes, std::io::Error>>>;
 }

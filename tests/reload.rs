@@ -1,23 +1,28 @@
-//! Config hot reload: a changed file applies to new requests while load runs, a broken file is
-//! refused naming its line while the old config stays in force, `/_esi/health` and the metrics
-//! show the failed reload, and SIGHUP reloads the real binary. Zero failed requests throughout.
+//! Config hot reload: a changed file applies to new requests while load runs on kept-alive
+//! connections, each answer checked against the composition its config gives; a broken file is
+//! refused naming its line while the old config stays in force, and `/_esi/health` and the
+//! metrics show it until a good file clears it; the real binary reloads on SIGHUP and on a file
+//! change with its command-line overrides still in force.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use esi_proxy::config::Config;
-use esi_proxy::fetch::SystemLookup;
-use esi_proxy::server::{self, AppState};
-use esi_proxy::telemetry::Metrics;
-use http::StatusCode;
+use esi_proxy::server;
+use http_body_util::{BodyExt, Empty};
 
-use crate::support::harness::{client, esi, html, serve};
-use crate::support::{bin, lines, wait_for_line};
+use crate::support::process;
+use crate::support::{esi, get, html, proxy, serve, Server, MUST};
 
-const MUST: Duration = Duration::from_secs(20);
+/// A fresh directory for one test's config file.
+fn config_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("esi-proxy-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
 
 /// Writes `text` to `path` atomically (write a sibling, then rename), as editors and
 /// deployment tools do, so a reload never reads half a file.
@@ -28,26 +33,14 @@ fn write_config(path: &Path, text: &str) {
 }
 
 fn config_text(origin: &str, process: &str, extra: &str) -> String {
-    format!("[server]\norigin = \"{origin}\"\nlisten = \"127.0.0.1:0\"\n\n[esi]\nprocess_paths = [{process}]\n{extra}")
-}
-
-/// The same config with file polling off.
-fn poll_off(text: &str) -> String {
-    text.replacen("[server]\n", "[server]\nconfig_poll_ms = 0\n", 1)
+    format!("[server]\norigin = \"{origin}\"\nlisten = \"127.0.0.1:0\"\nconfig_poll_ms = 50\n\n[esi]\nprocess_paths = [{process}]\n{extra}")
 }
 
 /// Polls `/_esi/health` until its body contains `needle`.
 async fn health_until(base: &str, needle: &str) -> String {
     tokio::time::timeout(MUST, async {
         loop {
-            let body = client()
-                .get(format!("{base}/_esi/health"))
-                .send()
-                .await
-                .expect("health")
-                .text()
-                .await
-                .expect("text");
+            let (_, _, body) = get(&format!("{base}/_esi/health")).await;
             if body.contains(needle) {
                 return body;
             }
@@ -58,186 +51,235 @@ async fn health_until(base: &str, needle: &str) -> String {
     .unwrap_or_else(|_| panic!("health never showed {needle:?}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reload_of_valid_and_broken_files_under_load_drops_no_request() {
-    // /legacy is plain HTML (unmarked): processed only when a config rule says so.
-    let origin = serve(|req| async move {
+/// An origin whose `/page` is ESI including `/frag` ("F"), and whose `/legacy` is the same
+/// markup unmarked: composed only when a config rule names its path.
+async fn legacy_origin() -> Server {
+    serve(|req| async move {
         match req.uri().path() {
             "/legacy" => html("<esi:include src=\"/frag\"/>"),
             "/frag" => html("F"),
             _ => esi("page<esi:include src=\"/frag\"/>"),
         }
     })
-    .await;
-    let dir = std::env::temp_dir().join(format!("esi-proxy-reload-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join("esi-proxy.toml");
-    write_config(&path, &config_text(&origin.url(), "", ""));
+    .await
+}
 
-    let config = Config::load(&path).expect("valid");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("bound"));
-    let state =
-        AppState::new(config, Arc::new(SystemLookup), Arc::new(Metrics::new())).expect("state");
+/// What `/legacy` is before the rule and after it.
+const RAW: &str = "<esi:include src=\"/frag\"/>";
+const COMPOSED: &str = "F";
+
+/// One client of the load: a single kept-alive HTTP/1.1 connection for all of its requests, so
+/// a connection the proxy dropped fails the next request. Returns how many answers were right
+/// and the first wrong one.
+async fn load_client(
+    addr: std::net::SocketAddr,
+    path: &'static str,
+    done: Arc<AtomicBool>,
+) -> (usize, Option<String>) {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let mut ok = 0;
+    while !done.load(Ordering::SeqCst) {
+        let req = http::Request::get(path)
+            .header("host", addr.to_string())
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let answer = match sender.send_request(req).await {
+            Err(e) => Err(format!("request {}: {e}", ok + 1)),
+            Ok(resp) => {
+                let status = resp.status();
+                match resp.into_body().collect().await {
+                    Err(e) => Err(format!("body {}: {e}", ok + 1)),
+                    Ok(body) => Ok((
+                        status,
+                        String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+                    )),
+                }
+            }
+        };
+        // Either config may be in force while a reload lands; nothing else is right.
+        let right = match &answer {
+            Ok((status, body)) if *status == 200 => match path {
+                "/page" => body == "pageF",
+                _ => body == RAW || body == COMPOSED,
+            },
+            _ => false,
+        };
+        if !right {
+            return (ok, Some(format!("{path}: {answer:?}")));
+        }
+        ok += 1;
+    }
+    (ok, None)
+}
+
+/// README: "The config reloads ... when the file changes: TTL rules, timeouts, allowlists and
+/// limits apply to new requests without dropping a connection. A broken file is refused with
+/// its line, the old config stays in force, and `/_esi/health` and the
+/// `esi_proxy_config_reload_failed` metric say so."
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_of_valid_and_broken_files_under_load_drops_no_request() {
+    let origin = legacy_origin().await;
+    let dir = config_dir("reload");
+    let path = dir.join("esi-proxy.toml");
+    write_config(&path, &config_text(&origin.base(), "", ""));
+    let proxy = proxy(&origin.base(), Config::load(&path).expect("valid")).await;
     let watcher = server::watch_config(
-        Arc::clone(&state),
+        Arc::clone(&proxy.state),
         path.clone(),
         Arc::new(|_: &mut Config| {}),
         Duration::from_millis(50),
     );
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server::run(listener, Arc::clone(&state), async move {
-        let _ = stopped.await;
-    }));
+    let base = proxy.url("");
 
-    // Load: four clients loop over both pages until told to stop, counting failures.
+    // Load: four clients, two per page, each on one connection until told to stop.
     let done = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let load: Vec<_> = (0..4)
-        .map(|i| {
-            let (done, ok, failed, base) = (
-                Arc::clone(&done),
-                Arc::clone(&ok),
-                Arc::clone(&failed),
-                base.clone(),
-            );
-            tokio::spawn(async move {
-                let c = client();
-                while !done.load(Ordering::SeqCst) {
-                    let path = if i % 2 == 0 { "/page" } else { "/legacy" };
-                    let good = match c.get(format!("{base}{path}")).send().await {
-                        Ok(r) => r.status() == StatusCode::OK && r.text().await.is_ok(),
-                        Err(_) => false,
-                    };
-                    let counter = if good { &ok } else { &failed };
-                    counter.fetch_add(1, Ordering::SeqCst);
-                }
-            })
-        })
+    let load: Vec<_> = ["/page", "/legacy", "/page", "/legacy"]
+        .into_iter()
+        .map(|path| tokio::spawn(load_client(proxy.addr, path, Arc::clone(&done))))
         .collect();
+    let legacy = || async { get(&format!("{base}/legacy")).await.2 };
+    assert_eq!(legacy().await, RAW);
 
-    let legacy = || async {
-        client()
-            .get(format!("{base}/legacy"))
-            .send()
-            .await
-            .expect("ok")
-            .text()
-            .await
-            .expect("text")
-    };
-    assert_eq!(legacy().await, "<esi:include src=\"/frag\"/>");
-    write_config(&path, &config_text(&origin.url(), "\"/legacy\"", ""));
+    write_config(&path, &config_text(&origin.base(), "\"/legacy\"", ""));
     health_until(&base, "\"generation\":1").await;
-    assert_eq!(legacy().await, "F", "the new rule applies to new requests");
+    assert_eq!(
+        legacy().await,
+        COMPOSED,
+        "the new rule applies to new requests"
+    );
 
     write_config(
         &path,
-        &config_text(&origin.url(), "\"/legacy\"", "max_depth = \"deep\"\n"),
+        &config_text(&origin.base(), "\"/legacy\"", "max_depth = \"deep\"\n"),
     );
     let health = health_until(&base, "\"last_reload\":\"failed\"").await;
     assert!(
-        health.contains("esi-proxy.toml:7"),
+        health.contains("esi-proxy.toml:8"),
         "the error names the file and line: {health}"
     );
     assert!(health.contains("esi.max_depth"), "and the field: {health}");
-    assert_eq!(legacy().await, "F", "the previous config stays in force");
-    let metrics = client()
-        .get(format!("{base}/_esi/metrics"))
-        .send()
-        .await
-        .expect("ok")
-        .text()
-        .await
-        .expect("text");
-    assert!(
-        metrics.contains("esi_proxy_config_reloads_total{result=\"error\"} 1"),
-        "{metrics}"
+    assert_eq!(
+        legacy().await,
+        COMPOSED,
+        "the previous config stays in force"
     );
-    assert!(
-        metrics.contains("esi_proxy_config_reload_failed 1"),
-        "{metrics}"
+    assert_eq!(
+        proxy.metric("esi_proxy_config_reloads_total{result=\"error\"}"),
+        Some(1.0)
     );
+    assert_eq!(proxy.metric("esi_proxy_config_reload_failed"), Some(1.0));
 
-    write_config(&path, &config_text(&origin.url(), "", ""));
-    health_until(&base, "\"generation\":2").await;
-    assert_eq!(legacy().await, "<esi:include src=\"/frag\"/>");
+    write_config(&path, &config_text(&origin.base(), "", ""));
+    let health = health_until(&base, "\"generation\":2").await;
+    assert!(
+        health.contains("\"last_reload\":\"ok\",\"error\":null"),
+        "a good file clears the error: {health}"
+    );
+    assert_eq!(
+        proxy.metric("esi_proxy_config_reload_failed"),
+        Some(0.0),
+        "and the gauge"
+    );
+    assert_eq!(
+        proxy.metric("esi_proxy_config_reloads_total{result=\"ok\"}"),
+        Some(2.0)
+    );
+    assert_eq!(legacy().await, RAW);
 
     done.store(true, Ordering::SeqCst);
-    for l in load {
-        l.await.expect("load task");
+    for client in load {
+        let (ok, wrong) = tokio::time::timeout(MUST, client)
+            .await
+            .expect("the load stops")
+            .expect("load task");
+        assert_eq!(
+            wrong, None,
+            "after {ok} right answers on the same connection"
+        );
+        assert!(ok > 0);
     }
     watcher.abort();
-    assert_eq!(
-        failed.load(Ordering::SeqCst),
-        0,
-        "{} requests succeeded",
-        ok.load(Ordering::SeqCst)
-    );
-    assert!(ok.load(Ordering::SeqCst) > 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// README: "Flags override the file" and "The config reloads on `SIGHUP` and when the file
+/// changes": `--origin` and `--no-cache` stay in force across both kinds of reload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_reloads_the_running_binary() {
+async fn command_line_overrides_survive_sighup_and_file_changes() {
+    // The file names `ignored`; the flag names `origin`. Everything is cacheable for a minute.
+    let ignored = serve(|_| async { html("WRONG ORIGIN") }).await;
     let origin = serve(|req| async move {
-        match req.uri().path() {
+        let cached = [("cache-control", "public, max-age=60")];
+        let mut r = match req.uri().path() {
             "/legacy" => html("<esi:include src=\"/frag\"/>"),
-            _ => html("F"),
+            "/frag" => html("F"),
+            _ => esi("page<esi:include src=\"/frag\"/>"),
+        };
+        for (name, value) in cached {
+            r.headers_mut()
+                .insert(name, http::HeaderValue::from_static(value));
         }
+        r
     })
     .await;
-    let dir = std::env::temp_dir().join(format!("esi-proxy-sighup-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = config_dir("overrides");
     let path = dir.join("esi-proxy.toml");
-    write_config(&path, &poll_off(&config_text(&origin.url(), "", "")));
-    let mut child = Command::new(bin())
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("esi-proxy starts");
-    let mut log = lines(child.stderr.take().expect("piped"));
-    let addr = wait_for_line(&mut log, "the listening address", |line| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix("addr="))
-            .map(str::to_owned)
-    })
+    write_config(&path, &config_text(&ignored.base(), "", ""));
+    let (mut proxy, addr) = process::serve(&[
+        "--config",
+        path.to_str().expect("UTF-8"),
+        "--origin",
+        &origin.base(),
+        "--no-cache",
+    ])
     .await;
     let base = format!("http://{addr}");
-    // Polling is off in this file (config_poll_ms = 0): only the signal can reload it.
-    std::fs::write(
-        &path,
-        poll_off(&config_text(&origin.url(), "\"/legacy\"", "")),
-    )
-    .expect("write");
-    let status = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+
+    // Two pages per phase: with the cache off, each makes its own layout and fragment fetch.
+    let mut fetched = 0;
+    let mut pages_twice = || {
+        fetched += 2;
+        let base = base.clone();
+        async move {
+            for _ in 0..2 {
+                let (status, _, body) = get(&format!("{base}/page")).await;
+                assert_eq!((status.as_u16(), body.as_str()), (200, "pageF"));
+            }
+        }
+    };
+    pages_twice().await;
+    assert_eq!((origin.hits_on("/page"), origin.hits_on("/frag")), (2, 2));
+
+    // A file change: the new rule applies, the flags still do.
+    write_config(&path, &config_text(&ignored.base(), "\"/legacy\"", ""));
     health_until(&base, "\"generation\":1").await;
-    let body = client()
-        .get(format!("{base}/legacy"))
-        .send()
-        .await
-        .expect("ok")
-        .text()
-        .await
-        .expect("text");
-    assert_eq!(body, "F");
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("joined")
-        .expect("waits");
-    assert!(exit.success());
+    assert_eq!(get(&format!("{base}/legacy")).await.2, "F");
+    pages_twice().await;
+    // SIGHUP with the file unchanged: only the signal can make this reload.
+    proxy.signal("HUP").await;
+    let health = health_until(&base, "\"generation\":2").await;
+    assert!(
+        health.contains(&format!("\"origin\":\"{}\"", origin.base())),
+        "{health}"
+    );
+    pages_twice().await;
+
+    assert_eq!(
+        (origin.hits_on("/page"), origin.hits_on("/frag") - 1),
+        (fetched, fetched),
+        "--no-cache: every page fetched its layout and fragment"
+    );
+    assert_eq!(
+        ignored.hits(),
+        0,
+        "--origin: the file's origin is never asked"
+    );
+    proxy.signal("TERM").await;
+    assert!(proxy.exit().await.success());
     let _ = std::fs::remove_dir_all(&dir);
 }

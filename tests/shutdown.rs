@@ -1,24 +1,20 @@
-//! `esi-proxy serve` as a real process: SIGTERM with a page in flight stops new connections,
-//! lets the page finish, and exits 0.
+//! `esi-proxy serve` and `esi-proxy demo` as real processes: SIGTERM with a page in flight stops
+//! new connections, lets the page finish and exits 0; a page that outlives
+//! `server.shutdown_grace_ms` is cut off when the grace period ends; the demo starts with no
+//! setup and stops on Ctrl-C; the process guard leaves nothing behind.
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures::StreamExt;
 use tokio::sync::Notify;
 
-use crate::support::harness::{client, esi, html, serve};
-use crate::support::{bin, lines, wait_for_line};
+use crate::support::process::{self, Proc, Watch};
+use crate::support::{client, esi, html, serve, Server, Streamed};
 
-const MUST: Duration = Duration::from_secs(20);
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_lets_in_flight_pages_finish_and_exits_zero() {
-    let gate = Arc::new(Notify::new());
-    let g = Arc::clone(&gate);
-    let origin = serve(move |req| {
-        let gate = Arc::clone(&g);
+/// An origin whose `/page` is `<p>start</p>`, then `/slow` (answered when `gate` is notified),
+/// then `<p>end</p>`.
+async fn gated_origin(gate: Arc<Notify>) -> Server {
+    serve(move |req| {
+        let gate = Arc::clone(&gate);
         async move {
             match req.uri().path() {
                 "/page" => esi("<p>start</p><esi:include src=\"/slow\"/><p>end</p>"),
@@ -29,73 +25,32 @@ async fn sigterm_lets_in_flight_pages_finish_and_exits_zero() {
             }
         }
     })
-    .await;
-    let mut child = Command::new(bin())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--origin",
-            &origin.url(),
-        ])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("esi-proxy starts");
-    let mut log = lines(child.stderr.take().expect("piped"));
-    let addr = wait_for_line(&mut log, "the listening address", |line| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix("addr="))
-            .map(str::to_owned)
-    })
-    .await;
+    .await
+}
 
-    let resp = client()
-        .get(format!("http://{addr}/page"))
-        .send()
-        .await
-        .expect("page");
-    let mut body = resp.bytes_stream();
-    let first = tokio::time::timeout(MUST, body.next())
-        .await
-        .expect("first bytes")
-        .expect("chunk")
-        .expect("ok");
-    assert_eq!(&first[..], b"<p>start</p>");
+/// README: "`SIGTERM`/`SIGINT` stop accepting and let in-flight pages finish".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_pages_finish_and_exits_zero() {
+    let gate = Arc::new(Notify::new());
+    let origin = gated_origin(Arc::clone(&gate)).await;
+    let (mut proxy, addr) =
+        process::serve(&["--listen", "127.0.0.1:0", "--origin", &origin.base()]).await;
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-    wait_for_line(&mut log, "shutting down", |line| {
-        line.contains("shutting down").then_some(())
-    })
-    .await;
+    let page = Streamed::first(&format!("http://{addr}/page"), b"<p>start</p>").await;
+
+    proxy.signal("TERM").await;
+    proxy.line_with("shutting down").await;
     let refused = tokio::net::TcpStream::connect(&addr).await;
     assert!(refused.is_err(), "no new connections once shutting down");
 
     gate.notify_one();
-    let mut rest = Vec::new();
-    while let Some(chunk) = tokio::time::timeout(MUST, body.next())
-        .await
-        .expect("in-flight page finishes")
-    {
-        rest.extend_from_slice(&chunk.expect("the page completes"));
-    }
-    assert_eq!(rest, b"SLOW<p>end</p>");
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("joined")
-        .expect("waits");
+    assert_eq!(
+        page.rest().await.expect("the page completes"),
+        b"SLOW<p>end</p>"
+    );
+    let exit = proxy.exit().await;
     assert!(exit.success(), "exit status {exit:?}");
-    // The pipe closes when the process exits, so this ends.
-    let mut tail = Vec::new();
-    while let Some(line) = log.recv().await {
-        tail.push(line);
-    }
+    let tail = proxy.rest().await;
     assert!(tail.iter().any(|l| l.contains("drained")), "{tail:?}");
     assert!(
         tail.iter()
@@ -104,22 +59,52 @@ async fn sigterm_lets_in_flight_pages_finish_and_exits_zero() {
     );
 }
 
+/// README: "in-flight pages finish (up to `server.shutdown_grace_ms`)": a page still waiting on
+/// a fragment when the grace period ends is cut off, and the process exits then, long before
+/// the fragment's 60 s deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grace_period_ends_a_page_that_would_outlive_it() {
+    // Never notified: the fragment stalls past every deadline.
+    let gate = Arc::new(Notify::new());
+    let origin = gated_origin(Arc::clone(&gate)).await;
+    let dir = std::env::temp_dir().join(format!("esi-proxy-grace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("esi-proxy.toml");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\norigin = \"{}\"\nshutdown_grace_ms = 300\n\n\
+         [fetch]\nfragment_timeout_ms = 60000\npage_timeout_ms = 60000\n",
+        origin.base()
+    );
+    std::fs::write(&path, text).expect("write config");
+    let (mut proxy, addr) = process::serve(&["--config", path.to_str().expect("UTF-8")]).await;
+
+    let page = Streamed::first(&format!("http://{addr}/page"), b"<p>start</p>").await;
+
+    proxy.signal("TERM").await;
+    // MUST (20 s) is far below the fragment's 60 s: only the grace period can end it this soon.
+    let exit = proxy.exit().await;
+    assert!(exit.success(), "exit status {exit:?}");
+    let tail = proxy.rest().await;
+    assert!(
+        tail.iter()
+            .any(|l| l.contains("shutdown grace period over")),
+        "{tail:?}"
+    );
+    match page.rest().await {
+        Err((got, _)) => assert_eq!(got, b"", "nothing after the first part"),
+        Ok(got) => panic!(
+            "a page cut off by the grace period ended as if whole: {:?}",
+            String::from_utf8_lossy(&got)
+        ),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// README: "`cargo run --release -- demo` ... prints the URL to open ... Ctrl-C stops
+/// everything".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_starts_with_no_setup_serves_the_page_and_stops_on_ctrl_c() {
-    let mut child = Command::new(bin())
-        .args(["demo", "--listen", "127.0.0.1:0"])
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("esi-proxy demo starts");
-    let mut out = lines(child.stdout.take().expect("piped"));
-    let url = wait_for_line(&mut out, "the URL to open", |line| {
-        line.trim()
-            .strip_prefix("open")
-            .map(|u| u.trim().to_owned())
-    })
-    .await;
+    let (mut demo, url) = process::demo(&["--listen", "127.0.0.1:0"]).await;
     let page = client()
         .get(&url)
         .send()
@@ -133,14 +118,37 @@ async fn demo_starts_with_no_setup_serves_the_page_and_stops_on_ctrl_c() {
         "{page}"
     );
     assert!(!page.contains("esi:"));
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("joined")
-        .expect("waits");
+    demo.signal("INT").await;
+    let exit = demo.exit().await;
     assert!(exit.success(), "exit status {exit:?}");
+}
+
+/// A test that fails with its process running does not leave the process behind: dropping the
+/// guard kills and reaps it.
+#[tokio::test]
+async fn a_dropped_process_guard_kills_the_process() {
+    let (proxy, addr) = process::serve(&["--listen", "127.0.0.1:0"]).await;
+    let pid = proxy.id();
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    drop(proxy);
+    // Reaped by the guard, so the pid is gone, not a zombie.
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "process {pid} outlived its guard"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(&addr).await.is_err(),
+        "nothing listens at {addr} any more"
+    );
+}
+
+/// A process that never exits is not waited for forever: the wait has a deadline.
+#[tokio::test]
+#[should_panic(expected = "did not exit within")]
+async fn waiting_for_a_process_that_does_not_exit_times_out() {
+    let mut sleeper = std::process::Command::new("sleep");
+    sleeper.arg("600");
+    let mut proc = Proc::spawn(sleeper, Watch::Stdout);
+    proc.exit_within(std::time::Duration::from_millis(200))
+        .await;
 }

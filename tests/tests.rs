@@ -1,5 +1,6 @@
 //! The end-to-end test binary: every integration test links in here.
 
+mod admin;
 mod browser;
 mod cache;
 mod cache_proxy;
@@ -8,6 +9,8 @@ mod debug;
 mod demo;
 mod engine;
 mod fetch;
+mod https;
+mod layout;
 mod lint_cli;
 mod proxy;
 mod proxy_limits;

@@ -1,56 +1,32 @@
-//! Helpers shared by the end-to-end tests: the `esi-proxy` binary, built once per run.
+//! Helpers shared by the end-to-end tests, one of each: loopback servers (`serve`, `serve_raw`,
+//! `serve_tls`) with one body type and one response builder, the proxy run in process
+//! (`proxy`), and the `esi-proxy` binary run as a child process (`process`).
 
-pub mod harness;
-
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
-
-/// The path of the `esi-proxy` binary of this build profile, building it if it is missing.
-pub fn bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test binary path");
-        // target/<profile>/deps/tests-<hash> -> target/<profile>
-        let profile_dir = exe
-            .parent()
-            .and_then(|d| d.parent())
-            .expect("target/<profile>")
-            .to_path_buf();
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args(["build", "-p", "esi-proxy", "--bin", "esi-proxy"]);
-        if release {
-            build.arg("--release");
-        }
-        let status = build.status().expect("cargo runs");
-        assert!(status.success(), "building esi-proxy failed");
-        profile_dir.join(format!("esi-proxy{}", std::env::consts::EXE_SUFFIX))
-    })
-    .clone()
-}
-
-// === loopback HTTP servers ===
-//
-// `serve` runs a hyper server on 127.0.0.1:0 and `serve_raw` hands each connection's socket to
-// a handler that writes bytes by hand (for broken responses hyper would never send). Both
-// record every connection, so a test can prove a client never connected (`connections`).
+pub mod process;
+pub mod proxy;
+pub mod tls;
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+pub use proxy::{client, demo_config, get, proxy, proxy_with_lookup, Proxy, Streamed};
+
+/// Generous bound for anything that must happen; a hang fails the test instead of blocking CI.
+pub const MUST: Duration = Duration::from_secs(20);
 
 /// A test server's response body: whole, or streamed (and possibly failing part way).
 pub type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
@@ -66,10 +42,11 @@ pub struct Received {
     pub headers: http::HeaderMap,
 }
 
-/// A loopback server that counts what reaches it; stops when dropped.
+/// A loopback server that records what reaches it; stops when dropped.
 pub struct Server {
     /// The bound address.
     pub addr: SocketAddr,
+    scheme: &'static str,
     log: Arc<Log>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -82,6 +59,15 @@ struct Log {
     probes: Mutex<HashSet<SocketAddr>>,
     requests: Mutex<Vec<Received>>,
 }
+
+/// A connection as a test server's handler gets it: plain TCP or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// Turns an accepted socket into the connection to serve (a TLS handshake, or nothing).
+type Accept = Arc<dyn Fn(TcpStream) -> BoxFuture<'static, Option<Pin<Box<dyn Io>>>> + Send + Sync>;
+
+// === bodies and responses ===
 
 /// A whole body.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
@@ -98,7 +84,7 @@ pub fn stream(
     BodyExt::boxed(StreamBody::new(chunks.map(|chunk| chunk.map(Frame::data))))
 }
 
-/// A response with `status`, `headers` and `body`.
+/// The one response builder: `status`, `headers` and `body`.
 pub fn response(status: u16, headers: &[(&str, &str)], body: Body) -> Response<Body> {
     let mut builder = Response::builder().status(status);
     for (name, value) in headers {
@@ -107,16 +93,94 @@ pub fn response(status: u16, headers: &[(&str, &str)], body: Body) -> Response<B
     builder.body(body).expect("test responses are well-formed")
 }
 
+/// `Content-Type` of HTML.
+pub const HTML: (&str, &str) = ("content-type", "text/html; charset=utf-8");
+
+/// The mark that makes a response ESI.
+pub const ESI: (&str, &str) = ("surrogate-control", "content=\"ESI/1.0\"");
+
+/// A 200 HTML response with `body`.
+pub fn html(body: impl Into<Bytes>) -> Response<Body> {
+    response(200, &[HTML], full(body))
+}
+
+/// A 200 HTML response marked as ESI (`Surrogate-Control: content="ESI/1.0"`).
+pub fn esi(body: impl Into<Bytes>) -> Response<Body> {
+    response(200, &[HTML, ESI], full(body))
+}
+
+/// `data` gzip-compressed.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(data).expect("writing to memory");
+    encoder.finish().expect("writing to memory")
+}
+
+/// `data` zlib-compressed (HTTP's `deflate`).
+pub fn deflate(data: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(data).expect("writing to memory");
+    encoder.finish().expect("writing to memory")
+}
+
+/// `data` brotli-compressed.
+pub fn brotli(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut writer = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+        writer.write_all(data).expect("writing to memory");
+    }
+    out
+}
+
+// === loopback servers ===
+//
+// `serve` runs a hyper server on 127.0.0.1:0, `serve_tls` the same over TLS, and `serve_raw`
+// hands each connection's socket to a handler that writes bytes by hand (for broken responses
+// hyper would never send). All record every connection, so a test can prove a client never
+// connected (`connections`).
+
 /// Serves HTTP/1.1 on 127.0.0.1:0 with `handler`; returns once the listener is bound.
 pub async fn serve<F, Fut>(handler: F) -> Server
 where
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
+    let plain: Accept =
+        Arc::new(|stream| Box::pin(async move { Some(Box::pin(stream) as Pin<Box<dyn Io>>) }));
+    serve_with(plain, "http", handler).await
+}
+
+/// [`serve`] over TLS with `identity`'s certificate (see [`tls::Identity`]).
+pub async fn serve_tls<F, Fut>(identity: &tls::Identity, handler: F) -> Server
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let acceptor = identity.acceptor();
+    let tls: Accept = Arc::new(move |stream| {
+        let acceptor = acceptor.clone();
+        Box::pin(async move {
+            // A failed handshake (a client that does not trust the certificate) ends here.
+            let tls = acceptor.accept(stream).await.ok()?;
+            Some(Box::pin(tls) as Pin<Box<dyn Io>>)
+        })
+    });
+    serve_with(tls, "https", handler).await
+}
+
+async fn serve_with<F, Fut>(accept: Accept, scheme: &'static str, handler: F) -> Server
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
     let handler = Arc::new(handler);
-    start(move |stream: TcpStream, log: Arc<Log>| {
-        let handler = Arc::clone(&handler);
+    start(scheme, move |stream: TcpStream, log: Arc<Log>| {
+        let (handler, accept) = (Arc::clone(&handler), Arc::clone(&accept));
         async move {
+            let Some(io) = accept(stream).await else {
+                return;
+            };
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 log.requests.lock().expect("not poisoned").push(Received {
                     method: req.method().clone(),
@@ -126,10 +190,9 @@ where
                 let reply = handler(req);
                 async move { Ok::<_, Infallible>(reply.await) }
             });
-            let io = hyper_util::rt::TokioIo::new(stream);
             // Errors here are the client going away, which some tests do on purpose.
             let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
+                .serve_connection(hyper_util::rt::TokioIo::new(io), service)
                 .await;
         }
     })
@@ -142,7 +205,7 @@ where
     F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    start(move |stream, _log| handler(stream)).await
+    start("http", move |stream, _log| handler(stream)).await
 }
 
 /// Reads a request head (through the blank line) from a raw connection; `None` at EOF first.
@@ -164,7 +227,7 @@ pub async fn wait_closed(stream: &mut TcpStream) {
     while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
 }
 
-async fn start<F, Fut>(on_connection: F) -> Server
+async fn start<F, Fut>(scheme: &'static str, on_connection: F) -> Server
 where
     F: Fn(TcpStream, Arc<Log>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
@@ -193,20 +256,25 @@ where
             tokio::spawn(on_connection(stream, Arc::clone(&accept_log)));
         }
     });
-    Server { addr, log, task }
+    Server {
+        addr,
+        scheme,
+        log,
+        task,
+    }
 }
 
 // === impl Server ===
 
 impl Server {
-    /// `http://127.0.0.1:port{path}`.
+    /// `http://127.0.0.1:port{path}` (`https` for a TLS server).
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}://{}{path}", self.scheme, self.addr)
     }
 
     /// `http://127.0.0.1:port`, for config.
     pub fn base(&self) -> String {
-        format!("http://{}", self.addr)
+        self.url("")
     }
 
     /// The port.
@@ -217,6 +285,22 @@ impl Server {
     /// Requests received so far (not recorded by `serve_raw` servers).
     pub fn received(&self) -> Vec<Received> {
         self.log.requests.lock().expect("not poisoned").clone()
+    }
+
+    /// How many requests reached the server so far.
+    pub fn hits(&self) -> usize {
+        self.log.requests.lock().expect("not poisoned").len()
+    }
+
+    /// How many requests for `path` reached the server so far.
+    pub fn hits_on(&self, path: &str) -> usize {
+        self.log
+            .requests
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .filter(|r| r.uri.path() == path)
+            .count()
     }
 
     /// Connections accepted so far. Exact, without sleeping: connects a probe and waits until it
@@ -271,56 +355,97 @@ impl esi_proxy::fetch::Lookup for StaticLookup {
     }
 }
 
-/// `data` gzip-compressed.
-pub fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    encoder.write_all(data).expect("writing to memory");
-    encoder.finish().expect("writing to memory")
-}
+/// Notifies its `Notify` when dropped: a handler holds one to tell the test that the proxy gave
+/// up on its request (the request's future was dropped).
+pub struct OnDrop(pub Arc<tokio::sync::Notify>);
 
-/// `data` brotli-compressed.
-pub fn brotli(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    {
-        let mut writer = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
-        writer.write_all(data).expect("writing to memory");
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        self.0.notify_one();
     }
-    out
 }
 
-/// The lines a child process writes to `pipe`, read on a thread of their own so a test can
-/// wait on them (never on sleeps).
-pub fn lines(
-    pipe: impl std::io::Read + Send + 'static,
-) -> tokio::sync::mpsc::UnboundedReceiver<String> {
-    use std::io::BufRead;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
+/// A response read as raw bytes off the socket, for tests where the framing is the point.
+#[derive(Debug)]
+pub struct RawResponse {
+    /// The status line and headers, as text.
+    pub head: String,
+    /// The body with its chunked framing removed.
+    pub body: Vec<u8>,
+    /// Whether the body ended as HTTP says a body ends (the last chunk, or the whole length);
+    /// `false` when the connection closed before that.
+    pub complete: bool,
 }
 
-/// Waits (up to 20 s) for the first line from which `find` takes a value; `what` names it in
-/// the failure message.
-pub async fn wait_for_line<T>(
-    lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
-    what: &str,
-    find: impl Fn(&str) -> Option<T>,
-) -> T {
-    let wait = async {
-        while let Some(line) = lines.recv().await {
-            if let Some(found) = find(&line) {
-                return found;
-            }
+/// Sends `GET path` with `Connection: close` to `addr` and reads the answer to the end of the
+/// connection (at most [`MUST`]).
+pub async fn raw_get(addr: SocketAddr, path: &str) -> RawResponse {
+    use tokio::io::AsyncWriteExt;
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut bytes = Vec::new();
+    tokio::time::timeout(MUST, async {
+        // A reset is how an aborted response ends too; what came before it counts.
+        let mut buf = [0u8; 16 * 1024];
+        while let Ok(n @ 1..) = s.read(&mut buf).await {
+            bytes.extend_from_slice(&buf[..n]);
         }
-        panic!("the process ended before printing {what}");
+    })
+    .await
+    .expect("the response ends");
+    parse_raw(&bytes)
+}
+
+/// `bytes` as a response; a connection closed before a whole head gives an empty head and no
+/// body, incomplete (an aborted page may end before its buffered head was written).
+fn parse_raw(bytes: &[u8]) -> RawResponse {
+    let Some(split) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return RawResponse {
+            head: String::new(),
+            body: Vec::new(),
+            complete: false,
+        };
     };
-    tokio::time::timeout(std::time::Duration::from_secs(20), wait)
-        .await
-        .unwrap_or_else(|_| panic!("no {what} within 20 s"))
+    let head = String::from_utf8_lossy(&bytes[..split]).into_owned();
+    let mut rest = &bytes[split + 4..];
+    let lower = head.to_ascii_lowercase();
+    if !lower.contains("transfer-encoding: chunked") {
+        let length = lower
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map(|n| n.trim().parse::<usize>().expect("a length"));
+        let complete = length.is_none_or(|n| rest.len() == n);
+        return RawResponse {
+            head,
+            body: rest.to_vec(),
+            complete,
+        };
+    }
+    let mut body = Vec::new();
+    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&rest[..eol])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
+            .expect("a chunk size");
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            return RawResponse {
+                head,
+                body,
+                complete: rest.starts_with(b"\r\n"),
+            };
+        }
+        if rest.len() < size + 2 {
+            body.extend_from_slice(&rest[..size.min(rest.len())]);
+            break;
+        }
+        body.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+    RawResponse {
+        head,
+        body,
+        complete: false,
+    }
 }

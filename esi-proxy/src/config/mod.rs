@@ -123,6 +123,9 @@ pub struct FetchConfig {
     pub forward_headers: Vec<String>,
     /// Fragment hosts other than the origin that includes may name. Default: [].
     pub hosts: Vec<HostConfig>,
+    /// PEM files of CA certificates trusted for `https` origins and fragment hosts, besides
+    /// the built-in roots (an internal CA). Default: [].
+    pub ca_certs: Vec<String>,
 }
 
 /// One `[[fetch.hosts]]` entry.
@@ -238,6 +241,7 @@ impl Default for FetchConfig {
             pool_idle_per_host: 256,
             forward_headers: vec!["accept-language".into(), "user-agent".into()],
             hosts: Vec::new(),
+            ca_certs: Vec::new(),
         }
     }
 }

@@ -100,6 +100,9 @@ pub struct FetchSettings {
     pub forward_headers: Vec<HeaderName>,
     /// `fetch.hosts`: none is the origin, none is listed twice.
     pub hosts: Vec<HostSettings>,
+    /// `fetch.ca_certs`: files that existed when the config was validated (their PEM is read
+    /// and parsed when the HTTP client is built).
+    pub ca_certs: Vec<std::path::PathBuf>,
 }
 
 /// One `[[fetch.hosts]]` entry, validated.
@@ -316,6 +319,7 @@ mod tests {
                 pool_idle_per_host: 256,
                 forward_headers: names(&["accept-language", "user-agent"]),
                 hosts: Vec::new(),
+                ca_certs: Vec::new(),
             },
             cache: CacheSettings {
                 enabled: true,

@@ -226,6 +226,13 @@ impl Config {
                 crate::headers::never_to_fragments(name.as_str())
                     .then_some("is never forwarded to fragments")
             });
+        for (i, file) in f.ca_certs.iter().enumerate() {
+            // Read again (and parsed) when the HTTP client is built; here so check-config and a
+            // reload name the line.
+            if let Err(e) = std::fs::metadata(file) {
+                p.push(&format!("fetch.ca_certs[{i}]"), format!("{file:?}: {e}"));
+            }
+        }
         // Compared as the allowlist compares them: scheme, lowercase host, port or its default.
         let origin = super::parse_base_url(&self.server.origin).ok();
         let mut hosts: Vec<(HostSettings, usize)> = Vec::new();
@@ -270,6 +277,7 @@ impl Config {
             pool_idle_per_host: f.pool_idle_per_host,
             forward_headers,
             hosts: hosts.into_iter().map(|(host, _)| host).collect(),
+            ca_certs: f.ca_certs.iter().map(std::path::PathBuf::from).collect(),
         }
     }
 }

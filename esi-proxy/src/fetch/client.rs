@@ -238,14 +238,27 @@ impl HttpClient {
         let connect_timeout = Duration::from_millis(fetch.connect_timeout_ms);
         let plain = plain_pool(&resolver, connect_timeout, fetch.pool_idle_per_host);
         let origin_plain = plain_pool(&resolver, connect_timeout, fetch.pool_idle_per_host);
+        let mut roots = Vec::new();
+        for file in &fetch.ca_certs {
+            let pem = std::fs::read(file).map_err(|e| invalid(file, format!("reading: {e}")))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| invalid(file, format!("not PEM certificates: {e}")))?;
+            if certs.is_empty() {
+                return Err(invalid(file, "holds no PEM certificate".into()));
+            }
+            roots.extend(certs);
+        }
         let builder = || {
-            reqwest::Client::builder()
-                .dns_resolver(Arc::clone(&resolver))
-                .no_proxy()
-                .redirect(reqwest::redirect::Policy::none())
-                .connect_timeout(connect_timeout)
-                .pool_max_idle_per_host(fetch.pool_idle_per_host)
-                .tcp_nodelay(true)
+            roots.iter().cloned().fold(
+                reqwest::Client::builder()
+                    .dns_resolver(Arc::clone(&resolver))
+                    .no_proxy()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .connect_timeout(connect_timeout)
+                    .pool_max_idle_per_host(fetch.pool_idle_per_host)
+                    .tcp_nodelay(true),
+                reqwest::ClientBuilder::add_root_certificate,
+            )
         };
         let build_error = |e: reqwest::Error| {
             invalid(

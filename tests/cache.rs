@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use esi_proxy::cache::{CachePolicy, CachingFetcher, FragmentCache, TtlSource};
 use esi_proxy::config::{CacheConfig, CacheRule, Config};
-use esi_proxy::fetch::{FetchError, Fetcher, Fragment, FragmentRequest, HttpClient, SystemLookup};
+use esi_proxy::fetch::{
+    ErrorKind, FetchError, Fetcher, Fragment, FragmentRequest, HttpClient, SystemLookup,
+};
 use esi_proxy::telemetry::Metrics;
 use futures::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -515,7 +517,7 @@ async fn a_failure_after_the_retry_is_reported() {
     let error = fetch(&s.fetcher, &server.url("/down"), &[])
         .await
         .expect_err("the service is down");
-    assert_eq!(error.kind(), "status");
+    assert_eq!(error.kind(), ErrorKind::Status);
     assert_eq!(server.hits_on("/down"), 2, "one try and one retry");
 }
 
@@ -651,7 +653,7 @@ async fn stale_if_error_when_the_service_is_gone() {
     let error = fetch(&s.fetcher, &plain, &[])
         .await
         .expect_err("no stale-if-error window");
-    assert_eq!(error.kind(), "connect");
+    assert_eq!(error.kind(), ErrorKind::Connect);
     let served = metric(
         &s.metrics,
         "esi_proxy_cache_stale_served_total",
@@ -699,7 +701,7 @@ async fn refused_urls_fail_before_the_cache() {
     let error = fetch(&s.fetcher, "http://not-allowed.test/x", &[])
         .await
         .expect_err("host not in the allowlist");
-    assert_eq!(error.kind(), "refused");
+    assert_eq!(error.kind(), ErrorKind::Refused);
     assert_eq!(
         metric(
             &s.metrics,

@@ -10,7 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use esi_proxy::config::{Config, HostConfig};
 use esi_proxy::fetch::{
-    FetchError, Fetcher, Fragment, FragmentRequest, HttpClient, Lookup, OriginRequest, SystemLookup,
+    ErrorKind, FetchError, Fetcher, Fragment, FragmentRequest, HttpClient, Lookup, OriginRequest,
+    SystemLookup,
 };
 use esi_proxy::headers::CAPABILITY;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -237,7 +238,7 @@ async fn timeout() {
     match got {
         Err(e @ FetchError::Timeout { .. }) => {
             assert!(e.is_timeout());
-            assert_eq!(e.kind(), "timeout");
+            assert_eq!(e.kind(), ErrorKind::Timeout);
             assert!(matches!(e, FetchError::Timeout { after: a, .. } if a == after));
         }
         other => panic!("{other:?}"),
@@ -363,7 +364,7 @@ async fn connection_refused() {
     let base = format!("http://127.0.0.1:{}", support::closed_port());
     let client = client(&config(&base, &[]));
     match fetch(&client, &format!("{base}/f")).await {
-        Err(e @ FetchError::Connect { .. }) => assert_eq!(e.kind(), "connect"),
+        Err(e @ FetchError::Connect { .. }) => assert_eq!(e.kind(), ErrorKind::Connect),
         other => panic!("{other:?}"),
     }
 }
@@ -438,7 +439,7 @@ async fn names_resolving_to_private_addresses() {
         match (fetch(&client, &format!("{url}/f")).await, want) {
             (Ok(fragment), Ok(body)) => assert_eq!(fragment.body, body.as_bytes(), "{url}"),
             (Err(e), Err((kind, part))) => {
-                assert_eq!(e.kind(), *kind, "{url}: {e}");
+                assert_eq!(e.kind().as_str(), *kind, "{url}: {e}");
                 assert!(e.to_string().contains(part), "{url}: {e}");
             }
             (got, want) => panic!("{url}: got {got:?}, want {want:?}"),
@@ -609,7 +610,7 @@ async fn send_origin_failures() {
             .send_origin(origin_request(Method::GET, path, HeaderMap::new(), ""))
             .await
         {
-            Err(e) => assert_eq!(e.kind(), *kind, "{origin}{path}: {e}"),
+            Err(e) => assert_eq!(e.kind().as_str(), *kind, "{origin}{path}: {e}"),
             Ok(response) => panic!("{origin}{path}: {}", response.status()),
         }
     }

@@ -12,7 +12,7 @@ use http::{HeaderMap, StatusCode};
 use super::policy::TtlSource;
 use super::store::{kept_headers, weigh, CacheKey, Lifetime, Stored};
 use crate::esi::Template;
-use crate::fetch::{CacheInfo, Fragment};
+use crate::fetch::{CacheInfo, CacheStatus, Fragment};
 
 /// What the fragment cache holds for one key, for the debug page and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +88,7 @@ impl Entry {
 
     /// The stored response as served with `status` ("hit", "miss" ...); the body and the
     /// parsed-template slot are shared, not copied.
-    pub(super) fn fragment(&self, status: &'static str) -> Fragment {
+    pub(super) fn fragment(&self, status: CacheStatus) -> Fragment {
         Fragment {
             status: self.status,
             headers: self.headers.clone(),
@@ -177,6 +177,9 @@ mod tests {
     fn hit_shares_the_body() {
         let body = Bytes::from(vec![b'x'; 100]);
         let entry = entry(&[], body.clone());
-        assert_eq!(entry.fragment("hit").body.as_ptr(), body.as_ptr());
+        assert_eq!(
+            entry.fragment(CacheStatus::Hit).body.as_ptr(),
+            body.as_ptr()
+        );
     }
 }

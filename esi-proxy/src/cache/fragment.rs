@@ -19,7 +19,9 @@ use super::store::{
     Variant, SIDE_OVERHEAD,
 };
 use super::{COALESCED, FRAGMENT_BYTES, FRAGMENT_ENTRIES, PASSES, STALE_SERVED};
-use crate::fetch::{Access, CacheInfo, FetchError, Fetcher, Fragment, FragmentRequest};
+use crate::fetch::{
+    Access, CacheInfo, CacheStatus, FetchError, Fetcher, Fragment, FragmentRequest,
+};
 use crate::telemetry::Metrics;
 
 /// How often one request looks the cache up again: a Vary mismatch with the response it
@@ -282,12 +284,12 @@ impl CachingFetcher {
             let fallback = match self.cache.lookup(&key).await {
                 Lookup::Fresh(entry) => {
                     self.cache.store.count_hit();
-                    return Ok(entry.fragment("hit"));
+                    return Ok(entry.fragment(CacheStatus::Hit));
                 }
                 Lookup::Revalidate(entry) => {
                     self.cache.count_stale("while_revalidate");
                     self.refresh(&key, &req, credentials);
-                    return Ok(entry.fragment("stale-while-revalidate"));
+                    return Ok(entry.fragment(CacheStatus::StaleWhileRevalidate));
                 }
                 Lookup::Miss(stale) => stale,
             };
@@ -303,7 +305,7 @@ impl CachingFetcher {
                 Ok(Ok(Outcome::Stored(entry))) => {
                     let mine = CacheKey::new(&text, &entry.names, &req.client_headers, credentials);
                     if mine == entry.key {
-                        return Ok(entry.fragment("miss"));
+                        return Ok(entry.fragment(CacheStatus::Miss));
                     }
                     // The response varies on a header this request differs in.
                     continue;
@@ -316,7 +318,7 @@ impl CachingFetcher {
                     self.cache.count_pass();
                     return self.fetch_alone(req, fallback).await;
                 }
-                Ok(Err(error)) => clone_error(&error),
+                Ok(Err(error)) => FetchError::clone(&error),
                 Err(_) => FetchError::Timeout {
                     url: req.url.to_string(),
                     after: req.timeout,
@@ -325,7 +327,7 @@ impl CachingFetcher {
             if let Some(stale) = fallback.filter(|entry| entry.within_stale_if_error()) {
                 tracing::debug!(url = %text, error = %error, "serving stale fragment after error");
                 self.cache.count_stale("if_error");
-                return Ok(stale.fragment("stale-if-error"));
+                return Ok(stale.fragment(CacheStatus::StaleIfError));
             }
             // One retry, and only while this request's own deadline leaves time for it.
             if retried || tokio::time::Instant::now() >= deadline {
@@ -348,7 +350,7 @@ impl CachingFetcher {
             Err(error) => match stale.filter(|entry| entry.within_stale_if_error()) {
                 Some(entry) => {
                     self.cache.count_stale("if_error");
-                    Ok(entry.fragment("stale-if-error"))
+                    Ok(entry.fragment(CacheStatus::StaleIfError))
                 }
                 None => Err(error),
             },
@@ -529,91 +531,9 @@ impl Drop for FlightGuard {
 /// Marks a response that went past the cache unstored.
 fn passed(mut fragment: Fragment) -> Fragment {
     fragment.cache = Some(CacheInfo {
-        status: "pass",
+        status: CacheStatus::Pass,
         ttl: None,
         source: None,
     });
     fragment
-}
-/// A copy of a shared fetch error for one waiter.
-fn clone_error(error: &FetchError) -> FetchError {
-    match error {
-        FetchError::Refused { url, reason } => FetchError::Refused {
-            url: url.clone(),
-            reason: reason.clone(),
-        },
-        FetchError::Timeout { url, after } => FetchError::Timeout {
-            url: url.clone(),
-            after: *after,
-        },
-        FetchError::Connect { url, message } => FetchError::Connect {
-            url: url.clone(),
-            message: message.clone(),
-        },
-        FetchError::Status { url, status } => FetchError::Status {
-            url: url.clone(),
-            status: *status,
-        },
-        FetchError::TooLarge { url, limit } => FetchError::TooLarge {
-            url: url.clone(),
-            limit: *limit,
-        },
-        FetchError::Truncated { url, message } => FetchError::Truncated {
-            url: url.clone(),
-            message: message.clone(),
-        },
-        FetchError::Transport { url, message } => FetchError::Transport {
-            url: url.clone(),
-            message: message.clone(),
-        },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use http::StatusCode;
-
-    use super::*;
-
-    #[test]
-    fn errors_copied_whole() {
-        let url = || "http://a.test/".to_owned();
-        let errors = vec![
-            FetchError::Refused {
-                url: url(),
-                reason: "r".into(),
-            },
-            FetchError::Timeout {
-                url: url(),
-                after: Duration::from_millis(5),
-            },
-            FetchError::Connect {
-                url: url(),
-                message: "m".into(),
-            },
-            FetchError::Status {
-                url: url(),
-                status: StatusCode::BAD_GATEWAY,
-            },
-            FetchError::TooLarge {
-                url: url(),
-                limit: 1,
-            },
-            FetchError::Truncated {
-                url: url(),
-                message: "m".into(),
-            },
-            FetchError::Transport {
-                url: url(),
-                message: "m".into(),
-            },
-        ];
-        for error in errors {
-            let copy = clone_error(&error);
-            assert_eq!(copy.kind(), error.kind());
-            assert_eq!(copy.to_string(), error.to_string());
-        }
-    }
 }

@@ -16,11 +16,11 @@ use url::{Position, Url};
 
 use crate::esi::vars::render_url;
 use crate::esi::{self, Include, OnError};
-use crate::fetch::{FetchError, FragmentRequest};
+use crate::fetch::{ErrorKind, FetchError, FragmentRequest};
 
 use super::buffered::compose_nodes;
 use super::stream::concat;
-use super::{DocContext, ErrorPolicy, Failure, Fallback, PageState};
+use super::{DocContext, ErrorPolicy, Failure, FailureKind, Fallback, PageState};
 
 /// One include with its fallbacks: `src`, then `alt`, then `onerror="continue"`; then, outside
 /// an attempt, the policy.
@@ -35,10 +35,10 @@ pub(super) fn include<'a>(
         let metrics = &state.composer.metrics;
         let mut last = None;
         if state.includes.fetch_add(1, Ordering::Relaxed) >= cfg.max_includes {
-            metrics.record_fragment("", "limit", 0.0, 0);
+            metrics.record_fragment("", FailureKind::Limit.as_str(), 0.0, 0);
             last = Some(Failure {
                 url: inc.src.to_string(),
-                kind: "limit",
+                kind: FailureKind::Limit,
                 message: format!("more than {} includes in the page", cfg.max_includes),
                 record: None,
             });
@@ -96,7 +96,7 @@ async fn fetch_fragment(
             match &result {
                 Ok(body) => r.bytes = r.bytes.max(body.len()),
                 Err(f) => {
-                    f.kind.clone_into(&mut r.outcome);
+                    f.kind.as_str().clone_into(&mut r.outcome);
                     r.error = Some(f.message.clone());
                 }
             }
@@ -114,18 +114,18 @@ async fn fetch_one(
 ) -> Result<Bytes, Failure> {
     let composer = &state.composer;
     let cfg = &composer.config;
-    let fail = |url: &str, kind: &'static str, message: String| Failure {
+    let fail = |url: &str, kind: FailureKind, message: String| Failure {
         url: url.to_owned(),
         kind,
         message,
         record,
     };
     let rendered = render_url(src, &state.page.vars, &cfg.vars)
-        .map_err(|e| fail(&src.to_string(), "url", e.to_string()))?;
+        .map_err(|e| fail(&src.to_string(), FailureKind::Url, e.to_string()))?;
     let url = doc
         .base
         .join(&rendered)
-        .map_err(|e| fail(&rendered, "url", e.to_string()))?;
+        .map_err(|e| fail(&rendered, FailureKind::Url, e.to_string()))?;
     if let Some(id) = record {
         state.trace_update(id, |r| url.as_str().clone_into(&mut r.url));
     }
@@ -133,7 +133,7 @@ async fn fetch_one(
     let refused = if doc.ancestors.contains(&url) {
         Some(fail(
             url.as_str(),
-            "loop",
+            FailureKind::Loop,
             "includes itself or a document that includes it".into(),
         ))
     } else {
@@ -144,7 +144,9 @@ async fn fetch_one(
             .map(|e| fetch_failure(url.as_str(), &e, record))
     };
     if let Some(f) = refused {
-        composer.metrics.record_fragment(&host, f.kind, 0.0, 0);
+        composer
+            .metrics
+            .record_fragment(&host, f.kind.as_str(), 0.0, 0);
         return Err(f);
     }
     let started = Instant::now();
@@ -159,7 +161,13 @@ async fn fetch_one(
         ms = tracing::field::Empty,
     );
     let result = async {
-        let timeout_err = || fail(url.as_str(), "timeout", "page deadline passed".into());
+        let timeout_err = || {
+            fail(
+                url.as_str(),
+                FailureKind::Fetch(ErrorKind::Timeout),
+                "page deadline passed".into(),
+            )
+        };
         let _local = acquire_by(&state.local, state.deadline)
             .await
             .ok_or_else(timeout_err)?;
@@ -193,7 +201,7 @@ async fn fetch_one(
         Ok(f) => {
             span.record("status", f.status.as_u16());
             if let Some(cache) = &f.cache {
-                span.record("cache", cache.status);
+                span.record("cache", cache.status.as_str());
             }
             if let Some(id) = record {
                 state.trace_update(id, |r| {
@@ -201,7 +209,7 @@ async fn fetch_one(
                     r.bytes = f.body.len();
                     r.esi = f.is_esi();
                     if let Some(c) = &f.cache {
-                        r.cache = Some(c.status.to_owned());
+                        r.cache = Some(c.status);
                         r.ttl_s = c.ttl.map(|t| t.as_secs_f64());
                         r.ttl_source.clone_from(&c.source);
                     }
@@ -213,7 +221,9 @@ async fn fetch_one(
             f
         }
         Err(f) => {
-            composer.metrics.record_fragment(&host, f.kind, seconds, 0);
+            composer
+                .metrics
+                .record_fragment(&host, f.kind.as_str(), seconds, 0);
             return Err(f);
         }
     };
@@ -223,7 +233,7 @@ async fn fetch_one(
     if doc.depth + 1 > cfg.max_depth {
         return Err(fail(
             url.as_str(),
-            "depth",
+            FailureKind::Depth,
             format!("ESI nested deeper than {}", cfg.max_depth),
         ));
     }
@@ -254,7 +264,7 @@ async fn fetch_one(
     if total > cfg.max_page_bytes {
         return Err(fail(
             child.base.as_str(),
-            "too_large",
+            FailureKind::Fetch(ErrorKind::TooLarge),
             format!("composed fragment over {} bytes", cfg.max_page_bytes),
         ));
     }
@@ -294,7 +304,7 @@ async fn acquire_by(
 fn fetch_failure(url: &str, e: &FetchError, record: Option<usize>) -> Failure {
     Failure {
         url: url.to_owned(),
-        kind: e.kind(),
+        kind: FailureKind::Fetch(e.kind()),
         message: e.to_string(),
         record,
     }

@@ -21,7 +21,7 @@ use url::Url;
 
 use crate::config::Config;
 use crate::esi::{self, CookieAccess, ParseOptions, Template, VarPolicy};
-use crate::fetch::Fetcher;
+use crate::fetch::{ErrorKind, Fetcher};
 use crate::telemetry::Metrics;
 
 pub use trace::{FetchRecord, LayoutRecord, Trace};
@@ -100,15 +100,49 @@ pub enum ComposeError {
     PageTooLarge(usize),
 }
 
+/// The kind of an include's failure: a fetch's, or one the composer decides itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// The fetch failed.
+    Fetch(ErrorKind),
+    /// The include would fetch a document that is already being composed above it.
+    Loop,
+    /// The page has more includes than `esi.max_includes`.
+    Limit,
+    /// Nested deeper than `esi.max_depth`.
+    Depth,
+    /// The `src` (after variables) is not a URL that may be fetched.
+    Url,
+}
+
+impl FailureKind {
+    /// The label metrics, logs and the waterfall use: a fetch error's kind, or `loop`,
+    /// `limit`, `depth`, `url`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Fetch(kind) => kind.as_str(),
+            FailureKind::Loop => "loop",
+            FailureKind::Limit => "limit",
+            FailureKind::Depth => "depth",
+            FailureKind::Url => "url",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why one include produced nothing.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{url}: {kind}: {message}")]
 pub struct Failure {
     /// The URL that failed last (the `alt` when there was one).
     pub url: String,
-    /// Failure kind, as in metrics: a [`crate::fetch::FetchError::kind`], or "loop", "limit",
-    /// "depth", "url".
-    pub kind: &'static str,
+    /// What kind of failure, as metrics label it.
+    pub kind: FailureKind,
     /// Details for the log.
     pub message: String,
     /// The trace row of the fetch that failed, when the page is traced.

@@ -18,7 +18,8 @@ use crate::esi::{Event, Node, Parser, Template};
 
 use super::buffered::run_try;
 use super::include::include;
-use super::{ComposeError, DocContext, Failure, OnParsed, PageState};
+use super::{ComposeError, DocContext, Failure, FailureKind, OnParsed, PageState};
+use crate::fetch::ErrorKind;
 
 /// Ready parts at the front of the page are sent as one chunk up to about this size, so a large
 /// ready run still streams in pieces rather than in one copy.
@@ -455,7 +456,7 @@ impl Task<Result<Bytes, Failure>> {
             Ok(result) => result,
             Err(e) => Err(Failure {
                 url: String::new(),
-                kind: "transport",
+                kind: FailureKind::Fetch(ErrorKind::Transport),
                 message: format!("fetch task ended: {e}"),
                 record: None,
             }),

@@ -5,6 +5,7 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::esi;
+use crate::fetch::CacheStatus;
 
 use super::{DocContext, Failure, Fallback, PageState};
 
@@ -25,8 +26,8 @@ pub struct LayoutRecord {
     pub status: u16,
     /// When the response head arrived (or the cache answered).
     pub headers_ms: f64,
-    /// "hit" or "miss" when the layout cache was consulted.
-    pub cache: Option<String>,
+    /// Hit or miss when the layout cache was consulted.
+    pub cache: Option<CacheStatus>,
     /// The cached layout's TTL in seconds.
     pub ttl_s: Option<f64>,
     /// What set that TTL.
@@ -56,8 +57,8 @@ pub struct FetchRecord {
     pub status: Option<u16>,
     /// Body bytes received.
     pub bytes: usize,
-    /// What the cache did: "hit", "miss", "stale-while-revalidate", "stale-if-error", "pass".
-    pub cache: Option<String>,
+    /// What the cache did.
+    pub cache: Option<CacheStatus>,
     /// The cached entry's TTL in seconds.
     pub ttl_s: Option<f64>,
     /// What set the TTL (a rule, Surrogate-Control, s-maxage, max-age, the default).

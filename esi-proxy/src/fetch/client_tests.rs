@@ -220,7 +220,7 @@ fn error_kinds() {
         ),
     ];
     for (error, kind, timeout) in cases {
-        assert_eq!(error.kind(), kind, "{error}");
+        assert_eq!(error.kind().as_str(), kind, "{error}");
         assert_eq!(error.is_timeout(), timeout, "{error}");
         assert_eq!(error.url(), "http://a.test/", "{error}");
         assert!(error.to_string().starts_with("http://a.test/: "), "{error}");

@@ -8,6 +8,7 @@ mod decode;
 mod guard;
 mod pool;
 
+use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -29,8 +30,9 @@ pub struct Access {
     pub trusted: bool,
 }
 
-/// Why a fetch failed. `url` is the URL asked for, with any user info removed.
-#[derive(Debug, thiserror::Error)]
+/// Why a fetch failed. `url` is the URL asked for, with any user info removed. Cloned when
+/// one shared fetch fails for every request that waited on it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum FetchError {
     /// The URL is not allowed: scheme, user info, host not in the allowlist, or a host that
     /// resolves only to addresses it may not reach.
@@ -121,11 +123,46 @@ pub struct Fragment {
     pub parsed: Option<Arc<OnceLock<Arc<Template>>>>,
 }
 
+/// The kind of a [`FetchError`]: the label metrics and logs use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// [`FetchError::Refused`].
+    Refused,
+    /// [`FetchError::Timeout`].
+    Timeout,
+    /// [`FetchError::Connect`].
+    Connect,
+    /// [`FetchError::Status`].
+    Status,
+    /// [`FetchError::TooLarge`].
+    TooLarge,
+    /// [`FetchError::Truncated`].
+    Truncated,
+    /// [`FetchError::Transport`].
+    Transport,
+}
+
+/// What a cache did for one fragment; serialised as its [`CacheStatus::as_str`] name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheStatus {
+    /// Served from a fresh entry.
+    Hit,
+    /// Fetched (alone, or joined with a concurrent fetch) and stored.
+    Miss,
+    /// Served expired within `stale-while-revalidate`, one refresh started behind it.
+    StaleWhileRevalidate,
+    /// Served expired within `stale-if-error`, because the fetch failed.
+    StaleIfError,
+    /// Not cacheable: fetched for this request alone (hit-for-pass).
+    Pass,
+}
+
 /// What a cache did for one fragment, for logs and the page-build waterfall.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheInfo {
-    /// "hit", "miss", "stale-while-revalidate", "stale-if-error" or "pass".
-    pub status: &'static str,
+    /// Hit, miss, stale or pass.
+    pub status: CacheStatus,
     /// The entry's TTL, when one was stored or served.
     pub ttl: Option<Duration>,
     /// What decided the TTL (a rule, Surrogate-Control, s-maxage, max-age, the default).
@@ -198,17 +235,16 @@ pub trait Fetcher: Send + Sync + 'static {
 // === impl FetchError ===
 
 impl FetchError {
-    /// A stable name for metrics and logs: `refused`, `timeout`, `connect`, `status`,
-    /// `too_large`, `truncated` or `transport`.
-    pub fn kind(&self) -> &'static str {
+    /// The error's kind.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            FetchError::Refused { .. } => "refused",
-            FetchError::Timeout { .. } => "timeout",
-            FetchError::Connect { .. } => "connect",
-            FetchError::Status { .. } => "status",
-            FetchError::TooLarge { .. } => "too_large",
-            FetchError::Truncated { .. } => "truncated",
-            FetchError::Transport { .. } => "transport",
+            FetchError::Refused { .. } => ErrorKind::Refused,
+            FetchError::Timeout { .. } => ErrorKind::Timeout,
+            FetchError::Connect { .. } => ErrorKind::Connect,
+            FetchError::Status { .. } => ErrorKind::Status,
+            FetchError::TooLarge { .. } => ErrorKind::TooLarge,
+            FetchError::Truncated { .. } => ErrorKind::Truncated,
+            FetchError::Transport { .. } => ErrorKind::Transport,
         }
     }
 
@@ -228,6 +264,52 @@ impl FetchError {
             | FetchError::Truncated { url, .. }
             | FetchError::Transport { url, .. } => url,
         }
+    }
+}
+
+// === impl ErrorKind ===
+
+impl ErrorKind {
+    /// The stable name metrics and logs use: `refused`, `timeout`, `connect`, `status`,
+    /// `too_large`, `truncated` or `transport`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Refused => "refused",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Connect => "connect",
+            ErrorKind::Status => "status",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::Truncated => "truncated",
+            ErrorKind::Transport => "transport",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// === impl CacheStatus ===
+
+impl CacheStatus {
+    /// The name logs, the waterfall and its JSON use: `hit`, `miss`,
+    /// `stale-while-revalidate`, `stale-if-error` or `pass`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::StaleWhileRevalidate => "stale-while-revalidate",
+            CacheStatus::StaleIfError => "stale-if-error",
+            CacheStatus::Pass => "pass",
+        }
+    }
+}
+
+impl fmt::Display for CacheStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

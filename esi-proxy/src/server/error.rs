@@ -5,8 +5,8 @@
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
-use crate::compose::ComposeError;
-use crate::fetch::FetchError;
+use crate::compose::{ComposeError, FailureKind};
+use crate::fetch::{ErrorKind, FetchError};
 
 use super::body::{full, Body};
 
@@ -53,7 +53,9 @@ impl Error {
             Error::Origin(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
             Error::Origin(_) => StatusCode::BAD_GATEWAY,
             Error::Compose(ComposeError::LayoutTimeout(_)) => StatusCode::GATEWAY_TIMEOUT,
-            Error::Compose(ComposeError::Required(f)) if f.kind == "timeout" => {
+            Error::Compose(ComposeError::Required(f))
+                if f.kind == FailureKind::Fetch(ErrorKind::Timeout) =>
+            {
                 StatusCode::GATEWAY_TIMEOUT
             }
             Error::Compose(_) | Error::UnsupportedEncoding(_) => StatusCode::BAD_GATEWAY,

@@ -23,7 +23,7 @@ use super::body::{full, Body, BoxError};
 use super::error::Error;
 use super::state::Runtime;
 use super::AppState;
-use crate::fetch::{decode_stream, Fetcher as _, OriginBody, OriginRequest};
+use crate::fetch::{decode_stream, CacheStatus, Fetcher as _, OriginBody, OriginRequest};
 use crate::headers::{client_response_headers, composed_headers, origin_headers, SERVER_TIMING};
 
 /// Refuses what a reverse proxy must not do: tunnels, TRACE, upgrades, forward-proxy requests.
@@ -139,7 +139,7 @@ pub(super) async fn forward(
                     url: page_url.to_string(),
                     status: hit.status.as_u16(),
                     headers_ms: started.elapsed().as_secs_f64() * 1000.0,
-                    cache: Some("hit".into()),
+                    cache: Some(CacheStatus::Hit),
                     ttl_s: Some(hit.ttl.as_secs_f64()),
                     ttl_source: Some(hit.source.to_string()),
                 });
@@ -174,7 +174,7 @@ pub(super) async fn forward(
             url: page_url.to_string(),
             status: upstream.status().as_u16(),
             headers_ms: layout_ms,
-            cache: caching.then(|| "miss".into()),
+            cache: caching.then_some(CacheStatus::Miss),
             ttl_s: None,
             ttl_source: None,
         });

@@ -7,6 +7,7 @@ use askama::Template;
 use serde::Serialize;
 
 use crate::compose::{FetchRecord, LayoutRecord, Trace};
+use crate::fetch::CacheStatus;
 
 /// Everything the waterfall shows about one composed page.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -152,12 +153,17 @@ fn ms(v: f64) -> String {
 }
 
 /// The style of a cache column: a hit, or anything else.
-fn cache_class(cache: Option<&str>) -> &'static str {
-    if cache == Some("hit") {
+fn cache_class(cache: Option<CacheStatus>) -> &'static str {
+    if cache == Some(CacheStatus::Hit) {
         "hit"
     } else {
         "miss"
     }
+}
+
+/// A cache outcome as the report shows it; empty when no cache was consulted.
+fn cache_text(cache: Option<CacheStatus>) -> String {
+    cache.map_or("", CacheStatus::as_str).to_owned()
 }
 
 /// A cached entry's TTL and what set it, e.g. `60s (s-maxage)`; empty when not cached.
@@ -183,8 +189,8 @@ impl PageReport {
                 url: layout.url.clone(),
                 status: layout.status.to_string(),
                 bytes: String::new(),
-                cache: layout.cache.clone().unwrap_or_default(),
-                cache_class: cache_class(layout.cache.as_deref()),
+                cache: cache_text(layout.cache),
+                cache_class: cache_class(layout.cache),
                 ttl: ttl_text(layout.ttl_s, layout.ttl_source.as_deref()),
                 fallback: String::new(),
                 error: String::new(),
@@ -199,15 +205,11 @@ impl PageReport {
         for f in &self.fragments {
             let r = &f.record;
             let failed = r.outcome != "ok";
-            let cache = r.cache.clone().unwrap_or_default();
-            let bar_class = if failed {
-                "failed"
-            } else if cache == "hit" {
-                "hit"
-            } else if cache.starts_with("stale") {
-                "stale"
-            } else {
-                "ok"
+            let bar_class = match r.cache {
+                _ if failed => "failed",
+                Some(CacheStatus::Hit) => "hit",
+                Some(CacheStatus::StaleWhileRevalidate | CacheStatus::StaleIfError) => "stale",
+                _ => "ok",
             };
             rows.push(Row {
                 depth: r.depth + 1,
@@ -216,8 +218,8 @@ impl PageReport {
                 url: r.url.clone(),
                 status: r.status.map_or_else(|| "–".to_owned(), |s| s.to_string()),
                 bytes: r.bytes.to_string(),
-                cache_class: cache_class(Some(&cache)),
-                cache,
+                cache_class: cache_class(r.cache),
+                cache: cache_text(r.cache),
                 ttl: ttl_text(r.ttl_s, r.ttl_source.as_deref()),
                 fallback: r.fallback.clone().unwrap_or_default(),
                 error: if failed {
@@ -249,7 +251,10 @@ impl PageReport {
                 .layout
                 .as_ref()
                 .map_or_else(|| "–".to_owned(), |l| ms(l.headers_ms)),
-            layout_cache: self.layout.as_ref().and_then(|l| l.cache.as_deref()),
+            layout_cache: self
+                .layout
+                .as_ref()
+                .and_then(|l| l.cache.map(CacheStatus::as_str)),
             slowest: ms(self.slowest_fragment_ms),
             vs_floor: if self.vs_floor > 0.0 {
                 format!("{:.2}×", self.vs_floor)

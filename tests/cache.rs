@@ -71,9 +71,10 @@ async fn fetch(
             HeaderValue::from_str(value).expect("test values are valid"),
         );
     }
+    let url = url.parse().expect("test URLs parse");
     fetcher
         .fetch(FragmentRequest {
-            url: url.parse().expect("test URLs parse"),
+            url: fetcher.check(&url)?,
             client_headers: Arc::new(map),
             timeout: MUST,
         })

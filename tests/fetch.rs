@@ -52,18 +52,24 @@ fn lookup(names: &[(&str, &[SocketAddr])]) -> Arc<dyn Lookup> {
     Arc::new(StaticLookup(table))
 }
 
-fn request(url: &str, headers: HeaderMap, timeout: Duration) -> FragmentRequest {
-    FragmentRequest {
-        url: url.parse().expect("test URLs parse"),
+/// Checks `url` against the client's allowlist, then fetches it, as the composer does.
+async fn fetch_with(
+    client: &HttpClient,
+    url: &str,
+    headers: HeaderMap,
+    timeout: Duration,
+) -> Result<Fragment, FetchError> {
+    let url = url.parse().expect("test URLs parse");
+    let request = FragmentRequest {
+        url: client.check(&url)?,
         client_headers: Arc::new(headers),
         timeout,
-    }
+    };
+    client.fetch(request).await
 }
 
 async fn fetch(client: &HttpClient, url: &str) -> Result<Fragment, FetchError> {
-    client
-        .fetch(request(url, HeaderMap::new(), Duration::from_secs(5)))
-        .await
+    fetch_with(client, url, HeaderMap::new(), Duration::from_secs(5)).await
 }
 
 /// A server answering every request with 200 and `body`.
@@ -124,7 +130,9 @@ async fn header_policy_seen_by_fragments() {
     // (server, gets Cookie and Authorization)
     for (server, credentials) in [(&origin, true), (&trusted, true), (&untrusted, false)] {
         let req = FragmentRequest {
-            url: server.url("/frag?x=1").parse().expect("valid"),
+            url: client
+                .check(&server.url("/frag?x=1").parse().expect("valid"))
+                .expect("allowed"),
             client_headers: Arc::clone(&headers),
             timeout: Duration::from_secs(5),
         };
@@ -232,9 +240,7 @@ async fn timeout() {
     .await;
     let client = client(&config(&server.base(), &[]));
     let after = Duration::from_millis(100);
-    let got = client
-        .fetch(request(&server.url("/slow"), HeaderMap::new(), after))
-        .await;
+    let got = fetch_with(&client, &server.url("/slow"), HeaderMap::new(), after).await;
     match got {
         Err(e @ FetchError::Timeout { .. }) => {
             assert!(e.is_timeout());
@@ -466,14 +472,14 @@ async fn origin_by_name_may_be_private() {
     let client = client_with(&config(&base, &[]), lookup);
     let mut headers = HeaderMap::new();
     headers.insert("cookie", HeaderValue::from_static("id=7"));
-    let fragment = client
-        .fetch(request(
-            &format!("{base}/f"),
-            headers,
-            Duration::from_secs(5),
-        ))
-        .await
-        .expect("the origin may resolve to loopback");
+    let fragment = fetch_with(
+        &client,
+        &format!("{base}/f"),
+        headers,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("the origin may resolve to loopback");
     assert_eq!(fragment.body, "id=7", "the origin is trusted");
 }
 

@@ -20,7 +20,7 @@ use super::store::{
 };
 use super::{COALESCED, FRAGMENT_BYTES, FRAGMENT_ENTRIES, PASSES, STALE_SERVED};
 use crate::fetch::{
-    Access, CacheInfo, CacheStatus, FetchError, Fetcher, Fragment, FragmentRequest,
+    Allowed, CacheInfo, CacheStatus, FetchError, Fetcher, Fragment, FragmentRequest,
 };
 use crate::telemetry::Metrics;
 
@@ -259,7 +259,7 @@ impl CachingFetcher {
     }
 
     async fn fetch_cached(self, req: FragmentRequest) -> Result<Fragment, FetchError> {
-        let access: Access = self.inner.check(&req.url)?;
+        let access = req.url.access();
         let credentials = Credentials::of(&req.client_headers, access.trusted);
         let text: Arc<str> = cache_url(&req.url).into();
         let deadline = tokio::time::Instant::now() + req.timeout;
@@ -499,7 +499,7 @@ impl Fetcher for CachingFetcher {
         Box::pin(self.clone().fetch_cached(req))
     }
 
-    fn check(&self, url: &Url) -> Result<Access, FetchError> {
+    fn check(&self, url: &Url) -> Result<Allowed, FetchError> {
         self.inner.check(url)
     }
 }

@@ -130,25 +130,28 @@ async fn fetch_one(
         state.trace_update(id, |r| url.as_str().clone_into(&mut r.url));
     }
     let host = host_label(&url);
-    let refused = if doc.ancestors.contains(&url) {
-        Some(fail(
+    let allowed = if doc.ancestors.contains(&url) {
+        Err(fail(
             url.as_str(),
             FailureKind::Loop,
             "includes itself or a document that includes it".into(),
         ))
     } else {
+        // The one allowlist decision for this include; the fetch takes it as it is.
         composer
             .fetcher
             .check(&url)
-            .err()
-            .map(|e| fetch_failure(url.as_str(), &e, record))
+            .map_err(|e| fetch_failure(url.as_str(), &e, record))
     };
-    if let Some(f) = refused {
-        composer
-            .metrics
-            .record_fragment(&host, f.kind.as_str(), 0.0, 0);
-        return Err(f);
-    }
+    let allowed = match allowed {
+        Ok(allowed) => allowed,
+        Err(f) => {
+            composer
+                .metrics
+                .record_fragment(&host, f.kind.as_str(), 0.0, 0);
+            return Err(f);
+        }
+    };
     let started = Instant::now();
     // Debug level: at the default `info` filter the span costs next to nothing per fragment
     // (failures are logged as warnings on their own).
@@ -183,7 +186,7 @@ async fn fetch_one(
             return Err(timeout_err());
         }
         let request = FragmentRequest {
-            url: url.clone(),
+            url: allowed,
             client_headers: Arc::clone(&state.page.client_headers),
             timeout,
         };

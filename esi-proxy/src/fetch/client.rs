@@ -23,7 +23,8 @@ use super::decode::{DecodeError, Decoder};
 use super::guard::{classify, Allowlist, Blocked, GuardedResolver, Lookup};
 use super::pool::{plain_pool, CheckinOnEnd, PlainPool, SendError};
 use super::{
-    Access, BoxError, FetchError, Fetcher, Fragment, FragmentRequest, OriginBody, OriginRequest,
+    Access, Allowed, BoxError, FetchError, Fetcher, Fragment, FragmentRequest, OriginBody,
+    OriginRequest,
 };
 use crate::config::{parse_base_url, BaseUrl, Config, Scheme};
 use crate::headers::{never_to_fragments, CAPABILITY, SURROGATE_CAPABILITY, X_FORWARDED};
@@ -356,12 +357,13 @@ impl Fetcher for HttpClient {
     fn fetch(&self, req: FragmentRequest) -> BoxFuture<'static, Result<Fragment, FetchError>> {
         let shared = Arc::clone(&self.shared);
         Box::pin(async move {
-            let access = shared.check(&req.url)?;
+            // Allowed by this client's check: the allowlist is not asked again.
+            let access = req.url.access();
             let text = redact(&req.url);
             let headers = shared.fragment_headers(&req.client_headers, access.trusted);
             let after = req.timeout;
-            match tokio::time::timeout(after, shared.receive(req.url, &text, headers, after)).await
-            {
+            let url = req.url.into_url();
+            match tokio::time::timeout(after, shared.receive(url, &text, headers, after)).await {
                 Ok(result) => result,
                 Err(_) => Err(FetchError::Timeout { url: text, after }),
             }
@@ -371,8 +373,9 @@ impl Fetcher for HttpClient {
     /// The URL must be http(s) without user info, and its `scheme://host:port` the origin
     /// (trusted) or a `fetch.hosts` entry (trusted as configured). An IP host that is not
     /// public (loopback, private, link-local, metadata, ...) is allowed only when listed exactly.
-    fn check(&self, url: &Url) -> Result<Access, FetchError> {
-        self.shared.check(url)
+    fn check(&self, url: &Url) -> Result<Allowed, FetchError> {
+        let access = self.shared.check(url)?;
+        Ok(Allowed::new(url.clone(), access))
     }
 }
 

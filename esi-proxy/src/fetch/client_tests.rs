@@ -79,7 +79,10 @@ fn allowlist() {
     for (url, want) in cases {
         let parsed = Url::parse(url).expect("test URLs parse");
         match (client.check(&parsed), want) {
-            (Ok(access), Ok(trusted)) => assert_eq!(access.trusted, *trusted, "url: {url}"),
+            (Ok(allowed), Ok(trusted)) => {
+                assert_eq!(allowed.access().trusted, *trusted, "url: {url}");
+                assert_eq!(*allowed, parsed, "url: {url}");
+            }
             (Err(FetchError::Refused { url: shown, reason }), Err(part)) => {
                 assert!(
                     reason.contains(part),
@@ -241,7 +244,7 @@ fn futures_are_send() {
     let url = Url::parse("http://origin.test:8081/f").expect("valid");
     let headers = Arc::new(HeaderMap::new());
     let req = FragmentRequest {
-        url,
+        url: client.check(&url).expect("the origin is allowed"),
         client_headers: headers,
         timeout: Duration::from_secs(1),
     };

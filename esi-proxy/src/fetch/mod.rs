@@ -93,11 +93,20 @@ pub enum FetchError {
     },
 }
 
+/// A URL that a [`Fetcher::check`] accepted, and the access it was given. Only a check makes
+/// one, so the allowlist is decided once per include: a fetch of it looks no further. Derefs
+/// to the URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allowed {
+    url: Url,
+    access: Access,
+}
+
 /// A fragment to fetch.
 #[derive(Debug, Clone)]
 pub struct FragmentRequest {
-    /// Absolute URL, already resolved against the document that includes it.
-    pub url: Url,
+    /// Absolute URL, resolved against the document that includes it, and allowed.
+    pub url: Allowed,
     /// The browser's request headers as the server received them, plus the `X-Forwarded-For`,
     /// `-Proto` and `-Host` the server set. Only the policy's subset is forwarded.
     pub client_headers: Arc<HeaderMap>,
@@ -199,14 +208,14 @@ pub trait Fetcher: Send + Sync + 'static {
     /// connection, a non-2xx status, an oversized or cut body, or another transport failure.
     fn fetch(&self, req: FragmentRequest) -> BoxFuture<'static, Result<Fragment, FetchError>>;
 
-    /// Allowlist check without fetching, so a caller can fail fast. The default, for fetchers
-    /// that never touch the network, allows everything untrusted.
+    /// The allowlist's decision on `url`, made before anything is fetched: what a
+    /// [`FragmentRequest`] needs. The default, for fetchers that never touch the network,
+    /// allows everything untrusted.
     ///
     /// # Errors
     /// [`FetchError::Refused`] when the URL may not be fetched.
-    fn check(&self, url: &Url) -> Result<Access, FetchError> {
-        let _ = url;
-        Ok(Access { trusted: false })
+    fn check(&self, url: &Url) -> Result<Allowed, FetchError> {
+        Ok(Allowed::new(url.clone(), Access { trusted: false }))
     }
 
     /// Sends a request to the origin; the response comes back once its head arrives, its body
@@ -264,6 +273,33 @@ impl FetchError {
             | FetchError::Truncated { url, .. }
             | FetchError::Transport { url, .. } => url,
         }
+    }
+}
+
+// === impl Allowed ===
+
+impl Allowed {
+    /// Only the fetchers of this module decide what is allowed.
+    pub(in crate::fetch) fn new(url: Url, access: Access) -> Self {
+        Self { url, access }
+    }
+
+    /// The access the URL was given.
+    pub fn access(&self) -> Access {
+        self.access
+    }
+
+    /// The URL.
+    pub fn into_url(self) -> Url {
+        self.url
+    }
+}
+
+impl std::ops::Deref for Allowed {
+    type Target = Url;
+
+    fn deref(&self) -> &Url {
+        &self.url
     }
 }
 

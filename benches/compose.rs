@@ -41,7 +41,7 @@ impl Fetcher for Ready {
                 headers: HeaderMap::new(),
                 body: body.clone(),
                 cache: None,
-                parsed: None,
+                template: None,
             }),
             None => Err(FetchError::Status {
                 url: req.url.to_string(),

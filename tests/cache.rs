@@ -42,7 +42,12 @@ fn setup(server: &Server, cache: CacheConfig) -> Setup {
     let cache = FragmentCache::new(config.cache.fragment_capacity_bytes, Arc::clone(&metrics));
     let policy = Arc::new(CachePolicy::from_config(&config.cache));
     Setup {
-        fetcher: CachingFetcher::new(Arc::new(client), Arc::clone(&cache), policy),
+        fetcher: CachingFetcher::new(
+            Arc::new(client),
+            Arc::clone(&cache),
+            policy,
+            esi_proxy::esi::ParseOptions::default(),
+        ),
         cache,
         metrics,
     }

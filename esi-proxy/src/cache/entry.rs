@@ -51,8 +51,10 @@ pub(super) struct Entry {
     stale_if_error: Duration,
     pub(super) source: TtlSource,
     pub(super) weight: u32,
-    /// The body parsed as ESI, filled by the first hit that needs it and shared by the rest.
-    parsed: Arc<OnceLock<Arc<Template>>>,
+    /// Whether the response is marked as ESI.
+    esi: bool,
+    /// The body parsed as ESI, filled by the first hit that serves it and shared by the rest.
+    parsed: OnceLock<Arc<Template>>,
 }
 
 // === impl Entry ===
@@ -68,6 +70,7 @@ impl Entry {
         source: TtlSource,
     ) -> Arc<Self> {
         let [ttl, stale_while_revalidate, stale_if_error] = times;
+        let esi = fragment.is_esi();
         let headers = kept_headers(&fragment.headers);
         let weight = weigh(&key, &headers, fragment.body.len());
         Arc::new(Self {
@@ -82,13 +85,18 @@ impl Entry {
             stale_if_error,
             source,
             weight,
-            parsed: Arc::new(OnceLock::new()),
+            esi,
+            parsed: OnceLock::new(),
         })
     }
 
-    /// The stored response as served with `status` ("hit", "miss" ...); the body and the
-    /// parsed-template slot are shared, not copied.
-    pub(super) fn fragment(&self, status: CacheStatus) -> Fragment {
+    /// The stored response as served with `status`; the body is shared, not copied, and an ESI
+    /// body comes parsed (by `parse`, the first time it is served).
+    pub(super) fn fragment(
+        &self,
+        status: CacheStatus,
+        parse: impl FnOnce(Bytes) -> Template,
+    ) -> Fragment {
         Fragment {
             status: self.status,
             headers: self.headers.clone(),
@@ -98,7 +106,12 @@ impl Entry {
                 ttl: Some(self.ttl),
                 source: Some(self.source.to_string()),
             }),
-            parsed: Some(Arc::clone(&self.parsed)),
+            template: self.esi.then(|| {
+                let template = self
+                    .parsed
+                    .get_or_init(|| Arc::new(parse(self.body.clone())));
+                Arc::clone(template)
+            }),
         }
     }
 
@@ -146,7 +159,7 @@ mod tests {
         let url: Arc<str> = "http://a.test/f".into();
         let fragment = Fragment {
             cache: None,
-            parsed: None,
+            template: None,
             status: StatusCode::OK,
             headers: headers(pairs),
             body,
@@ -178,7 +191,10 @@ mod tests {
         let body = Bytes::from(vec![b'x'; 100]);
         let entry = entry(&[], body.clone());
         assert_eq!(
-            entry.fragment(CacheStatus::Hit).body.as_ptr(),
+            entry
+                .fragment(CacheStatus::Hit, |_| Template::default())
+                .body
+                .as_ptr(),
             body.as_ptr()
         );
     }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared, WeakShared};
 use moka::future::Cache;
 use url::Url;
@@ -19,6 +20,7 @@ use super::store::{
     Variant, SIDE_OVERHEAD,
 };
 use super::{COALESCED, FRAGMENT_BYTES, FRAGMENT_ENTRIES, PASSES, STALE_SERVED};
+use crate::esi::{ParseOptions, Template};
 use crate::fetch::{
     Allowed, CacheInfo, CacheStatus, FetchError, Fetcher, Fragment, FragmentRequest,
 };
@@ -64,6 +66,8 @@ pub struct CachingFetcher {
     inner: Arc<dyn Fetcher>,
     cache: Arc<FragmentCache>,
     policy: Arc<CachePolicy>,
+    /// How a stored ESI fragment is parsed, once per entry.
+    parse: Arc<ParseOptions>,
 }
 
 /// A key whose last response could not be stored, for this long.
@@ -250,12 +254,23 @@ impl CachingFetcher {
         inner: Arc<dyn Fetcher>,
         cache: Arc<FragmentCache>,
         policy: Arc<CachePolicy>,
+        parse: ParseOptions,
     ) -> Self {
         Self {
             inner,
             cache,
             policy,
+            parse: Arc::new(parse),
         }
+    }
+
+    /// Parses a stored ESI body (lenient parsing never fails), counting its problems.
+    fn parse(&self, body: Bytes) -> Template {
+        let template = crate::esi::parse(body, &self.parse).unwrap_or_default();
+        if template.problem_count > 0 {
+            self.cache.store.add_esi_problems(template.problem_count);
+        }
+        template
     }
 
     async fn fetch_cached(self, req: FragmentRequest) -> Result<Fragment, FetchError> {
@@ -284,12 +299,14 @@ impl CachingFetcher {
             let fallback = match self.cache.lookup(&key).await {
                 Lookup::Fresh(entry) => {
                     self.cache.store.count_hit();
-                    return Ok(entry.fragment(CacheStatus::Hit));
+                    return Ok(entry.fragment(CacheStatus::Hit, |body| self.parse(body)));
                 }
                 Lookup::Revalidate(entry) => {
                     self.cache.count_stale("while_revalidate");
                     self.refresh(&key, &req, credentials);
-                    return Ok(entry.fragment(CacheStatus::StaleWhileRevalidate));
+                    return Ok(
+                        entry.fragment(CacheStatus::StaleWhileRevalidate, |body| self.parse(body))
+                    );
                 }
                 Lookup::Miss(stale) => stale,
             };
@@ -305,7 +322,7 @@ impl CachingFetcher {
                 Ok(Ok(Outcome::Stored(entry))) => {
                     let mine = CacheKey::new(&text, &entry.names, &req.client_headers, credentials);
                     if mine == entry.key {
-                        return Ok(entry.fragment(CacheStatus::Miss));
+                        return Ok(entry.fragment(CacheStatus::Miss, |body| self.parse(body)));
                     }
                     // The response varies on a header this request differs in.
                     continue;
@@ -327,7 +344,7 @@ impl CachingFetcher {
             if let Some(stale) = fallback.filter(|entry| entry.within_stale_if_error()) {
                 tracing::debug!(url = %text, error = %error, "serving stale fragment after error");
                 self.cache.count_stale("if_error");
-                return Ok(stale.fragment(CacheStatus::StaleIfError));
+                return Ok(stale.fragment(CacheStatus::StaleIfError, |body| self.parse(body)));
             }
             // One retry, and only while this request's own deadline leaves time for it.
             if retried || tokio::time::Instant::now() >= deadline {
@@ -350,7 +367,7 @@ impl CachingFetcher {
             Err(error) => match stale.filter(|entry| entry.within_stale_if_error()) {
                 Some(entry) => {
                     self.cache.count_stale("if_error");
-                    Ok(entry.fragment(CacheStatus::StaleIfError))
+                    Ok(entry.fragment(CacheStatus::StaleIfError, |body| self.parse(body)))
                 }
                 None => Err(error),
             },

@@ -250,6 +250,11 @@ impl<V: Stored> Store<V> {
     }
 
     /// Counts one lookup answered with a fresh value.
+    pub(super) fn add_esi_problems(&self, problems: usize) {
+        self.metrics.add_esi_problems(problems as u64);
+    }
+
+    /// Counts one lookup answered with a fresh entry.
     pub(super) fn count_hit(&self) {
         self.count(
             HITS,

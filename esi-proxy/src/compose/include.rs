@@ -240,7 +240,7 @@ async fn fetch_one(
             format!("ESI nested deeper than {}", cfg.max_depth),
         ));
     }
-    // A cached ESI fragment is parsed once per cache entry; lenient parsing never fails.
+    // A cached ESI fragment comes parsed (once per cache entry); lenient parsing never fails.
     let parse = || {
         let template = esi::parse(fragment.body.clone(), &cfg.parse).unwrap_or_default();
         if template.problem_count > 0 {
@@ -250,8 +250,8 @@ async fn fetch_one(
         }
         Arc::new(template)
     };
-    let template = match &fragment.parsed {
-        Some(slot) => Arc::clone(slot.get_or_init(parse)),
+    let template = match &fragment.template {
+        Some(template) => Arc::clone(template),
         None => parse(),
     };
     let mut ancestors = doc.ancestors.clone();

@@ -593,7 +593,7 @@ impl Shared {
             self.plain.checkin(authority, connection);
             return Ok(Fragment {
                 cache: None,
-                parsed: None,
+                template: None,
                 status,
                 headers,
                 body: collected.into_bytes(),
@@ -632,7 +632,7 @@ impl Shared {
         }
         Ok(Fragment {
             cache: None,
-            parsed: None,
+            template: None,
             status,
             headers,
             body: Bytes::from(decoded),
@@ -688,7 +688,7 @@ impl Shared {
         }
         Ok(Fragment {
             cache: None,
-            parsed: None,
+            template: None,
             status,
             headers,
             body: body.into_bytes(),

@@ -9,7 +9,7 @@ mod guard;
 mod pool;
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -127,9 +127,9 @@ pub struct Fragment {
     pub body: Bytes,
     /// How a cache served it; `None` when it came straight from HTTP.
     pub cache: Option<CacheInfo>,
-    /// For a fragment served from a cache entry: a slot for its parsed template, shared by
-    /// every hit of that entry, so an ESI fragment is parsed once per cache lifetime.
-    pub parsed: Option<Arc<OnceLock<Arc<Template>>>>,
+    /// The body already parsed as ESI, when the source keeps parsed templates (a cache entry
+    /// of an ESI fragment, parsed once per entry); `None` leaves the parse to the caller.
+    pub template: Option<Arc<Template>>,
 }
 
 /// The kind of a [`FetchError`]: the label metrics and logs use.
@@ -395,7 +395,7 @@ mod tests {
             }
             let fragment = Fragment {
                 cache: None,
-                parsed: None,
+                template: None,
                 status: StatusCode::OK,
                 headers,
                 body: Bytes::new(),

@@ -117,18 +117,20 @@ fn build_runtime(
             .map_err(|e| ServerError::Config(e.to_string()))?,
     );
     let policy = Arc::new(CachePolicy::from_config(&config.cache));
+    let compose = ComposeConfig::from_config(&config);
     let fetcher: Arc<dyn Fetcher> = if config.cache.enabled {
         Arc::new(CachingFetcher::new(
             Arc::clone(&client) as Arc<dyn Fetcher>,
             Arc::clone(fragment_cache),
             Arc::clone(&policy),
+            compose.parse.clone(),
         ))
     } else {
         Arc::clone(&client) as Arc<dyn Fetcher>
     };
     let composer = Composer::new(
         fetcher,
-        ComposeConfig::from_config(&config),
+        compose,
         config.fetch.max_concurrent,
         Arc::clone(metrics),
     );

@@ -22,7 +22,8 @@ use super::store::{
 use super::{COALESCED, FRAGMENT_BYTES, FRAGMENT_ENTRIES, PASSES, STALE_SERVED};
 use crate::esi::{ParseOptions, Template};
 use crate::fetch::{
-    Allowed, CacheInfo, CacheStatus, FetchError, Fetcher, Fragment, FragmentRequest,
+    Allowed, CacheInfo, CacheStatus, FetchError, Fetcher, Fragment, FragmentRequest, OriginBody,
+    OriginRequest,
 };
 use crate::telemetry::Metrics;
 
@@ -518,6 +519,15 @@ impl Fetcher for CachingFetcher {
 
     fn check(&self, url: &Url) -> Result<Allowed, FetchError> {
         self.inner.check(url)
+    }
+
+    /// Layouts pass through to the inner fetcher: the layout cache, which keeps parsed
+    /// templates, sits in the server's request path instead.
+    fn send_origin(
+        &self,
+        req: OriginRequest,
+    ) -> BoxFuture<'static, Result<http::Response<OriginBody>, FetchError>> {
+        self.inner.send_origin(req)
     }
 }
 

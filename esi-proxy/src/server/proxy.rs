@@ -23,7 +23,7 @@ use super::body::{full, Body, BoxError};
 use super::error::Error;
 use super::state::Runtime;
 use super::AppState;
-use crate::fetch::{decode_stream, CacheStatus, Fetcher as _, OriginBody, OriginRequest};
+use crate::fetch::{decode_stream, CacheStatus, OriginBody, OriginRequest};
 use crate::headers::{client_response_headers, composed_headers, origin_headers, SERVER_TIMING};
 
 /// Refuses what a reverse proxy must not do: tunnels, TRACE, upgrades, forward-proxy requests.
@@ -164,7 +164,7 @@ pub(super) async fn forward(
         headers,
         body,
     };
-    let upstream = match rt.client.send_origin(request).await {
+    let upstream = match rt.fetcher.send_origin(request).await {
         Ok(r) => r,
         Err(e) => return ("proxy", Err(Error::Origin(e))),
     };

@@ -30,7 +30,8 @@ pub struct AppState {
 /// end, so a reload never changes the rules under a page being composed.
 pub(super) struct Runtime {
     pub(super) config: Config,
-    pub(super) client: Arc<HttpClient>,
+    /// Layouts and fragments: the HTTP client, behind the cache when caching is on.
+    pub(super) fetcher: Arc<dyn Fetcher>,
     pub(super) composer: Arc<Composer>,
     pub(super) policy: Arc<CachePolicy>,
     pub(super) origin: BaseUrl,
@@ -129,7 +130,7 @@ fn build_runtime(
         Arc::clone(&client) as Arc<dyn Fetcher>
     };
     let composer = Composer::new(
-        fetcher,
+        Arc::clone(&fetcher),
         compose,
         config.fetch.max_concurrent,
         Arc::clone(metrics),
@@ -138,7 +139,7 @@ fn build_runtime(
     let origin_url = origin.to_url();
     Ok(Runtime {
         config,
-        client,
+        fetcher,
         composer,
         policy,
         origin,

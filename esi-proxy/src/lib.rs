@@ -1,18 +1,20 @@
 //! esi-proxy: an Edge Side Includes page-composition server.
 //!
-//! Modules in data-flow order (arrows point one way: server → compose → cache → fetch → config):
-//! - [`server`]: hyper server, proxying of non-ESI responses, admin endpoints (with the
-//!   page-build waterfall behind `/_esi/debug/<path>`), reload, graceful shutdown, and the one
-//!   status mapping of errors.
-//! - [`compose`]: runs a [`esi::Template`] for one request: concurrent fetches, fallbacks, nested
-//!   includes, the body streamed in document order.
-//! - [`cache`]: moka caches of fragments and parsed layouts: TTL rules, single-flight,
-//!   stale-while-revalidate / stale-if-error, purge. A [`fetch::Fetcher`] over the HTTP one.
-//! - [`fetch`]: HTTP client to origin and fragments: timeouts, host allowlist, header policy,
-//!   size limits.
-//! - [`config`]: TOML schema, defaults, validation with file/line/field errors.
-//! - [`esi`]: the ESI 1.0 language, bytes → [`esi::Template`]; expressions and variables. Pure.
-//! - [`telemetry`]: tracing subscriber, metrics registry, Server-Timing.
+//! Modules in data-flow order; every import points down this list, none up:
+//! - [`server`]: the hyper listener, routing, origin pass-through, the composed response, admin
+//!   endpoints (health, metrics, purge, the page-build waterfall), config reload, graceful
+//!   shutdown, and the one status mapping of errors.
+//! - [`compose`]: runs a [`esi::Template`] for one page: concurrent fetches, fallbacks, nested
+//!   includes, the body streamed in document order, the build trace.
+//! - [`cache`]: the pure TTL policy, one store (keys, Vary, weigher, purge) for fragments and
+//!   layouts, and the caching [`fetch::Fetcher`] with single-flight and stale serving.
+//! - [`fetch`]: the [`fetch::Fetcher`] contract, and its HTTP client: pools, the allowlist and
+//!   address guard, body decoding.
+//! - [`config`]: the TOML schema and defaults, file:line errors, validation into the typed
+//!   [`config::Settings`].
+//! - [`esi`]: the ESI language, bytes → [`esi::Template`]; expressions and variables. Pure.
+//! - [`telemetry`]: tracing subscriber, metrics registry and Prometheus text, Server-Timing.
+//! - [`headers`]: every HTTP header rule, in one place.
 //! - [`lint`]: checks ESI markup for fragment teams (`esi-proxy lint`).
 
 pub mod cache;
@@ -24,8 +26,3 @@ pub mod headers;
 pub mod lint;
 pub mod server;
 pub mod telemetry;
-
-/// The request error and its status, at its old path; it lives in [`server::error`].
-pub use server::error;
-/// The page-build waterfall, at its old path; it lives in [`server::waterfall`].
-pub use server::waterfall as debug;

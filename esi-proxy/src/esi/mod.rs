@@ -3,7 +3,9 @@
 //! Pure: no I/O, no async, no allocation per literal byte (literal runs are `Bytes` slices).
 
 pub mod ast;
+pub mod build;
 pub mod diag;
+pub mod event;
 pub mod expr;
 pub mod parse;
 pub mod scan;

@@ -20,11 +20,13 @@
 use bytes::{Bytes, BytesMut};
 use quick_xml::events::attributes::Attributes;
 
-use super::ast::{Include, Node, OnError, Template, When};
+use super::ast::{Include, OnError, Template};
+pub use super::build::TemplateBuilder;
 pub use super::diag::{Diagnostic, ParseError, Problem, Severity};
-use super::expr::{parse_expr, Expr};
+pub use super::event::Event;
+use super::expr::parse_expr;
 use super::scan::{Pos, ScanProblem, Scanner, Token};
-use super::vars::{split_vars, Segment, VarString};
+use super::vars::{split_vars, VarString};
 
 /// How problems in the markup are handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -51,56 +53,6 @@ pub struct ParseOptions {
     pub max_vars_bytes: usize,
     /// How many diagnostics are kept (all are counted). Default: 64.
     pub max_diagnostics: usize,
-}
-
-/// One step of a parsed document, in document order. Block starts and ends always pair up and
-/// nest as the language requires, whatever the input, so a consumer can trust the structure.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event {
-    /// Literal bytes (a slice of the input).
-    Text(Bytes),
-    /// Text inside `esi:vars` that holds variables.
-    Vars(Vec<Segment<Bytes>>),
-    /// A complete `<esi:include>`.
-    Include(Include),
-    /// `<esi:try>`.
-    TryStart,
-    /// `<esi:attempt>`.
-    AttemptStart,
-    /// `</esi:attempt>`.
-    AttemptEnd,
-    /// `<esi:except>`.
-    ExceptStart,
-    /// `</esi:except>`.
-    ExceptEnd,
-    /// `</esi:try>`.
-    TryEnd,
-    /// `<esi:choose>`.
-    ChooseStart,
-    /// `<esi:when>`.
-    WhenStart {
-        /// The parsed test; `None` (never taken) when it did not parse in lenient mode.
-        test: Option<Expr>,
-        /// The test as written.
-        source: Box<str>,
-    },
-    /// `</esi:when>`.
-    WhenEnd,
-    /// `<esi:otherwise>`.
-    OtherwiseStart,
-    /// `</esi:otherwise>`.
-    OtherwiseEnd,
-    /// `</esi:choose>`.
-    ChooseEnd,
-    /// `<esi:inline>`.
-    InlineStart {
-        /// The `name` attribute.
-        name: Box<str>,
-        /// The `fetchable` attribute.
-        fetchable: bool,
-    },
-    /// `</esi:inline>`.
-    InlineEnd,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,36 +104,6 @@ pub struct Parser {
     vars_len: usize,
     diagnostics: Vec<Diagnostic>,
     problem_count: usize,
-}
-
-/// Builds the tree of a [`Template`] from a well-nested [`Event`] stream.
-#[derive(Debug, Default)]
-pub struct TemplateBuilder {
-    root: Vec<Node>,
-    stack: Vec<(Open, Vec<Node>)>,
-}
-
-#[derive(Debug)]
-enum Open {
-    Try {
-        attempt: Vec<Node>,
-        except: Vec<Node>,
-    },
-    Attempt,
-    Except,
-    Choose {
-        whens: Vec<When>,
-        otherwise: Option<Vec<Node>>,
-    },
-    When {
-        test: Option<Expr>,
-        source: Box<str>,
-    },
-    Otherwise,
-    Inline {
-        name: Box<str>,
-        fetchable: bool,
-    },
 }
 
 /// Parses a whole document.
@@ -882,99 +804,6 @@ pub fn decode_entities(s: &str) -> String {
     }
     out.push_str(rest);
     out
-}
-
-// === impl TemplateBuilder ===
-
-impl TemplateBuilder {
-    /// Adds the next event. Events out of structure (which [`Parser`] never emits) are ignored.
-    pub fn push(&mut self, event: Event) {
-        match event {
-            Event::Text(b) => self.current().push(Node::Text(b)),
-            Event::Vars(s) => self.current().push(Node::Vars(s)),
-            Event::Include(inc) => self.current().push(Node::Include(inc)),
-            Event::TryStart => self.open(Open::Try {
-                attempt: Vec::new(),
-                except: Vec::new(),
-            }),
-            Event::AttemptStart => self.open(Open::Attempt),
-            Event::ExceptStart => self.open(Open::Except),
-            Event::ChooseStart => self.open(Open::Choose {
-                whens: Vec::new(),
-                otherwise: None,
-            }),
-            Event::WhenStart { test, source } => self.open(Open::When { test, source }),
-            Event::OtherwiseStart => self.open(Open::Otherwise),
-            Event::InlineStart { name, fetchable } => self.open(Open::Inline { name, fetchable }),
-            Event::AttemptEnd
-            | Event::ExceptEnd
-            | Event::WhenEnd
-            | Event::OtherwiseEnd
-            | Event::TryEnd
-            | Event::ChooseEnd
-            | Event::InlineEnd => self.close(),
-        }
-    }
-
-    /// The finished template (diagnostics are the parser's to add).
-    pub fn finish(mut self) -> Template {
-        while !self.stack.is_empty() {
-            self.close();
-        }
-        Template {
-            nodes: self.root,
-            diagnostics: Vec::new(),
-            problem_count: 0,
-        }
-    }
-
-    fn current(&mut self) -> &mut Vec<Node> {
-        match self.stack.last_mut() {
-            Some((_, nodes)) => nodes,
-            None => &mut self.root,
-        }
-    }
-
-    fn open(&mut self, open: Open) {
-        self.stack.push((open, Vec::new()));
-    }
-
-    fn close(&mut self) {
-        let Some((open, body)) = self.stack.pop() else {
-            return;
-        };
-        match open {
-            Open::Try { attempt, except } => self.current().push(Node::Try { attempt, except }),
-            Open::Choose { whens, otherwise } => {
-                self.current().push(Node::Choose { whens, otherwise })
-            }
-            Open::Inline { name, fetchable } => self.current().push(Node::Inline {
-                name,
-                fetchable,
-                body,
-            }),
-            Open::Attempt => {
-                if let Some((Open::Try { attempt, .. }, _)) = self.stack.last_mut() {
-                    *attempt = body;
-                }
-            }
-            Open::Except => {
-                if let Some((Open::Try { except, .. }, _)) = self.stack.last_mut() {
-                    *except = body;
-                }
-            }
-            Open::When { test, source } => {
-                if let Some((Open::Choose { whens, .. }, _)) = self.stack.last_mut() {
-                    whens.push(When { test, source, body });
-                }
-            }
-            Open::Otherwise => {
-                if let Some((Open::Choose { otherwise, .. }, _)) = self.stack.last_mut() {
-                    *otherwise = Some(body);
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,58 @@
+//! The parser's output: one step of a document at a time, in document order, well nested
+//! whatever the input. What the composer streams and the builder turns into a template.
+
+use bytes::Bytes;
+
+use super::ast::Include;
+use super::expr::Expr;
+use super::vars::Segment;
+
+/// One step of a parsed document, in document order. Block starts and ends always pair up and
+/// nest as the language requires, whatever the input, so a consumer can trust the structure.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Literal bytes (a slice of the input).
+    Text(Bytes),
+    /// Text inside `esi:vars` that holds variables.
+    Vars(Vec<Segment<Bytes>>),
+    /// A complete `<esi:include>`.
+    Include(Include),
+    /// `<esi:try>`.
+    TryStart,
+    /// `<esi:attempt>`.
+    AttemptStart,
+    /// `</esi:attempt>`.
+    AttemptEnd,
+    /// `<esi:except>`.
+    ExceptStart,
+    /// `</esi:except>`.
+    ExceptEnd,
+    /// `</esi:try>`.
+    TryEnd,
+    /// `<esi:choose>`.
+    ChooseStart,
+    /// `<esi:when>`.
+    WhenStart {
+        /// The parsed test; `None` (never taken) when it did not parse in lenient mode.
+        test: Option<Expr>,
+        /// The test as written.
+        source: Box<str>,
+    },
+    /// `</esi:when>`.
+    WhenEnd,
+    /// `<esi:otherwise>`.
+    OtherwiseStart,
+    /// `</esi:otherwise>`.
+    OtherwiseEnd,
+    /// `</esi:choose>`.
+    ChooseEnd,
+    /// `<esi:inline>`.
+    InlineStart {
+        /// The `name` attribute.
+        name: Box<str>,
+        /// The `fetchable` attribute.
+        fetchable: bool,
+    },
+    /// `</esi:inline>`.
+    InlineEnd,
+}

@@ -107,10 +107,13 @@ fn compose_layout_120(c: &mut Criterion) {
         })
         .collect();
     let want = reference(&template, &bodies);
+    let settings = Config::default()
+        .settings()
+        .expect("the default config is valid");
     let composer = Composer::new(
         Arc::new(Ready { bodies }),
-        ComposeConfig::from_config(&Config::default()),
-        Config::default().fetch.max_concurrent,
+        ComposeConfig::from_config(&settings),
+        settings.fetch.max_concurrent,
         Arc::new(Metrics::new()),
     );
     let chunks: Vec<Bytes> = LAYOUT_120

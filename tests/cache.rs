@@ -36,11 +36,11 @@ fn setup(server: &Server, cache: CacheConfig) -> Setup {
     let mut config = Config::default();
     config.server.origin = server.base();
     config.cache = cache;
-    config.validate().expect("test config is valid");
-    let client = HttpClient::new(&config, Arc::new(SystemLookup)).expect("test config is valid");
+    let settings = config.settings().expect("valid test config");
+    let client = HttpClient::new(&settings, Arc::new(SystemLookup)).expect("test config is valid");
     let metrics = Arc::new(Metrics::new());
-    let cache = FragmentCache::new(config.cache.fragment_capacity_bytes, Arc::clone(&metrics));
-    let policy = Arc::new(CachePolicy::from_config(&config.cache));
+    let cache = FragmentCache::new(settings.cache.fragment_capacity_bytes, Arc::clone(&metrics));
+    let policy = Arc::new(CachePolicy::from_config(&settings.cache));
     Setup {
         fetcher: CachingFetcher::new(
             Arc::new(client),

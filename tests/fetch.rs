@@ -40,7 +40,8 @@ fn client(config: &Config) -> HttpClient {
 }
 
 fn client_with(config: &Config, lookup: Arc<dyn Lookup>) -> HttpClient {
-    HttpClient::new(config, lookup).expect("test configs are valid")
+    let settings = config.settings().expect("valid test config");
+    HttpClient::new(&settings, lookup).expect("test configs are valid")
 }
 
 /// `names` mapped to their addresses.

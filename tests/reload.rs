@@ -132,7 +132,7 @@ async fn reload_of_valid_and_broken_files_under_load_drops_no_request() {
         Arc::clone(&proxy.state),
         path.clone(),
         Arc::new(|_: &mut Config| {}),
-        Duration::from_millis(50),
+        Some(Duration::from_millis(50)),
     );
     let base = proxy.url("");
 

@@ -10,9 +10,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use esi_proxy::config::Config;
+use esi_proxy::config::{Config, LogFormat};
 use esi_proxy::esi::Severity;
 use esi_proxy::{fetch, server, telemetry};
 
@@ -136,19 +135,21 @@ fn serve(file: Option<PathBuf>, overrides: Overrides, json_logs: bool) -> anyhow
         || "<defaults and flags>".to_owned(),
         |p| p.display().to_string(),
     );
-    config.validate_source(&source, None)?;
-    telemetry::init_tracing(json_logs || config.server.log_format == "json", "info")?;
+    let settings = config.settings_source(&source, None)?;
+    let json = json_logs || settings.server.log_format == LogFormat::Json;
+    telemetry::init_tracing(json, "info")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&config.server.listen)
+        let listen = settings.server.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("listening on {}", config.server.listen))?;
+            .with_context(|| format!("listening on {listen}"))?;
         let addr = listener.local_addr()?;
         let metrics = Arc::new(telemetry::Metrics::new());
-        let cache = config.cache.enabled;
-        let poll = Duration::from_millis(config.server.config_poll_ms);
+        let cache = settings.cache.enabled;
+        let poll = settings.server.config_poll;
         let state = server::AppState::new(config, Arc::new(fetch::SystemLookup), metrics)?;
         let watcher = file.map(|path| {
             tracing::info!(path = %path.display(), "reloading the config on SIGHUP and when the file changes");

@@ -10,12 +10,14 @@ use http::header::{HeaderName, AGE, AUTHORIZATION, CACHE_CONTROL, COOKIE, SET_CO
 use http::{HeaderMap, StatusCode};
 use url::Url;
 
-use crate::config::{glob_match, CacheConfig};
+use crate::config::{glob_match, CacheRuleSettings, CacheSettings};
 use crate::headers::{split_unquoted, DEVICE, SURROGATE_CONTROL};
 
 /// Longest TTL or stale window kept, whatever a header or rule says (one year), so expiry
 /// instants never overflow.
 const MAX_AGE_S: u64 = 365 * 24 * 60 * 60;
+/// [`MAX_AGE_S`] as a duration.
+const MAX_AGE: Duration = Duration::from_secs(MAX_AGE_S);
 /// Most header names a response may `Vary` on before it is not stored: every name multiplies
 /// the variants a URL may have.
 const MAX_VARY_NAMES: usize = 16;
@@ -23,11 +25,13 @@ const MAX_VARY_NAMES: usize = 16;
 /// TTL rules and windows from config; rebuilt on every config reload.
 #[derive(Debug, Clone)]
 pub struct CachePolicy {
-    rules: Vec<Rule>,
+    /// `cache.rules`, each with its key headers sorted and unique.
+    rules: Vec<CacheRuleSettings>,
+    /// `cache.key_headers`, sorted and unique.
     key_headers: Vec<HeaderName>,
-    default_ttl_s: u64,
-    stale_while_revalidate_s: u64,
-    stale_if_error_s: u64,
+    default_ttl: Duration,
+    stale_while_revalidate: Duration,
+    stale_if_error: Duration,
     hit_for_pass: Duration,
 }
 
@@ -74,16 +78,6 @@ pub struct Credentials {
     pub authorization: bool,
 }
 
-/// A compiled `[[cache.rules]]` entry.
-#[derive(Debug, Clone)]
-struct Rule {
-    pattern: String,
-    ttl_s: u64,
-    stale_while_revalidate_s: Option<u64>,
-    stale_if_error_s: Option<u64>,
-    key_headers: Vec<HeaderName>,
-}
-
 /// `Cache-Control` directives that matter to a shared cache.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct CacheControl {
@@ -108,26 +102,22 @@ struct SurrogateControl {
 // === impl CachePolicy ===
 
 impl CachePolicy {
-    /// The policy of a (validated) `[cache]` section. Header names that do not parse are
-    /// skipped (validation reports them).
-    pub fn from_config(config: &CacheConfig) -> Self {
+    /// The policy of a validated `[cache]` section.
+    pub fn from_config(cache: &CacheSettings) -> Self {
         Self {
-            rules: config
+            rules: cache
                 .rules
                 .iter()
-                .map(|rule| Rule {
-                    pattern: rule.pattern.clone(),
-                    ttl_s: rule.ttl_s,
-                    stale_while_revalidate_s: rule.stale_while_revalidate_s,
-                    stale_if_error_s: rule.stale_if_error_s,
-                    key_headers: header_names(&rule.key_headers),
+                .map(|rule| CacheRuleSettings {
+                    key_headers: merge_names(&rule.key_headers, &[]).to_vec(),
+                    ..rule.clone()
                 })
                 .collect(),
-            key_headers: header_names(&config.key_headers),
-            default_ttl_s: config.default_ttl_s,
-            stale_while_revalidate_s: config.stale_while_revalidate_s,
-            stale_if_error_s: config.stale_if_error_s,
-            hit_for_pass: Duration::from_secs(config.hit_for_pass_s.min(MAX_AGE_S)),
+            key_headers: merge_names(&cache.key_headers, &[]).to_vec(),
+            default_ttl: cache.default_ttl,
+            stale_while_revalidate: cache.stale_while_revalidate,
+            stale_if_error: cache.stale_if_error,
+            hit_for_pass: cache.hit_for_pass.min(MAX_AGE),
         }
     }
 
@@ -204,42 +194,44 @@ impl CachePolicy {
             }
         }
         let age = age_of(headers);
-        let (ttl_s, source) = match rule {
-            Some((index, rule)) => (rule.ttl_s, TtlSource::Rule(index, rule.pattern.clone())),
+        let from_header = |n: u64| Duration::from_secs(n.saturating_sub(age));
+        let (ttl, source) = match rule {
+            Some((index, rule)) => (rule.ttl, TtlSource::Rule(index, rule.pattern.clone())),
             None if cc.no_cache => return Decision::Pass("no-cache"),
             None => match (sc.max_age, cc.s_maxage, cc.max_age) {
-                (Some(n), _, _) => (n.saturating_sub(age), TtlSource::SurrogateControl),
-                (None, Some(n), _) => (n.saturating_sub(age), TtlSource::SMaxAge),
-                (None, None, Some(n)) => (n.saturating_sub(age), TtlSource::MaxAge),
-                (None, None, None) => (self.default_ttl_s, TtlSource::Default),
+                (Some(n), _, _) => (from_header(n), TtlSource::SurrogateControl),
+                (None, Some(n), _) => (from_header(n), TtlSource::SMaxAge),
+                (None, None, Some(n)) => (from_header(n), TtlSource::MaxAge),
+                (None, None, None) => (self.default_ttl, TtlSource::Default),
             },
         };
-        if ttl_s == 0 {
+        if ttl.is_zero() {
             return Decision::Pass("ttl");
         }
         let revalidate = cc.must_revalidate;
-        let window = |from_rule: Option<u64>, from_response: Option<u64>, default: u64| {
-            let seconds = from_rule.unwrap_or_else(|| {
-                if revalidate {
-                    0
-                } else {
-                    from_response.unwrap_or(default)
-                }
-            });
-            seconds_capped(seconds)
-        };
+        let window =
+            |from_rule: Option<Duration>, from_response: Option<u64>, default: Duration| {
+                let window = from_rule.unwrap_or_else(|| {
+                    if revalidate {
+                        Duration::ZERO
+                    } else {
+                        from_response.map_or(default, Duration::from_secs)
+                    }
+                });
+                window.min(MAX_AGE)
+            };
         let rule = rule.map(|(_, r)| r);
         Decision::Store {
-            ttl: seconds_capped(ttl_s),
+            ttl: ttl.min(MAX_AGE),
             stale_while_revalidate: window(
-                rule.and_then(|r| r.stale_while_revalidate_s),
+                rule.and_then(|r| r.stale_while_revalidate),
                 cc.stale_while_revalidate,
-                self.stale_while_revalidate_s,
+                self.stale_while_revalidate,
             ),
             stale_if_error: window(
-                rule.and_then(|r| r.stale_if_error_s),
+                rule.and_then(|r| r.stale_if_error),
                 cc.stale_if_error,
-                self.stale_if_error_s,
+                self.stale_if_error,
             ),
             source,
         }
@@ -258,7 +250,7 @@ impl CachePolicy {
 
     /// The first rule matching `url`: its glob over `host:port/path`, or over the path alone
     /// when it starts with `/`.
-    fn rule_for(&self, url: &Url) -> Option<(usize, &Rule)> {
+    fn rule_for(&self, url: &Url) -> Option<(usize, &CacheRuleSettings)> {
         let path = url.path();
         let full = format!(
             "{}:{}{}",
@@ -276,7 +268,7 @@ impl CachePolicy {
         })
     }
 
-    fn key_headers_of(&self, rule: Option<&Rule>) -> Vec<HeaderName> {
+    fn key_headers_of(&self, rule: Option<&CacheRuleSettings>) -> Vec<HeaderName> {
         let from_rule = rule.map_or(&[][..], |r| r.key_headers.as_slice());
         merge_names(&self.key_headers, from_rule).to_vec()
     }
@@ -411,15 +403,6 @@ pub(super) fn merge_names(a: &[HeaderName], b: &[HeaderName]) -> Arc<[HeaderName
     names.into()
 }
 
-/// Header names from config (any case); ones that do not parse are skipped.
-fn header_names(names: &[String]) -> Vec<HeaderName> {
-    let parsed: Vec<HeaderName> = names
-        .iter()
-        .filter_map(|n| HeaderName::from_bytes(n.trim().to_ascii_lowercase().as_bytes()).ok())
-        .collect();
-    merge_names(&parsed, &[]).to_vec()
-}
-
 /// The names a response varies on, sorted and unique, without `Accept-Encoding` (bodies are
 /// stored decoded); `None` for `*`, a name that does not parse, or more than 16 names.
 pub(super) fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
@@ -457,11 +440,6 @@ fn delta_seconds(arg: Option<&str>) -> u64 {
         return 0;
     }
     digits.parse().unwrap_or(u64::MAX)
-}
-
-/// Seconds as a duration, at most [`MAX_AGE_S`].
-fn seconds_capped(seconds: u64) -> Duration {
-    Duration::from_secs(seconds.min(MAX_AGE_S))
 }
 
 /// A directive's name and unquoted argument: `max-age="5"` gives `("max-age", Some("5"))`.

@@ -2,7 +2,10 @@
 //! credentials, Surrogate-Control forms, stale windows, key headers and Vary.
 
 use super::*;
-use crate::cache::testing::{headers, policy, url, Pairs, AUTH_ONLY, BOTH, COOKIE_ONLY, NONE};
+use crate::cache::testing::{
+    headers, policy, policy_of, url, Pairs, AUTH_ONLY, BOTH, COOKIE_ONLY, NONE,
+};
+use crate::config::CacheConfig;
 
 fn store(ttl: u64, swr: u64, sie: u64, source: TtlSource) -> Decision {
     Decision::Store {
@@ -394,7 +397,7 @@ fn credentials() {
         key_headers: vec!["Cookie".into()],
         ..CacheConfig::default()
     };
-    let p = CachePolicy::from_config(&config);
+    let p = policy_of(config);
     assert_eq!(
         p.decide_for(&url("http://b.test/f"), ok, &empty, COOKIE_ONLY),
         store(7, 0, 0, Default)

@@ -5,7 +5,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use url::Url;
 
 use super::{CachePolicy, Credentials};
-use crate::config::{CacheConfig, CacheRule};
+use crate::config::{CacheConfig, CacheRule, Config};
 
 pub(super) const NONE: Credentials = Credentials {
     cookie: false,
@@ -50,7 +50,16 @@ pub(super) fn policy(windows: bool) -> CachePolicy {
         ],
         ..CacheConfig::default()
     };
-    CachePolicy::from_config(&config)
+    policy_of(config)
+}
+
+/// The policy of `cache`, validated as a whole config would be.
+pub(super) fn policy_of(cache: CacheConfig) -> CachePolicy {
+    let config = Config {
+        cache,
+        ..Config::default()
+    };
+    CachePolicy::from_config(&config.settings().expect("valid test config").cache)
 }
 
 pub(super) fn headers(pairs: &[(&str, &str)]) -> HeaderMap {

@@ -14,13 +14,14 @@ use tokio::sync::{Semaphore, SemaphorePermit, TryAcquireError};
 use tracing::Instrument;
 use url::{Position, Url};
 
+use crate::config;
 use crate::esi::vars::render_url;
 use crate::esi::{self, Include, OnError};
 use crate::fetch::{ErrorKind, FetchError, FragmentRequest};
 
 use super::buffered::compose_nodes;
 use super::stream::concat;
-use super::{DocContext, ErrorPolicy, Failure, FailureKind, Fallback, PageState};
+use super::{DocContext, Failure, FailureKind, Fallback, PageState};
 
 /// One include with its fallbacks: `src`, then `alt`, then `onerror="continue"`; then, outside
 /// an attempt, the policy.
@@ -67,11 +68,11 @@ pub(super) fn include<'a>(
             return Err(failure);
         }
         match cfg.on_error {
-            ErrorPolicy::Empty => {
+            config::OnError::Empty => {
                 state.record_fallback(Fallback::Empty, Some(&failure));
                 Ok(Bytes::new())
             }
-            ErrorPolicy::Fail => {
+            config::OnError::Fail => {
                 state.record_fallback(Fallback::Abort, Some(&failure));
                 Err(failure)
             }

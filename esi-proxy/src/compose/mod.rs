@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tracing::Instrument;
 use url::Url;
 
-use crate::config::Config;
+use crate::config::{CookieNames, OnError, Settings};
 use crate::esi::{self, CookieAccess, ParseOptions, Template, VarPolicy};
 use crate::fetch::{ErrorKind, Fetcher};
 use crate::telemetry::Metrics;
@@ -28,24 +28,15 @@ pub use trace::{FetchRecord, LayoutRecord, Trace};
 
 use stream::{Driver, Source};
 
-/// What an include that fails with no fallback yields outside `esi:try`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorPolicy {
-    /// An empty slot, logged and counted.
-    Empty,
-    /// The page fails: 502 if nothing was sent yet, else the connection is aborted.
-    Fail,
-}
-
-/// The limits and policies composition runs under, taken from [`Config`].
+/// The limits and policies composition runs under, taken from [`Settings`].
 #[derive(Debug, Clone)]
 pub struct ComposeConfig {
     /// How deep fragments that are ESI themselves are composed.
     pub max_depth: usize,
     /// Most includes per page, nested ones included.
     pub max_includes: usize,
-    /// Policy for failed includes with no fallback.
-    pub on_error: ErrorPolicy,
+    /// What an include that fails with no fallback yields outside `esi:try`.
+    pub on_error: OnError,
     /// Deadline per fragment unless the tag sets `maxwait`.
     pub fragment_timeout: Duration,
     /// Deadline for the whole page.
@@ -171,26 +162,21 @@ struct DocContext {
 // === impl ComposeConfig ===
 
 impl ComposeConfig {
-    /// Composition settings from a validated config.
-    pub fn from_config(config: &Config) -> Self {
-        let e = &config.esi;
-        let cookies = if e.cookie_names.iter().any(|n| n == "*") {
-            CookieAccess::All
-        } else {
-            CookieAccess::Only(e.cookie_names.clone())
+    /// Composition settings from `[esi]` and `[fetch]`.
+    pub fn from_config(settings: &Settings) -> Self {
+        let (e, f) = (&settings.esi, &settings.fetch);
+        let cookies = match &e.cookies {
+            CookieNames::All => CookieAccess::All,
+            CookieNames::Only(names) => CookieAccess::Only(names.clone()),
         };
         Self {
             max_depth: e.max_depth,
             max_includes: e.max_includes,
-            on_error: if e.on_error == "fail" {
-                ErrorPolicy::Fail
-            } else {
-                ErrorPolicy::Empty
-            },
-            fragment_timeout: Duration::from_millis(config.fetch.fragment_timeout_ms),
-            page_timeout: Duration::from_millis(config.fetch.page_timeout_ms),
-            max_page_bytes: config.fetch.max_page_bytes,
-            max_concurrent_per_page: config.fetch.max_concurrent_per_page,
+            on_error: e.on_error,
+            fragment_timeout: f.fragment_timeout,
+            page_timeout: f.page_timeout,
+            max_page_bytes: f.max_page_bytes,
+            max_concurrent_per_page: f.max_concurrent_per_page,
             parse: ParseOptions {
                 max_depth: e.max_nesting,
                 ..ParseOptions::default()

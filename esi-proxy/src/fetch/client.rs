@@ -26,7 +26,7 @@ use super::{
     Access, Allowed, BoxError, FetchError, Fetcher, Fragment, FragmentRequest, OriginBody,
     OriginRequest,
 };
-use crate::config::{parse_base_url, BaseUrl, Config, Scheme};
+use crate::config::{BaseUrl, Scheme, Settings};
 use crate::headers::{never_to_fragments, CAPABILITY, SURROGATE_CAPABILITY, X_FORWARDED};
 
 /// The HTTP client: keep-alive pools for fragments (decoding bodies; `http` and `https` pooled
@@ -192,60 +192,60 @@ impl Collected {
 // === impl HttpClient ===
 
 impl HttpClient {
-    /// Builds both clients from `config.server.origin` and `config.fetch`. Resolution goes
-    /// through `lookup`, guarded so no connection is made to an address the host may not reach.
+    /// Builds both clients from `server.origin` and `[fetch]`. Resolution goes through
+    /// `lookup`, guarded so no connection is made to an address the host may not reach.
     ///
     /// # Errors
-    /// [`FetchError::Transport`] naming the value when the origin or a host entry is not a
-    /// valid base URL (config validation reports these first), or when a client cannot be built.
-    pub fn new(config: &Config, lookup: Arc<dyn Lookup>) -> Result<HttpClient, FetchError> {
-        let fetch = &config.fetch;
+    /// [`FetchError::Transport`] naming the file when a `fetch.ca_certs` entry cannot be read or
+    /// holds no PEM certificate, or naming the origin when a client cannot be built.
+    pub fn new(settings: &Settings, lookup: Arc<dyn Lookup>) -> Result<HttpClient, FetchError> {
+        let fetch = &settings.fetch;
         let invalid = |value: &str, message: String| FetchError::Transport {
             url: value.to_owned(),
             message,
         };
-        let origin =
-            parse_base_url(&config.server.origin).map_err(|m| invalid(&config.server.origin, m))?;
+        let origin = settings.server.origin.clone();
 
         let mut allow = HashMap::new();
         let mut private_ok = HashSet::new();
         for entry in &fetch.hosts {
-            let base = parse_base_url(&entry.url).map_err(|m| invalid(&entry.url, m))?;
             if entry.private_network {
-                private_ok.insert(base.host.clone());
+                private_ok.insert(entry.url.host.clone());
             }
-            // A host listed twice is trusted if any of its entries says so.
-            allow
-                .entry(base)
-                .and_modify(|a: &mut Access| a.trusted |= entry.trusted)
-                .or_insert(Access {
+            // Validation lists no host twice and none is the origin.
+            allow.insert(
+                entry.url.clone(),
+                Access {
                     trusted: entry.trusted,
-                });
+                },
+            );
         }
         private_ok.insert(origin.host.clone());
         allow.insert(origin.clone(), Access { trusted: true });
         let allow = Allowlist::new(allow);
 
+        // Validation refuses the names never forwarded; checked again because a `Settings`
+        // can be built by hand, and a credential must never leak to an untrusted host.
         let forward = fetch
             .forward_headers
             .iter()
-            .map(|name| name.to_ascii_lowercase())
-            .filter(|name| !never_to_fragments(name))
-            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .filter(|name| !never_to_fragments(name.as_str()))
+            .cloned()
             .chain(X_FORWARDED)
             .collect();
 
         let resolver = Arc::new(GuardedResolver { lookup, private_ok });
-        let connect_timeout = Duration::from_millis(fetch.connect_timeout_ms);
+        let connect_timeout = fetch.connect_timeout;
         let plain = plain_pool(&resolver, connect_timeout, fetch.pool_idle_per_host);
         let origin_plain = plain_pool(&resolver, connect_timeout, fetch.pool_idle_per_host);
         let mut roots = Vec::new();
         for file in &fetch.ca_certs {
-            let pem = std::fs::read(file).map_err(|e| invalid(file, format!("reading: {e}")))?;
+            let invalid = |message: String| invalid(&file.display().to_string(), message);
+            let pem = std::fs::read(file).map_err(|e| invalid(format!("reading: {e}")))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| invalid(file, format!("not PEM certificates: {e}")))?;
+                .map_err(|e| invalid(format!("not PEM certificates: {e}")))?;
             if certs.is_empty() {
-                return Err(invalid(file, "holds no PEM certificate".into()));
+                return Err(invalid("holds no PEM certificate".into()));
             }
             roots.extend(certs);
         }
@@ -263,7 +263,7 @@ impl HttpClient {
         };
         let build_error = |e: reqwest::Error| {
             invalid(
-                &config.server.origin,
+                &settings.server.origin.to_string(),
                 format!("building the HTTP client: {e}"),
             )
         };
@@ -281,7 +281,7 @@ impl HttpClient {
                 allow,
                 forward,
                 max_fragment_bytes: fetch.max_fragment_bytes,
-                layout_timeout: Duration::from_millis(fetch.layout_timeout_ms),
+                layout_timeout: fetch.layout_timeout,
                 plain,
                 tls,
                 origin_plain,

@@ -52,7 +52,7 @@ pub(super) struct CheckinOnEnd {
 pub(super) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Connects to `http` fragment hosts through the [`GuardedResolver`], resolution and TCP within
-/// `fetch.connect_timeout_ms` together (as reqwest counts its connect timeout).
+/// `fetch.connect_timeout` together (as reqwest counts its connect timeout).
 #[derive(Clone)]
 pub(super) struct PlainConnector {
     http: HttpConnector<ResolveName>,

@@ -163,7 +163,7 @@ async fn debug_page(
     remote: SocketAddr,
 ) -> Result<Response<Body>, Error> {
     let rt = state.runtime();
-    let loopback_ok = rt.config.server.debug_from_loopback && remote.ip().is_loopback();
+    let loopback_ok = rt.settings.server.debug_from_loopback && remote.ip().is_loopback();
     if !loopback_ok {
         authorize_token(&rt, &req)?;
     }
@@ -260,7 +260,7 @@ impl<'a> Health<'a> {
 /// Admin endpoints that reveal or change state need `Authorization: Bearer <admin_token>`;
 /// with no token configured they answer loopback clients only.
 fn authorize(rt: &Runtime, req: &Request<Incoming>, remote: SocketAddr) -> Result<(), Error> {
-    if rt.config.server.admin_token.is_empty() {
+    if rt.settings.server.admin_token.is_none() {
         return if remote.ip().is_loopback() {
             Ok(())
         } else {
@@ -272,14 +272,16 @@ fn authorize(rt: &Runtime, req: &Request<Incoming>, remote: SocketAddr) -> Resul
 
 /// Requires `Authorization: Bearer <admin_token>`; with no token configured, nobody has it.
 fn authorize_token(rt: &Runtime, req: &Request<Incoming>) -> Result<(), Error> {
-    let token = &rt.config.server.admin_token;
+    let Some(token) = &rt.settings.server.admin_token else {
+        return Err(Error::Unauthorized);
+    };
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if !token.is_empty() && constant_time_eq(given.as_bytes(), token.as_bytes()) {
+    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
         Ok(())
     } else {
         Err(Error::Unauthorized)

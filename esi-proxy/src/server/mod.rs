@@ -32,7 +32,7 @@ use body::metered;
 use error::error_response;
 
 /// Serves HTTP/1.1 on `listener` until `shutdown` completes; then stops accepting and lets
-/// in-flight requests finish for up to `server.shutdown_grace_ms`.
+/// in-flight requests finish for up to `server.shutdown_grace`.
 ///
 /// # Errors
 /// The listener fails in a way that is not a single bad connection.
@@ -42,7 +42,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let grace = Duration::from_millis(state.runtime().config.server.shutdown_grace_ms);
+    let grace = state.runtime().settings.server.shutdown_grace;
     tokio::pin!(shutdown);
     loop {
         let (stream, remote) = tokio::select! {
@@ -58,7 +58,8 @@ pub async fn run(
             },
         };
         let _ = stream.set_nodelay(true);
-        let max_buf = state.runtime().config.server.max_header_bytes.max(8192);
+        // Validation holds it at 8192 or more.
+        let max_buf = state.runtime().settings.server.max_header_bytes;
         let state = Arc::clone(&state);
         let service = service_fn(move |req| {
             let state = Arc::clone(&state);
@@ -125,7 +126,7 @@ async fn handle(
         // Streamed bodies are counted as they go; the request is recorded when the body ends.
         let access = state
             .runtime()
-            .config
+            .settings
             .server
             .access_log
             .then_some((method, path));

@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 
 use crate::compose::{LayoutRecord, OnParsed, Page, Trace};
-use crate::config::Config;
+use crate::config::EsiSettings;
 use crate::esi;
 use crate::telemetry::{server_timing, Metrics};
 
@@ -131,7 +131,7 @@ pub(super) async fn forward(
             )),
         );
     };
-    let caching = rt.config.cache.enabled && method == Method::GET;
+    let caching = rt.settings.cache.enabled && method == Method::GET;
     if caching {
         if let Some(hit) = state.layout_cache.get(&rt.policy, &page_url, &headers) {
             if let Some(t) = &trace {
@@ -179,7 +179,7 @@ pub(super) async fn forward(
             ttl_source: None,
         });
     }
-    if !wants_esi(&rt.config, &path_and_query, &upstream) {
+    if !wants_esi(&rt.settings.esi, &path_and_query, &upstream) {
         return ("proxy", Ok(pass_through(upstream, &method)));
     }
     if method == Method::HEAD {
@@ -204,7 +204,7 @@ pub(super) async fn forward(
 
 /// Whether a response is composed: marked `Surrogate-Control: content="ESI/1.0"` or on a
 /// configured path; HTML only; not for 1xx, 204 or 304.
-fn wants_esi(config: &Config, path_and_query: &str, resp: &Response<OriginBody>) -> bool {
+fn wants_esi(esi: &EsiSettings, path_and_query: &str, resp: &Response<OriginBody>) -> bool {
     let status = resp.status();
     if status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -226,8 +226,7 @@ fn wants_esi(config: &Config, path_and_query: &str, resp: &Response<OriginBody>)
     let marked = crate::headers::is_esi(resp.headers());
     let path = path_and_query.split('?').next().unwrap_or("/");
     marked
-        || config
-            .esi
+        || esi
             .process_paths
             .iter()
             .any(|glob| crate::config::glob_match(glob, path))
@@ -261,7 +260,7 @@ async fn compose(
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok().map(|s| s.trim().to_ascii_lowercase()))
         .unwrap_or_default();
-    let cap = rt.config.fetch.max_layout_bytes;
+    let cap = rt.settings.fetch.max_layout_bytes;
     let raw = upstream
         .into_body()
         .into_data_stream()

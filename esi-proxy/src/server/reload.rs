@@ -37,10 +37,10 @@ impl AppState {
             .map_err(|e| e.to_string())
             .and_then(|mut config| {
                 adjust(&mut config);
-                config
-                    .validate_source(&path.display().to_string(), None)
+                let settings = config
+                    .settings_source(&path.display().to_string(), None)
                     .map_err(|e| e.to_string())?;
-                self.apply(config).map_err(|e| e.to_string())
+                self.apply_settings(settings).map_err(|e| e.to_string())
             });
         let mut status = self
             .reload
@@ -85,13 +85,14 @@ impl AppState {
     }
 }
 
-/// Reloads the config on SIGHUP and whenever the file changes (checked every `poll`; zero:
-/// on SIGHUP only), until the returned task is aborted. `adjust` re-applies command-line overrides to each new file.
+/// Reloads the config on SIGHUP and whenever the file changes (checked every `poll`; `None`,
+/// as `server.config_poll` is for `config_poll_ms = 0`: on SIGHUP only), until the returned
+/// task is aborted. `adjust` re-applies command-line overrides to each new file.
 pub fn watch_config(
     state: Arc<AppState>,
     path: PathBuf,
     adjust: Arc<dyn Fn(&mut Config) + Send + Sync>,
-    poll: Duration,
+    poll: Option<Duration>,
 ) -> tokio::task::JoinHandle<()> {
     // The SIGHUP handler is installed before this returns: a signal that arrives before the
     // task first runs must not take the default action, which ends the process.
@@ -104,12 +105,8 @@ pub fn watch_config(
                 .map(|m| (m.modified().ok(), m.len()))
         };
         let mut last = stamp(&path);
-        // A zero interval means: reload on SIGHUP only.
-        let mut tick = tokio::time::interval(if poll.is_zero() {
-            Duration::from_secs(3600)
-        } else {
-            poll
-        });
+        // With no interval the ticks are ignored (reload on SIGHUP only); `interval` needs one.
+        let mut tick = tokio::time::interval(poll.unwrap_or(Duration::from_secs(3600)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             #[cfg(unix)]
@@ -125,7 +122,7 @@ pub fn watch_config(
                 _ = hangup => true,
                 _ = tick.tick() => false,
             };
-            if !forced && poll.is_zero() {
+            if !forced && poll.is_none() {
                 continue;
             }
             let now = stamp(&path);

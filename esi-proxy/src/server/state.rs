@@ -1,13 +1,13 @@
-//! The state every request handler shares: the runtime built from the config in force (HTTP
-//! client, composer, cache policy, origin), swapped whole on reload, and the caches and metrics
-//! that outlive reloads. Handles no request itself.
+//! The state every request handler shares: the runtime built from the config in force (its
+//! validated [`Settings`], HTTP client, composer, cache policy, origin), swapped whole on
+//! reload, and the caches and metrics that outlive reloads. Handles no request itself.
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use crate::cache::{CachePolicy, CachingFetcher, FragmentCache, LayoutCache};
 use crate::compose::{ComposeConfig, Composer};
-use crate::config::Config;
+use crate::config::{Config, Settings};
 use crate::fetch::{BaseUrl, Fetcher, HttpClient, Lookup};
 use crate::telemetry::Metrics;
 
@@ -29,7 +29,8 @@ pub struct AppState {
 /// Everything built from one config. A request takes one `Arc<Runtime>` and keeps it to its
 /// end, so a reload never changes the rules under a page being composed.
 pub(super) struct Runtime {
-    pub(super) config: Config,
+    /// The config in force, validated: the only view of it the server reads.
+    pub(super) settings: Arc<Settings>,
     /// Layouts and fragments: the HTTP client, behind the cache when caching is on.
     pub(super) fetcher: Arc<dyn Fetcher>,
     pub(super) composer: Arc<Composer>,
@@ -42,25 +43,27 @@ pub(super) struct Runtime {
 // === impl AppState ===
 
 impl AppState {
-    /// Builds the shared state from a validated config, resolving names with `lookup`.
+    /// Validates `config` and builds the shared state from it, resolving names with `lookup`.
     /// The caches are sized here; their capacity changes only with a restart.
     ///
     /// # Errors
-    /// The origin URL or a host entry cannot be used by the HTTP client.
+    /// [`ServerError::Config`] when the config does not validate (every problem listed), or
+    /// when the HTTP client cannot be built from it (a CA file that is not PEM).
     pub fn new(
         config: Config,
         lookup: Arc<dyn Lookup>,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, ServerError> {
+        let settings = validated(&config)?;
         let fragment_cache = FragmentCache::new(
-            config.cache.fragment_capacity_bytes.max(1),
+            settings.cache.fragment_capacity_bytes.max(1),
             Arc::clone(&metrics),
         );
         let layout_cache = LayoutCache::new(
-            config.cache.layout_capacity_bytes.max(1),
+            settings.cache.layout_capacity_bytes.max(1),
             Arc::clone(&metrics),
         );
-        let runtime = build_runtime(config, &lookup, &metrics, &fragment_cache)?;
+        let runtime = build_runtime(settings, &lookup, &metrics, &fragment_cache)?;
         Ok(Arc::new(Self {
             runtime: RwLock::new(Arc::new(runtime)),
             lookup,
@@ -91,14 +94,19 @@ impl AppState {
         )
     }
 
-    /// Applies a validated config to every request that starts from now on; requests in
+    /// Validates `config` and applies it to every request that starts from now on; requests in
     /// flight finish under the config they started with. The listen address and cache
     /// capacities are fixed at start.
     ///
     /// # Errors
-    /// The HTTP client cannot be built from it.
+    /// As [`AppState::new`]; the config in force then stays.
     pub fn apply(&self, config: Config) -> Result<(), ServerError> {
-        let runtime = build_runtime(config, &self.lookup, &self.metrics, &self.fragment_cache)?;
+        self.apply_settings(validated(&config)?)
+    }
+
+    /// [`AppState::apply`] for a config already validated.
+    pub(super) fn apply_settings(&self, settings: Settings) -> Result<(), ServerError> {
+        let runtime = build_runtime(settings, &self.lookup, &self.metrics, &self.fragment_cache)?;
         *self
             .runtime
             .write()
@@ -107,19 +115,26 @@ impl AppState {
     }
 }
 
+/// The typed view of `config`, or every problem with it.
+fn validated(config: &Config) -> Result<Settings, ServerError> {
+    config
+        .settings()
+        .map_err(|e| ServerError::Config(e.to_string()))
+}
+
 fn build_runtime(
-    config: Config,
+    settings: Settings,
     lookup: &Arc<dyn Lookup>,
     metrics: &Arc<Metrics>,
     fragment_cache: &Arc<FragmentCache>,
 ) -> Result<Runtime, ServerError> {
     let client = Arc::new(
-        HttpClient::new(&config, Arc::clone(lookup))
+        HttpClient::new(&settings, Arc::clone(lookup))
             .map_err(|e| ServerError::Config(e.to_string()))?,
     );
-    let policy = Arc::new(CachePolicy::from_config(&config.cache));
-    let compose = ComposeConfig::from_config(&config);
-    let fetcher: Arc<dyn Fetcher> = if config.cache.enabled {
+    let policy = Arc::new(CachePolicy::from_config(&settings.cache));
+    let compose = ComposeConfig::from_config(&settings);
+    let fetcher: Arc<dyn Fetcher> = if settings.cache.enabled {
         Arc::new(CachingFetcher::new(
             Arc::clone(&client) as Arc<dyn Fetcher>,
             Arc::clone(fragment_cache),
@@ -132,13 +147,13 @@ fn build_runtime(
     let composer = Composer::new(
         Arc::clone(&fetcher),
         compose,
-        config.fetch.max_concurrent,
+        settings.fetch.max_concurrent,
         Arc::clone(metrics),
     );
     let origin = client.origin().clone();
     let origin_url = origin.to_url();
     Ok(Runtime {
-        config,
+        settings: Arc::new(settings),
         fetcher,
         composer,
         policy,

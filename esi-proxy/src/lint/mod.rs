@@ -1,0 +1,255 @@
+//! `esi-proxy lint`: checks ESI markup the way fragment teams need it, reporting every problem
+//! with its line and column, plus mistakes that parse but break pages (an include with no
+//! fallback outside `esi:try`, ESI inside `esi:remove`, unknown variables, `esi:vars` output
+//! where HTML-escaping does not protect it). Reads no network.
+
+mod context;
+
+use bytes::Bytes;
+
+use context::{Context, Tracker};
+
+use crate::esi::{
+    parse, Include, Node, OnError, ParseOptions, Segment, Severity, VarName, VarString,
+};
+
+/// One problem lint found.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Finding {
+    /// Line, from 1.
+    pub line: u32,
+    /// Byte column, from 1.
+    pub col: u32,
+    /// Error (the markup is malformed) or warning.
+    pub severity: Severity,
+    /// What is wrong, in words.
+    pub message: String,
+}
+
+/// Most findings reported per file; past this, one more says how many were left out.
+const MAX_FINDINGS: usize = 1000;
+
+/// Checks one document and returns its findings in document order.
+pub fn lint(input: Bytes) -> Vec<Finding> {
+    let opts = ParseOptions {
+        max_diagnostics: MAX_FINDINGS,
+        ..ParseOptions::default()
+    };
+    let input_copy = input.clone();
+    let template = match parse(input, &opts) {
+        Ok(t) => t,
+        // Lenient mode records problems instead of failing; keep this total all the same.
+        Err(d) => {
+            return vec![Finding {
+                line: d.line,
+                col: d.col,
+                severity: Severity::Error,
+                message: d.problem.to_string(),
+            }]
+        }
+    };
+    let mut findings: Vec<Finding> = template
+        .diagnostics
+        .iter()
+        .map(|d| Finding {
+            line: d.line,
+            col: d.col,
+            severity: d.problem.severity(),
+            message: d.problem.to_string(),
+        })
+        .collect();
+    let mut walk = Walk {
+        input: &input_copy,
+        cursor: 0,
+        html: Tracker::default(),
+    };
+    check_nodes(&template.nodes, false, &mut walk, &mut findings);
+    findings.sort();
+    let kept = template.diagnostics.len();
+    if template.problem_count > kept {
+        findings.push(Finding {
+            line: 0,
+            col: 0,
+            severity: Severity::Error,
+            message: format!("{} more problems not shown", template.problem_count - kept),
+        });
+    }
+    findings
+}
+
+/// The document as lint walks it: the literal bytes seen so far, in source order, and where.
+struct Walk<'a> {
+    input: &'a Bytes,
+    /// Offset in `input` just past the last literal bytes fed.
+    cursor: usize,
+    html: Tracker,
+}
+
+impl Walk<'_> {
+    /// Feeds literal bytes (a slice of the input) to the HTML tracker.
+    fn literal(&mut self, bytes: &Bytes) {
+        let start = bytes.as_ptr() as usize;
+        let base = self.input.as_ptr() as usize;
+        if let Some(offset) = start.checked_sub(base).filter(|o| *o <= self.input.len()) {
+            self.cursor = offset + bytes.len();
+        }
+        self.html.feed(bytes);
+    }
+
+    /// Line and column of the next `$(` at or after the cursor.
+    fn position_of_next_var(&self) -> (u32, u32) {
+        let rest = self.input.get(self.cursor..).unwrap_or_default();
+        let at = self.cursor + memchr::memmem::find(rest, b"$(").unwrap_or(0);
+        let before = self.input.get(..at).unwrap_or_default();
+        let line = bytecount::count(before, b'\n') + 1;
+        let col = at
+            - before
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |nl| nl + 1)
+            + 1;
+        (
+            u32::try_from(line).unwrap_or(u32::MAX),
+            u32::try_from(col).unwrap_or(u32::MAX),
+        )
+    }
+}
+
+fn check_nodes(nodes: &[Node], in_try: bool, walk: &mut Walk<'_>, findings: &mut Vec<Finding>) {
+    for node in nodes {
+        match node {
+            Node::Include(inc) => check_include(inc, in_try, findings),
+            Node::Try { attempt, except } => {
+                check_nodes(attempt, true, walk, findings);
+                check_nodes(except, in_try, walk, findings);
+            }
+            Node::Choose { whens, otherwise } => {
+                for w in whens {
+                    check_nodes(&w.body, in_try, walk, findings);
+                }
+                if let Some(o) = otherwise {
+                    check_nodes(o, in_try, walk, findings);
+                }
+            }
+            Node::Inline { body, .. } => check_nodes(body, in_try, walk, findings),
+            Node::Text(text) => walk.literal(text),
+            Node::Vars(segments) => check_vars_output(segments, walk, findings),
+        }
+    }
+}
+
+/// Warns for each variable in `esi:vars` text that lands where HTML-escaping does not make it
+/// safe: a script body or event handler, or a URL attribute.
+fn check_vars_output(
+    segments: &[Segment<Bytes>],
+    walk: &mut Walk<'_>,
+    findings: &mut Vec<Finding>,
+) {
+    for segment in segments {
+        match segment {
+            Segment::Literal(text) => walk.literal(text),
+            Segment::Var(var) => {
+                let context = walk.html.context();
+                walk.html.value();
+                let why = match context {
+                    Context::Text => continue,
+                    Context::Script => "inside a <script>, <style> or event handler".to_owned(),
+                    Context::Url(attr) => format!("inside the URL attribute {attr}"),
+                };
+                let (line, col) = walk.position_of_next_var();
+                findings.push(Finding {
+                    line,
+                    col,
+                    severity: Severity::Warning,
+                    message: format!(
+                        "{var} in <esi:vars> lands {why}: its value is HTML-escaped, which does not \
+                         make it safe there"
+                    ),
+                });
+            }
+        }
+    }
+}
+
+fn check_include(inc: &Include, in_try: bool, findings: &mut Vec<Finding>) {
+    let at = |message: String| Finding {
+        line: inc.line,
+        col: inc.col,
+        severity: Severity::Warning,
+        message,
+    };
+    if inc.alt.is_none() && inc.onerror == OnError::Fail && !in_try {
+        findings.push(at(format!(
+            "<esi:include src=\"{}\"> has no alt, no onerror=\"continue\" and no enclosing <esi:try>: \
+             a failure leaves the page to the proxy's policy",
+            inc.src
+        )));
+    }
+    for url in std::iter::once(&inc.src).chain(inc.alt.as_ref()) {
+        check_vars(url, &at, findings);
+    }
+}
+
+fn check_vars(url: &VarString, at: &dyn Fn(String) -> Finding, findings: &mut Vec<Finding>) {
+    for var in url.vars() {
+        if let VarName::Unknown(name) = &var.name {
+            findings.push(at(format!("unknown variable $({name}) is always empty")));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A warning expected: line, column and a part of its message.
+    type Want = (u32, u32, &'static str);
+
+    /// (document, each warning about vars output)
+    const CASES: &[(&str, &[Want])] = &[
+        (
+            "<esi:vars><p>Hi $(HTTP_COOKIE{name})</p></esi:vars>",
+            &[],
+        ),
+        (
+            "<esi:vars><script>\nvar u = '$(HTTP_COOKIE{name})';</script></esi:vars>",
+            &[(2, 10, "inside a <script>")],
+        ),
+        (
+            "<esi:vars><a href=\"/u/$(QUERY_STRING{id})\">x</a> $(HTTP_HOST)</esi:vars>",
+            &[(1, 23, "inside the URL attribute href")],
+        ),
+        (
+            "<script>var a = 1;</script><esi:vars><img src=$(HTTP_REFERER) alt=\"$(HTTP_HOST)\"></esi:vars>",
+            &[(1, 47, "inside the URL attribute src")],
+        ),
+        (
+            "<esi:vars><button onclick=\"go('$(HTTP_COOKIE{x})')\">go</button></esi:vars>",
+            &[(1, 32, "inside a <script>, <style> or event handler")],
+        ),
+    ];
+
+    #[test]
+    fn vars_output_where_escaping_does_not_protect_is_warned() {
+        for (doc, want) in CASES {
+            let got: Vec<(u32, u32, String)> = lint(Bytes::from_static(doc.as_bytes()))
+                .into_iter()
+                .filter(|f| f.message.contains("in <esi:vars> lands"))
+                .map(|f| (f.line, f.col, f.message))
+                .collect();
+            assert_eq!(got.len(), want.len(), "{doc}: {got:?}");
+            for ((line, col, message), (want_line, want_col, part)) in got.iter().zip(*want) {
+                assert_eq!((line, col), (want_line, want_col), "{doc}: {message}");
+                assert!(message.contains(part), "{doc}: {message}");
+                assert_eq!(
+                    lint(Bytes::from_static(doc.as_bytes()))
+                        .iter()
+                        .filter(|f| f.severity == Severity::Error)
+                        .count(),
+                    0,
+                    "{doc}: only warnings"
+                );
+            }
+        }
+    }
+}

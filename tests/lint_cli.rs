@@ -57,3 +57,20 @@ async fn missing_file_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// README: "`esi-proxy lint` warns, with line and column, for each variable in `esi:vars` that
+/// lands in one of those places" (a script or a URL attribute; page text is fine).
+#[tokio::test]
+async fn vars_output_in_scripts_and_urls_is_warned_not_in_text() {
+    let out = run(&["lint", "tests/data/lint/vars_contexts.html"]).await;
+    let f = "tests/data/lint/vars_contexts.html";
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let got: Vec<&str> = stdout.lines().collect();
+    let escaped = "its value is HTML-escaped, which does not make it safe there";
+    let want = [
+        format!("{f}:4:21: warning: $(HTTP_COOKIE{{name}}) in <esi:vars> lands inside the URL attribute href: {escaped}"),
+        format!("{f}:5:21: warning: $(HTTP_COOKIE{{name}}) in <esi:vars> lands inside a <script>, <style> or event handler: {escaped}"),
+    ];
+    assert_eq!(got, want);
+    assert!(out.status.success(), "warnings only: {out:?}");
+}

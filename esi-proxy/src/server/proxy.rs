@@ -46,20 +46,44 @@ fn refuse(req: &Request<Incoming>) -> Result<(), Error> {
             StatusCode::NOT_IMPLEMENTED,
         ));
     }
-    if let Some(authority) = req.uri().authority() {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
-        if !authority.as_str().eq_ignore_ascii_case(host) {
-            return Err(Error::Refused(
-                "absolute-form requests for other hosts are refused: this is not a forward proxy",
-                StatusCode::BAD_REQUEST,
-            ));
-        }
+    if req.uri().authority().is_some() {
+        // Only a forward proxy is sent absolute-form requests; one naming a host the proxy
+        // cannot tell is this site's was forwarded as a local path before. With a `Host` of
+        // the attacker's choosing to match, comparing the two proves nothing.
+        return Err(Error::Refused(
+            "absolute-form requests are refused: this is not a forward proxy",
+            StatusCode::BAD_REQUEST,
+        ));
     }
     Ok(())
+}
+
+/// The URL a request target names on the origin: the one parsed target the origin is asked
+/// for, the cache keys and the base of relative includes. Only a plain origin-form path is
+/// accepted: `//host/x` and `/\host/x` are scheme-relative references to another host when
+/// joined (WHATWG URLs read `\` as `/`), and anything else that would leave the origin's
+/// scheme, host and port is refused too.
+fn page_url(origin: &url::Url, path_and_query: &str) -> Result<url::Url, Error> {
+    let refused = |why| Err(Error::Refused(why, StatusCode::BAD_REQUEST));
+    let path = path_and_query.split('?').next().unwrap_or_default();
+    if !path.starts_with('/') || path.starts_with("//") || path.contains('\\') {
+        return refused("the request target must be a path on this site");
+    }
+    let Ok(url) = origin.join(path_and_query) else {
+        return refused("request target is not a valid URL");
+    };
+    let same_origin = url.scheme() == origin.scheme()
+        && url.host() == origin.host()
+        && url.port_or_known_default() == origin.port_or_known_default();
+    if !same_origin {
+        return refused("the request target must be a path on this site");
+    }
+    Ok(url)
+}
+
+/// The path and query of `url`, as the origin is asked for it.
+fn origin_target(url: &url::Url) -> String {
+    url[url::Position::BeforePath..url::Position::AfterQuery].to_owned()
 }
 
 /// A request on its way to the origin, taken apart from the client's.
@@ -122,15 +146,12 @@ pub(super) async fn forward(
         vars,
         body,
     } = out;
-    let Ok(page_url) = rt.origin_url.join(&path_and_query) else {
-        return (
-            "proxy",
-            Err(Error::Refused(
-                "request target is not a valid URL",
-                StatusCode::BAD_REQUEST,
-            )),
-        );
+    let page_url = match page_url(&rt.origin_url, &path_and_query) {
+        Ok(url) => url,
+        Err(e) => return ("proxy", Err(e)),
     };
+    // The origin is asked for what the page URL names, so the two never disagree.
+    let path_and_query = origin_target(&page_url);
     let caching = rt.settings.cache.enabled && method == Method::GET;
     if caching {
         if let Some(hit) = state.layout_cache.get(&rt.policy, &page_url, &headers) {
@@ -363,4 +384,31 @@ fn esi_vars(req: &Request<Incoming>) -> esi::Request {
         vars = vars.with_accept_language(lang);
     }
     vars
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_paths_on_the_origin_are_page_urls() {
+        let origin = url::Url::parse("http://gw:8081/").expect("origin");
+        let cases = [
+            ("/", Some("/")),
+            ("/a/b?q=1", Some("/a/b?q=1")),
+            ("/a/../b", Some("/b")),
+            ("/a?next=//x\\y", Some("/a?next=//x\\y")),
+            ("//other/page", None),
+            ("/\\other/page", None),
+            ("/a\\b", None),
+            ("*", None),
+            ("", None),
+        ];
+        for (target, want) in cases {
+            let got = page_url(&origin, target)
+                .ok()
+                .map(|url| origin_target(&url));
+            assert_eq!(got.as_deref(), want, "{target:?}");
+        }
+    }
 }

@@ -8,10 +8,10 @@ use esi_proxy::config::{Config, HostConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{esi, html, proxy, serve, MUST};
+use crate::support::{esi, full, html, proxy, response, serve, ESI, HTML, MUST};
 
 /// Sends `head` (the request line and headers, without the blank line) with
-/// `Connection: close` and returns the status and the whole answer as text.
+/// `Connection: close` and returns the status and the answer as text, its body unchunked.
 async fn send(addr: SocketAddr, head: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     let request = format!("{head}\r\nconnection: close\r\n\r\n");
@@ -21,13 +21,36 @@ async fn send(addr: SocketAddr, head: &str) -> (u16, String) {
         .await
         .expect("the response ends")
         .expect("read");
-    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let text = unchunk(&String::from_utf8_lossy(&bytes));
     let status = text
         .split(' ')
         .nth(1)
         .and_then(|code| code.parse().ok())
         .unwrap_or_else(|| panic!("no status line in {text:?}"));
     (status, text)
+}
+
+/// `text` with a chunked body's framing removed.
+fn unchunk(text: &str) -> String {
+    let Some((head, mut rest)) = text.split_once("\r\n\r\n") else {
+        return text.to_owned();
+    };
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return text.to_owned();
+    }
+    let mut body = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
+        if size == 0 || after.len() < size {
+            break;
+        }
+        body.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    format!("{head}\r\n\r\n{body}")
 }
 
 /// A layout whose include is relative to the page URL.
@@ -91,4 +114,83 @@ async fn origin_form_target_reaches_the_origin() {
     let received = origin.received();
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].uri, "/a/page?q=1");
+}
+
+/// What the origin was told about the host, or `-`.
+fn told_host(req: &http::Request<hyper::body::Incoming>) -> String {
+    req.headers()
+        .get("x-forwarded-host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned()
+}
+
+/// An origin whose cacheable layout and fragment both print the host they were told of.
+async fn host_echoing_origin() -> crate::support::Server {
+    serve(|req| async move {
+        let host = told_host(&req);
+        let cc = ("cache-control", "public, max-age=60");
+        if req.uri().path() == "/frag" {
+            return response(200, &[HTML, cc], full(format!("frag:{host}")));
+        }
+        let layout = format!(r#"layout:{host} <esi:include src="/frag"/>"#);
+        response(200, &[HTML, ESI, cc], full(layout))
+    })
+    .await
+}
+
+/// A request for a host that is not one of `server.site_names` was served.
+#[tokio::test]
+async fn host_that_is_not_a_site_name_is_misdirected() {
+    let origin = serve(|req| async move { html(told_host(&req)) }).await;
+    let mut config = Config::default();
+    config.server.site_names = vec!["www.example".into()];
+    let proxy = proxy(&origin.base(), config).await;
+    let (status, text) = send(proxy.addr, "GET /page HTTP/1.1\r\nhost: evil.example").await;
+    assert_eq!(status, 421, "{text}");
+    assert_eq!(origin.hits(), 0, "the origin was asked");
+    let (status, text) = send(proxy.addr, "GET /page HTTP/1.1\r\nhost: WWW.example").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.ends_with("\r\n\r\nwww.example"), "{text}");
+    // Absolute-form: served for the site name `Host` repeats, refused for any other.
+    let head = "GET http://www.example/page HTTP/1.1\r\nhost: www.example";
+    assert_eq!(send(proxy.addr, head).await.0, 200);
+    let head = "GET http://evil.example/page HTTP/1.1\r\nhost: www.example";
+    assert_eq!(send(proxy.addr, head).await.0, 400);
+    assert_eq!(origin.hits(), 2, "only the two requests for www.example");
+}
+
+/// With no site names, the client's `Host` went to the origin as `X-Forwarded-Host` while the
+/// cached layout's key did not hold it: one request poisoned the page for everyone.
+#[tokio::test]
+async fn client_host_does_not_poison_a_cached_layout() {
+    let origin = host_echoing_origin().await;
+    let proxy = proxy(&origin.base(), Config::default()).await;
+    let (status, text) = send(proxy.addr, "GET /page HTTP/1.1\r\nhost: evil.example").await;
+    assert_eq!(status, 200, "{text}");
+    let head = format!("GET /page HTTP/1.1\r\nhost: {}", proxy.addr);
+    let (status, text) = send(proxy.addr, &head).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(!text.contains("evil.example"), "poisoned: {text}");
+    for req in origin.received() {
+        assert_eq!(req.headers.get("x-forwarded-host"), None, "{}", req.uri);
+    }
+}
+
+/// With site names, each host gets the layout and fragments built for it, though both are
+/// cached: the host the origin was told is part of the cache keys.
+#[tokio::test]
+async fn each_site_name_has_its_own_cached_page() {
+    let origin = host_echoing_origin().await;
+    let mut config = Config::default();
+    config.server.site_names = vec!["a.example".into(), "b.example".into()];
+    let proxy = proxy(&origin.base(), config).await;
+    for host in ["a.example", "b.example", "a.example", "b.example"] {
+        let head = format!("GET /page HTTP/1.1\r\nhost: {host}");
+        let (status, text) = send(proxy.addr, &head).await;
+        assert_eq!(status, 200, "{text}");
+        let want = format!("\r\n\r\nlayout:{host} frag:{host}");
+        assert!(text.ends_with(&want), "{host}: {text}");
+    }
+    assert_eq!(origin.hits(), 4, "each host's layout and fragment, once");
 }

@@ -53,7 +53,8 @@ pub const CAPABILITY: &str = "esi-proxy=\"ESI/1.0\"";
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `X-Forwarded-Proto`, set by the proxy.
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-/// `X-Forwarded-Host`, the client's `Host`, set by the proxy.
+/// `X-Forwarded-Host`, set by the proxy to the site name the request was for, and only then
+/// (see [`Forwarding::host`]). Part of every cache key.
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// The `X-Forwarded-*` headers the proxy sets; they always go to fragments.
 pub const X_FORWARDED: [HeaderName; 3] = [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST];
@@ -61,6 +62,25 @@ pub const X_FORWARDED: [HeaderName; 3] = [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_
 pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// `Server-Timing`, added to composed pages.
 pub const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
+
+/// What the proxy tells the origin and fragments about a request, besides the client's own
+/// headers: decided by the server from its settings, applied by [`origin_headers`].
+#[derive(Debug, Clone, Default)]
+pub struct Forwarding {
+    /// The `X-Forwarded-Host` sent: the configured site name the request was for, never a
+    /// value the client chose freely (whatever is sent is part of the cache keys, so a closed
+    /// set keeps one client from poisoning a page for everyone); `None` sends none.
+    pub host: Option<HeaderValue>,
+}
+
+/// The entry of `site_names` (lowercase) that `host`, a `Host` header or request-target
+/// authority, names: compared without case, a port only matching the same port.
+pub fn site_name<'a>(host: &str, site_names: &'a [String]) -> Option<&'a str> {
+    site_names
+        .iter()
+        .find(|name| name.eq_ignore_ascii_case(host))
+        .map(String::as_str)
+}
 
 /// Whether a client request header (lowercase) may never reach a fragment host.
 pub fn never_to_fragments(name: &str) -> bool {
@@ -140,11 +160,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The headers sent to the origin: the client's, less hop-by-hop and anything a client could
-/// use to impersonate the proxy, plus X-Forwarded-* set by us.
-pub fn origin_headers<B>(req: &Request<B>, remote: SocketAddr) -> HeaderMap {
+/// use to impersonate the proxy, plus X-Forwarded-* set by us as `forwarding` says.
+pub fn origin_headers<B>(
+    req: &Request<B>,
+    remote: SocketAddr,
+    forwarding: &Forwarding,
+) -> HeaderMap {
     let mut headers = req.headers().clone();
     strip_hop_by_hop(&mut headers);
-    let host = headers.remove(header::HOST);
+    headers.remove(header::HOST);
     for name in [
         X_FORWARDED_FOR,
         X_FORWARDED_PROTO,
@@ -166,8 +190,8 @@ pub fn origin_headers<B>(req: &Request<B>, remote: SocketAddr) -> HeaderMap {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    if let Some(host) = host {
-        headers.insert(X_FORWARDED_HOST, host);
+    if let Some(host) = &forwarding.host {
+        headers.insert(X_FORWARDED_HOST, host.clone());
     }
     headers
 }
@@ -258,6 +282,23 @@ mod tests {
         }
         for name in ["accept-language", "user-agent", "x-forwarded-for"] {
             assert!(!never_to_fragments(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn site_names_match_without_case_and_with_the_same_port_only() {
+        let names = ["www.example".to_owned(), "b.example:8080".to_owned()];
+        let cases = [
+            ("www.example", Some("www.example")),
+            ("WWW.Example", Some("www.example")),
+            ("www.example:8080", None),
+            ("b.example:8080", Some("b.example:8080")),
+            ("b.example", None),
+            ("evil.example", None),
+            ("", None),
+        ];
+        for (host, want) in cases {
+            assert_eq!(site_name(host, &names), want, "{host:?}");
         }
     }
 

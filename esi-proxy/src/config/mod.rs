@@ -63,6 +63,12 @@ pub struct ServerConfig {
     /// Whether every request is logged at `info` when its response ends (method, path,
     /// status, route, bytes, milliseconds). Default: true.
     pub access_log: bool,
+    /// The host names this site answers to, as clients send them in `Host` (`name` or
+    /// `name:port`, compared without case). A request for any other host gets 421 before
+    /// anything is fetched. Set: the origin and fragments are told the host in
+    /// `X-Forwarded-Host`, and cache keys hold it. Empty: any host is served and no
+    /// `X-Forwarded-Host` is sent. Default: [].
+    pub site_names: Vec<String>,
 }
 
 /// `[esi]`.
@@ -207,6 +213,7 @@ impl Default for ServerConfig {
             config_poll_ms: 1000,
             debug_from_loopback: true,
             access_log: true,
+            site_names: Vec::new(),
         }
     }
 }

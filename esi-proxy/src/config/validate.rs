@@ -69,6 +69,12 @@ impl Config {
             "server.log_format",
             choose(&s.log_format, LogFormat::CHOICES),
         );
+        let mut site_names = Vec::new();
+        for (i, name) in s.site_names.iter().enumerate() {
+            if let Some(name) = p.check(&format!("server.site_names[{i}]"), site_name(name)) {
+                site_names.push(name);
+            }
+        }
         Some(ServerSettings {
             listen: listen?,
             origin: origin?,
@@ -79,6 +85,7 @@ impl Config {
             config_poll: Some(Duration::from_millis(s.config_poll_ms)).filter(|d| !d.is_zero()),
             debug_from_loopback: s.debug_from_loopback,
             access_log: s.access_log,
+            site_names,
         })
     }
 
@@ -357,6 +364,17 @@ fn is_token(name: &str) -> bool {
             .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
 }
 
+/// A `server.site_names` entry, lowercase: a host name or IP address as `Host` carries it
+/// (`www.example.com`, `www.example.com:8080`, `[::1]:8080`), nothing else.
+fn site_name(name: &str) -> Result<String, String> {
+    let invalid = || format!("{name:?} is not a host name with an optional port");
+    let authority: http::uri::Authority = name.parse().map_err(|_| invalid())?;
+    if authority.as_str().contains('@') || authority.host().is_empty() {
+        return Err(invalid());
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
 // === impl Problems ===
 
 impl Problems<'_> {
@@ -389,6 +407,7 @@ mod tests {
         ("[server]\nlisten = \"localhost\"\n", &["2: server.listen: \"localhost\" is not"]),
         ("[server]\nmax_header_bytes = 100\n", &["2: server.max_header_bytes: 100 is below"]),
         ("[server]\nadmin_token = \"abc \"\n", &["2: server.admin_token: must be printable"]),
+        ("[server]\nsite_names = [\"ok.example:8080\", \"a/b\", \"u@h\"]\n", &["2: server.site_names[1]: \"a/b\" is not", "2: server.site_names[2]: \"u@h\" is not"]),
         ("[server]\nlog_format = \"xml\"\n", &["2: server.log_format: \"xml\": expected"]),
         ("[esi]\nmax_depth = 21\n", &["2: esi.max_depth: 21 is over the limit of 20"]),
         ("[esi]\nmax_depth = 20\n", &[]),

@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 
 use crate::compose::{LayoutRecord, OnParsed, Page, Trace};
-use crate::config::EsiSettings;
+use crate::config::{EsiSettings, ServerSettings};
 use crate::esi;
 use crate::telemetry::{server_timing, Metrics};
 
@@ -24,10 +24,12 @@ use super::error::Error;
 use super::state::Runtime;
 use super::AppState;
 use crate::fetch::{decode_stream, CacheStatus, OriginBody, OriginRequest};
-use crate::headers::{client_response_headers, composed_headers, origin_headers, SERVER_TIMING};
+use crate::headers::{
+    client_response_headers, composed_headers, origin_headers, site_name, Forwarding, SERVER_TIMING,
+};
 
 /// Refuses what a reverse proxy must not do: tunnels, TRACE, upgrades, forward-proxy requests.
-fn refuse(req: &Request<Incoming>) -> Result<(), Error> {
+fn refuse(req: &Request<Incoming>, server: &ServerSettings) -> Result<(), Error> {
     if req.method() == Method::CONNECT {
         return Err(Error::Refused(
             "CONNECT is not supported: this is not a forward proxy",
@@ -46,16 +48,54 @@ fn refuse(req: &Request<Incoming>) -> Result<(), Error> {
             StatusCode::NOT_IMPLEMENTED,
         ));
     }
-    if req.uri().authority().is_some() {
-        // Only a forward proxy is sent absolute-form requests; one naming a host the proxy
-        // cannot tell is this site's was forwarded as a local path before. With a `Host` of
-        // the attacker's choosing to match, comparing the two proves nothing.
-        return Err(Error::Refused(
-            "absolute-form requests are refused: this is not a forward proxy",
-            StatusCode::BAD_REQUEST,
-        ));
+    if let Some(authority) = req.uri().authority() {
+        // An absolute-form request is served only for a configured site name that `Host`
+        // repeats: without site names the proxy cannot tell this site from another, and a
+        // `Host` of the client's choosing to match proves nothing.
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok());
+        let this_site = site_name(authority.as_str(), &server.site_names).is_some()
+            && host.is_some_and(|h| h.eq_ignore_ascii_case(authority.as_str()));
+        if !this_site {
+            return Err(Error::Refused(
+                "absolute-form requests for other hosts are refused: this is not a forward proxy",
+                StatusCode::BAD_REQUEST,
+            ));
+        }
     }
     Ok(())
+}
+
+/// What the origin and fragments are told about the request's host: the site name its `Host`
+/// names when `server.site_names` is set (421 when it names none), else nothing.
+fn forwarding(req: &Request<Incoming>, server: &ServerSettings) -> Result<Forwarding, Error> {
+    if server.site_names.is_empty() {
+        return Ok(Forwarding::default());
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let name = match (hosts.next(), hosts.next()) {
+        (Some(host), None) => host
+            .to_str()
+            .ok()
+            .and_then(|host| site_name(host, &server.site_names)),
+        _ => None,
+    };
+    let Some(name) = name else {
+        return Err(Error::Refused(
+            "this host is not served here",
+            StatusCode::MISDIRECTED_REQUEST,
+        ));
+    };
+    // Validation let through only what parses as an authority, which is a valid value.
+    let host = HeaderValue::from_str(name).map_err(|_| {
+        Error::Refused(
+            "this host is not served here",
+            StatusCode::MISDIRECTED_REQUEST,
+        )
+    })?;
+    Ok(Forwarding { host: Some(host) })
 }
 
 /// The URL a request target names on the origin: the one parsed target the origin is asked
@@ -97,23 +137,32 @@ pub(super) struct Outgoing {
 }
 
 impl Outgoing {
-    pub(super) fn new(req: Request<Incoming>, remote: SocketAddr) -> Self {
+    /// The origin's view of `req` from `remote`.
+    ///
+    /// # Errors
+    /// 421 when `server.site_names` is set and the request's `Host` is none of them.
+    pub(super) fn new(
+        req: Request<Incoming>,
+        remote: SocketAddr,
+        server: &ServerSettings,
+    ) -> Result<Self, Error> {
+        let forwarding = forwarding(&req, server)?;
         let path_and_query = req
             .uri()
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        let headers = origin_headers(&req, remote);
+        let headers = origin_headers(&req, remote, &forwarding);
         let vars = esi_vars(&req);
         let method = req.method().clone();
         let body = req.into_body().map_err(BoxError::from).boxed();
-        Self {
+        Ok(Self {
             method,
             path_and_query,
             headers,
             vars,
             body,
-        }
+        })
     }
 }
 
@@ -124,10 +173,15 @@ pub(super) async fn serve(
     remote: SocketAddr,
     started: Instant,
 ) -> (&'static str, Result<Response<Body>, Error>) {
-    if let Err(e) = refuse(&req) {
+    let rt = state.runtime();
+    if let Err(e) = refuse(&req, &rt.settings.server) {
         return ("proxy", Err(e));
     }
-    forward(state, Outgoing::new(req, remote), started, None).await
+    let out = match Outgoing::new(req, remote, &rt.settings.server) {
+        Ok(out) => out,
+        Err(e) => return ("proxy", Err(e)),
+    };
+    forward(state, out, started, None).await
 }
 
 /// Sends a request to the origin (a GET whose parsed layout is cached touches no upstream

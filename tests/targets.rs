@@ -194,3 +194,81 @@ async fn each_site_name_has_its_own_cached_page() {
     }
     assert_eq!(origin.hits(), 4, "each host's layout and fragment, once");
 }
+
+/// An origin that answers with the forwarding headers it received, one `name: value` a line.
+async fn forwarding_echo() -> crate::support::Server {
+    serve(|req| async move {
+        let mut lines = Vec::new();
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "forwarded",
+        ] {
+            for value in req.headers().get_all(name) {
+                lines.push(format!("{name}: {}", value.to_str().unwrap_or("?")));
+            }
+        }
+        html(lines.join("\n"))
+    })
+    .await
+}
+
+/// What a load balancer in front sends.
+const FROM_BALANCER: &str = "x-forwarded-for: 203.0.113.9\r\nx-forwarded-proto: https\r\n\
+    x-forwarded-host: www.example\r\nforwarded: for=203.0.113.9;proto=https";
+
+/// Behind a load balancer, the client's address, scheme and host were lost: X-Forwarded-For
+/// was replaced by the balancer's address and X-Forwarded-Proto hard-coded to `http`.
+#[tokio::test]
+async fn forwarding_headers_from_a_trusted_proxy_are_kept() {
+    let origin = forwarding_echo().await;
+    let mut config = Config::default();
+    config.server.trusted_proxies = vec!["127.0.0.1/32".into()];
+    let proxy = proxy(&origin.base(), config).await;
+    let head = format!(
+        "GET /page HTTP/1.1\r\nhost: {}\r\n{FROM_BALANCER}",
+        proxy.addr
+    );
+    let (status, text) = send(proxy.addr, &head).await;
+    assert_eq!(status, 200, "{text}");
+    let want = "x-forwarded-for: 203.0.113.9, 127.0.0.1\nx-forwarded-proto: https\n\
+        x-forwarded-host: www.example\nforwarded: for=203.0.113.9;proto=https";
+    assert!(text.ends_with(want), "{text}");
+}
+
+/// From a peer that is not a trusted proxy, the same headers are replaced, as before.
+#[tokio::test]
+async fn forwarding_headers_from_anyone_else_are_replaced() {
+    let origin = forwarding_echo().await;
+    let mut config = Config::default();
+    config.server.trusted_proxies = vec!["10.0.0.0/8".into()];
+    let proxy = proxy(&origin.base(), config).await;
+    let head = format!(
+        "GET /page HTTP/1.1\r\nhost: {}\r\n{FROM_BALANCER}",
+        proxy.addr
+    );
+    let (status, text) = send(proxy.addr, &head).await;
+    assert_eq!(status, 200, "{text}");
+    let want = "\r\n\r\nx-forwarded-for: 127.0.0.1\nx-forwarded-proto: http";
+    assert!(text.ends_with(want), "{text}");
+}
+
+/// A trusted proxy's X-Forwarded-Host names the host the client asked for, so it is what the
+/// site names are checked against: one that is none of them was served under the proxy's Host.
+#[tokio::test]
+async fn trusted_proxy_forwarded_host_must_be_a_site_name() {
+    let origin = forwarding_echo().await;
+    let mut config = Config::default();
+    config.server.trusted_proxies = vec!["127.0.0.1".into()];
+    config.server.site_names = vec!["www.example".into()];
+    let proxy = proxy(&origin.base(), config).await;
+    let head = "GET /page HTTP/1.1\r\nhost: www.example\r\nx-forwarded-host: evil.example";
+    let (status, text) = send(proxy.addr, head).await;
+    assert_eq!(status, 421, "{text}");
+    let head = "GET /page HTTP/1.1\r\nhost: internal.lb\r\nx-forwarded-host: WWW.example";
+    let (status, text) = send(proxy.addr, head).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("x-forwarded-host: www.example"), "{text}");
+    assert_eq!(origin.hits(), 1, "only the request for www.example");
+}

@@ -49,16 +49,16 @@ pub const SURROGATE_CAPABILITY: HeaderName = HeaderName::from_static("surrogate-
 pub const DEVICE: &str = "esi-proxy";
 /// The `Surrogate-Capability` value sent: [`DEVICE`] processes ESI 1.0.
 pub const CAPABILITY: &str = "esi-proxy=\"ESI/1.0\"";
-/// `X-Forwarded-For`, set by the proxy from the peer address.
+/// `X-Forwarded-For`, set by the proxy from the peer address (appended to a trusted proxy's).
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-/// `X-Forwarded-Proto`, set by the proxy.
+/// `X-Forwarded-Proto`, set by the proxy (`http`), or a trusted proxy's.
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `X-Forwarded-Host`, set by the proxy to the site name the request was for, and only then
 /// (see [`Forwarding::host`]). Part of every cache key.
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// The `X-Forwarded-*` headers the proxy sets; they always go to fragments.
 pub const X_FORWARDED: [HeaderName; 3] = [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST];
-/// `Forwarded` (RFC 7239): a client's own is never passed on.
+/// `Forwarded` (RFC 7239): passed on from trusted proxies only.
 pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// `Server-Timing`, added to composed pages.
 pub const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
@@ -71,6 +71,10 @@ pub struct Forwarding {
     /// value the client chose freely (whatever is sent is part of the cache keys, so a closed
     /// set keeps one client from poisoning a page for everyone); `None` sends none.
     pub host: Option<HeaderValue>,
+    /// Whether the peer is a trusted proxy (`server.trusted_proxies`): its `X-Forwarded-For`
+    /// is kept with the peer appended, its `X-Forwarded-Proto` and `Forwarded` are kept.
+    /// Anyone else's are replaced by what the proxy sees, or dropped.
+    pub trusted_peer: bool,
 }
 
 /// The entry of `site_names` (lowercase) that `host`, a `Host` header or request-target
@@ -169,6 +173,17 @@ pub fn origin_headers<B>(
     let mut headers = req.headers().clone();
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
+    let values = |name| -> Vec<HeaderValue> {
+        match forwarding.trusted_peer {
+            true => headers.get_all(name).iter().cloned().collect(),
+            false => Vec::new(),
+        }
+    };
+    let (chain, proto, forwarded) = (
+        values(X_FORWARDED_FOR),
+        values(X_FORWARDED_PROTO),
+        values(FORWARDED),
+    );
     for name in [
         X_FORWARDED_FOR,
         X_FORWARDED_PROTO,
@@ -186,10 +201,20 @@ pub fn origin_headers<B>(
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         ip => ip,
     };
-    if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+    // A trusted proxy's chain, then the peer: one value, as most readers take the first line.
+    let mut hops: Vec<&str> = chain.iter().filter_map(|v| v.to_str().ok()).collect();
+    let peer = ip.to_string();
+    hops.push(&peer);
+    if let Ok(v) = HeaderValue::from_str(&hops.join(", ")) {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    match proto.into_iter().next() {
+        Some(proto) => headers.insert(X_FORWARDED_PROTO, proto),
+        None => headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http")),
+    };
+    for value in forwarded {
+        headers.append(FORWARDED, value);
+    }
     if let Some(host) = &forwarding.host {
         headers.insert(X_FORWARDED_HOST, host.clone());
     }

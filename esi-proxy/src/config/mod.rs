@@ -69,6 +69,11 @@ pub struct ServerConfig {
     /// `X-Forwarded-Host`, and cache keys hold it. Empty: any host is served and no
     /// `X-Forwarded-Host` is sent. Default: [].
     pub site_names: Vec<String>,
+    /// Peers whose forwarding headers are believed: CIDR ranges (`10.0.0.0/8`) or addresses.
+    /// From them the incoming `X-Forwarded-For` is kept with the peer appended, and
+    /// `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded` are kept; from anyone else they
+    /// are replaced (`Forwarded` dropped). Default: [].
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `[esi]`.
@@ -214,6 +219,7 @@ impl Default for ServerConfig {
             debug_from_loopback: true,
             access_log: true,
             site_names: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -51,6 +51,8 @@ pub struct ServerSettings {
     pub access_log: bool,
     /// `server.site_names`, lowercase, each a host with an optional port; empty: any host.
     pub site_names: Vec<String>,
+    /// `server.trusted_proxies`; an address is a range of one.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// `[esi]`, validated.
@@ -298,6 +300,7 @@ mod tests {
                 debug_from_loopback: true,
                 access_log: true,
                 site_names: Vec::new(),
+                trusted_proxies: Vec::new(),
             },
             esi: EsiSettings {
                 process_paths: Vec::new(),

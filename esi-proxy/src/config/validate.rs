@@ -75,6 +75,13 @@ impl Config {
                 site_names.push(name);
             }
         }
+        let mut trusted_proxies = Vec::new();
+        for (i, range) in s.trusted_proxies.iter().enumerate() {
+            let field = format!("server.trusted_proxies[{i}]");
+            if let Some(range) = p.check(&field, ip_range(range)) {
+                trusted_proxies.push(range);
+            }
+        }
         Some(ServerSettings {
             listen: listen?,
             origin: origin?,
@@ -86,6 +93,7 @@ impl Config {
             debug_from_loopback: s.debug_from_loopback,
             access_log: s.access_log,
             site_names,
+            trusted_proxies,
         })
     }
 
@@ -375,6 +383,14 @@ fn site_name(name: &str) -> Result<String, String> {
     Ok(name.to_ascii_lowercase())
 }
 
+/// A `server.trusted_proxies` entry: a CIDR range, or one address as a range of one.
+fn ip_range(text: &str) -> Result<ipnet::IpNet, String> {
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|range| range.trunc())
+        .map_err(|_| format!("{text:?} is not a CIDR range like 10.0.0.0/8 or an IP address"))
+}
+
 // === impl Problems ===
 
 impl Problems<'_> {
@@ -408,6 +424,7 @@ mod tests {
         ("[server]\nmax_header_bytes = 100\n", &["2: server.max_header_bytes: 100 is below"]),
         ("[server]\nadmin_token = \"abc \"\n", &["2: server.admin_token: must be printable"]),
         ("[server]\nsite_names = [\"ok.example:8080\", \"a/b\", \"u@h\"]\n", &["2: server.site_names[1]: \"a/b\" is not", "2: server.site_names[2]: \"u@h\" is not"]),
+        ("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\", \"10.0.0.0/33\"]\n", &["2: server.trusted_proxies[2]: \"10.0.0.0/33\" is not a CIDR"]),
         ("[server]\nlog_format = \"xml\"\n", &["2: server.log_format: \"xml\": expected"]),
         ("[esi]\nmax_depth = 21\n", &["2: esi.max_depth: 21 is over the limit of 20"]),
         ("[esi]\nmax_depth = 20\n", &[]),

@@ -25,7 +25,8 @@ use super::state::Runtime;
 use super::AppState;
 use crate::fetch::{decode_stream, CacheStatus, OriginBody, OriginRequest};
 use crate::headers::{
-    client_response_headers, composed_headers, origin_headers, site_name, Forwarding, SERVER_TIMING,
+    client_response_headers, composed_headers, origin_headers, site_name, Forwarding,
+    SERVER_TIMING, X_FORWARDED_HOST,
 };
 
 /// Refuses what a reverse proxy must not do: tunnels, TRACE, upgrades, forward-proxy requests.
@@ -68,13 +69,32 @@ fn refuse(req: &Request<Incoming>, server: &ServerSettings) -> Result<(), Error>
     Ok(())
 }
 
-/// What the origin and fragments are told about the request's host: the site name its `Host`
-/// names when `server.site_names` is set (421 when it names none), else nothing.
-fn forwarding(req: &Request<Incoming>, server: &ServerSettings) -> Result<Forwarding, Error> {
+/// What the origin and fragments are told about the request from `remote`: whether the peer
+/// is a trusted proxy, and the host. The host is the one a trusted proxy forwards in
+/// `X-Forwarded-Host`, else `Host`; with `server.site_names` set it must name one of them
+/// (421 otherwise) and the entry is told; without, only a trusted proxy's is passed on.
+fn forwarding(
+    req: &Request<Incoming>,
+    remote: SocketAddr,
+    server: &ServerSettings,
+) -> Result<Forwarding, Error> {
+    let ip = remote.ip().to_canonical();
+    let trusted_peer = server.trusted_proxies.iter().any(|r| r.contains(&ip));
+    let forwarded_host = trusted_peer
+        .then(|| req.headers().get(X_FORWARDED_HOST))
+        .flatten();
     if server.site_names.is_empty() {
-        return Ok(Forwarding::default());
+        return Ok(Forwarding {
+            host: forwarded_host.cloned(),
+            trusted_peer,
+        });
     }
-    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let name = if forwarded_host.is_some() {
+        X_FORWARDED_HOST
+    } else {
+        header::HOST
+    };
+    let mut hosts = req.headers().get_all(name).iter();
     let name = match (hosts.next(), hosts.next()) {
         (Some(host), None) => host
             .to_str()
@@ -95,7 +115,10 @@ fn forwarding(req: &Request<Incoming>, server: &ServerSettings) -> Result<Forwar
             StatusCode::MISDIRECTED_REQUEST,
         )
     })?;
-    Ok(Forwarding { host: Some(host) })
+    Ok(Forwarding {
+        host: Some(host),
+        trusted_peer,
+    })
 }
 
 /// The URL a request target names on the origin: the one parsed target the origin is asked
@@ -146,7 +169,7 @@ impl Outgoing {
         remote: SocketAddr,
         server: &ServerSettings,
     ) -> Result<Self, Error> {
-        let forwarding = forwarding(&req, server)?;
+        let forwarding = forwarding(&req, remote, server)?;
         let path_and_query = req
             .uri()
             .path_and_query()

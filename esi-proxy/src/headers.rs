@@ -49,18 +49,42 @@ pub const SURROGATE_CAPABILITY: HeaderName = HeaderName::from_static("surrogate-
 pub const DEVICE: &str = "esi-proxy";
 /// The `Surrogate-Capability` value sent: [`DEVICE`] processes ESI 1.0.
 pub const CAPABILITY: &str = "esi-proxy=\"ESI/1.0\"";
-/// `X-Forwarded-For`, set by the proxy from the peer address.
+/// `X-Forwarded-For`, set by the proxy from the peer address (appended to a trusted proxy's).
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-/// `X-Forwarded-Proto`, set by the proxy.
+/// `X-Forwarded-Proto`, set by the proxy (`http`), or a trusted proxy's.
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-/// `X-Forwarded-Host`, the client's `Host`, set by the proxy.
+/// `X-Forwarded-Host`, set by the proxy to the site name the request was for, and only then
+/// (see [`Forwarding::host`]). Part of every cache key.
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// The `X-Forwarded-*` headers the proxy sets; they always go to fragments.
 pub const X_FORWARDED: [HeaderName; 3] = [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST];
-/// `Forwarded` (RFC 7239): a client's own is never passed on.
+/// `Forwarded` (RFC 7239): passed on from trusted proxies only.
 pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// `Server-Timing`, added to composed pages.
 pub const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
+
+/// What the proxy tells the origin and fragments about a request, besides the client's own
+/// headers: decided by the server from its settings, applied by [`origin_headers`].
+#[derive(Debug, Clone, Default)]
+pub struct Forwarding {
+    /// The `X-Forwarded-Host` sent: the configured site name the request was for, never a
+    /// value the client chose freely (whatever is sent is part of the cache keys, so a closed
+    /// set keeps one client from poisoning a page for everyone); `None` sends none.
+    pub host: Option<HeaderValue>,
+    /// Whether the peer is a trusted proxy (`server.trusted_proxies`): its `X-Forwarded-For`
+    /// is kept with the peer appended, its `X-Forwarded-Proto` and `Forwarded` are kept.
+    /// Anyone else's are replaced by what the proxy sees, or dropped.
+    pub trusted_peer: bool,
+}
+
+/// The entry of `site_names` (lowercase) that `host`, a `Host` header or request-target
+/// authority, names: compared without case, a port only matching the same port.
+pub fn site_name<'a>(host: &str, site_names: &'a [String]) -> Option<&'a str> {
+    site_names
+        .iter()
+        .find(|name| name.eq_ignore_ascii_case(host))
+        .map(String::as_str)
+}
 
 /// Whether a client request header (lowercase) may never reach a fragment host.
 pub fn never_to_fragments(name: &str) -> bool {
@@ -140,11 +164,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The headers sent to the origin: the client's, less hop-by-hop and anything a client could
-/// use to impersonate the proxy, plus X-Forwarded-* set by us.
-pub fn origin_headers<B>(req: &Request<B>, remote: SocketAddr) -> HeaderMap {
+/// use to impersonate the proxy, plus X-Forwarded-* set by us as `forwarding` says.
+pub fn origin_headers<B>(
+    req: &Request<B>,
+    remote: SocketAddr,
+    forwarding: &Forwarding,
+) -> HeaderMap {
     let mut headers = req.headers().clone();
     strip_hop_by_hop(&mut headers);
-    let host = headers.remove(header::HOST);
+    headers.remove(header::HOST);
+    let values = |name| -> Vec<HeaderValue> {
+        match forwarding.trusted_peer {
+            true => headers.get_all(name).iter().cloned().collect(),
+            false => Vec::new(),
+        }
+    };
+    let (chain, proto, forwarded) = (
+        values(X_FORWARDED_FOR),
+        values(X_FORWARDED_PROTO),
+        values(FORWARDED),
+    );
     for name in [
         X_FORWARDED_FOR,
         X_FORWARDED_PROTO,
@@ -162,12 +201,22 @@ pub fn origin_headers<B>(req: &Request<B>, remote: SocketAddr) -> HeaderMap {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         ip => ip,
     };
-    if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+    // A trusted proxy's chain, then the peer: one value, as most readers take the first line.
+    let mut hops: Vec<&str> = chain.iter().filter_map(|v| v.to_str().ok()).collect();
+    let peer = ip.to_string();
+    hops.push(&peer);
+    if let Ok(v) = HeaderValue::from_str(&hops.join(", ")) {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    if let Some(host) = host {
-        headers.insert(X_FORWARDED_HOST, host);
+    match proto.into_iter().next() {
+        Some(proto) => headers.insert(X_FORWARDED_PROTO, proto),
+        None => headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http")),
+    };
+    for value in forwarded {
+        headers.append(FORWARDED, value);
+    }
+    if let Some(host) = &forwarding.host {
+        headers.insert(X_FORWARDED_HOST, host.clone());
     }
     headers
 }
@@ -258,6 +307,23 @@ mod tests {
         }
         for name in ["accept-language", "user-agent", "x-forwarded-for"] {
             assert!(!never_to_fragments(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn site_names_match_without_case_and_with_the_same_port_only() {
+        let names = ["www.example".to_owned(), "b.example:8080".to_owned()];
+        let cases = [
+            ("www.example", Some("www.example")),
+            ("WWW.Example", Some("www.example")),
+            ("www.example:8080", None),
+            ("b.example:8080", Some("b.example:8080")),
+            ("b.example", None),
+            ("evil.example", None),
+            ("", None),
+        ];
+        for (host, want) in cases {
+            assert_eq!(site_name(host, &names), want, "{host:?}");
         }
     }
 

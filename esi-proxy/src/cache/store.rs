@@ -20,7 +20,14 @@ use url::Url;
 
 use super::policy::{merge_names, vary_names, CachePolicy, Credentials};
 use super::{EVICTIONS, HITS, MISSES};
+use crate::headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use crate::telemetry::Metrics;
+
+/// What the origin and fragments are told about the request's host and scheme: a response
+/// may be built from them whether or not it says `Vary`, so each is part of every key, and one
+/// built for another host or scheme is never served for this one. (The proxy sends a closed
+/// set of values, so this splits entries per site, not per client.)
+const TOLD_UPSTREAM: [HeaderName; 2] = [X_FORWARDED_HOST, X_FORWARDED_PROTO];
 
 /// Bytes charged per entry on top of its body, headers and key: the `Arc`, the entry struct
 /// and moka's own bookkeeping.
@@ -142,7 +149,8 @@ impl<V: Stored> Store<V> {
         }
     }
 
-    /// The key of a request under the URL's current vary spec and the policy's key headers.
+    /// The key of a request under the URL's current vary spec, the policy's key headers and
+    /// [`TOLD_UPSTREAM`].
     pub(super) async fn key_for(
         &self,
         policy: &CachePolicy,
@@ -435,7 +443,9 @@ impl Lifetime for VarySpec {
 /// The names a key varies on: those the URL's response varied on and the policy's key
 /// headers for it, sorted and unique.
 fn key_names(policy: &CachePolicy, url: &Url, vary: &[HeaderName]) -> Arc<[HeaderName]> {
-    merge_names(vary, &policy.key_headers(url))
+    let mut names = policy.key_headers(url);
+    names.extend(TOLD_UPSTREAM);
+    merge_names(vary, &names)
 }
 
 /// Counts one size eviction from the `cache` kind.

@@ -63,6 +63,17 @@ pub struct ServerConfig {
     /// Whether every request is logged at `info` when its response ends (method, path,
     /// status, route, bytes, milliseconds). Default: true.
     pub access_log: bool,
+    /// The host names this site answers to, as clients send them in `Host` (`name` or
+    /// `name:port`, compared without case). A request for any other host gets 421 before
+    /// anything is fetched. Set: the origin and fragments are told the host in
+    /// `X-Forwarded-Host`, and cache keys hold it. Empty: any host is served and no
+    /// `X-Forwarded-Host` is sent. Default: [].
+    pub site_names: Vec<String>,
+    /// Peers whose forwarding headers are believed: CIDR ranges (`10.0.0.0/8`) or addresses.
+    /// From them the incoming `X-Forwarded-For` is kept with the peer appended, and
+    /// `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded` are kept; from anyone else they
+    /// are replaced (`Forwarded` dropped). Default: [].
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `[esi]`.
@@ -207,6 +218,8 @@ impl Default for ServerConfig {
             config_poll_ms: 1000,
             debug_from_loopback: true,
             access_log: true,
+            site_names: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -49,6 +49,10 @@ pub struct ServerSettings {
     pub debug_from_loopback: bool,
     /// `server.access_log`.
     pub access_log: bool,
+    /// `server.site_names`, lowercase, each a host with an optional port; empty: any host.
+    pub site_names: Vec<String>,
+    /// `server.trusted_proxies`; an address is a range of one.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// `[esi]`, validated.
@@ -295,6 +299,8 @@ mod tests {
                 config_poll: Some(Duration::from_secs(1)),
                 debug_from_loopback: true,
                 access_log: true,
+                site_names: Vec::new(),
+                trusted_proxies: Vec::new(),
             },
             esi: EsiSettings {
                 process_paths: Vec::new(),

@@ -69,6 +69,19 @@ impl Config {
             "server.log_format",
             choose(&s.log_format, LogFormat::CHOICES),
         );
+        let mut site_names = Vec::new();
+        for (i, name) in s.site_names.iter().enumerate() {
+            if let Some(name) = p.check(&format!("server.site_names[{i}]"), site_name(name)) {
+                site_names.push(name);
+            }
+        }
+        let mut trusted_proxies = Vec::new();
+        for (i, range) in s.trusted_proxies.iter().enumerate() {
+            let field = format!("server.trusted_proxies[{i}]");
+            if let Some(range) = p.check(&field, ip_range(range)) {
+                trusted_proxies.push(range);
+            }
+        }
         Some(ServerSettings {
             listen: listen?,
             origin: origin?,
@@ -79,6 +92,8 @@ impl Config {
             config_poll: Some(Duration::from_millis(s.config_poll_ms)).filter(|d| !d.is_zero()),
             debug_from_loopback: s.debug_from_loopback,
             access_log: s.access_log,
+            site_names,
+            trusted_proxies,
         })
     }
 
@@ -357,6 +372,25 @@ fn is_token(name: &str) -> bool {
             .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
 }
 
+/// A `server.site_names` entry, lowercase: a host name or IP address as `Host` carries it
+/// (`www.example.com`, `www.example.com:8080`, `[::1]:8080`), nothing else.
+fn site_name(name: &str) -> Result<String, String> {
+    let invalid = || format!("{name:?} is not a host name with an optional port");
+    let authority: http::uri::Authority = name.parse().map_err(|_| invalid())?;
+    if authority.as_str().contains('@') || authority.host().is_empty() {
+        return Err(invalid());
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+/// A `server.trusted_proxies` entry: a CIDR range, or one address as a range of one.
+fn ip_range(text: &str) -> Result<ipnet::IpNet, String> {
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|range| range.trunc())
+        .map_err(|_| format!("{text:?} is not a CIDR range like 10.0.0.0/8 or an IP address"))
+}
+
 // === impl Problems ===
 
 impl Problems<'_> {
@@ -389,6 +423,8 @@ mod tests {
         ("[server]\nlisten = \"localhost\"\n", &["2: server.listen: \"localhost\" is not"]),
         ("[server]\nmax_header_bytes = 100\n", &["2: server.max_header_bytes: 100 is below"]),
         ("[server]\nadmin_token = \"abc \"\n", &["2: server.admin_token: must be printable"]),
+        ("[server]\nsite_names = [\"ok.example:8080\", \"a/b\", \"u@h\"]\n", &["2: server.site_names[1]: \"a/b\" is not", "2: server.site_names[2]: \"u@h\" is not"]),
+        ("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\", \"10.0.0.0/33\"]\n", &["2: server.trusted_proxies[2]: \"10.0.0.0/33\" is not a CIDR"]),
         ("[server]\nlog_format = \"xml\"\n", &["2: server.log_format: \"xml\": expected"]),
         ("[esi]\nmax_depth = 21\n", &["2: esi.max_depth: 21 is over the limit of 20"]),
         ("[esi]\nmax_depth = 20\n", &[]),

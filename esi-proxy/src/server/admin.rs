@@ -187,7 +187,7 @@ async fn debug_page(
     } else {
         format!("{path}?{query}")
     };
-    let mut out = Outgoing::new(req, remote);
+    let mut out = Outgoing::new(req, remote, &rt.settings.server)?;
     out.method = Method::GET;
     out.path_and_query.clone_from(&target);
     out.body = crate::fetch::OriginBody::default();

@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 
 use crate::compose::{LayoutRecord, OnParsed, Page, Trace};
-use crate::config::EsiSettings;
+use crate::config::{EsiSettings, ServerSettings};
 use crate::esi;
 use crate::telemetry::{server_timing, Metrics};
 
@@ -24,10 +24,13 @@ use super::error::Error;
 use super::state::Runtime;
 use super::AppState;
 use crate::fetch::{decode_stream, CacheStatus, OriginBody, OriginRequest};
-use crate::headers::{client_response_headers, composed_headers, origin_headers, SERVER_TIMING};
+use crate::headers::{
+    client_response_headers, composed_headers, origin_headers, site_name, Forwarding,
+    SERVER_TIMING, X_FORWARDED_HOST,
+};
 
 /// Refuses what a reverse proxy must not do: tunnels, TRACE, upgrades, forward-proxy requests.
-fn refuse(req: &Request<Incoming>) -> Result<(), Error> {
+fn refuse(req: &Request<Incoming>, server: &ServerSettings) -> Result<(), Error> {
     if req.method() == Method::CONNECT {
         return Err(Error::Refused(
             "CONNECT is not supported: this is not a forward proxy",
@@ -47,12 +50,16 @@ fn refuse(req: &Request<Incoming>) -> Result<(), Error> {
         ));
     }
     if let Some(authority) = req.uri().authority() {
+        // An absolute-form request is served only for a configured site name that `Host`
+        // repeats: without site names the proxy cannot tell this site from another, and a
+        // `Host` of the client's choosing to match proves nothing.
         let host = req
             .headers()
             .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
-        if !authority.as_str().eq_ignore_ascii_case(host) {
+            .and_then(|h| h.to_str().ok());
+        let this_site = site_name(authority.as_str(), &server.site_names).is_some()
+            && host.is_some_and(|h| h.eq_ignore_ascii_case(authority.as_str()));
+        if !this_site {
             return Err(Error::Refused(
                 "absolute-form requests for other hosts are refused: this is not a forward proxy",
                 StatusCode::BAD_REQUEST,
@@ -60,6 +67,86 @@ fn refuse(req: &Request<Incoming>) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// What the origin and fragments are told about the request from `remote`: whether the peer
+/// is a trusted proxy, and the host. The host is the one a trusted proxy forwards in
+/// `X-Forwarded-Host`, else `Host`; with `server.site_names` set it must name one of them
+/// (421 otherwise) and the entry is told; without, only a trusted proxy's is passed on.
+fn forwarding(
+    req: &Request<Incoming>,
+    remote: SocketAddr,
+    server: &ServerSettings,
+) -> Result<Forwarding, Error> {
+    let ip = remote.ip().to_canonical();
+    let trusted_peer = server.trusted_proxies.iter().any(|r| r.contains(&ip));
+    let forwarded_host = trusted_peer
+        .then(|| req.headers().get(X_FORWARDED_HOST))
+        .flatten();
+    if server.site_names.is_empty() {
+        return Ok(Forwarding {
+            host: forwarded_host.cloned(),
+            trusted_peer,
+        });
+    }
+    let name = if forwarded_host.is_some() {
+        X_FORWARDED_HOST
+    } else {
+        header::HOST
+    };
+    let mut hosts = req.headers().get_all(name).iter();
+    let name = match (hosts.next(), hosts.next()) {
+        (Some(host), None) => host
+            .to_str()
+            .ok()
+            .and_then(|host| site_name(host, &server.site_names)),
+        _ => None,
+    };
+    let Some(name) = name else {
+        return Err(Error::Refused(
+            "this host is not served here",
+            StatusCode::MISDIRECTED_REQUEST,
+        ));
+    };
+    // Validation let through only what parses as an authority, which is a valid value.
+    let host = HeaderValue::from_str(name).map_err(|_| {
+        Error::Refused(
+            "this host is not served here",
+            StatusCode::MISDIRECTED_REQUEST,
+        )
+    })?;
+    Ok(Forwarding {
+        host: Some(host),
+        trusted_peer,
+    })
+}
+
+/// The URL a request target names on the origin: the one parsed target the origin is asked
+/// for, the cache keys and the base of relative includes. Only a plain origin-form path is
+/// accepted: `//host/x` and `/\host/x` are scheme-relative references to another host when
+/// joined (WHATWG URLs read `\` as `/`), and anything else that would leave the origin's
+/// scheme, host and port is refused too.
+fn page_url(origin: &url::Url, path_and_query: &str) -> Result<url::Url, Error> {
+    let refused = |why| Err(Error::Refused(why, StatusCode::BAD_REQUEST));
+    let path = path_and_query.split('?').next().unwrap_or_default();
+    if !path.starts_with('/') || path.starts_with("//") || path.contains('\\') {
+        return refused("the request target must be a path on this site");
+    }
+    let Ok(url) = origin.join(path_and_query) else {
+        return refused("request target is not a valid URL");
+    };
+    let same_origin = url.scheme() == origin.scheme()
+        && url.host() == origin.host()
+        && url.port_or_known_default() == origin.port_or_known_default();
+    if !same_origin {
+        return refused("the request target must be a path on this site");
+    }
+    Ok(url)
+}
+
+/// The path and query of `url`, as the origin is asked for it.
+fn origin_target(url: &url::Url) -> String {
+    url[url::Position::BeforePath..url::Position::AfterQuery].to_owned()
 }
 
 /// A request on its way to the origin, taken apart from the client's.
@@ -73,23 +160,32 @@ pub(super) struct Outgoing {
 }
 
 impl Outgoing {
-    pub(super) fn new(req: Request<Incoming>, remote: SocketAddr) -> Self {
+    /// The origin's view of `req` from `remote`.
+    ///
+    /// # Errors
+    /// 421 when `server.site_names` is set and the request's `Host` is none of them.
+    pub(super) fn new(
+        req: Request<Incoming>,
+        remote: SocketAddr,
+        server: &ServerSettings,
+    ) -> Result<Self, Error> {
+        let forwarding = forwarding(&req, remote, server)?;
         let path_and_query = req
             .uri()
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        let headers = origin_headers(&req, remote);
+        let headers = origin_headers(&req, remote, &forwarding);
         let vars = esi_vars(&req);
         let method = req.method().clone();
         let body = req.into_body().map_err(BoxError::from).boxed();
-        Self {
+        Ok(Self {
             method,
             path_and_query,
             headers,
             vars,
             body,
-        }
+        })
     }
 }
 
@@ -100,10 +196,15 @@ pub(super) async fn serve(
     remote: SocketAddr,
     started: Instant,
 ) -> (&'static str, Result<Response<Body>, Error>) {
-    if let Err(e) = refuse(&req) {
+    let rt = state.runtime();
+    if let Err(e) = refuse(&req, &rt.settings.server) {
         return ("proxy", Err(e));
     }
-    forward(state, Outgoing::new(req, remote), started, None).await
+    let out = match Outgoing::new(req, remote, &rt.settings.server) {
+        Ok(out) => out,
+        Err(e) => return ("proxy", Err(e)),
+    };
+    forward(state, out, started, None).await
 }
 
 /// Sends a request to the origin (a GET whose parsed layout is cached touches no upstream
@@ -122,15 +223,12 @@ pub(super) async fn forward(
         vars,
         body,
     } = out;
-    let Ok(page_url) = rt.origin_url.join(&path_and_query) else {
-        return (
-            "proxy",
-            Err(Error::Refused(
-                "request target is not a valid URL",
-                StatusCode::BAD_REQUEST,
-            )),
-        );
+    let page_url = match page_url(&rt.origin_url, &path_and_query) {
+        Ok(url) => url,
+        Err(e) => return ("proxy", Err(e)),
     };
+    // The origin is asked for what the page URL names, so the two never disagree.
+    let path_and_query = origin_target(&page_url);
     let caching = rt.settings.cache.enabled && method == Method::GET;
     if caching {
         if let Some(hit) = state.layout_cache.get(&rt.policy, &page_url, &headers) {
@@ -363,4 +461,31 @@ fn esi_vars(req: &Request<Incoming>) -> esi::Request {
         vars = vars.with_accept_language(lang);
     }
     vars
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_paths_on_the_origin_are_page_urls() {
+        let origin = url::Url::parse("http://gw:8081/").expect("origin");
+        let cases = [
+            ("/", Some("/")),
+            ("/a/b?q=1", Some("/a/b?q=1")),
+            ("/a/../b", Some("/b")),
+            ("/a?next=//x\\y", Some("/a?next=//x\\y")),
+            ("//other/page", None),
+            ("/\\other/page", None),
+            ("/a\\b", None),
+            ("*", None),
+            ("", None),
+        ];
+        for (target, want) in cases {
+            let got = page_url(&origin, target)
+                .ok()
+                .map(|url| origin_target(&url));
+            assert_eq!(got.as_deref(), want, "{target:?}");
+        }
+    }
 }

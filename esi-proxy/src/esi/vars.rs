@@ -595,6 +595,20 @@ impl CookieAccess {
     }
 }
 
+impl VarPolicy {
+    /// The policy for a document from a host not trusted with the client's credentials: no
+    /// cookie by name and no whole Cookie header (the only credential a variable can read;
+    /// `Authorization` has none); escaping as `self` says.
+    #[must_use]
+    pub fn without_credentials(&self) -> VarPolicy {
+        VarPolicy {
+            cookies: CookieAccess::Only(Vec::new()),
+            whole_cookie_header: false,
+            raw_output: self.raw_output,
+        }
+    }
+}
+
 impl Default for VarPolicy {
     /// Every cookie by name, no whole Cookie header, escaped output.
     fn default() -> Self {

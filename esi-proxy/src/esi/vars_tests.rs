@@ -361,6 +361,34 @@ fn cookie_policy() {
     }
 }
 
+/// What an untrusted document reads: no cookie by any route, whatever the page's policy
+/// allows; other variables and escaping as they were.
+#[test]
+fn policy_without_credentials() {
+    let req = Request::new()
+        .with_cookie("session=s3cr3t; group=gold")
+        .with_host("shop.example")
+        .with_query("q=a b");
+    let open = VarPolicy {
+        cookies: CookieAccess::All,
+        whole_cookie_header: true,
+        raw_output: true,
+    };
+    let closed = open.without_credentials();
+    assert!(closed.raw_output, "escaping is kept");
+    let cases: &[(&str, &str, &str)] = &[
+        ("$(HTTP_COOKIE{session})", "s3cr3t", ""),
+        ("$(HTTP_COOKIE{group}|'none')", "gold", "none"),
+        ("$(HTTP_COOKIE)", "session=s3cr3t; group=gold", ""),
+        ("$(HTTP_HOST)", "shop.example", "shop.example"),
+        ("$(QUERY_STRING{q})", "a b", "a b"),
+    ];
+    for (src, with, without) in cases {
+        assert_eq!(req.value(&var(src), &open), *with, "var: {src}");
+        assert_eq!(req.value(&var(src), &closed), *without, "var: {src}");
+    }
+}
+
 #[test]
 fn user_agents() {
     // (User-Agent, browser, os, version)

@@ -180,3 +180,56 @@ async fn an_untrusted_fragments_includes_carry_no_credentials() {
     );
     assert!(!saw_session(&partner), "the partner received the session");
 }
+/// Trust-boundaries issue: a variable whose value is `..` passed percent-encoding untouched,
+/// so `/svc/users/$(HTTP_COOKIE{uid})/card` with `uid=..` fetched `/svc/card`. A value that
+/// would make a path segment `.` or `..` refuses the include, which takes its `alt`; a value
+/// with dots that is not one is fetched as it is.
+#[tokio::test]
+async fn a_variable_never_climbs_the_path() {
+    let layout = "<esi:include src=\"/svc/users/$(HTTP_COOKIE{uid})/card\" alt=\"/svc/alt\"/>";
+    let origin = serve(move |req| async move {
+        match req.uri().path() {
+            "/page" => esi(layout),
+            p => html(format!("{p};")),
+        }
+    })
+    .await;
+    let proxy = proxy(&origin.base(), Config::default()).await;
+    let mut bodies = Vec::new();
+    for uid in ["..", ".", "7", "..."] {
+        let body = client()
+            .get(proxy.url("/page"))
+            .header("cookie", format!("uid={uid}"))
+            .send()
+            .await
+            .expect("response")
+            .text()
+            .await
+            .expect("body");
+        bodies.push(body);
+    }
+    assert_eq!(
+        bodies,
+        [
+            "/svc/alt;",
+            "/svc/alt;",
+            "/svc/users/7/card;",
+            "/svc/users/.../card;"
+        ]
+    );
+    let paths: Vec<String> = origin
+        .received()
+        .iter()
+        .map(|r| r.uri.path().to_owned())
+        .filter(|p| p != "/page")
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/svc/alt",
+            "/svc/alt",
+            "/svc/users/7/card",
+            "/svc/users/.../card"
+        ]
+    );
+}

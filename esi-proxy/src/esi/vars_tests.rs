@@ -573,6 +573,87 @@ fn render_url_encoding() {
     }
 }
 
+/// Trust-boundaries issue: `/svc/users/$(HTTP_COOKIE{uid})/card` with `uid=..` rendered
+/// `/svc/users/../card`, which resolves to `/svc/card`.
+#[test]
+fn render_url_dot_segments() {
+    let req = Request::new()
+        .with_cookie("up=..; here=.; enc=%2e%2E; dots=...; a=a/..; dot1=.")
+        .with_query("p=..&q=%2e");
+    let raw = VarPolicy {
+        raw_output: true,
+        ..VarPolicy::default()
+    };
+    let escaped = VarPolicy::default();
+    // (src, policy, Ok(rendered) or Err(()))
+    let cases: &[(&str, &VarPolicy, Result<&str, ()>)] = &[
+        ("/svc/users/$(HTTP_COOKIE{up})/card", &escaped, Err(())),
+        ("/svc/users/$(HTTP_COOKIE{up})", &escaped, Err(())),
+        ("$(HTTP_COOKIE{up})/card", &escaped, Err(())),
+        ("/svc/users/$(HTTP_COOKIE{here})/card", &escaped, Err(())),
+        ("/svc/.$(HTTP_COOKIE{dot1})/card", &escaped, Err(())),
+        (
+            "/svc/$(HTTP_COOKIE{dot1})$(HTTP_COOKIE{dot1})/c",
+            &escaped,
+            Err(()),
+        ),
+        ("/svc/$(QUERY_STRING{p})/card", &escaped, Err(())),
+        ("/svc/$(HTTP_COOKIE{none}|'..')/card", &escaped, Err(())),
+        ("/svc/$(HTTP_COOKIE{up})/card", &raw, Err(())),
+        ("/svc/$(HTTP_COOKIE{a})/card", &raw, Err(())),
+        ("/svc/$(HTTP_COOKIE{enc})/card", &raw, Err(())),
+        (
+            "/svc/$(QUERY_STRING)/card",
+            &escaped,
+            Ok("/svc/p=..&q=%2e/card"),
+        ),
+        // `%` of a value is encoded, so `%2e` in a value stays a literal `%2e`.
+        (
+            "/svc/$(HTTP_COOKIE{enc})/card",
+            &escaped,
+            Ok("/svc/%252e%252E/card"),
+        ),
+        (
+            "/svc/$(HTTP_COOKIE{dots})/card",
+            &escaped,
+            Ok("/svc/.../card"),
+        ),
+        (
+            "/svc/x$(HTTP_COOKIE{up})/card",
+            &escaped,
+            Ok("/svc/x../card"),
+        ),
+        (
+            "/svc/$(HTTP_COOKIE{a})/card",
+            &escaped,
+            Ok("/svc/a%2F../card"),
+        ),
+        (
+            "/svc/card?u=$(HTTP_COOKIE{up})",
+            &escaped,
+            Ok("/svc/card?u=.."),
+        ),
+        ("/svc/card#$(HTTP_COOKIE{up})", &escaped, Ok("/svc/card#..")),
+        // Dot segments the template writes itself are its own business.
+        ("../card/$(HTTP_COOKIE{dots})", &escaped, Ok("../card/...")),
+        (
+            "/svc/./$(HTTP_COOKIE{none})/card",
+            &escaped,
+            Ok("/svc/.//card"),
+        ),
+    ];
+    for (src, policy, want) in cases {
+        let got = render_url(&VarString::parse(src), &req, policy);
+        match want {
+            Ok(want) => assert_eq!(got.as_deref(), Ok(*want), "src: {src}"),
+            Err(()) => assert!(
+                matches!(got, Err(VarError::DotSegment(_))),
+                "src: {src}: {got:?}"
+            ),
+        }
+    }
+}
+
 #[test]
 fn render_url_refusal() {
     let req = Request::new()

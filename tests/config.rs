@@ -67,7 +67,7 @@ async fn unknown_field_in_second_host_entry_names_that_entry() {
         &[(
             7,
             "fetch.hosts[1].weight: unknown field `weight`, expected one of `url`, `trusted`, \
-             `private_network`",
+             `esi`, `private_network`",
         )],
     )
     .await;

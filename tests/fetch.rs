@@ -29,6 +29,7 @@ fn config(origin: &str, hosts: &[(&str, bool, bool)]) -> Config {
         .map(|(url, trusted, private_network)| HostConfig {
             url: (*url).to_owned(),
             trusted: *trusted,
+            esi: false,
             private_network: *private_network,
         })
         .collect();

@@ -18,6 +18,7 @@ fn host(server: &Server) -> HostConfig {
     HostConfig {
         url: server.base(),
         trusted: false,
+        esi: false,
         private_network: true,
     }
 }

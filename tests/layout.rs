@@ -222,6 +222,7 @@ async fn a_layout_cut_before_anything_was_sent_is_a_502() {
     config.fetch.hosts.push(esi_proxy::config::HostConfig {
         url: stall.base(),
         trusted: false,
+        esi: false,
         private_network: true,
     });
     let proxy = proxy(&origin.base(), config).await;

@@ -48,6 +48,7 @@ async fn composes_includes_in_document_order_and_cleans_headers() {
     config.fetch.hosts.push(esi_proxy::config::HostConfig {
         url: f.clone(),
         trusted: false,
+        esi: false,
         private_network: true,
     });
     let proxy = proxy(&origin.base(), config).await;

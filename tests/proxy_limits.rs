@@ -39,6 +39,7 @@ fn host(url: &str, trusted: bool, private_network: bool) -> HostConfig {
     HostConfig {
         url: url.to_owned(),
         trusted,
+        esi: false,
         private_network,
     }
 }

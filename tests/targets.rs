@@ -65,6 +65,7 @@ fn trusting(other: &crate::support::Server) -> Config {
         url: other.base(),
         trusted: true,
         private_network: true,
+        esi: false,
     });
     config
 }

@@ -19,3 +19,4 @@ mod reload;
 mod shutdown;
 mod support;
 mod targets;
+mod trust;

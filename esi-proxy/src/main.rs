@@ -186,6 +186,7 @@ fn demo(listen: Option<&str>) -> anyhow::Result<ExitCode> {
             config.fetch.hosts.push(esi_proxy::config::HostConfig {
                 url,
                 trusted: true,
+                esi: false,
                 private_network: true,
             });
         }

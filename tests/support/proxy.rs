@@ -170,6 +170,7 @@ pub fn demo_config(demo: &fragments::demo::Demo) -> Config {
         config.fetch.hosts.push(esi_proxy::config::HostConfig {
             url,
             trusted: true,
+            esi: false,
             private_network: true,
         });
     }

@@ -62,7 +62,6 @@ pub(super) fn compose_nodes<'a>(
     in_try: bool,
 ) -> BoxFuture<'a, Result<Vec<Bytes>, Failure>> {
     async move {
-        let cfg = &state.composer.config;
         let parts = nodes
             .iter()
             .map(|node| -> BoxFuture<'a, Result<Vec<Bytes>, Failure>> {
@@ -70,7 +69,7 @@ pub(super) fn compose_nodes<'a>(
                     Node::Text(b) => futures::future::ready(Ok(vec![b.clone()])).boxed(),
                     Node::Vars(segments) => {
                         let mut out = Vec::new();
-                        render_html(segments, &state.page.vars, &cfg.vars, &mut out);
+                        render_html(segments, &state.page.vars, state.vars(doc), &mut out);
                         futures::future::ready(Ok(vec![Bytes::from(out)])).boxed()
                     }
                     Node::Include(inc) => include(state, inc, doc, in_try)
@@ -87,8 +86,12 @@ pub(super) fn compose_nodes<'a>(
                     }
                     .boxed(),
                     Node::Choose { whens, otherwise } => {
-                        match choose_branch(whens, otherwise.as_ref(), &state.page.vars, &cfg.vars)
-                        {
+                        match choose_branch(
+                            whens,
+                            otherwise.as_ref(),
+                            &state.page.vars,
+                            state.vars(doc),
+                        ) {
                             Some(branch) => compose_nodes(state, branch, doc, in_try),
                             None => futures::future::ready(Ok(Vec::new())).boxed(),
                         }

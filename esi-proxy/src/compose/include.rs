@@ -121,7 +121,7 @@ async fn fetch_one(
         message,
         record,
     };
-    let rendered = render_url(src, &state.page.vars, &cfg.vars)
+    let rendered = render_url(src, &state.page.vars, state.vars(doc))
         .map_err(|e| fail(&src.to_string(), FailureKind::Url, e.to_string()))?;
     let url = doc
         .base
@@ -145,7 +145,10 @@ async fn fetch_one(
             .map_err(|e| fetch_failure(url.as_str(), &e, record))
     };
     let allowed = match allowed {
-        Ok(allowed) => allowed,
+        // An untrusted document's includes carry no credentials, whichever host they name:
+        // trust along a chain of includes is the least of its links.
+        Ok(allowed) if doc.trusted => allowed,
+        Ok(allowed) => allowed.untrusted(),
         Err(f) => {
             composer
                 .metrics
@@ -153,6 +156,7 @@ async fn fetch_one(
             return Err(f);
         }
     };
+    let access = allowed.access();
     let started = Instant::now();
     // Debug level: at the default `info` filter the span costs next to nothing per fragment
     // (failures are logged as warnings on their own).
@@ -211,7 +215,7 @@ async fn fetch_one(
                 state.trace_update(id, |r| {
                     r.status = Some(f.status.as_u16());
                     r.bytes = f.body.len();
-                    r.esi = f.is_esi();
+                    r.esi = f.is_esi() && access.esi;
                     if let Some(c) = &f.cache {
                         r.cache = Some(c.status);
                         r.ttl_s = c.ttl.map(|t| t.as_secs_f64());
@@ -231,7 +235,9 @@ async fn fetch_one(
             return Err(f);
         }
     };
-    if !fragment.is_esi() {
+    // ESI from a host that is neither trusted nor opted in (`esi = true`) is placed as literal
+    // bytes, as a fragment not marked ESI is: its markup fetches nothing and reads nothing.
+    if !fragment.is_esi() || !access.esi {
         return Ok(fragment.body);
     }
     if doc.depth + 1 > cfg.max_depth {
@@ -261,6 +267,7 @@ async fn fetch_one(
         base: url,
         ancestors,
         depth: doc.depth + 1,
+        trusted: access.trusted,
         record,
     };
     let parts = compose_nodes(state, &template.nodes, &child, false).await?;

@@ -55,6 +55,8 @@ pub struct ComposeConfig {
 pub struct Composer {
     fetcher: Arc<dyn Fetcher>,
     config: ComposeConfig,
+    /// `config.vars` without credentials: what variables of an untrusted document read.
+    untrusted_vars: VarPolicy,
     global: Arc<Semaphore>,
     metrics: Arc<Metrics>,
 }
@@ -149,12 +151,16 @@ struct PageState {
     includes: AtomicUsize,
 }
 
-/// Where a document sits: its URL, the URLs of the documents that include it, its depth.
+/// Where a document sits: its URL, the URLs of the documents that include it, its depth, and
+/// whether it may use the client's credentials.
 #[derive(Debug, Clone)]
 struct DocContext {
     base: Url,
     ancestors: Vec<Url>,
     depth: usize,
+    /// Whether this document and every one above it came from a trusted host (the layout
+    /// does): only then do its variables read cookies and its includes carry credentials.
+    trusted: bool,
     /// The trace row of the fetch that brought this document (None: the layout).
     record: Option<usize>,
 }
@@ -203,6 +209,7 @@ impl Composer {
     ) -> Arc<Self> {
         Arc::new(Self {
             fetcher,
+            untrusted_vars: config.vars.without_credentials(),
             config,
             global: Arc::new(Semaphore::new(max_concurrent)),
             metrics,
@@ -255,6 +262,8 @@ impl Composer {
             base: page.url.clone(),
             ancestors: vec![page.url.clone()],
             depth: 0,
+            // The layout comes from the origin, which is trusted.
+            trusted: true,
             record: None,
         });
         let state = Arc::new(PageState {
@@ -308,6 +317,16 @@ impl Fallback {
 // === impl PageState ===
 
 impl PageState {
+    /// What the variables of `doc` may read: the page's policy, without credentials when the
+    /// document is not trusted.
+    fn vars(&self, doc: &DocContext) -> &VarPolicy {
+        if doc.trusted {
+            &self.composer.config.vars
+        } else {
+            &self.composer.untrusted_vars
+        }
+    }
+
     fn elapsed_ms(&self) -> f64 {
         self.page.started.elapsed().as_secs_f64() * 1000.0
     }

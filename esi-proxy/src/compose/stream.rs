@@ -327,12 +327,8 @@ impl Driver {
             Event::Text(bytes) => self.push(Slot::Ready(bytes)),
             Event::Vars(segments) => {
                 let mut out = Vec::new();
-                render_html(
-                    &segments,
-                    &self.state.page.vars,
-                    &self.state.composer.config.vars,
-                    &mut out,
-                );
+                let policy = self.state.vars(&self.doc);
+                render_html(&segments, &self.state.page.vars, policy, &mut out);
                 self.push(Slot::Ready(Bytes::from(out)));
             }
             Event::Include(inc) => {
@@ -373,9 +369,8 @@ impl Driver {
             }
             Event::ChooseStart => self.frames.push(Frame::Choose { taken: false }),
             Event::WhenStart { test, .. } => {
-                let pass = test.is_some_and(|t| {
-                    t.eval(&self.state.page.vars, &self.state.composer.config.vars)
-                });
+                let pass =
+                    test.is_some_and(|t| t.eval(&self.state.page.vars, self.state.vars(&self.doc)));
                 self.enter_branch(pass);
             }
             Event::OtherwiseStart => self.enter_branch(true),

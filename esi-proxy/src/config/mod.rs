@@ -148,6 +148,12 @@ pub struct HostConfig {
     /// Whether this host receives the client's `Cookie` and `Authorization`. Default: false.
     #[serde(default)]
     pub trusted: bool,
+    /// Whether ESI in this host's responses is processed although the host is not `trusted`
+    /// (a trusted host's always is). Its variables then see no cookies and its includes are
+    /// fetched without credentials. Default: false: an untrusted host's ESI is placed as
+    /// literal bytes, like a fragment that is not ESI.
+    #[serde(default)]
+    pub esi: bool,
     /// Whether this host may resolve to loopback, private or link-local addresses (a host
     /// written as such an IP address is allowed to by being listed). Default: false.
     #[serde(default)]
@@ -332,7 +338,7 @@ mod tests {
         assert_eq!(config.fetch.hosts.len(), 1, "the example has one host");
         let example_host = &config.fetch.hosts[0];
         assert!(
-            !example_host.trusted && !example_host.private_network,
+            !example_host.trusted && !example_host.esi && !example_host.private_network,
             "defaults in example"
         );
         config.validate().expect("the uncommented example is valid");

@@ -116,6 +116,8 @@ pub struct HostSettings {
     pub url: BaseUrl,
     /// `trusted`.
     pub trusted: bool,
+    /// `esi`: whether the host's ESI is processed when it is not trusted.
+    pub esi: bool,
     /// `private_network`.
     pub private_network: bool,
 }
@@ -490,7 +492,7 @@ mod tests {
         let text = "[server]\nlisten = \"[::1]:9000\"\norigin = \"HTTPS://Gateway.Example\"\n\
                     [fetch]\nforward_headers = [\"Accept-Language\", \"X-Device\"]\n\
                     [[fetch.hosts]]\nurl = \"http://frag.example:8000/\"\ntrusted = true\n\
-                    [[fetch.hosts]]\nurl = \"http://10.0.0.7\"\nprivate_network = true\n\
+                    [[fetch.hosts]]\nurl = \"http://10.0.0.7\"\nesi = true\nprivate_network = true\n\
                     [cache]\nkey_headers = [\"X-Device\", \"accept-language\"]\n\
                     [[cache.rules]]\nmatch = \"/cart/*\"\nttl_s = 0\nkey_headers = [\"Cookie\"]\n";
         let got = settings_of(text);
@@ -507,11 +509,13 @@ mod tests {
                 HostSettings {
                     url: base("http://frag.example:8000"),
                     trusted: true,
+                    esi: false,
                     private_network: false,
                 },
                 HostSettings {
                     url: base("http://10.0.0.7:80"),
                     trusted: false,
+                    esi: true,
                     private_network: true,
                 },
             ]

@@ -274,6 +274,7 @@ impl Config {
                 let entry = HostSettings {
                     url: base,
                     trusted: host.trusted,
+                    esi: host.esi,
                     private_network: host.private_network,
                 };
                 hosts.push((entry, i));
@@ -517,6 +518,7 @@ mod tests {
         config.fetch.hosts.push(HostConfig {
             url: "http://127.0.0.1:8081".into(),
             trusted: false,
+            esi: false,
             private_network: false,
         });
         let err = config.validate().expect_err("invalid");

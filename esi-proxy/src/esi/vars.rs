@@ -97,6 +97,10 @@ pub enum VarError {
     /// The URL after substitution would split a request line or header.
     #[error("`src` after substitution holds whitespace or a control character: {0:?}")]
     UnsafeUrl(String),
+    /// A substituted value made, or took part in, a `.` or `..` path segment, which would
+    /// move the URL to another path once resolved.
+    #[error("`src` after substitution has a variable in a dot segment: {0:?}")]
+    DotSegment(String),
 }
 
 // === impl VarName ===
@@ -595,6 +599,20 @@ impl CookieAccess {
     }
 }
 
+impl VarPolicy {
+    /// The policy for a document from a host not trusted with the client's credentials: no
+    /// cookie by name and no whole Cookie header (the only credential a variable can read;
+    /// `Authorization` has none); escaping as `self` says.
+    #[must_use]
+    pub fn without_credentials(&self) -> VarPolicy {
+        VarPolicy {
+            cookies: CookieAccess::Only(Vec::new()),
+            whole_cookie_header: false,
+            raw_output: self.raw_output,
+        }
+    }
+}
+
 impl Default for VarPolicy {
     /// Every cookie by name, no whole Cookie header, escaped output.
     fn default() -> Self {
@@ -612,22 +630,32 @@ impl Default for VarPolicy {
 /// ASCII alphanumerics and `-._~`), except a whole `$(QUERY_STRING)`, which keeps `&`, `=`, `+`,
 /// `%` so a query string passes through. With `policy.raw_output`, values are inserted unencoded.
 ///
+/// A value never climbs the path: a path segment that a value has a byte in may not be a dot
+/// segment (`.`, `..`, or either spelled with `%2e`, which URL parsers take as the same).
+///
 /// # Errors
 ///
 /// [`VarError::UnsafeUrl`] if the result contains ASCII whitespace or a control character
-/// (below 0x20, or 0x7f), which could split or smuggle the fragment request.
+/// (below 0x20, or 0x7f), which could split or smuggle the fragment request;
+/// [`VarError::DotSegment`] if a value made or joined a dot segment of the path.
 pub fn render_url(s: &VarString, req: &Request, policy: &VarPolicy) -> Result<String, VarError> {
     let mut out = String::new();
+    // Where each value landed in `out`, for the dot-segment check.
+    let mut values: Vec<Range<usize>> = Vec::new();
     for seg in &s.segments {
         match seg {
             Segment::Literal(text) => out.push_str(text),
             Segment::Var(var) => {
+                let start = out.len();
                 let value = req.value(var, policy);
                 if policy.raw_output {
                     out.push_str(&value);
                 } else {
                     let whole_query = var.name == VarName::QueryString && var.key.is_none();
                     percent_encode(&value, whole_query, &mut out);
+                }
+                if out.len() > start {
+                    values.push(start..out.len());
                 }
             }
         }
@@ -638,7 +666,39 @@ pub fn render_url(s: &VarString, req: &Request, policy: &VarPolicy) -> Result<St
     {
         return Err(VarError::UnsafeUrl(out));
     }
+    if climbs(&out, &values) {
+        return Err(VarError::DotSegment(out));
+    }
     Ok(out)
+}
+
+/// Whether a path segment of `url` (up to its query or fragment; `/` and `\` separate, as
+/// for http URLs) that overlaps one of `values` is a dot segment. Encoding the dots cannot
+/// help: URL parsers treat `%2e` as `.`, so such a value has no spelling that stays in place.
+fn climbs(url: &str, values: &[Range<usize>]) -> bool {
+    if values.is_empty() {
+        return false;
+    }
+    let path_end = url.find(['?', '#']).unwrap_or(url.len());
+    let mut start = 0;
+    for segment in url[..path_end].split(['/', '\\']) {
+        let end = start + segment.len();
+        let from_value = values.iter().any(|v| v.start < end && v.end > start);
+        if from_value && is_dot_segment(segment) {
+            return true;
+        }
+        start = end + 1;
+    }
+    false
+}
+
+/// `.` or `..`, each dot possibly written `%2e` (any case).
+fn is_dot_segment(segment: &str) -> bool {
+    let lower = segment.to_ascii_lowercase();
+    matches!(
+        lower.as_str(),
+        "." | "%2e" | ".." | ".%2e" | "%2e." | "%2e%2e"
+    )
 }
 
 fn percent_encode(value: &str, keep_query: bool, out: &mut String) {

@@ -361,6 +361,34 @@ fn cookie_policy() {
     }
 }
 
+/// What an untrusted document reads: no cookie by any route, whatever the page's policy
+/// allows; other variables and escaping as they were.
+#[test]
+fn policy_without_credentials() {
+    let req = Request::new()
+        .with_cookie("session=s3cr3t; group=gold")
+        .with_host("shop.example")
+        .with_query("q=a b");
+    let open = VarPolicy {
+        cookies: CookieAccess::All,
+        whole_cookie_header: true,
+        raw_output: true,
+    };
+    let closed = open.without_credentials();
+    assert!(closed.raw_output, "escaping is kept");
+    let cases: &[(&str, &str, &str)] = &[
+        ("$(HTTP_COOKIE{session})", "s3cr3t", ""),
+        ("$(HTTP_COOKIE{group}|'none')", "gold", "none"),
+        ("$(HTTP_COOKIE)", "session=s3cr3t; group=gold", ""),
+        ("$(HTTP_HOST)", "shop.example", "shop.example"),
+        ("$(QUERY_STRING{q})", "a b", "a b"),
+    ];
+    for (src, with, without) in cases {
+        assert_eq!(req.value(&var(src), &open), *with, "var: {src}");
+        assert_eq!(req.value(&var(src), &closed), *without, "var: {src}");
+    }
+}
+
 #[test]
 fn user_agents() {
     // (User-Agent, browser, os, version)
@@ -542,6 +570,87 @@ fn render_url_encoding() {
     for (src, want) in cases {
         let got = render_url(&VarString::parse(src), &req, &policy);
         assert_eq!(got.as_deref(), Ok(*want), "src: {src}");
+    }
+}
+
+/// Trust-boundaries issue: `/svc/users/$(HTTP_COOKIE{uid})/card` with `uid=..` rendered
+/// `/svc/users/../card`, which resolves to `/svc/card`.
+#[test]
+fn render_url_dot_segments() {
+    let req = Request::new()
+        .with_cookie("up=..; here=.; enc=%2e%2E; dots=...; a=a/..; dot1=.")
+        .with_query("p=..&q=%2e");
+    let raw = VarPolicy {
+        raw_output: true,
+        ..VarPolicy::default()
+    };
+    let escaped = VarPolicy::default();
+    // (src, policy, Ok(rendered) or Err(()))
+    let cases: &[(&str, &VarPolicy, Result<&str, ()>)] = &[
+        ("/svc/users/$(HTTP_COOKIE{up})/card", &escaped, Err(())),
+        ("/svc/users/$(HTTP_COOKIE{up})", &escaped, Err(())),
+        ("$(HTTP_COOKIE{up})/card", &escaped, Err(())),
+        ("/svc/users/$(HTTP_COOKIE{here})/card", &escaped, Err(())),
+        ("/svc/.$(HTTP_COOKIE{dot1})/card", &escaped, Err(())),
+        (
+            "/svc/$(HTTP_COOKIE{dot1})$(HTTP_COOKIE{dot1})/c",
+            &escaped,
+            Err(()),
+        ),
+        ("/svc/$(QUERY_STRING{p})/card", &escaped, Err(())),
+        ("/svc/$(HTTP_COOKIE{none}|'..')/card", &escaped, Err(())),
+        ("/svc/$(HTTP_COOKIE{up})/card", &raw, Err(())),
+        ("/svc/$(HTTP_COOKIE{a})/card", &raw, Err(())),
+        ("/svc/$(HTTP_COOKIE{enc})/card", &raw, Err(())),
+        (
+            "/svc/$(QUERY_STRING)/card",
+            &escaped,
+            Ok("/svc/p=..&q=%2e/card"),
+        ),
+        // `%` of a value is encoded, so `%2e` in a value stays a literal `%2e`.
+        (
+            "/svc/$(HTTP_COOKIE{enc})/card",
+            &escaped,
+            Ok("/svc/%252e%252E/card"),
+        ),
+        (
+            "/svc/$(HTTP_COOKIE{dots})/card",
+            &escaped,
+            Ok("/svc/.../card"),
+        ),
+        (
+            "/svc/x$(HTTP_COOKIE{up})/card",
+            &escaped,
+            Ok("/svc/x../card"),
+        ),
+        (
+            "/svc/$(HTTP_COOKIE{a})/card",
+            &escaped,
+            Ok("/svc/a%2F../card"),
+        ),
+        (
+            "/svc/card?u=$(HTTP_COOKIE{up})",
+            &escaped,
+            Ok("/svc/card?u=.."),
+        ),
+        ("/svc/card#$(HTTP_COOKIE{up})", &escaped, Ok("/svc/card#..")),
+        // Dot segments the template writes itself are its own business.
+        ("../card/$(HTTP_COOKIE{dots})", &escaped, Ok("../card/...")),
+        (
+            "/svc/./$(HTTP_COOKIE{none})/card",
+            &escaped,
+            Ok("/svc/.//card"),
+        ),
+    ];
+    for (src, policy, want) in cases {
+        let got = render_url(&VarString::parse(src), &req, policy);
+        match want {
+            Ok(want) => assert_eq!(got.as_deref(), Ok(*want), "src: {src}"),
+            Err(()) => assert!(
+                matches!(got, Err(VarError::DotSegment(_))),
+                "src: {src}: {got:?}"
+            ),
+        }
     }
 }
 

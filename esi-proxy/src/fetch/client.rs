@@ -217,11 +217,16 @@ impl HttpClient {
                 entry.url.clone(),
                 Access {
                     trusted: entry.trusted,
+                    esi: entry.trusted || entry.esi,
                 },
             );
         }
         private_ok.insert(origin.host.clone());
-        allow.insert(origin.clone(), Access { trusted: true });
+        let own = Access {
+            trusted: true,
+            esi: true,
+        };
+        allow.insert(origin.clone(), own);
         let allow = Allowlist::new(allow);
 
         // Validation refuses the names never forwarded; checked again because a `Settings`

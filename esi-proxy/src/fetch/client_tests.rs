@@ -16,6 +16,7 @@ fn client(hosts: &[(&str, bool, bool)]) -> HttpClient {
         .map(|(url, trusted, private_network)| HostConfig {
             url: (*url).to_owned(),
             trusted: *trusted,
+            esi: false,
             private_network: *private_network,
         })
         .collect();
@@ -83,6 +84,11 @@ fn allowlist() {
         match (client.check(&parsed), want) {
             (Ok(allowed), Ok(trusted)) => {
                 assert_eq!(allowed.access().trusted, *trusted, "url: {url}");
+                // No entry here opts in to ESI: only the trusted hosts' ESI is processed.
+                assert_eq!(allowed.access().esi, *trusted, "url: {url}");
+                let lowered = allowed.clone().untrusted().access();
+                assert!(!lowered.trusted, "url: {url}");
+                assert_eq!(lowered.esi, allowed.access().esi, "url: {url}");
                 assert_eq!(*allowed, parsed, "url: {url}");
             }
             (Err(FetchError::Refused { url: shown, reason }), Err(part)) => {

@@ -26,8 +26,12 @@ pub use guard::{Lookup, SystemLookup};
 /// Access an allowlisted URL has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Access {
-    /// Whether the host receives the client's `Cookie` and `Authorization`.
+    /// Whether the host receives the client's `Cookie` and `Authorization`, and whether ESI
+    /// it serves may read them through variables.
     pub trusted: bool,
+    /// Whether ESI the host serves is processed: a trusted host's always is, an untrusted
+    /// host's only when its entry opts in (`esi = true`); otherwise its body is placed as it is.
+    pub esi: bool,
 }
 
 /// Why a fetch failed. `url` is the URL asked for, with any user info removed. Cloned when
@@ -210,12 +214,16 @@ pub trait Fetcher: Send + Sync + 'static {
 
     /// The allowlist's decision on `url`, made before anything is fetched: what a
     /// [`FragmentRequest`] needs. The default, for fetchers that never touch the network,
-    /// allows everything untrusted.
+    /// allows everything untrusted, its ESI processed (the documents are the program's own).
     ///
     /// # Errors
     /// [`FetchError::Refused`] when the URL may not be fetched.
     fn check(&self, url: &Url) -> Result<Allowed, FetchError> {
-        Ok(Allowed::new(url.clone(), Access { trusted: false }))
+        let access = Access {
+            trusted: false,
+            esi: true,
+        };
+        Ok(Allowed::new(url.clone(), access))
     }
 
     /// Sends a request to the origin; the response comes back once its head arrives, its body
@@ -287,6 +295,15 @@ impl Allowed {
     /// The access the URL was given.
     pub fn access(&self) -> Access {
         self.access
+    }
+
+    /// The same URL with its trust withdrawn: fetched without the client's credentials, as
+    /// an include of an untrusted document must be whatever host it names. Only ever lowers
+    /// access; whether the host's ESI is processed stays as the allowlist decided.
+    #[must_use]
+    pub fn untrusted(mut self) -> Self {
+        self.access.trusted = false;
+        self
     }
 
     /// The URL.

@@ -217,7 +217,8 @@ pub fn client_response_headers(upstream: &HeaderMap) -> HeaderMap {
 }
 
 /// The headers of a composed page: the layout's, less what no longer describes the body
-/// (length, encoding, validators, ranges) and Surrogate-Control.
+/// (length, encoding, validators, ranges) and Surrogate-Control. A composed page is always
+/// whole: it has no `Content-Range` and offers no ranges.
 pub fn composed_headers(layout: &HeaderMap) -> HeaderMap {
     let mut headers = client_response_headers(layout);
     for name in [
@@ -225,6 +226,7 @@ pub fn composed_headers(layout: &HeaderMap) -> HeaderMap {
         header::CONTENT_ENCODING,
         header::ETAG,
         header::ACCEPT_RANGES,
+        header::CONTENT_RANGE,
         header::LAST_MODIFIED,
     ] {
         headers.remove(name);

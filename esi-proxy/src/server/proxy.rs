@@ -157,17 +157,38 @@ pub(super) async fn forward(
             return ("esi", respond(state, rx, hit.status, headers, timing).await);
         }
     }
-    let client_headers = Arc::new(headers.clone());
+    let mut client_headers = Arc::new(headers.clone());
+    let ranged = headers.contains_key(header::RANGE);
     let request = OriginRequest {
         method: method.clone(),
         path_and_query: path_and_query.clone(),
         headers,
         body,
     };
-    let upstream = match rt.fetcher.send_origin(request).await {
+    let mut upstream = match rt.fetcher.send_origin(request).await {
         Ok(r) => r,
         Err(e) => return ("proxy", Err(Error::Origin(e))),
     };
+    if ranged && refetch_whole(&rt.settings.esi, &method, &path_and_query, &upstream) {
+        // A part of a layout cannot be composed, and no part of the composed page can be cut
+        // from the origin's ranges: the layout is fetched again whole and the page sent whole.
+        drop(upstream);
+        let mut whole = (*client_headers).clone();
+        for name in [header::RANGE, header::IF_RANGE] {
+            whole.remove(name);
+        }
+        client_headers = Arc::new(whole.clone());
+        let request = OriginRequest {
+            method: method.clone(),
+            path_and_query: path_and_query.clone(),
+            headers: whole,
+            body: OriginBody::default(),
+        };
+        upstream = match rt.fetcher.send_origin(request).await {
+            Ok(r) => r,
+            Err(e) => return ("proxy", Err(Error::Origin(e))),
+        };
+    }
     let layout_ms = started.elapsed().as_secs_f64() * 1000.0;
     if let Some(t) = &trace {
         t.set_layout(LayoutRecord {
@@ -230,6 +251,23 @@ fn wants_esi(esi: &EsiSettings, path_and_query: &str, resp: &Response<OriginBody
             .process_paths
             .iter()
             .any(|glob| crate::config::glob_match(glob, path))
+}
+
+/// Whether the origin's answer to a range request must be fetched again without the range: a
+/// part (206) or a refusal of the range (416) of a page that is composed. Only GET and HEAD,
+/// the methods a range applies to (RFC 9110 section 14.2), whose request has no body to resend.
+fn refetch_whole(
+    esi: &EsiSettings,
+    method: &Method,
+    path_and_query: &str,
+    resp: &Response<OriginBody>,
+) -> bool {
+    (method == Method::GET || method == Method::HEAD)
+        && matches!(
+            resp.status(),
+            StatusCode::PARTIAL_CONTENT | StatusCode::RANGE_NOT_SATISFIABLE
+        )
+        && wants_esi(esi, path_and_query, resp)
 }
 
 /// Streams a response through untouched and unbuffered.

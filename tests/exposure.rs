@@ -7,6 +7,9 @@ use http::{HeaderMap, StatusCode};
 
 use crate::support::{client, full, proxy, response, serve, Received, HTML, MUST};
 
+/// Extra request headers for one case.
+type Extra<'a> = &'a [(&'a str, &'a str)];
+
 /// GETs `url` with extra request headers; status, headers and body.
 async fn get_with(url: &str, extra: &[(&str, &str)]) -> (StatusCode, HeaderMap, String) {
     let mut req = client().get(url);
@@ -103,4 +106,137 @@ async fn a_range_request_for_an_esi_page_gets_the_whole_composed_page() {
         .iter()
         .filter(|r| r.uri.path() == "/frag")
         .all(|r| header(r, "range").is_none()));
+}
+
+// === shared caches ===
+
+/// `config` from TOML text, as an operator writes it.
+fn config_of(text: &str) -> Config {
+    Config::parse(text, std::path::Path::new("exposure.toml")).expect("valid config")
+}
+
+/// The demo's shape: a layout that says `public, max-age=30, s-maxage=60` around a greeting
+/// from the origin (a trusted host: it gets the visitor's Cookie), and one that reads a cookie
+/// itself. Both fragments also say public.
+async fn greeting_origin() -> crate::support::Server {
+    serve(|req| async move {
+        let public = ("cache-control", "public, max-age=30, s-maxage=60");
+        match req.uri().path() {
+            "/greet" => {
+                let who = req
+                    .headers()
+                    .get("cookie")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("guest")
+                    .to_owned();
+                response(200, &[HTML, public], full(format!("Hello {who}")))
+            }
+            "/vars" => response(
+                200,
+                &[HTML, crate::support::ESI, public],
+                full("<esi:vars>Hi $(HTTP_COOKIE{user})</esi:vars>"),
+            ),
+            path => response(
+                200,
+                &[HTML, crate::support::ESI, public],
+                full(format!("<h1>{path}</h1><esi:include src=\"/greet\"/>")),
+            ),
+        }
+    })
+    .await
+}
+
+/// The `Cache-Control` a response left with.
+fn cache_control(headers: &HeaderMap) -> &str {
+    headers
+        .get("cache-control")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// The bug: a composed page kept the layout's `public, max-age=30` while a fragment greeted
+/// the visitor by their cookie, so a shared cache could hand one visitor's page to the next.
+/// Now every composed page leaves private unless its path is declared shareable and the
+/// request is anonymous; `max-age` stays for the visitor's own cache.
+#[tokio::test]
+async fn a_page_composed_with_the_visitors_credentials_leaves_private() {
+    let origin = greeting_origin().await;
+    let proxy = proxy(&origin.base(), Config::default()).await;
+    for (path, extra) in [
+        ("/home", &[("cookie", "user=ann")][..]),
+        ("/home", &[("authorization", "Bearer ann")][..]),
+        ("/vars", &[("cookie", "user=ann")][..]),
+        // Anonymous, but no path is declared shareable: private by default.
+        ("/home", &[][..]),
+    ] {
+        let (status, headers, body) = get_with(&proxy.url(path), extra).await;
+        assert_eq!(status, StatusCode::OK, "{path} {extra:?}: {body}");
+        assert_eq!(
+            cache_control(&headers),
+            "private, max-age=30",
+            "{path} {extra:?}: {body}"
+        );
+    }
+    // Content passed through untouched keeps its own Cache-Control.
+    let (_, headers, _) = get_with(&proxy.url("/greet"), &[("cookie", "user=ann")]).await;
+    assert_eq!(cache_control(&headers), "public, max-age=30, s-maxage=60");
+}
+
+/// README: "`esi.shareable_paths` ... keep the layout's Cache-Control for anonymous requests".
+#[tokio::test]
+async fn shareable_paths_keep_the_layouts_cache_control_for_anonymous_requests_only() {
+    let origin = greeting_origin().await;
+    let config = config_of("[esi]\nshareable_paths = [\"/products/*\"]\n");
+    let proxy = proxy(&origin.base(), config).await;
+    let shared = "public, max-age=30, s-maxage=60";
+    let cases: &[(&str, Extra, &str)] = &[
+        ("/products/1", &[], shared),
+        (
+            "/products/1",
+            &[("cookie", "user=ann")],
+            "private, max-age=30",
+        ),
+        (
+            "/products/1",
+            &[("authorization", "Bearer a")],
+            "private, max-age=30",
+        ),
+        ("/account", &[], "private, max-age=30"),
+    ];
+    for (path, extra, want) in cases {
+        let (status, headers, body) = get_with(&proxy.url(path), extra).await;
+        assert_eq!(status, StatusCode::OK, "{path} {extra:?}: {body}");
+        assert_eq!(cache_control(&headers), *want, "{path} {extra:?}");
+    }
+}
+
+/// README: "the waterfall names the part that made the page private".
+#[tokio::test]
+async fn the_waterfall_names_what_made_a_page_private() {
+    let origin = greeting_origin().await;
+    let config = config_of("[esi]\nshareable_paths = [\"/products/*\"]\n");
+    let proxy = proxy(&origin.base(), config).await;
+    let greet = origin.url("/greet");
+    let fetched = format!("fragment {greet} fetched with credentials");
+    let cases: &[(&str, Extra, Option<&str>)] = &[
+        ("/home", &[("cookie", "user=ann")], Some(&fetched)),
+        (
+            "/vars",
+            &[("cookie", "user=ann")],
+            Some("variable HTTP_COOKIE"),
+        ),
+        ("/home", &[], Some("default")),
+        ("/products/1", &[], None),
+    ];
+    for (path, extra, want) in cases {
+        let url = proxy.url(&format!("/_esi/debug{path}?format=json"));
+        let (status, _, body) = get_with(&url, extra).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        let report: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(
+            report["private_reason"].as_str(),
+            *want,
+            "{path} {extra:?}: {report}"
+        );
+    }
 }

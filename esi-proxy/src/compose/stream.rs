@@ -333,6 +333,7 @@ impl Driver {
                     &self.state.composer.config.vars,
                     &mut out,
                 );
+                self.state.note_cookie_read();
                 self.push(Slot::Ready(Bytes::from(out)));
             }
             Event::Include(inc) => {
@@ -376,6 +377,7 @@ impl Driver {
                 let pass = test.is_some_and(|t| {
                     t.eval(&self.state.page.vars, &self.state.composer.config.vars)
                 });
+                self.state.note_cookie_read();
                 self.enter_branch(pass);
             }
             Event::OtherwiseStart => self.enter_branch(true),

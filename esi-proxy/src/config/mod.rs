@@ -72,6 +72,10 @@ pub struct EsiConfig {
     /// Path globs (`*` matches any run of characters) whose HTML responses are processed even
     /// without `Surrogate-Control: content="ESI/1.0"`. Default: [] (only marked responses).
     pub process_paths: Vec<String>,
+    /// Path globs (as `process_paths`) whose composed pages keep the layout's `Cache-Control`
+    /// (shared caches may store them) when the request carries no `Cookie` or `Authorization`.
+    /// Every other composed page leaves as `Cache-Control: private`. Default: [].
+    pub shareable_paths: Vec<String>,
     /// How deep fragments that are themselves ESI are composed, at most 20. Default: 5.
     pub max_depth: usize,
     /// Most includes composed for one page, nested ones included. Default: 256.
@@ -215,6 +219,7 @@ impl Default for EsiConfig {
     fn default() -> Self {
         Self {
             process_paths: Vec::new(),
+            shareable_paths: Vec::new(),
             max_depth: 5,
             max_includes: 256,
             max_nesting: 32,

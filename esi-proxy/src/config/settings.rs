@@ -56,6 +56,9 @@ pub struct ServerSettings {
 pub struct EsiSettings {
     /// `esi.process_paths`: globs for [`glob_match`](super::glob_match), each starting with `/`.
     pub process_paths: Vec<String>,
+    /// `esi.shareable_paths`: globs as `process_paths`; composed pages on them keep the layout's
+    /// `Cache-Control` for requests with no `Cookie` or `Authorization`.
+    pub shareable_paths: Vec<String>,
     /// `esi.max_depth`, at most 20.
     pub max_depth: usize,
     /// `esi.max_includes`, at least 1.
@@ -298,6 +301,7 @@ mod tests {
             },
             esi: EsiSettings {
                 process_paths: Vec::new(),
+                shareable_paths: Vec::new(),
                 max_depth: 5,
                 max_includes: 256,
                 max_nesting: 32,

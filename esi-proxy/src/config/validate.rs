@@ -84,9 +84,16 @@ impl Config {
 
     fn validate_esi(&self, p: &mut Problems<'_>) -> Option<EsiSettings> {
         let e = &self.esi;
-        for (i, glob) in e.process_paths.iter().enumerate() {
+        let globs = [
+            ("process_paths", &e.process_paths),
+            ("shareable_paths", &e.shareable_paths),
+        ];
+        for (list, (i, glob)) in globs
+            .iter()
+            .flat_map(|(list, globs)| globs.iter().enumerate().map(move |g| (list, g)))
+        {
             if !glob.starts_with('/') {
-                let field = format!("esi.process_paths[{i}]");
+                let field = format!("esi.{list}[{i}]");
                 let message = format!("{glob:?} does not start with '/': request paths always do");
                 p.push(&field, message);
             }
@@ -118,6 +125,7 @@ impl Config {
         }
         Some(EsiSettings {
             process_paths: e.process_paths.clone(),
+            shareable_paths: e.shareable_paths.clone(),
             max_depth: e.max_depth,
             max_includes: e.max_includes,
             max_nesting: e.max_nesting,

@@ -24,7 +24,9 @@ use super::error::Error;
 use super::state::Runtime;
 use super::AppState;
 use crate::fetch::{decode_stream, CacheStatus, OriginBody, OriginRequest};
-use crate::headers::{client_response_headers, composed_headers, origin_headers, SERVER_TIMING};
+use crate::headers::{
+    client_response_headers, composed_headers, make_private, origin_headers, SERVER_TIMING,
+};
 
 /// Refuses what a reverse proxy must not do: tunnels, TRACE, upgrades, forward-proxy requests.
 fn refuse(req: &Request<Incoming>) -> Result<(), Error> {
@@ -144,6 +146,13 @@ pub(super) async fn forward(
                     ttl_source: Some(hit.source.to_string()),
                 });
             }
+            let page_head = page_headers(
+                &rt.settings.esi,
+                page_url.path(),
+                &headers,
+                &hit.headers,
+                trace.as_deref(),
+            );
             let page = Page {
                 url: page_url,
                 vars,
@@ -153,7 +162,7 @@ pub(super) async fn forward(
             };
             let rx = rt.composer.compose_parsed(page, Arc::clone(&hit.template));
             let timing = server_timing(&[("layout", 0.0, Some("cache hit"))]);
-            let headers = composed_headers(&hit.headers);
+            let headers = page_head;
             return ("esi", respond(state, rx, hit.status, headers, timing).await);
         }
     }
@@ -207,7 +216,13 @@ pub(super) async fn forward(
         // The head of what a GET would get: the composed page's headers, no body.
         let mut response = Response::new(full(Bytes::new()));
         *response.status_mut() = upstream.status();
-        *response.headers_mut() = composed_headers(upstream.headers());
+        *response.headers_mut() = page_headers(
+            &rt.settings.esi,
+            page_url.path(),
+            &client_headers,
+            upstream.headers(),
+            trace.as_deref(),
+        );
         return ("esi", Ok(response));
     }
     let page = Page {
@@ -270,6 +285,46 @@ fn refetch_whole(
         && wants_esi(esi, path_and_query, resp)
 }
 
+/// The head of a composed page: the layout's headers as [`composed_headers`] leaves them, made
+/// private ([`make_private`]) unless [`private_reason`] finds none; the reason goes on the trace.
+fn page_headers(
+    esi: &EsiSettings,
+    path: &str,
+    client: &HeaderMap,
+    layout: &HeaderMap,
+    trace: Option<&Trace>,
+) -> HeaderMap {
+    let mut headers = composed_headers(layout);
+    let reason = private_reason(esi, path, client);
+    if reason.is_some() {
+        make_private(&mut headers);
+    }
+    if let Some(trace) = trace {
+        trace.set_private(reason.map(str::to_owned));
+    }
+    headers
+}
+
+/// Why a composed page may not be stored by shared caches; `None` when it keeps the layout's
+/// `Cache-Control`. The head leaves before the page is composed, so this is decided from what
+/// is known up front: a request with `Cookie` or `Authorization` may have its credentials sent
+/// to trusted fragment hosts or read by variables, so its page is private; an anonymous
+/// request's page is shareable only on an `esi.shareable_paths` path; anything else is private
+/// by default.
+fn private_reason(esi: &EsiSettings, path: &str, client: &HeaderMap) -> Option<&'static str> {
+    if client.contains_key(header::COOKIE) {
+        return Some("request carries Cookie");
+    }
+    if client.contains_key(header::AUTHORIZATION) {
+        return Some("request carries Authorization");
+    }
+    let shareable = esi
+        .shareable_paths
+        .iter()
+        .any(|glob| crate::config::glob_match(glob, path));
+    (!shareable).then_some("default")
+}
+
 /// Streams a response through untouched and unbuffered.
 fn pass_through(upstream: Response<OriginBody>, method: &Method) -> Response<Body> {
     let (mut parts, body) = upstream.into_parts();
@@ -325,9 +380,16 @@ async fn compose(
             );
         }) as OnParsed
     });
+    let head = page_headers(
+        &rt.settings.esi,
+        page.url.path(),
+        &page.client_headers,
+        &original,
+        page.trace.as_deref(),
+    );
     let rx = rt.composer.compose(page, layout, on_parsed);
     let timing = server_timing(&[("layout", layout_ms, None)]);
-    respond(state, rx, status, composed_headers(&original), timing).await
+    respond(state, rx, status, head, timing).await
 }
 
 /// Sends a composed page. The head goes out once the first part of the page is ready, so a

@@ -214,7 +214,10 @@ async fn shareable_paths_keep_the_layouts_cache_control_for_anonymous_requests_o
 #[tokio::test]
 async fn the_waterfall_names_what_made_a_page_private() {
     let origin = greeting_origin().await;
-    let config = config_of("[esi]\nshareable_paths = [\"/products/*\"]\n");
+    let config = config_of(concat!(
+        "[server]\nadmin_from_loopback = true\n",
+        "[esi]\nshareable_paths = [\"/products/*\"]\n"
+    ));
     let proxy = proxy(&origin.base(), config).await;
     let greet = origin.url("/greet");
     let fetched = format!("fragment {greet} fetched with credentials");
@@ -239,4 +242,134 @@ async fn the_waterfall_names_what_made_a_page_private() {
             "{path} {extra:?}: {report}"
         );
     }
+}
+
+// === admin access ===
+
+/// An origin whose `/page` includes `/frag` from itself (a trusted host); everything else is
+/// plain HTML. Records every request.
+async fn recording_origin() -> crate::support::Server {
+    serve(|req| async move {
+        match req.uri().path() {
+            "/page" | "/search" => response(
+                200,
+                &[HTML, crate::support::ESI],
+                full("<p>page</p><esi:include src=\"/frag\"/>"),
+            ),
+            _ => response(200, &[HTML], full("[frag]")),
+        }
+    })
+    .await
+}
+
+/// The bug: the admin token sent to `/_esi/debug/...` went on to the origin and to trusted
+/// fragment hosts with the page's requests. Now the proxy consumes it, on the debug page and
+/// on the public path; a visitor's own `Authorization` still reaches trusted hosts.
+#[tokio::test]
+async fn the_admin_token_is_consumed_and_never_forwarded() {
+    let origin = recording_origin().await;
+    let proxy = proxy(
+        &origin.base(),
+        config_of("[server]\nadmin_token = \"s3cret\"\n"),
+    )
+    .await;
+    let admin = [("authorization", "Bearer s3cret")];
+    let (status, _, body) = get_with(&proxy.url("/_esi/debug/page?format=json"), &admin).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _, body) = get_with(&proxy.url("/page"), &admin).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "<p>page</p>[frag]")
+    );
+    let received = origin.received();
+    assert_eq!(received.len(), 4, "layout and fragment, twice");
+    for r in &received {
+        assert_eq!(
+            header(r, "authorization"),
+            None,
+            "{} {:?}",
+            r.uri,
+            r.headers
+        );
+    }
+    let _ = get_with(&proxy.url("/page"), &[("authorization", "Bearer visitor")]).await;
+    let received = origin.received();
+    assert!(received[4..]
+        .iter()
+        .all(|r| header(r, "authorization") == Some("Bearer visitor")));
+}
+
+/// The bug: the debug page re-encoded the query (`%7e` as `%7E`, `%20` as `+`, `flag` as
+/// `flag=`), so the waterfall showed a different page than the one asked for. Now the origin
+/// gets the path and query bytes as sent, less the waterfall's own `format`.
+#[tokio::test]
+async fn the_debug_page_composes_exactly_the_requested_path_and_query() {
+    let origin = recording_origin().await;
+    let proxy = proxy(
+        &origin.base(),
+        config_of("[server]\nadmin_token = \"s3cret\"\n"),
+    )
+    .await;
+    let admin = [("authorization", "Bearer s3cret")];
+    let asked = "/search?q=a+b&x=%7e&flag&y=%20";
+    let url = proxy.url(&format!("/_esi/debug{asked}&format=json"));
+    let (status, _, body) = get_with(&url, &admin).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(report["path"], asked);
+    let layout = &origin.received()[0];
+    assert_eq!(layout.uri.path_and_query().map(|p| p.as_str()), Some(asked));
+}
+
+/// The bug: every loopback client was an admin by default (metrics, purge, debug). Now that is
+/// an opt-in, `server.admin_from_loopback`.
+#[tokio::test]
+async fn loopback_clients_are_admins_only_when_the_operator_opts_in() {
+    let origin = recording_origin().await;
+    let closed = proxy(&origin.base(), Config::default()).await;
+    let open = proxy(
+        &origin.base(),
+        config_of("[server]\nadmin_from_loopback = true\n"),
+    )
+    .await;
+    for path in ["/_esi/metrics", "/_esi/debug/page", "/_esi/health?detail"] {
+        let (status, _, body) = get_with(&closed.url(path), &[]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {body}");
+        let (status, _, body) = get_with(&open.url(path), &[]).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    }
+    let resp = client()
+        .post(closed.url("/_esi/purge?url=/page"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// The bug: the public `/_esi/health` echoed the last reload's error (file paths, lines,
+/// values). Now it says only ok or failed; the details are for admins at `?detail`.
+#[tokio::test]
+async fn public_health_says_only_whether_the_last_reload_failed() {
+    let origin = recording_origin().await;
+    let proxy = proxy(
+        &origin.base(),
+        config_of("[server]\nadmin_token = \"s3cret\"\n"),
+    )
+    .await;
+    let dir = std::env::temp_dir().join(format!("esi-exposure-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("secret-name.toml");
+    std::fs::write(&file, "[esi]\nmax_depth = \"deep\"\n").expect("write config");
+    assert!(proxy.state.reload_file(&file, &|_| {}).is_err());
+    let (status, _, body) = get_with(&proxy.url("/_esi/health"), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.trim(), r#"{"status":"ok","last_reload":"failed"}"#);
+    let (status, _, _) = get_with(&proxy.url("/_esi/health?detail"), &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let admin = [("authorization", "Bearer s3cret")];
+    let (status, _, body) = get_with(&proxy.url("/_esi/health?detail"), &admin).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("secret-name.toml"), "{body}");
+    assert!(body.contains("esi.max_depth"), "{body}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -49,17 +49,18 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish. Default: 10000.
     pub shutdown_grace_ms: u64,
-    /// Token for the admin endpoints that change or reveal state (`Authorization: Bearer ...`).
-    /// Empty: those endpoints answer only to loopback clients. Default: "".
+    /// Token for the admin endpoints that change or reveal state (`Authorization: Bearer ...`),
+    /// consumed by the proxy: never forwarded. Empty: nobody has it (see
+    /// `admin_from_loopback`). Default: "".
     pub admin_token: String,
     /// Log format: "text" or "json". Default: "text".
     pub log_format: String,
     /// How often the config file is checked for changes, which are then reloaded; 0 reloads
     /// on SIGHUP only. Default: 1000.
     pub config_poll_ms: u64,
-    /// Whether loopback clients may open `/_esi/debug/` without the admin token (others always
-    /// need it). Default: true.
-    pub debug_from_loopback: bool,
+    /// Whether loopback clients are admins without the token (metrics, purge, debug, health
+    /// details); an opt-in for a proxy whose loopback is not shared. Default: false.
+    pub admin_from_loopback: bool,
     /// Whether every request is logged at `info` when its response ends (method, path,
     /// status, route, bytes, milliseconds). Default: true.
     pub access_log: bool,
@@ -209,7 +210,7 @@ impl Default for ServerConfig {
             admin_token: String::new(),
             log_format: "text".into(),
             config_poll_ms: 1000,
-            debug_from_loopback: true,
+            admin_from_loopback: false,
             access_log: true,
         }
     }

@@ -38,15 +38,15 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     /// `server.shutdown_grace_ms`.
     pub shutdown_grace: Duration,
-    /// `server.admin_token`; `None` when empty (state-changing admin endpoints then answer to
-    /// loopback clients only). Printable ASCII with no spaces.
+    /// `server.admin_token`; `None` when empty (admin endpoints then answer to loopback
+    /// clients when `admin_from_loopback`, else to nobody). Printable ASCII with no spaces.
     pub admin_token: Option<String>,
     /// `server.log_format`.
     pub log_format: LogFormat,
     /// `server.config_poll_ms`; `None` when 0 (reload on SIGHUP only).
     pub config_poll: Option<Duration>,
-    /// `server.debug_from_loopback`.
-    pub debug_from_loopback: bool,
+    /// `server.admin_from_loopback`.
+    pub admin_from_loopback: bool,
     /// `server.access_log`.
     pub access_log: bool,
 }
@@ -296,7 +296,7 @@ mod tests {
                 admin_token: None,
                 log_format: LogFormat::Text,
                 config_poll: Some(Duration::from_secs(1)),
-                debug_from_loopback: true,
+                admin_from_loopback: false,
                 access_log: true,
             },
             esi: EsiSettings {

@@ -77,7 +77,7 @@ impl Config {
             admin_token: Some(s.admin_token.clone()).filter(|t| !t.is_empty()),
             log_format: log_format?,
             config_poll: Some(Duration::from_millis(s.config_poll_ms)).filter(|d| !d.is_zero()),
-            debug_from_loopback: s.debug_from_loopback,
+            admin_from_loopback: s.admin_from_loopback,
             access_log: s.access_log,
         })
     }

@@ -105,6 +105,8 @@ pub(super) async fn serve(
     if let Err(e) = refuse(&req) {
         return ("proxy", Err(e));
     }
+    let mut req = req;
+    super::admin::consume_admin_token(&state.runtime(), req.headers_mut());
     forward(state, Outgoing::new(req, remote), started, None).await
 }
 

@@ -182,7 +182,8 @@ async fn a_page_composed_with_the_visitors_credentials_leaves_private() {
     assert_eq!(cache_control(&headers), "public, max-age=30, s-maxage=60");
 }
 
-/// README: "`esi.shareable_paths` ... keep the layout's Cache-Control for anonymous requests".
+/// README: "`esi.shareable_paths` ... lets anonymous requests on those paths keep the layout's
+/// Cache-Control".
 #[tokio::test]
 async fn shareable_paths_keep_the_layouts_cache_control_for_anonymous_requests_only() {
     let origin = greeting_origin().await;
@@ -210,7 +211,7 @@ async fn shareable_paths_keep_the_layouts_cache_control_for_anonymous_requests_o
     }
 }
 
-/// README: "the waterfall names the part that made the page private".
+/// README: "The waterfall's `private_reason` names what made a page private".
 #[tokio::test]
 async fn the_waterfall_names_what_made_a_page_private() {
     let origin = greeting_origin().await;

@@ -374,3 +374,41 @@ async fn public_health_says_only_whether_the_last_reload_failed() {
     assert!(body.contains("esi.max_depth"), "{body}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// README: "`server.admin_listen` serves the admin endpoints on an address of their own, and
+/// the public listener then serves none of them".
+#[tokio::test]
+async fn a_separate_admin_listener_takes_the_admin_endpoints_off_the_public_one() {
+    let origin = recording_origin().await;
+    let config = config_of("[server]\nadmin_token = \"s3cret\"\nadmin_listen = \"127.0.0.1:0\"\n");
+    let proxy = proxy(&origin.base(), config).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let admin_addr = listener.local_addr().expect("bound");
+    let admin = tokio::spawn(esi_proxy::server::run_admin(
+        listener,
+        std::sync::Arc::clone(&proxy.state),
+        std::future::pending(),
+    ));
+    let token = [("authorization", "Bearer s3cret")];
+    let on_admin = |path: &str| format!("http://{admin_addr}{path}");
+    for path in ["/_esi/health", "/_esi/metrics", "/_esi/debug/page"] {
+        let (status, _, _) = get_with(&proxy.url(path), &token).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "public {path}");
+        let (status, _, body) = get_with(&on_admin(path), &token).await;
+        assert_eq!(status, StatusCode::OK, "admin {path}: {body}");
+    }
+    let (status, _, _) = get_with(&on_admin("/page"), &[]).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the admin listener proxies nothing"
+    );
+    let (status, _, body) = get_with(&proxy.url("/page"), &[]).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "<p>page</p>[frag]")
+    );
+    admin.abort();
+}

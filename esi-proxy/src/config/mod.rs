@@ -61,6 +61,10 @@ pub struct ServerConfig {
     /// Whether loopback clients are admins without the token (metrics, purge, debug, health
     /// details); an opt-in for a proxy whose loopback is not shared. Default: false.
     pub admin_from_loopback: bool,
+    /// Address of a separate listener for the admin endpoints under `/_esi/`, which the public
+    /// listener then no longer serves (404). Empty: they are served on `listen`. Fixed at
+    /// start. Default: "".
+    pub admin_listen: String,
     /// Whether every request is logged at `info` when its response ends (method, path,
     /// status, route, bytes, milliseconds). Default: true.
     pub access_log: bool,
@@ -211,6 +215,7 @@ impl Default for ServerConfig {
             log_format: "text".into(),
             config_poll_ms: 1000,
             admin_from_loopback: false,
+            admin_listen: String::new(),
             access_log: true,
         }
     }

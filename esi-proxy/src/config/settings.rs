@@ -47,6 +47,8 @@ pub struct ServerSettings {
     pub config_poll: Option<Duration>,
     /// `server.admin_from_loopback`.
     pub admin_from_loopback: bool,
+    /// `server.admin_listen`; `None` when empty (admin endpoints on `listen`).
+    pub admin_listen: Option<SocketAddr>,
     /// `server.access_log`.
     pub access_log: bool,
 }
@@ -297,6 +299,7 @@ mod tests {
                 log_format: LogFormat::Text,
                 config_poll: Some(Duration::from_secs(1)),
                 admin_from_loopback: false,
+                admin_listen: None,
                 access_log: true,
             },
             esi: EsiSettings {

@@ -54,6 +54,15 @@ impl Config {
             .parse::<SocketAddr>()
             .map_err(|_| format!("{:?} is not an address like 127.0.0.1:8080", s.listen));
         let listen = p.check("server.listen", listen);
+        let admin_listen = if s.admin_listen.is_empty() {
+            Some(None)
+        } else {
+            let parsed =
+                s.admin_listen.parse::<SocketAddr>().map(Some).map_err(|_| {
+                    format!("{:?} is not an address like 127.0.0.1:9090", s.admin_listen)
+                });
+            p.check("server.admin_listen", parsed)
+        };
         let origin = p.check("server.origin", super::parse_base_url(&s.origin));
         if s.max_header_bytes < 8192 {
             let message = format!("{} is below the minimum of 8192", s.max_header_bytes);
@@ -78,6 +87,7 @@ impl Config {
             log_format: log_format?,
             config_poll: Some(Duration::from_millis(s.config_poll_ms)).filter(|d| !d.is_zero()),
             admin_from_loopback: s.admin_from_loopback,
+            admin_listen: admin_listen?,
             access_log: s.access_log,
         })
     }

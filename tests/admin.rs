@@ -71,8 +71,10 @@ async fn admin_requests_are_refused_unless_authorised_and_well_formed() {
             Method::GET,
             "/_esi/debug/page",
             Some("Bearer wrong"),
-            (StatusCode::OK, ""),
+            unauthorized,
         ),
+        (Method::GET, "/_esi/debug/page", None, unauthorized),
+        (Method::GET, "/_esi/health?detail", None, unauthorized),
         (
             Method::POST,
             "/_esi/purge?url=http%3A%2F%2F%5B%3A%3A1",
@@ -153,7 +155,19 @@ async fn admin_requests_are_refused_unless_authorised_and_well_formed() {
         ok(Method::GET, "/_esi/health").await.expect("ok").status(),
         200
     );
-    assert_eq!(origin.hits(), 1, "only the debug page reached the origin");
+    assert_eq!(origin.hits(), 0, "no refused request reached the origin");
+    assert_eq!(
+        ok(Method::GET, "/_esi/debug/page")
+            .await
+            .expect("ok")
+            .status(),
+        200
+    );
+    assert_eq!(
+        origin.hits(),
+        1,
+        "only the authorised debug page reached the origin"
+    );
 }
 
 /// The address the proxy sees a client come from in its own network namespace: not a loopback
@@ -181,14 +195,19 @@ async fn curl_in(pid: u32, url: &str) -> (u16, String) {
 }
 
 /// README: "The last two need `Authorization: Bearer <server.admin_token>`, or a loopback
-/// client when no token is set". With no token, a client on another address is refused and a
-/// loopback client of the same proxy is answered. The proxy runs in a network namespace of its
+/// client when `server.admin_from_loopback` opts in". With no token and the opt-in, a client on
+/// another address is refused and a loopback client of the same proxy is answered. The proxy runs in a network namespace of its
 /// own (needs `unshare`, `nsenter`, `ip` and `curl`, and root, as CI has), where a second
 /// address on its loopback interface stands for a client elsewhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_token_only_loopback_clients_reach_the_admin_endpoints() {
+    let dir = std::env::temp_dir().join(format!("esi-admin-ns-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config = dir.join("esi-proxy.toml");
+    std::fs::write(&config, "[server]\nadmin_from_loopback = true\n").expect("write config");
     let script = format!(
-        "ip link set lo up && ip addr add {OUTSIDE}/32 dev lo && exec \"$0\" serve --listen 0.0.0.0:8080"
+        "ip link set lo up && ip addr add {OUTSIDE}/32 dev lo && exec \"$0\" serve --config {} --listen 0.0.0.0:8080",
+        config.display()
     );
     let mut cmd = Command::new("unshare");
     cmd.args(["--net", "bash", "-c", &script])

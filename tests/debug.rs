@@ -29,11 +29,18 @@ async fn shop() -> Server {
     .await
 }
 
+/// A config under which this test's loopback client is an admin.
+fn loopback_admin() -> Config {
+    let mut config = Config::default();
+    config.server.admin_from_loopback = true;
+    config
+}
+
 /// README: "Every page can be opened as its page-build waterfall at `/_esi/debug/<path>` ... (`?format=json` gives the same data to tools)".
 #[tokio::test]
 async fn json_waterfall_shows_every_fetch_nested_with_cache_and_fallbacks() {
     let origin = shop().await;
-    let proxy = proxy(&origin.base(), Config::default()).await;
+    let proxy = proxy(&origin.base(), loopback_admin()).await;
     let _ = get(&proxy.url("/product")).await; // warms /header
     let (status, headers, body) = get(&proxy.url("/_esi/debug/product?format=json")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -74,7 +81,7 @@ async fn json_waterfall_shows_every_fetch_nested_with_cache_and_fallbacks() {
 #[tokio::test]
 async fn html_waterfall_draws_bars_on_a_time_axis() {
     let origin = shop().await;
-    let proxy = proxy(&origin.base(), Config::default()).await;
+    let proxy = proxy(&origin.base(), loopback_admin()).await;
     let (status, headers, body) = get(&proxy.url("/_esi/debug/product")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(headers
@@ -98,8 +105,8 @@ async fn html_waterfall_draws_bars_on_a_time_axis() {
 #[tokio::test]
 async fn debug_needs_the_token_when_loopback_is_not_trusted() {
     let origin = shop().await;
+    // Loopback is not trusted by default (server.admin_from_loopback = false).
     let mut config = Config::default();
-    config.server.debug_from_loopback = false;
     config.server.admin_token = "tok".into();
     let proxy = proxy(&origin.base(), config).await;
     let (status, _, _) = get(&proxy.url("/_esi/debug/product")).await;

@@ -64,9 +64,10 @@ async fn composes_includes_in_document_order_and_cleans_headers() {
         headers.get("x-layout").map(|v| v.as_bytes()),
         Some(&b"kept"[..])
     );
+    // Private by default (no esi.shareable_paths); the layout's max-age stays.
     assert_eq!(
         headers.get("cache-control").map(|v| v.as_bytes()),
-        Some(&b"max-age=5"[..])
+        Some(&b"private, max-age=5"[..])
     );
     assert!(headers
         .get("server-timing")

@@ -33,14 +33,15 @@ fn write_config(path: &Path, text: &str) {
 }
 
 fn config_text(origin: &str, process: &str, extra: &str) -> String {
-    format!("[server]\norigin = \"{origin}\"\nlisten = \"127.0.0.1:0\"\nconfig_poll_ms = 50\n\n[esi]\nprocess_paths = [{process}]\n{extra}")
+    format!("[server]\norigin = \"{origin}\"\nlisten = \"127.0.0.1:0\"\nconfig_poll_ms = 50\nadmin_from_loopback = true\n\n[esi]\nprocess_paths = [{process}]\n{extra}")
 }
 
-/// Polls `/_esi/health` until its body contains `needle`.
+/// Polls the admin view `/_esi/health?detail` (the test's loopback client is an admin) until
+/// its body contains `needle`.
 async fn health_until(base: &str, needle: &str) -> String {
     tokio::time::timeout(MUST, async {
         loop {
-            let (_, _, body) = get(&format!("{base}/_esi/health")).await;
+            let (_, _, body) = get(&format!("{base}/_esi/health?detail")).await;
             if body.contains(needle) {
                 return body;
             }
@@ -159,7 +160,7 @@ async fn reload_of_valid_and_broken_files_under_load_drops_no_request() {
     );
     let health = health_until(&base, "\"last_reload\":\"failed\"").await;
     assert!(
-        health.contains("esi-proxy.toml:8"),
+        health.contains("esi-proxy.toml:9"),
         "the error names the file and line: {health}"
     );
     assert!(health.contains("esi.max_depth"), "and the field: {health}");

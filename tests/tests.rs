@@ -8,6 +8,7 @@ mod config;
 mod debug;
 mod demo;
 mod engine;
+mod exposure;
 mod fetch;
 mod https;
 mod layout;

@@ -266,7 +266,8 @@ pub fn client_response_headers(upstream: &HeaderMap) -> HeaderMap {
 }
 
 /// The headers of a composed page: the layout's, less what no longer describes the body
-/// (length, encoding, validators, ranges) and Surrogate-Control.
+/// (length, encoding, validators, ranges) and Surrogate-Control. A composed page is always
+/// whole: it has no `Content-Range` and offers no ranges.
 pub fn composed_headers(layout: &HeaderMap) -> HeaderMap {
     let mut headers = client_response_headers(layout);
     for name in [
@@ -274,6 +275,7 @@ pub fn composed_headers(layout: &HeaderMap) -> HeaderMap {
         header::CONTENT_ENCODING,
         header::ETAG,
         header::ACCEPT_RANGES,
+        header::CONTENT_RANGE,
         header::LAST_MODIFIED,
     ] {
         headers.remove(name);
@@ -281,9 +283,53 @@ pub fn composed_headers(layout: &HeaderMap) -> HeaderMap {
     headers
 }
 
+/// Makes a composed page unstorable by shared caches: `Cache-Control: private`, keeping the
+/// layout's directives that still hold for the visitor's own cache (`max-age`, `no-store`,
+/// `no-cache`, ...) and dropping `public`, `s-maxage` and `proxy-revalidate`.
+pub fn make_private(headers: &mut HeaderMap) {
+    let mut directives = vec!["private".to_owned()];
+    for value in headers.get_all(header::CACHE_CONTROL) {
+        let Ok(value) = value.to_str() else { continue };
+        for directive in split_unquoted(value, ',') {
+            let directive = directive.trim();
+            let name = directive.split('=').next().unwrap_or("").trim();
+            let shared = ["public", "private", "s-maxage", "proxy-revalidate"]
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name));
+            if !directive.is_empty() && !shared {
+                directives.push(directive.to_owned());
+            }
+        }
+    }
+    // Built from valid header text and `private`, so it is a valid value; `private` alone if not.
+    let value = HeaderValue::from_str(&directives.join(", "))
+        .unwrap_or(HeaderValue::from_static("private"));
+    headers.insert(header::CACHE_CONTROL, value);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_pages_keep_only_what_holds_for_the_visitor() {
+        let cases: &[(&[&str], &str)] = &[
+            (&[], "private"),
+            (&["public, max-age=30"], "private, max-age=30"),
+            (&["s-maxage=60, max-age=5", "Public"], "private, max-age=5"),
+            (&["private=\"set-cookie\", no-cache"], "private, no-cache"),
+            (&["no-store"], "private, no-store"),
+        ];
+        for (given, want) in cases {
+            let mut h = HeaderMap::new();
+            for v in *given {
+                h.append(header::CACHE_CONTROL, HeaderValue::from_static(v));
+            }
+            make_private(&mut h);
+            let got: Vec<_> = h.get_all(header::CACHE_CONTROL).iter().collect();
+            assert_eq!(got, vec![*want], "{given:?}");
+        }
+    }
 
     #[test]
     fn the_capability_announces_the_device_that_directives_target() {

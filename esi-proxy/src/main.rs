@@ -156,10 +156,28 @@ fn serve(file: Option<PathBuf>, overrides: Overrides, json_logs: bool) -> anyhow
             let adjust = move |c: &mut Config| overrides.apply(c);
             server::watch_config(Arc::clone(&state), path, Arc::new(adjust), poll)
         });
+        let admin = match settings.server.admin_listen {
+            Some(admin_addr) => {
+                let admin_listener = tokio::net::TcpListener::bind(admin_addr)
+                    .await
+                    .with_context(|| format!("listening for admin on {admin_addr}"))?;
+                tracing::info!(addr = %admin_listener.local_addr()?, "admin endpoints listening");
+                let state = Arc::clone(&state);
+                Some(tokio::spawn(server::run_admin(
+                    admin_listener,
+                    state,
+                    shutdown_signal(),
+                )))
+            }
+            None => None,
+        };
         tracing::info!(%addr, cache, "esi-proxy listening");
         server::run(listener, state, shutdown_signal()).await?;
         if let Some(w) = watcher {
             w.abort();
+        }
+        if let Some(a) = admin {
+            a.abort();
         }
         anyhow::Ok(())
     })?;
@@ -190,6 +208,8 @@ fn demo(listen: Option<&str>) -> anyhow::Result<ExitCode> {
                 private_network: true,
             });
         }
+        // The demo runs on one machine for the person who started it.
+        config.server.admin_from_loopback = true;
         config.validate_source("<demo>", None)?;
         let addr = listener.local_addr()?;
         let metrics = Arc::new(telemetry::Metrics::new());

@@ -70,6 +70,7 @@ pub(super) fn compose_nodes<'a>(
                     Node::Vars(segments) => {
                         let mut out = Vec::new();
                         render_html(segments, &state.page.vars, state.vars(doc), &mut out);
+                        state.note_cookie_read();
                         futures::future::ready(Ok(vec![Bytes::from(out)])).boxed()
                     }
                     Node::Include(inc) => include(state, inc, doc, in_try)
@@ -86,12 +87,14 @@ pub(super) fn compose_nodes<'a>(
                     }
                     .boxed(),
                     Node::Choose { whens, otherwise } => {
-                        match choose_branch(
+                        let branch = choose_branch(
                             whens,
                             otherwise.as_ref(),
                             &state.page.vars,
                             state.vars(doc),
-                        ) {
+                        );
+                        state.note_cookie_read();
+                        match branch {
                             Some(branch) => compose_nodes(state, branch, doc, in_try),
                             None => futures::future::ready(Ok(Vec::new())).boxed(),
                         }

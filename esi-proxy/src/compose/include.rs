@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt};
+use http::header;
 use tokio::sync::{Semaphore, SemaphorePermit, TryAcquireError};
 use tracing::Instrument;
 use url::{Position, Url};
@@ -121,8 +122,9 @@ async fn fetch_one(
         message,
         record,
     };
-    let rendered = render_url(src, &state.page.vars, state.vars(doc))
-        .map_err(|e| fail(&src.to_string(), FailureKind::Url, e.to_string()))?;
+    let rendered = render_url(src, &state.page.vars, state.vars(doc));
+    state.note_cookie_read();
+    let rendered = rendered.map_err(|e| fail(&src.to_string(), FailureKind::Url, e.to_string()))?;
     let url = doc
         .base
         .join(&rendered)
@@ -157,6 +159,13 @@ async fn fetch_one(
         }
     };
     let access = allowed.access();
+    let credentials = [header::COOKIE, header::AUTHORIZATION]
+        .iter()
+        .any(|name| state.page.client_headers.contains_key(name));
+    if allowed.access().trusted && credentials {
+        // A trusted host gets the visitor's Cookie and Authorization (the fetcher's rule).
+        state.note_credentials(|| format!("fragment {url} fetched with credentials"));
+    }
     let started = Instant::now();
     // Debug level: at the default `info` filter the span costs next to nothing per fragment
     // (failures are logged as warnings on their own).

@@ -329,6 +329,7 @@ impl Driver {
                 let mut out = Vec::new();
                 let policy = self.state.vars(&self.doc);
                 render_html(&segments, &self.state.page.vars, policy, &mut out);
+                self.state.note_cookie_read();
                 self.push(Slot::Ready(Bytes::from(out)));
             }
             Event::Include(inc) => {
@@ -371,6 +372,7 @@ impl Driver {
             Event::WhenStart { test, .. } => {
                 let pass =
                     test.is_some_and(|t| t.eval(&self.state.page.vars, self.state.vars(&self.doc)));
+                self.state.note_cookie_read();
                 self.enter_branch(pass);
             }
             Event::OtherwiseStart => self.enter_branch(true),

@@ -15,6 +15,10 @@ pub struct Trace {
     records: Mutex<Vec<FetchRecord>>,
     layout: Mutex<Option<LayoutRecord>>,
     layout_done_ms: Mutex<Option<f64>>,
+    /// Why the page left as `Cache-Control: private`, decided before its head was sent.
+    private: Mutex<Option<String>>,
+    /// The parts that used the visitor's credentials, in the order they did, each once.
+    credentials: Mutex<Vec<String>>,
 }
 
 /// The layout fetch of a traced page, times in milliseconds from the page's start.
@@ -92,6 +96,23 @@ impl Trace {
         lock(&self.layout).clone()
     }
 
+    /// Records why the page leaves as `Cache-Control: private` (`None`: it keeps the layout's).
+    pub fn set_private(&self, reason: Option<String>) {
+        *lock(&self.private) = reason;
+    }
+
+    /// Why the page left private: the first part that used the visitor's credentials, else the
+    /// reason decided up front; `None` when the page was shareable.
+    pub fn private_reason(&self) -> Option<String> {
+        let decided = lock(&self.private).clone()?;
+        Some(lock(&self.credentials).first().cloned().unwrap_or(decided))
+    }
+
+    /// The parts of the page that used the visitor's credentials, in order.
+    pub fn credentials(&self) -> Vec<String> {
+        lock(&self.credentials).clone()
+    }
+
     /// When the whole layout body had arrived and was parsed.
     pub fn layout_done_ms(&self) -> Option<f64> {
         *lock(&self.layout_done_ms)
@@ -137,6 +158,24 @@ impl PageState {
             if let Some(r) = records.get_mut(id) {
                 update(r);
             }
+        }
+    }
+
+    /// Records that a part of the page used the visitor's credentials (once per `what`).
+    pub(super) fn note_credentials(&self, what: impl FnOnce() -> String) {
+        if let Some(trace) = &self.page.trace {
+            let what = what();
+            let mut uses = lock(&trace.credentials);
+            if !uses.contains(&what) {
+                uses.push(what);
+            }
+        }
+    }
+
+    /// Records a cookie variable read, once one has been.
+    pub(super) fn note_cookie_read(&self) {
+        if self.page.vars.cookie_read() {
+            self.note_credentials(|| "variable HTTP_COOKIE".to_owned());
         }
     }
 

@@ -49,17 +49,22 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish. Default: 10000.
     pub shutdown_grace_ms: u64,
-    /// Token for the admin endpoints that change or reveal state (`Authorization: Bearer ...`).
-    /// Empty: those endpoints answer only to loopback clients. Default: "".
+    /// Token for the admin endpoints that change or reveal state (`Authorization: Bearer ...`),
+    /// consumed by the proxy: never forwarded. Empty: nobody has it (see
+    /// `admin_from_loopback`). Default: "".
     pub admin_token: String,
     /// Log format: "text" or "json". Default: "text".
     pub log_format: String,
     /// How often the config file is checked for changes, which are then reloaded; 0 reloads
     /// on SIGHUP only. Default: 1000.
     pub config_poll_ms: u64,
-    /// Whether loopback clients may open `/_esi/debug/` without the admin token (others always
-    /// need it). Default: true.
-    pub debug_from_loopback: bool,
+    /// Whether loopback clients are admins without the token (metrics, purge, debug, health
+    /// details); an opt-in for a proxy whose loopback is not shared. Default: false.
+    pub admin_from_loopback: bool,
+    /// Address of a separate listener for the admin endpoints under `/_esi/`, which the public
+    /// listener then no longer serves (404). Empty: they are served on `listen`. Fixed at
+    /// start. Default: "".
+    pub admin_listen: String,
     /// Whether every request is logged at `info` when its response ends (method, path,
     /// status, route, bytes, milliseconds). Default: true.
     pub access_log: bool,
@@ -83,6 +88,10 @@ pub struct EsiConfig {
     /// Path globs (`*` matches any run of characters) whose HTML responses are processed even
     /// without `Surrogate-Control: content="ESI/1.0"`. Default: [] (only marked responses).
     pub process_paths: Vec<String>,
+    /// Path globs (as `process_paths`) whose composed pages keep the layout's `Cache-Control`
+    /// (shared caches may store them) when the request carries no `Cookie` or `Authorization`.
+    /// Every other composed page leaves as `Cache-Control: private`. Default: [].
+    pub shareable_paths: Vec<String>,
     /// How deep fragments that are themselves ESI are composed, at most 20. Default: 5.
     pub max_depth: usize,
     /// Most includes composed for one page, nested ones included. Default: 256.
@@ -222,7 +231,8 @@ impl Default for ServerConfig {
             admin_token: String::new(),
             log_format: "text".into(),
             config_poll_ms: 1000,
-            debug_from_loopback: true,
+            admin_from_loopback: false,
+            admin_listen: String::new(),
             access_log: true,
             site_names: Vec::new(),
             trusted_proxies: Vec::new(),
@@ -234,6 +244,7 @@ impl Default for EsiConfig {
     fn default() -> Self {
         Self {
             process_paths: Vec::new(),
+            shareable_paths: Vec::new(),
             max_depth: 5,
             max_includes: 256,
             max_nesting: 32,

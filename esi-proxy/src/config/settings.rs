@@ -38,15 +38,17 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     /// `server.shutdown_grace_ms`.
     pub shutdown_grace: Duration,
-    /// `server.admin_token`; `None` when empty (state-changing admin endpoints then answer to
-    /// loopback clients only). Printable ASCII with no spaces.
+    /// `server.admin_token`; `None` when empty (admin endpoints then answer to loopback
+    /// clients when `admin_from_loopback`, else to nobody). Printable ASCII with no spaces.
     pub admin_token: Option<String>,
     /// `server.log_format`.
     pub log_format: LogFormat,
     /// `server.config_poll_ms`; `None` when 0 (reload on SIGHUP only).
     pub config_poll: Option<Duration>,
-    /// `server.debug_from_loopback`.
-    pub debug_from_loopback: bool,
+    /// `server.admin_from_loopback`.
+    pub admin_from_loopback: bool,
+    /// `server.admin_listen`; `None` when empty (admin endpoints on `listen`).
+    pub admin_listen: Option<SocketAddr>,
     /// `server.access_log`.
     pub access_log: bool,
     /// `server.site_names`, lowercase, each a host with an optional port; empty: any host.
@@ -60,6 +62,9 @@ pub struct ServerSettings {
 pub struct EsiSettings {
     /// `esi.process_paths`: globs for [`glob_match`](super::glob_match), each starting with `/`.
     pub process_paths: Vec<String>,
+    /// `esi.shareable_paths`: globs as `process_paths`; composed pages on them keep the layout's
+    /// `Cache-Control` for requests with no `Cookie` or `Authorization`.
+    pub shareable_paths: Vec<String>,
     /// `esi.max_depth`, at most 20.
     pub max_depth: usize,
     /// `esi.max_includes`, at least 1.
@@ -299,13 +304,15 @@ mod tests {
                 admin_token: None,
                 log_format: LogFormat::Text,
                 config_poll: Some(Duration::from_secs(1)),
-                debug_from_loopback: true,
+                admin_from_loopback: false,
+                admin_listen: None,
                 access_log: true,
                 site_names: Vec::new(),
                 trusted_proxies: Vec::new(),
             },
             esi: EsiSettings {
                 process_paths: Vec::new(),
+                shareable_paths: Vec::new(),
                 max_depth: 5,
                 max_includes: 256,
                 max_nesting: 32,

@@ -54,6 +54,15 @@ impl Config {
             .parse::<SocketAddr>()
             .map_err(|_| format!("{:?} is not an address like 127.0.0.1:8080", s.listen));
         let listen = p.check("server.listen", listen);
+        let admin_listen = if s.admin_listen.is_empty() {
+            Some(None)
+        } else {
+            let parsed =
+                s.admin_listen.parse::<SocketAddr>().map(Some).map_err(|_| {
+                    format!("{:?} is not an address like 127.0.0.1:9090", s.admin_listen)
+                });
+            p.check("server.admin_listen", parsed)
+        };
         let origin = p.check("server.origin", super::parse_base_url(&s.origin));
         if s.max_header_bytes < 8192 {
             let message = format!("{} is below the minimum of 8192", s.max_header_bytes);
@@ -90,7 +99,8 @@ impl Config {
             admin_token: Some(s.admin_token.clone()).filter(|t| !t.is_empty()),
             log_format: log_format?,
             config_poll: Some(Duration::from_millis(s.config_poll_ms)).filter(|d| !d.is_zero()),
-            debug_from_loopback: s.debug_from_loopback,
+            admin_from_loopback: s.admin_from_loopback,
+            admin_listen: admin_listen?,
             access_log: s.access_log,
             site_names,
             trusted_proxies,
@@ -99,9 +109,16 @@ impl Config {
 
     fn validate_esi(&self, p: &mut Problems<'_>) -> Option<EsiSettings> {
         let e = &self.esi;
-        for (i, glob) in e.process_paths.iter().enumerate() {
+        let globs = [
+            ("process_paths", &e.process_paths),
+            ("shareable_paths", &e.shareable_paths),
+        ];
+        for (list, (i, glob)) in globs
+            .iter()
+            .flat_map(|(list, globs)| globs.iter().enumerate().map(move |g| (list, g)))
+        {
             if !glob.starts_with('/') {
-                let field = format!("esi.process_paths[{i}]");
+                let field = format!("esi.{list}[{i}]");
                 let message = format!("{glob:?} does not start with '/': request paths always do");
                 p.push(&field, message);
             }
@@ -133,6 +150,7 @@ impl Config {
         }
         Some(EsiSettings {
             process_paths: e.process_paths.clone(),
+            shareable_paths: e.shareable_paths.clone(),
             max_depth: e.max_depth,
             max_includes: e.max_includes,
             max_nesting: e.max_nesting,

@@ -5,6 +5,8 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -68,6 +70,9 @@ pub struct Request {
     referer: Option<String>,
     user_agent: Option<String>,
     accept_language: Option<String>,
+    /// Set once a cookie value was read: the page then holds a credential of the visitor's.
+    /// Shared by clones, so every part of a page reports to the one page.
+    cookie_read: Arc<AtomicBool>,
 }
 
 /// Which cookie names `HTTP_COOKIE{name}` may read.
@@ -321,6 +326,11 @@ impl Request {
         Self::default()
     }
 
+    /// Whether a variable has read a cookie's value (or the whole Cookie header) so far.
+    pub fn cookie_read(&self) -> bool {
+        self.cookie_read.load(Ordering::Relaxed)
+    }
+
     /// Sets the Host header.
     #[must_use]
     pub fn with_host(mut self, v: impl Into<String>) -> Self {
@@ -388,14 +398,20 @@ impl Request {
                 }
                 None => borrowed(&self.accept_language),
             },
-            VarName::Cookie => match key {
-                Some(name) if policy.cookies.allows(name) => {
-                    cookie_value(self.cookie.as_deref()?, name).map(Cow::Borrowed)
+            VarName::Cookie => {
+                let value = match key {
+                    Some(name) if policy.cookies.allows(name) => {
+                        cookie_value(self.cookie.as_deref()?, name).map(Cow::Borrowed)
+                    }
+                    Some(_) => None,
+                    None if policy.whole_cookie_header => borrowed(&self.cookie),
+                    None => None,
+                };
+                if value.is_some() {
+                    self.cookie_read.store(true, Ordering::Relaxed);
                 }
-                Some(_) => None,
-                None if policy.whole_cookie_header => borrowed(&self.cookie),
-                None => None,
-            },
+                value
+            }
             VarName::Host => borrowed(&self.host),
             VarName::Referer => borrowed(&self.referer),
             VarName::UserAgent => {

@@ -21,9 +21,19 @@ use super::state::Runtime;
 use super::waterfall::PageReport;
 use super::{AppState, ReloadStatus};
 
-/// The body of `GET /_esi/health`.
+/// The body of `GET /_esi/health`: public, it says only that the server answers and whether
+/// the last reload failed.
 #[derive(Debug, Serialize)]
-struct Health<'a> {
+struct Health {
+    /// Always "ok": the server answers.
+    status: &'static str,
+    /// "ok", or "failed" while the last reload's error stands.
+    last_reload: &'static str,
+}
+
+/// The body of `GET /_esi/health?detail`, for admins.
+#[derive(Debug, Serialize)]
+struct HealthDetail<'a> {
     /// Always "ok": the server answers.
     status: &'static str,
     uptime_seconds: u64,
@@ -32,7 +42,7 @@ struct Health<'a> {
     config: HealthConfig<'a>,
 }
 
-/// The reload part of `/_esi/health`.
+/// The reload part of `/_esi/health?detail`.
 #[derive(Debug, Serialize)]
 struct HealthConfig<'a> {
     /// Configs applied since start.
@@ -63,7 +73,18 @@ pub(super) async fn serve(
     match (req.method().clone(), req.uri().path()) {
         (Method::GET | Method::HEAD, "/_esi/health") => {
             let reload = state.reload_status();
-            Ok(json(&Health::new(
+            let detail = req.uri().query().is_some_and(|q| {
+                q.split('&')
+                    .any(|p| p == "detail" || p.starts_with("detail="))
+            });
+            if !detail {
+                return Ok(json(&Health {
+                    status: "ok",
+                    last_reload: reload.outcome(),
+                }));
+            }
+            authorize(&rt, &req, remote)?;
+            Ok(json(&HealthDetail::new(
                 state.started.elapsed().as_secs(),
                 rt.origin.to_string(),
                 &reload,
@@ -163,30 +184,32 @@ async fn debug_page(
     remote: SocketAddr,
 ) -> Result<Response<Body>, Error> {
     let rt = state.runtime();
-    let loopback_ok = rt.settings.server.debug_from_loopback && remote.ip().is_loopback();
-    if !loopback_ok {
-        authorize_token(&rt, &req)?;
-    }
+    authorize(&rt, &req, remote)?;
     let path = req.uri().path()["/_esi/debug".len()..].to_owned();
     let mut json = false;
-    // The serializer is not Sync: keep it out of the awaits below.
-    let query = {
-        let mut kept = url::form_urlencoded::Serializer::new(String::new());
-        for (key, value) in url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-        {
-            if key == "format" {
-                json = value == "json";
-            } else {
-                kept.append_pair(&key, &value);
+    // The page's query exactly as sent, less the waterfall's own `format` parameter: the page
+    // composed is the one the visitor asks for, byte for byte.
+    let kept: Vec<&str> = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| {
+            let ours = *pair == "format" || pair.starts_with("format=");
+            if ours {
+                json = pair.strip_prefix("format=") == Some("json");
             }
-        }
-        kept.finish()
-    };
-    let target = if query.is_empty() {
+            !ours && !pair.is_empty()
+        })
+        .collect();
+    let target = if kept.is_empty() {
         path
     } else {
-        format!("{path}?{query}")
+        format!("{path}?{}", kept.join("&"))
     };
+    let mut req = req;
+    // The admin token was for this endpoint; the page is composed as the visitor gets it.
+    consume_admin_token(&rt, req.headers_mut());
     let mut out = Outgoing::new(req, remote, &rt.settings.server)?;
     out.method = Method::GET;
     out.path_and_query.clone_from(&target);
@@ -238,36 +261,45 @@ fn json(value: &impl Serialize) -> Response<Body> {
 
 // === impl Health ===
 
-impl<'a> Health<'a> {
+impl<'a> HealthDetail<'a> {
     fn new(uptime_seconds: u64, origin: String, reload: &'a ReloadStatus) -> Self {
-        Health {
+        HealthDetail {
             status: "ok",
             uptime_seconds,
             origin,
             config: HealthConfig {
                 generation: reload.generation,
-                last_reload: if reload.last_error.is_some() {
-                    "failed"
-                } else {
-                    "ok"
-                },
+                last_reload: reload.outcome(),
                 error: reload.last_error.as_deref(),
             },
         }
     }
 }
 
-/// Admin endpoints that reveal or change state need `Authorization: Bearer <admin_token>`;
-/// with no token configured they answer loopback clients only.
+/// Admin endpoints that reveal or change state need `Authorization: Bearer <admin_token>`, or
+/// a loopback client when `server.admin_from_loopback` opts in.
 fn authorize(rt: &Runtime, req: &Request<Incoming>, remote: SocketAddr) -> Result<(), Error> {
-    if rt.settings.server.admin_token.is_none() {
-        return if remote.ip().is_loopback() {
-            Ok(())
-        } else {
-            Err(Error::Unauthorized)
-        };
+    if rt.settings.server.admin_from_loopback && remote.ip().is_loopback() {
+        return Ok(());
     }
     authorize_token(rt, req)
+}
+
+/// Removes `Authorization` when it carries the admin token: the proxy consumes it, and no
+/// origin or fragment host ever sees it.
+pub(super) fn consume_admin_token(rt: &Runtime, headers: &mut http::HeaderMap) {
+    let Some(token) = &rt.settings.server.admin_token else {
+        return;
+    };
+    let admin = headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.strip_prefix("Bearer "))
+        .any(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes()));
+    if admin {
+        headers.remove(header::AUTHORIZATION);
+    }
 }
 
 /// Requires `Authorization: Bearer <admin_token>`; with no token configured, nobody has it.
@@ -297,7 +329,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn health_json_keeps_its_fields_and_order() {
+    fn public_health_says_only_ok_or_failed() {
+        let failed = ReloadStatus {
+            generation: 3,
+            last_error: Some("a.toml:2: bad".into()),
+        };
+        for (reload, want) in [
+            (
+                ReloadStatus::default(),
+                r#"{"status":"ok","last_reload":"ok"}"#,
+            ),
+            (failed, r#"{"status":"ok","last_reload":"failed"}"#),
+        ] {
+            let health = Health {
+                status: "ok",
+                last_reload: reload.outcome(),
+            };
+            assert_eq!(serde_json::to_string(&health).expect("serializes"), want);
+        }
+    }
+
+    #[test]
+    fn health_detail_json_keeps_its_fields_and_order() {
         let ok = ReloadStatus::default();
         let failed = ReloadStatus {
             generation: 3,
@@ -314,7 +367,7 @@ mod tests {
             ),
         ];
         for (reload, want) in cases {
-            let health = Health::new(7, "http://o.test:81/".into(), reload);
+            let health = HealthDetail::new(7, "http://o.test:81/".into(), reload);
             let got = serde_json::to_string(&health).expect("serializes");
             assert_eq!(got, want, "{reload:?}");
         }

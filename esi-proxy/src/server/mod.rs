@@ -41,6 +41,37 @@ pub async fn run(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    serve_on(listener, state, shutdown, Role::Public).await
+}
+
+/// Serves only the admin endpoints under `/_esi/` on `listener` (`server.admin_listen`); any
+/// other path is 404. Shuts down as [`run`] does.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_admin(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    serve_on(listener, state, shutdown, Role::Admin).await
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Browser traffic, and the admin endpoints unless `server.admin_listen` is set.
+    Public,
+    /// The admin endpoints only.
+    Admin,
+}
+
+async fn serve_on(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()>,
+    role: Role,
+) -> Result<(), ServerError> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let grace = state.runtime().settings.server.shutdown_grace;
     tokio::pin!(shutdown);
@@ -63,7 +94,7 @@ pub async fn run(
         let state = Arc::clone(&state);
         let service = service_fn(move |req| {
             let state = Arc::clone(&state);
-            async move { Ok::<_, Infallible>(handle(state, req, remote).await) }
+            async move { Ok::<_, Infallible>(handle(state, req, remote, role).await) }
         });
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -95,6 +126,7 @@ async fn handle(
     state: Arc<AppState>,
     req: Request<Incoming>,
     remote: SocketAddr,
+    role: Role,
 ) -> Response<Body> {
     let started = Instant::now();
     let span = tracing::info_span!(
@@ -107,8 +139,17 @@ async fn handle(
     );
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     async move {
+        // With a separate admin listener, the public one serves no admin endpoint.
+        let admin_here =
+            role == Role::Admin || state.runtime().settings.server.admin_listen.is_none();
         let (route, result) = if req.uri().path().starts_with("/_esi/") {
-            ("admin", admin::serve(&state, req, remote).await)
+            if admin_here {
+                ("admin", admin::serve(&state, req, remote).await)
+            } else {
+                ("admin", Err(error::Error::NotFound))
+            }
+        } else if role == Role::Admin {
+            ("admin", Err(error::Error::NotFound))
         } else {
             proxy::serve(&state, req, remote, started).await
         };

@@ -25,7 +25,7 @@ use super::state::Runtime;
 use super::AppState;
 use crate::fetch::{decode_stream, CacheStatus, OriginBody, OriginRequest};
 use crate::headers::{
-    client_response_headers, composed_headers, origin_headers, site_name, Forwarding,
+    client_response_headers, composed_headers, make_private, origin_headers, site_name, Forwarding,
     SERVER_TIMING, X_FORWARDED_HOST,
 };
 
@@ -200,7 +200,9 @@ pub(super) async fn serve(
     if let Err(e) = refuse(&req, &rt.settings.server) {
         return ("proxy", Err(e));
     }
-    let out = match Outgoing::new(req, remote, &rt.settings.server) {
+    let mut req = req;
+    super::admin::consume_admin_token(&state.runtime(), req.headers_mut());
+    let out = match Outgoing::new(req, remote, &state.runtime().settings.server) {
         Ok(out) => out,
         Err(e) => return ("proxy", Err(e)),
     };
@@ -242,6 +244,13 @@ pub(super) async fn forward(
                     ttl_source: Some(hit.source.to_string()),
                 });
             }
+            let page_head = page_headers(
+                &rt.settings.esi,
+                page_url.path(),
+                &headers,
+                &hit.headers,
+                trace.as_deref(),
+            );
             let page = Page {
                 url: page_url,
                 vars,
@@ -251,21 +260,42 @@ pub(super) async fn forward(
             };
             let rx = rt.composer.compose_parsed(page, Arc::clone(&hit.template));
             let timing = server_timing(&[("layout", 0.0, Some("cache hit"))]);
-            let headers = composed_headers(&hit.headers);
+            let headers = page_head;
             return ("esi", respond(state, rx, hit.status, headers, timing).await);
         }
     }
-    let client_headers = Arc::new(headers.clone());
+    let mut client_headers = Arc::new(headers.clone());
+    let ranged = headers.contains_key(header::RANGE);
     let request = OriginRequest {
         method: method.clone(),
         path_and_query: path_and_query.clone(),
         headers,
         body,
     };
-    let upstream = match rt.fetcher.send_origin(request).await {
+    let mut upstream = match rt.fetcher.send_origin(request).await {
         Ok(r) => r,
         Err(e) => return ("proxy", Err(Error::Origin(e))),
     };
+    if ranged && refetch_whole(&rt.settings.esi, &method, &path_and_query, &upstream) {
+        // A part of a layout cannot be composed, and no part of the composed page can be cut
+        // from the origin's ranges: the layout is fetched again whole and the page sent whole.
+        drop(upstream);
+        let mut whole = (*client_headers).clone();
+        for name in [header::RANGE, header::IF_RANGE] {
+            whole.remove(name);
+        }
+        client_headers = Arc::new(whole.clone());
+        let request = OriginRequest {
+            method: method.clone(),
+            path_and_query: path_and_query.clone(),
+            headers: whole,
+            body: OriginBody::default(),
+        };
+        upstream = match rt.fetcher.send_origin(request).await {
+            Ok(r) => r,
+            Err(e) => return ("proxy", Err(Error::Origin(e))),
+        };
+    }
     let layout_ms = started.elapsed().as_secs_f64() * 1000.0;
     if let Some(t) = &trace {
         t.set_layout(LayoutRecord {
@@ -284,7 +314,13 @@ pub(super) async fn forward(
         // The head of what a GET would get: the composed page's headers, no body.
         let mut response = Response::new(full(Bytes::new()));
         *response.status_mut() = upstream.status();
-        *response.headers_mut() = composed_headers(upstream.headers());
+        *response.headers_mut() = page_headers(
+            &rt.settings.esi,
+            page_url.path(),
+            &client_headers,
+            upstream.headers(),
+            trace.as_deref(),
+        );
         return ("esi", Ok(response));
     }
     let page = Page {
@@ -328,6 +364,63 @@ fn wants_esi(esi: &EsiSettings, path_and_query: &str, resp: &Response<OriginBody
             .process_paths
             .iter()
             .any(|glob| crate::config::glob_match(glob, path))
+}
+
+/// Whether the origin's answer to a range request must be fetched again without the range: a
+/// part (206) or a refusal of the range (416) of a page that is composed. Only GET and HEAD,
+/// the methods a range applies to (RFC 9110 section 14.2), whose request has no body to resend.
+fn refetch_whole(
+    esi: &EsiSettings,
+    method: &Method,
+    path_and_query: &str,
+    resp: &Response<OriginBody>,
+) -> bool {
+    (method == Method::GET || method == Method::HEAD)
+        && matches!(
+            resp.status(),
+            StatusCode::PARTIAL_CONTENT | StatusCode::RANGE_NOT_SATISFIABLE
+        )
+        && wants_esi(esi, path_and_query, resp)
+}
+
+/// The head of a composed page: the layout's headers as [`composed_headers`] leaves them, made
+/// private ([`make_private`]) unless [`private_reason`] finds none; the reason goes on the trace.
+fn page_headers(
+    esi: &EsiSettings,
+    path: &str,
+    client: &HeaderMap,
+    layout: &HeaderMap,
+    trace: Option<&Trace>,
+) -> HeaderMap {
+    let mut headers = composed_headers(layout);
+    let reason = private_reason(esi, path, client);
+    if reason.is_some() {
+        make_private(&mut headers);
+    }
+    if let Some(trace) = trace {
+        trace.set_private(reason.map(str::to_owned));
+    }
+    headers
+}
+
+/// Why a composed page may not be stored by shared caches; `None` when it keeps the layout's
+/// `Cache-Control`. The head leaves before the page is composed, so this is decided from what
+/// is known up front: a request with `Cookie` or `Authorization` may have its credentials sent
+/// to trusted fragment hosts or read by variables, so its page is private; an anonymous
+/// request's page is shareable only on an `esi.shareable_paths` path; anything else is private
+/// by default.
+fn private_reason(esi: &EsiSettings, path: &str, client: &HeaderMap) -> Option<&'static str> {
+    if client.contains_key(header::COOKIE) {
+        return Some("request carries Cookie");
+    }
+    if client.contains_key(header::AUTHORIZATION) {
+        return Some("request carries Authorization");
+    }
+    let shareable = esi
+        .shareable_paths
+        .iter()
+        .any(|glob| crate::config::glob_match(glob, path));
+    (!shareable).then_some("default")
 }
 
 /// Streams a response through untouched and unbuffered.
@@ -385,9 +478,16 @@ async fn compose(
             );
         }) as OnParsed
     });
+    let head = page_headers(
+        &rt.settings.esi,
+        page.url.path(),
+        &page.client_headers,
+        &original,
+        page.trace.as_deref(),
+    );
     let rx = rt.composer.compose(page, layout, on_parsed);
     let timing = server_timing(&[("layout", layout_ms, None)]);
-    respond(state, rx, status, composed_headers(&original), timing).await
+    respond(state, rx, status, head, timing).await
 }
 
 /// Sends a composed page. The head goes out once the first part of the page is ready, so a

@@ -19,6 +19,19 @@ pub struct ReloadStatus {
     pub last_error: Option<String>,
 }
 
+// === impl ReloadStatus ===
+
+impl ReloadStatus {
+    /// "failed" while the last reload's error stands, else "ok".
+    pub fn outcome(&self) -> &'static str {
+        if self.last_error.is_some() {
+            "failed"
+        } else {
+            "ok"
+        }
+    }
+}
+
 // === impl AppState ===
 
 impl AppState {

@@ -20,6 +20,12 @@ pub struct PageReport {
     pub composed: bool,
     /// Why the page failed or was cut off, if it was.
     pub error: Option<String>,
+    /// Why the page left as `Cache-Control: private`: the first part that used the visitor's
+    /// credentials ("fragment <url> fetched with credentials", "variable HTTP_COOKIE"), else
+    /// the rule ("request carries Cookie", "default"); `null` when it was shareable.
+    pub private_reason: Option<String>,
+    /// Every part that used the visitor's credentials, in order.
+    pub credentials: Vec<String>,
     /// The layout fetch.
     pub layout: Option<LayoutRecord>,
     /// When the layout body had fully arrived and was parsed.
@@ -74,6 +80,8 @@ impl PageReport {
             path,
             status,
             composed,
+            private_reason: trace.private_reason(),
+            credentials: trace.credentials(),
             layout,
             layout_done_ms: trace.layout_done_ms(),
             fragments,
@@ -116,6 +124,7 @@ struct Waterfall<'a> {
     status: u16,
     composed: bool,
     error: Option<&'a str>,
+    private_reason: Option<&'a str>,
     json_href: String,
     total: String,
     first_byte: String,
@@ -240,6 +249,7 @@ impl PageReport {
             status: self.status,
             composed: self.composed,
             error: self.error.as_deref(),
+            private_reason: self.private_reason.as_deref(),
             json_href: format!(
                 "/_esi/debug{}{}format=json",
                 self.path,

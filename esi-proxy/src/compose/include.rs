@@ -162,7 +162,7 @@ async fn fetch_one(
     let credentials = [header::COOKIE, header::AUTHORIZATION]
         .iter()
         .any(|name| state.page.client_headers.contains_key(name));
-    if allowed.access().trusted && credentials {
+    if access.trusted && credentials {
         // A trusted host gets the visitor's Cookie and Authorization (the fetcher's rule).
         state.note_credentials(|| format!("fragment {url} fetched with credentials"));
     }

@@ -201,8 +201,8 @@ pub(super) async fn serve(
         return ("proxy", Err(e));
     }
     let mut req = req;
-    super::admin::consume_admin_token(&state.runtime(), req.headers_mut());
-    let out = match Outgoing::new(req, remote, &state.runtime().settings.server) {
+    super::admin::consume_admin_token(&rt, req.headers_mut());
+    let out = match Outgoing::new(req, remote, &rt.settings.server) {
         Ok(out) => out,
         Err(e) => return ("proxy", Err(e)),
     };

@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use serde::Serialize;
 
 use crate::compose::Trace;
+use crate::telemetry::Metrics;
 
 use super::body::{full, with_type, Body};
 use super::error::Error;
@@ -94,6 +95,7 @@ pub(super) async fn serve(
             authorize(&rt, &req, remote)?;
             state.fragment_cache.publish_metrics();
             state.layout_cache.publish_metrics();
+            publish_runtime(&state.metrics);
             Ok(with_type(
                 full(state.metrics.render()),
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -252,6 +254,20 @@ async fn debug_page(
 }
 
 /// A JSON response: `value` on one line.
+/// The runtime's own figures, read when metrics are scraped: tasks alive (one per open client
+/// or pooled upstream connection, per spawned include or refresh), so a leak shows as a climb
+/// that does not come back down after load.
+fn publish_runtime(metrics: &Metrics) {
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    metrics.set_gauge(
+        "esi_proxy_runtime_tasks",
+        "Tokio tasks alive in the process.",
+        tasks as f64,
+    );
+}
+
 fn json(value: &impl Serialize) -> Response<Body> {
     let mut body =
         serde_json::to_vec(value).expect("structs of strings and numbers always serialize");

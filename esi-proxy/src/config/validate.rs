@@ -552,7 +552,7 @@ mod tests {
              [[fetch.hosts]]\nurl = \"http://b\"\nbreaker = { max_open_ms = 10 }\n",
             &[
                 "2: fetch.breaker.failures: must be greater than 0",
-                "7: fetch.hosts[1].breaker.max_open_ms: 10 ms is shorter than open_ms (10000 ms)",
+                "8: fetch.hosts[1].breaker.max_open_ms: 10 ms is shorter than open_ms (10000 ms)",
             ],
         ),
         (

@@ -67,15 +67,32 @@ pub enum BreakerState {
     HalfOpen,
 }
 
-/// Leave to fetch from a host: report the outcome with [`Ticket::settle`]. A probe dropped
-/// unsettled (its request was cancelled) frees the probe slot, so the next fetch probes.
+/// Leave to fetch from a host: report the outcome with [`Ticket::settle`].
+///
+/// A ticket dropped unsettled belongs to a fetch its caller gave up on. Given up on near its
+/// deadline (past [`ABANDONED_AS_TIMEOUT`] of it) it counts as a timeout: the single-flight
+/// wait of the cache runs on the same deadline as the fetch and may fire a moment before the
+/// fetch's own. Given up on earlier (the page's client left), it says nothing of the host; a
+/// probe then frees its slot, so the next fetch probes.
 #[must_use = "a ticket is settled with the fetch's outcome"]
 pub struct Ticket {
-    /// The host, when it has a breaker; `true` when this fetch is the half-open probe.
-    host: Option<(Arc<Host>, bool)>,
-    clock: Option<Clock>,
-    metrics: Option<Arc<Metrics>>,
+    /// `None` for a host with no breaker.
+    tracked: Option<Tracked>,
 }
+
+/// A [`Ticket`] for a host with a breaker.
+struct Tracked {
+    host: Arc<Host>,
+    /// Whether this fetch is the half-open probe.
+    probe: bool,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+    /// From when an unsettled drop counts as a timeout.
+    late: Instant,
+}
+
+/// The share of its deadline after which a fetch given up on counts as timed out.
+pub const ABANDONED_AS_TIMEOUT: f64 = 0.9;
 
 // === impl Breakers ===
 
@@ -131,12 +148,13 @@ impl Breakers {
         *hosts = kept;
     }
 
-    /// Leave to fetch `url`, or [`FetchError::BreakerOpen`] when its host's breaker is open, or
-    /// half-open with its probe out. Past the open time, the first caller becomes the probe.
+    /// Leave to fetch `url` within `timeout`, or [`FetchError::BreakerOpen`] when its host's
+    /// breaker is open, or half-open with its probe out. Past the open time, the first caller
+    /// becomes the probe.
     ///
     /// # Errors
     /// [`FetchError::BreakerOpen`]: the fetch must not be tried.
-    pub fn admit(&self, url: &Url) -> Result<Ticket, FetchError> {
+    pub fn admit(&self, url: &Url, timeout: Duration) -> Result<Ticket, FetchError> {
         let key = url_authority(url);
         let Some(host) = read(&self.hosts).get(&key).cloned() else {
             return Ok(Ticket::untracked());
@@ -172,9 +190,13 @@ impl Breakers {
             tracing::info!(host = %key, "circuit breaker half-open: probing");
         }
         Ok(Ticket {
-            host: Some((host, probe)),
-            clock: Some(Arc::clone(&self.clock)),
-            metrics: Some(Arc::clone(&self.metrics)),
+            tracked: Some(Tracked {
+                host,
+                probe,
+                clock: Arc::clone(&self.clock),
+                metrics: Arc::clone(&self.metrics),
+                late: now + timeout.mul_f64(ABANDONED_AS_TIMEOUT),
+            }),
         })
     }
 
@@ -210,42 +232,19 @@ impl std::fmt::Debug for Breakers {
 impl Ticket {
     /// Leave for a host with no breaker: settling it records nothing.
     pub fn untracked() -> Self {
-        Self {
-            host: None,
-            clock: None,
-            metrics: None,
-        }
+        Self { tracked: None }
     }
 
     /// Records the fetch's outcome on its host's breaker and hands it back. A failure is a
     /// failed connection, a timeout, a cut or malformed response, or a 5xx; any answer short of
     /// that (a 4xx, an oversize body) is a success; a refusal by our own rules is neither.
     pub fn settle(mut self, result: Result<Fragment, FetchError>) -> Result<Fragment, FetchError> {
-        let Some((host, probe)) = self.host.take() else {
-            return result;
-        };
-        let failed = match &result {
-            Ok(_) => false,
-            Err(e) => match counts_against_host(e) {
-                Some(failed) => failed,
-                None => {
-                    if probe {
-                        lock(&host.inner).release_probe();
-                    }
-                    return result;
-                }
-            },
-        };
-        let now = self.clock.as_ref().map_or_else(Instant::now, |clock| clock());
-        let opened = lock(&host.inner).record(failed, probe, now);
-        if let Some(open_for) = opened {
-            let open_ms = u64::try_from(open_for.as_millis()).unwrap_or(u64::MAX);
-            tracing::warn!(host = %host.key, open_ms, "circuit breaker opened");
-            if let Some(metrics) = &self.metrics {
-                metrics.inc_counter(OPENS, OPENS_HELP, Some(("host", &host.key)), 1);
-            }
-        } else if probe && !failed {
-            tracing::info!(host = %host.key, "circuit breaker closed");
+        if let Some(tracked) = self.tracked.take() {
+            let failed = match &result {
+                Ok(_) => Some(false),
+                Err(e) => counts_against_host(e),
+            };
+            tracked.finish(failed);
         }
         result
     }
@@ -253,9 +252,35 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        // Unsettled: a cancelled probe says nothing about the host; let the next fetch probe.
-        if let Some((host, true)) = self.host.take() {
-            lock(&host.inner).release_probe();
+        if let Some(tracked) = self.tracked.take() {
+            let timed_out = (tracked.clock)() >= tracked.late;
+            tracked.finish(timed_out.then_some(true));
+        }
+    }
+}
+
+// === impl Tracked ===
+
+impl Tracked {
+    /// Records a failure (`Some(true)`), a success (`Some(false)`) or nothing (`None`: a
+    /// probe frees its slot).
+    fn finish(self, failed: Option<bool>) {
+        let Some(failed) = failed else {
+            if self.probe {
+                lock(&self.host.inner).release_probe();
+            }
+            return;
+        };
+        let now = (self.clock)();
+        let opened = lock(&self.host.inner).record(failed, self.probe, now);
+        let host = &self.host.key;
+        if let Some(open_for) = opened {
+            let open_ms = u64::try_from(open_for.as_millis()).unwrap_or(u64::MAX);
+            tracing::warn!(%host, open_ms, "circuit breaker opened");
+            self.metrics
+                .inc_counter(OPENS, OPENS_HELP, Some(("host", host)), 1);
+        } else if self.probe && !failed {
+            tracing::info!(%host, "circuit breaker closed");
         }
     }
 }

@@ -15,6 +15,9 @@ const CONFIG: &str = "[server]\norigin = \"http://o.test\"\n\
     breaker = { failures = 3, open_ms = 1000, max_open_ms = 4000 }\n\
     [[fetch.hosts]]\nurl = \"http://b.test:82\"\nbreaker = { enabled = false }\n";
 
+/// The deadline of the fetches in these tests.
+const SECOND: Duration = Duration::from_secs(1);
+
 /// A clock the test moves by hand.
 struct Hand {
     now: Arc<Mutex<Instant>>,
@@ -80,7 +83,7 @@ fn status(code: u16) -> Result<Fragment, FetchError> {
 
 /// Admits a fetch of `u` and settles it with `result`; `Err` when the breaker refused it.
 fn fetch(b: &Breakers, u: &str, result: Result<Fragment, FetchError>) -> Result<(), FetchError> {
-    let ticket = b.admit(&url(u))?;
+    let ticket = b.admit(&url(u), SECOND)?;
     let _ = ticket.settle(result);
     Ok(())
 }
@@ -194,11 +197,11 @@ fn one_probe_after_the_open_time_closes_on_success() {
         fetch(&b, a, timeout()).expect("closed");
     }
     hand.advance(Duration::from_millis(999));
-    assert!(b.admit(&url(a)).is_err(), "open for 1 s");
+    assert!(b.admit(&url(a), SECOND).is_err(), "open for 1 s");
     hand.advance(Duration::from_millis(1));
-    let probe = b.admit(&url(a)).expect("the probe goes through");
+    let probe = b.admit(&url(a), SECOND).expect("the probe goes through");
     assert_eq!(state_of(&b, "a.test:81"), Some(BreakerState::HalfOpen));
-    let err = b.admit(&url(a)).err().expect("one probe at a time");
+    let err = b.admit(&url(a), SECOND).err().expect("one probe at a time");
     assert!(
         matches!(err, FetchError::BreakerOpen { retry_in: None, .. }),
         "{err:?}"
@@ -208,10 +211,10 @@ fn one_probe_after_the_open_time_closes_on_success() {
     // Closed anew: the count starts again from zero, and the open time from the first one.
     fetch(&b, a, timeout()).expect("closed");
     fetch(&b, a, timeout()).expect("closed");
-    assert!(b.admit(&url(a)).is_ok(), "two failures of three");
+    assert!(b.admit(&url(a), SECOND).is_ok(), "two failures of three");
     fetch(&b, a, timeout()).expect("closed");
     hand.advance(Duration::from_millis(1000));
-    assert!(b.admit(&url(a)).is_ok(), "open for 1 s again, not 2");
+    assert!(b.admit(&url(a), SECOND).is_ok(), "open for 1 s again, not 2");
 }
 
 #[test]
@@ -224,7 +227,7 @@ fn a_failed_probe_doubles_the_open_time_up_to_the_cap() {
     }
     for open_ms in [1000, 2000, 4000, 4000] {
         hand.advance(Duration::from_millis(open_ms - 1));
-        assert!(b.admit(&url(a)).is_err(), "still open before {open_ms} ms");
+        assert!(b.admit(&url(a), SECOND).is_err(), "still open before {open_ms} ms");
         hand.advance(Duration::from_millis(1));
         fetch(&b, a, status(502)).expect("the probe goes through");
         assert_eq!(state_of(&b, "a.test:81"), Some(BreakerState::Open));
@@ -239,18 +242,18 @@ fn late_results_of_fetches_admitted_before_the_open_do_not_count() {
     let hand = Hand::new();
     let (b, _) = breakers(&hand);
     let o = "http://o.test/f";
-    let early = b.admit(&url(o)).expect("closed");
+    let early = b.admit(&url(o), SECOND).expect("closed");
     fetch(&b, o, timeout()).expect("closed");
     fetch(&b, o, timeout()).expect("closed");
     let _ = early.settle(ok());
     assert_eq!(state_of(&b, "o.test:80"), Some(BreakerState::Open));
     hand.advance(Duration::from_millis(100));
-    let probe = b.admit(&url(o)).expect("probe");
+    let probe = b.admit(&url(o), SECOND).expect("probe");
     let _ = probe.settle(timeout());
     assert_eq!(state_of(&b, "o.test:80"), Some(BreakerState::Open));
     // Reopened for 200 ms: the failed probe doubled it.
     hand.advance(Duration::from_millis(199));
-    assert!(b.admit(&url(o)).is_err());
+    assert!(b.admit(&url(o), SECOND).is_err());
 }
 
 #[test]
@@ -261,8 +264,8 @@ fn a_dropped_or_refused_probe_lets_the_next_fetch_probe() {
     fetch(&b, o, timeout()).expect("closed");
     fetch(&b, o, timeout()).expect("closed");
     hand.advance(Duration::from_millis(100));
-    drop(b.admit(&url(o)).expect("probe"));
-    let probe = b.admit(&url(o)).expect("the dropped probe freed its slot");
+    drop(b.admit(&url(o), SECOND).expect("probe"));
+    let probe = b.admit(&url(o), SECOND).expect("the dropped probe freed its slot");
     let refused = Err(FetchError::Refused {
         url: "u".into(),
         reason: "r".into(),
@@ -306,7 +309,7 @@ fn a_reload_keeps_listed_hosts_state_under_their_new_policy() {
         [[fetch.hosts]]\nurl = \"http://a.test:81\"\nbreaker = { failures = 1 }\n\
         [[fetch.hosts]]\nurl = \"http://c.test:83\"\n";
     b.configure(&settings(reloaded));
-    assert!(b.admit(&url(a)).is_err(), "still open");
+    assert!(b.admit(&url(a), SECOND).is_err(), "still open");
     fetch(&b, "http://o.test/f", timeout()).expect("closed");
     assert_eq!(state_of(&b, "o.test:80"), Some(BreakerState::Open));
     assert_eq!(state_of(&b, "c.test:83"), Some(BreakerState::Closed));
@@ -317,11 +320,11 @@ fn a_reload_keeps_listed_hosts_state_under_their_new_policy() {
     fetch(&b, a, timeout()).expect("closed");
     assert_eq!(state_of(&b, "a.test:81"), Some(BreakerState::Open));
     hand.advance(Duration::from_millis(50));
-    assert!(b.admit(&url(a)).is_ok());
+    assert!(b.admit(&url(a), SECOND).is_ok());
 
     // Hosts no longer listed lose their breaker, and their gauge says closed.
     b.configure(&settings("[server]\norigin = \"http://o.test\"\n"));
-    assert!(b.admit(&url(a)).is_ok(), "no breaker");
+    assert!(b.admit(&url(a), SECOND).is_ok(), "no breaker");
     assert_eq!(state_of(&b, "a.test:81"), None);
     assert!(metrics
         .render()
@@ -342,4 +345,33 @@ fn states_report_as_gauge_values() {
     }
     let json = serde_json::to_string(&BreakerState::HalfOpen).expect("serializes");
     assert_eq!(json, "\"half-open\"");
+}
+
+#[test]
+fn a_fetch_given_up_on_near_its_deadline_counts_as_a_timeout() {
+    let hand = Hand::new();
+    let (b, _) = breakers(&hand);
+    let o = "http://o.test/f";
+    // Given up on early (the client left): nothing counts, however often.
+    for _ in 0..5 {
+        let ticket = b.admit(&url(o), SECOND).expect("closed");
+        hand.advance(Duration::from_millis(899));
+        drop(ticket);
+    }
+    assert_eq!(state_of(&b, "o.test:80"), Some(BreakerState::Closed));
+    // Given up on at 90% of the deadline or later: timeouts.
+    for _ in 0..2 {
+        let ticket = b.admit(&url(o), SECOND).expect("closed");
+        hand.advance(Duration::from_millis(900));
+        drop(ticket);
+    }
+    assert_eq!(state_of(&b, "o.test:80"), Some(BreakerState::Open));
+    // A probe given up on late is a failed probe: reopened for twice as long.
+    hand.advance(Duration::from_millis(100));
+    let probe = b.admit(&url(o), SECOND).expect("probe");
+    hand.advance(SECOND);
+    drop(probe);
+    assert_eq!(state_of(&b, "o.test:80"), Some(BreakerState::Open));
+    hand.advance(Duration::from_millis(199));
+    assert!(b.admit(&url(o), SECOND).is_err());
 }

@@ -381,7 +381,7 @@ impl Fetcher for HttpClient {
         let shared = Arc::clone(&self.shared);
         Box::pin(async move {
             // An open breaker fails the fetch here, before anything is sent.
-            let ticket = shared.breakers.admit(&req.url)?;
+            let ticket = shared.breakers.admit(&req.url, req.timeout)?;
             // Allowed by this client's check: the allowlist is not asked again.
             let access = req.url.access();
             let text = redact(&req.url);

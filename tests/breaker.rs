@@ -12,7 +12,7 @@ use http::StatusCode;
 
 use crate::support::proxy::metric;
 use crate::support::{
-    get, html, proxy, read_head, response, serve, serve_raw, wait_closed, full, Proxy, Server,
+    full, get, html, proxy, read_head, response, serve, serve_raw, wait_closed, Proxy, Server,
 };
 
 /// Deadline per fragment in these tests.
@@ -127,7 +127,10 @@ async fn an_open_breaker_keeps_a_dead_service_off_a_120_include_page() {
     let (status, body, first) = timed(&proxy, "/page").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, want, "the dead includes take their alt");
-    assert!(first >= TIMEOUT, "the first page waits out the deadline: {first:?}");
+    assert!(
+        first >= TIMEOUT,
+        "the first page waits out the deadline: {first:?}"
+    );
     let seen = down.connections().await;
     assert!(seen >= 1, "the first page reached the dead service");
 
@@ -148,13 +151,20 @@ async fn an_open_breaker_keeps_a_dead_service_off_a_120_include_page() {
     let dead_host = format!("127.0.0.1:{}", down.port());
     let text = admin_text(&proxy, "/_esi/metrics").await;
     let state = format!("esi_proxy_breaker_state{{host=\"{dead_host}\"}}");
-    let good_state = format!("esi_proxy_breaker_state{{host=\"127.0.0.1:{}\"}}", good.port());
+    let good_state = format!(
+        "esi_proxy_breaker_state{{host=\"127.0.0.1:{}\"}}",
+        good.port()
+    );
     let opens = format!("esi_proxy_breaker_opens_total{{host=\"{dead_host}\"}}");
     assert_eq!(metric(&text, &state), Some(1.0), "{text}");
     assert_eq!(metric(&text, &good_state), Some(0.0), "{text}");
     assert_eq!(metric(&text, &opens), Some(1.0), "{text}");
     let refused = "esi_proxy_fragment_failures_total{kind=\"breaker_open\"}";
-    assert_eq!(metric(&text, refused), Some(9.0), "3 includes on 3 pages: {text}");
+    assert_eq!(
+        metric(&text, refused),
+        Some(9.0),
+        "3 includes on 3 pages: {text}"
+    );
     let timeouts = "esi_proxy_fragment_failures_total{kind=\"timeout\"}";
     assert_eq!(metric(&text, timeouts), Some(3.0), "{text}");
 
@@ -166,7 +176,10 @@ async fn an_open_breaker_keeps_a_dead_service_off_a_120_include_page() {
         "{health}"
     );
     let public = admin_text(&proxy, "/_esi/health").await;
-    assert!(!public.contains("breaker"), "hosts stay off the public health: {public}");
+    assert!(
+        !public.contains("breaker"),
+        "hosts stay off the public health: {public}"
+    );
 
     let report: serde_json::Value =
         serde_json::from_str(&admin_text(&proxy, "/_esi/debug/page?format=json").await)
@@ -180,12 +193,24 @@ async fn an_open_breaker_keeps_a_dead_service_off_a_120_include_page() {
     for row in dead_rows {
         assert_eq!(row["outcome"], "breaker_open", "{row}");
         assert_eq!(row["fallback"], "alt", "{row}");
-        assert!(row["error"].as_str().is_some_and(|e| e.contains("breaker open")), "{row}");
-        assert!(row["end_ms"].as_f64() < Some(TIMEOUT.as_secs_f64() * 1000.0 / 3.0), "{row}");
+        assert!(
+            row["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("breaker open")),
+            "{row}"
+        );
+        assert!(
+            row["end_ms"].as_f64() < Some(TIMEOUT.as_secs_f64() * 1000.0 / 3.0),
+            "{row}"
+        );
     }
     let page = admin_text(&proxy, "/_esi/debug/page").await;
     assert!(page.contains("breaker open"), "the HTML waterfall says so");
-    assert_eq!(down.connections().await, seen, "the debug page did not connect either");
+    assert_eq!(
+        down.connections().await,
+        seen,
+        "the debug page did not connect either"
+    );
 }
 
 /// After the open time one probe goes through while the others still fail at once: while the
@@ -215,7 +240,10 @@ async fn one_probe_after_the_open_time_decides() {
         "esi_proxy_breaker_opens_total{{host=\"127.0.0.1:{}\"}}",
         flaky.port()
     );
-    let state = format!("esi_proxy_breaker_state{{host=\"127.0.0.1:{}\"}}", flaky.port());
+    let state = format!(
+        "esi_proxy_breaker_state{{host=\"127.0.0.1:{}\"}}",
+        flaky.port()
+    );
 
     let (_, body, took) = timed(&proxy, "/page").await;
     assert_eq!(body, fallback);
@@ -231,7 +259,10 @@ async fn one_probe_after_the_open_time_decides() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let (_, body, took) = timed(&proxy, "/page").await;
     assert_eq!(body, fallback);
-    assert!(took >= TIMEOUT, "the probe waits out its deadline: {took:?}");
+    assert!(
+        took >= TIMEOUT,
+        "the probe waits out its deadline: {took:?}"
+    );
     assert_eq!(flaky.hits(), 4, "one probe, the other two refused at once");
     assert_eq!(proxy.metric(&opens), Some(2.0));
     let reopened = Instant::now();
@@ -250,7 +281,10 @@ async fn one_probe_after_the_open_time_decides() {
     assert_eq!(one_back, 1, "the probe's content, the others' alt: {body}");
     assert_eq!(flaky.hits(), 5);
     let (_, body, _) = timed(&proxy, "/page").await;
-    assert_eq!(body, "[/d/0][/d/1][/d/2]", "closed: every include fetched again");
+    assert_eq!(
+        body, "[/d/0][/d/1][/d/2]",
+        "closed: every include fetched again"
+    );
     assert_eq!(flaky.hits(), 8);
     proxy.state.breakers().publish_metrics();
     assert_eq!(proxy.metric(&state), Some(0.0));
@@ -272,9 +306,9 @@ async fn an_open_breaker_serves_the_stale_copy_first() {
         let (g, f) = (g.clone(), f.clone());
         async move {
             match req.uri().path() {
-                "/open" => crate::support::esi(format!(
-                    "<esi:include src=\"{f}/other\" alt=\"{g}/alt\"/>"
-                )),
+                "/open" => {
+                    crate::support::esi(format!("<esi:include src=\"{f}/other\" alt=\"{g}/alt\"/>"))
+                }
                 _ => crate::support::esi(format!(
                     "<esi:include src=\"{f}/cached\" alt=\"{g}/alt\"/>"
                 )),
@@ -310,7 +344,10 @@ async fn an_open_breaker_serves_the_stale_copy_first() {
     );
     let report = admin_text(&proxy, "/_esi/debug/page?format=json").await;
     let report: serde_json::Value = serde_json::from_str(&report).expect("JSON");
-    assert_eq!(report["fragments"][0]["cache"], "stale-if-error", "{report}");
+    assert_eq!(
+        report["fragments"][0]["cache"], "stale-if-error",
+        "{report}"
+    );
     // With no copy to fall back on, the alt.
     let (_, body, took) = timed(&proxy, "/open").await;
     assert_eq!(body, "[/alt]");
@@ -341,7 +378,11 @@ async fn a_host_answering_4xx_never_opens() {
             per_page = missing.hits();
             assert!(per_page >= 3, "{per_page}");
         }
-        assert_eq!(missing.hits(), per_page * round, "every fetch reaches the host");
+        assert_eq!(
+            missing.hits(),
+            per_page * round,
+            "every fetch reaches the host"
+        );
     }
     let text = admin_text(&proxy, "/_esi/metrics").await;
     let state = format!(

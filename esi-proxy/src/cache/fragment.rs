@@ -22,8 +22,8 @@ use super::store::{
 use super::{COALESCED, FRAGMENT_BYTES, FRAGMENT_ENTRIES, PASSES, STALE_SERVED};
 use crate::esi::{ParseOptions, Template};
 use crate::fetch::{
-    Allowed, CacheInfo, CacheStatus, ErrorKind, FetchError, Fetcher, Fragment, FragmentRequest, OriginBody,
-    OriginRequest,
+    Allowed, CacheInfo, CacheStatus, ErrorKind, FetchError, Fetcher, Fragment, FragmentRequest,
+    OriginBody, OriginRequest,
 };
 use crate::telemetry::Metrics;
 

@@ -18,8 +18,8 @@ pub use base_url::{parse_base_url, BaseUrl, Scheme};
 pub use error::{ConfigError, Invalid};
 pub use glob::glob_match;
 pub use settings::{
-    BreakerSettings, CacheRuleSettings, CacheSettings, CookieNames, EsiSettings, FetchSettings, HostSettings,
-    LogFormat, OnError, ServerSettings, Settings,
+    BreakerSettings, CacheRuleSettings, CacheSettings, CookieNames, EsiSettings, FetchSettings,
+    HostSettings, LogFormat, OnError, ServerSettings, Settings,
 };
 
 /// The whole configuration. `config/esi-proxy.toml` documents `Config::default()`.

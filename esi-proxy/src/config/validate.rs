@@ -8,8 +8,8 @@ use std::time::Duration;
 use http::HeaderName;
 
 use super::settings::{
-    BreakerSettings, CacheRuleSettings, CacheSettings, CookieNames, EsiSettings, FetchSettings, HostSettings,
-    LogFormat, OnError, ServerSettings, Settings,
+    BreakerSettings, CacheRuleSettings, CacheSettings, CookieNames, EsiSettings, FetchSettings,
+    HostSettings, LogFormat, OnError, ServerSettings, Settings,
 };
 use super::source::KeyMap;
 use super::{BreakerConfig, Config, ConfigError, HostBreakerConfig, Invalid};
@@ -266,7 +266,12 @@ impl Config {
                 p.push(&format!("fetch.ca_certs[{i}]"), format!("{file:?}: {e}"));
             }
         }
-        let global = breaker(p, "fetch.breaker", &f.breaker, &HostBreakerConfig::default());
+        let global = breaker(
+            p,
+            "fetch.breaker",
+            &f.breaker,
+            &HostBreakerConfig::default(),
+        );
         // Compared as the allowlist compares them: scheme, lowercase host, port or its default.
         let origin = super::parse_base_url(&self.server.origin).ok();
         let mut hosts: Vec<(HostSettings, usize)> = Vec::new();
@@ -334,7 +339,10 @@ fn breaker(
     let open_ms = own.open_ms.unwrap_or(global.open_ms);
     let max_open_ms = own.max_open_ms.unwrap_or(global.max_open_ms);
     if (is_global || own.failures.is_some()) && failures == 0 {
-        p.push(&format!("{field}.failures"), "must be greater than 0".into());
+        p.push(
+            &format!("{field}.failures"),
+            "must be greater than 0".into(),
+        );
     }
     if (is_global || own.open_ms.is_some()) && open_ms == 0 {
         p.push(&format!("{field}.open_ms"), "must be greater than 0".into());

@@ -181,7 +181,11 @@ impl Breakers {
                 true
             }
             State::Open { until, .. } => {
-                return Err(refusal(url, &key, Some(until.saturating_duration_since(now))));
+                return Err(refusal(
+                    url,
+                    &key,
+                    Some(until.saturating_duration_since(now)),
+                ));
             }
             State::HalfOpen { probing: true, .. } => return Err(refusal(url, &key, None)),
         };

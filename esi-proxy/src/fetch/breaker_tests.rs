@@ -4,8 +4,8 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 
 use super::*;
-use crate::fetch::ErrorKind;
 use crate::config::Config;
+use crate::fetch::ErrorKind;
 
 /// Origin `http://o.test:80`; `a.test:81` with its own breaker (3 failures, 1 s, at most 4 s),
 /// `b.test:82` with breakers off.
@@ -214,7 +214,10 @@ fn one_probe_after_the_open_time_closes_on_success() {
     assert!(b.admit(&url(a), SECOND).is_ok(), "two failures of three");
     fetch(&b, a, timeout()).expect("closed");
     hand.advance(Duration::from_millis(1000));
-    assert!(b.admit(&url(a), SECOND).is_ok(), "open for 1 s again, not 2");
+    assert!(
+        b.admit(&url(a), SECOND).is_ok(),
+        "open for 1 s again, not 2"
+    );
 }
 
 #[test]
@@ -227,7 +230,10 @@ fn a_failed_probe_doubles_the_open_time_up_to_the_cap() {
     }
     for open_ms in [1000, 2000, 4000, 4000] {
         hand.advance(Duration::from_millis(open_ms - 1));
-        assert!(b.admit(&url(a), SECOND).is_err(), "still open before {open_ms} ms");
+        assert!(
+            b.admit(&url(a), SECOND).is_err(),
+            "still open before {open_ms} ms"
+        );
         hand.advance(Duration::from_millis(1));
         fetch(&b, a, status(502)).expect("the probe goes through");
         assert_eq!(state_of(&b, "a.test:81"), Some(BreakerState::Open));
@@ -265,7 +271,9 @@ fn a_dropped_or_refused_probe_lets_the_next_fetch_probe() {
     fetch(&b, o, timeout()).expect("closed");
     hand.advance(Duration::from_millis(100));
     drop(b.admit(&url(o), SECOND).expect("probe"));
-    let probe = b.admit(&url(o), SECOND).expect("the dropped probe freed its slot");
+    let probe = b
+        .admit(&url(o), SECOND)
+        .expect("the dropped probe freed its slot");
     let refused = Err(FetchError::Refused {
         url: "u".into(),
         reason: "r".into(),

@@ -1,7 +1,7 @@
 //! Where fragments come from: the [`Fetcher`] contract the composer and the cache depend on
 //! ([`FragmentRequest`], [`Fragment`], [`FetchError`], [`Access`]), and its HTTP implementation
-//! ([`HttpClient`]) with its keep-alive pools, allowlist guard and body decoding. It never
-//! parses ESI.
+//! ([`HttpClient`]) with its keep-alive pools, allowlist guard, body decoding and circuit
+//! breakers per fragment host ([`Breakers`]). It never parses ESI.
 
 mod breaker;
 mod client;

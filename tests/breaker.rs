@@ -117,7 +117,7 @@ async fn an_open_breaker_keeps_a_dead_service_off_a_120_include_page() {
     let gateway = origin(layout).await;
     let mut config = config(3, 60_000, 300_000);
     config.fetch.hosts = vec![host(&good, None), host(&down, None)];
-    let proxy = proxy(&gateway.base(), config).await;
+    let proxy = proxy(&gateway.base(), config.clone()).await;
     let want: String = (0..117)
         .map(|i| format!("[/f/{i}]"))
         .chain((0..3).map(|i| format!("[/alt/{i}]")))
@@ -211,6 +211,15 @@ async fn an_open_breaker_keeps_a_dead_service_off_a_120_include_page() {
         seen,
         "the debug page did not connect either"
     );
+
+    // A reload that still lists the host keeps its breaker open under the new values.
+    config.server.origin = gateway.base();
+    config.fetch.breaker.failures = 10;
+    proxy.state.apply(config).expect("valid config");
+    let (_, body, took) = timed(&proxy, "/page").await;
+    assert_eq!(body, want);
+    assert!(took < TIMEOUT / 3, "still open after the reload: {took:?}");
+    assert_eq!(down.connections().await, seen);
 }
 
 /// After the open time one probe goes through while the others still fail at once: while the

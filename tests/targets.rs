@@ -66,6 +66,7 @@ fn trusting(other: &crate::support::Server) -> Config {
         trusted: true,
         private_network: true,
         esi: false,
+        breaker: None,
     });
     config
 }

@@ -1,6 +1,7 @@
 //! The end-to-end test binary: every integration test links in here.
 
 mod admin;
+mod breaker;
 mod browser;
 mod cache;
 mod cache_proxy;

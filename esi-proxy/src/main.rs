@@ -206,6 +206,7 @@ fn demo(listen: Option<&str>) -> anyhow::Result<ExitCode> {
                 trusted: true,
                 esi: false,
                 private_network: true,
+                breaker: None,
             });
         }
         // The demo runs on one machine for the person who started it.

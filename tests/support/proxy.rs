@@ -172,6 +172,7 @@ pub fn demo_config(demo: &fragments::demo::Demo) -> Config {
             trusted: true,
             esi: false,
             private_network: true,
+            breaker: None,
         });
     }
     // The demo runs on one machine for the person who started it: loopback is an admin.

@@ -22,8 +22,8 @@ use super::store::{
 use super::{COALESCED, FRAGMENT_BYTES, FRAGMENT_ENTRIES, PASSES, STALE_SERVED};
 use crate::esi::{ParseOptions, Template};
 use crate::fetch::{
-    Allowed, CacheInfo, CacheStatus, FetchError, Fetcher, Fragment, FragmentRequest, OriginBody,
-    OriginRequest,
+    Allowed, CacheInfo, CacheStatus, ErrorKind, FetchError, Fetcher, Fragment, FragmentRequest,
+    OriginBody, OriginRequest,
 };
 use crate::telemetry::Metrics;
 
@@ -347,8 +347,10 @@ impl CachingFetcher {
                 self.cache.count_stale("if_error");
                 return Ok(stale.fragment(CacheStatus::StaleIfError, |body| self.parse(body)));
             }
-            // One retry, and only while this request's own deadline leaves time for it.
-            if retried || tokio::time::Instant::now() >= deadline {
+            // One retry, and only while this request's own deadline leaves time for it; none
+            // past an open breaker, which would only refuse again.
+            let breaker_open = error.kind() == ErrorKind::BreakerOpen;
+            if retried || breaker_open || tokio::time::Instant::now() >= deadline {
                 return Err(error);
             }
             retried = true;

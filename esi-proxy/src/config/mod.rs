@@ -18,8 +18,8 @@ pub use base_url::{parse_base_url, BaseUrl, Scheme};
 pub use error::{ConfigError, Invalid};
 pub use glob::glob_match;
 pub use settings::{
-    CacheRuleSettings, CacheSettings, CookieNames, EsiSettings, FetchSettings, HostSettings,
-    LogFormat, OnError, ServerSettings, Settings,
+    BreakerSettings, CacheRuleSettings, CacheSettings, CookieNames, EsiSettings, FetchSettings,
+    HostSettings, LogFormat, OnError, ServerSettings, Settings,
 };
 
 /// The whole configuration. `config/esi-proxy.toml` documents `Config::default()`.
@@ -146,6 +146,44 @@ pub struct FetchConfig {
     /// PEM files of CA certificates trusted for `https` origins and fragment hosts, besides
     /// the built-in roots (an internal CA). Default: [].
     pub ca_certs: Vec<String>,
+    /// Circuit breakers per fragment host (`host:port`), for every host without its own.
+    pub breaker: BreakerConfig,
+}
+
+/// `[fetch.breaker]`: when a fragment host's breaker opens, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Whether fragment hosts get circuit breakers at all. Default: true.
+    pub enabled: bool,
+    /// Consecutive failures (connect errors, timeouts, cut or malformed responses, 5xx) that
+    /// open a host's breaker; at least 1. Default: 5.
+    pub failures: u32,
+    /// How long a breaker stays open before one probe request may go through, in
+    /// milliseconds; doubled each time a probe fails. Default: 10000.
+    pub open_ms: u64,
+    /// The longest a breaker stays open, however often its probes failed; at least `open_ms`.
+    /// Default: 300000.
+    pub max_open_ms: u64,
+}
+
+/// `breaker` of a `[[fetch.hosts]]` entry: the host's own values, each one unset taken from
+/// `[fetch.breaker]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostBreakerConfig {
+    /// As `fetch.breaker.enabled`. Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// As `fetch.breaker.failures`. Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<u32>,
+    /// As `fetch.breaker.open_ms`. Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_ms: Option<u64>,
+    /// As `fetch.breaker.max_open_ms`. Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_open_ms: Option<u64>,
 }
 
 /// One `[[fetch.hosts]]` entry.
@@ -167,6 +205,9 @@ pub struct HostConfig {
     /// written as such an IP address is allowed to by being listed). Default: false.
     #[serde(default)]
     pub private_network: bool,
+    /// This host's circuit breaker, where it differs from `[fetch.breaker]`. Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<HostBreakerConfig>,
 }
 
 /// `[cache]`.
@@ -272,6 +313,18 @@ impl Default for FetchConfig {
             forward_headers: vec!["accept-language".into(), "user-agent".into()],
             hosts: Vec::new(),
             ca_certs: Vec::new(),
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            failures: 5,
+            open_ms: 10_000,
+            max_open_ms: 300_000,
         }
     }
 }

@@ -112,6 +112,22 @@ pub struct FetchSettings {
     /// `fetch.ca_certs`: files that existed when the config was validated (their PEM is read
     /// and parsed when the HTTP client is built).
     pub ca_certs: Vec<std::path::PathBuf>,
+    /// `fetch.breaker`: the circuit breaker of the origin and of every host without its own.
+    pub breaker: BreakerSettings,
+}
+
+/// A host's circuit breaker, validated: `[fetch.breaker]`, or a `[[fetch.hosts]]` entry's
+/// `breaker` over it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerSettings {
+    /// `enabled`.
+    pub enabled: bool,
+    /// `failures`, at least 1.
+    pub failures: u32,
+    /// `open_ms`, not zero.
+    pub open: Duration,
+    /// `max_open_ms`, at least `open`.
+    pub max_open: Duration,
 }
 
 /// One `[[fetch.hosts]]` entry, validated.
@@ -125,6 +141,8 @@ pub struct HostSettings {
     pub esi: bool,
     /// `private_network`.
     pub private_network: bool,
+    /// `breaker` over `fetch.breaker`: this host's circuit breaker.
+    pub breaker: BreakerSettings,
 }
 
 /// `[cache]`, validated.
@@ -335,6 +353,12 @@ mod tests {
                 forward_headers: names(&["accept-language", "user-agent"]),
                 hosts: Vec::new(),
                 ca_certs: Vec::new(),
+                breaker: BreakerSettings {
+                    enabled: true,
+                    failures: 5,
+                    open: Duration::from_secs(10),
+                    max_open: Duration::from_secs(300),
+                },
             },
             cache: CacheSettings {
                 enabled: true,
@@ -499,13 +523,22 @@ mod tests {
         let text = "[server]\nlisten = \"[::1]:9000\"\norigin = \"HTTPS://Gateway.Example\"\n\
                     [fetch]\nforward_headers = [\"Accept-Language\", \"X-Device\"]\n\
                     [[fetch.hosts]]\nurl = \"http://frag.example:8000/\"\ntrusted = true\n\
+                    [fetch.breaker]\nfailures = 3\nopen_ms = 500\n\
                     [[fetch.hosts]]\nurl = \"http://10.0.0.7\"\nesi = true\nprivate_network = true\n\
+                    breaker = { enabled = false, max_open_ms = 9000 }\n\
                     [cache]\nkey_headers = [\"X-Device\", \"accept-language\"]\n\
                     [[cache.rules]]\nmatch = \"/cart/*\"\nttl_s = 0\nkey_headers = [\"Cookie\"]\n";
         let got = settings_of(text);
         assert_eq!(got.server.listen, "[::1]:9000".parse().expect("address"));
         let base = |s: &str| parse_base_url(s).expect("base URL");
         assert_eq!(got.server.origin, base("https://gateway.example:443"));
+        let breaker = BreakerSettings {
+            enabled: true,
+            failures: 3,
+            open: Duration::from_millis(500),
+            max_open: Duration::from_secs(300),
+        };
+        assert_eq!(got.fetch.breaker, breaker);
         assert_eq!(
             got.fetch.forward_headers,
             names(&["accept-language", "x-device"])
@@ -518,12 +551,18 @@ mod tests {
                     trusted: true,
                     esi: false,
                     private_network: false,
+                    breaker,
                 },
                 HostSettings {
                     url: base("http://10.0.0.7:80"),
                     trusted: false,
                     esi: true,
                     private_network: true,
+                    breaker: BreakerSettings {
+                        enabled: false,
+                        max_open: Duration::from_secs(9),
+                        ..breaker
+                    },
                 },
             ]
         );

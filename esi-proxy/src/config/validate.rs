@@ -8,11 +8,11 @@ use std::time::Duration;
 use http::HeaderName;
 
 use super::settings::{
-    CacheRuleSettings, CacheSettings, CookieNames, EsiSettings, FetchSettings, HostSettings,
-    LogFormat, OnError, ServerSettings, Settings,
+    BreakerSettings, CacheRuleSettings, CacheSettings, CookieNames, EsiSettings, FetchSettings,
+    HostSettings, LogFormat, OnError, ServerSettings, Settings,
 };
 use super::source::KeyMap;
-use super::{Config, ConfigError, Invalid};
+use super::{BreakerConfig, Config, ConfigError, HostBreakerConfig, Invalid};
 
 /// Deeper composition than this is an include loop, not a page design.
 const MAX_ESI_DEPTH: usize = 20;
@@ -266,6 +266,12 @@ impl Config {
                 p.push(&format!("fetch.ca_certs[{i}]"), format!("{file:?}: {e}"));
             }
         }
+        let global = breaker(
+            p,
+            "fetch.breaker",
+            &f.breaker,
+            &HostBreakerConfig::default(),
+        );
         // Compared as the allowlist compares them: scheme, lowercase host, port or its default.
         let origin = super::parse_base_url(&self.server.origin).ok();
         let mut hosts: Vec<(HostSettings, usize)> = Vec::new();
@@ -289,11 +295,14 @@ impl Config {
                 let message = format!("{:?} is already listed as fetch.hosts[{first}]", host.url);
                 p.push(&field, message);
             } else {
+                let field = format!("fetch.hosts[{i}].breaker");
+                let own = host.breaker.as_ref();
                 let entry = HostSettings {
                     url: base,
                     trusted: host.trusted,
                     esi: host.esi,
                     private_network: host.private_network,
+                    breaker: own.map_or(global, |own| breaker(p, &field, &f.breaker, own)),
                 };
                 hosts.push((entry, i));
             }
@@ -312,7 +321,44 @@ impl Config {
             forward_headers,
             hosts: hosts.into_iter().map(|(host, _)| host).collect(),
             ca_certs: f.ca_certs.iter().map(std::path::PathBuf::from).collect(),
+            breaker: global,
         }
+    }
+}
+
+/// `[fetch.breaker]` (`own` empty) or a host's `breaker` over it, checked under `field`. A
+/// host is blamed only for the values it sets, so a bad global value is reported once.
+fn breaker(
+    p: &mut Problems<'_>,
+    field: &str,
+    global: &BreakerConfig,
+    own: &HostBreakerConfig,
+) -> BreakerSettings {
+    let is_global = own == &HostBreakerConfig::default();
+    let failures = own.failures.unwrap_or(global.failures);
+    let open_ms = own.open_ms.unwrap_or(global.open_ms);
+    let max_open_ms = own.max_open_ms.unwrap_or(global.max_open_ms);
+    if (is_global || own.failures.is_some()) && failures == 0 {
+        p.push(
+            &format!("{field}.failures"),
+            "must be greater than 0".into(),
+        );
+    }
+    if (is_global || own.open_ms.is_some()) && open_ms == 0 {
+        p.push(&format!("{field}.open_ms"), "must be greater than 0".into());
+    }
+    let either = own.open_ms.is_some() || own.max_open_ms.is_some();
+    if (is_global || either) && max_open_ms < open_ms {
+        p.push(
+            &format!("{field}.max_open_ms"),
+            format!("{max_open_ms} ms is shorter than open_ms ({open_ms} ms)"),
+        );
+    }
+    BreakerSettings {
+        enabled: own.enabled.unwrap_or(global.enabled),
+        failures,
+        open: Duration::from_millis(open_ms),
+        max_open: Duration::from_millis(max_open_ms),
     }
 }
 
@@ -498,6 +544,26 @@ mod tests {
             ],
         ),
         (
+            "[fetch.breaker]\nfailures = 0\nopen_ms = 0\n",
+            &[
+                "2: fetch.breaker.failures: must be greater than 0",
+                "3: fetch.breaker.open_ms: must be greater than 0",
+            ],
+        ),
+        (
+            "[fetch.breaker]\nopen_ms = 400000\n",
+            &["0: fetch.breaker.max_open_ms: 300000 ms is shorter than open_ms (400000 ms)"],
+        ),
+        (
+            "[fetch.breaker]\nfailures = 0\n\
+             [[fetch.hosts]]\nurl = \"http://a\"\nbreaker = { failures = 2, open_ms = 5000 }\n\
+             [[fetch.hosts]]\nurl = \"http://b\"\nbreaker = { max_open_ms = 10 }\n",
+            &[
+                "2: fetch.breaker.failures: must be greater than 0",
+                "8: fetch.hosts[1].breaker.max_open_ms: 10 ms is shorter than open_ms (10000 ms)",
+            ],
+        ),
+        (
             "[server]\nlisten = \"nope\"\n[esi]\nmax_depth = 99\n[fetch]\nmax_concurrent = 0\n",
             &[
                 "2: server.listen: \"nope\" is not",
@@ -538,6 +604,7 @@ mod tests {
             trusted: false,
             esi: false,
             private_network: false,
+            breaker: None,
         });
         let err = config.validate().expect_err("invalid");
         let lines: Vec<String> = err.to_string().lines().map(str::to_owned).collect();

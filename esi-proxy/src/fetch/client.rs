@@ -19,6 +19,7 @@ use http_body::Body as _;
 use http_body_util::{BodyExt, Empty};
 use url::{Host, Position, Url};
 
+use super::breaker::Breakers;
 use super::decode::{DecodeError, Decoder};
 use super::guard::{classify, Allowlist, Blocked, GuardedResolver, Lookup};
 use super::pool::{plain_pool, CheckinOnEnd, PlainPool, SendError};
@@ -58,6 +59,8 @@ struct Shared {
     origin_plain: Arc<PlainPool<OriginBody>>,
     /// An `https` origin, through reqwest.
     origin_client: reqwest::Client,
+    /// The circuit breakers of fragment hosts, kept across reloads by whoever owns them.
+    breakers: Arc<Breakers>,
 }
 
 /// A body being collected: one chunk is kept as is, more are copied into one buffer.
@@ -199,6 +202,20 @@ impl HttpClient {
     /// [`FetchError::Transport`] naming the file when a `fetch.ca_certs` entry cannot be read or
     /// holds no PEM certificate, or naming the origin when a client cannot be built.
     pub fn new(settings: &Settings, lookup: Arc<dyn Lookup>) -> Result<HttpClient, FetchError> {
+        let breakers = Breakers::new(settings, Arc::default());
+        Self::with_breakers(settings, lookup, Arc::new(breakers))
+    }
+
+    /// [`HttpClient::new`] with fragment hosts' circuit breakers that outlive this client (the
+    /// server keeps them across reloads).
+    ///
+    /// # Errors
+    /// As [`HttpClient::new`].
+    pub fn with_breakers(
+        settings: &Settings,
+        lookup: Arc<dyn Lookup>,
+        breakers: Arc<Breakers>,
+    ) -> Result<HttpClient, FetchError> {
         let fetch = &settings.fetch;
         let invalid = |value: &str, message: String| FetchError::Transport {
             url: value.to_owned(),
@@ -291,6 +308,7 @@ impl HttpClient {
                 tls,
                 origin_plain,
                 origin_client,
+                breakers,
             }),
         })
     }
@@ -362,16 +380,21 @@ impl Fetcher for HttpClient {
     fn fetch(&self, req: FragmentRequest) -> BoxFuture<'static, Result<Fragment, FetchError>> {
         let shared = Arc::clone(&self.shared);
         Box::pin(async move {
+            // An open breaker fails the fetch here, before anything is sent.
+            let ticket = shared.breakers.admit(&req.url, req.timeout)?;
             // Allowed by this client's check: the allowlist is not asked again.
             let access = req.url.access();
             let text = redact(&req.url);
             let headers = shared.fragment_headers(&req.client_headers, access.trusted);
             let after = req.timeout;
             let url = req.url.into_url();
-            match tokio::time::timeout(after, shared.receive(url, &text, headers, after)).await {
-                Ok(result) => result,
-                Err(_) => Err(FetchError::Timeout { url: text, after }),
-            }
+            let result =
+                match tokio::time::timeout(after, shared.receive(url, &text, headers, after)).await
+                {
+                    Ok(result) => result,
+                    Err(_) => Err(FetchError::Timeout { url: text, after }),
+                };
+            ticket.settle(result)
         })
     }
 

@@ -18,6 +18,7 @@ fn client(hosts: &[(&str, bool, bool)]) -> HttpClient {
             trusted: *trusted,
             esi: false,
             private_network: *private_network,
+            breaker: None,
         })
         .collect();
     let mut settings = config.settings().expect("valid test config");

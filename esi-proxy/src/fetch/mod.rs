@@ -1,8 +1,9 @@
 //! Where fragments come from: the [`Fetcher`] contract the composer and the cache depend on
 //! ([`FragmentRequest`], [`Fragment`], [`FetchError`], [`Access`]), and its HTTP implementation
-//! ([`HttpClient`]) with its keep-alive pools, allowlist guard and body decoding. It never
-//! parses ESI.
+//! ([`HttpClient`]) with its keep-alive pools, allowlist guard, body decoding and circuit
+//! breakers per fragment host ([`Breakers`]). It never parses ESI.
 
+mod breaker;
 mod client;
 mod decode;
 mod guard;
@@ -19,6 +20,7 @@ use url::Url;
 
 pub use crate::config::{parse_base_url, BaseUrl, Scheme};
 use crate::esi::Template;
+pub use breaker::{BreakerState, Breakers, Clock, Ticket};
 pub use client::HttpClient;
 pub(crate) use decode::decode_stream;
 pub use guard::{Lookup, SystemLookup};
@@ -95,6 +97,17 @@ pub enum FetchError {
         /// What went wrong.
         message: String,
     },
+    /// Not tried: the host's circuit breaker is open (or half-open with its probe out) after
+    /// consecutive failures. No connection was made.
+    #[error("{url}: breaker open for {host}, not fetched")]
+    BreakerOpen {
+        /// The URL.
+        url: String,
+        /// The host, `host:port`.
+        host: String,
+        /// How long until a probe may go through; `None` while the probe is out.
+        retry_in: Option<Duration>,
+    },
 }
 
 /// A URL that a [`Fetcher::check`] accepted, and the access it was given. Only a check makes
@@ -153,6 +166,8 @@ pub enum ErrorKind {
     Truncated,
     /// [`FetchError::Transport`].
     Transport,
+    /// [`FetchError::BreakerOpen`].
+    BreakerOpen,
 }
 
 /// What a cache did for one fragment; serialised as its [`CacheStatus::as_str`] name.
@@ -262,6 +277,7 @@ impl FetchError {
             FetchError::TooLarge { .. } => ErrorKind::TooLarge,
             FetchError::Truncated { .. } => ErrorKind::Truncated,
             FetchError::Transport { .. } => ErrorKind::Transport,
+            FetchError::BreakerOpen { .. } => ErrorKind::BreakerOpen,
         }
     }
 
@@ -279,7 +295,8 @@ impl FetchError {
             | FetchError::Status { url, .. }
             | FetchError::TooLarge { url, .. }
             | FetchError::Truncated { url, .. }
-            | FetchError::Transport { url, .. } => url,
+            | FetchError::Transport { url, .. }
+            | FetchError::BreakerOpen { url, .. } => url,
         }
     }
 }
@@ -324,7 +341,7 @@ impl std::ops::Deref for Allowed {
 
 impl ErrorKind {
     /// The stable name metrics and logs use: `refused`, `timeout`, `connect`, `status`,
-    /// `too_large`, `truncated` or `transport`.
+    /// `too_large`, `truncated`, `transport` or `breaker_open`.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Refused => "refused",
@@ -334,6 +351,7 @@ impl ErrorKind {
             ErrorKind::TooLarge => "too_large",
             ErrorKind::Truncated => "truncated",
             ErrorKind::Transport => "transport",
+            ErrorKind::BreakerOpen => "breaker_open",
         }
     }
 }

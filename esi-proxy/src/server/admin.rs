@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use serde::Serialize;
 
 use crate::compose::Trace;
+use crate::fetch::BreakerState;
 use crate::telemetry::Metrics;
 
 use super::body::{full, with_type, Body};
@@ -41,6 +42,17 @@ struct HealthDetail<'a> {
     /// The origin in force.
     origin: String,
     config: HealthConfig<'a>,
+    /// Fragment hosts whose circuit breaker is not closed: fetches to them fail at once.
+    breakers: Vec<BreakerReport>,
+}
+
+/// A fragment host's circuit breaker in `/_esi/health?detail`.
+#[derive(Debug, Serialize)]
+struct BreakerReport {
+    /// `host:port`.
+    host: String,
+    /// "open" or "half-open".
+    state: BreakerState,
 }
 
 /// The reload part of `/_esi/health?detail`.
@@ -85,16 +97,25 @@ pub(super) async fn serve(
                 }));
             }
             authorize(&rt, &req, remote)?;
-            Ok(json(&HealthDetail::new(
+            let mut health = HealthDetail::new(
                 state.started.elapsed().as_secs(),
                 rt.origin.to_string(),
                 &reload,
-            )))
+            );
+            health.breakers = state
+                .breakers
+                .states()
+                .into_iter()
+                .filter(|(_, state)| *state != BreakerState::Closed)
+                .map(|(host, state)| BreakerReport { host, state })
+                .collect();
+            Ok(json(&health))
         }
         (Method::GET | Method::HEAD, "/_esi/metrics") => {
             authorize(&rt, &req, remote)?;
             state.fragment_cache.publish_metrics();
             state.layout_cache.publish_metrics();
+            state.breakers.publish_metrics();
             publish_runtime(&state.metrics);
             Ok(with_type(
                 full(state.metrics.render()),
@@ -288,6 +309,7 @@ impl<'a> HealthDetail<'a> {
                 last_reload: reload.outcome(),
                 error: reload.last_error.as_deref(),
             },
+            breakers: Vec::new(),
         }
     }
 }
@@ -375,11 +397,11 @@ mod tests {
         let cases = [
             (
                 &ok,
-                r#"{"status":"ok","uptime_seconds":7,"origin":"http://o.test:81/","config":{"generation":0,"last_reload":"ok","error":null}}"#,
+                r#"{"status":"ok","uptime_seconds":7,"origin":"http://o.test:81/","config":{"generation":0,"last_reload":"ok","error":null},"breakers":[]}"#,
             ),
             (
                 &failed,
-                r#"{"status":"ok","uptime_seconds":7,"origin":"http://o.test:81/","config":{"generation":3,"last_reload":"failed","error":"a.toml:2: \"x\" \\ bad\nnext"}}"#,
+                r#"{"status":"ok","uptime_seconds":7,"origin":"http://o.test:81/","config":{"generation":3,"last_reload":"failed","error":"a.toml:2: \"x\" \\ bad\nnext"},"breakers":[]}"#,
             ),
         ];
         for (reload, want) in cases {

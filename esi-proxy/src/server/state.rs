@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::cache::{CachePolicy, CachingFetcher, FragmentCache, LayoutCache};
 use crate::compose::{ComposeConfig, Composer};
 use crate::config::{Config, Settings};
-use crate::fetch::{BaseUrl, Fetcher, HttpClient, Lookup};
+use crate::fetch::{BaseUrl, Breakers, Fetcher, HttpClient, Lookup};
 use crate::telemetry::Metrics;
 
 use super::error::ServerError;
@@ -22,6 +22,8 @@ pub struct AppState {
     pub(super) metrics: Arc<Metrics>,
     pub(super) fragment_cache: Arc<FragmentCache>,
     pub(super) layout_cache: Arc<LayoutCache>,
+    /// Fragment hosts' circuit breakers: a reload keeps the state of the hosts it still lists.
+    pub(super) breakers: Arc<Breakers>,
     pub(super) reload: Mutex<ReloadStatus>,
     pub(super) started: Instant,
 }
@@ -63,13 +65,15 @@ impl AppState {
             settings.cache.layout_capacity_bytes.max(1),
             Arc::clone(&metrics),
         );
-        let runtime = build_runtime(settings, &lookup, &metrics, &fragment_cache)?;
+        let breakers = Arc::new(Breakers::new(&settings, Arc::clone(&metrics)));
+        let runtime = build_runtime(settings, &lookup, &metrics, &fragment_cache, &breakers)?;
         Ok(Arc::new(Self {
             runtime: RwLock::new(Arc::new(runtime)),
             lookup,
             metrics,
             fragment_cache,
             layout_cache,
+            breakers,
             reload: Mutex::new(ReloadStatus::default()),
             started: Instant::now(),
         }))
@@ -83,6 +87,11 @@ impl AppState {
     /// The fragment cache (shared across reloads).
     pub fn fragment_cache(&self) -> &Arc<FragmentCache> {
         &self.fragment_cache
+    }
+
+    /// The fragment hosts' circuit breakers (shared across reloads).
+    pub fn breakers(&self) -> &Arc<Breakers> {
+        &self.breakers
     }
 
     pub(super) fn runtime(&self) -> Arc<Runtime> {
@@ -106,7 +115,16 @@ impl AppState {
 
     /// [`AppState::apply`] for a config already validated.
     pub(super) fn apply_settings(&self, settings: Settings) -> Result<(), ServerError> {
-        let runtime = build_runtime(settings, &self.lookup, &self.metrics, &self.fragment_cache)?;
+        let runtime = build_runtime(
+            settings,
+            &self.lookup,
+            &self.metrics,
+            &self.fragment_cache,
+            &self.breakers,
+        )?;
+        // Only once the new config is sure to apply: a refused one leaves the breakers as
+        // they were.
+        self.breakers.configure(&runtime.settings);
         *self
             .runtime
             .write()
@@ -127,9 +145,10 @@ fn build_runtime(
     lookup: &Arc<dyn Lookup>,
     metrics: &Arc<Metrics>,
     fragment_cache: &Arc<FragmentCache>,
+    breakers: &Arc<Breakers>,
 ) -> Result<Runtime, ServerError> {
     let client = Arc::new(
-        HttpClient::new(&settings, Arc::clone(lookup))
+        HttpClient::with_breakers(&settings, Arc::clone(lookup), Arc::clone(breakers))
             .map_err(|e| ServerError::Config(e.to_string()))?,
     );
     let policy = Arc::new(CachePolicy::from_config(&settings.cache));

@@ -120,6 +120,8 @@ pub(super) enum CustomKind {
     Counter(RwLock<HashMap<CustomLabel, AtomicU64>>),
     /// The value as `f64` bits.
     Gauge(AtomicU64),
+    /// Values as `f64` bits, keyed by their one label.
+    LabelledGauge(RwLock<HashMap<(&'static str, String), AtomicU64>>),
     /// The name is not a valid metric name or is taken by a built-in family; kept so the
     /// warning is logged once and later updates are dropped quietly.
     Rejected,
@@ -245,7 +247,9 @@ impl Metrics {
                     });
                 }
             },
-            CustomKind::Gauge(_) => custom.warn_once(name, "already registered as a gauge"),
+            CustomKind::Gauge(_) | CustomKind::LabelledGauge(_) => {
+                custom.warn_once(name, "already registered as a gauge");
+            }
             CustomKind::Rejected => {}
         };
         self.with_custom(name, help, || CustomKind::Counter(RwLock::default()), add);
@@ -257,9 +261,39 @@ impl Metrics {
         let set = |custom: &Custom| match &custom.kind {
             CustomKind::Gauge(bits) => bits.store(value.to_bits(), Relaxed),
             CustomKind::Counter(_) => custom.warn_once(name, "already registered as a counter"),
+            CustomKind::LabelledGauge(_) => custom.warn_once(name, "registered with a label"),
             CustomKind::Rejected => {}
         };
         self.with_custom(name, help, || CustomKind::Gauge(AtomicU64::default()), set);
+    }
+
+    /// Sets one series, by its `(label name, value)`, of a gauge created at run time (circuit
+    /// breaker states ...). Names and label values are checked and bounded as in
+    /// [`Metrics::inc_counter`].
+    pub fn set_labelled_gauge(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        label: (&'static str, &str),
+        value: f64,
+    ) {
+        let set = |custom: &Custom| match &custom.kind {
+            CustomKind::LabelledGauge(_) if !is_label_name(label.0) => {
+                custom.warn_once(name, "label name is not a valid Prometheus label name");
+            }
+            CustomKind::LabelledGauge(series) => {
+                let key = (label.0, truncate_label(label.1).to_owned());
+                let overflow = (label.0, OVERFLOW_LABEL.to_owned());
+                with_series(series, &key, MAX_HOST_LABELS, &overflow, |bits| {
+                    bits.store(value.to_bits(), Relaxed);
+                });
+            }
+            CustomKind::Gauge(_) => custom.warn_once(name, "registered without a label"),
+            CustomKind::Counter(_) => custom.warn_once(name, "already registered as a counter"),
+            CustomKind::Rejected => {}
+        };
+        let kind = || CustomKind::LabelledGauge(RwLock::default());
+        self.with_custom(name, help, kind, set);
     }
 
     /// Runs `f` on the custom family `name`, creating it with `kind` on first use (or as

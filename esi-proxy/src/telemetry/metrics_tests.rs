@@ -320,6 +320,21 @@ fn render_families() {
             "g_nan",
             "g_nan NaN\n",
         ),
+        (
+            "a labelled gauge keeps one value per label, sorted, and its kind",
+            |m| {
+                let (name, help) = ("esi_proxy_breaker_state", "State.");
+                m.set_labelled_gauge(name, help, ("host", "b.test:80"), 1.0);
+                m.set_labelled_gauge(name, help, ("host", "a.test:80"), 2.0);
+                m.set_labelled_gauge(name, help, ("host", "b.test:80"), 0.0);
+                m.set_labelled_gauge(name, help, ("bad-name", "x"), 5.0);
+                m.set_gauge(name, help, 9.0);
+                m.inc_counter(name, help, None, 1);
+            },
+            "esi_proxy_breaker_state",
+            "esi_proxy_breaker_state{host=\"a.test:80\"} 2\n\
+             esi_proxy_breaker_state{host=\"b.test:80\"} 0\n",
+        ),
     ];
     for (what, record, family, want) in cases {
         let m = Metrics::new();

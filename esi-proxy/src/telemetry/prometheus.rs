@@ -154,6 +154,14 @@ impl Metrics {
                     sample(&mut text, name, &[], value)?;
                     blocks.push((*name, text));
                 }
+                CustomKind::LabelledGauge(series) => {
+                    let mut text = header(name, custom.help, "gauge");
+                    let rows = snapshot(series, |bits| Float(f64::from_bits(bits.load(Relaxed))));
+                    for ((k, v), value) in rows {
+                        sample(&mut text, name, &[(k, v.as_str())], value)?;
+                    }
+                    blocks.push((*name, text));
+                }
                 CustomKind::Rejected => {}
             }
         }

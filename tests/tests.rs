@@ -9,6 +9,8 @@ mod debug;
 mod demo;
 mod engine;
 mod exposure;
+mod faults;
+mod framing;
 mod fetch;
 mod https;
 mod layout;

@@ -222,6 +222,22 @@ fn error_kinds() {
             false,
         ),
         (
+            FetchError::Malformed {
+                url: url(),
+                message: "m".into(),
+            },
+            "malformed",
+            false,
+        ),
+        (
+            FetchError::Decode {
+                url: url(),
+                message: "m".into(),
+            },
+            "decode",
+            false,
+        ),
+        (
             FetchError::Transport {
                 url: url(),
                 message: "m".into(),

@@ -426,7 +426,7 @@ fn private_reason(esi: &EsiSettings, path: &str, client: &HeaderMap) -> Option<&
 /// Streams a response through untouched and unbuffered.
 fn pass_through(upstream: Response<OriginBody>, method: &Method) -> Response<Body> {
     let (mut parts, body) = upstream.into_parts();
-    parts.headers = client_response_headers(&parts.headers);
+    parts.headers = client_response_headers(parts.status, &parts.headers);
     let body = if method == Method::HEAD {
         full(Bytes::new())
     } else {

@@ -156,8 +156,9 @@ impl Metrics {
 
     /// One fragment fetch finished, labelled by fragment host (`"host:port"`): `outcome` is
     /// `"ok"` or a failure kind (`"timeout"`, `"status"`, `"refused"`, `"connect"`,
-    /// `"too_large"`, `"truncated"`, `"transport"`, `"loop"`, `"limit"` ...); `bytes` were
-    /// received. Every outcome other than `"ok"` also counts as a failure of that kind.
+    /// `"too_large"`, `"truncated"`, `"malformed"`, `"decode"`, `"transport"`, `"loop"`,
+    /// `"limit"` ...); `bytes` were received. Every outcome other than `"ok"` also counts as a
+    /// failure of that kind.
     pub fn record_fragment(&self, host: &str, outcome: &str, seconds: f64, bytes: usize) {
         let host = truncate_label(host);
         let outcome = truncate_label(outcome);

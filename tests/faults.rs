@@ -31,14 +31,20 @@ enum FragmentOutcome {
     Fails(&'static str),
 }
 
-/// What a faulty layout must come to.
+/// What a faulty layout must come to. The page's head leaves once its first part is ready, so
+/// a layout that fails before any of its body is a clean error page, and one that fails after
+/// is a response cut off (its connection closed before the body's end), never a complete one.
 #[derive(Debug, Clone, Copy)]
 enum LayoutOutcome {
     /// The response is valid: the page is the layout, whole.
     Whole,
-    /// The page fails with this status, or, when the failure comes after the page's head was
-    /// sent, the response is cut off before its end (never a complete body).
-    Fails(u16),
+    /// An error page with this status, none of the layout in it.
+    Status(u16),
+    /// A 200 whose body stops short: the fault came after the first bytes were sent.
+    CutOff,
+    /// [`LayoutOutcome::Status`] or [`LayoutOutcome::CutOff`], as the bytes before the fault
+    /// happen to arrive together with it or not.
+    StatusOrCutOff(u16),
 }
 
 /// The outcomes each fault must have; docs/resilience-faults.md says the same.
@@ -49,15 +55,16 @@ fn expected(fault: Fault) -> (FragmentOutcome, LayoutOutcome) {
         Fault::StallBeforeStatus
         | Fault::StallMidHeaders
         | Fault::InformationalFlood
-        | Fault::NeverRead => (F::Fails("timeout"), L::Fails(504)),
-        Fault::StallMidBody | Fault::EndlessTrickle => (F::Fails("timeout"), L::Fails(504)),
-        Fault::ResetMidBody | Fault::CloseEarly => (F::Fails("truncated"), L::Fails(502)),
-        Fault::MalformedChunked | Fault::HugeHeaders | Fault::InvalidStatusLine => {
-            (F::Fails("malformed"), L::Fails(502))
+        | Fault::NeverRead => (F::Fails("timeout"), L::Status(504)),
+        Fault::StallMidBody | Fault::EndlessTrickle => (F::Fails("timeout"), L::CutOff),
+        Fault::ResetMidBody => (F::Fails("truncated"), L::CutOff),
+        Fault::CloseEarly => (F::Fails("truncated"), L::StatusOrCutOff(502)),
+        Fault::MalformedChunked => (F::Fails("malformed"), L::StatusOrCutOff(502)),
+        Fault::HugeHeaders | Fault::InvalidStatusLine => (F::Fails("malformed"), L::Status(502)),
+        Fault::GzipTrailingGarbage => (F::Fails("decode"), L::StatusOrCutOff(502)),
+        Fault::WrongContentEncoding | Fault::UnknownContentEncoding => {
+            (F::Fails("decode"), L::Status(502))
         }
-        Fault::GzipTrailingGarbage
-        | Fault::WrongContentEncoding
-        | Fault::UnknownContentEncoding => (F::Fails("decode"), L::Fails(502)),
         Fault::StrayContinue | Fault::Http10CloseDelimited => (F::Whole, L::Whole),
     }
 }
@@ -160,8 +167,8 @@ async fn fragment_fault(fault: Fault) {
             );
         }
     }
+    assert_lets_go(&faults, fault, 3).await;
     assert_pools_healthy(&proxy, fault).await;
-    drop(faults);
 }
 
 /// The faulty response as the page's layout, read off the socket.
@@ -184,21 +191,23 @@ async fn layout_fault(fault: Fault) {
     );
     let body = String::from_utf8_lossy(&got.body).into_owned();
     let text = metrics(&proxy).await;
-    match outcome {
-        LayoutOutcome::Whole => {
+    match (outcome, status) {
+        (LayoutOutcome::Whole, _) => {
             assert_eq!(status, 200, "{fault:?}: {}", got.head);
             assert!(got.complete, "{fault:?}: the page ends as HTTP says");
             assert_eq!(body, fault.body(), "{fault:?}: the layout whole");
         }
-        LayoutOutcome::Fails(want) if status == 200 => {
-            // The head left before the layout failed: only a cut-off response is honest.
+        (LayoutOutcome::CutOff | LayoutOutcome::StatusOrCutOff(_), 200) => {
             assert!(
                 !got.complete,
                 "{fault:?}: a failed layout sent as a complete 200: {body:?}"
             );
-            let _ = want;
+            assert!(
+                fault.body().starts_with(&body),
+                "{fault:?}: only what the layout sent, in order: {body:?}"
+            );
         }
-        LayoutOutcome::Fails(want) => {
+        (LayoutOutcome::Status(want) | LayoutOutcome::StatusOrCutOff(want), _) => {
             assert_eq!(status, want, "{fault:?}: {}", got.head);
             assert!(got.complete, "{fault:?}: the error page is whole");
             assert!(
@@ -211,9 +220,21 @@ async fn layout_fault(fault: Fault) {
                 "{fault:?}: the {want} counted:\n{text}"
             );
         }
+        (LayoutOutcome::CutOff, _) => panic!("{fault:?}: want a cut-off 200: {}", got.head),
     }
+    assert_lets_go(&faults, fault, 1).await;
     assert_pools_healthy(&proxy, fault).await;
-    drop(faults);
+}
+
+/// A fault that holds its connection sees the proxy close all `n` of them once it gave up:
+/// no socket or connection task is left behind for the fault to keep.
+async fn assert_lets_go(faults: &FaultServer, fault: Fault, n: usize) {
+    if fault.holds() {
+        assert!(
+            faults.closed_by_proxy(n, MARGIN).await,
+            "{fault:?}: the proxy kept a connection it gave up on"
+        );
+    }
 }
 
 /// A test per fault and per place (`<fault>_fragment`, `<fault>_layout`), so each is named in

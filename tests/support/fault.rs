@@ -3,10 +3,12 @@
 //! usable. Every faulty body carries a marker unique to its fault, so a test can prove no byte
 //! of a failed response reached a page.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use super::{gzip, read_head, serve_raw, Server};
 
@@ -80,6 +82,10 @@ pub const ALL: [Fault; 16] = [
 /// `/page/<fault>` misbehave as the fault says, marked as ESI HTML (so `/page/...` is a layout).
 pub struct FaultServer {
     server: Server,
+    /// How many faulty responses ended with the proxy closing the connection while the fault
+    /// held it (stalled, trickling, flooding): proof that a fetch given up on lets go of its
+    /// socket.
+    closed: Arc<watch::Sender<usize>>,
 }
 
 // === impl Fault ===
@@ -117,6 +123,23 @@ impl Fault {
         format!("{}:{}", self.marker(), "x".repeat(64))
     }
 
+    /// Whether the fault holds the connection open (stalled, trickling, flooding, or after a
+    /// response that cannot be read) until the proxy closes it, which
+    /// [`FaultServer::closed_by_proxy`] then counts.
+    pub fn holds(self) -> bool {
+        matches!(
+            self,
+            Fault::StallBeforeStatus
+                | Fault::StallMidHeaders
+                | Fault::StallMidBody
+                | Fault::MalformedChunked
+                | Fault::EndlessTrickle
+                | Fault::InformationalFlood
+                | Fault::HugeHeaders
+                | Fault::InvalidStatusLine
+        )
+    }
+
     fn by_name(name: &str) -> Option<Fault> {
         ALL.into_iter().find(|f| f.name() == name)
     }
@@ -124,11 +147,16 @@ impl Fault {
 
 /// Starts the fault server on 127.0.0.1:0.
 pub async fn fault_server() -> FaultServer {
-    let server = serve_raw(|stream| async move {
-        let _ = connection(stream).await;
+    let closed = Arc::new(watch::Sender::new(0));
+    let counter = Arc::clone(&closed);
+    let server = serve_raw(move |stream| {
+        let closed = Arc::clone(&counter);
+        async move {
+            let _ = connection(stream, &closed).await;
+        }
     })
     .await;
-    FaultServer { server }
+    FaultServer { server, closed }
 }
 
 // === impl FaultServer ===
@@ -137,6 +165,14 @@ impl FaultServer {
     /// `http://127.0.0.1:port`.
     pub fn base(&self) -> String {
         self.server.base()
+    }
+
+    /// Waits until the proxy has closed `n` connections a fault held; `false` if it has not
+    /// within `within`.
+    pub async fn closed_by_proxy(&self, n: usize, within: Duration) -> bool {
+        let mut closed = self.closed.subscribe();
+        let seen = tokio::time::timeout(within, closed.wait_for(|seen| *seen >= n)).await;
+        seen.is_ok()
     }
 }
 
@@ -151,7 +187,7 @@ pub fn layout_for(name: &str) -> String {
 }
 
 /// Serves one connection: requests one after another while they are healthy ones.
-async fn connection(mut stream: TcpStream) -> std::io::Result<()> {
+async fn connection(mut stream: TcpStream, closed: &watch::Sender<usize>) -> std::io::Result<()> {
     loop {
         // The path is peeked so that a never-read fault can leave the request unread.
         let path = peek_path(&stream).await?;
@@ -160,6 +196,8 @@ async fn connection(mut stream: TcpStream) -> std::io::Result<()> {
             .or_else(|| path.strip_prefix("/page/"))
             .and_then(|rest| Fault::by_name(rest.split('?').next().unwrap_or_default()));
         if fault == Some(Fault::NeverRead) {
+            // Whether the proxy lets go cannot be seen without reading: a FIN waits behind
+            // the unread request.
             tokio::time::sleep(HOLD).await;
             return Ok(());
         }
@@ -170,10 +208,14 @@ async fn connection(mut stream: TcpStream) -> std::io::Result<()> {
         if let Some(fault) = fault {
             // A fault whose framing is valid leaves the connection usable, as a real server
             // would: should the proxy reuse it, the next request is answered.
-            if misbehave(&mut stream, fault).await? {
-                continue;
+            match misbehave(&mut stream, fault).await {
+                Ok(true) => continue,
+                Ok(false) => return Ok(()),
+                Err(e) => {
+                    closed.send_modify(|n| *n += 1);
+                    return Err(e);
+                }
             }
-            return Ok(());
         }
         let body = if path_only == "/ok" {
             ok(&mut stream, "text/plain", HEALTHY, false).await?;
@@ -228,17 +270,29 @@ async fn peek_path(stream: &TcpStream) -> std::io::Result<String> {
     }
 }
 
+/// Holds the connection for [`HOLD`], or fails once the proxy closes it.
+async fn hold(s: &mut TcpStream) -> std::io::Result<()> {
+    let mut sink = [0u8; 1024];
+    let closing = async {
+        while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+    };
+    tokio::select! {
+        () = tokio::time::sleep(HOLD) => Ok(()),
+        () = closing => Err(std::io::ErrorKind::ConnectionAborted.into()),
+    }
+}
+
 /// Sends `fault`'s response; whether the connection may serve another request after it.
 async fn misbehave(s: &mut TcpStream, fault: Fault) -> std::io::Result<bool> {
     const HTML: &str = "content-type: text/html\r\nsurrogate-control: content=\"ESI/1.0\"\r\n";
     let marker = fault.marker();
     let body = fault.body();
     match fault {
-        Fault::StallBeforeStatus | Fault::NeverRead => tokio::time::sleep(HOLD).await,
+        Fault::StallBeforeStatus | Fault::NeverRead => hold(s).await?,
         Fault::StallMidHeaders => {
             let head = format!("HTTP/1.1 200 OK\r\n{HTML}x-marker: {marker}");
             s.write_all(head.as_bytes()).await?;
-            tokio::time::sleep(HOLD).await;
+            hold(s).await?;
         }
         Fault::StallMidBody | Fault::ResetMidBody | Fault::CloseEarly => {
             let head = format!("HTTP/1.1 200 OK\r\n{HTML}content-length: 1000\r\n\r\n");
@@ -246,7 +300,7 @@ async fn misbehave(s: &mut TcpStream, fault: Fault) -> std::io::Result<bool> {
             s.write_all(body.as_bytes()).await?;
             s.flush().await?;
             match fault {
-                Fault::StallMidBody => tokio::time::sleep(HOLD).await,
+                Fault::StallMidBody => hold(s).await?,
                 Fault::ResetMidBody => {
                     // Give the part sent a moment to be read, so the reset comes mid-body; the
                     // caller drops the socket, which with SO_LINGER 0 sends RST.
@@ -264,7 +318,7 @@ async fn misbehave(s: &mut TcpStream, fault: Fault) -> std::io::Result<bool> {
             let chunks = format!("{:x}\r\n{body}\r\nZZ\r\n{body}\r\n0\r\n\r\n", body.len());
             s.write_all(head.as_bytes()).await?;
             s.write_all(chunks.as_bytes()).await?;
-            tokio::time::sleep(HOLD).await;
+            hold(s).await?;
         }
         Fault::EndlessTrickle => {
             let head = format!("HTTP/1.1 200 OK\r\n{HTML}transfer-encoding: chunked\r\n\r\n");
@@ -306,7 +360,7 @@ async fn misbehave(s: &mut TcpStream, fault: Fault) -> std::io::Result<bool> {
             }
             head.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
             s.write_all(head.as_bytes()).await?;
-            tokio::time::sleep(HOLD).await;
+            hold(s).await?;
         }
         Fault::InvalidStatusLine => {
             let head = format!(
@@ -314,7 +368,7 @@ async fn misbehave(s: &mut TcpStream, fault: Fault) -> std::io::Result<bool> {
                 body.len()
             );
             s.write_all(head.as_bytes()).await?;
-            tokio::time::sleep(HOLD).await;
+            hold(s).await?;
         }
         Fault::Http10CloseDelimited => {
             let head = format!("HTTP/1.0 200 OK\r\n{HTML}\r\n");

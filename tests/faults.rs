@@ -22,7 +22,8 @@ const PAGE_TIMEOUT_MS: u64 = 1000;
 /// stalled fault holds its connection.
 const MARGIN: Duration = Duration::from_secs(5);
 
-/// What an include of a faulty fragment must come to.
+/// What an include of a faulty fragment must come to (and the kind a failed layout is counted
+/// under too).
 #[derive(Debug, Clone, Copy)]
 enum FragmentOutcome {
     /// The response is valid: the fragment is placed whole.
@@ -173,7 +174,7 @@ async fn fragment_fault(fault: Fault) {
 
 /// The faulty response as the page's layout, read off the socket.
 async fn layout_fault(fault: Fault) {
-    let (_, outcome) = expected(fault);
+    let (counted, outcome) = expected(fault);
     let (faults, proxy) = start().await;
     let started = Instant::now();
     let got = raw_get(proxy.addr, &format!("/page/{}", fault.name())).await;
@@ -221,6 +222,21 @@ async fn layout_fault(fault: Fault) {
             );
         }
         (LayoutOutcome::CutOff, _) => panic!("{fault:?}: want a cut-off 200: {}", got.head),
+    }
+    // The layout fails as the fragment does, and is counted by the same kind.
+    match counted {
+        FragmentOutcome::Whole => assert!(
+            !text.contains("esi_proxy_layout_failures_total{"),
+            "{fault:?}: no layout failure counted:\n{text}"
+        ),
+        FragmentOutcome::Fails(kind) => {
+            let series = format!("esi_proxy_layout_failures_total{{kind=\"{kind}\"}}");
+            assert_eq!(
+                metric(&text, &series),
+                Some(1.0),
+                "{fault:?}: the layout failure counted as {kind}:\n{text}"
+            );
+        }
     }
     assert_lets_go(&faults, fault, 1).await;
     assert_pools_healthy(&proxy, fault).await;

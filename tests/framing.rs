@@ -73,7 +73,11 @@ fn assert_framed_whole(got: &RawResponse, what: &str) {
         _ => panic!("{what}: inconsistent framing: {}", got.head),
     }
     assert!(got.complete, "{what}: the body ends as HTTP says");
-    assert_eq!(String::from_utf8_lossy(&got.body), WHOLE, "{what}: the body whole");
+    assert_eq!(
+        String::from_utf8_lossy(&got.body),
+        WHOLE,
+        "{what}: the body whole"
+    );
 }
 
 /// RFC 9112 section 6.3: Transfer-Encoding overrides Content-Length, which a proxy must not
@@ -136,9 +140,8 @@ async fn different_content_lengths_are_a_bad_gateway() {
 #[tokio::test]
 async fn no_content_drops_its_length_and_not_modified_sends_no_body() {
     for (code, length_kept) in [(204, false), (304, true)] {
-        let head = format!(
-            "HTTP/1.1 {code} X\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\n"
-        );
+        let head =
+            format!("HTTP/1.1 {code} X\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\n");
         let origin = origin(head, Vec::new()).await;
         let proxy = proxy(&origin.base(), Config::default()).await;
         let got = raw_get(proxy.addr, "/plain").await;

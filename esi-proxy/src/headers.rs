@@ -444,14 +444,26 @@ mod tests {
                 &[("content-length", "5"), ("transfer-encoding", "chunked")],
                 None,
             ),
-            (ok, &[("content-length", "5"), ("content-length", "5")], Some(5)),
+            (
+                ok,
+                &[("content-length", "5"), ("content-length", "5")],
+                Some(5),
+            ),
             (ok, &[("content-length", "5, 5")], Some(5)),
-            (ok, &[("content-length", "5"), ("content-length", "7")], None),
+            (
+                ok,
+                &[("content-length", "5"), ("content-length", "7")],
+                None,
+            ),
             (ok, &[("content-length", "5, 7")], None),
             (ok, &[("content-length", "five")], None),
             (StatusCode::NO_CONTENT, &[("content-length", "5")], None),
             (StatusCode::CONTINUE, &[("content-length", "5")], None),
-            (StatusCode::NOT_MODIFIED, &[("content-length", "5")], Some(5)),
+            (
+                StatusCode::NOT_MODIFIED,
+                &[("content-length", "5")],
+                Some(5),
+            ),
         ];
         for (status, given, want) in cases {
             let mut h = HeaderMap::new();
@@ -461,7 +473,11 @@ mod tests {
             let got = client_response_headers(*status, &h);
             let lengths: Vec<_> = got.get_all(header::CONTENT_LENGTH).iter().collect();
             let want: Vec<HeaderValue> = want.iter().map(|n| HeaderValue::from(*n)).collect();
-            assert_eq!(lengths, want.iter().collect::<Vec<_>>(), "{status} {given:?}");
+            assert_eq!(
+                lengths,
+                want.iter().collect::<Vec<_>>(),
+                "{status} {given:?}"
+            );
             assert!(!got.contains_key(header::TRANSFER_ENCODING), "{given:?}");
         }
     }

@@ -235,7 +235,12 @@ async fn connection(mut stream: TcpStream, closed: &watch::Sender<usize>) -> std
 }
 
 /// Writes a keep-alive 200 with `body` (marked as ESI when `esi`).
-async fn ok(stream: &mut TcpStream, content_type: &str, body: &str, esi: bool) -> std::io::Result<()> {
+async fn ok(
+    stream: &mut TcpStream,
+    content_type: &str,
+    body: &str,
+    esi: bool,
+) -> std::io::Result<()> {
     let mark = if esi {
         "surrogate-control: content=\"ESI/1.0\"\r\n"
     } else {
@@ -273,9 +278,7 @@ async fn peek_path(stream: &TcpStream) -> std::io::Result<String> {
 /// Holds the connection for [`HOLD`], or fails once the proxy closes it.
 async fn hold(s: &mut TcpStream) -> std::io::Result<()> {
     let mut sink = [0u8; 1024];
-    let closing = async {
-        while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
-    };
+    let closing = async { while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {} };
     tokio::select! {
         () = tokio::time::sleep(HOLD) => Ok(()),
         () = closing => Err(std::io::ErrorKind::ConnectionAborted.into()),

@@ -84,7 +84,11 @@ pub(super) fn content_coding(headers: &HeaderMap) -> Coding {
     let values: Vec<String> = headers
         .get_all(CONTENT_ENCODING)
         .iter()
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_ascii_lowercase())
+        .map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .trim()
+                .to_ascii_lowercase()
+        })
         .filter(|v| !v.is_empty() && v != "identity")
         .collect();
     if values.is_empty() {
@@ -162,7 +166,7 @@ pub(super) fn send_error(
 /// not decode (reqwest decodes `https` bodies itself), or framing that breaks HTTP/1.1.
 /// reqwest reports every body error alike, so the source chain tells them apart; hyper's body
 /// errors carry the same I/O errors.
-pub(super) fn body_error(url: &str, e: &(dyn StdError + 'static)) -> FetchError {
+pub(crate) fn body_error(url: &str, e: &(dyn StdError + 'static)) -> FetchError {
     use std::io::ErrorKind;
     let url = url.to_owned();
     let message = describe(e);
@@ -613,12 +617,12 @@ impl Shared {
         let mut headers = parts.headers;
         let decoder = match content_coding(&headers) {
             Coding::Identity => None,
-            Coding::Named(coding) => Some(Decoder::for_encoding(&coding, limit).ok_or_else(|| {
-                FetchError::Decode {
+            Coding::Named(coding) => Some(Decoder::for_encoding(&coding, limit).ok_or_else(
+                || FetchError::Decode {
                     url: text.to_owned(),
                     message: format!("unsupported content-encoding {coding:?}"),
-                }
-            })?),
+                },
+            )?),
         };
         let Some(mut decoder) = decoder else {
             let declared = body.size_hint().exact();
@@ -656,17 +660,7 @@ impl Shared {
         headers.remove(CONTENT_LENGTH);
         let mut decoded = Vec::new();
         let mut encoded_bytes = 0usize;
-        let decode_error = |e: DecodeError| match e {
-            DecodeError::TooLarge => too_large(),
-            DecodeError::Cut(message) => FetchError::Truncated {
-                url: text.to_owned(),
-                message,
-            },
-            DecodeError::Corrupt(message) => FetchError::Decode {
-                url: text.to_owned(),
-                message,
-            },
-        };
+        let decode_error = |e: DecodeError| e.into_fetch_error(text, limit);
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| body_error(text, &e))?;
             let Ok(chunk) = frame.into_data() else {

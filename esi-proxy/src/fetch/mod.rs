@@ -19,6 +19,7 @@ use url::Url;
 
 pub use crate::config::{parse_base_url, BaseUrl, Scheme};
 use crate::esi::Template;
+pub(crate) use client::body_error;
 pub use client::HttpClient;
 pub(crate) use decode::decode_stream;
 pub use guard::{Lookup, SystemLookup};

@@ -435,8 +435,14 @@ mod tests {
 
     #[test]
     fn content_length_is_passed_on_only_where_it_frames_the_body() {
+        /// Status, the origin's headers, the length passed on.
+        type Case = (
+            StatusCode,
+            &'static [(&'static str, &'static str)],
+            Option<u64>,
+        );
         let ok = StatusCode::OK;
-        let cases: &[(StatusCode, &[(&str, &str)], Option<u64>)] = &[
+        let cases: &[Case] = &[
             (ok, &[("content-length", "5")], Some(5)),
             (ok, &[], None),
             (

@@ -104,10 +104,11 @@ fn requests_with_status(text: &str, status: u16) -> f64 {
 }
 
 /// Both pools still serve the fault server: a pass-through request (the origin pool) and a
-/// page with a fragment from it (the fragment pool), twice each so a connection returned to a
-/// pool is reused.
-async fn assert_pools_healthy(proxy: &Proxy, fault: Fault) {
-    for _ in 0..2 {
+/// page with a fragment from it (the fragment pool); the second round reuses the connections
+/// the first put back, so what the pools hold is proven usable, not only replaced.
+async fn assert_pools_healthy(proxy: &Proxy, faults: &FaultServer, fault: Fault) {
+    let mut after_first = 0;
+    for round in 0..2 {
         let (status, _, body) = get(&proxy.url("/ok")).await;
         assert_eq!(
             (status, body.as_str()),
@@ -120,7 +121,15 @@ async fn assert_pools_healthy(proxy: &Proxy, fault: Fault) {
             (StatusCode::OK, "<p>h</p>HEALTHY<p>/h</p>"),
             "{fault:?}: the fragment pool after the fault"
         );
+        if round == 0 {
+            after_first = faults.connections().await;
+        }
     }
+    assert_eq!(
+        faults.connections().await,
+        after_first,
+        "{fault:?}: the second round opened new connections"
+    );
 }
 
 /// A page including the faulty fragment three ways (`alt`, `onerror="continue"`, `esi:try`).
@@ -169,7 +178,7 @@ async fn fragment_fault(fault: Fault) {
         }
     }
     assert_lets_go(&faults, fault, 3).await;
-    assert_pools_healthy(&proxy, fault).await;
+    assert_pools_healthy(&proxy, &faults, fault).await;
 }
 
 /// The faulty response as the page's layout, read off the socket.
@@ -239,7 +248,7 @@ async fn layout_fault(fault: Fault) {
         }
     }
     assert_lets_go(&faults, fault, 1).await;
-    assert_pools_healthy(&proxy, fault).await;
+    assert_pools_healthy(&proxy, &faults, fault).await;
 }
 
 /// A fault that holds its connection sees the proxy close all `n` of them once it gave up:
@@ -286,6 +295,20 @@ fault_tests! {
     WrongContentEncoding => wrong_content_encoding_fragment, wrong_content_encoding_layout;
     UnknownContentEncoding => unknown_content_encoding_fragment, unknown_content_encoding_layout;
     NeverRead => never_read_fragment, never_read_layout;
+}
+
+/// A passed-through body framed by Content-Length is read by a server that stops at its
+/// length, so the origin's connection went back to the pool only if one more poll came: it
+/// never did, and every pass-through request opened a new connection.
+#[tokio::test]
+async fn passed_through_bodies_with_a_length_return_their_connection_to_the_pool() {
+    let (faults, proxy) = start().await;
+    for _ in 0..3 {
+        let (status, headers, body) = get(&proxy.url("/ok")).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, HEALTHY));
+        assert_eq!(headers["content-length"], HEALTHY.len().to_string());
+    }
+    assert_eq!(faults.connections().await, 1, "one kept-alive connection");
 }
 
 /// The layout the fault server serves for a fragment fault is what the tests expect.

@@ -167,6 +167,11 @@ impl FaultServer {
         self.server.base()
     }
 
+    /// Connections accepted so far (see [`Server::connections`]).
+    pub async fn connections(&self) -> usize {
+        self.server.connections().await
+    }
+
     /// Waits until the proxy has closed `n` connections a fault held; `false` if it has not
     /// within `within`.
     pub async fn closed_by_proxy(&self, n: usize, within: Duration) -> bool {

@@ -276,14 +276,20 @@ impl http_body::Body for CheckinOnEnd {
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
-        match &frame {
-            None => {
-                if let Some((pool, authority, connection)) = this.connection.take() {
-                    pool.checkin(&authority, connection);
-                }
+        // The last data frame may be the last poll: a reader that knows the length (hyper's
+        // server, sending a body it framed with Content-Length) stops once `is_end_stream`.
+        let ended = match &frame {
+            None => true,
+            Some(Err(_)) => {
+                this.connection = None;
+                false
             }
-            Some(Err(_)) => this.connection = None,
-            Some(Ok(_)) => {}
+            Some(Ok(_)) => this.body.is_end_stream(),
+        };
+        if ended {
+            if let Some((pool, authority, connection)) = this.connection.take() {
+                pool.checkin(&authority, connection);
+            }
         }
         Poll::Ready(frame)
     }

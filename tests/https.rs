@@ -6,7 +6,7 @@ use esi_proxy::config::{Config, HostConfig};
 use http::StatusCode;
 
 use crate::support::tls::Identity;
-use crate::support::{esi, get, html, proxy, serve_tls, Server};
+use crate::support::{esi, full, get, html, proxy, response, serve, serve_tls, Server};
 
 /// A fresh directory for one test's CA files.
 fn temp_dir(test: &str) -> std::path::PathBuf {
@@ -126,4 +126,47 @@ fn a_missing_ca_file_is_refused_by_validation() {
         err.starts_with("<config>:0: fetch.ca_certs[0]: \"/nonexistent/ca.pem\": "),
         "{err}"
     );
+}
+
+/// Over TLS, as over plain HTTP (tests/faults.rs), a fragment in a `Content-Encoding` the
+/// proxy does not undo is a failure counted as `decode`, never placed still encoded: reqwest
+/// passes such a body through as it came.
+#[tokio::test]
+async fn an_https_fragment_in_an_unknown_encoding_takes_its_alt() {
+    let ca = Identity::new("esi-proxy test CA");
+    let fragments = serve_tls(&ca, |_| async {
+        response(
+            200,
+            &[("content-encoding", "x-unheard-of")],
+            full("MARKER-TLS-ENCODED"),
+        )
+    })
+    .await;
+    let layout = format!(
+        "[<esi:include src=\"{}/f\" alt=\"/fallback\"/>]",
+        fragments.base()
+    );
+    let origin = serve(move |req| {
+        let layout = layout.clone();
+        async move {
+            match req.uri().path() {
+                "/page" => esi(layout),
+                p => html(format!("({p})")),
+            }
+        }
+    })
+    .await;
+    let dir = temp_dir("tls-encoding");
+    let mut config = Config::default();
+    config.fetch.ca_certs = vec![ca.write_ca(&dir, "ca.pem").display().to_string()];
+    config.fetch.hosts = vec![host(&fragments)];
+    config.cache.enabled = false;
+    let proxy = proxy(&origin.base(), config).await;
+    let (status, _, body) = get(&proxy.url("/page")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "[(/fallback)]"));
+    assert_eq!(
+        proxy.metric("esi_proxy_fragment_failures_total{kind=\"decode\"}"),
+        Some(1.0)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

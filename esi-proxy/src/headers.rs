@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::Request;
+use http::{Request, StatusCode};
 
 /// Headers that describe one hop, never forwarded nor cached (RFC 9110 section 7.6.1, and the
 /// proxy authentication pair of RFC 9110 section 11.7).
@@ -256,20 +256,55 @@ fn decodable_encodings(headers: &HeaderMap) -> Option<HeaderValue> {
     HeaderValue::from_str(&joined).ok()
 }
 
-/// The response headers passed on to the client: the origin's, less hop-by-hop and
-/// Surrogate-Control.
-pub fn client_response_headers(upstream: &HeaderMap) -> HeaderMap {
+/// The response headers passed on to the client with a body streamed as the origin sent it:
+/// the origin's, less hop-by-hop and Surrogate-Control, with a `Content-Length` only where it
+/// still frames the body ([`body_length`]).
+pub fn client_response_headers(status: StatusCode, upstream: &HeaderMap) -> HeaderMap {
+    let mut headers = forwarded_response_headers(upstream);
+    headers.remove(header::CONTENT_LENGTH);
+    if let Some(length) = body_length(status, upstream) {
+        headers.insert(header::CONTENT_LENGTH, length);
+    }
+    headers
+}
+
+/// The origin's response headers less hop-by-hop and Surrogate-Control.
+fn forwarded_response_headers(upstream: &HeaderMap) -> HeaderMap {
     let mut headers = upstream.clone();
     strip_hop_by_hop(&mut headers);
     headers.remove(SURROGATE_CONTROL);
     headers
 }
 
+/// The `Content-Length` a response may be passed on with: one value, and only when it is the
+/// body's framing. Never for 1xx and 204 (RFC 9110 section 8.6); never when the origin also
+/// sent `Transfer-Encoding`, which then framed the body and whose received `Content-Length` a
+/// proxy must remove (RFC 9112 section 6.3); never when the values disagree (repeated or in a
+/// list), which no one can frame by. Otherwise the length itself, once: hyper framed the body
+/// by it, and the client's response is framed by it again.
+pub fn body_length(status: StatusCode, upstream: &HeaderMap) -> Option<HeaderValue> {
+    if status.is_informational() || status == StatusCode::NO_CONTENT {
+        return None;
+    }
+    if upstream.contains_key(header::TRANSFER_ENCODING) {
+        return None;
+    }
+    let mut lengths = upstream
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("x").split(','))
+        .map(|n| n.trim().parse::<u64>().ok());
+    let first = lengths.next()??;
+    lengths
+        .all(|n| n == Some(first))
+        .then(|| HeaderValue::from(first))
+}
+
 /// The headers of a composed page: the layout's, less what no longer describes the body
 /// (length, encoding, validators, ranges) and Surrogate-Control. A composed page is always
 /// whole: it has no `Content-Range` and offers no ranges.
 pub fn composed_headers(layout: &HeaderMap) -> HeaderMap {
-    let mut headers = client_response_headers(layout);
+    let mut headers = forwarded_response_headers(layout);
     for name in [
         header::CONTENT_LENGTH,
         header::CONTENT_ENCODING,
@@ -396,6 +431,61 @@ mod tests {
             );
         }
         assert_eq!(decodable_encodings(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn content_length_is_passed_on_only_where_it_frames_the_body() {
+        /// Status, the origin's headers, the length passed on.
+        type Case = (
+            StatusCode,
+            &'static [(&'static str, &'static str)],
+            Option<u64>,
+        );
+        let ok = StatusCode::OK;
+        let cases: &[Case] = &[
+            (ok, &[("content-length", "5")], Some(5)),
+            (ok, &[], None),
+            (
+                ok,
+                &[("content-length", "5"), ("transfer-encoding", "chunked")],
+                None,
+            ),
+            (
+                ok,
+                &[("content-length", "5"), ("content-length", "5")],
+                Some(5),
+            ),
+            (ok, &[("content-length", "5, 5")], Some(5)),
+            (
+                ok,
+                &[("content-length", "5"), ("content-length", "7")],
+                None,
+            ),
+            (ok, &[("content-length", "5, 7")], None),
+            (ok, &[("content-length", "five")], None),
+            (StatusCode::NO_CONTENT, &[("content-length", "5")], None),
+            (StatusCode::CONTINUE, &[("content-length", "5")], None),
+            (
+                StatusCode::NOT_MODIFIED,
+                &[("content-length", "5")],
+                Some(5),
+            ),
+        ];
+        for (status, given, want) in cases {
+            let mut h = HeaderMap::new();
+            for (name, value) in *given {
+                h.append(*name, HeaderValue::from_static(value));
+            }
+            let got = client_response_headers(*status, &h);
+            let lengths: Vec<_> = got.get_all(header::CONTENT_LENGTH).iter().collect();
+            let want: Vec<HeaderValue> = want.iter().map(|n| HeaderValue::from(*n)).collect();
+            assert_eq!(
+                lengths,
+                want.iter().collect::<Vec<_>>(),
+                "{status} {given:?}"
+            );
+            assert!(!got.contains_key(header::TRANSFER_ENCODING), "{given:?}");
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! `serve_tls`) with one body type and one response builder, the proxy run in process
 //! (`proxy`), and the `esi-proxy` binary run as a child process (`process`).
 
+pub mod fault;
 pub mod process;
 pub mod proxy;
 pub mod tls;

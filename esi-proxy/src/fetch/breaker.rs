@@ -369,6 +369,8 @@ fn counts_against_host(e: &FetchError) -> Option<bool> {
         FetchError::Timeout { .. }
         | FetchError::Connect { .. }
         | FetchError::Truncated { .. }
+        | FetchError::Malformed { .. }
+        | FetchError::Decode { .. }
         | FetchError::Transport { .. } => Some(true),
         FetchError::Status { status, .. } => Some(status.is_server_error()),
         FetchError::TooLarge { .. } => Some(false),

@@ -72,6 +72,35 @@ pub(super) enum Collected {
     Many(BytesMut),
 }
 
+/// A response's `Content-Encoding`, as the fragment decoder sees it.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Coding {
+    /// None, or `identity`: the body is as it is.
+    Identity,
+    /// A coding (trimmed, lowercase; a list kept whole), decodable or not.
+    Named(String),
+}
+
+/// The `Content-Encoding` of `headers`: several values or a list are kept as one name, which
+/// no decoder knows, so a body encoded twice fails rather than reaching a page half decoded.
+pub(super) fn content_coding(headers: &HeaderMap) -> Coding {
+    let values: Vec<String> = headers
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .filter(|v| !v.is_empty() && v != "identity")
+        .collect();
+    if values.is_empty() {
+        Coding::Identity
+    } else {
+        Coding::Named(values.join(", "))
+    }
+}
+
 /// `url` for errors and logs: user info (a password, perhaps) removed.
 pub(super) fn redact(url: &Url) -> String {
     if url.username().is_empty() && url.password().is_none() {
@@ -123,6 +152,9 @@ pub(super) fn send_error(
         };
     }
     let message = describe(e);
+    if malformed(e) {
+        return FetchError::Malformed { url, message };
+    }
     // A connect timeout is a connect failure: the overall deadline is ours, not the client's.
     if connect {
         FetchError::Connect { url, message }
@@ -133,34 +165,48 @@ pub(super) fn send_error(
     }
 }
 
-/// Maps an error from reading the response body. reqwest reports every body error as a decode
-/// error, so the source chain tells a cut connection from a corrupt encoding; hyper's body
+/// Maps an error from reading the response body: a cut connection, a body the client could
+/// not decode (reqwest decodes `https` bodies itself), or framing that breaks HTTP/1.1.
+/// reqwest reports every body error alike, so the source chain tells them apart; hyper's body
 /// errors carry the same I/O errors.
-pub(super) fn body_error(url: &str, e: &(dyn StdError + 'static)) -> FetchError {
+pub(crate) fn body_error(url: &str, e: &(dyn StdError + 'static)) -> FetchError {
     use std::io::ErrorKind;
     let url = url.to_owned();
     let message = describe(e);
-    let cut = chain(e).any(|err| {
-        err.downcast_ref::<reqwest::Error>()
-            .is_some_and(reqwest::Error::is_body)
-            || err.downcast_ref::<std::io::Error>().is_some_and(|io| {
-                matches!(
-                    io.kind(),
-                    ErrorKind::UnexpectedEof
-                        | ErrorKind::ConnectionReset
-                        | ErrorKind::ConnectionAborted
-                        | ErrorKind::BrokenPipe
-                )
-            })
-    });
-    if cut {
+    let io_kind = |kinds: &[ErrorKind]| {
+        chain(e).any(|err| {
+            err.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| kinds.contains(&io.kind()))
+        })
+    };
+    let reqwest = |test: fn(&reqwest::Error) -> bool| {
+        chain(e).any(|err| err.downcast_ref::<reqwest::Error>().is_some_and(test))
+    };
+    if io_kind(&[
+        ErrorKind::UnexpectedEof,
+        ErrorKind::ConnectionReset,
+        ErrorKind::ConnectionAborted,
+        ErrorKind::BrokenPipe,
+    ]) {
+        FetchError::Truncated { url, message }
+    } else if reqwest(reqwest::Error::is_decode) {
+        FetchError::Decode { url, message }
+    } else if malformed(e) || io_kind(&[ErrorKind::InvalidData, ErrorKind::InvalidInput]) {
+        FetchError::Malformed { url, message }
+    } else if reqwest(reqwest::Error::is_body) {
         FetchError::Truncated { url, message }
     } else {
-        FetchError::Transport {
-            url,
-            message: format!("undecodable body: {message}"),
-        }
+        FetchError::Transport { url, message }
     }
+}
+
+/// Whether `e` is hyper failing to parse a response: an invalid status line or header, or a
+/// head over the size bound.
+fn malformed(e: &(dyn StdError + 'static)) -> bool {
+    chain(e).any(|err| {
+        err.downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_parse() || h.is_parse_too_large())
+    })
 }
 
 // === impl Collected ===
@@ -592,10 +638,15 @@ impl Shared {
             });
         }
         let mut headers = parts.headers;
-        let decoder = headers
-            .get(CONTENT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|coding| Decoder::for_encoding(coding, limit));
+        let decoder = match content_coding(&headers) {
+            Coding::Identity => None,
+            Coding::Named(coding) => Some(Decoder::for_encoding(&coding, limit).ok_or_else(
+                || FetchError::Decode {
+                    url: text.to_owned(),
+                    message: format!("unsupported content-encoding {coding:?}"),
+                },
+            )?),
+        };
         let Some(mut decoder) = decoder else {
             let declared = body.size_hint().exact();
             if declared.is_some_and(|len| len > limit as u64) {
@@ -632,17 +683,7 @@ impl Shared {
         headers.remove(CONTENT_LENGTH);
         let mut decoded = Vec::new();
         let mut encoded_bytes = 0usize;
-        let decode_error = |e: DecodeError| match e {
-            DecodeError::TooLarge => too_large(),
-            DecodeError::Cut(message) => FetchError::Truncated {
-                url: text.to_owned(),
-                message,
-            },
-            DecodeError::Corrupt(message) => FetchError::Transport {
-                url: text.to_owned(),
-                message: format!("undecodable body: {message}"),
-            },
-        };
+        let decode_error = |e: DecodeError| e.into_fetch_error(text, limit);
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| body_error(text, &e))?;
             let Ok(chunk) = frame.into_data() else {
@@ -692,6 +733,13 @@ impl Shared {
             return Err(FetchError::Status {
                 url: text.to_owned(),
                 status,
+            });
+        }
+        // reqwest removes the encodings it undoes; one left is one the page cannot use.
+        if let Coding::Named(coding) = content_coding(response.headers()) {
+            return Err(FetchError::Decode {
+                url: text.to_owned(),
+                message: format!("unsupported content-encoding {coding:?}"),
             });
         }
         // Known only when the body is not encoded (decoding drops Content-Length).

@@ -223,6 +223,22 @@ fn error_kinds() {
             false,
         ),
         (
+            FetchError::Malformed {
+                url: url(),
+                message: "m".into(),
+            },
+            "malformed",
+            false,
+        ),
+        (
+            FetchError::Decode {
+                url: url(),
+                message: "m".into(),
+            },
+            "decode",
+            false,
+        ),
+        (
             FetchError::Transport {
                 url: url(),
                 message: "m".into(),
@@ -278,4 +294,29 @@ fn body_collected_without_copy_when_one_chunk() {
     }
     assert_eq!(body.into_bytes(), Bytes::from_static(b"abcdef"));
     assert_eq!(Collected::Empty.into_bytes(), Bytes::new());
+}
+
+#[test]
+fn content_coding_names_are_read_without_case_and_lists_kept_whole() {
+    let cases: &[(&[&str], Coding)] = &[
+        (&[], Coding::Identity),
+        (&["identity"], Coding::Identity),
+        (&[" Identity "], Coding::Identity),
+        (&["gzip"], Coding::Named("gzip".into())),
+        (&["GZIP"], Coding::Named("gzip".into())),
+        (&[" br "], Coding::Named("br".into())),
+        (&["gzip, br"], Coding::Named("gzip, br".into())),
+        (&["gzip", "br"], Coding::Named("gzip, br".into())),
+        (&["identity", "gzip"], Coding::Named("gzip".into())),
+        (&["x-unheard-of"], Coding::Named("x-unheard-of".into())),
+    ];
+    for (values, want) in cases {
+        let mut headers = HeaderMap::new();
+        for value in *values {
+            headers.append(CONTENT_ENCODING, HeaderValue::from_static(value));
+        }
+        assert_eq!(content_coding(&headers), *want, "{values:?}");
+    }
+    // A list names no one decoder, so it is refused rather than half decoded.
+    assert!(Decoder::for_encoding("gzip, br", 10).is_none());
 }

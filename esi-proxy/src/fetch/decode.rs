@@ -8,6 +8,8 @@ use std::pin::Pin;
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
 
+use super::FetchError;
+
 /// A body in a `Content-Encoding` the proxy undoes: `gzip` (or `x-gzip`), `deflate` (zlib, as
 /// RFC 9110 defines it) or `br`.
 pub(crate) enum Decoder {
@@ -23,8 +25,8 @@ pub(crate) struct ZlibDecoder {
     ended: bool,
 }
 
-/// A decoded body as it streams: chunks of bytes, or what went wrong in words.
-pub(crate) type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
+/// A decoded body as it streams: chunks of bytes, or why it failed.
+pub(crate) type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, FetchError>> + Send>>;
 
 /// A streaming gzip decoder (RFC 1952, any number of members one after another) that tells a
 /// stream cut short from a corrupt one, which flate2's own decoders report alike.
@@ -66,21 +68,23 @@ pub(crate) enum DecodeError {
     Corrupt(String),
 }
 
-/// `stream` decoded from `encoding` (lowercase; empty or `identity` for none) as it arrives,
-/// failing once more than `cap` decoded bytes went through or when the encoded stream ends
-/// before it is complete. `None` for an encoding the proxy cannot undo.
+/// `stream`, the body of `url`, decoded from `encoding` (lowercase; empty or `identity` for
+/// none) as it arrives, failing once more than `cap` decoded bytes went through or when the
+/// encoded stream ends before it is complete. `None` for an encoding the proxy cannot undo.
 pub(crate) fn decode_stream(
-    stream: impl Stream<Item = Result<Bytes, String>> + Send + Unpin + 'static,
+    stream: impl Stream<Item = Result<Bytes, FetchError>> + Send + Unpin + 'static,
     encoding: &str,
     cap: usize,
+    url: &str,
 ) -> Option<BodyStream> {
+    let url = url.to_owned();
     if matches!(encoding, "" | "identity") {
         let mut seen = 0usize;
         return Some(Box::pin(stream.map(move |item| {
             let bytes = item?;
             seen = seen.saturating_add(bytes.len());
             if seen > cap {
-                return Err(format!("body over {cap} bytes"));
+                return Err(DecodeError::TooLarge.into_fetch_error(&url, cap));
             }
             Ok(bytes)
         })));
@@ -88,9 +92,9 @@ pub(crate) fn decode_stream(
     let decoder = Decoder::for_encoding(encoding, cap)?;
     // `push` bounds what one call adds to `out`; the stream hands each call's bytes on, so the
     // bound left is the cap less what went before.
-    let start = (stream, decoder, 0usize);
+    let start = (stream, decoder, 0usize, url);
     let steps = futures::stream::unfold(Some(start), move |state| async move {
-        let (mut stream, mut decoder, mut emitted) = state?;
+        let (mut stream, mut decoder, mut emitted, url) = state?;
         let mut out = Vec::new();
         loop {
             let left = cap - emitted;
@@ -101,7 +105,7 @@ pub(crate) fn decode_stream(
                     return match decoder.finish(&mut out) {
                         Ok(()) if out.is_empty() => None,
                         Ok(()) => Some((Ok(Bytes::from(out)), None)),
-                        Err(e) => Some((Err(e.describe(cap)), None)),
+                        Err(e) => Some((Err(e.into_fetch_error(&url, cap)), None)),
                     };
                 }
             };
@@ -109,10 +113,10 @@ pub(crate) fn decode_stream(
                 Ok(()) if out.is_empty() => {}
                 Ok(()) => {
                     emitted += out.len();
-                    let next = Some((stream, decoder, emitted));
+                    let next = Some((stream, decoder, emitted, url));
                     return Some((Ok(Bytes::from(out)), next));
                 }
-                Err(e) => return Some((Err(e.describe(cap)), None)),
+                Err(e) => return Some((Err(e.into_fetch_error(&url, cap)), None)),
             }
         }
     });
@@ -187,12 +191,14 @@ impl Decoder {
 // === impl DecodeError ===
 
 impl DecodeError {
-    /// The error in words, for a body decoded under `limit` bytes.
-    pub(crate) fn describe(&self, limit: usize) -> String {
+    /// The failed fetch of `url`, its body decoded under `limit` bytes: over the limit, cut
+    /// short, or undecodable.
+    pub(crate) fn into_fetch_error(self, url: &str, limit: usize) -> FetchError {
+        let url = url.to_owned();
         match self {
-            DecodeError::TooLarge => format!("decoded body over {limit} bytes"),
-            DecodeError::Cut(why) => format!("body cut short: {why}"),
-            DecodeError::Corrupt(why) => format!("undecodable body: {why}"),
+            DecodeError::TooLarge => FetchError::TooLarge { url, limit },
+            DecodeError::Cut(message) => FetchError::Truncated { url, message },
+            DecodeError::Corrupt(message) => FetchError::Decode { url, message },
         }
     }
 }
@@ -587,17 +593,22 @@ mod tests {
 
     /// What `decode_stream` makes of `input` sent in 7-byte chunks: the body, or the error.
     async fn stream(encoding: &str, input: &[u8], cap: usize) -> Result<Vec<u8>, String> {
-        let chunks: Vec<Result<Bytes, String>> = input
+        let chunks: Vec<Result<Bytes, FetchError>> = input
             .chunks(7)
             .map(|c| Ok(Bytes::copy_from_slice(c)))
             .collect();
-        let body = decode_stream(futures::stream::iter(chunks), encoding, cap)
-            .ok_or_else(|| "unsupported".to_owned())?;
+        let body = decode_stream(
+            futures::stream::iter(chunks),
+            encoding,
+            cap,
+            "http://a.test/",
+        )
+        .ok_or_else(|| "unsupported".to_owned())?;
         body.collect::<Vec<_>>()
             .await
             .into_iter()
             .try_fold(Vec::new(), |mut all, chunk| {
-                all.extend_from_slice(&chunk?);
+                all.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
                 Ok(all)
             })
     }

@@ -21,6 +21,7 @@ use url::Url;
 pub use crate::config::{parse_base_url, BaseUrl, Scheme};
 use crate::esi::Template;
 pub use breaker::{BreakerState, Breakers, Clock, Ticket};
+pub(crate) use client::body_error;
 pub use client::HttpClient;
 pub(crate) use decode::decode_stream;
 pub use guard::{Lookup, SystemLookup};
@@ -89,7 +90,26 @@ pub enum FetchError {
         /// What the network said.
         message: String,
     },
-    /// Anything else: a malformed response, an undecodable body, a client that cannot be built.
+    /// The response breaks HTTP/1.1: an invalid status line or header, a head over the size
+    /// bound, malformed chunked framing.
+    #[error("{url}: malformed response: {message}")]
+    Malformed {
+        /// The URL.
+        url: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// The body cannot be decoded: a `Content-Encoding` the proxy does not undo, or bytes that
+    /// are not valid in the one named (trailing garbage after a gzip member included).
+    #[error("{url}: undecodable body: {message}")]
+    Decode {
+        /// The URL.
+        url: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// Anything else: a request that cannot be made, a client that cannot be built, a
+    /// connection failing in a way none of the above names.
     #[error("{url}: {message}")]
     Transport {
         /// The URL (or the configured value that could not be used).
@@ -164,6 +184,10 @@ pub enum ErrorKind {
     TooLarge,
     /// [`FetchError::Truncated`].
     Truncated,
+    /// [`FetchError::Malformed`].
+    Malformed,
+    /// [`FetchError::Decode`].
+    Decode,
     /// [`FetchError::Transport`].
     Transport,
     /// [`FetchError::BreakerOpen`].
@@ -276,6 +300,8 @@ impl FetchError {
             FetchError::Status { .. } => ErrorKind::Status,
             FetchError::TooLarge { .. } => ErrorKind::TooLarge,
             FetchError::Truncated { .. } => ErrorKind::Truncated,
+            FetchError::Malformed { .. } => ErrorKind::Malformed,
+            FetchError::Decode { .. } => ErrorKind::Decode,
             FetchError::Transport { .. } => ErrorKind::Transport,
             FetchError::BreakerOpen { .. } => ErrorKind::BreakerOpen,
         }
@@ -295,6 +321,8 @@ impl FetchError {
             | FetchError::Status { url, .. }
             | FetchError::TooLarge { url, .. }
             | FetchError::Truncated { url, .. }
+            | FetchError::Malformed { url, .. }
+            | FetchError::Decode { url, .. }
             | FetchError::Transport { url, .. }
             | FetchError::BreakerOpen { url, .. } => url,
         }
@@ -341,7 +369,7 @@ impl std::ops::Deref for Allowed {
 
 impl ErrorKind {
     /// The stable name metrics and logs use: `refused`, `timeout`, `connect`, `status`,
-    /// `too_large`, `truncated`, `transport` or `breaker_open`.
+    /// `too_large`, `truncated`, `malformed`, `decode`, `transport` or `breaker_open`.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Refused => "refused",
@@ -350,6 +378,8 @@ impl ErrorKind {
             ErrorKind::Status => "status",
             ErrorKind::TooLarge => "too_large",
             ErrorKind::Truncated => "truncated",
+            ErrorKind::Malformed => "malformed",
+            ErrorKind::Decode => "decode",
             ErrorKind::Transport => "transport",
             ErrorKind::BreakerOpen => "breaker_open",
         }

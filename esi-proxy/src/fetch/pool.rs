@@ -48,6 +48,11 @@ pub(super) struct CheckinOnEnd {
     pub(super) connection: Option<(Arc<PlainPool<OriginBody>>, String, SendRequest<OriginBody>)>,
 }
 
+/// Largest response head (status line and headers) read from a fragment host or the origin;
+/// a larger one fails the fetch as malformed. hyper's own bound is some 400 KB, which lets a
+/// host make the proxy hold that much per fetch before a byte of body.
+pub(super) const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
+
 /// How long a connection may stay idle in a [`PlainPool`], as reqwest keeps them.
 pub(super) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -221,7 +226,9 @@ where
         let io = tower_service::Service::call(&mut connector, dst)
             .await
             .map_err(SendError::Connect)?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(io)
+        let (sender, connection) = hyper::client::conn::http1::Builder::new()
+            .max_buf_size(MAX_RESPONSE_HEAD_BYTES)
+            .handshake(io)
             .await
             .map_err(|e| SendError::Connect(e.into()))?;
         tokio::spawn(async move {
@@ -269,14 +276,20 @@ impl http_body::Body for CheckinOnEnd {
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
-        match &frame {
-            None => {
-                if let Some((pool, authority, connection)) = this.connection.take() {
-                    pool.checkin(&authority, connection);
-                }
+        // The last data frame may be the last poll: a reader that knows the length (hyper's
+        // server, sending a body it framed with Content-Length) stops once `is_end_stream`.
+        let ended = match &frame {
+            None => true,
+            Some(Err(_)) => {
+                this.connection = None;
+                false
             }
-            Some(Err(_)) => this.connection = None,
-            Some(Ok(_)) => {}
+            Some(Ok(_)) => this.body.is_end_stream(),
+        };
+        if ended {
+            if let Some((pool, authority, connection)) = this.connection.take() {
+                pool.checkin(&authority, connection);
+            }
         }
         Poll::Ready(frame)
     }

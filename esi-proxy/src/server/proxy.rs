@@ -14,7 +14,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 
-use crate::compose::{LayoutRecord, OnParsed, Page, Trace};
+use crate::compose::{ComposeError, LayoutRecord, OnParsed, Page, Trace};
 use crate::config::{EsiSettings, ServerSettings};
 use crate::esi;
 use crate::telemetry::{server_timing, Metrics};
@@ -23,7 +23,9 @@ use super::body::{full, Body, BoxError};
 use super::error::Error;
 use super::state::Runtime;
 use super::AppState;
-use crate::fetch::{decode_stream, CacheStatus, OriginBody, OriginRequest};
+use crate::fetch::{
+    body_error, decode_stream, CacheStatus, ErrorKind, FetchError, OriginBody, OriginRequest,
+};
 use crate::headers::{
     client_response_headers, composed_headers, make_private, origin_headers, site_name, Forwarding,
     SERVER_TIMING, X_FORWARDED_HOST,
@@ -274,7 +276,7 @@ pub(super) async fn forward(
     };
     let mut upstream = match rt.fetcher.send_origin(request).await {
         Ok(r) => r,
-        Err(e) => return ("proxy", Err(Error::Origin(e))),
+        Err(e) => return ("proxy", Err(origin_failed(state, e))),
     };
     if ranged && refetch_whole(&rt.settings.esi, &method, &path_and_query, &upstream) {
         // A part of a layout cannot be composed, and no part of the composed page can be cut
@@ -293,7 +295,7 @@ pub(super) async fn forward(
         };
         upstream = match rt.fetcher.send_origin(request).await {
             Ok(r) => r,
-            Err(e) => return ("proxy", Err(Error::Origin(e))),
+            Err(e) => return ("proxy", Err(origin_failed(state, e))),
         };
     }
     let layout_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -426,7 +428,7 @@ fn private_reason(esi: &EsiSettings, path: &str, client: &HeaderMap) -> Option<&
 /// Streams a response through untouched and unbuffered.
 fn pass_through(upstream: Response<OriginBody>, method: &Method) -> Response<Body> {
     let (mut parts, body) = upstream.into_parts();
-    parts.headers = client_response_headers(&parts.headers);
+    parts.headers = client_response_headers(parts.status, &parts.headers);
     let body = if method == Method::HEAD {
         full(Bytes::new())
     } else {
@@ -452,13 +454,23 @@ async fn compose(
         .and_then(|v| v.to_str().ok().map(|s| s.trim().to_ascii_lowercase()))
         .unwrap_or_default();
     let cap = rt.settings.fetch.max_layout_bytes;
-    let raw = upstream
-        .into_body()
-        .into_data_stream()
-        .map_err(|e| format!("reading the layout: {e}"));
-    let Some(layout) = decode_stream(raw, &encoding, cap) else {
+    let url = page.url.to_string();
+    let raw = upstream.into_body().into_data_stream().map_err({
+        let url = url.clone();
+        move |e| body_error(&url, &*e)
+    });
+    let Some(layout) = decode_stream(raw, &encoding, cap, &url) else {
+        state
+            .metrics
+            .record_layout_failure(ErrorKind::Decode.as_str());
         return Err(Error::UnsupportedEncoding(encoding));
     };
+    // Counted where it fails, whether or not the page's head has left by then.
+    let metrics = Arc::clone(&state.metrics);
+    let layout = layout.map_err(move |e| {
+        metrics.record_layout_failure(e.kind().as_str());
+        format!("reading the layout: {e}")
+    });
     let on_parsed: Option<OnParsed> = caching.then(|| {
         let (cache, policy) = (Arc::clone(&state.layout_cache), Arc::clone(&rt.policy));
         let (url, request_headers, response_headers) = (
@@ -503,9 +515,13 @@ async fn respond(
     let in_flight = InFlight(Arc::clone(&state.metrics));
     let first = match rx.recv().await {
         Some(Ok(bytes)) => Some(bytes),
-        Some(Err(e)) => return Err(Error::Compose(e)),
+        Some(Err(e)) => {
+            count_layout_timeout(&state.metrics, &e);
+            return Err(Error::Compose(e));
+        }
         None => None,
     };
+    let metrics = Arc::clone(&state.metrics);
     headers.append(SERVER_TIMING, timing);
     let rest = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let stream = futures::stream::iter(first.map(Ok))
@@ -514,6 +530,7 @@ async fn respond(
             let _keep = &in_flight;
             item.map(Frame::data).map_err(|e| -> BoxError {
                 tracing::warn!(error = %e, "page aborted after its head was sent");
+                count_layout_timeout(&metrics, &e);
                 Box::new(e)
             })
         });
@@ -521,6 +538,21 @@ async fn respond(
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     Ok(response)
+}
+
+/// The origin could not be asked for the page, or did not answer with a head: counted as a
+/// layout failure of the fetch's kind.
+fn origin_failed(state: &AppState, e: FetchError) -> Error {
+    state.metrics.record_layout_failure(e.kind().as_str());
+    Error::Origin(e)
+}
+
+/// Counts a layout that missed the page deadline; the layout's other failures are counted
+/// where its body is read.
+fn count_layout_timeout(metrics: &Metrics, e: &ComposeError) {
+    if matches!(e, ComposeError::LayoutTimeout(_)) {
+        metrics.record_layout_failure(ErrorKind::Timeout.as_str());
+    }
 }
 
 /// Keeps the pages-in-flight gauge honest however a page ends.

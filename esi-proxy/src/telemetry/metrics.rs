@@ -29,19 +29,21 @@ pub(super) const FRAGMENT_FETCHES: &str = "esi_proxy_fragment_fetches_total";
 pub(super) const FRAGMENT_DURATION: &str = "esi_proxy_fragment_duration_seconds";
 pub(super) const FRAGMENT_FAILURES: &str = "esi_proxy_fragment_failures_total";
 pub(super) const FALLBACKS: &str = "esi_proxy_fallbacks_total";
+pub(super) const LAYOUT_FAILURES: &str = "esi_proxy_layout_failures_total";
 pub(super) const FRAGMENT_BYTES: &str = "esi_proxy_fragment_bytes_total";
 pub(super) const RESPONSE_BYTES: &str = "esi_proxy_response_bytes_total";
 pub(super) const PAGES_IN_FLIGHT: &str = "esi_proxy_pages_in_flight";
 pub(super) const ESI_PROBLEMS: &str = "esi_proxy_esi_problems_total";
 /// Every built-in family; a custom metric may not start with one of these (that also keeps
 /// custom names off the histograms' `_bucket`/`_sum`/`_count` series).
-const BUILTIN_NAMES: [&str; 10] = [
+const BUILTIN_NAMES: [&str; 11] = [
     REQUESTS,
     REQUEST_DURATION,
     FRAGMENT_FETCHES,
     FRAGMENT_DURATION,
     FRAGMENT_FAILURES,
     FALLBACKS,
+    LAYOUT_FAILURES,
     FRAGMENT_BYTES,
     RESPONSE_BYTES,
     PAGES_IN_FLIGHT,
@@ -66,6 +68,8 @@ pub struct Metrics {
     pub(super) failures: RwLock<HashMap<String, AtomicU64>>,
     /// `esi_proxy_fallbacks_total{kind}`.
     pub(super) fallbacks: RwLock<HashMap<&'static str, AtomicU64>>,
+    /// `esi_proxy_layout_failures_total{kind}`.
+    pub(super) layout_failures: RwLock<HashMap<&'static str, AtomicU64>>,
     /// `esi_proxy_response_bytes_total{route}`.
     pub(super) response_bytes: RwLock<HashMap<&'static str, AtomicU64>>,
     /// `esi_proxy_pages_in_flight`.
@@ -158,8 +162,9 @@ impl Metrics {
 
     /// One fragment fetch finished, labelled by fragment host (`"host:port"`): `outcome` is
     /// `"ok"` or a failure kind (`"timeout"`, `"status"`, `"refused"`, `"connect"`,
-    /// `"too_large"`, `"truncated"`, `"transport"`, `"loop"`, `"limit"` ...); `bytes` were
-    /// received. Every outcome other than `"ok"` also counts as a failure of that kind.
+    /// `"too_large"`, `"truncated"`, `"malformed"`, `"decode"`, `"transport"`, `"loop"`,
+    /// `"limit"` ...); `bytes` were received. Every outcome other than `"ok"` also counts as a
+    /// failure of that kind.
     pub fn record_fragment(&self, host: &str, outcome: &str, seconds: f64, bytes: usize) {
         let host = truncate_label(host);
         let outcome = truncate_label(outcome);
@@ -199,6 +204,15 @@ impl Metrics {
     /// `"empty"` (policy), `"abort"` (policy fail), `"stale"` ...
     pub fn record_fallback(&self, kind: &'static str) {
         with_series(&self.fallbacks, &kind, usize::MAX, &kind, |n| {
+            n.fetch_add(1, Relaxed);
+        });
+    }
+
+    /// A page's layout failed (before or after the page's head was sent), by the kind its fetch
+    /// failed with: `"timeout"`, `"connect"`, `"truncated"`, `"malformed"`, `"decode"`,
+    /// `"too_large"` ...
+    pub fn record_layout_failure(&self, kind: &'static str) {
+        with_series(&self.layout_failures, &kind, usize::MAX, &kind, |n| {
             n.fetch_add(1, Relaxed);
         });
     }

@@ -68,6 +68,8 @@ esi_proxy_fragment_failures_total{kind="timeout"} 1
 esi_proxy_fragment_fetches_total{host="a.test:80",outcome="ok"} 1
 esi_proxy_fragment_fetches_total{host="a.test:80",outcome="timeout"} 1
 esi_proxy_fragment_fetches_total{host="b\"q\\\n:1",outcome="ok"} 1
+# HELP esi_proxy_layout_failures_total Layouts that failed, by failure kind.
+# TYPE esi_proxy_layout_failures_total counter
 # HELP esi_proxy_pages_in_flight Pages being composed right now.
 # TYPE esi_proxy_pages_in_flight gauge
 esi_proxy_pages_in_flight 1
@@ -126,6 +128,8 @@ esi_proxy_esi_problems_total 0
 # TYPE esi_proxy_fragment_failures_total counter
 # HELP esi_proxy_fragment_fetches_total Fragment fetches finished, by fragment host and outcome.
 # TYPE esi_proxy_fragment_fetches_total counter
+# HELP esi_proxy_layout_failures_total Layouts that failed, by failure kind.
+# TYPE esi_proxy_layout_failures_total counter
 # HELP esi_proxy_pages_in_flight Pages being composed right now.
 # TYPE esi_proxy_pages_in_flight gauge
 esi_proxy_pages_in_flight 0

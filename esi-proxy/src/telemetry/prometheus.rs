@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use super::metrics::{
     load, read, snapshot, CustomKind, Histogram, HistogramSnapshot, Metrics, DURATION_BUCKETS,
     ESI_PROBLEMS, FALLBACKS, FRAGMENT_BYTES, FRAGMENT_DURATION, FRAGMENT_FAILURES,
-    FRAGMENT_FETCHES, PAGES_IN_FLIGHT, REQUESTS, REQUEST_DURATION, RESPONSE_BYTES,
+    FRAGMENT_FETCHES, LAYOUT_FAILURES, PAGES_IN_FLIGHT, REQUESTS, REQUEST_DURATION, RESPONSE_BYTES,
 };
 
 // === impl Metrics ===
@@ -108,6 +108,12 @@ impl Metrics {
             "Fallbacks used in place of a fragment, by kind.",
             "kind",
             snapshot(&self.fallbacks, load),
+        )?);
+        blocks.push(counter_family(
+            LAYOUT_FAILURES,
+            "Layouts that failed, by failure kind.",
+            "kind",
+            snapshot(&self.layout_failures, load),
         )?);
         blocks.push(counter_family(
             RESPONSE_BYTES,

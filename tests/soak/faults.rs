@@ -52,7 +52,7 @@ pub fn write_config(path: &Path, demo: &Demo, variant: u64) {
 pub fn worst(demo: &Demo) -> Faulted {
     let knobs = demo.handle();
     assert!(knobs.set_down(DEAD, true));
-    assert!(knobs.set_latency(HANGING, FRAGMENT_TIMEOUT_MS * 3));
+    assert!(knobs.set_latency(HANGING, FRAGMENT_TIMEOUT_MS + 1000));
     assert!(knobs.set_latency(SLOW, 120));
     assert!(knobs.set_error_rate(ERRATIC, 1.0));
     assert!(knobs.set_down(FLAPPING, true));

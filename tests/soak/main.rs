@@ -33,8 +33,13 @@ const MUST: Duration = Duration::from_secs(30);
 /// The admin token the soak's proxy is configured with.
 const TOKEN: &str = "soak-admin-token";
 
-/// A fragment answering later than this takes its fallback.
-const FRAGMENT_TIMEOUT_MS: u64 = 600;
+/// A fragment answering later than this takes its fallback. Generous: a steady service
+/// starved of CPU on a busy machine must not miss it.
+const FRAGMENT_TIMEOUT_MS: u64 = 2000;
+
+/// How long after the load descriptors and tasks may take to come back: past the longest
+/// deadline (`fetch.layout_timeout_ms`, 10 s) nothing the load started may still run.
+const SETTLE: Duration = Duration::from_secs(15);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_under_faults_purges_and_reloads_loses_nothing() {
@@ -93,8 +98,9 @@ async fn soak_under_faults_purges_and_reloads_loses_nothing() {
     let chores = chores.await.expect("chores task");
     let faulted_services = faulted.services.clone();
     faulted.stop().await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = probe.quiet().await;
+    // Work the load started may still be finishing (a refresh waiting out a hanging
+    // service's deadline); everything it holds must be gone within the longest deadline.
+    let after = probe.settle(baseline, SETTLE).await;
     let health = probe.health().await;
     proxy.signal("TERM").await;
     let exit = proxy.exit().await;
@@ -148,15 +154,17 @@ async fn soak_under_faults_purges_and_reloads_loses_nothing() {
         );
     }
     assert!(
-        after.fds <= baseline.fds + baseline.fds / 10 + 4,
-        "file descriptors: {} after the load, {} at the quiet baseline",
+        after.fds <= probe::slack(baseline.fds),
+        "file descriptors: {} {} s after the load, {} at the quiet baseline",
         after.fds,
+        after.at_s,
         baseline.fds
     );
     assert!(
-        after.tasks <= baseline.tasks + baseline.tasks / 10 + 4,
-        "tokio tasks: {} after the load, {} at the quiet baseline",
+        after.tasks <= probe::slack(baseline.tasks),
+        "tokio tasks: {} {} s after the load, {} at the quiet baseline",
         after.tasks,
+        after.at_s,
         baseline.tasks
     );
     assert!(

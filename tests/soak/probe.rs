@@ -13,6 +13,11 @@ pub struct Sample {
     pub tasks: u64,
 }
 
+/// What counts as back at `baseline`: within 10 % and 4.
+pub fn slack(baseline: u64) -> u64 {
+    baseline + baseline / 10 + 4
+}
+
 /// Looks at one process.
 pub struct Probe {
     pid: u32,
@@ -43,6 +48,22 @@ impl Probe {
             samples.push(s);
         }
         samples
+    }
+
+    /// Samples every 500 ms until descriptors and tasks are back within `slack` of `baseline`
+    /// or `limit` passes; returns the last sample, its `at_s` the seconds it took.
+    pub async fn settle(&self, baseline: Sample, limit: Duration) -> Sample {
+        let started = Instant::now();
+        loop {
+            let mut s = self.quiet().await;
+            s.at_s = started.elapsed().as_secs();
+            if (s.fds <= slack(baseline.fds) && s.tasks <= slack(baseline.tasks))
+                || started.elapsed() >= limit
+            {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     /// One sample now.

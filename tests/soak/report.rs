@@ -78,10 +78,12 @@ impl Report<'_> {
         );
         let _ = writeln!(
             out,
-            "- quiet baseline: {} fds, {} tasks, {} kB; after the load: {} fds, {} tasks, {} kB",
+            "- quiet baseline: {} fds, {} tasks, {} kB; {} s after the load: {} fds, {} tasks, \
+             {} kB",
             self.baseline.fds,
             self.baseline.tasks,
             self.baseline.rss_kb,
+            self.after.at_s,
             self.after.fds,
             self.after.tasks,
             self.after.rss_kb

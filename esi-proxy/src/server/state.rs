@@ -24,6 +24,8 @@ pub struct AppState {
     pub(super) layout_cache: Arc<LayoutCache>,
     pub(super) reload: Mutex<ReloadStatus>,
     pub(super) started: Instant,
+    /// Client connections open on every listener (`esi_proxy_connections_open`).
+    pub(super) connections: Mutex<i64>,
 }
 
 /// Everything built from one config. A request takes one `Arc<Runtime>` and keeps it to its
@@ -72,6 +74,7 @@ impl AppState {
             layout_cache,
             reload: Mutex::new(ReloadStatus::default()),
             started: Instant::now(),
+            connections: Mutex::new(0),
         }))
     }
 

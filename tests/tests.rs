@@ -1,6 +1,7 @@
 //! The end-to-end test binary: every integration test links in here.
 
 mod admin;
+mod bounds;
 mod browser;
 mod cache;
 mod cache_proxy;
@@ -13,6 +14,7 @@ mod fetch;
 mod https;
 mod layout;
 mod lint_cli;
+mod panics;
 mod proxy;
 mod proxy_limits;
 mod readme;

@@ -23,7 +23,9 @@ use hyper::{Request, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-pub use proxy::{client, demo_config, get, proxy, proxy_with_lookup, Proxy, Streamed};
+pub use proxy::{
+    client, demo_config, get, proxy, proxy_with_layer, proxy_with_lookup, Proxy, Streamed,
+};
 
 /// Generous bound for anything that must happen; a hang fails the test instead of blocking CI.
 pub const MUST: Duration = Duration::from_secs(20);
@@ -399,7 +401,7 @@ pub async fn raw_get(addr: SocketAddr, path: &str) -> RawResponse {
 
 /// `bytes` as a response; a connection closed before a whole head gives an empty head and no
 /// body, incomplete (an aborted page may end before its buffered head was written).
-fn parse_raw(bytes: &[u8]) -> RawResponse {
+pub fn parse_raw(bytes: &[u8]) -> RawResponse {
     let Some(split) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
         return RawResponse {
             head: String::new(),

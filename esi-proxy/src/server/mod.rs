@@ -31,6 +31,8 @@ pub use body::Body;
 pub use error::ServerError;
 pub use reload::{watch_config, ReloadStatus};
 pub use state::AppState;
+#[cfg(feature = "test-hooks")]
+pub use state::FetcherLayer;
 
 use crate::telemetry;
 use body::metered;

@@ -19,6 +19,8 @@ use super::reload::ReloadStatus;
 pub struct AppState {
     runtime: RwLock<Arc<Runtime>>,
     lookup: Arc<dyn Lookup>,
+    /// What every runtime's fetcher is wrapped in; only tests set one (`test-hooks`).
+    layer: Option<FetcherLayer>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) fragment_cache: Arc<FragmentCache>,
     pub(super) layout_cache: Arc<LayoutCache>,
@@ -42,6 +44,9 @@ pub(super) struct Runtime {
     pub(super) origin_url: url::Url,
 }
 
+/// Wraps the fetcher a runtime builds (behind the cache when caching is on) in another.
+pub type FetcherLayer = Arc<dyn Fn(Arc<dyn Fetcher>) -> Arc<dyn Fetcher> + Send + Sync>;
+
 // === impl AppState ===
 
 impl AppState {
@@ -56,6 +61,31 @@ impl AppState {
         lookup: Arc<dyn Lookup>,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, ServerError> {
+        Self::build(config, lookup, metrics, None)
+    }
+
+    /// [`AppState::new`], with every fetcher the server builds (at start and on reload)
+    /// wrapped by `layer`: how tests put a fetcher of their own (one that fails or panics on
+    /// cue) between the composer and the network.
+    ///
+    /// # Errors
+    /// As [`AppState::new`].
+    #[cfg(feature = "test-hooks")]
+    pub fn with_fetcher_layer(
+        config: Config,
+        lookup: Arc<dyn Lookup>,
+        metrics: Arc<Metrics>,
+        layer: FetcherLayer,
+    ) -> Result<Arc<Self>, ServerError> {
+        Self::build(config, lookup, metrics, Some(layer))
+    }
+
+    fn build(
+        config: Config,
+        lookup: Arc<dyn Lookup>,
+        metrics: Arc<Metrics>,
+        layer: Option<FetcherLayer>,
+    ) -> Result<Arc<Self>, ServerError> {
         let settings = validated(&config)?;
         let fragment_cache = FragmentCache::new(
             settings.cache.fragment_capacity_bytes.max(1),
@@ -65,10 +95,11 @@ impl AppState {
             settings.cache.layout_capacity_bytes.max(1),
             Arc::clone(&metrics),
         );
-        let runtime = build_runtime(settings, &lookup, &metrics, &fragment_cache)?;
+        let runtime = build_runtime(settings, &lookup, &metrics, &fragment_cache, layer.as_ref())?;
         Ok(Arc::new(Self {
             runtime: RwLock::new(Arc::new(runtime)),
             lookup,
+            layer,
             metrics,
             fragment_cache,
             layout_cache,
@@ -109,7 +140,13 @@ impl AppState {
 
     /// [`AppState::apply`] for a config already validated.
     pub(super) fn apply_settings(&self, settings: Settings) -> Result<(), ServerError> {
-        let runtime = build_runtime(settings, &self.lookup, &self.metrics, &self.fragment_cache)?;
+        let runtime = build_runtime(
+            settings,
+            &self.lookup,
+            &self.metrics,
+            &self.fragment_cache,
+            self.layer.as_ref(),
+        )?;
         *self
             .runtime
             .write()
@@ -130,6 +167,7 @@ fn build_runtime(
     lookup: &Arc<dyn Lookup>,
     metrics: &Arc<Metrics>,
     fragment_cache: &Arc<FragmentCache>,
+    layer: Option<&FetcherLayer>,
 ) -> Result<Runtime, ServerError> {
     let client = Arc::new(
         HttpClient::new(&settings, Arc::clone(lookup))
@@ -146,6 +184,10 @@ fn build_runtime(
         ))
     } else {
         Arc::clone(&client) as Arc<dyn Fetcher>
+    };
+    let fetcher = match layer {
+        Some(layer) => layer(fetcher),
+        None => fetcher,
     };
     let composer = Composer::new(
         Arc::clone(&fetcher),

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use super::body::BoxError;
@@ -25,10 +26,13 @@ pub(super) const CLIENT_TIMEOUTS: &str = "esi_proxy_client_timeouts_total";
 const CLIENT_TIMEOUTS_HELP: &str =
     "Client connections closed because a deadline on them passed, by kind.";
 
-/// Where one connection is in its request cycle: shared by its [`ClientIo`], which enforces
-/// the read deadline, and its service, which marks where requests start and responses end.
+/// Where one connection is in its request cycle: shared by its [`ClientIo`], which sees bytes
+/// arrive, its service, which marks where requests start and responses end, and the task that
+/// closes the connection when the head or keep-alive deadline passes ([`Cycle::expired`]).
 pub(super) struct Cycle {
     waiting: Mutex<Waiting>,
+    /// Told whenever `waiting` moves to another deadline.
+    changed: Notify,
     header_read: Duration,
     keep_alive: Duration,
 }
@@ -41,21 +45,19 @@ enum Waiting {
     Head(Instant),
     /// The first byte of the next request, a response having ended (keep-alive).
     Idle(Instant),
-    /// Nothing: a request is being answered; its body has a deadline of its own.
+    /// Nothing: a request is being answered; its body has a deadline of its own, and a
+    /// blocked write the send timeout.
     Busy,
 }
 
-/// A client socket whose reads fail once the head or keep-alive deadline of its [`Cycle`]
-/// passes, and whose writes fail once one has been blocked for the send timeout. Either error
-/// ends the connection, which drops its response with everything the response held.
+/// A client socket that tells its [`Cycle`] when bytes arrive, and whose writes fail once one
+/// has been blocked for the send timeout. The error ends the connection, which drops its
+/// response with everything the response held.
 pub(super) struct ClientIo<T> {
     io: T,
     cycle: Arc<Cycle>,
     send_timeout: Duration,
     metrics: Arc<Metrics>,
-    read_timer: Pin<Box<Sleep>>,
-    /// The deadline `read_timer` is set to, if it is armed.
-    read_armed: Option<Instant>,
     write_timer: Pin<Box<Sleep>>,
     /// Whether the last write was blocked (`write_timer` then runs).
     write_blocked: bool,
@@ -106,6 +108,7 @@ impl Cycle {
     pub(super) fn new(header_read: Duration, keep_alive: Duration) -> Arc<Self> {
         Arc::new(Self {
             waiting: Mutex::new(Waiting::Head(Instant::now() + header_read)),
+            changed: Notify::new(),
             header_read,
             keep_alive,
         })
@@ -113,43 +116,64 @@ impl Cycle {
 
     /// A request head has arrived whole.
     pub(super) fn request_started(&self) {
-        *self.lock() = Waiting::Busy;
+        self.set(Waiting::Busy);
     }
 
     /// The response has ended: the next request's first byte is due within the keep-alive
     /// timeout.
     pub(super) fn response_ended(&self) {
-        *self.lock() = Waiting::Idle(Instant::now() + self.keep_alive);
+        self.set(Waiting::Idle(Instant::now() + self.keep_alive));
     }
 
     /// Bytes arrived: after a keep-alive wait they start the next head, due within the header
-    /// timeout. Returns the deadline then in force and what it bounds.
-    fn bytes_read(&self, now: Instant) -> Option<(Instant, &'static str)> {
+    /// timeout.
+    fn bytes_read(&self) {
         let mut waiting = self.lock();
         if let Waiting::Idle(_) = *waiting {
-            *waiting = Waiting::Head(now + self.header_read);
+            *waiting = Waiting::Head(Instant::now() + self.header_read);
+            drop(waiting);
+            self.changed.notify_waiters();
         }
-        waiting.deadline()
     }
 
-    fn deadline(&self) -> Option<(Instant, &'static str)> {
-        self.lock().deadline()
+    /// Completes when the deadline in force passes while still in force, with the kind of wait
+    /// it bounded (`header` or `idle`), counted; the caller then closes the connection. A
+    /// connection busy with a request waits here for its response to end.
+    pub(super) async fn expired(&self, metrics: &Metrics) {
+        loop {
+            // Registered before the state is read, so no change between the two is missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let now = *self.lock();
+            let (deadline, kind) = match now {
+                Waiting::Head(at) => (at, "header"),
+                Waiting::Idle(at) => (at, "idle"),
+                Waiting::Busy => {
+                    changed.await;
+                    continue;
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {
+                    if *self.lock() == now {
+                        count(metrics, kind);
+                        tracing::debug!(kind, "client connection timed out");
+                        return;
+                    }
+                }
+                () = &mut changed => {}
+            }
+        }
+    }
+
+    fn set(&self, waiting: Waiting) {
+        *self.lock() = waiting;
+        self.changed.notify_waiters();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-// === impl Waiting ===
-
-impl Waiting {
-    fn deadline(self) -> Option<(Instant, &'static str)> {
-        match self {
-            Waiting::Head(at) => Some((at, "header")),
-            Waiting::Idle(at) => Some((at, "idle")),
-            Waiting::Busy => None,
-        }
     }
 }
 
@@ -163,26 +187,14 @@ impl<T> ClientIo<T> {
         send_timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let now = Instant::now();
         Self {
             io,
             cycle,
             send_timeout,
             metrics,
-            read_timer: Box::pin(tokio::time::sleep_until(now)),
-            read_armed: None,
-            write_timer: Box::pin(tokio::time::sleep_until(now)),
+            write_timer: Box::pin(tokio::time::sleep_until(Instant::now())),
             write_blocked: false,
         }
-    }
-
-    fn timed_out<R>(&self, kind: &'static str) -> Poll<io::Result<R>> {
-        count(&self.metrics, kind);
-        tracing::debug!(kind, "client connection timed out");
-        Poll::Ready(Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("client {kind} timeout"),
-        )))
     }
 
     /// Passes a write's result on, failing it once writes have been blocked for the send
@@ -202,7 +214,12 @@ impl<T> ClientIo<T> {
             self.write_timer.as_mut().reset(deadline);
         }
         if self.write_timer.as_mut().poll(cx).is_ready() {
-            return self.timed_out("send");
+            count(&self.metrics, "send");
+            tracing::debug!("client read nothing within the send timeout: dropped");
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "client send timeout",
+            )));
         }
         Poll::Pending
     }
@@ -214,32 +231,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for ClientIo<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
         let before = buf.filled().len();
-        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        match polled {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                let now = Instant::now();
-                match this.cycle.bytes_read(now) {
-                    Some((deadline, kind)) if now >= deadline => this.timed_out(kind),
-                    _ => polled,
-                }
-            }
-            Poll::Pending => {
-                let Some((deadline, kind)) = this.cycle.deadline() else {
-                    return Poll::Pending;
-                };
-                if this.read_armed != Some(deadline) {
-                    this.read_armed = Some(deadline);
-                    this.read_timer.as_mut().reset(deadline);
-                }
-                if this.read_timer.as_mut().poll(cx).is_ready() {
-                    return this.timed_out(kind);
-                }
-                Poll::Pending
-            }
-            _ => polled,
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.cycle.bytes_read();
         }
+        polled
     }
 }
 

@@ -45,6 +45,27 @@ const CONNECTIONS_OPEN: &str = "esi_proxy_connections_open";
 /// a slot.
 const CONNECTIONS_WAITED: &str = "esi_proxy_connections_waited_total";
 
+/// Connections the kernel queues for a listener while the accept loop is behind or at
+/// `server.max_connections` (capped by `net.core.somaxconn`); std's and tokio's 128 turn a
+/// burst into SYN retries a second apart.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with a backlog of [`LISTEN_BACKLOG`].
+///
+/// # Errors
+/// The address cannot be bound (in use, not local, not permitted).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std and tokio do: a restarted proxy may bind while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Serves HTTP/1.1 on `listener` until `shutdown` completes; then stops accepting and lets
 /// in-flight requests finish for up to `server.shutdown_grace`.
 ///
@@ -136,15 +157,17 @@ async fn serve_on(
             server.send_timeout,
             Arc::clone(&state.metrics),
         );
+        let metrics = Arc::clone(&state.metrics);
         let state = Arc::clone(&state);
+        let served = Arc::clone(&cycle);
         let service = service_fn(move |req| {
-            let (state, cycle) = (Arc::clone(&state), Arc::clone(&cycle));
+            let (state, cycle) = (Arc::clone(&state), Arc::clone(&served));
             cycle.request_started();
             async move { Ok::<_, Infallible>(handle(state, req, remote, role, cycle).await) }
         });
         let mut builder = hyper::server::conn::http1::Builder::new();
-        // The head and keep-alive deadlines are `ClientIo`'s: hyper's header timer would also
-        // run through every keep-alive wait.
+        // The head and keep-alive deadlines are `Cycle`'s: hyper's header timer would also run
+        // through every keep-alive wait.
         builder
             .timer(TokioTimer::new())
             // Validation holds it at 8192 or more.
@@ -155,8 +178,12 @@ async fn serve_on(
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _open = open;
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %remote, "connection ended with an error");
+            tokio::select! {
+                ended = conn => if let Err(e) = ended {
+                    tracing::debug!(error = %e, %remote, "connection ended with an error");
+                },
+                // Dropping the connection closes it.
+                () = cycle.expired(&metrics) => {}
             }
         });
     }

@@ -21,7 +21,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 
 pub use proxy::{
     client, demo_config, get, proxy, proxy_with_layer, proxy_with_lookup, Proxy, Streamed,
@@ -234,9 +234,13 @@ where
     F: Fn(TcpStream, Arc<Log>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
+    // A backlog past std's 128, so a burst of connections from the proxy is not met with SYN
+    // retries a second apart.
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("address"))
         .expect("bind loopback");
+    let listener = socket.listen(4096).expect("listen");
     let addr = listener.local_addr().expect("bound address");
     let log = Arc::new(Log {
         peers: tokio::sync::watch::Sender::new(Vec::new()),

@@ -81,7 +81,7 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<String>,
     /// Most client connections open at once on each listener. At the bound, the proxy stops
     /// accepting: further connections wait in the kernel's listen backlog until one closes.
-    /// Default: 10000.
+    /// Fixed at start. Default: 10000.
     pub max_connections: usize,
     /// Deadline for a request head (request line and headers) to arrive whole, counted from the
     /// connection's start or from the first byte after a keep-alive wait; the connection is

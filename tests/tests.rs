@@ -1,6 +1,7 @@
 //! The end-to-end test binary: every integration test links in here.
 
 mod admin;
+mod bounds;
 mod breaker;
 mod browser;
 mod cache;
@@ -16,6 +17,7 @@ mod framing;
 mod https;
 mod layout;
 mod lint_cli;
+mod panics;
 mod proxy;
 mod proxy_limits;
 mod readme;

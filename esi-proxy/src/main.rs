@@ -143,8 +143,7 @@ fn serve(file: Option<PathBuf>, overrides: Overrides, json_logs: bool) -> anyhow
         .build()?;
     runtime.block_on(async move {
         let listen = settings.server.listen;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
+        let listener = server::bind(listen)
             .with_context(|| format!("listening on {listen}"))?;
         let addr = listener.local_addr()?;
         let metrics = Arc::new(telemetry::Metrics::new());
@@ -158,8 +157,7 @@ fn serve(file: Option<PathBuf>, overrides: Overrides, json_logs: bool) -> anyhow
         });
         let admin = match settings.server.admin_listen {
             Some(admin_addr) => {
-                let admin_listener = tokio::net::TcpListener::bind(admin_addr)
-                    .await
+                let admin_listener = server::bind(admin_addr)
                     .with_context(|| format!("listening for admin on {admin_addr}"))?;
                 tracing::info!(addr = %admin_listener.local_addr()?, "admin endpoints listening");
                 let state = Arc::clone(&state);

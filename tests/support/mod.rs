@@ -22,9 +22,11 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 
-pub use proxy::{client, demo_config, get, proxy, proxy_with_lookup, Proxy, Streamed};
+pub use proxy::{
+    client, demo_config, get, proxy, proxy_with_layer, proxy_with_lookup, Proxy, Streamed,
+};
 
 /// Generous bound for anything that must happen; a hang fails the test instead of blocking CI.
 pub const MUST: Duration = Duration::from_secs(20);
@@ -233,9 +235,13 @@ where
     F: Fn(TcpStream, Arc<Log>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
+    // A backlog past std's 128, so a burst of connections from the proxy is not met with SYN
+    // retries a second apart.
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("address"))
         .expect("bind loopback");
+    let listener = socket.listen(4096).expect("listen");
     let addr = listener.local_addr().expect("bound address");
     let log = Arc::new(Log {
         peers: tokio::sync::watch::Sender::new(Vec::new()),
@@ -400,7 +406,7 @@ pub async fn raw_get(addr: SocketAddr, path: &str) -> RawResponse {
 
 /// `bytes` as a response; a connection closed before a whole head gives an empty head and no
 /// body, incomplete (an aborted page may end before its buffered head was written).
-fn parse_raw(bytes: &[u8]) -> RawResponse {
+pub fn parse_raw(bytes: &[u8]) -> RawResponse {
     let Some(split) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
         return RawResponse {
             head: String::new(),

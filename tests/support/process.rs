@@ -25,7 +25,16 @@ pub fn bin() -> PathBuf {
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
-        build.args(["build", "-p", "esi-proxy", "--bin", "esi-proxy"]);
+        // The features the test binary links esi-proxy with, so both use one build of it.
+        build.args([
+            "build",
+            "-p",
+            "esi-proxy",
+            "--bin",
+            "esi-proxy",
+            "--features",
+            "test-hooks",
+        ]);
         if release {
             build.arg("--release");
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use esi_proxy::config::Config;
 use esi_proxy::fetch::{Lookup, SystemLookup};
-use esi_proxy::server::{self, AppState};
+use esi_proxy::server::{self, AppState, FetcherLayer};
 use esi_proxy::telemetry::Metrics;
 use http::StatusCode;
 use tokio::net::TcpListener;
@@ -57,7 +57,27 @@ pub async fn proxy(origin: &str, config: Config) -> Proxy {
 }
 
 /// [`proxy`] with injected name resolution.
-pub async fn proxy_with_lookup(origin: &str, mut config: Config, lookup: Arc<dyn Lookup>) -> Proxy {
+pub async fn proxy_with_lookup(origin: &str, config: Config, lookup: Arc<dyn Lookup>) -> Proxy {
+    start(origin, config, |config, metrics| {
+        AppState::new(config, lookup, metrics).expect("state")
+    })
+    .await
+}
+
+/// [`proxy`] with every fetcher it builds wrapped by `layer` (a test fetcher between the
+/// composer and the network).
+pub async fn proxy_with_layer(origin: &str, config: Config, layer: FetcherLayer) -> Proxy {
+    start(origin, config, |config, metrics| {
+        AppState::with_fetcher_layer(config, Arc::new(SystemLookup), metrics, layer).expect("state")
+    })
+    .await
+}
+
+async fn start(
+    origin: &str,
+    mut config: Config,
+    state: impl FnOnce(Config, Arc<Metrics>) -> Arc<AppState>,
+) -> Proxy {
     config.server.origin = origin.to_owned();
     config.validate().expect("test config is valid");
     let listener = TcpListener::bind("127.0.0.1:0")
@@ -65,7 +85,7 @@ pub async fn proxy_with_lookup(origin: &str, mut config: Config, lookup: Arc<dyn
         .expect("bind loopback");
     let addr = listener.local_addr().expect("bound");
     let metrics = Arc::new(Metrics::new());
-    let state = AppState::new(config, lookup, Arc::clone(&metrics)).expect("state");
+    let state = state(config, Arc::clone(&metrics));
     let (tx, rx) = oneshot::channel::<()>();
     let run_state = Arc::clone(&state);
     let task = tokio::spawn(async move {

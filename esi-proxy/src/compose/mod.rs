@@ -22,7 +22,7 @@ use url::Url;
 use crate::config::{CookieNames, OnError, Settings};
 use crate::esi::{self, CookieAccess, ParseOptions, Template, VarPolicy};
 use crate::fetch::{ErrorKind, Fetcher};
-use crate::telemetry::Metrics;
+use crate::telemetry::{self, Metrics};
 
 pub use trace::{FetchRecord, LayoutRecord, Trace};
 
@@ -91,6 +91,9 @@ pub enum ComposeError {
     /// The page grew past `max_page_bytes`.
     #[error("page over {0} bytes")]
     PageTooLarge(usize),
+    /// Composing the page panicked (logged and counted where it was caught).
+    #[error("composition panicked")]
+    Panic,
 }
 
 /// The kind of an include's failure: a fetch's, or one the composer decides itself.
@@ -275,7 +278,17 @@ impl Composer {
         });
         let driver = Driver::new(state, doc);
         let span = tracing::Span::current();
-        tokio::spawn(driver.run(source, tx).instrument(span));
+        // A panic in the driver, or re-raised from one of its include tasks, fails this page
+        // alone: the receiver gets an error, never a clean end of a page cut short.
+        let (on_panic, metrics) = (tx.clone(), Arc::clone(&self.metrics));
+        let run = async move {
+            let run = std::panic::AssertUnwindSafe(driver.run(source, tx));
+            if let Err(panic) = futures::FutureExt::catch_unwind(run).await {
+                telemetry::record_panic(&metrics, "compose", panic.as_ref());
+                let _ = on_panic.send(Err(ComposeError::Panic)).await;
+            }
+        };
+        tokio::spawn(run.instrument(span));
         rx
     }
 }

@@ -451,6 +451,9 @@ impl Task<Result<Bytes, Failure>> {
     pub(super) async fn join(&mut self) -> Result<Bytes, Failure> {
         match (&mut self.0).await {
             Ok(result) => result,
+            // Not a failed fragment to fall back from: the page fails, where the driver
+            // catches it.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(e) => Err(Failure {
                 url: String::new(),
                 kind: FailureKind::Fetch(ErrorKind::Transport),

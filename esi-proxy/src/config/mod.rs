@@ -79,6 +79,24 @@ pub struct ServerConfig {
     /// `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded` are kept; from anyone else they
     /// are replaced (`Forwarded` dropped). Default: [].
     pub trusted_proxies: Vec<String>,
+    /// Most client connections open at once on each listener. At the bound, the proxy stops
+    /// accepting: further connections wait in the kernel's listen backlog until one closes.
+    /// Fixed at start. Default: 10000.
+    pub max_connections: usize,
+    /// Deadline for a request head (request line and headers) to arrive whole, counted from the
+    /// connection's start or from the first byte after a keep-alive wait; the connection is
+    /// closed when it passes. Default: 30000.
+    pub header_read_timeout_ms: u64,
+    /// How long a kept-alive connection may wait for the first byte of its next request before
+    /// it is closed; 0 closes every connection after one response. Default: 30000.
+    pub keep_alive_timeout_ms: u64,
+    /// How long one write to a client may stay blocked (the client reads nothing) before the
+    /// connection is dropped and its response freed. Default: 30000.
+    pub send_timeout_ms: u64,
+    /// Deadline for a request body to arrive whole, counted from the end of its head; when it
+    /// passes, the body is cut off, the origin request aborted and the connection closed.
+    /// Default: 60000.
+    pub request_body_timeout_ms: u64,
 }
 
 /// `[esi]`.
@@ -277,6 +295,11 @@ impl Default for ServerConfig {
             access_log: true,
             site_names: Vec::new(),
             trusted_proxies: Vec::new(),
+            max_connections: 10_000,
+            header_read_timeout_ms: 30_000,
+            keep_alive_timeout_ms: 30_000,
+            send_timeout_ms: 30_000,
+            request_body_timeout_ms: 60_000,
         }
     }
 }

@@ -55,6 +55,16 @@ pub struct ServerSettings {
     pub site_names: Vec<String>,
     /// `server.trusted_proxies`; an address is a range of one.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `server.max_connections`, at least 1.
+    pub max_connections: usize,
+    /// `server.header_read_timeout_ms`, above 0.
+    pub header_read_timeout: Duration,
+    /// `server.keep_alive_timeout_ms`; `None` when 0 (no keep-alive).
+    pub keep_alive_timeout: Option<Duration>,
+    /// `server.send_timeout_ms`, above 0.
+    pub send_timeout: Duration,
+    /// `server.request_body_timeout_ms`, above 0.
+    pub request_body_timeout: Duration,
 }
 
 /// `[esi]`, validated.
@@ -327,6 +337,11 @@ mod tests {
                 access_log: true,
                 site_names: Vec::new(),
                 trusted_proxies: Vec::new(),
+                max_connections: 10_000,
+                header_read_timeout: Duration::from_secs(30),
+                keep_alive_timeout: Some(Duration::from_secs(30)),
+                send_timeout: Duration::from_secs(30),
+                request_body_timeout: Duration::from_secs(60),
             },
             esi: EsiSettings {
                 process_paths: Vec::new(),

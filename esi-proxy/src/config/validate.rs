@@ -78,6 +78,18 @@ impl Config {
             "server.log_format",
             choose(&s.log_format, LogFormat::CHOICES),
         );
+        if s.max_connections == 0 {
+            p.push("server.max_connections", "must be greater than 0".into());
+        }
+        for (field, value) in [
+            ("server.header_read_timeout_ms", s.header_read_timeout_ms),
+            ("server.send_timeout_ms", s.send_timeout_ms),
+            ("server.request_body_timeout_ms", s.request_body_timeout_ms),
+        ] {
+            if value == 0 {
+                p.push(field, "must be greater than 0".into());
+            }
+        }
         let mut site_names = Vec::new();
         for (i, name) in s.site_names.iter().enumerate() {
             if let Some(name) = p.check(&format!("server.site_names[{i}]"), site_name(name)) {
@@ -104,6 +116,12 @@ impl Config {
             access_log: s.access_log,
             site_names,
             trusted_proxies,
+            max_connections: s.max_connections,
+            header_read_timeout: Duration::from_millis(s.header_read_timeout_ms),
+            keep_alive_timeout: Some(Duration::from_millis(s.keep_alive_timeout_ms))
+                .filter(|d| !d.is_zero()),
+            send_timeout: Duration::from_millis(s.send_timeout_ms),
+            request_body_timeout: Duration::from_millis(s.request_body_timeout_ms),
         })
     }
 
@@ -491,6 +509,9 @@ mod tests {
         ("[server]\nsite_names = [\"ok.example:8080\", \"a/b\", \"u@h\"]\n", &["2: server.site_names[1]: \"a/b\" is not", "2: server.site_names[2]: \"u@h\" is not"]),
         ("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\", \"10.0.0.0/33\"]\n", &["2: server.trusted_proxies[2]: \"10.0.0.0/33\" is not a CIDR"]),
         ("[server]\nlog_format = \"xml\"\n", &["2: server.log_format: \"xml\": expected"]),
+        ("[server]\nmax_connections = 0\n", &["2: server.max_connections: must be greater than 0"]),
+        ("[server]\nheader_read_timeout_ms = 0\nsend_timeout_ms = 0\nrequest_body_timeout_ms = 0\n", &["2: server.header_read_timeout_ms: must be greater than 0", "3: server.send_timeout_ms: must be greater than 0", "4: server.request_body_timeout_ms: must be greater than 0"]),
+        ("[server]\nkeep_alive_timeout_ms = 0\n", &[]),
         ("[esi]\nmax_depth = 21\n", &["2: esi.max_depth: 21 is over the limit of 20"]),
         ("[esi]\nmax_depth = 20\n", &[]),
         ("[esi]\nmax_depth = 0\n", &[]),

@@ -56,6 +56,12 @@ pub(super) const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
 /// How long a connection may stay idle in a [`PlainPool`], as reqwest keeps them.
 pub(super) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// How long a connection whose response has been read may wait for its request body to finish
+/// going out before it is given up on (dropped, so it closes once the body ends or fails)
+/// rather than checked back in: a client trickling a body the origin did not wait for must
+/// not park it for good.
+pub(super) const CHECKIN_WAIT: Duration = Duration::from_secs(10);
+
 /// Connects to `http` fragment hosts through the [`GuardedResolver`], resolution and TCP within
 /// `fetch.connect_timeout` together (as reqwest counts its connect timeout).
 #[derive(Clone)]
@@ -193,8 +199,12 @@ where
             let authority = authority.to_owned();
             let mut sender = sender;
             tokio::spawn(async move {
-                if sender.ready().await.is_ok() {
-                    pool.checkin(&authority, sender);
+                match tokio::time::timeout(CHECKIN_WAIT, sender.ready()).await {
+                    Ok(Ok(())) => pool.checkin(&authority, sender),
+                    Ok(Err(_)) => {}
+                    Err(_) => {
+                        tracing::debug!(%authority, "request body still going out: connection not reused")
+                    }
                 }
             });
             return;

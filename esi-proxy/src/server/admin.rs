@@ -233,7 +233,7 @@ async fn debug_page(
     let mut req = req;
     // The admin token was for this endpoint; the page is composed as the visitor gets it.
     consume_admin_token(&rt, req.headers_mut());
-    let mut out = Outgoing::new(req, remote, &rt.settings.server)?;
+    let mut out = Outgoing::new(req, remote, &rt.settings.server, &state.metrics)?;
     out.method = Method::GET;
     out.path_and_query.clone_from(&target);
     out.body = crate::fetch::OriginBody::default();

@@ -2,6 +2,7 @@
 //! metered wrapper that records bytes sent, the request's duration and the access log line when
 //! a body ends. Knows no routes beyond the label it is given.
 
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -13,8 +14,9 @@ use http::{Method, Response};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Frame;
 
+use super::conn::Cycle;
 pub(super) use crate::fetch::BoxError;
-use crate::telemetry::Metrics;
+use crate::telemetry::{self, Metrics};
 
 /// A response body: bytes streamed, errors abort the connection.
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -33,13 +35,15 @@ pub(super) fn with_type(body: Body, content_type: &'static str) -> Response<Body
     response
 }
 
-/// Wraps a response body so bytes sent and the request's duration are recorded when it ends.
+/// Wraps a response body so bytes sent and the request's duration are recorded when it ends,
+/// and the connection's keep-alive wait starts then; a panic while the body streams aborts it.
 pub(super) fn metered(
     response: Response<Body>,
     route: &'static str,
     started: Instant,
     metrics: Arc<Metrics>,
     access: Option<(Method, String)>,
+    cycle: Arc<Cycle>,
 ) -> Response<Body> {
     let status = response.status().as_u16();
     response.map(|body| {
@@ -51,6 +55,7 @@ pub(super) fn metered(
             metrics,
             bytes: 0,
             access,
+            cycle,
         })
     })
 }
@@ -64,6 +69,8 @@ struct Metered {
     bytes: u64,
     /// Method and path for the access log line, when access logging is on.
     access: Option<(Method, String)>,
+    /// The connection's request cycle, told when the response ends.
+    cycle: Arc<Cycle>,
 }
 
 impl http_body::Body for Metered {
@@ -74,7 +81,16 @@ impl http_body::Body for Metered {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let body = &mut self.body;
+        let polled =
+            match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(body).poll_frame(cx))) {
+                Ok(polled) => polled,
+                Err(panic) => {
+                    // The head is out: the client must see a cut body, never a clean end.
+                    telemetry::record_panic(&self.metrics, "body", panic.as_ref());
+                    return Poll::Ready(Some(Err("the response body panicked".into())));
+                }
+            };
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
                 self.bytes += data.len() as u64;
@@ -94,6 +110,7 @@ impl http_body::Body for Metered {
 
 impl Drop for Metered {
     fn drop(&mut self) {
+        self.cycle.response_ended();
         if let Some((method, path)) = &self.access {
             tracing::info!(
                 target: "esi_proxy::access",

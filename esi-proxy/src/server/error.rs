@@ -31,6 +31,9 @@ pub enum Error {
     /// Nothing is here.
     #[error("not found")]
     NotFound,
+    /// Handling the request panicked (logged and counted where it was caught).
+    #[error("request handling panicked")]
+    Panic,
 }
 
 /// Why the server could not start or run.
@@ -53,6 +56,7 @@ impl Error {
             Error::Origin(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
             Error::Origin(_) => StatusCode::BAD_GATEWAY,
             Error::Compose(ComposeError::LayoutTimeout(_)) => StatusCode::GATEWAY_TIMEOUT,
+            Error::Compose(ComposeError::Panic) | Error::Panic => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Compose(ComposeError::Required(f))
                 if f.kind == FailureKind::Fetch(ErrorKind::Timeout) =>
             {

@@ -20,6 +20,7 @@ use crate::esi;
 use crate::telemetry::{server_timing, Metrics};
 
 use super::body::{full, Body, BoxError};
+use super::conn::timed_body;
 use super::error::Error;
 use super::state::Runtime;
 use super::AppState;
@@ -170,6 +171,7 @@ impl Outgoing {
         req: Request<Incoming>,
         remote: SocketAddr,
         server: &ServerSettings,
+        metrics: &Arc<Metrics>,
     ) -> Result<Self, Error> {
         let forwarding = forwarding(&req, remote, server)?;
         let path_and_query = req
@@ -180,7 +182,7 @@ impl Outgoing {
         let headers = origin_headers(&req, remote, &forwarding);
         let vars = esi_vars(&req);
         let method = req.method().clone();
-        let body = req.into_body().map_err(BoxError::from).boxed();
+        let body = timed_body(req.into_body(), server.request_body_timeout, metrics);
         Ok(Self {
             method,
             path_and_query,
@@ -204,7 +206,7 @@ pub(super) async fn serve(
     }
     let mut req = req;
     super::admin::consume_admin_token(&rt, req.headers_mut());
-    let out = match Outgoing::new(req, remote, &rt.settings.server) {
+    let out = match Outgoing::new(req, remote, &rt.settings.server, &state.metrics) {
         Ok(out) => out,
         Err(e) => return ("proxy", Err(e)),
     };

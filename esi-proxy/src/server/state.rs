@@ -19,6 +19,8 @@ use super::reload::ReloadStatus;
 pub struct AppState {
     runtime: RwLock<Arc<Runtime>>,
     lookup: Arc<dyn Lookup>,
+    /// What every runtime's fetcher is wrapped in; only tests set one (`test-hooks`).
+    layer: Option<FetcherLayer>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) fragment_cache: Arc<FragmentCache>,
     pub(super) layout_cache: Arc<LayoutCache>,
@@ -26,6 +28,8 @@ pub struct AppState {
     pub(super) breakers: Arc<Breakers>,
     pub(super) reload: Mutex<ReloadStatus>,
     pub(super) started: Instant,
+    /// Client connections open on every listener (`esi_proxy_connections_open`).
+    pub(super) connections: Mutex<i64>,
 }
 
 /// Everything built from one config. A request takes one `Arc<Runtime>` and keeps it to its
@@ -42,6 +46,9 @@ pub(super) struct Runtime {
     pub(super) origin_url: url::Url,
 }
 
+/// Wraps the fetcher a runtime builds (behind the cache when caching is on) in another.
+pub type FetcherLayer = Arc<dyn Fn(Arc<dyn Fetcher>) -> Arc<dyn Fetcher> + Send + Sync>;
+
 // === impl AppState ===
 
 impl AppState {
@@ -56,6 +63,31 @@ impl AppState {
         lookup: Arc<dyn Lookup>,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, ServerError> {
+        Self::build(config, lookup, metrics, None)
+    }
+
+    /// [`AppState::new`], with every fetcher the server builds (at start and on reload)
+    /// wrapped by `layer`: how tests put a fetcher of their own (one that fails or panics on
+    /// cue) between the composer and the network.
+    ///
+    /// # Errors
+    /// As [`AppState::new`].
+    #[cfg(feature = "test-hooks")]
+    pub fn with_fetcher_layer(
+        config: Config,
+        lookup: Arc<dyn Lookup>,
+        metrics: Arc<Metrics>,
+        layer: FetcherLayer,
+    ) -> Result<Arc<Self>, ServerError> {
+        Self::build(config, lookup, metrics, Some(layer))
+    }
+
+    fn build(
+        config: Config,
+        lookup: Arc<dyn Lookup>,
+        metrics: Arc<Metrics>,
+        layer: Option<FetcherLayer>,
+    ) -> Result<Arc<Self>, ServerError> {
         let settings = validated(&config)?;
         let fragment_cache = FragmentCache::new(
             settings.cache.fragment_capacity_bytes.max(1),
@@ -66,16 +98,25 @@ impl AppState {
             Arc::clone(&metrics),
         );
         let breakers = Arc::new(Breakers::new(&settings, Arc::clone(&metrics)));
-        let runtime = build_runtime(settings, &lookup, &metrics, &fragment_cache, &breakers)?;
+        let runtime = build_runtime(
+            settings,
+            &lookup,
+            &metrics,
+            &fragment_cache,
+            &breakers,
+            layer.as_ref(),
+        )?;
         Ok(Arc::new(Self {
             runtime: RwLock::new(Arc::new(runtime)),
             lookup,
+            layer,
             metrics,
             fragment_cache,
             layout_cache,
             breakers,
             reload: Mutex::new(ReloadStatus::default()),
             started: Instant::now(),
+            connections: Mutex::new(0),
         }))
     }
 
@@ -121,6 +162,7 @@ impl AppState {
             &self.metrics,
             &self.fragment_cache,
             &self.breakers,
+            self.layer.as_ref(),
         )?;
         // Only once the new config is sure to apply: a refused one leaves the breakers as
         // they were.
@@ -146,6 +188,7 @@ fn build_runtime(
     metrics: &Arc<Metrics>,
     fragment_cache: &Arc<FragmentCache>,
     breakers: &Arc<Breakers>,
+    layer: Option<&FetcherLayer>,
 ) -> Result<Runtime, ServerError> {
     let client = Arc::new(
         HttpClient::with_breakers(&settings, Arc::clone(lookup), Arc::clone(breakers))
@@ -162,6 +205,10 @@ fn build_runtime(
         ))
     } else {
         Arc::clone(&client) as Arc<dyn Fetcher>
+    };
+    let fetcher = match layer {
+        Some(layer) => layer(fetcher),
+        None => fetcher,
     };
     let composer = Composer::new(
         Arc::clone(&fetcher),

@@ -97,6 +97,31 @@ pub fn init_tracing(json: bool, default_filter: &str) -> Result<bool, TelemetryE
     Ok(installed)
 }
 
+/// The family [`record_panic`] counts in, labelled by `stage`.
+pub const PANICS: &str = "esi_proxy_panics_total";
+
+/// A panic was caught at `stage` (`"request"`: before the response head; `"body"`: while the
+/// body streamed; `"compose"`: in a page's composition): logs it at `error` with its message and
+/// counts it in `esi_proxy_panics_total{stage}`. Only that response fails.
+pub fn record_panic(metrics: &Metrics, stage: &'static str, payload: &(dyn std::any::Any + Send)) {
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    tracing::error!(
+        stage,
+        panic = message,
+        "panic caught: the response fails, the process carries on"
+    );
+    metrics.inc_counter(
+        PANICS,
+        "Panics caught, by stage; each failed one response only.",
+        Some(("stage", stage)),
+        1,
+    );
+}
+
 /// The filter from `env` (the value of `RUST_LOG`) when set and not blank, else from
 /// `default_filter`; `default_filter` is parsed either way.
 fn build_filter(env: Option<&str>, default_filter: &str) -> Result<EnvFilter, TelemetryError> {

@@ -21,7 +21,7 @@ use url::Url;
 
 use crate::config::{CookieNames, OnError, Settings};
 use crate::esi::{self, CookieAccess, ParseOptions, Template, VarPolicy};
-use crate::fetch::{ErrorKind, Fetcher};
+use crate::fetch::{deadline_after, ErrorKind, Fetcher};
 use crate::telemetry::Metrics;
 
 pub use trace::{FetchRecord, LayoutRecord, Trace};
@@ -257,7 +257,8 @@ impl Composer {
         S: Stream<Item = Result<Bytes, String>> + Send + Unpin + 'static,
     {
         let (tx, rx) = mpsc::channel(16);
-        let deadline = tokio::time::Instant::from_std(page.started + self.config.page_timeout);
+        let started = tokio::time::Instant::from_std(page.started);
+        let deadline = deadline_after(started, self.config.page_timeout);
         let doc = Arc::new(DocContext {
             base: page.url.clone(),
             ancestors: vec![page.url.clone()],

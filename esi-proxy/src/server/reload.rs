@@ -1,6 +1,7 @@
 //! Config reloads: the file loaded, adjusted by command-line overrides, validated and applied to
 //! requests that start from now on (on SIGHUP or when the file changes), and the outcome kept
-//! for `/_esi/health` and the metrics. A broken file never replaces the config in force.
+//! for `/_esi/health` and the metrics. A broken file never replaces the config in force, and a
+//! panic while loading one is a refused reload, never the end of the watcher.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,15 +47,22 @@ impl AppState {
         path: &Path,
         adjust: &(dyn Fn(&mut Config) + Send + Sync),
     ) -> Result<u64, String> {
-        let result = Config::load(path)
-            .map_err(|e| e.to_string())
-            .and_then(|mut config| {
-                adjust(&mut config);
-                let settings = config
-                    .settings_source(&path.display().to_string(), None)
-                    .map_err(|e| e.to_string())?;
-                self.apply_settings(settings).map_err(|e| e.to_string())
-            });
+        let load = || {
+            Config::load(path)
+                .map_err(|e| e.to_string())
+                .and_then(|mut config| {
+                    adjust(&mut config);
+                    let settings = config
+                        .settings_source(&path.display().to_string(), None)
+                        .map_err(|e| e.to_string())?;
+                    self.apply_settings(settings).map_err(|e| e.to_string())
+                })
+        };
+        // A panic while loading or applying is a refused reload like any other: the watcher
+        // that called this must live on to take the next file, and health must say it failed.
+        // Unwind safe enough: the config in force is swapped whole, only after a success.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(load))
+            .unwrap_or_else(|panic| Err(format!("{}: {}", path.display(), panic_message(&*panic))));
         let mut status = self
             .reload
             .lock()
@@ -96,6 +104,16 @@ impl AppState {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
+}
+
+/// What a caught panic said, for the refused reload's error.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let said = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message");
+    format!("loading the config panicked: {said}")
 }
 
 /// Reloads the config on SIGHUP and whenever the file changes (checked every `poll`; `None`,

@@ -60,8 +60,11 @@ fuzz_target!(|data: &[u8]| {
         map.append(name, value);
     }
     let paths = ["/plain", "/rule/a", "/auth/b"];
-    let url = Url::parse(&format!("http://a.test{}", paths[usize::from(*selector >> 2) % 3]))
-        .expect("valid");
+    let url = Url::parse(&format!(
+        "http://a.test{}",
+        paths[usize::from(*selector >> 2) % 3]
+    ))
+    .expect("valid");
     let credentials = Credentials {
         cookie: selector & 0x10 != 0,
         authorization: selector & 0x20 != 0,

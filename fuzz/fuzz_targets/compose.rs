@@ -58,6 +58,15 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// The composition settings of the default config, which the input's limits then change.
+fn defaults() -> &'static ComposeConfig {
+    static DEFAULTS: OnceLock<ComposeConfig> = OnceLock::new();
+    DEFAULTS.get_or_init(|| {
+        let settings = Config::default().settings().expect("the default is valid");
+        ComposeConfig::from_config(&settings)
+    })
+}
+
 fuzz_target!(|data: &[u8]| {
     let [limits, depth, cut, rest @ ..] = data else {
         return;
@@ -66,8 +75,7 @@ fuzz_target!(|data: &[u8]| {
     let mut parts = rest.split(|b| *b == 0).map(Bytes::copy_from_slice);
     let layout = parts.next().unwrap_or_default();
     let bodies: Vec<Bytes> = parts.take(8).collect();
-    let settings = Config::default().settings().expect("the default is valid");
-    let mut config = ComposeConfig::from_config(&settings);
+    let mut config = defaults().clone();
     config.max_page_bytes = 1 + usize::from(*limits) * 16;
     config.max_includes = 1 + usize::from(limits & 0x1f);
     config.max_depth = usize::from(depth % 6);
@@ -114,5 +122,8 @@ fuzz_target!(|data: &[u8]| {
         }
         sent
     });
-    assert!(sent <= max_page_bytes, "{sent} bytes sent, limit {max_page_bytes}");
+    assert!(
+        sent <= max_page_bytes,
+        "{sent} bytes sent, limit {max_page_bytes}"
+    );
 });

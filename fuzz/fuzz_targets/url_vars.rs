@@ -32,7 +32,8 @@ fuzz_target!(|data: &[u8]| {
     for policy in &policies {
         if let Ok(url) = render_url(&parsed, &req, policy) {
             assert!(
-                !url.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()),
+                !url.bytes()
+                    .any(|b| b.is_ascii_whitespace() || b.is_ascii_control()),
                 "{url:?}"
             );
         }

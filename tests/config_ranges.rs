@@ -15,6 +15,9 @@ use esi_proxy::server;
 use crate::support::process::run;
 use crate::support::{esi, get, html, proxy, serve, Proxy, Server, MUST};
 
+/// The key a table keyed by names (`*` in a range's field) gets in the generated files.
+const NAME_KEY: &str = "a-test";
+
 /// Keys a list entry needs besides its numbers, by list: a new list with numbers adds a line.
 const REQUIRED: &[(&str, &str)] = &[("cache.rules", "match = \"/r\"")];
 
@@ -78,14 +81,24 @@ fn split_field(field: &str) -> (&str, &str) {
     field.rsplit_once('.').expect("fields are section.key")
 }
 
+/// `field` as the generated files hold it and problems name it: the first entry of a list,
+/// [`NAME_KEY`] for a name.
+fn in_file(field: &str) -> String {
+    field.replace("[]", "[0]").replace('*', NAME_KEY)
+}
+
 /// A config file with `origin`, the base keys, and each field of `values` set to its value,
 /// sections in the order of [`RANGES`]; list fields go in one entry of their list.
 fn generate(origin: &str, values: &[(&Range, i128)], comment: usize) -> Generated {
     let mut text = format!("# {}\n", "x".repeat(comment));
     let mut fields = Vec::new();
     let mut sections: Vec<&str> = Vec::new();
-    for range in RANGES {
-        let (section, _) = split_field(range.field);
+    let named: Vec<String> = RANGES
+        .iter()
+        .map(|r| r.field.replace('*', NAME_KEY))
+        .collect();
+    for field in &named {
+        let (section, _) = split_field(field);
         if !sections.contains(&section) {
             sections.push(section);
         }
@@ -109,11 +122,12 @@ fn generate(origin: &str, values: &[(&Range, i128)], comment: usize) -> Generate
             }
         }
         for (range, value) in values {
-            let (s, key) = split_field(range.field);
+            let named = range.field.replace('*', NAME_KEY);
+            let (s, key) = split_field(&named);
             if s == section {
                 text.push_str(&format!("{key} = {value}\n"));
                 let line = text.lines().count();
-                fields.push((range.field.replace("[]", "[0]"), line, *value));
+                fields.push((in_file(range.field), line, *value));
             }
         }
     }
@@ -135,7 +149,7 @@ fn out_of_range(generated: &Generated) -> Vec<(usize, String, String)> {
         .filter_map(|(field, line, value)| {
             let range = RANGES
                 .iter()
-                .find(|r| r.field.replace("[]", "[0]") == *field)
+                .find(|r| in_file(r.field) == *field)
                 .expect("generated from RANGES");
             let message = if *value > i128::from(range.max) {
                 format!("{value} is over the limit of {}", range.max)
@@ -388,10 +402,9 @@ async fn a_reload_that_panics_is_refused_and_the_watcher_lives_on() {
     };
     write_config(&path, &text(7));
     let proxy = proxy(&origin.base(), Config::load(&path).expect("valid")).await;
-    // Each file differs in length from the last: the poll compares size and mtime, and an mtime
-    // may not move between two writes this close.
     // The command-line overrides run inside the load: one that panics on 13 stands for any
-    // panic while loading or applying.
+    // panic while loading or applying. Each file differs in length from the last: the poll
+    // compares length and mtime, and an mtime may not move between two writes this close.
     let watcher = server::watch_config(
         Arc::clone(&proxy.state),
         path.clone(),

@@ -5,6 +5,7 @@
 
 use serde_json::Value;
 
+use super::source::key_name;
 use super::Config;
 
 /// The values a numeric config field accepts, both ends included.
@@ -34,7 +35,8 @@ const YEAR_S: u64 = 365 * 24 * 60 * 60;
 
 /// Every numeric field of the schema and its range, in the order of the file. A new numeric
 /// field gets one line here (and its range in `config/esi-proxy.toml`); a test fails until it
-/// has both.
+/// has both. A table keyed by names (a per-host override) writes its key as `*`:
+/// `fetch.breaker.hosts.*.max_failures`.
 pub const RANGES: &[Range] = &[
     range("server.max_header_bytes", 8 * KIB, MIB),
     range("server.shutdown_grace_ms", 0, HOUR_MS),
@@ -88,43 +90,47 @@ pub fn range_of(field: &str) -> Option<&'static Range> {
 /// the field with its list indices (`cache.rules[2].ttl_s`).
 pub(super) fn check(config: &Config, mut problem: impl FnMut(&str, String)) {
     let tree = serde_json::to_value(config).expect("the schema serializes: it has string keys");
-    walk(&tree, &mut String::new(), &mut String::new(), &mut problem);
+    walk(&tree, &mut String::new(), &mut Vec::new(), &mut problem);
 }
 
-/// Visits the numbers under `value`; `field` and `generic` are its path with and without list
-/// indices.
+/// Visits the numbers under `value`; `field` is its path as problems name it (list indices,
+/// keys quoted as TOML needs), `generic` its keys, a list's written `key[]`.
 fn walk(
     value: &Value,
     field: &mut String,
-    generic: &mut String,
+    generic: &mut Vec<String>,
     problem: &mut impl FnMut(&str, String),
 ) {
-    let (field_len, generic_len) = (field.len(), generic.len());
+    let field_len = field.len();
     match value {
         Value::Object(map) => {
             for (key, value) in map {
-                for path in [&mut *field, &mut *generic] {
-                    if !path.is_empty() {
-                        path.push('.');
-                    }
-                    path.push_str(key);
+                if !field.is_empty() {
+                    field.push('.');
                 }
+                field.push_str(&key_name(key));
+                generic.push(key.clone());
                 walk(value, field, generic, problem);
+                generic.pop();
                 field.truncate(field_len);
-                generic.truncate(generic_len);
             }
         }
         Value::Array(items) => {
-            generic.push_str("[]");
+            let Some(last) = generic.last_mut() else {
+                return;
+            };
+            last.push_str("[]");
             for (i, item) in items.iter().enumerate() {
                 field.push_str(&format!("[{i}]"));
                 walk(item, field, generic, problem);
                 field.truncate(field_len);
             }
-            generic.truncate(generic_len);
+            if let Some(last) = generic.last_mut() {
+                last.truncate(last.len() - 2);
+            }
         }
         Value::Number(n) => {
-            let Some(range) = range_of(generic) else {
+            let Some(range) = find(RANGES, generic) else {
                 // Only a field missing from `RANGES` gets here; a test keeps that from happening.
                 return;
             };
@@ -139,6 +145,19 @@ fn walk(
         }
         _ => {}
     }
+}
+
+/// The range in `table` of the field whose keys are `keys`; a `*` in a range's name matches
+/// any one key (a host name, dots and all).
+fn find<'a>(table: &'a [Range], keys: &[String]) -> Option<&'a Range> {
+    table.iter().find(|range| {
+        let mut names = range.field.split('.');
+        keys.iter().all(|key| {
+            names.next().is_some_and(|name| {
+                name == key || name == "*" || (name == "*[]" && key.ends_with("[]"))
+            })
+        }) && names.next().is_none()
+    })
 }
 
 // === impl Range ===
@@ -282,6 +301,28 @@ mod tests {
             range("y", 8192, 9000).refuse(0).as_deref(),
             Some("0 is below the minimum of 8192")
         );
+    }
+
+    #[test]
+    fn a_star_matches_any_one_key() {
+        let table = [
+            range("fetch.breaker.hosts.*.max_failures", 1, 10),
+            range("fetch.hosts[].weight", 0, 5),
+        ];
+        let keys = |path: &[&str]| path.iter().map(|k| (*k).to_owned()).collect::<Vec<_>>();
+        let found = |path: &[&str]| find(&table, &keys(path)).map(|r| r.field);
+        let host = [
+            "fetch",
+            "breaker",
+            "hosts",
+            "a.example:8080",
+            "max_failures",
+        ];
+        assert_eq!(found(&host), Some(table[0].field));
+        assert_eq!(found(&["fetch", "hosts[]", "weight"]), Some(table[1].field));
+        assert_eq!(found(&["fetch", "breaker", "hosts", "max_failures"]), None);
+        assert_eq!(found(&["fetch", "hosts[]", "weight", "x"]), None);
+        assert_eq!(found(&["fetch", "hosts[]"]), None);
     }
 
     /// Numbers in lists carry their index, so the problem names the line of that entry.

@@ -106,6 +106,13 @@ impl AppState {
     }
 }
 
+/// What tells one state of the config file from another: modification time and length.
+fn stamp(path: &Path) -> Option<(Option<std::time::SystemTime>, u64)> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.modified().ok(), m.len()))
+}
+
 /// What a caught panic said, for the refused reload's error.
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     let said = panic
@@ -129,13 +136,10 @@ pub fn watch_config(
     // task first runs must not take the default action, which ends the process.
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    // Likewise the file's first state is taken before this returns: taken in the task, a
+    // change written before the task first ran would pass for the state it started from.
+    let mut last = stamp(&path);
     tokio::spawn(async move {
-        let stamp = |p: &Path| {
-            std::fs::metadata(p)
-                .ok()
-                .map(|m| (m.modified().ok(), m.len()))
-        };
-        let mut last = stamp(&path);
         // With no interval the ticks are ignored (reload on SIGHUP only); `interval` needs one.
         let mut tick = tokio::time::interval(poll.unwrap_or(Duration::from_secs(3600)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -32,8 +32,10 @@ const BIG_PAGE_BYTES: usize = 2 << 20;
 const HUGE_PAGE_BYTES: usize = 24 << 20;
 /// Clients that ask for the huge page and never read.
 const HUGE_READERS: usize = 5;
-/// How long a normal client's page may take while an attack runs (it takes a few ms alone).
-const NORMAL_PAGE_WITHIN: Duration = Duration::from_millis(1000);
+/// How long a normal client's page may take while an attack runs: it takes a few ms alone and
+/// tens of ms under the attack; the bound leaves room for a shared, busy machine (the test
+/// binary runs other tests beside this one) while still failing if the attack starves it.
+const NORMAL_PAGE_WITHIN: Duration = Duration::from_millis(3000);
 /// How much the proxy's RSS may grow over its baseline while 3,000 slowloris connections are
 /// open (a few KB each).
 const SLOWLORIS_RSS_MB: u64 = 150;

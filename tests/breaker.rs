@@ -76,7 +76,7 @@ fn config(failures: u32, open_ms: u64, max_open_ms: u64) -> Config {
     let mut config = Config::default();
     config.server.admin_from_loopback = true;
     config.fetch.fragment_timeout_ms = TIMEOUT.as_millis() as u64;
-    config.fetch.breaker.failures = failures;
+    config.fetch.breaker.failures = u64::from(failures);
     config.fetch.breaker.open_ms = open_ms;
     config.fetch.breaker.max_open_ms = max_open_ms;
     config

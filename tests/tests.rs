@@ -7,6 +7,7 @@ mod browser;
 mod cache;
 mod cache_proxy;
 mod config;
+mod config_ranges;
 mod debug;
 mod demo;
 mod engine;

@@ -22,8 +22,8 @@ use super::store::{
 use super::{COALESCED, FRAGMENT_BYTES, FRAGMENT_ENTRIES, PASSES, STALE_SERVED};
 use crate::esi::{ParseOptions, Template};
 use crate::fetch::{
-    Allowed, CacheInfo, CacheStatus, ErrorKind, FetchError, Fetcher, Fragment, FragmentRequest,
-    OriginBody, OriginRequest,
+    deadline_after, Allowed, CacheInfo, CacheStatus, ErrorKind, FetchError, Fetcher, Fragment,
+    FragmentRequest, OriginBody, OriginRequest,
 };
 use crate::telemetry::Metrics;
 
@@ -278,7 +278,7 @@ impl CachingFetcher {
         let access = req.url.access();
         let credentials = Credentials::of(&req.client_headers, access.trusted);
         let text: Arc<str> = cache_url(&req.url).into();
-        let deadline = tokio::time::Instant::now() + req.timeout;
+        let deadline = deadline_after(tokio::time::Instant::now(), req.timeout);
         let mut retried = false;
         let mut counted = false;
         for _ in 0..MAX_ROUNDS {

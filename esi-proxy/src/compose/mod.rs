@@ -21,7 +21,7 @@ use url::Url;
 
 use crate::config::{CookieNames, OnError, Settings};
 use crate::esi::{self, CookieAccess, ParseOptions, Template, VarPolicy};
-use crate::fetch::{ErrorKind, Fetcher};
+use crate::fetch::{deadline_after, ErrorKind, Fetcher};
 use crate::telemetry::{self, Metrics};
 
 pub use trace::{FetchRecord, LayoutRecord, Trace};
@@ -260,7 +260,8 @@ impl Composer {
         S: Stream<Item = Result<Bytes, String>> + Send + Unpin + 'static,
     {
         let (tx, rx) = mpsc::channel(16);
-        let deadline = tokio::time::Instant::from_std(page.started + self.config.page_timeout);
+        let started = tokio::time::Instant::from_std(page.started);
+        let deadline = deadline_after(started, self.config.page_timeout);
         let doc = Arc::new(DocContext {
             base: page.url.clone(),
             ancestors: vec![page.url.clone()],
@@ -354,6 +355,55 @@ impl PageState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fetch::{FetchError, Fragment, FragmentRequest};
+
+    /// Answers every fragment at once with its own path.
+    struct Echo;
+
+    impl Fetcher for Echo {
+        fn fetch(
+            &self,
+            req: FragmentRequest,
+        ) -> futures::future::BoxFuture<'static, Result<Fragment, FetchError>> {
+            let body = Bytes::from(req.url.path().to_owned());
+            Box::pin(futures::future::ready(Ok(Fragment {
+                status: http::StatusCode::OK,
+                headers: HeaderMap::new(),
+                body,
+                cache: None,
+                template: None,
+            })))
+        }
+    }
+
+    /// Regression: `page.started + page_timeout` panicked for a timeout too long to add to an
+    /// `Instant` (a config built in code; files are held to their ranges).
+    #[tokio::test]
+    async fn huge_timeouts_compose_instead_of_overflowing_the_deadline() {
+        let settings = crate::config::Config::default()
+            .settings()
+            .expect("the default is valid");
+        let mut config = ComposeConfig::from_config(&settings);
+        config.page_timeout = Duration::MAX;
+        config.fragment_timeout = Duration::MAX;
+        let composer = Composer::new(Arc::new(Echo), config, 4, Arc::new(Metrics::new()));
+        let page = Page {
+            url: Url::parse("http://shop.test/page").expect("valid"),
+            vars: esi::Request::new(),
+            client_headers: Arc::new(HeaderMap::new()),
+            started: Instant::now(),
+            trace: None,
+        };
+        let layout =
+            Bytes::from_static(b"a<esi:include src=\"/f\" maxwait=\"18446744073709551615\"/>b");
+        let template = esi::parse(layout, &ParseOptions::default()).expect("lenient");
+        let mut rx = composer.compose_parsed(page, Arc::new(template));
+        let mut body = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            body.extend_from_slice(&chunk.expect("the page completes"));
+        }
+        assert_eq!(body, b"a/fb");
+    }
 
     #[test]
     fn fallback_names() {

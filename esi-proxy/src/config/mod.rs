@@ -1,7 +1,7 @@
 //! Configuration: the serde TOML schema with every field's documented default, and
 //! `Config::load`/`Config::parse`. Spans for file:line:field errors live in `source`, the error
-//! types in `error`, the checks in `validate`, which builds the typed view of `settings`, and
-//! the `*` matcher in `glob`. Touches no network.
+//! types in `error`, the checks in `validate`, which builds the typed view of `settings`, the
+//! range of every numeric field in `ranges`, and the `*` matcher in `glob`. Touches no network.
 
 use std::path::Path;
 
@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 pub mod base_url;
 mod error;
 mod glob;
+mod ranges;
 mod settings;
 mod source;
 mod validate;
@@ -17,6 +18,7 @@ mod validate;
 pub use base_url::{parse_base_url, BaseUrl, Scheme};
 pub use error::{ConfigError, Invalid};
 pub use glob::glob_match;
+pub use ranges::{range_of, Range, RANGES};
 pub use settings::{
     BreakerSettings, CacheRuleSettings, CacheSettings, CookieNames, EsiSettings, FetchSettings,
     HostSettings, LogFormat, OnError, ServerSettings, Settings,
@@ -176,7 +178,7 @@ pub struct BreakerConfig {
     pub enabled: bool,
     /// Consecutive failures (connect errors, timeouts, cut or malformed responses, 5xx) that
     /// open a host's breaker; at least 1. Default: 5.
-    pub failures: u32,
+    pub failures: u64,
     /// How long a breaker stays open before one probe request may go through, in
     /// milliseconds; doubled each time a probe fails. Default: 10000.
     pub open_ms: u64,
@@ -195,7 +197,7 @@ pub struct HostBreakerConfig {
     pub enabled: Option<bool>,
     /// As `fetch.breaker.failures`. Default: unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failures: Option<u32>,
+    pub failures: Option<u64>,
     /// As `fetch.breaker.open_ms`. Default: unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_ms: Option<u64>,
@@ -469,6 +471,56 @@ mod tests {
             } else {
                 comment.clear();
             }
+        }
+    }
+
+    /// Every numeric field's comment in the documented file gives its range as [`RANGES`] has
+    /// it, and so does the operator's table in `docs/resilience-config.md`.
+    #[test]
+    fn documented_file_gives_every_range() {
+        const TABLE: &str = include_str!("../../../docs/resilience-config.md");
+        let text = format!(
+            "{DOCUMENTED}\n{}\n{}",
+            commented_example(DOCUMENTED, "[[cache.rules]]"),
+            commented_example(DOCUMENTED, "[fetch.hosts.breaker]")
+        );
+        let mut documented = BTreeSet::new();
+        let (mut section, mut comment) = (String::new(), String::new());
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix('#') {
+                comment.push_str(rest);
+            } else if line.starts_with('[') {
+                section = line.trim_matches(['[', ']']).to_owned();
+            } else if let Some((key, _)) = line.split_once(" = ") {
+                let field = match section.as_str() {
+                    "cache.rules" => format!("cache.rules[].{key}"),
+                    "fetch.hosts.breaker" => format!("fetch.hosts[].breaker.{key}"),
+                    _ => format!("{section}.{key}"),
+                };
+                if let Some(range) = range_of(&field) {
+                    let want = format!("Range: {} to {}", range.min, range.max);
+                    assert!(
+                        comment.contains(&want),
+                        "{field}: no {want:?} in {comment:?}"
+                    );
+                    documented.insert(range.field);
+                }
+                comment.clear();
+            } else {
+                comment.clear();
+            }
+        }
+        for range in RANGES {
+            assert!(
+                documented.contains(range.field),
+                "{}: not documented",
+                range.field
+            );
+            let row = format!("| `{}` | {} | {} |", range.field, range.min, range.max);
+            assert!(
+                TABLE.contains(&row),
+                "docs/resilience-config.md has no row {row:?}"
+            );
         }
     }
 

@@ -152,7 +152,7 @@ impl KeyMap {
 }
 
 /// A key as written in a dotted path: bare when TOML allows it, else quoted.
-fn key_name(key: &str) -> String {
+pub(super) fn key_name(key: &str) -> String {
     let bare = !key.is_empty()
         && key
             .bytes()

@@ -14,9 +14,6 @@ use super::settings::{
 use super::source::KeyMap;
 use super::{BreakerConfig, Config, ConfigError, HostBreakerConfig, Invalid};
 
-/// Deeper composition than this is an include loop, not a page design.
-const MAX_ESI_DEPTH: usize = 20;
-
 /// Collects problems found by [`Config::validate_source`].
 struct Problems<'a> {
     path: &'a str,
@@ -64,10 +61,6 @@ impl Config {
             p.check("server.admin_listen", parsed)
         };
         let origin = p.check("server.origin", super::parse_base_url(&s.origin));
-        if s.max_header_bytes < 8192 {
-            let message = format!("{} is below the minimum of 8192", s.max_header_bytes);
-            p.push("server.max_header_bytes", message);
-        }
         if !s.admin_token.bytes().all(|b| b.is_ascii_graphic()) {
             // It is compared with what follows `Bearer ` in a header: a space, newline or
             // non-ASCII character (usually a copy-paste accident) makes it impossible to send.
@@ -78,18 +71,6 @@ impl Config {
             "server.log_format",
             choose(&s.log_format, LogFormat::CHOICES),
         );
-        if s.max_connections == 0 {
-            p.push("server.max_connections", "must be greater than 0".into());
-        }
-        for (field, value) in [
-            ("server.header_read_timeout_ms", s.header_read_timeout_ms),
-            ("server.send_timeout_ms", s.send_timeout_ms),
-            ("server.request_body_timeout_ms", s.request_body_timeout_ms),
-        ] {
-            if value == 0 {
-                p.push(field, "must be greater than 0".into());
-            }
-        }
         let mut site_names = Vec::new();
         for (i, name) in s.site_names.iter().enumerate() {
             if let Some(name) = p.check(&format!("server.site_names[{i}]"), site_name(name)) {
@@ -139,21 +120,6 @@ impl Config {
                 let field = format!("esi.{list}[{i}]");
                 let message = format!("{glob:?} does not start with '/': request paths always do");
                 p.push(&field, message);
-            }
-        }
-        if e.max_depth > MAX_ESI_DEPTH {
-            let message = format!(
-                "{} is over the limit of {MAX_ESI_DEPTH}: includes nested that deep are a loop",
-                e.max_depth
-            );
-            p.push("esi.max_depth", message);
-        }
-        for (field, value) in [
-            ("esi.max_includes", e.max_includes),
-            ("esi.max_nesting", e.max_nesting),
-        ] {
-            if value == 0 {
-                p.push(field, "must be greater than 0".into());
             }
         }
         let on_error = p.check("esi.on_error", choose(&e.on_error, OnError::CHOICES));
@@ -232,16 +198,6 @@ impl Config {
 
     fn validate_fetch(&self, p: &mut Problems<'_>) -> FetchSettings {
         let f = &self.fetch;
-        for (field, value) in [
-            ("fetch.connect_timeout_ms", f.connect_timeout_ms),
-            ("fetch.fragment_timeout_ms", f.fragment_timeout_ms),
-            ("fetch.layout_timeout_ms", f.layout_timeout_ms),
-            ("fetch.page_timeout_ms", f.page_timeout_ms),
-        ] {
-            if value == 0 {
-                p.push(field, "must be greater than 0".into());
-            }
-        }
         if f.fragment_timeout_ms > f.page_timeout_ms && f.page_timeout_ms > 0 {
             // Blame whichever of the two the file sets (the fragment one when it sets both).
             let (frag, page) = (f.fragment_timeout_ms, f.page_timeout_ms);
@@ -259,17 +215,6 @@ impl Config {
                      deadline would always cut a slow fragment off first"
                 );
                 p.push("fetch.fragment_timeout_ms", message);
-            }
-        }
-        for (field, value) in [
-            ("fetch.max_fragment_bytes", f.max_fragment_bytes),
-            ("fetch.max_layout_bytes", f.max_layout_bytes),
-            ("fetch.max_page_bytes", f.max_page_bytes),
-            ("fetch.max_concurrent_per_page", f.max_concurrent_per_page),
-            ("fetch.max_concurrent", f.max_concurrent),
-        ] {
-            if value == 0 {
-                p.push(field, "must be greater than 0".into());
             }
         }
         let forward_headers =
@@ -353,18 +298,11 @@ fn breaker(
     own: &HostBreakerConfig,
 ) -> BreakerSettings {
     let is_global = own == &HostBreakerConfig::default();
-    let failures = own.failures.unwrap_or(global.failures);
+    // At most 65536 once `ranges` passed it; a refused config's settings never run.
+    let failures = u32::try_from(own.failures.unwrap_or(global.failures)).unwrap_or(u32::MAX);
     let open_ms = own.open_ms.unwrap_or(global.open_ms);
     let max_open_ms = own.max_open_ms.unwrap_or(global.max_open_ms);
-    if (is_global || own.failures.is_some()) && failures == 0 {
-        p.push(
-            &format!("{field}.failures"),
-            "must be greater than 0".into(),
-        );
-    }
-    if (is_global || own.open_ms.is_some()) && open_ms == 0 {
-        p.push(&format!("{field}.open_ms"), "must be greater than 0".into());
-    }
+    // Each value's own range is checked with every numeric field's (`ranges`).
     let either = own.open_ms.is_some() || own.max_open_ms.is_some();
     if (is_global || either) && max_open_ms < open_ms {
         p.push(
@@ -392,6 +330,8 @@ pub(super) fn settings(
         keys: text.map(KeyMap::new).unwrap_or_default(),
         found: Vec::new(),
     };
+    // Numbers first: the sections may then build durations and limits from any value.
+    super::ranges::check(config, |field, message| p.push(field, message));
     let server = config.validate_server(&mut p);
     let esi = config.validate_esi(&mut p);
     let fetch = config.validate_fetch(&mut p);
@@ -510,12 +450,16 @@ mod tests {
         ("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\", \"10.0.0.0/33\"]\n", &["2: server.trusted_proxies[2]: \"10.0.0.0/33\" is not a CIDR"]),
         ("[server]\nlog_format = \"xml\"\n", &["2: server.log_format: \"xml\": expected"]),
         ("[server]\nmax_connections = 0\n", &["2: server.max_connections: must be greater than 0"]),
-        ("[server]\nheader_read_timeout_ms = 0\nsend_timeout_ms = 0\nrequest_body_timeout_ms = 0\n", &["2: server.header_read_timeout_ms: must be greater than 0", "3: server.send_timeout_ms: must be greater than 0", "4: server.request_body_timeout_ms: must be greater than 0"]),
+        ("[server]\nheader_read_timeout_ms = 0\nsend_timeout_ms = 0\nrequest_body_timeout_ms = 0\n", &["2: server.header_read_timeout_ms: 0 is below the minimum of 100", "3: server.send_timeout_ms: 0 is below the minimum of 100", "4: server.request_body_timeout_ms: 0 is below the minimum of 100"]),
         ("[server]\nkeep_alive_timeout_ms = 0\n", &[]),
         ("[esi]\nmax_depth = 21\n", &["2: esi.max_depth: 21 is over the limit of 20"]),
         ("[esi]\nmax_depth = 20\n", &[]),
         ("[esi]\nmax_depth = 0\n", &[]),
         ("[esi]\nmax_includes = 0\n", &["2: esi.max_includes: must be greater than 0"]),
+        // Regression: over a semaphore's capacity, these passed and panicked at load or reload.
+        ("[fetch]\nmax_concurrent = 9223372036854775807\n", &["2: fetch.max_concurrent: 9223372036854775807 is over the limit of 1048576"]),
+        ("[fetch]\nmax_concurrent_per_page = 2305843009213693952\n", &["2: fetch.max_concurrent_per_page: 2305843009213693952 is over"]),
+        ("[[cache.rules]]\nmatch = \"/a\"\nttl_s = 1\n[[cache.rules]]\nmatch = \"/b\"\nttl_s = 31536001\n", &["6: cache.rules[1].ttl_s: 31536001 is over the limit of 31536000"]),
         ("[esi]\non_error = \"ignore\"\n", &["2: esi.on_error: \"ignore\": expected"]),
         (
             "[esi]\nprocess_paths = [\"/a/*\", \"b/*\", \"*\"]\n",

@@ -288,6 +288,17 @@ pub trait Fetcher: Send + Sync + 'static {
     }
 }
 
+/// The longest deadline honoured: one year, which no fetch or page outlives.
+const MAX_DEADLINE: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// The instant `after` from `start`, `after` clamped to a year: a duration built in code (a
+/// [`FragmentRequest::timeout`] or a deadline of `Duration::MAX`) must not overflow the
+/// `Instant` addition, which panics.
+pub fn deadline_after(start: tokio::time::Instant, after: Duration) -> tokio::time::Instant {
+    let after = after.min(MAX_DEADLINE);
+    start.checked_add(after).unwrap_or(start)
+}
+
 // === impl FetchError ===
 
 impl FetchError {
@@ -428,6 +439,22 @@ impl Fragment {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    /// Regression: `Instant::now() + req.timeout` panicked on a timeout of `Duration::MAX`.
+    #[test]
+    fn huge_deadlines_are_clamped_not_overflowed() {
+        let now = tokio::time::Instant::now();
+        for after in [
+            Duration::MAX,
+            Duration::from_secs(u64::MAX),
+            MAX_DEADLINE * 2,
+        ] {
+            assert_eq!(deadline_after(now, after), now + MAX_DEADLINE, "{after:?}");
+        }
+        let second = Duration::from_secs(1);
+        assert_eq!(deadline_after(now, second), now + second);
+        assert_eq!(deadline_after(now, Duration::ZERO), now);
+    }
 
     #[test]
     fn esi_marking() {

@@ -1,6 +1,7 @@
 //! Config reloads: the file loaded, adjusted by command-line overrides, validated and applied to
 //! requests that start from now on (on SIGHUP or when the file changes), and the outcome kept
-//! for `/_esi/health` and the metrics. A broken file never replaces the config in force.
+//! for `/_esi/health` and the metrics. A broken file never replaces the config in force, and a
+//! panic while loading one is a refused reload, never the end of the watcher.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,15 +47,22 @@ impl AppState {
         path: &Path,
         adjust: &(dyn Fn(&mut Config) + Send + Sync),
     ) -> Result<u64, String> {
-        let result = Config::load(path)
-            .map_err(|e| e.to_string())
-            .and_then(|mut config| {
-                adjust(&mut config);
-                let settings = config
-                    .settings_source(&path.display().to_string(), None)
-                    .map_err(|e| e.to_string())?;
-                self.apply_settings(settings).map_err(|e| e.to_string())
-            });
+        let load = || {
+            Config::load(path)
+                .map_err(|e| e.to_string())
+                .and_then(|mut config| {
+                    adjust(&mut config);
+                    let settings = config
+                        .settings_source(&path.display().to_string(), None)
+                        .map_err(|e| e.to_string())?;
+                    self.apply_settings(settings).map_err(|e| e.to_string())
+                })
+        };
+        // A panic while loading or applying is a refused reload like any other: the watcher
+        // that called this must live on to take the next file, and health must say it failed.
+        // Unwind safe enough: the config in force is swapped whole, only after a success.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(load))
+            .unwrap_or_else(|panic| Err(format!("{}: {}", path.display(), panic_message(&*panic))));
         let mut status = self
             .reload
             .lock()
@@ -98,6 +106,23 @@ impl AppState {
     }
 }
 
+/// What tells one state of the config file from another: modification time and length.
+fn stamp(path: &Path) -> Option<(Option<std::time::SystemTime>, u64)> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.modified().ok(), m.len()))
+}
+
+/// What a caught panic said, for the refused reload's error.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let said = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message");
+    format!("loading the config panicked: {said}")
+}
+
 /// Reloads the config on SIGHUP and whenever the file changes (checked every `poll`; `None`,
 /// as `server.config_poll` is for `config_poll_ms = 0`: on SIGHUP only), until the returned
 /// task is aborted. `adjust` re-applies command-line overrides to each new file.
@@ -111,13 +136,10 @@ pub fn watch_config(
     // task first runs must not take the default action, which ends the process.
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    // Likewise the file's first state is taken before this returns: taken in the task, a
+    // change written before the task first ran would pass for the state it started from.
+    let mut last = stamp(&path);
     tokio::spawn(async move {
-        let stamp = |p: &Path| {
-            std::fs::metadata(p)
-                .ok()
-                .map(|m| (m.modified().ok(), m.len()))
-        };
-        let mut last = stamp(&path);
         // With no interval the ticks are ignored (reload on SIGHUP only); `interval` needs one.
         let mut tick = tokio::time::interval(poll.unwrap_or(Duration::from_secs(3600)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -1,7 +1,7 @@
 //! Network faults, each against a fragment and against the layout, on the scripted fault server
 //! (`support::fault`): the include takes its fallback within its deadline, no byte of a failed
 //! response reaches the page, the keep-alive pools serve the next request, and the failure is
-//! counted by its kind. docs/resilience-faults.md is the table these tests hold to.
+//! counted by its kind. The README's "Resilience" table is the one these tests hold to.
 
 use std::time::{Duration, Instant};
 
@@ -48,7 +48,7 @@ enum LayoutOutcome {
     StatusOrCutOff(u16),
 }
 
-/// The outcomes each fault must have; docs/resilience-faults.md says the same.
+/// The outcomes each fault must have; the README's "Resilience" table says the same.
 fn expected(fault: Fault) -> (FragmentOutcome, LayoutOutcome) {
     use FragmentOutcome as F;
     use LayoutOutcome as L;

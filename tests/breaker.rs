@@ -16,7 +16,11 @@ use crate::support::{
 };
 
 /// Deadline per fragment in these tests.
-const TIMEOUT: Duration = Duration::from_millis(1000);
+const TIMEOUT: Duration = Duration::from_millis(2000);
+
+/// What a page may take while its dead host's breaker is open: about 100 ms alone, several
+/// times that on a busy machine, never the deadline.
+const OPEN_WITHIN: Duration = Duration::from_millis(1000);
 
 /// A healthy service: `[path]` for every path.
 async fn healthy() -> Server {
@@ -142,7 +146,7 @@ async fn an_open_breaker_keeps_a_dead_service_off_a_120_include_page() {
         slowest = slowest.max(took);
     }
     assert!(
-        slowest < TIMEOUT / 3,
+        slowest < OPEN_WITHIN,
         "with the breaker open a page takes the healthy fragments' time, not the deadline: \
          {slowest:?} (first page {first:?})"
     );
@@ -200,7 +204,7 @@ async fn an_open_breaker_keeps_a_dead_service_off_a_120_include_page() {
             "{row}"
         );
         assert!(
-            row["end_ms"].as_f64() < Some(TIMEOUT.as_secs_f64() * 1000.0 / 3.0),
+            row["end_ms"].as_f64() < Some(OPEN_WITHIN.as_secs_f64() * 1000.0),
             "{row}"
         );
     }
@@ -218,7 +222,7 @@ async fn an_open_breaker_keeps_a_dead_service_off_a_120_include_page() {
     proxy.state.apply(config).expect("valid config");
     let (_, body, took) = timed(&proxy, "/page").await;
     assert_eq!(body, want);
-    assert!(took < TIMEOUT / 3, "still open after the reload: {took:?}");
+    assert!(took < OPEN_WITHIN, "still open after the reload: {took:?}");
     assert_eq!(down.connections().await, seen);
 }
 
@@ -260,7 +264,7 @@ async fn one_probe_after_the_open_time_decides() {
     assert_eq!(flaky.hits(), 3);
     let (_, body, took) = timed(&proxy, "/page").await;
     assert_eq!(body, fallback);
-    assert!(took < TIMEOUT / 3, "open: {took:?}");
+    assert!(took < OPEN_WITHIN, "open: {took:?}");
     assert_eq!(flaky.hits(), 3, "nothing reaches the host while open");
 
     // Past 300 ms: exactly one of the three includes probes; it times out and the breaker
@@ -278,7 +282,7 @@ async fn one_probe_after_the_open_time_decides() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let (_, body, took) = timed(&proxy, "/page").await;
     assert_eq!(body, fallback);
-    assert!(took < TIMEOUT / 3, "400 ms into 600: still open: {took:?}");
+    assert!(took < OPEN_WITHIN, "400 ms into 600: still open: {took:?}");
     assert_eq!(flaky.hits(), 4);
 
     // The service is back; past the 600 ms the probe closes the breaker.
@@ -345,7 +349,7 @@ async fn an_open_breaker_serves_the_stale_copy_first() {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body, "[/cached]", "the stale copy, not the alt");
     }
-    assert!(took < TIMEOUT / 3, "stale at once: {took:?}");
+    assert!(took < OPEN_WITHIN, "stale at once: {took:?}");
     assert_eq!(flaky.hits(), hits, "the host was not asked");
     assert_eq!(
         proxy.metric("esi_proxy_cache_stale_served_total{reason=\"if_error\"}"),
@@ -360,7 +364,7 @@ async fn an_open_breaker_serves_the_stale_copy_first() {
     // With no copy to fall back on, the alt.
     let (_, body, took) = timed(&proxy, "/open").await;
     assert_eq!(body, "[/alt]");
-    assert!(took < TIMEOUT / 3, "{took:?}");
+    assert!(took < OPEN_WITHIN, "{took:?}");
 }
 
 /// A host that answers every fragment with 404 is answering: its breaker never opens, every

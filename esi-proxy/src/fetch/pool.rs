@@ -33,6 +33,8 @@ pub(super) struct PlainPool<B> {
     max_idle_per_host: usize,
     /// Whether the task closing connections idle past [`POOL_IDLE_TIMEOUT`] runs.
     purging: AtomicBool,
+    /// Told when the pool is dropped (a reload replaced it), so that task ends at once.
+    dropped: Arc<tokio::sync::Notify>,
 }
 
 /// A connection waiting in a [`PlainPool`], for requests with bodies of type `B`.
@@ -131,6 +133,7 @@ pub(super) fn plain_pool<B>(
         idle: Mutex::new(HashMap::new()),
         max_idle_per_host,
         purging: AtomicBool::new(false),
+        dropped: Arc::new(tokio::sync::Notify::new()),
     })
 }
 
@@ -250,15 +253,20 @@ where
     }
 
     /// Starts, once, the task that closes connections idle longer than [`POOL_IDLE_TIMEOUT`];
-    /// it ends with the pool.
+    /// it ends when the pool is dropped.
     pub(super) fn start_purging(self: &Arc<Self>) {
         if self.purging.swap(true, Ordering::Relaxed) {
             return;
         }
         let pool = Arc::downgrade(self);
+        let dropped = Arc::clone(&self.dropped);
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(POOL_IDLE_TIMEOUT).await;
+                tokio::select! {
+                    () = tokio::time::sleep(POOL_IDLE_TIMEOUT) => {}
+                    // A permit stored before this waits is taken at once.
+                    () = dropped.notified() => return,
+                }
                 let Some(pool) = pool.upgrade() else {
                     return;
                 };
@@ -271,6 +279,12 @@ where
                 });
             }
         });
+    }
+}
+
+impl<B> Drop for PlainPool<B> {
+    fn drop(&mut self) {
+        self.dropped.notify_one();
     }
 }
 

@@ -11,6 +11,7 @@ mod engine;
 mod exposure;
 mod fetch;
 mod https;
+mod language;
 mod layout;
 mod lint_cli;
 mod proxy;

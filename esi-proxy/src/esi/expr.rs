@@ -500,8 +500,9 @@ impl Expr {
     /// Evaluates the test against a request.
     ///
     /// A comparison whose operands both read as finite numbers compares numerically, else
-    /// byte-wise as strings; it is false, for every operator, when either operand is empty or
-    /// undefined. An operand alone is true when non-empty and not `"false"` (a number: non-zero).
+    /// byte-wise as strings. An empty or undefined operand is `''`: it equals `''` and nothing
+    /// else (`$(QUERY_STRING{missing}) == ''` is true, as in ESI 1.0 and other processors), and
+    /// an ordering (`< <= > >=`) with it is false. An operand alone is true when non-empty and not `"false"` (a number: non-zero).
     /// A boolean sub-expression used as an operand reads as `"true"` or `"false"`.
     pub fn eval(&self, req: &Request, policy: &VarPolicy) -> bool {
         match self {
@@ -541,7 +542,11 @@ fn truthy(s: &str) -> bool {
 
 fn compare(op: CmpOp, a: &Value<'_>, b: &Value<'_>) -> bool {
     if a.is_empty() || b.is_empty() {
-        return false;
+        return match op {
+            CmpOp::Eq => a.is_empty() && b.is_empty(),
+            CmpOp::Ne => a.is_empty() != b.is_empty(),
+            CmpOp::Lt | CmpOp::Le | CmpOp::Gt | CmpOp::Ge => false,
+        };
     }
     match (a.as_num(), b.as_num()) {
         (Some(x), Some(y)) => op.holds(x.partial_cmp(&y)),

@@ -6,8 +6,9 @@
 //! Lenient outcomes, one per problem:
 //! - unknown `esi:` element: its tag markup is dropped (start and end), its content kept;
 //! - stray end tag: dropped; mismatched end tag: the elements opened inside it are closed first;
-//! - unclosed element at end of input: closed there (`esi:remove`: everything after it dropped;
-//!   `<!--esi`: its content kept);
+//! - unclosed element at end of input: closed there (`esi:remove`: everything after it dropped);
+//! - `<!--esi` never closed by `-->`: it and everything after it stay literal text (a wrapper
+//!   longer than the scanner's look-ahead is processed as it streams, its content kept);
 //! - `include` without `src`: dropped; a bad `onerror` value: treated as absent;
 //! - an element where its parent does not allow it (`when` outside `choose`, `attempt` outside
 //!   `try`, a second `except`, an include directly in `choose` ...): dropped with its content;

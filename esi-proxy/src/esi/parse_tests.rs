@@ -230,7 +230,7 @@ fn strict_mode_errors_carry_line_and_column() {
         ),
         ("x\n<esi:include src=\"/a\"", 2, 1, "ESI tag not terminated"),
         ("<esi:remove>x", 1, 1, "<esi:remove> is not closed"),
-        ("<!--esi x", 1, 10, "<!--esi is not closed"),
+        ("<!--esi x", 1, 1, "<!--esi is not closed"),
         (
             "<esi:include src=\"/a\">x",
             1,
@@ -274,7 +274,8 @@ fn lenient_outcomes() {
         // Unclosed at end of input: closed there.
         ("<esi:choose><esi:when test=\"1==1\">x", "{choose when[1==1]:x}", 2),
         ("a<esi:remove>x", "a", 1),
-        ("a<!--esi b", "a b", 1),
+        ("a<!--esi b", "a<!--esi b", 1),
+        ("a<!--esi <esi:include src=\"/x\"/>", "a<!--esi <esi:include src=\"/x\"/>", 1),
         ("<esi:include/>x", "x", 1),
         ("<esi:include src=\"/a\" onerror=\"stop\"/>", "{inc /a}", 0),
         // Misplaced elements dropped with their content.

@@ -28,7 +28,7 @@ pub enum VarName {
     Referer,
     /// `HTTP_USER_AGENT`; keys `browser`, `os`, `version`.
     UserAgent,
-    /// `QUERY_STRING`; with a key, one decoded parameter.
+    /// `QUERY_STRING`; with a key, one parameter's value as sent (not decoded).
     QueryString,
     /// Any other `[A-Z_][A-Z0-9_]*` name (evaluates empty).
     Unknown(Box<str>),
@@ -459,18 +459,19 @@ fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// Parameter `name` of a raw query string, percent-decoded with `+` as space; the first match
-/// wins and a parameter without `=` has value "".
+/// Parameter `name` of a raw query string, its value as sent (not percent-decoded, as ESI 1.0
+/// and other processors give it; `$url_decode` decodes). Names compare after decoding, so
+/// `{k[]}` finds `k%5B%5D`. The first match wins and a parameter without `=` has value "".
 fn query_param<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k) == name).then(|| percent_decode(v))
+        (percent_decode(k) == name).then_some(Cow::Borrowed(v))
     })
 }
 
 /// Decodes `%XX` and `+`; a `%` not followed by two hex digits stays as written. Borrows when
 /// there is nothing to decode.
-fn percent_decode(s: &str) -> Cow<'_, str> {
+pub(crate) fn percent_decode(s: &str) -> Cow<'_, str> {
     if !s.bytes().any(|b| b == b'%' || b == b'+') {
         return Cow::Borrowed(s);
     }
@@ -643,8 +644,8 @@ impl Default for VarPolicy {
 // === rendering ===
 
 /// Renders a src/alt: literals as written, each variable's value percent-encoded (all bytes except
-/// ASCII alphanumerics and `-._~`), except a whole `$(QUERY_STRING)`, which keeps `&`, `=`, `+`,
-/// `%` so a query string passes through. With `policy.raw_output`, values are inserted unencoded.
+/// ASCII alphanumerics and `-._~`), except `$(QUERY_STRING)` and `$(QUERY_STRING{name})`, which
+/// keep `&`, `=`, `+`, `%`: their values are already encoded, as sent, and pass through. With `policy.raw_output`, values are inserted unencoded.
 ///
 /// A value never climbs the path: a path segment that a value has a byte in may not be a dot
 /// segment (`.`, `..`, or either spelled with `%2e`, which URL parsers take as the same).
@@ -667,8 +668,8 @@ pub fn render_url(s: &VarString, req: &Request, policy: &VarPolicy) -> Result<St
                 if policy.raw_output {
                     out.push_str(&value);
                 } else {
-                    let whole_query = var.name == VarName::QueryString && var.key.is_none();
-                    percent_encode(&value, whole_query, &mut out);
+                    let as_sent = var.name == VarName::QueryString;
+                    percent_encode(&value, as_sent, &mut out);
                 }
                 if out.len() > start {
                     values.push(start..out.len());

@@ -385,6 +385,18 @@ impl Request {
         }
     }
 
+    /// The variable's raw value with the policy applied, or its default when missing or empty:
+    /// `None` when missing (or hidden) with no default, `Some("")` when empty with none.
+    pub fn get<'a>(&'a self, var: &'a VarRef, policy: &VarPolicy) -> Option<Cow<'a, str>> {
+        match self.lookup(var, policy) {
+            Some(v) if !v.is_empty() => Some(v),
+            found => match &var.default {
+                Some(d) => Some(Cow::Borrowed(d)),
+                None => found,
+            },
+        }
+    }
+
     /// The value before defaults; None when missing or hidden by the policy.
     fn lookup(&self, var: &VarRef, policy: &VarPolicy) -> Option<Cow<'_, str>> {
         let key = var.key.as_deref();
@@ -718,7 +730,9 @@ fn is_dot_segment(segment: &str) -> bool {
     )
 }
 
-fn percent_encode(value: &str, keep_query: bool, out: &mut String) {
+/// Percent-encodes `value` into `out`: every byte but ASCII alphanumerics and `-._~`, and with
+/// `keep_query` also `&=+%`.
+pub(crate) fn percent_encode(value: &str, keep_query: bool, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in value.as_bytes() {
         let keep = b.is_ascii_alphanumeric()

@@ -96,3 +96,69 @@ async fn a_query_parameter_is_read_as_sent() {
         vec!["/frag?q=a%20b+%3Cc"]
     );
 }
+
+/// Functions and `matches` in tests, as fragment teams write them: the branch reads the
+/// captures through `$(MATCHES{n})`, as any variable.
+#[tokio::test]
+async fn functions_and_matches_choose_branches_and_captures_reach_the_branch() {
+    const LAYOUT: &str = concat!(
+        "<esi:choose>",
+        "<esi:when test=\"$lower($(QUERY_STRING{section})) matches '''^(news|sport)-(\\d+)$'''\">",
+        "<esi:vars>[$(MATCHES{1}) #$(MATCHES{2})]</esi:vars></esi:when>",
+        "<esi:when test=\"$(QUERY_STRING{section}) has_i 'x'\">",
+        "<esi:vars>[x: $(QUERY_STRING{section})]</esi:vars></esi:when>",
+        "<esi:otherwise>[other]</esi:otherwise></esi:choose>",
+        "<esi:choose><esi:when test=\"['a', 'b'] has $(QUERY_STRING{v}) & $len($(QUERY_STRING{v})) == 1\">",
+        "[listed]</esi:when><esi:otherwise>[unlisted]</esi:otherwise></esi:choose>",
+    );
+    let (origin, _) = origin(LAYOUT).await;
+    let proxy = proxy(&origin.base(), Config::default()).await;
+    let cases = [
+        ("/page?section=NEWS-42&v=a", "[news #42][listed]"),
+        ("/page?section=sport-7&v=c", "[sport #7][unlisted]"),
+        ("/page?section=%3CX%3E", "[x: %3CX%3E][unlisted]"),
+        ("/page?section=weather", "[other][unlisted]"),
+        ("/page", "[other][unlisted]"),
+    ];
+    for (path, want) in cases {
+        assert_eq!(body(&proxy, path).await, want, "{path}");
+    }
+}
+
+/// A page whose tests would evaluate more than the page's allowance: the test that hits the
+/// bound and every later one count as false, each hit is counted, and the rest of the page
+/// (text, includes) is served.
+#[tokio::test]
+async fn the_evaluation_bound_stops_tests_and_leaves_the_page_intact() {
+    // Each test evaluates 2001 nodes (`|` does not stop on a false operand); 60 of them pass
+    // the default 100000 evaluations per page.
+    static LAYOUT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let layout = LAYOUT.get_or_init(|| {
+        let costly = format!("0{}", "|0".repeat(1000));
+        let mut page = String::from("start");
+        for _ in 0..60 {
+            page.push_str(&format!(
+                "<esi:choose><esi:when test=\"{costly}\">!</esi:when></esi:choose>"
+            ));
+        }
+        page.push_str("<esi:choose><esi:when test=\"1==1\">[tested]</esi:when>");
+        page.push_str("<esi:otherwise>[stopped]</esi:otherwise></esi:choose>");
+        page.push_str("<esi:include src=\"/frag\"/>end");
+        page
+    });
+    let (origin, seen) = origin(layout).await;
+    let proxy = proxy(&origin.base(), Config::default()).await;
+    assert_eq!(body(&proxy, "/page").await, "start[stopped]</frag>end");
+    assert_eq!(*seen.lock().expect("not poisoned"), vec!["/frag"]);
+    let hits = proxy
+        .metric("esi_proxy_esi_bounds_total{bound=\"evaluations\"}")
+        .expect("the hit is counted");
+    // Tests 50 to 60 and the last one: 2001 nodes each, 49 fit in 100000.
+    assert_eq!(hits, 12.0);
+    // The budget is per page: the next page evaluates afresh.
+    assert_eq!(body(&proxy, "/page").await, "start[stopped]</frag>end");
+    assert_eq!(
+        proxy.metric("esi_proxy_esi_bounds_total{bound=\"evaluations\"}"),
+        Some(24.0)
+    );
+}

@@ -7,9 +7,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::future::{try_join_all, BoxFuture, FutureExt};
 
-use crate::esi::ast::choose_branch;
 use crate::esi::vars::render_html;
-use crate::esi::Node;
+use crate::esi::{Captures, Node};
 
 use super::include::include;
 use super::stream::{concat, Slot};
@@ -87,12 +86,17 @@ pub(super) fn compose_nodes<'a>(
                     }
                     .boxed(),
                     Node::Choose { whens, otherwise } => {
-                        let branch = choose_branch(
-                            whens,
-                            otherwise.as_ref(),
-                            &state.page.vars,
-                            state.vars(doc),
-                        );
+                        // Parts of a buffered document run concurrently, so captures of a
+                        // `matches` here stay within its test.
+                        let branch = whens
+                            .iter()
+                            .find(|w| {
+                                w.test.as_ref().is_some_and(|t| {
+                                    state.test(t, &w.source, doc, &mut Captures::new())
+                                })
+                            })
+                            .map(|w| w.body.as_slice())
+                            .or(otherwise.as_deref());
                         state.note_cookie_read();
                         match branch {
                             Some(branch) => compose_nodes(state, branch, doc, in_try),

@@ -20,7 +20,10 @@ use tracing::Instrument;
 use url::Url;
 
 use crate::config::{CookieNames, OnError, Settings};
-use crate::esi::{self, CookieAccess, ParseOptions, Template, VarPolicy};
+use crate::esi::{
+    self, Bound, Budget, Captures, Context, CookieAccess, Expr, Limits, ParseOptions, Template,
+    VarPolicy,
+};
 use crate::fetch::{ErrorKind, Fetcher};
 use crate::telemetry::Metrics;
 
@@ -49,6 +52,8 @@ pub struct ComposeConfig {
     pub parse: ParseOptions,
     /// What variables may read and how they are escaped.
     pub vars: VarPolicy,
+    /// The bounds on what a page's expressions may compute.
+    pub limits: Limits,
 }
 
 /// Runs pages: owns the fragment source, the process-wide fetch limit and the metrics.
@@ -149,6 +154,8 @@ struct PageState {
     deadline: tokio::time::Instant,
     local: Semaphore,
     includes: AtomicUsize,
+    /// What the page's expressions may still compute.
+    budget: Budget,
 }
 
 /// Where a document sits: its URL, the URLs of the documents that include it, its depth, and
@@ -192,6 +199,7 @@ impl ComposeConfig {
                 whole_cookie_header: e.expose_cookie_header,
                 raw_output: e.raw_vars,
             },
+            limits: Limits::default(),
         }
     }
 }
@@ -272,6 +280,7 @@ impl Composer {
             deadline,
             local: Semaphore::new(self.config.max_concurrent_per_page),
             includes: AtomicUsize::new(0),
+            budget: Budget::new(self.config.limits),
         });
         let driver = Driver::new(state, doc);
         let span = tracing::Span::current();
@@ -294,6 +303,19 @@ enum Fallback {
     Empty,
     /// Policy `fail`: the page fails.
     Abort,
+}
+
+/// Seconds since the Unix epoch, for `$time()`.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// A seed for `$rand()` that differs between pages.
+fn seed(started: &Instant) -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(started)
 }
 
 /// Receives a layout parsed while it streamed, with its size in bytes.
@@ -325,6 +347,41 @@ impl PageState {
         } else {
             &self.composer.untrusted_vars
         }
+    }
+
+    /// Evaluates a `when` test of `doc` under the page's budget; a bound hit counts as false
+    /// (counted and logged). A successful `matches` leaves its captures in `matches`, for the
+    /// rest of the document.
+    fn test(&self, test: &Expr, source: &str, doc: &DocContext, matches: &mut Captures) -> bool {
+        let mut cx = Context::new(&self.page.vars, self.vars(doc), &self.budget);
+        cx.now = unix_now();
+        cx.seed = seed(&self.page.started);
+        cx.matches = std::mem::take(matches);
+        let result = test.test(&mut cx);
+        *matches = cx.matches;
+        match result {
+            Ok(pass) => pass,
+            Err(bound) => {
+                self.expr_bound(bound, source);
+                false
+            }
+        }
+    }
+
+    /// Counts and logs an expression stopped by a bound; `what` is the construct, as written.
+    fn expr_bound(&self, bound: Bound, what: &str) {
+        self.composer.metrics.inc_counter(
+            "esi_proxy_esi_bounds_total",
+            "ESI expressions stopped by a bound (evaluations, value_bytes, list_items, pattern_bytes).",
+            Some(("bound", bound.as_str())),
+            1,
+        );
+        tracing::warn!(
+            url = %self.page.url,
+            bound = bound.as_str(),
+            expression = what,
+            "ESI expression stopped by a bound; it counts as false and the page goes on"
+        );
     }
 
     fn elapsed_ms(&self) -> f64 {

@@ -13,8 +13,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::esi::parse::TemplateBuilder;
-use crate::esi::vars::render_html;
-use crate::esi::{Event, Node, Parser, Template};
+use crate::esi::{render_html_in, Captures, Context, Event, Node, Parser, Template};
 
 use super::buffered::run_try;
 use super::include::include;
@@ -58,6 +57,8 @@ pub(super) struct Driver {
     frames: Vec<Frame>,
     /// While above zero, events belong to a branch that was not taken.
     skip: usize,
+    /// The captures of this document's last successful `matches`.
+    matches: Captures,
 }
 
 /// Where a page's layout comes from.
@@ -128,6 +129,7 @@ impl Driver {
             queue: VecDeque::new(),
             frames: Vec::new(),
             skip: 0,
+            matches: Captures::new(),
         }
     }
 
@@ -328,7 +330,10 @@ impl Driver {
             Event::Vars(segments) => {
                 let mut out = Vec::new();
                 let policy = self.state.vars(&self.doc);
-                render_html(&segments, &self.state.page.vars, policy, &mut out);
+                let mut cx = Context::new(&self.state.page.vars, policy, &self.state.budget);
+                cx.matches = std::mem::take(&mut self.matches);
+                render_html_in(&segments, &cx, &mut out);
+                self.matches = cx.matches;
                 self.state.note_cookie_read();
                 self.push(Slot::Ready(Bytes::from(out)));
             }
@@ -369,9 +374,9 @@ impl Driver {
                 }
             }
             Event::ChooseStart => self.frames.push(Frame::Choose { taken: false }),
-            Event::WhenStart { test, .. } => {
-                let pass =
-                    test.is_some_and(|t| t.eval(&self.state.page.vars, self.state.vars(&self.doc)));
+            Event::WhenStart { test, source } => {
+                let pass = test
+                    .is_some_and(|t| self.state.test(&t, &source, &self.doc, &mut self.matches));
                 self.state.note_cookie_read();
                 self.enter_branch(pass);
             }

@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::expr::{CmpOp, Expr, Pattern, TestOp};
 use super::func;
-use super::vars::{Request, VarName, VarPolicy, VarRef};
+use bytes::Bytes;
+
+use super::vars::{escape_html, Request, Segment, VarName, VarPolicy, VarRef};
 
 /// The bounds on what expressions may compute for one page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -339,7 +341,10 @@ impl<'a> Context<'a> {
 
     /// A variable's value: a capture of the last `matches` under `match_name`, else the request's
     /// (with its default); `Null` when missing.
-    fn var(&self, var: &'a VarRef) -> Value<'a> {
+    pub fn var<'v>(&self, var: &'v VarRef) -> Value<'v>
+    where
+        'a: 'v,
+    {
         if let VarName::Unknown(name) = &var.name {
             if **name == *self.match_name {
                 let found = var
@@ -363,6 +368,25 @@ impl<'a> Context<'a> {
         match self.req.get(var, self.policy) {
             Some(v) => Value::Str(v),
             None => Value::Null,
+        }
+    }
+}
+
+/// Appends `esi:vars` text: literal segments as they are, each variable's value as `cx` reads
+/// it (captures of the last `matches` included), HTML-escaped unless `policy.raw_output`.
+pub fn render_html_in(segments: &[Segment<Bytes>], cx: &Context<'_>, out: &mut Vec<u8>) {
+    for seg in segments {
+        match seg {
+            Segment::Literal(text) => out.extend_from_slice(text),
+            Segment::Var(var) => {
+                let value = cx.var(var);
+                let text = value.text();
+                if cx.policy.raw_output {
+                    out.extend_from_slice(text.as_bytes());
+                } else {
+                    escape_html(&text, out);
+                }
+            }
         }
     }
 }

@@ -17,7 +17,7 @@ pub mod vars;
 
 pub use ast::{Include, Node, OnError, Template, When};
 pub use diag::{Diagnostic, ParseError, Problem, Severity};
-pub use eval::{Bound, Budget, Context, Effect, Limits, Value};
+pub use eval::{render_html_in, Bound, Budget, Captures, Context, Effect, Limits, Value};
 pub use expr::{parse_expr, CmpOp, Expr, ExprError, TestOp};
 pub use func::Func;
 pub use parse::{parse, Event, Mode, ParseOptions, Parser};

@@ -229,6 +229,57 @@ mod tests {
         ),
     ];
 
+    /// Misuses of the expression language: each an error at its element, with a message.
+    #[test]
+    fn expression_misuse_is_an_error_with_a_message() {
+        let cases: &[(&str, u32, u32, &str)] = &[
+            (
+                "<esi:choose>\n<esi:when test=\"$lowercase($(HTTP_HOST)) == 'a'\">x</esi:when></esi:choose>",
+                2,
+                1,
+                "unknown function `$lowercase`",
+            ),
+            (
+                "<esi:choose><esi:when test=\"$substr($(HTTP_HOST)) == 'a'\">x</esi:when></esi:choose>",
+                1,
+                13,
+                "`$substr` takes 2 or 3 arguments, found 1",
+            ),
+            (
+                "<esi:choose><esi:when test=\"$(HTTP_HOST) matches '(a'\">x</esi:when></esi:choose>",
+                1,
+                13,
+                "bad regular expression",
+            ),
+            (
+                "<esi:choose><esi:when test=\"[1, 2 has 1\">x</esi:when></esi:choose>",
+                1,
+                13,
+                "missing `]`",
+            ),
+            (
+                "<esi:choose><esi:when test=\"'a' has 'b' has 'c'\">x</esi:when></esi:choose>",
+                1,
+                13,
+                "comparisons do not chain",
+            ),
+            ("a\n<!--esi <esi:include src=\"/x\"/>", 2, 1, "<!--esi is not closed"),
+        ];
+        for (doc, line, col, part) in cases {
+            let errors: Vec<Finding> = lint(Bytes::from_static(doc.as_bytes()))
+                .into_iter()
+                .filter(|f| f.severity == Severity::Error)
+                .collect();
+            assert_eq!(errors.len(), 1, "{doc}: {errors:?}");
+            assert_eq!((errors[0].line, errors[0].col), (*line, *col), "{doc}");
+            assert!(
+                errors[0].message.contains(part),
+                "{doc}: {}",
+                errors[0].message
+            );
+        }
+    }
+
     #[test]
     fn vars_output_where_escaping_does_not_protect_is_warned() {
         for (doc, want) in CASES {

@@ -162,3 +162,37 @@ async fn the_evaluation_bound_stops_tests_and_leaves_the_page_intact() {
         Some(24.0)
     );
 }
+
+/// `esi:assign` in a layout: short and long forms, items by index and key, read by later
+/// tests and `esi:vars` (escaped); `$(document)` in a script stays as written; an assignment
+/// to a request variable is refused and changes nothing.
+#[tokio::test]
+async fn assigned_variables_reach_later_tests_and_vars() {
+    const LAYOUT: &str = concat!(
+        "<esi:assign name=\"tabs\" value=\"['home', 'news']\"/>",
+        "<esi:assign name=\"tabs{1}\" value=\"'<news>'\"/>",
+        "<esi:assign name=\"title\">$upper($(QUERY_STRING{t}|'shop'))</esi:assign>",
+        "<esi:assign name=\"HTTP_HOST\" value=\"'evil'\"/>",
+        "<esi:vars>[$(title)|$(tabs{0})|$(tabs{1})|$(HTTP_HOST)]",
+        "<script>$(document).ready()</script></esi:vars>",
+        "<esi:choose><esi:when test=\"$(tabs) has 'home' & $len($(tabs)) == 2\">[two]</esi:when>",
+        "<esi:otherwise>[not two]</esi:otherwise></esi:choose>",
+    );
+    let (origin, _) = origin(LAYOUT).await;
+    let proxy = proxy(&origin.base(), Config::default()).await;
+    let host = proxy.addr.to_string();
+    for path in ["/page?t=deals", "/page"] {
+        let want_title = if path.ends_with("deals") {
+            "DEALS"
+        } else {
+            "SHOP"
+        };
+        assert_eq!(
+            body(&proxy, path).await,
+            format!(
+                "[{want_title}|home|&lt;news&gt;|{host}]<script>$(document).ready()</script>[two]"
+            ),
+            "{path}"
+        );
+    }
+}

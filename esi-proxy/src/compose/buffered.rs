@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures::future::{try_join_all, BoxFuture, FutureExt};
 
 use crate::esi::vars::render_html;
-use crate::esi::{Captures, Node};
+use crate::esi::{Node, Scope};
 
 use super::include::include;
 use super::stream::{concat, Slot};
@@ -92,7 +92,7 @@ pub(super) fn compose_nodes<'a>(
                             .iter()
                             .find(|w| {
                                 w.test.as_ref().is_some_and(|t| {
-                                    state.test(t, &w.source, doc, &mut Captures::new())
+                                    state.test(t, &w.source, doc, &mut Scope::default())
                                 })
                             })
                             .map(|w| w.body.as_slice())
@@ -104,6 +104,15 @@ pub(super) fn compose_nodes<'a>(
                         }
                     }
                     Node::Inline { body, .. } => compose_nodes(state, body, doc, in_try),
+                    Node::Assign(a) => {
+                        // The parts of a buffered document run concurrently, with no scope
+                        // in document order to assign into (yet).
+                        tracing::debug!(
+                            name = &*a.name,
+                            "esi:assign in an ESI fragment or except branch is not applied"
+                        );
+                        futures::future::ready(Ok(Vec::new())).boxed()
+                    }
                 }
             });
         let parts = try_join_all(parts).await?;

@@ -21,8 +21,8 @@ use url::Url;
 
 use crate::config::{CookieNames, OnError, Settings};
 use crate::esi::{
-    self, Bound, Budget, Captures, Context, CookieAccess, Expr, Limits, ParseOptions, Template,
-    VarPolicy,
+    self, Assign, Bound, Budget, Context, CookieAccess, Expr, Limits, ParseOptions, Scope,
+    Template, VarPolicy,
 };
 use crate::fetch::{ErrorKind, Fetcher};
 use crate::telemetry::Metrics;
@@ -350,21 +350,35 @@ impl PageState {
     }
 
     /// Evaluates a `when` test of `doc` under the page's budget; a bound hit counts as false
-    /// (counted and logged). A successful `matches` leaves its captures in `matches`, for the
+    /// (counted and logged). A successful `matches` leaves its captures in `scope`, for the
     /// rest of the document.
-    fn test(&self, test: &Expr, source: &str, doc: &DocContext, matches: &mut Captures) -> bool {
+    fn test(&self, test: &Expr, source: &str, doc: &DocContext, scope: &mut Scope) -> bool {
         let mut cx = Context::new(&self.page.vars, self.vars(doc), &self.budget);
         cx.now = unix_now();
         cx.seed = seed(&self.page.started);
-        cx.matches = std::mem::take(matches);
+        cx.scope = std::mem::take(scope);
         let result = test.test(&mut cx);
-        *matches = cx.matches;
+        *scope = cx.scope;
         match result {
             Ok(pass) => pass,
             Err(bound) => {
                 self.expr_bound(bound, source);
                 false
             }
+        }
+    }
+
+    /// Runs an `esi:assign` of `doc` under the page's budget, into `scope`; a bound hit leaves
+    /// the variable as it was (counted and logged).
+    fn assign(&self, a: &Assign, doc: &DocContext, scope: &mut Scope) {
+        let mut cx = Context::new(&self.page.vars, self.vars(doc), &self.budget);
+        cx.now = unix_now();
+        cx.seed = seed(&self.page.started);
+        cx.scope = std::mem::take(scope);
+        let result = esi::assign(a, &mut cx);
+        *scope = cx.scope;
+        if let Err(bound) = result {
+            self.expr_bound(bound, &a.source);
         }
     }
 

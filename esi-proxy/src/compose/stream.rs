@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::esi::parse::TemplateBuilder;
-use crate::esi::{render_html_in, Captures, Context, Event, Node, Parser, Template};
+use crate::esi::{render_html_in, Context, Event, Node, Parser, Scope, Template};
 
 use super::buffered::run_try;
 use super::include::include;
@@ -57,8 +57,8 @@ pub(super) struct Driver {
     frames: Vec<Frame>,
     /// While above zero, events belong to a branch that was not taken.
     skip: usize,
-    /// The captures of this document's last successful `matches`.
-    matches: Captures,
+    /// This document's captures and assigned variables.
+    scope: Scope,
 }
 
 /// Where a page's layout comes from.
@@ -76,6 +76,7 @@ fn template_events(nodes: &[Node], out: &mut Vec<Event>) {
             Node::Text(b) => out.push(Event::Text(b.clone())),
             Node::Vars(segments) => out.push(Event::Vars(segments.clone())),
             Node::Include(inc) => out.push(Event::Include(inc.clone())),
+            Node::Assign(a) => out.push(Event::Assign(a.clone())),
             Node::Try { attempt, except } => {
                 out.push(Event::TryStart);
                 out.push(Event::AttemptStart);
@@ -129,7 +130,7 @@ impl Driver {
             queue: VecDeque::new(),
             frames: Vec::new(),
             skip: 0,
-            matches: Captures::new(),
+            scope: Scope::default(),
         }
     }
 
@@ -331,9 +332,9 @@ impl Driver {
                 let mut out = Vec::new();
                 let policy = self.state.vars(&self.doc);
                 let mut cx = Context::new(&self.state.page.vars, policy, &self.state.budget);
-                cx.matches = std::mem::take(&mut self.matches);
+                cx.scope = std::mem::take(&mut self.scope);
                 render_html_in(&segments, &cx, &mut out);
-                self.matches = cx.matches;
+                self.scope = cx.scope;
                 self.state.note_cookie_read();
                 self.push(Slot::Ready(Bytes::from(out)));
             }
@@ -373,10 +374,11 @@ impl Driver {
                     self.push(Slot::Pending(task));
                 }
             }
+            Event::Assign(a) => self.state.assign(&a, &self.doc, &mut self.scope),
             Event::ChooseStart => self.frames.push(Frame::Choose { taken: false }),
             Event::WhenStart { test, source } => {
-                let pass = test
-                    .is_some_and(|t| self.state.test(&t, &source, &self.doc, &mut self.matches));
+                let pass =
+                    test.is_some_and(|t| self.state.test(&t, &source, &self.doc, &mut self.scope));
                 self.state.note_cookie_read();
                 self.enter_branch(pass);
             }

@@ -44,6 +44,7 @@ impl TemplateBuilder {
             Event::Text(b) => self.current().push(Node::Text(b)),
             Event::Vars(s) => self.current().push(Node::Vars(s)),
             Event::Include(inc) => self.current().push(Node::Include(inc)),
+            Event::Assign(a) => self.current().push(Node::Assign(a)),
             Event::TryStart => self.open(Open::Try {
                 attempt: Vec::new(),
                 except: Vec::new(),

@@ -9,6 +9,7 @@
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::ast::Assign;
 use super::expr::{CmpOp, Expr, Pattern, TestOp};
 use super::func;
 use bytes::Bytes;
@@ -84,6 +85,19 @@ pub enum Effect {
 /// took part in the match).
 pub type Captures = Vec<(Option<String>, Option<String>)>;
 
+/// Variables set by `esi:assign`, by name.
+pub type Assigned = std::collections::HashMap<String, Value<'static>>;
+
+/// What a document's evaluations leave for its later ones: the captures of its last successful
+/// `matches` and the variables it assigned.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// The captures of the last successful `matches`: group number, name and text.
+    pub matches: Captures,
+    /// Variables set by `esi:assign`.
+    pub assigned: Assigned,
+}
+
 /// Everything one evaluation reads and writes.
 #[derive(Debug)]
 pub struct Context<'a> {
@@ -99,8 +113,8 @@ pub struct Context<'a> {
     pub seed: u64,
     /// The variable name a `matches` stores its captures under. Default: `MATCHES`.
     pub match_name: &'a str,
-    /// The captures of the last successful `matches`: group number, name and text.
-    pub matches: Captures,
+    /// The document's captures and assigned variables.
+    pub scope: Scope,
     /// Response effects asked for, in order.
     pub effects: Vec<Effect>,
 }
@@ -320,7 +334,7 @@ impl<'a> Context<'a> {
             now: 0,
             seed: 0x9e37_79b9_7f4a_7c15,
             match_name: "MATCHES",
-            matches: Vec::new(),
+            scope: Scope::default(),
             effects: Vec::new(),
         }
     }
@@ -339,36 +353,110 @@ impl<'a> Context<'a> {
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    /// A variable's value: a capture of the last `matches` under `match_name`, else the request's
-    /// (with its default); `Null` when missing.
+    /// A variable's value: a capture of the last `matches` under `match_name`, an assigned
+    /// variable (an item of it with a key), else the request's; its default when missing or
+    /// empty; `Null` when missing with no default.
     pub fn var<'v>(&self, var: &'v VarRef) -> Value<'v>
     where
         'a: 'v,
     {
-        if let VarName::Unknown(name) = &var.name {
-            if **name == *self.match_name {
-                let found = var
-                    .key
-                    .as_deref()
-                    .and_then(|key| match key.parse::<usize>() {
-                        Ok(i) => self.matches.get(i).and_then(|(_, v)| v.clone()),
-                        Err(_) => self
-                            .matches
-                            .iter()
-                            .find(|(n, _)| n.as_deref() == Some(key))
-                            .and_then(|(_, v)| v.clone()),
-                    });
-                return match (found, &var.default) {
-                    (Some(v), _) if !v.is_empty() => Value::Str(Cow::Owned(v)),
-                    (_, Some(d)) => Value::Str(Cow::Borrowed(d)),
-                    (found, None) => found.map_or(Value::Null, |v| Value::Str(Cow::Owned(v))),
+        let VarName::Unknown(name) = &var.name else {
+            return match self.req.get(var, self.policy) {
+                Some(v) => Value::Str(v),
+                None => Value::Null,
+            };
+        };
+        let key = var.key.as_deref();
+        let found = if **name == *self.match_name {
+            key.and_then(|key| {
+                let text = match key.parse::<usize>() {
+                    Ok(i) => self.scope.matches.get(i)?.1.clone(),
+                    Err(_) => self
+                        .scope
+                        .matches
+                        .iter()
+                        .find(|(n, _)| n.as_deref() == Some(key))?
+                        .1
+                        .clone(),
                 };
+                text.map(|t| Value::Str(Cow::Owned(t)))
+            })
+        } else {
+            self.scope
+                .assigned
+                .get(&**name)
+                .and_then(|v| match key {
+                    None => Some(v),
+                    Some(k) => item(v, k),
+                })
+                .cloned()
+        };
+        match (found, &var.default) {
+            (Some(v), _) if !v.is_empty() => v,
+            (_, Some(d)) => Value::Str(Cow::Borrowed(d)),
+            (found, None) => found.unwrap_or(Value::Null),
+        }
+    }
+}
+
+/// Runs an `esi:assign` in `cx`: evaluates its value and stores it in `cx.scope.assigned`, as
+/// the whole variable, or with a key as an item (a list index, replaced or appended at the end;
+/// a dictionary key, replaced or added; anything else becomes a dictionary).
+///
+/// # Errors
+/// The bound hit (the variable is then left as it was): the value's, or more variables or items
+/// than [`Limits::max_list_items`].
+pub fn assign<'a>(a: &'a Assign, cx: &mut Context<'a>) -> Result<(), Bound> {
+    let value = a.value.value(cx)?.into_owned();
+    let assigned = &mut cx.scope.assigned;
+    if !assigned.contains_key(&*a.name) {
+        cx.budget.items(assigned.len() + 1)?;
+    }
+    let Some(key) = &a.key else {
+        assigned.insert(a.name.to_string(), value);
+        return Ok(());
+    };
+    let slot = assigned
+        .entry(a.name.to_string())
+        .or_insert_with(|| Value::Dict(Vec::new()));
+    match slot {
+        Value::List(items) => {
+            let len = items.len() as i64;
+            match key.trim().parse::<i64>() {
+                Ok(i) if (-len..len).contains(&i) => {
+                    let i = if i < 0 { len + i } else { i };
+                    items[i as usize] = value;
+                }
+                Ok(i) if i == len => {
+                    cx.budget.items(items.len() + 1)?;
+                    items.push(value);
+                }
+                // Out of range: nothing to set.
+                _ => {}
             }
         }
-        match self.req.get(var, self.policy) {
-            Some(v) => Value::Str(v),
-            None => Value::Null,
+        Value::Dict(pairs) => match pairs.iter_mut().find(|(k, _)| **k == **key) {
+            Some((_, v)) => *v = value,
+            None => {
+                cx.budget.items(pairs.len() + 1)?;
+                pairs.push((key.to_string(), value));
+            }
+        },
+        other => *other = Value::Dict(vec![(key.to_string(), value)]),
+    }
+    Ok(())
+}
+
+/// Item `key` of a list (an index; negative counts from the end) or a dictionary.
+fn item<'v>(value: &'v Value<'static>, key: &str) -> Option<&'v Value<'static>> {
+    match value {
+        Value::List(items) => {
+            let i = key.trim().parse::<i64>().ok()?;
+            let i = if i < 0 { items.len() as i64 + i } else { i };
+            items.get(usize::try_from(i).ok()?)
         }
+        Value::Dict(pairs) => pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+        _ => None,
     }
 }
 
@@ -547,7 +635,7 @@ fn has(a: &Value<'_>, b: &Value<'_>, ignore_case: bool) -> bool {
 }
 
 /// `a matches b`: runs the pattern (compiled when parsed, or now under the size bound) over a's
-/// text; on a match the captures replace `cx.matches`. A pattern that does not compile matches
+/// text; on a match the captures replace `cx.scope.matches`. A pattern that does not compile matches
 /// nothing.
 fn matches<'a>(
     subject: &Value<'_>,
@@ -580,7 +668,7 @@ fn matches<'a>(
     let Some(caps) = re.captures(&text) else {
         return Ok(false);
     };
-    cx.matches = re
+    cx.scope.matches = re
         .capture_names()
         .zip(caps.iter())
         .map(|(name, m)| (name.map(str::to_owned), m.map(|m| m.as_str().to_owned())))

@@ -10,7 +10,7 @@ fn test_with(src: &str, req: &Request, budget: &Budget) -> (Result<bool, Bound>,
     let policy = VarPolicy::default();
     let mut cx = Context::new(req, &policy, budget);
     let got = expr.test(&mut cx);
-    (got, cx.matches)
+    (got, cx.scope.matches)
 }
 
 fn holds(src: &str, req: &Request) -> bool {
@@ -224,4 +224,73 @@ proptest! {
             prop_assert!(budget.evaluations() <= 500 + 64 + 3 * 64);
         }
     }
+}
+
+#[test]
+fn assignments_set_variables_items_and_stay_bounded() {
+    use crate::esi::{parse, ParseOptions};
+    let doc = concat!(
+        "<esi:assign name=\"colors\" value=\"['red', 'green']\"/>",
+        "<esi:assign name=\"colors{1}\" value=\"'blue'\"/>",
+        "<esi:assign name=\"colors{2}\" value=\"'black'\"/>",
+        "<esi:assign name=\"colors{9}\" value=\"'never'\"/>",
+        "<esi:assign name=\"greet\" value=\"{'fr': 'Bonjour'}\"/>",
+        "<esi:assign name=\"greet{'en'}\" value=\"'Hello'\"/>",
+        "<esi:assign name=\"host\" value=\"$upper($(HTTP_HOST))\"/>",
+        "<esi:assign name=\"n\">$len($(colors))</esi:assign>",
+    );
+    let t = parse(
+        bytes::Bytes::from_static(doc.as_bytes()),
+        &ParseOptions::strict(),
+    )
+    .expect("valid");
+    let req = Request::new().with_host("shop");
+    let policy = VarPolicy::default();
+    let budget = Budget::default();
+    let mut cx = Context::new(&req, &policy, &budget);
+    for node in &t.nodes {
+        let crate::esi::Node::Assign(a) = node else {
+            panic!("{node:?}")
+        };
+        // Each evaluation's borrows end with it: the scope keeps owned values.
+        let mut inner = Context::new(&req, &policy, &budget);
+        inner.scope = std::mem::take(&mut cx.scope);
+        assign(a, &mut inner).expect("within bounds");
+        cx.scope = inner.scope;
+    }
+    let read = |src: &str, cx: &Context<'_>| {
+        let (var, _) = crate::esi::vars::parse_var_ref(src.as_bytes()).expect("a reference");
+        cx.var(&var).text().into_owned()
+    };
+    let cases = [
+        ("$(colors)", "red,blue,black"),
+        ("$(colors{0})", "red"),
+        ("$(colors{-1})", "black"),
+        ("$(colors{5}|'none')", "none"),
+        ("$(greet{fr})", "Bonjour"),
+        ("$(greet{en})", "Hello"),
+        ("$(host)", "SHOP"),
+        ("$(n)", "3"),
+        ("$(unset|'d')", "d"),
+    ];
+    for (src, want) in cases {
+        assert_eq!(read(src, &cx), want, "{src}");
+    }
+    // Variables per document are bounded like list items.
+    let small = Budget::new(Limits {
+        max_list_items: 2,
+        ..Limits::default()
+    });
+    let mut cx = Context::new(&req, &policy, &small);
+    let mut results = Vec::new();
+    for node in &t.nodes {
+        if let crate::esi::Node::Assign(a) = node {
+            let mut inner = Context::new(&req, &policy, &small);
+            inner.scope = std::mem::take(&mut cx.scope);
+            results.push(assign(a, &mut inner));
+            cx.scope = inner.scope;
+        }
+    }
+    assert!(results.contains(&Err(Bound::ListItems)), "{results:?}");
+    assert!(cx.scope.assigned.len() <= 2);
 }

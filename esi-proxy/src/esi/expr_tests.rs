@@ -176,7 +176,7 @@ fn errors() {
         ("abc", 8, 0, "bare word `abc`"),
         ("true", 8, 0, "bare word `true`"),
         ("1 == abc", 8, 5, "bare word `abc`"),
-        ("$(bad)", 8, 0, "malformed variable reference"),
+        ("$(1bad)", 8, 0, "malformed variable reference"),
         ("1 == $(HTTP_HOST", 8, 5, "malformed variable reference"),
         ("(1==1", 8, 5, "missing `)` to close the `(` at offset 0"),
         (

@@ -15,9 +15,12 @@ pub mod parse;
 pub mod scan;
 pub mod vars;
 
-pub use ast::{Include, Node, OnError, Template, When};
+pub use ast::{Assign, Include, Node, OnError, Template, When};
 pub use diag::{Diagnostic, ParseError, Problem, Severity};
-pub use eval::{render_html_in, Bound, Budget, Captures, Context, Effect, Limits, Value};
+pub use eval::{
+    assign, render_html_in, Assigned, Bound, Budget, Captures, Context, Effect, Limits, Scope,
+    Value,
+};
 pub use expr::{parse_expr, CmpOp, Expr, ExprError, TestOp};
 pub use func::Func;
 pub use parse::{parse, Event, Mode, ParseOptions, Parser};

@@ -15,7 +15,7 @@ use bytes::Bytes;
 const MAX_REF_BYTES: usize = 4096;
 
 /// A variable's name. The six names of ESI 1.0 §5; any other well-formed name is kept as
-/// [`VarName::Unknown`] and evaluates as missing.
+/// [`VarName::Unknown`]: a variable the document assigned, `MATCHES`, or missing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VarName {
     /// `HTTP_ACCEPT_LANGUAGE`; with a key, `"true"` or `"false"`.
@@ -30,7 +30,7 @@ pub enum VarName {
     UserAgent,
     /// `QUERY_STRING`; with a key, one parameter's value as sent (not decoded).
     QueryString,
-    /// Any other `[A-Z_][A-Z0-9_]*` name (evaluates empty).
+    /// Any other `[A-Za-z_][A-Za-z0-9_]*` name: an assigned variable, a capture, or empty.
     Unknown(Box<str>),
 }
 
@@ -124,6 +124,14 @@ impl VarName {
         }
     }
 
+    /// Whether a document may not assign this name: a request variable (`HTTP_*`,
+    /// `QUERY_STRING`, `REQUEST_*`, `REMOTE_ADDR`) or the captures' `MATCHES`.
+    pub fn is_reserved(name: &str) -> bool {
+        name.starts_with("HTTP_")
+            || name.starts_with("REQUEST_")
+            || matches!(name, "QUERY_STRING" | "REMOTE_ADDR" | "MATCHES")
+    }
+
     /// The name as written in a template.
     pub fn as_str(&self) -> &str {
         match self {
@@ -149,11 +157,13 @@ pub fn parse_var_ref(s: &[u8]) -> Option<(VarRef, usize)> {
     }
     let mut i = 2;
     let name_start = i;
+    // Request variables are upper case; variables a document assigns may be lower case (text
+    // and attributes take those only once assigned: see `next_var`).
     match s.get(i) {
-        Some(b'A'..=b'Z' | b'_') => i += 1,
+        Some(b'A'..=b'Z' | b'a'..=b'z' | b'_') => i += 1,
         _ => return None,
     }
-    while let Some(b'A'..=b'Z' | b'0'..=b'9' | b'_') = s.get(i) {
+    while let Some(b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_') = s.get(i) {
         i += 1;
     }
     // The name is ASCII by construction.
@@ -208,16 +218,30 @@ fn is_bare_key_byte(b: u8) -> bool {
     !matches!(b, b'}' | b')' | b'\'' | 0..=0x20 | 0x7f)
 }
 
-/// Finds the next well-formed reference at or after `from`: its byte range and value.
-fn next_var(s: &[u8], mut from: usize) -> Option<(Range<usize>, VarRef)> {
+/// Finds the next well-formed reference at or after `from`: its byte range and value. A name
+/// with a lower-case letter counts only when `assigned` says the document set it, so text such
+/// as `$(document)` in a script stays literal.
+fn next_var(
+    s: &[u8],
+    mut from: usize,
+    assigned: &dyn Fn(&str) -> bool,
+) -> Option<(Range<usize>, VarRef)> {
     while let Some(off) = memchr::memchr(b'$', s.get(from..)?) {
         let start = from + off;
         if let Some((var, len)) = parse_var_ref(&s[start..]) {
-            return Some((start..start + len, var));
+            let lower = var.name.as_str().bytes().any(|b| b.is_ascii_lowercase());
+            if !lower || assigned(var.name.as_str()) {
+                return Some((start..start + len, var));
+            }
         }
         from = start + 1;
     }
     None
+}
+
+/// For text with no assigned variable: only upper-case names are references.
+fn none_assigned(_: &str) -> bool {
+    false
 }
 
 impl fmt::Display for VarRef {
@@ -247,10 +271,16 @@ impl fmt::Display for VarRef {
 impl VarString {
     /// Parses an attribute value; never fails: malformed `$(` stays literal text.
     pub fn parse(s: &str) -> VarString {
+        VarString::parse_in(s, &none_assigned)
+    }
+
+    /// Parses an attribute value in a document that assigned the names `assigned` accepts (a
+    /// lower-case name is a reference only then).
+    pub fn parse_in(s: &str, assigned: &dyn Fn(&str) -> bool) -> VarString {
         let bytes = s.as_bytes();
         let mut segments = Vec::new();
         let mut pos = 0;
-        while let Some((range, var)) = next_var(bytes, pos) {
+        while let Some((range, var)) = next_var(bytes, pos, assigned) {
             if range.start > pos {
                 // Reference delimiters are ASCII, so these are char boundaries.
                 segments.push(Segment::Literal(Box::from(&s[pos..range.start])));
@@ -298,14 +328,19 @@ impl fmt::Display for VarString {
 /// Splits text from inside `<esi:vars>` into literal slices of `text` (zero-copy) and variables.
 /// Returns None when the text holds no well-formed variable reference.
 pub fn split_vars(text: &Bytes) -> Option<Vec<Segment<Bytes>>> {
-    let (first, var) = next_var(text, 0)?;
+    split_vars_in(text, &none_assigned)
+}
+
+/// [`split_vars`] in a document that assigned the names `assigned` accepts.
+pub fn split_vars_in(text: &Bytes, assigned: &dyn Fn(&str) -> bool) -> Option<Vec<Segment<Bytes>>> {
+    let (first, var) = next_var(text, 0, assigned)?;
     let mut segments = Vec::with_capacity(4);
     if first.start > 0 {
         segments.push(Segment::Literal(text.slice(..first.start)));
     }
     segments.push(Segment::Var(var));
     let mut pos = first.end;
-    while let Some((range, var)) = next_var(text, pos) {
+    while let Some((range, var)) = next_var(text, pos, assigned) {
         if range.start > pos {
             segments.push(Segment::Literal(text.slice(pos..range.start)));
         }

@@ -80,7 +80,7 @@ fn parse_var_ref_malformed() {
         "$()",
         "(HTTP_HOST)",
         "$ (HTTP_HOST)",
-        "$(http_host)",
+        "$(1host)",
         "$(1A)",
         "$(HTTP_HOST",
         "$(HTTP_HOST }",
@@ -767,4 +767,34 @@ proptest! {
         };
         prop_assert_eq!(joined.len(), vs.segments.len());
     }
+}
+
+/// Lower-case names are variables a document assigns: in text and attributes they count only
+/// once assigned, so `$(document)` in a script stays literal.
+#[test]
+fn lower_case_names_count_only_once_assigned() {
+    let text = Bytes::from_static(b"$(document).ready(); $(colors{0}) $(HTTP_HOST)");
+    let none = split_vars(&text).expect("HTTP_HOST is a reference");
+    let names: Vec<String> = none
+        .iter()
+        .filter_map(|s| match s {
+            Segment::Var(v) => Some(v.name.as_str().to_owned()),
+            Segment::Literal(_) => None,
+        })
+        .collect();
+    assert_eq!(names, vec!["HTTP_HOST"]);
+    let some = split_vars_in(&text, &|n| n == "colors").expect("references");
+    let names: Vec<String> = some
+        .iter()
+        .filter_map(|s| match s {
+            Segment::Var(v) => Some(v.to_string()),
+            Segment::Literal(_) => None,
+        })
+        .collect();
+    assert_eq!(names, vec!["$(colors{0})", "$(HTTP_HOST)"]);
+    assert_eq!(VarString::parse("/a/$(x)").as_constant(), Some("/a/$(x)"));
+    assert_eq!(
+        VarString::parse_in("/a/$(x)", &|n| n == "x").as_constant(),
+        None
+    );
 }

@@ -134,6 +134,8 @@ fn check_nodes(nodes: &[Node], in_try: bool, walk: &mut Walk<'_>, findings: &mut
             Node::Inline { body, .. } => check_nodes(body, in_try, walk, findings),
             Node::Text(text) => walk.literal(text),
             Node::Vars(segments) => check_vars_output(segments, walk, findings),
+            // Checked when parsed: the name, the target and the expression.
+            Node::Assign(_) => {}
         }
     }
 }

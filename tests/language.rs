@@ -196,3 +196,22 @@ async fn assigned_variables_reach_later_tests_and_vars() {
         );
     }
 }
+
+/// `esi.max_expr_evaluations` from the config bounds the page: with 10, the first test (9
+/// nodes) passes and the second is stopped, read as false, and counted.
+#[tokio::test]
+async fn the_configured_evaluation_bound_applies() {
+    const LAYOUT: &str = concat!(
+        "<esi:choose><esi:when test=\"$lower('A') == 'a' & $upper('b') == 'B'\">[1]</esi:when></esi:choose>",
+        "<esi:choose><esi:when test=\"1 == 1\">[2]</esi:when><esi:otherwise>[stopped]</esi:otherwise></esi:choose>",
+    );
+    let (origin, _) = origin(LAYOUT).await;
+    let mut config = Config::default();
+    config.esi.max_expr_evaluations = 10;
+    let proxy = proxy(&origin.base(), config).await;
+    assert_eq!(body(&proxy, "/page").await, "[1][stopped]");
+    assert_eq!(
+        proxy.metric("esi_proxy_esi_bounds_total{bound=\"evaluations\"}"),
+        Some(1.0)
+    );
+}

@@ -199,7 +199,12 @@ impl ComposeConfig {
                 whole_cookie_header: e.expose_cookie_header,
                 raw_output: e.raw_vars,
             },
-            limits: Limits::default(),
+            limits: Limits {
+                max_evaluations: e.max_expr_evaluations,
+                max_value_bytes: e.max_expr_value_bytes,
+                max_list_items: e.max_expr_list_items,
+                max_pattern_bytes: e.max_pattern_bytes,
+            },
         }
     }
 }

@@ -138,6 +138,37 @@ impl Config {
                 p.push(field, "must be greater than 0".into());
             }
         }
+        // Expression bounds: (field, value, least, most).
+        for (field, value, least, most) in [
+            (
+                "esi.max_expr_evaluations",
+                e.max_expr_evaluations,
+                1,
+                10_000_000,
+            ),
+            (
+                "esi.max_expr_value_bytes",
+                e.max_expr_value_bytes as u64,
+                16,
+                1 << 24,
+            ),
+            (
+                "esi.max_expr_list_items",
+                e.max_expr_list_items as u64,
+                1,
+                1_000_000,
+            ),
+            (
+                "esi.max_pattern_bytes",
+                e.max_pattern_bytes as u64,
+                1024,
+                1 << 24,
+            ),
+        ] {
+            if !(least..=most).contains(&value) {
+                p.push(field, format!("{value} is not within {least} to {most}"));
+            }
+        }
         let on_error = p.check("esi.on_error", choose(&e.on_error, OnError::CHOICES));
         for (i, name) in e.cookie_names.iter().enumerate() {
             if !is_token(name) {
@@ -158,6 +189,10 @@ impl Config {
             cookies: CookieNames::from_list(&e.cookie_names),
             expose_cookie_header: e.expose_cookie_header,
             raw_vars: e.raw_vars,
+            max_expr_evaluations: e.max_expr_evaluations,
+            max_expr_value_bytes: e.max_expr_value_bytes,
+            max_expr_list_items: e.max_expr_list_items,
+            max_pattern_bytes: e.max_pattern_bytes,
         })
     }
 

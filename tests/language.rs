@@ -215,3 +215,19 @@ async fn the_configured_evaluation_bound_applies() {
         Some(1.0)
     );
 }
+
+/// `REQUEST_METHOD`, `REQUEST_PATH` and `REMOTE_ADDR` read the client's request.
+#[tokio::test]
+async fn request_method_path_and_remote_addr_variables() {
+    const LAYOUT: &str = concat!(
+        "<esi:vars>[$(REQUEST_METHOD) $(REQUEST_PATH) $(REMOTE_ADDR)]</esi:vars>",
+        "<esi:choose><esi:when test=\"$(REQUEST_PATH) matches '^/page$' & $(REQUEST_METHOD) == 'GET'\">",
+        "[yes]</esi:when></esi:choose>",
+    );
+    let (origin, _) = origin(LAYOUT).await;
+    let proxy = proxy(&origin.base(), Config::default()).await;
+    assert_eq!(
+        body(&proxy, "/page?x=1").await,
+        "[GET /page 127.0.0.1][yes]"
+    );
+}

@@ -30,6 +30,12 @@ pub enum VarName {
     UserAgent,
     /// `QUERY_STRING`; with a key, one parameter's value as sent (not decoded).
     QueryString,
+    /// `REQUEST_METHOD` (extension): `GET`, `POST` ...
+    RequestMethod,
+    /// `REQUEST_PATH` (extension): the path of the request, without the query, as sent.
+    RequestPath,
+    /// `REMOTE_ADDR` (extension): the address of the client connection's peer.
+    RemoteAddr,
     /// Any other `[A-Za-z_][A-Za-z0-9_]*` name: an assigned variable, a capture, or empty.
     Unknown(Box<str>),
 }
@@ -70,6 +76,9 @@ pub struct Request {
     referer: Option<String>,
     user_agent: Option<String>,
     accept_language: Option<String>,
+    method: Option<String>,
+    path: Option<String>,
+    remote_addr: Option<String>,
     /// Set once a cookie value was read: the page then holds a credential of the visitor's.
     /// Shared by clones, so every part of a page reports to the one page.
     cookie_read: Arc<AtomicBool>,
@@ -120,6 +129,9 @@ impl VarName {
             "HTTP_REFERER" => VarName::Referer,
             "HTTP_USER_AGENT" => VarName::UserAgent,
             "QUERY_STRING" => VarName::QueryString,
+            "REQUEST_METHOD" => VarName::RequestMethod,
+            "REQUEST_PATH" => VarName::RequestPath,
+            "REMOTE_ADDR" => VarName::RemoteAddr,
             other => VarName::Unknown(other.into()),
         }
     }
@@ -141,6 +153,9 @@ impl VarName {
             VarName::Referer => "HTTP_REFERER",
             VarName::UserAgent => "HTTP_USER_AGENT",
             VarName::QueryString => "QUERY_STRING",
+            VarName::RequestMethod => "REQUEST_METHOD",
+            VarName::RequestPath => "REQUEST_PATH",
+            VarName::RemoteAddr => "REMOTE_ADDR",
             VarName::Unknown(name) => name,
         }
     }
@@ -420,6 +435,27 @@ impl Request {
         }
     }
 
+    /// Sets the request method.
+    #[must_use]
+    pub fn with_method(mut self, v: impl Into<String>) -> Self {
+        self.method = Some(v.into());
+        self
+    }
+
+    /// Sets the request path (without the query).
+    #[must_use]
+    pub fn with_path(mut self, v: impl Into<String>) -> Self {
+        self.path = Some(v.into());
+        self
+    }
+
+    /// Sets the client connection's peer address.
+    #[must_use]
+    pub fn with_remote_addr(mut self, v: impl Into<String>) -> Self {
+        self.remote_addr = Some(v.into());
+        self
+    }
+
     /// The variable's raw value with the policy applied, or its default when missing or empty:
     /// `None` when missing (or hidden) with no default, `Some("")` when empty with none.
     pub fn get<'a>(&'a self, var: &'a VarRef, policy: &VarPolicy) -> Option<Cow<'a, str>> {
@@ -479,6 +515,9 @@ impl Request {
                 None => borrowed(&self.query),
                 Some(name) => query_param(self.query.as_deref()?, name),
             },
+            VarName::RequestMethod => borrowed(&self.method),
+            VarName::RequestPath => borrowed(&self.path),
+            VarName::RemoteAddr => borrowed(&self.remote_addr),
             VarName::Unknown(_) => None,
         }
     }

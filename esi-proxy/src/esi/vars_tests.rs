@@ -798,3 +798,30 @@ fn lower_case_names_count_only_once_assigned() {
         None
     );
 }
+
+#[test]
+fn request_method_path_and_remote_addr() {
+    let req = Request::new()
+        .with_method("POST")
+        .with_path("/a b/c")
+        .with_remote_addr("192.0.2.7");
+    let policy = VarPolicy::default();
+    let cases = [
+        ("$(REQUEST_METHOD)", "POST"),
+        ("$(REQUEST_PATH)", "/a b/c"),
+        ("$(REMOTE_ADDR)", "192.0.2.7"),
+        ("$(REQUEST_METHOD{x}|'d')", "POST"),
+    ];
+    for (src, want) in cases {
+        assert_eq!(req.value(&var(src), &policy), want, "{src}");
+        assert_eq!(var(src).to_string(), src, "round trip");
+    }
+    assert_eq!(
+        Request::new().value(&var("$(REMOTE_ADDR|'none')"), &policy),
+        "none"
+    );
+    assert_eq!(
+        render_url(&VarString::parse("/f?p=$(REQUEST_PATH)"), &req, &policy).as_deref(),
+        Ok("/f?p=%2Fa%20b%2Fc")
+    );
+}

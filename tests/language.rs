@@ -231,3 +231,17 @@ async fn request_method_path_and_remote_addr_variables() {
         "[GET /page 127.0.0.1][yes]"
     );
 }
+
+/// `esi:text`: its content is sent as written, ESI and all, and nothing in it is fetched.
+#[tokio::test]
+async fn esi_text_content_is_sent_as_written() {
+    const LAYOUT: &str =
+        "x<esi:text><esi:include src=\"/never\"/> $(HTTP_HOST)</esi:text>y<esi:include src=\"/f\"/>";
+    let (origin, seen) = origin(LAYOUT).await;
+    let proxy = proxy(&origin.base(), Config::default()).await;
+    assert_eq!(
+        body(&proxy, "/page").await,
+        "x<esi:include src=\"/never\"/> $(HTTP_HOST)y</f>"
+    );
+    assert_eq!(*seen.lock().expect("not poisoned"), vec!["/f"]);
+}

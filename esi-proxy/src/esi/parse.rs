@@ -346,6 +346,7 @@ impl Parser {
                     ScanProblem::UnterminatedTag => Problem::UnterminatedTag,
                     ScanProblem::UnclosedRemove => Problem::Unclosed("remove"),
                     ScanProblem::UnclosedEsiComment => Problem::UnclosedEsiComment,
+                    ScanProblem::UnclosedText => Problem::Unclosed("text"),
                 };
                 self.problem(pos, problem)
             }
@@ -440,8 +441,8 @@ impl Parser {
         pos: Pos,
         out: &mut Vec<Event>,
     ) -> Result<(), ParseError> {
-        if name == b"remove" {
-            // `<esi:remove/>`: empty; the scanner drops the block form whole.
+        if name == b"remove" || name == b"text" {
+            // `<esi:remove/>`, `<esi:text/>`: empty; the scanner handles the block forms whole.
             return Ok(());
         }
         let Some(kind) = Kind::from_name(name) else {
@@ -629,7 +630,7 @@ impl Parser {
     fn end(&mut self, name: &[u8], pos: Pos, out: &mut Vec<Event>) -> Result<(), ParseError> {
         let Some(kind) = Kind::from_name(name) else {
             let name = String::from_utf8_lossy(name).into_owned();
-            return if name == "remove" {
+            return if name == "remove" || name == "text" {
                 self.problem(pos, Problem::StrayEndTag(name))
             } else {
                 self.problem(pos, Problem::UnknownElement(name))

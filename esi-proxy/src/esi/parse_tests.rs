@@ -283,6 +283,8 @@ fn lenient_outcomes() {
         ("<esi:choose><esi:when test=\"1==1\">x", "{choose when[1==1]:x}", 2),
         ("a<esi:remove>x", "a", 1),
         ("a<!--esi b", "a<!--esi b", 1),
+        ("a<esi:text><esi:include src=\"/x\"/>", "a<esi:include src=\"/x\"/>", 1),
+        ("a<esi:text/>b</esi:text>c", "abc", 1),
         ("a<!--esi <esi:include src=\"/x\"/>", "a<!--esi <esi:include src=\"/x\"/>", 1),
         ("<esi:include/>x", "x", 1),
         ("<esi:include src=\"/a\" onerror=\"stop\"/>", "{inc /a}", 0),

@@ -68,6 +68,8 @@ pub enum ScanProblem {
     UnclosedRemove,
     /// `<!--esi` with no `-->` before the end of input.
     UnclosedEsiComment,
+    /// `<esi:text>` with no `</esi:text>` before the end of input (its content is kept).
+    UnclosedText,
 }
 
 /// How far past an `<!--esi` the scanner looks for its `-->` before processing what follows.
@@ -81,7 +83,14 @@ enum Mode {
     Normal,
     HtmlComment,
     Cdata,
-    Remove { pos: Pos, contains_esi: bool },
+    Remove {
+        pos: Pos,
+        contains_esi: bool,
+    },
+    /// Inside `<esi:text>`: everything up to `</esi:text>` is literal text.
+    Text {
+        pos: Pos,
+    },
 }
 
 /// Incremental scanner state. Feed chunks with [`Scanner::feed`], then call [`Scanner::finish`].
@@ -109,6 +118,7 @@ const ESI_COMMENT: &[u8] = b"<!--esi";
 const HTML_COMMENT: &[u8] = b"<!--";
 const CDATA: &[u8] = b"<![CDATA[";
 const REMOVE_END: &[u8] = b"</esi:remove";
+const TEXT_END: &[u8] = b"</esi:text";
 
 /// Line bookkeeping for one buffer: newlines are counted lazily, up to each position asked for.
 struct Lines {
@@ -249,6 +259,12 @@ impl Scanner {
                 pos,
             });
         }
+        if let Mode::Text { pos } = self.mode {
+            out.push(Token::Malformed {
+                problem: ScanProblem::UnclosedText,
+                pos,
+            });
+        }
         if self.in_esi_comment {
             out.push(Token::Malformed {
                 problem: ScanProblem::UnclosedEsiComment,
@@ -293,6 +309,35 @@ impl Scanner {
                         }
                     }
                 }
+                Mode::Text { pos } => match memmem::find(&buf[i..], TEXT_END) {
+                    Some(k) => {
+                        let end = i + k;
+                        let after = end + TEXT_END.len();
+                        match memchr::memchr(b'>', &buf[after..]) {
+                            Some(gt) => {
+                                emit_text(&buf, text, end, out);
+                                i = after + gt + 1;
+                                text = i;
+                                self.mode = Mode::Normal;
+                            }
+                            None if !eof => {
+                                emit_text(&buf, text, end, out);
+                                break 'outer end;
+                            }
+                            None => {
+                                self.mode = Mode::Text { pos };
+                                emit_text(&buf, text, len, out);
+                                break 'outer len;
+                            }
+                        }
+                    }
+                    None => {
+                        // Keep the tail that may begin the end tag; the rest is text.
+                        let keep = hold(len.saturating_sub(TEXT_END.len() - 1).max(i));
+                        emit_text(&buf, text, keep, out);
+                        break 'outer keep;
+                    }
+                },
                 Mode::Remove { pos, contains_esi } => match memmem::find(&buf[i..], REMOVE_END) {
                     Some(k) => {
                         let inner = &buf[i..i + k];
@@ -526,6 +571,11 @@ impl Scanner {
             };
             return Some(gt + 1);
         }
+        if &name[..] == b"text" && !self_closing {
+            // `<esi:text>`: its tags are dropped, its content passes unprocessed.
+            self.mode = Mode::Text { pos };
+            return Some(gt + 1);
+        }
         out.push(Token::Start {
             name,
             attrs: buf.slice(name_end..attrs_end),
@@ -710,6 +760,41 @@ mod tests {
                 assert_eq!(merge_text(out), whole, "cuts at {cut}, {cut2}");
             }
         }
+    }
+
+    #[test]
+    fn esi_text_content_passes_unprocessed() {
+        let input =
+            "a<esi:text><esi:include src=\"/x\"/><!--esi $(HTTP_HOST) --></esi:text >b<esi:text/>c";
+        let got = merge_text(scan_all(input.as_bytes()));
+        assert_eq!(
+            got,
+            vec![
+                text("a<esi:include src=\"/x\"/><!--esi $(HTTP_HOST) -->b"),
+                // `<esi:text/>` is an empty element: the parser drops it.
+                start("text", "", true, 1, 72),
+                text("c"),
+            ]
+        );
+        for cut in 0..=input.len() {
+            let mut s = Scanner::new(1024);
+            let mut out = Vec::new();
+            s.feed(Bytes::copy_from_slice(&input.as_bytes()[..cut]), &mut out);
+            s.feed(Bytes::copy_from_slice(&input.as_bytes()[cut..]), &mut out);
+            s.finish(&mut out);
+            assert_eq!(merge_text(out), got, "cut at {cut}");
+        }
+        let unclosed = merge_text(scan_all(b"a<esi:text><esi:x>"));
+        assert_eq!(
+            unclosed,
+            vec![
+                text("a<esi:x>"),
+                Token::Malformed {
+                    problem: ScanProblem::UnclosedText,
+                    pos: Pos { line: 1, col: 2 },
+                },
+            ]
+        );
     }
 
     #[test]

@@ -245,3 +245,15 @@ async fn esi_text_content_is_sent_as_written() {
     );
     assert_eq!(*seen.lock().expect("not poisoned"), vec!["/f"]);
 }
+
+/// `matchname` names the variable a test's captures are read through.
+#[tokio::test]
+async fn matchname_names_the_captures() {
+    const LAYOUT: &str = concat!(
+        "<esi:choose><esi:when test=\"$(REQUEST_PATH) matches '''^/(\\w+)$'''\" matchname=\"route\">",
+        "<esi:vars>[$(route{1})|$(MATCHES{1}|'none')]</esi:vars></esi:when></esi:choose>",
+    );
+    let (origin, _) = origin(LAYOUT).await;
+    let proxy = proxy(&origin.base(), Config::default()).await;
+    assert_eq!(body(&proxy, "/page").await, "[page|none]");
+}

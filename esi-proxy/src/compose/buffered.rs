@@ -12,7 +12,7 @@ use crate::esi::{Node, Scope};
 
 use super::include::include;
 use super::stream::{concat, Slot};
-use super::{DocContext, Failure, Fallback, PageState};
+use super::{DocContext, Failure, Fallback, PageState, WhenTest};
 
 /// Runs a streamed `esi:try`: the attempt's slots are already in flight; if one fails, the
 /// except branch is composed instead.
@@ -92,7 +92,8 @@ pub(super) fn compose_nodes<'a>(
                             .iter()
                             .find(|w| {
                                 w.test.as_ref().is_some_and(|t| {
-                                    state.test(t, &w.source, doc, &mut Scope::default())
+                                    let when = WhenTest(t, &w.source, w.match_name.as_deref());
+                                    state.test(when, doc, &mut Scope::default())
                                 })
                             })
                             .map(|w| w.body.as_slice())

@@ -158,6 +158,10 @@ struct PageState {
     budget: Budget,
 }
 
+/// A `when`'s test, as written, and its `matchname`.
+#[derive(Clone, Copy)]
+struct WhenTest<'a>(&'a Expr, &'a str, Option<&'a str>);
+
 /// Where a document sits: its URL, the URLs of the documents that include it, its depth, and
 /// whether it may use the client's credentials.
 #[derive(Debug, Clone)]
@@ -357,8 +361,12 @@ impl PageState {
     /// Evaluates a `when` test of `doc` under the page's budget; a bound hit counts as false
     /// (counted and logged). A successful `matches` leaves its captures in `scope`, for the
     /// rest of the document.
-    fn test(&self, test: &Expr, source: &str, doc: &DocContext, scope: &mut Scope) -> bool {
+    fn test(&self, when: WhenTest<'_>, doc: &DocContext, scope: &mut Scope) -> bool {
+        let WhenTest(test, source, match_name) = when;
         let mut cx = Context::new(&self.page.vars, self.vars(doc), &self.budget);
+        if let Some(name) = match_name {
+            cx.match_name = name;
+        }
         cx.now = unix_now();
         cx.seed = seed(&self.page.started);
         cx.scope = std::mem::take(scope);

@@ -17,7 +17,7 @@ use crate::esi::{render_html_in, Context, Event, Node, Parser, Scope, Template};
 
 use super::buffered::run_try;
 use super::include::include;
-use super::{ComposeError, DocContext, Failure, FailureKind, OnParsed, PageState};
+use super::{ComposeError, DocContext, Failure, FailureKind, OnParsed, PageState, WhenTest};
 use crate::fetch::ErrorKind;
 
 /// Ready parts at the front of the page are sent as one chunk up to about this size, so a large
@@ -93,6 +93,7 @@ fn template_events(nodes: &[Node], out: &mut Vec<Event>) {
                     out.push(Event::WhenStart {
                         test: w.test.clone(),
                         source: w.source.clone(),
+                        match_name: w.match_name.clone(),
                     });
                     template_events(&w.body, out);
                     out.push(Event::WhenEnd);
@@ -376,9 +377,15 @@ impl Driver {
             }
             Event::Assign(a) => self.state.assign(&a, &self.doc, &mut self.scope),
             Event::ChooseStart => self.frames.push(Frame::Choose { taken: false }),
-            Event::WhenStart { test, source } => {
-                let pass =
-                    test.is_some_and(|t| self.state.test(&t, &source, &self.doc, &mut self.scope));
+            Event::WhenStart {
+                test,
+                source,
+                match_name,
+            } => {
+                let pass = test.is_some_and(|t| {
+                    let when = WhenTest(&t, &source, match_name.as_deref());
+                    self.state.test(when, &self.doc, &mut self.scope)
+                });
                 self.state.note_cookie_read();
                 self.enter_branch(pass);
             }

@@ -102,6 +102,9 @@ pub struct When {
     pub test: Option<Expr>,
     /// The test as written, for logs and debug output.
     pub source: Box<str>,
+    /// `matchname`: the variable a `matches` in the test stores its captures under (default
+    /// `MATCHES`).
+    pub match_name: Option<Box<str>>,
     /// The branch content.
     pub body: Vec<Node>,
 }

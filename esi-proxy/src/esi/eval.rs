@@ -94,6 +94,8 @@ pub type Assigned = std::collections::HashMap<String, Value<'static>>;
 pub struct Scope {
     /// The captures of the last successful `matches`: group number, name and text.
     pub matches: Captures,
+    /// The variable the captures are read through (empty: `MATCHES`).
+    pub matches_name: String,
     /// Variables set by `esi:assign`.
     pub assigned: Assigned,
 }
@@ -111,7 +113,8 @@ pub struct Context<'a> {
     pub now: i64,
     /// State of `$rand()`'s generator (any seed; 0 is replaced).
     pub seed: u64,
-    /// The variable name a `matches` stores its captures under. Default: `MATCHES`.
+    /// The variable name a `matches` stores its captures under (the test's `matchname`).
+    /// Default: `MATCHES`.
     pub match_name: &'a str,
     /// The document's captures and assigned variables.
     pub scope: Scope,
@@ -367,7 +370,11 @@ impl<'a> Context<'a> {
             };
         };
         let key = var.key.as_deref();
-        let found = if **name == *self.match_name {
+        let captures_name = match self.scope.matches_name.as_str() {
+            "" => "MATCHES",
+            other => other,
+        };
+        let found = if **name == *captures_name {
             key.and_then(|key| {
                 let text = match key.parse::<usize>() {
                     Ok(i) => self.scope.matches.get(i)?.1.clone(),
@@ -668,6 +675,7 @@ fn matches<'a>(
     let Some(caps) = re.captures(&text) else {
         return Ok(false);
     };
+    cx.scope.matches_name = cx.match_name.to_owned();
     cx.scope.matches = re
         .capture_names()
         .zip(caps.iter())

@@ -39,6 +39,8 @@ pub enum Event {
         test: Option<Expr>,
         /// The test as written.
         source: Box<str>,
+        /// `matchname`: the variable a `matches` in the test stores its captures under.
+        match_name: Option<Box<str>>,
     },
     /// `</esi:when>`.
     WhenEnd,

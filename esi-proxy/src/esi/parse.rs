@@ -27,7 +27,7 @@ pub use super::diag::{Diagnostic, ParseError, Problem, Severity};
 pub use super::event::Event;
 use super::expr::parse_expr;
 use super::scan::{Pos, ScanProblem, Scanner, Token};
-use super::vars::{split_vars_in, VarString};
+use super::vars::{split_vars_in, VarName, VarString};
 
 /// How problems in the markup are handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -110,7 +110,8 @@ pub struct Parser {
     /// The target of the open long-form `esi:assign` and its content so far.
     assign: Option<(Box<str>, Option<Box<str>>)>,
     assign_text: Vec<Bytes>,
-    /// Names the document assigned so far: later text and attributes may read them.
+    /// Names the document assigned (or named as a `matchname`) so far: later text and
+    /// attributes may read them.
     assigned: std::collections::HashSet<Box<str>>,
 }
 
@@ -824,7 +825,7 @@ impl Parser {
             )?;
             return Ok(None);
         }
-        if super::vars::VarName::is_reserved(base) {
+        if VarName::is_reserved(base) {
             self.problem(pos, Problem::AssignToRequestVariable(base.to_owned()))?;
             return Ok(None);
         }
@@ -870,11 +871,35 @@ impl Parser {
                 Vec::new()
             }
         };
+        let match_name: Option<Box<str>> = attrs
+            .iter()
+            .find(|(k, _)| k == "matchname")
+            .map(|(_, v)| Box::from(v.as_str()));
+        if let Some(name) = match_name.as_deref() {
+            let well_formed = name
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            // Later text may read the captures through this name, as an assigned variable.
+            self.assigned.insert(name.into());
+            if !well_formed || (VarName::is_reserved(name) && name != "MATCHES") {
+                let message = format!("matchname={name:?} is not a variable name one may set");
+                self.problem(
+                    pos,
+                    Problem::BadAttribute {
+                        element: "when",
+                        message,
+                    },
+                )?;
+            }
+        }
         let Some((_, source)) = attrs.into_iter().find(|(k, _)| k == "test") else {
             self.problem(pos, Problem::MissingTest)?;
             return Ok(Event::WhenStart {
                 test: None,
                 source: "".into(),
+                match_name,
             });
         };
         let test = match parse_expr(&source, self.opts.max_expr_depth) {
@@ -887,6 +912,7 @@ impl Parser {
         Ok(Event::WhenStart {
             test,
             source: source.into(),
+            match_name,
         })
     }
 

@@ -285,6 +285,16 @@ fn lenient_outcomes() {
         ("a<!--esi b", "a<!--esi b", 1),
         ("a<esi:text><esi:include src=\"/x\"/>", "a<esi:include src=\"/x\"/>", 1),
         ("a<esi:text/>b</esi:text>c", "abc", 1),
+        (
+            "<esi:choose><esi:when test=\"1\" matchname=\"HTTP_HOST\">x</esi:when></esi:choose>",
+            "{choose when[1]:x}",
+            1,
+        ),
+        (
+            "<esi:choose><esi:when test=\"1\" matchname=\"m\">x</esi:when></esi:choose>",
+            "{choose when[1]:x}",
+            0,
+        ),
         ("a<!--esi <esi:include src=\"/x\"/>", "a<!--esi <esi:include src=\"/x\"/>", 1),
         ("<esi:include/>x", "x", 1),
         ("<esi:include src=\"/a\" onerror=\"stop\"/>", "{inc /a}", 0),

@@ -257,3 +257,37 @@ async fn matchname_names_the_captures() {
     let proxy = proxy(&origin.base(), Config::default()).await;
     assert_eq!(body(&proxy, "/page").await, "[page|none]");
 }
+
+/// Assignments in buffered documents: an ESI fragment has a scope of its own, evaluated in
+/// document order; an `esi:except` branch sees the layout's variables as they were at its try.
+#[tokio::test]
+async fn assignments_in_esi_fragments_and_except_branches() {
+    const LAYOUT: &str = concat!(
+        "<esi:assign name=\"who\" value=\"'ann'\"/>",
+        "<esi:try><esi:attempt><esi:include src=\"/broken\"/></esi:attempt>",
+        "<esi:except><esi:vars>[except $(who)]</esi:vars></esi:except></esi:try>",
+        "<esi:include src=\"/esi-frag\"/>",
+    );
+    const FRAGMENT: &str = concat!(
+        "<esi:assign name=\"n\" value=\"$len('abc')\"/>",
+        "<esi:choose><esi:when test=\"$(n) == 3\">",
+        "<esi:assign name=\"n\" value=\"'three'\"/></esi:when></esi:choose>",
+        "<esi:choose><esi:when test=\"$exists($(who))\">[sees the layout's]</esi:when>",
+        "<esi:otherwise>[own scope]</esi:otherwise></esi:choose>",
+        "<esi:choose><esi:when test=\"'x-42' matches '''(\\d+)'''\">",
+        "<esi:vars>[$(n)|$(MATCHES{1})]</esi:vars></esi:when></esi:choose>",
+    );
+    let server = serve(|req| async move {
+        match req.uri().path() {
+            "/page" => response(200, &[HTML, ESI], full(LAYOUT)),
+            "/esi-frag" => response(200, &[HTML, ESI], full(FRAGMENT)),
+            _ => response(500, &[HTML], full("down")),
+        }
+    })
+    .await;
+    let proxy = proxy(&server.base(), Config::default()).await;
+    assert_eq!(
+        body(&proxy, "/page").await,
+        "[except ann][own scope][three|42]"
+    );
+}

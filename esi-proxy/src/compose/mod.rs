@@ -21,8 +21,8 @@ use url::Url;
 
 use crate::config::{CookieNames, OnError, Settings};
 use crate::esi::{
-    self, Assign, Bound, Budget, Context, CookieAccess, Expr, Limits, ParseOptions, Scope,
-    Template, VarPolicy,
+    self, render_html_in, Assign, Bound, Budget, Context, CookieAccess, Expr, Limits, ParseOptions,
+    Scope, Segment, Template, VarPolicy,
 };
 use crate::fetch::{ErrorKind, Fetcher};
 use crate::telemetry::Metrics;
@@ -379,6 +379,23 @@ impl PageState {
                 false
             }
         }
+    }
+
+    /// Renders `esi:vars` text of `doc`: request variables as its trust allows, and `scope`'s
+    /// captures and assigned variables.
+    fn render_vars(
+        &self,
+        segments: &[Segment<Bytes>],
+        doc: &DocContext,
+        scope: &mut Scope,
+    ) -> Bytes {
+        let mut out = Vec::new();
+        let mut cx = Context::new(&self.page.vars, self.vars(doc), &self.budget);
+        cx.scope = std::mem::take(scope);
+        render_html_in(segments, &cx, &mut out);
+        *scope = cx.scope;
+        self.note_cookie_read();
+        Bytes::from(out)
     }
 
     /// Runs an `esi:assign` of `doc` under the page's budget, into `scope`; a bound hit leaves

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::esi::parse::TemplateBuilder;
-use crate::esi::{render_html_in, Context, Event, Node, Parser, Scope, Template};
+use crate::esi::{Event, Node, Parser, Scope, Template};
 
 use super::buffered::run_try;
 use super::include::include;
@@ -330,14 +330,10 @@ impl Driver {
         match event {
             Event::Text(bytes) => self.push(Slot::Ready(bytes)),
             Event::Vars(segments) => {
-                let mut out = Vec::new();
-                let policy = self.state.vars(&self.doc);
-                let mut cx = Context::new(&self.state.page.vars, policy, &self.state.budget);
-                cx.scope = std::mem::take(&mut self.scope);
-                render_html_in(&segments, &cx, &mut out);
-                self.scope = cx.scope;
-                self.state.note_cookie_read();
-                self.push(Slot::Ready(Bytes::from(out)));
+                let out = self
+                    .state
+                    .render_vars(&segments, &self.doc, &mut self.scope);
+                self.push(Slot::Ready(out));
             }
             Event::Include(inc) => {
                 let in_try = self.in_attempt();
@@ -368,10 +364,10 @@ impl Driver {
                 {
                     let in_try = self.in_attempt();
                     let (state, doc) = (Arc::clone(&self.state), Arc::clone(&self.doc));
-                    let task =
-                        Task::spawn(
-                            async move { run_try(&state, attempt, except, &doc, in_try).await },
-                        );
+                    let scope = self.scope.clone();
+                    let task = Task::spawn(async move {
+                        run_try(&state, attempt, except, &doc, in_try, scope).await
+                    });
                     self.push(Slot::Pending(task));
                 }
             }

@@ -371,7 +371,7 @@ impl PageState {
         cx.seed = seed(&self.page.started);
         cx.scope = std::mem::take(scope);
         let result = test.test(&mut cx);
-        *scope = cx.scope;
+        *scope = std::mem::take(&mut cx.scope);
         match result {
             Ok(pass) => pass,
             Err(bound) => {
@@ -393,7 +393,7 @@ impl PageState {
         let mut cx = Context::new(&self.page.vars, self.vars(doc), &self.budget);
         cx.scope = std::mem::take(scope);
         render_html_in(segments, &cx, &mut out);
-        *scope = cx.scope;
+        *scope = std::mem::take(&mut cx.scope);
         self.note_cookie_read();
         Bytes::from(out)
     }
@@ -406,7 +406,7 @@ impl PageState {
         cx.seed = seed(&self.page.started);
         cx.scope = std::mem::take(scope);
         let result = esi::assign(a, &mut cx);
-        *scope = cx.scope;
+        *scope = std::mem::take(&mut cx.scope);
         if let Err(bound) = result {
             self.expr_bound(bound, &a.source);
         }

@@ -86,7 +86,7 @@ pub enum Effect {
 pub type Captures = Vec<(Option<String>, Option<String>)>;
 
 /// Variables set by `esi:assign`, by name.
-pub type Assigned = std::collections::HashMap<String, Value<'static>>;
+pub type Assigned = std::collections::BTreeMap<String, Value<'static>>;
 
 /// What a document's evaluations leave for its later ones: the captures of its last successful
 /// `matches` and the variables it assigned.
@@ -120,6 +120,11 @@ pub struct Context<'a> {
     pub scope: Scope,
     /// Response effects asked for, in order.
     pub effects: Vec<Effect>,
+    /// Evaluations spent by this context, added to the budget when it is dropped: one atomic
+    /// update per evaluation rather than per node.
+    spent: u64,
+    /// What the budget allowed when this context began.
+    allowance: u64,
 }
 
 // === impl Limits ===
@@ -339,7 +344,26 @@ impl<'a> Context<'a> {
             match_name: "MATCHES",
             scope: Scope::default(),
             effects: Vec::new(),
+            spent: 0,
+            allowance: budget
+                .limits
+                .max_evaluations
+                .saturating_sub(budget.evaluations()),
         }
+    }
+
+    /// Spends `n` evaluations of the page's budget. Contexts of one page that run at once each
+    /// check against what was left when they began, so together they may pass the limit by at
+    /// most what they spend at once; each one alone never does.
+    ///
+    /// # Errors
+    /// [`Bound::Evaluations`] once the allowance is spent (counted).
+    pub fn charge(&mut self, n: u64) -> Result<(), Bound> {
+        self.spent = self.spent.saturating_add(n);
+        if self.spent > self.allowance {
+            return Err(self.budget.hit(Bound::Evaluations));
+        }
+        Ok(())
     }
 
     /// The next pseudo-random number (xorshift64*: for `$rand`, not for secrets).
@@ -467,6 +491,15 @@ fn item<'v>(value: &'v Value<'static>, key: &str) -> Option<&'v Value<'static>> 
     }
 }
 
+impl Drop for Context<'_> {
+    fn drop(&mut self) {
+        self.budget.evaluations.fetch_add(
+            self.spent.min(self.allowance.saturating_add(1)),
+            Ordering::Relaxed,
+        );
+    }
+}
+
 /// Appends `esi:vars` text: literal segments as they are, each variable's value as `cx` reads
 /// it (captures of the last `matches` included), HTML-escaped unless `policy.raw_output`.
 pub fn render_html_in(segments: &[Segment<Bytes>], cx: &Context<'_>, out: &mut Vec<u8>) {
@@ -513,15 +546,15 @@ impl Expr {
         // accepts are chains of these, and they must fit a worker thread's stack.
         match self {
             Expr::Not(e) => {
-                cx.budget.charge(1)?;
+                cx.charge(1)?;
                 Ok(!e.test(cx)?)
             }
             Expr::And(a, b) => {
-                cx.budget.charge(1)?;
+                cx.charge(1)?;
                 Ok(a.test(cx)? && b.test(cx)?)
             }
             Expr::Or(a, b) => {
-                cx.budget.charge(1)?;
+                cx.charge(1)?;
                 Ok(a.test(cx)? || b.test(cx)?)
             }
             _ => Ok(self.value(cx)?.truthy()),
@@ -536,15 +569,15 @@ impl Expr {
         match self {
             Expr::Not(_) | Expr::And(..) | Expr::Or(..) => Ok(Value::Bool(self.test(cx)?)),
             Expr::Str(s) => {
-                cx.budget.charge(1)?;
+                cx.charge(1)?;
                 Ok(Value::Str(Cow::Borrowed(s)))
             }
             Expr::Num(n) => {
-                cx.budget.charge(1)?;
+                cx.charge(1)?;
                 Ok(Value::Num(*n))
             }
             Expr::Var(var) => {
-                cx.budget.charge(1)?;
+                cx.charge(1)?;
                 Ok(cx.var(var))
             }
             _ => self.compound(cx),
@@ -555,7 +588,7 @@ impl Expr {
     /// [`Expr::value`] so that its locals do not weigh on every level of a deep tree.
     #[inline(never)]
     fn compound<'a>(&'a self, cx: &mut Context<'a>) -> Result<Value<'a>, Bound> {
-        cx.budget.charge(1)?;
+        cx.charge(1)?;
         Ok(match self {
             Expr::Cmp(op, a, b) => {
                 let a = a.value(cx)?;
@@ -655,7 +688,7 @@ fn matches<'a>(
     let re = match compiled {
         Some(p) => &p.0,
         None => {
-            cx.budget.charge(16)?;
+            cx.charge(16)?;
             let limit = cx.budget.limits().max_pattern_bytes;
             match Pattern::compile(&pattern.text(), ignore_case, limit) {
                 Ok(p) => {
@@ -671,7 +704,7 @@ fn matches<'a>(
     };
     let text = subject.text();
     // Matching is linear in the subject; its cost is charged by length.
-    cx.budget.charge(1 + text.len() as u64 / 256)?;
+    cx.charge(1 + text.len() as u64 / 256)?;
     let Some(caps) = re.captures(&text) else {
         return Ok(false);
     };

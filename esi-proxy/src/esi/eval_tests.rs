@@ -10,7 +10,7 @@ fn test_with(src: &str, req: &Request, budget: &Budget) -> (Result<bool, Bound>,
     let policy = VarPolicy::default();
     let mut cx = Context::new(req, &policy, budget);
     let got = expr.test(&mut cx);
-    (got, cx.scope.matches)
+    (got, std::mem::take(&mut cx.scope.matches))
 }
 
 fn holds(src: &str, req: &Request) -> bool {
@@ -256,7 +256,7 @@ fn assignments_set_variables_items_and_stay_bounded() {
         let mut inner = Context::new(&req, &policy, &budget);
         inner.scope = std::mem::take(&mut cx.scope);
         assign(a, &mut inner).expect("within bounds");
-        cx.scope = inner.scope;
+        cx.scope = std::mem::take(&mut inner.scope);
     }
     let read = |src: &str, cx: &Context<'_>| {
         let (var, _) = crate::esi::vars::parse_var_ref(src.as_bytes()).expect("a reference");
@@ -288,7 +288,7 @@ fn assignments_set_variables_items_and_stay_bounded() {
             let mut inner = Context::new(&req, &policy, &small);
             inner.scope = std::mem::take(&mut cx.scope);
             results.push(assign(a, &mut inner));
-            cx.scope = inner.scope;
+            cx.scope = std::mem::take(&mut inner.scope);
         }
     }
     assert!(results.contains(&Err(Bound::ListItems)), "{results:?}");

@@ -171,3 +171,27 @@ async fn missing_file_names_the_file() {
     assert!(stdout.starts_with(&format!("{file}: ")), "{stdout}");
     assert_eq!(out.status.code(), Some(1), "{out:?}");
 }
+
+/// The expression bounds of `[esi]` each have a range, reported with the field's line.
+#[tokio::test]
+async fn expression_bounds_out_of_range_are_reported() {
+    assert_problems(
+        "tests/data/config/expr-bounds.toml",
+        &[
+            (3, "esi.max_expr_evaluations: 0 is not within 1 to 10000000"),
+            (
+                4,
+                "esi.max_expr_value_bytes: 8 is not within 16 to 16777216",
+            ),
+            (
+                5,
+                "esi.max_expr_list_items: 2000000 is not within 1 to 1000000",
+            ),
+            (
+                6,
+                "esi.max_pattern_bytes: 100 is not within 1024 to 16777216",
+            ),
+        ],
+    )
+    .await;
+}

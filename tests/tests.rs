@@ -16,6 +16,7 @@ mod faults;
 mod fetch;
 mod framing;
 mod https;
+mod language;
 mod layout;
 mod lint_cli;
 mod panics;

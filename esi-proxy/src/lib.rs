@@ -12,7 +12,7 @@
 //!   address guard, body decoding, circuit breakers per fragment host.
 //! - [`config`]: the TOML schema and defaults, file:line errors, validation into the typed
 //!   [`config::Settings`].
-//! - [`esi`]: the ESI language, bytes → [`esi::Template`]; expressions and variables. Pure.
+//! - [`esi`]: the ESI language, bytes → [`esi::Template`]; expressions, functions, variables. Pure.
 //! - [`telemetry`]: tracing subscriber, metrics registry and Prometheus text, Server-Timing.
 //! - [`headers`]: every HTTP header rule, in one place.
 //! - [`lint`]: checks ESI markup for fragment teams (`esi-proxy lint`).

@@ -5,24 +5,23 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::future::{try_join_all, BoxFuture, FutureExt};
+use futures::future::{ready, try_join_all, BoxFuture, FutureExt};
 
-use crate::esi::ast::choose_branch;
-use crate::esi::vars::render_html;
-use crate::esi::Node;
+use crate::esi::{Node, Scope};
 
 use super::include::include;
 use super::stream::{concat, Slot};
-use super::{DocContext, Failure, Fallback, PageState};
+use super::{DocContext, Failure, Fallback, PageState, WhenTest};
 
 /// Runs a streamed `esi:try`: the attempt's slots are already in flight; if one fails, the
-/// except branch is composed instead.
+/// except branch is composed instead, in `scope` (the document's as it was at the try's end).
 pub(super) async fn run_try(
     state: &Arc<PageState>,
     attempt: Vec<Slot>,
     except: Vec<Node>,
     doc: &DocContext,
     in_try: bool,
+    mut scope: Scope,
 ) -> Result<Bytes, Failure> {
     let mut parts = Vec::with_capacity(attempt.len());
     let mut failure = None;
@@ -42,7 +41,9 @@ pub(super) async fn run_try(
         None => Ok(concat(parts)),
         Some(f) => {
             fall_back_to_except(state, &f);
-            compose_nodes(state, &except, doc, in_try).await.map(concat)
+            compose_nodes(state, &except, doc, in_try, &mut scope)
+                .await
+                .map(concat)
         }
     }
 }
@@ -54,54 +55,69 @@ fn fall_back_to_except(state: &PageState, failure: &Failure) {
 }
 
 /// Composes a buffered document (an except branch, an ESI fragment): every include starts at
-/// once; output is kept in order.
+/// once; output is kept in order. Variables, tests and assignments are evaluated now, in
+/// document order, through `scope` (the returned future does not hold it); only fetches run
+/// concurrently. An except branch runs later, if at all, in a copy of the scope as it was at
+/// its `esi:try`.
 pub(super) fn compose_nodes<'a>(
     state: &'a Arc<PageState>,
     nodes: &'a [Node],
     doc: &'a DocContext,
     in_try: bool,
+    scope: &mut Scope,
 ) -> BoxFuture<'a, Result<Vec<Bytes>, Failure>> {
-    async move {
-        let parts = nodes
-            .iter()
-            .map(|node| -> BoxFuture<'a, Result<Vec<Bytes>, Failure>> {
-                match node {
-                    Node::Text(b) => futures::future::ready(Ok(vec![b.clone()])).boxed(),
-                    Node::Vars(segments) => {
-                        let mut out = Vec::new();
-                        render_html(segments, &state.page.vars, state.vars(doc), &mut out);
-                        state.note_cookie_read();
-                        futures::future::ready(Ok(vec![Bytes::from(out)])).boxed()
-                    }
-                    Node::Include(inc) => include(state, inc, doc, in_try)
-                        .map(|r| r.map(|b| vec![b]))
-                        .boxed(),
-                    Node::Try { attempt, except } => async move {
-                        match compose_nodes(state, attempt, doc, true).await {
-                            Ok(parts) => Ok(parts),
-                            Err(f) => {
-                                fall_back_to_except(state, &f);
-                                compose_nodes(state, except, doc, in_try).await
-                            }
+    let mut parts: Vec<BoxFuture<'a, Result<Vec<Bytes>, Failure>>> =
+        Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let part = match node {
+            Node::Text(b) => ready(Ok(vec![b.clone()])).boxed(),
+            Node::Vars(segments) => {
+                let out = state.render_vars(segments, doc, scope);
+                ready(Ok(vec![out])).boxed()
+            }
+            Node::Include(inc) => include(state, inc, doc, in_try)
+                .map(|r| r.map(|b| vec![b]))
+                .boxed(),
+            Node::Try { attempt, except } => {
+                let attempt = compose_nodes(state, attempt, doc, true, scope);
+                let mut at_try = scope.clone();
+                async move {
+                    match attempt.await {
+                        Ok(parts) => Ok(parts),
+                        Err(f) => {
+                            fall_back_to_except(state, &f);
+                            compose_nodes(state, except, doc, in_try, &mut at_try).await
                         }
                     }
-                    .boxed(),
-                    Node::Choose { whens, otherwise } => {
-                        let branch = choose_branch(
-                            whens,
-                            otherwise.as_ref(),
-                            &state.page.vars,
-                            state.vars(doc),
-                        );
-                        state.note_cookie_read();
-                        match branch {
-                            Some(branch) => compose_nodes(state, branch, doc, in_try),
-                            None => futures::future::ready(Ok(Vec::new())).boxed(),
-                        }
-                    }
-                    Node::Inline { body, .. } => compose_nodes(state, body, doc, in_try),
                 }
-            });
+                .boxed()
+            }
+            Node::Choose { whens, otherwise } => {
+                let branch = whens
+                    .iter()
+                    .find(|w| {
+                        w.test.as_ref().is_some_and(|t| {
+                            let when = WhenTest(t, &w.source, w.match_name.as_deref());
+                            state.test(when, doc, scope)
+                        })
+                    })
+                    .map(|w| w.body.as_slice())
+                    .or(otherwise.as_deref());
+                state.note_cookie_read();
+                match branch {
+                    Some(branch) => compose_nodes(state, branch, doc, in_try, scope),
+                    None => ready(Ok(Vec::new())).boxed(),
+                }
+            }
+            Node::Inline { body, .. } => compose_nodes(state, body, doc, in_try, scope),
+            Node::Assign(a) => {
+                state.assign(a, doc, scope);
+                ready(Ok(Vec::new())).boxed()
+            }
+        };
+        parts.push(part);
+    }
+    async move {
         let parts = try_join_all(parts).await?;
         Ok(parts.into_iter().flatten().collect())
     }

@@ -17,7 +17,7 @@ use url::{Position, Url};
 
 use crate::config;
 use crate::esi::vars::render_url;
-use crate::esi::{self, Include, OnError};
+use crate::esi::{self, Include, OnError, Scope};
 use crate::fetch::{ErrorKind, FetchError, FragmentRequest};
 
 use super::buffered::compose_nodes;
@@ -279,7 +279,8 @@ async fn fetch_one(
         trusted: access.trusted,
         record,
     };
-    let parts = compose_nodes(state, &template.nodes, &child, false).await?;
+    // A fragment's variables are its own.
+    let parts = compose_nodes(state, &template.nodes, &child, false, &mut Scope::default()).await?;
     let total: usize = parts.iter().map(Bytes::len).sum();
     if total > cfg.max_page_bytes {
         return Err(fail(

@@ -20,7 +20,10 @@ use tracing::Instrument;
 use url::Url;
 
 use crate::config::{CookieNames, OnError, Settings};
-use crate::esi::{self, CookieAccess, ParseOptions, Template, VarPolicy};
+use crate::esi::{
+    self, render_html_in, Assign, Bound, Budget, Context, CookieAccess, Expr, Limits, ParseOptions,
+    Scope, Segment, Template, VarPolicy,
+};
 use crate::fetch::{deadline_after, ErrorKind, Fetcher};
 use crate::telemetry::{self, Metrics};
 
@@ -49,6 +52,8 @@ pub struct ComposeConfig {
     pub parse: ParseOptions,
     /// What variables may read and how they are escaped.
     pub vars: VarPolicy,
+    /// The bounds on what a page's expressions may compute.
+    pub limits: Limits,
 }
 
 /// Runs pages: owns the fragment source, the process-wide fetch limit and the metrics.
@@ -152,7 +157,13 @@ struct PageState {
     deadline: tokio::time::Instant,
     local: Semaphore,
     includes: AtomicUsize,
+    /// What the page's expressions may still compute.
+    budget: Budget,
 }
+
+/// A `when`'s test, as written, and its `matchname`.
+#[derive(Clone, Copy)]
+struct WhenTest<'a>(&'a Expr, &'a str, Option<&'a str>);
 
 /// Where a document sits: its URL, the URLs of the documents that include it, its depth, and
 /// whether it may use the client's credentials.
@@ -194,6 +205,12 @@ impl ComposeConfig {
                 cookies,
                 whole_cookie_header: e.expose_cookie_header,
                 raw_output: e.raw_vars,
+            },
+            limits: Limits {
+                max_evaluations: e.max_expr_evaluations,
+                max_value_bytes: e.max_expr_value_bytes,
+                max_list_items: e.max_expr_list_items,
+                max_pattern_bytes: e.max_pattern_bytes,
             },
         }
     }
@@ -276,6 +293,7 @@ impl Composer {
             deadline,
             local: Semaphore::new(self.config.max_concurrent_per_page),
             includes: AtomicUsize::new(0),
+            budget: Budget::new(self.config.limits),
         });
         let driver = Driver::new(state, doc);
         let span = tracing::Span::current();
@@ -310,6 +328,19 @@ enum Fallback {
     Abort,
 }
 
+/// Seconds since the Unix epoch, for `$time()`.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// A seed for `$rand()` that differs between pages.
+fn seed(started: &Instant) -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(started)
+}
+
 /// Receives a layout parsed while it streamed, with its size in bytes.
 pub type OnParsed = Box<dyn FnOnce(Template, usize) + Send>;
 
@@ -339,6 +370,76 @@ impl PageState {
         } else {
             &self.composer.untrusted_vars
         }
+    }
+
+    /// Evaluates a `when` test of `doc` under the page's budget; a bound hit counts as false
+    /// (counted and logged). A successful `matches` leaves its captures in `scope`, for the
+    /// rest of the document.
+    fn test(&self, when: WhenTest<'_>, doc: &DocContext, scope: &mut Scope) -> bool {
+        let WhenTest(test, source, match_name) = when;
+        let mut cx = Context::new(&self.page.vars, self.vars(doc), &self.budget);
+        if let Some(name) = match_name {
+            cx.match_name = name;
+        }
+        cx.now = unix_now();
+        cx.seed = seed(&self.page.started);
+        cx.scope = std::mem::take(scope);
+        let result = test.test(&mut cx);
+        *scope = std::mem::take(&mut cx.scope);
+        match result {
+            Ok(pass) => pass,
+            Err(bound) => {
+                self.expr_bound(bound, source);
+                false
+            }
+        }
+    }
+
+    /// Renders `esi:vars` text of `doc`: request variables as its trust allows, and `scope`'s
+    /// captures and assigned variables.
+    fn render_vars(
+        &self,
+        segments: &[Segment<Bytes>],
+        doc: &DocContext,
+        scope: &mut Scope,
+    ) -> Bytes {
+        let mut out = Vec::new();
+        let mut cx = Context::new(&self.page.vars, self.vars(doc), &self.budget);
+        cx.scope = std::mem::take(scope);
+        render_html_in(segments, &cx, &mut out);
+        *scope = std::mem::take(&mut cx.scope);
+        self.note_cookie_read();
+        Bytes::from(out)
+    }
+
+    /// Runs an `esi:assign` of `doc` under the page's budget, into `scope`; a bound hit leaves
+    /// the variable as it was (counted and logged).
+    fn assign(&self, a: &Assign, doc: &DocContext, scope: &mut Scope) {
+        let mut cx = Context::new(&self.page.vars, self.vars(doc), &self.budget);
+        cx.now = unix_now();
+        cx.seed = seed(&self.page.started);
+        cx.scope = std::mem::take(scope);
+        let result = esi::assign(a, &mut cx);
+        *scope = std::mem::take(&mut cx.scope);
+        if let Err(bound) = result {
+            self.expr_bound(bound, &a.source);
+        }
+    }
+
+    /// Counts and logs an expression stopped by a bound; `what` is the construct, as written.
+    fn expr_bound(&self, bound: Bound, what: &str) {
+        self.composer.metrics.inc_counter(
+            "esi_proxy_esi_bounds_total",
+            "ESI expressions stopped by a bound (evaluations, value_bytes, list_items, pattern_bytes).",
+            Some(("bound", bound.as_str())),
+            1,
+        );
+        tracing::warn!(
+            url = %self.page.url,
+            bound = bound.as_str(),
+            expression = what,
+            "ESI expression stopped by a bound; it counts as false and the page goes on"
+        );
     }
 
     fn elapsed_ms(&self) -> f64 {

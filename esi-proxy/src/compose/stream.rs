@@ -13,12 +13,11 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::esi::parse::TemplateBuilder;
-use crate::esi::vars::render_html;
-use crate::esi::{Event, Node, Parser, Template};
+use crate::esi::{Event, Node, Parser, Scope, Template};
 
 use super::buffered::run_try;
 use super::include::include;
-use super::{ComposeError, DocContext, Failure, FailureKind, OnParsed, PageState};
+use super::{ComposeError, DocContext, Failure, FailureKind, OnParsed, PageState, WhenTest};
 use crate::fetch::ErrorKind;
 
 /// Ready parts at the front of the page are sent as one chunk up to about this size, so a large
@@ -58,6 +57,8 @@ pub(super) struct Driver {
     frames: Vec<Frame>,
     /// While above zero, events belong to a branch that was not taken.
     skip: usize,
+    /// This document's captures and assigned variables.
+    scope: Scope,
 }
 
 /// Where a page's layout comes from.
@@ -75,6 +76,7 @@ fn template_events(nodes: &[Node], out: &mut Vec<Event>) {
             Node::Text(b) => out.push(Event::Text(b.clone())),
             Node::Vars(segments) => out.push(Event::Vars(segments.clone())),
             Node::Include(inc) => out.push(Event::Include(inc.clone())),
+            Node::Assign(a) => out.push(Event::Assign(a.clone())),
             Node::Try { attempt, except } => {
                 out.push(Event::TryStart);
                 out.push(Event::AttemptStart);
@@ -91,6 +93,7 @@ fn template_events(nodes: &[Node], out: &mut Vec<Event>) {
                     out.push(Event::WhenStart {
                         test: w.test.clone(),
                         source: w.source.clone(),
+                        match_name: w.match_name.clone(),
                     });
                     template_events(&w.body, out);
                     out.push(Event::WhenEnd);
@@ -128,6 +131,7 @@ impl Driver {
             queue: VecDeque::new(),
             frames: Vec::new(),
             skip: 0,
+            scope: Scope::default(),
         }
     }
 
@@ -326,11 +330,10 @@ impl Driver {
         match event {
             Event::Text(bytes) => self.push(Slot::Ready(bytes)),
             Event::Vars(segments) => {
-                let mut out = Vec::new();
-                let policy = self.state.vars(&self.doc);
-                render_html(&segments, &self.state.page.vars, policy, &mut out);
-                self.state.note_cookie_read();
-                self.push(Slot::Ready(Bytes::from(out)));
+                let out = self
+                    .state
+                    .render_vars(&segments, &self.doc, &mut self.scope);
+                self.push(Slot::Ready(out));
             }
             Event::Include(inc) => {
                 let in_try = self.in_attempt();
@@ -361,17 +364,24 @@ impl Driver {
                 {
                     let in_try = self.in_attempt();
                     let (state, doc) = (Arc::clone(&self.state), Arc::clone(&self.doc));
-                    let task =
-                        Task::spawn(
-                            async move { run_try(&state, attempt, except, &doc, in_try).await },
-                        );
+                    let scope = self.scope.clone();
+                    let task = Task::spawn(async move {
+                        run_try(&state, attempt, except, &doc, in_try, scope).await
+                    });
                     self.push(Slot::Pending(task));
                 }
             }
+            Event::Assign(a) => self.state.assign(&a, &self.doc, &mut self.scope),
             Event::ChooseStart => self.frames.push(Frame::Choose { taken: false }),
-            Event::WhenStart { test, .. } => {
-                let pass =
-                    test.is_some_and(|t| t.eval(&self.state.page.vars, self.state.vars(&self.doc)));
+            Event::WhenStart {
+                test,
+                source,
+                match_name,
+            } => {
+                let pass = test.is_some_and(|t| {
+                    let when = WhenTest(&t, &source, match_name.as_deref());
+                    self.state.test(when, &self.doc, &mut self.scope)
+                });
                 self.state.note_cookie_read();
                 self.enter_branch(pass);
             }

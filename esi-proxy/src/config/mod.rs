@@ -129,6 +129,17 @@ pub struct EsiConfig {
     /// Write variables into pages and URLs without HTML-escaping or percent-encoding.
     /// Default: false.
     pub raw_vars: bool,
+    /// Expression nodes evaluated per page (tests, assignments, function calls), 1 to
+    /// 10000000. Default: 100000.
+    pub max_expr_evaluations: u64,
+    /// Longest string an expression may build, in bytes, 16 to 16777216. Default: 65536.
+    pub max_expr_value_bytes: usize,
+    /// Most items in a list or dictionary an expression builds, and variables a document
+    /// assigns, 1 to 1000000. Default: 1000.
+    pub max_expr_list_items: usize,
+    /// Largest compiled regular expression built while a page is composed, in bytes, 1024 to
+    /// 16777216. Default: 65536.
+    pub max_pattern_bytes: usize,
 }
 
 /// `[fetch]`.
@@ -318,6 +329,10 @@ impl Default for EsiConfig {
             cookie_names: vec!["*".into()],
             expose_cookie_header: false,
             raw_vars: false,
+            max_expr_evaluations: 100_000,
+            max_expr_value_bytes: 64 * 1024,
+            max_expr_list_items: 1000,
+            max_pattern_bytes: 64 * 1024,
         }
     }
 }

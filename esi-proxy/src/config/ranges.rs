@@ -58,6 +58,10 @@ pub const RANGES: &[Range] = &[
         why: "ESI elements nested that deep are not a page design",
         ..range("esi.max_nesting", 1, 256)
     },
+    range("esi.max_expr_evaluations", 1, 10_000_000),
+    range("esi.max_expr_value_bytes", 16, 16 * MIB),
+    range("esi.max_expr_list_items", 1, 1_000_000),
+    range("esi.max_pattern_bytes", KIB, 16 * MIB),
     range("fetch.connect_timeout_ms", 1, HOUR_MS),
     range("fetch.fragment_timeout_ms", 1, HOUR_MS),
     range("fetch.layout_timeout_ms", 1, HOUR_MS),

@@ -89,6 +89,14 @@ pub struct EsiSettings {
     pub expose_cookie_header: bool,
     /// `esi.raw_vars`.
     pub raw_vars: bool,
+    /// `esi.max_expr_evaluations`, 1 to 10000000.
+    pub max_expr_evaluations: u64,
+    /// `esi.max_expr_value_bytes`, 16 to 16 MiB.
+    pub max_expr_value_bytes: usize,
+    /// `esi.max_expr_list_items`, 1 to 1000000.
+    pub max_expr_list_items: usize,
+    /// `esi.max_pattern_bytes`, 1 KiB to 16 MiB.
+    pub max_pattern_bytes: usize,
 }
 
 /// `[fetch]`, validated.
@@ -353,6 +361,10 @@ mod tests {
                 cookies: CookieNames::All,
                 expose_cookie_header: false,
                 raw_vars: false,
+                max_expr_evaluations: 100_000,
+                max_expr_value_bytes: 64 * 1024,
+                max_expr_list_items: 1000,
+                max_pattern_bytes: 64 * 1024,
             },
             fetch: FetchSettings {
                 connect_timeout: Duration::from_secs(1),

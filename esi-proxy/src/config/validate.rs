@@ -142,6 +142,10 @@ impl Config {
             cookies: CookieNames::from_list(&e.cookie_names),
             expose_cookie_header: e.expose_cookie_header,
             raw_vars: e.raw_vars,
+            max_expr_evaluations: e.max_expr_evaluations,
+            max_expr_value_bytes: e.max_expr_value_bytes,
+            max_expr_list_items: e.max_expr_list_items,
+            max_pattern_bytes: e.max_pattern_bytes,
         })
     }
 

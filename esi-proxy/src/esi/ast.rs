@@ -42,6 +42,8 @@ pub enum Node {
         /// `<esi:otherwise>` content, if present.
         otherwise: Option<Vec<Node>>,
     },
+    /// `<esi:assign>`: sets a variable for the rest of the document.
+    Assign(Assign),
     /// `<esi:inline>`: a fragment carried inside the document; its content renders in place.
     Inline {
         /// The `name` attribute: the URL the fragment stands for.
@@ -51,6 +53,19 @@ pub enum Node {
         /// The fragment's content.
         body: Vec<Node>,
     },
+}
+
+/// `<esi:assign name=".." value=".."/>` or `<esi:assign name="..">expression</esi:assign>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assign {
+    /// The variable set.
+    pub name: Box<str>,
+    /// `name="x{key}"`: the list index or dictionary key set, unquoted.
+    pub key: Option<Box<str>>,
+    /// The value's expression.
+    pub value: Expr,
+    /// The expression as written, for logs.
+    pub source: Box<str>,
 }
 
 /// What happens when an include fails and has no usable `alt`.
@@ -87,6 +102,9 @@ pub struct When {
     pub test: Option<Expr>,
     /// The test as written, for logs and debug output.
     pub source: Box<str>,
+    /// `matchname`: the variable a `matches` in the test stores its captures under (default
+    /// `MATCHES`).
+    pub match_name: Option<Box<str>>,
     /// The branch content.
     pub body: Vec<Node>,
 }
@@ -151,7 +169,7 @@ fn collect_includes<'a>(nodes: &'a [Node], found: &mut Vec<&'a Include>) {
                 }
             }
             Node::Inline { body, .. } => collect_includes(body, found),
-            Node::Text(_) | Node::Vars(_) => {}
+            Node::Text(_) | Node::Vars(_) | Node::Assign(_) => {}
         }
     }
 }
@@ -196,6 +214,8 @@ fn render_nodes(
                 }
             }
             Node::Inline { body, .. } => render_nodes(body, req, policy, fetch, out)?,
+            // The reference render reads request variables only.
+            Node::Assign(_) => {}
         }
     }
     Ok(())

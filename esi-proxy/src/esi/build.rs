@@ -27,6 +27,7 @@ enum Open {
     When {
         test: Option<Expr>,
         source: Box<str>,
+        match_name: Option<Box<str>>,
     },
     Otherwise,
     Inline {
@@ -44,6 +45,7 @@ impl TemplateBuilder {
             Event::Text(b) => self.current().push(Node::Text(b)),
             Event::Vars(s) => self.current().push(Node::Vars(s)),
             Event::Include(inc) => self.current().push(Node::Include(inc)),
+            Event::Assign(a) => self.current().push(Node::Assign(a)),
             Event::TryStart => self.open(Open::Try {
                 attempt: Vec::new(),
                 except: Vec::new(),
@@ -54,7 +56,15 @@ impl TemplateBuilder {
                 whens: Vec::new(),
                 otherwise: None,
             }),
-            Event::WhenStart { test, source } => self.open(Open::When { test, source }),
+            Event::WhenStart {
+                test,
+                source,
+                match_name,
+            } => self.open(Open::When {
+                test,
+                source,
+                match_name,
+            }),
             Event::OtherwiseStart => self.open(Open::Otherwise),
             Event::InlineStart { name, fetchable } => self.open(Open::Inline { name, fetchable }),
             Event::AttemptEnd
@@ -114,9 +124,18 @@ impl TemplateBuilder {
                     *except = body;
                 }
             }
-            Open::When { test, source } => {
+            Open::When {
+                test,
+                source,
+                match_name,
+            } => {
                 if let Some((Open::Choose { whens, .. }, _)) = self.stack.last_mut() {
-                    whens.push(When { test, source, body });
+                    whens.push(When {
+                        test,
+                        source,
+                        match_name,
+                        body,
+                    });
                 }
             }
             Open::Otherwise => {

@@ -70,6 +70,9 @@ pub enum Problem {
     /// A `choose` without any `when`.
     #[error("<esi:choose> without <esi:when>")]
     EmptyChoose,
+    /// `esi:assign` naming a request variable.
+    #[error("<esi:assign> cannot set the request variable $({0})")]
+    AssignToRequestVariable(String),
     /// Attributes that do not parse.
     #[error("bad attributes on <esi:{element}>: {message}")]
     BadAttribute {

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::ast::Include;
+use super::ast::{Assign, Include};
 use super::expr::Expr;
 use super::vars::Segment;
 
@@ -17,6 +17,8 @@ pub enum Event {
     Vars(Vec<Segment<Bytes>>),
     /// A complete `<esi:include>`.
     Include(Include),
+    /// A complete `<esi:assign>`.
+    Assign(Assign),
     /// `<esi:try>`.
     TryStart,
     /// `<esi:attempt>`.
@@ -37,6 +39,8 @@ pub enum Event {
         test: Option<Expr>,
         /// The test as written.
         source: Box<str>,
+        /// `matchname`: the variable a `matches` in the test stores its captures under.
+        match_name: Option<Box<str>>,
     },
     /// `</esi:when>`.
     WhenEnd,

@@ -1,22 +1,29 @@
-//! The `esi:when test="..."` expression language (ESI 1.0 §3.3): an operator-precedence parser
-//! from text to [`Expr`] (explicit stacks, no recursion), and its evaluation against a [`Request`].
-//! Pure: no I/O. Variable values come from [`Request::value`]; nothing here escapes or renders.
+//! The ESI expression language: ESI 1.0 §3.3 `esi:when` tests and the extensions other
+//! processors accept (string, list and dictionary literals, `has`/`matches` operators, function
+//! calls). An operator-precedence parser from text to [`Expr`] (explicit stacks, no recursion).
+//! Pure: no I/O. Evaluation lives in `eval`, functions in `func`.
 
-use std::borrow::Cow;
-use std::cmp::Ordering;
 use std::fmt;
+use std::sync::Arc;
 
-use super::vars::{parse_var_ref, Request, VarPolicy, VarRef};
+use super::func::Func;
+use super::vars::{parse_var_ref, VarRef};
 
-/// The deepest nesting of `(` and `!` ever accepted, whatever `max_depth` asks for. The parser
-/// itself uses heap stacks, but evaluating and dropping the tree recurse on its depth; with
-/// [`MAX_OPERATORS`] this keeps the worst tree under ~512 KiB of stack in a debug build.
+/// The deepest nesting of `(`, `!`, calls, lists and dictionaries ever accepted, whatever
+/// `max_depth` asks for. The parser itself uses heap stacks, but evaluating and dropping the
+/// tree recurse on its depth; with [`MAX_OPERATORS`] this keeps the worst tree under ~512 KiB of
+/// stack in a debug build.
 const HARD_MAX_DEPTH: usize = 256;
 
-/// The most binary operators (`& | == != < <= > >=`) in one expression. A left-associative chain
-/// makes the tree as deep as it is long, and evaluating or dropping the tree recurses on that
-/// depth, so long chains are refused rather than risk the stack.
+/// The most binary operators (`& | == != < <= > >= has matches ...`), arguments and items in one
+/// expression. A left-associative chain makes the tree as deep as it is long, and evaluating or
+/// dropping the tree recurses on that depth, so long chains are refused rather than risk the
+/// stack; and the count bounds the size of a literal list.
 const MAX_OPERATORS: usize = 1024;
+
+/// The largest compiled form of a literal `matches` pattern, in bytes (the `regex` crate's
+/// size limit): patterns whose automaton would be larger do not parse.
+pub const MAX_PATTERN_BYTES: usize = 256 * 1024;
 
 /// A comparison operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,10 +42,10 @@ pub enum CmpOp {
     Ge,
 }
 
-/// A parsed test expression.
+/// A parsed expression.
 ///
-/// Precedence, highest first: `!` (prefix), comparisons (non-associative), `&`, `|` (both
-/// left-associative). So `!1==2` is `(!1)==2` and `a | b & c` is `a | (b & c)`.
+/// Precedence, highest first: `!` (prefix), comparisons and `has`/`matches` (non-associative),
+/// `&`, `|` (both left-associative). So `!1==2` is `(!1)==2` and `a | b & c` is `a | (b & c)`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expr {
     /// A quoted string, unescaped.
@@ -55,6 +62,14 @@ pub enum Expr {
     Or(Box<Expr>, Box<Expr>),
     /// `a <op> b`
     Cmp(CmpOp, Box<Expr>, Box<Expr>),
+    /// `a has b`, `a matches b` ...; a literal pattern is compiled when parsed.
+    Test(TestOp, Box<Expr>, Box<Expr>, Option<Pattern>),
+    /// `[a, b, ...]`
+    List(Vec<Expr>),
+    /// `{k: v, ...}`
+    Dict(Vec<(Expr, Expr)>),
+    /// `$name(args...)`
+    Call(Func, Vec<Expr>),
 }
 
 /// Why a test expression does not parse.
@@ -67,18 +82,45 @@ pub struct ExprError {
     pub message: String,
 }
 
+/// A test operator of comparison strength that is not an ordering: a word between operands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestOp {
+    /// `a has b`: a list holds b, a dictionary has key b, or a string contains b.
+    Has,
+    /// `has_i`: `has`, ignoring case.
+    HasI,
+    /// `a matches 'regex'`: the regular expression finds a match in a (captures in `MATCHES`).
+    Matches,
+    /// `matches_i`: `matches`, ignoring case.
+    MatchesI,
+}
+
+/// A compiled regular expression of a `matches` whose pattern is a literal: compiled once, when
+/// the test is parsed, under the parse-time size bound. Compares by its source.
+#[derive(Debug, Clone)]
+pub struct Pattern(pub Arc<regex::Regex>);
+
 /// One lexical token.
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
     LParen,
     RParen,
+    LBracket,
+    RBracket,
+    LBrace,
+    RBrace,
+    Comma,
+    Colon,
     Not,
     And,
     Or,
     Cmp(CmpOp),
+    Test(TestOp),
     Str(Box<str>),
     Num(f64),
     Var(VarRef),
+    /// `$name(`: a function call opened.
+    Call(Func),
     End,
 }
 
@@ -89,15 +131,23 @@ struct Token {
     start: usize,
 }
 
-/// An operator on the parser's stack, waiting for its right operand (or its `)`).
+/// An operator on the parser's stack, waiting for its right operand (or its closing bracket).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pending {
     Not,
     Cmp(CmpOp),
+    Test(TestOp),
     And,
     Or,
     /// An open `(` at this byte offset.
     Paren(usize),
+    /// An open call at this byte offset, with the arguments complete so far.
+    Call(Func, usize, usize),
+    /// An open `[` at this byte offset, with the items complete so far.
+    List(usize, usize),
+    /// An open `{` at this byte offset, with the pairs complete so far and whether a `:` was
+    /// read for the next one (its value is being read).
+    Dict(usize, usize, bool),
 }
 
 /// Parser state: a lexer, the operator and operand stacks, and the nesting and size budgets.
@@ -111,12 +161,6 @@ struct Parser<'a> {
     depth: usize,
     max_depth: usize,
     operators: usize,
-}
-
-/// An operand's value during a comparison.
-enum Value<'a> {
-    Text(Cow<'a, str>),
-    Num(f64),
 }
 
 // === impl CmpOp ===
@@ -135,7 +179,7 @@ impl CmpOp {
     }
 
     /// Whether `ord` (None for unordered numbers) satisfies the operator.
-    fn holds(self, ord: Option<Ordering>) -> bool {
+    pub(super) fn holds(self, ord: Option<std::cmp::Ordering>) -> bool {
         let Some(ord) = ord else { return false };
         match self {
             CmpOp::Eq => ord.is_eq(),
@@ -154,6 +198,76 @@ impl fmt::Display for CmpOp {
     }
 }
 
+// === impl TestOp ===
+
+impl TestOp {
+    /// The operator as written.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TestOp::Has => "has",
+            TestOp::HasI => "has_i",
+            TestOp::Matches => "matches",
+            TestOp::MatchesI => "matches_i",
+        }
+    }
+
+    fn from_word(word: &str) -> Option<TestOp> {
+        Some(match word {
+            "has" => TestOp::Has,
+            "has_i" => TestOp::HasI,
+            "matches" => TestOp::Matches,
+            "matches_i" => TestOp::MatchesI,
+            _ => return None,
+        })
+    }
+
+    /// Whether case is ignored.
+    pub fn ignores_case(self) -> bool {
+        matches!(self, TestOp::HasI | TestOp::MatchesI)
+    }
+}
+
+impl fmt::Display for TestOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// === impl Pattern ===
+
+impl Pattern {
+    /// Compiles `source` with linear-time matching, its automaton under `max_bytes`.
+    ///
+    /// # Errors
+    /// The `regex` crate's message: bad syntax, or a pattern too large for the bound.
+    pub fn compile(source: &str, ignore_case: bool, max_bytes: usize) -> Result<Self, String> {
+        regex::RegexBuilder::new(source)
+            .case_insensitive(ignore_case)
+            .size_limit(max_bytes)
+            .dfa_size_limit(max_bytes)
+            .build()
+            .map(|re| Pattern(Arc::new(re)))
+            .map_err(|e| match e {
+                regex::Error::CompiledTooBig(limit) => {
+                    format!("regular expression larger than {limit} bytes compiled")
+                }
+                other => other
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned(),
+            })
+    }
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
 // === impl Tok ===
 
 impl fmt::Display for Tok {
@@ -162,13 +276,21 @@ impl fmt::Display for Tok {
         match self {
             Tok::LParen => f.write_str("`(`"),
             Tok::RParen => f.write_str("`)`"),
+            Tok::LBracket => f.write_str("`[`"),
+            Tok::RBracket => f.write_str("`]`"),
+            Tok::LBrace => f.write_str("`{`"),
+            Tok::RBrace => f.write_str("`}`"),
+            Tok::Comma => f.write_str("`,`"),
+            Tok::Colon => f.write_str("`:`"),
             Tok::Not => f.write_str("`!`"),
             Tok::And => f.write_str("`&`"),
             Tok::Or => f.write_str("`|`"),
             Tok::Cmp(op) => write!(f, "`{op}`"),
+            Tok::Test(op) => write!(f, "`{op}`"),
             Tok::Str(_) => f.write_str("a string"),
             Tok::Num(_) => f.write_str("a number"),
             Tok::Var(_) => f.write_str("a variable"),
+            Tok::Call(func) => write!(f, "a call of `${}`", func.name()),
             Tok::End => f.write_str("the end of the expression"),
         }
     }
@@ -176,15 +298,19 @@ impl fmt::Display for Tok {
 
 // === parsing ===
 
-/// Parses a test expression; nesting (parentheses and `!`) deeper than `max_depth` is an error.
-/// `max_depth` is capped at 256, and an expression may hold at most 1024 binary operators, so
-/// that evaluating and dropping the tree stays within a small stack.
+/// Parses an expression; nesting (parentheses, `!`, calls, lists, dictionaries) deeper than
+/// `max_depth` is an error. `max_depth` is capped at 256, and an expression may hold at most
+/// 1024 binary operators, arguments and items, so that evaluating and dropping the tree stays
+/// within a small stack. Function names and arities are checked, and literal `matches`
+/// patterns compiled, here.
 ///
 /// # Errors
 ///
 /// [`ExprError`] with the byte offset of the problem: an empty expression, an unterminated
-/// string, an unexpected character or token, a bare word, a malformed `$(...)`, a missing `)`,
-/// chained comparisons, input after the expression, or nesting or size over the bounds.
+/// string, an unexpected character or token, a bare word, a malformed `$(...)`, an unknown
+/// function or a call with the wrong number of arguments, a bad regular expression, a missing
+/// closing bracket, chained comparisons, input after the expression, or nesting or size over
+/// the bounds.
 pub fn parse_expr(s: &str, max_depth: usize) -> Result<Expr, ExprError> {
     if s.bytes().all(|b| b.is_ascii_whitespace()) {
         return Err(err(0, "empty expression"));
@@ -209,7 +335,7 @@ fn err(offset: usize, message: impl Into<String>) -> ExprError {
 }
 
 #[cold]
-fn chained(offset: usize, first: CmpOp, second: CmpOp) -> ExprError {
+fn chained(offset: usize, first: &str, second: &str) -> ExprError {
     err(
         offset,
         format!("`{first}` then `{second}`: comparisons do not chain; add parentheses"),
@@ -225,51 +351,61 @@ fn expected_operand(found: &Token) -> ExprError {
 }
 
 impl Pending {
-    /// Binding strength: `!` > comparisons > `&` > `|`; an open `(` binds nothing.
+    /// Binding strength: `!` > comparisons and tests > `&` > `|`; an open bracket binds
+    /// nothing.
     fn precedence(self) -> u8 {
         match self {
             Pending::Not => 4,
-            Pending::Cmp(_) => 3,
+            Pending::Cmp(_) | Pending::Test(_) => 3,
             Pending::And => 2,
             Pending::Or => 1,
-            Pending::Paren(_) => 0,
+            Pending::Paren(_) | Pending::Call(..) | Pending::List(..) | Pending::Dict(..) => 0,
+        }
+    }
+
+    /// The comparison-strength operator as written, if this is one.
+    fn comparison(self) -> Option<&'static str> {
+        match self {
+            Pending::Cmp(op) => Some(op.as_str()),
+            Pending::Test(op) => Some(op.as_str()),
+            _ => None,
         }
     }
 }
 
 impl Parser<'_> {
-    /// Alternates between operand position (prefix `!` and `(`, then one operand) and operator
-    /// position (`)`s, then a binary operator or the end), reducing the stacks by precedence.
+    /// Alternates between operand position (prefix `!` and openings, then one operand) and
+    /// operator position (closings and separators, then a binary operator or the end),
+    /// reducing the stacks by precedence.
     fn parse(mut self) -> Result<Expr, ExprError> {
         loop {
             self.operand()?;
             loop {
                 let token = self.lex()?;
-                match token.tok {
-                    Tok::RParen => {
+                let binary = match token.tok {
+                    Tok::RParen | Tok::RBracket | Tok::RBrace => {
                         self.reduce(1);
-                        if !self.close_paren() {
+                        if !self.close(&token, false)? {
                             return Err(self.after_operand(&token));
                         }
+                        continue;
                     }
-                    Tok::Cmp(op) => {
-                        // `!` binds tighter, so `!a == b` is `(!a) == b`.
-                        self.reduce(4);
-                        if let Some(&Pending::Cmp(first)) = self.ops.last() {
-                            return Err(chained(token.start, first, op));
+                    Tok::Comma | Tok::Colon => {
+                        self.reduce(1);
+                        if !self.separate(&token)? {
+                            return Err(self.after_operand(&token));
                         }
-                        self.push_binary(Pending::Cmp(op), token.start)?;
                         break;
                     }
+                    Tok::Cmp(op) => Pending::Cmp(op),
+                    Tok::Test(op) => Pending::Test(op),
                     Tok::And => {
                         self.reduce(2);
-                        self.push_binary(Pending::And, token.start)?;
-                        break;
+                        Pending::And
                     }
                     Tok::Or => {
                         self.reduce(1);
-                        self.push_binary(Pending::Or, token.start)?;
-                        break;
+                        Pending::Or
                     }
                     Tok::End => {
                         self.reduce(1);
@@ -279,12 +415,22 @@ impl Parser<'_> {
                         return Ok(self.pop_operand());
                     }
                     _ => return Err(self.after_operand(&token)),
+                };
+                if let Some(second) = binary.comparison() {
+                    // `!` binds tighter, so `!a == b` is `(!a) == b`.
+                    self.reduce(4);
+                    if let Some(first) = self.ops.last().and_then(|op| op.comparison()) {
+                        return Err(chained(token.start, first, second));
+                    }
                 }
+                self.push_binary(binary, token.start)?;
+                break;
             }
         }
     }
 
-    /// Reads any prefix `!` and `(` and then one operand.
+    /// Reads any prefix `!` and openings, and then one operand (an empty list, dictionary or
+    /// argument list counts as one).
     fn operand(&mut self) -> Result<(), ExprError> {
         loop {
             let token = self.lex()?;
@@ -299,6 +445,28 @@ impl Parser<'_> {
                     self.ops.push(Pending::Paren(token.start));
                     continue;
                 }
+                Tok::LBracket => {
+                    self.enter(token.start)?;
+                    self.ops.push(Pending::List(token.start, 0));
+                    continue;
+                }
+                Tok::LBrace => {
+                    self.enter(token.start)?;
+                    self.ops.push(Pending::Dict(token.start, 0, false));
+                    continue;
+                }
+                Tok::Call(func) => {
+                    self.enter(token.start)?;
+                    self.ops.push(Pending::Call(func, token.start, 0));
+                    continue;
+                }
+                // Closing right after opening: an empty list, dictionary or argument list.
+                Tok::RParen | Tok::RBracket | Tok::RBrace if self.just_opened() => {
+                    if self.close(&token, true)? {
+                        return Ok(());
+                    }
+                    return Err(expected_operand(&token));
+                }
                 Tok::Str(s) => Expr::Str(s),
                 Tok::Num(n) => Expr::Num(n),
                 Tok::Var(v) => Expr::Var(v),
@@ -309,28 +477,94 @@ impl Parser<'_> {
         }
     }
 
-    /// Pops the innermost open `(` after its contents were reduced; false when there is none.
-    fn close_paren(&mut self) -> bool {
-        match self.ops.last() {
-            Some(Pending::Paren(_)) => {
-                self.ops.pop();
-                self.depth -= 1;
-                true
-            }
-            _ => false,
-        }
+    /// Whether the innermost open bracket is a call, list or dictionary with nothing in it yet.
+    fn just_opened(&self) -> bool {
+        matches!(
+            self.ops.last(),
+            Some(Pending::Call(_, _, 0) | Pending::List(_, 0) | Pending::Dict(_, 0, false))
+        )
     }
 
-    /// The error for `found` where a binary operator, `)` or the end was expected.
+    /// Closes the innermost open bracket with `token`, after its last item was reduced or, when
+    /// `empty`, right after it opened: false when the bracket does not match.
+    fn close(&mut self, token: &Token, empty: bool) -> Result<bool, ExprError> {
+        let last = usize::from(!empty);
+        let node = match (self.ops.last().copied(), &token.tok) {
+            (Some(Pending::Paren(_)), Tok::RParen) => None,
+            (Some(Pending::Call(func, at, n)), Tok::RParen) => {
+                let args = self.pop_operands(n + last);
+                func.check_arity(args.len())
+                    .map_err(|message| err(at, message))?;
+                Some(Expr::Call(func, args))
+            }
+            (Some(Pending::List(_, n)), Tok::RBracket) => {
+                Some(Expr::List(self.pop_operands(n + last)))
+            }
+            (Some(Pending::Dict(_, n, want_value)), Tok::RBrace) => {
+                if !empty && !want_value {
+                    return Err(err(
+                        token.start,
+                        "expected `:` and a value in the dictionary",
+                    ));
+                }
+                let flat = self.pop_operands(2 * (n + last));
+                let mut pairs = Vec::with_capacity(flat.len() / 2);
+                let mut it = flat.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    pairs.push((k, v));
+                }
+                Some(Expr::Dict(pairs))
+            }
+            _ => return Ok(false),
+        };
+        self.ops.pop();
+        self.depth -= 1;
+        if let Some(node) = node {
+            self.operands.push(node);
+        }
+        Ok(true)
+    }
+
+    /// Handles `,` or `:` inside a call, list or dictionary: false when it is not allowed here.
+    fn separate(&mut self, token: &Token) -> Result<bool, ExprError> {
+        let top = self.ops.last_mut();
+        match (top, &token.tok) {
+            (Some(Pending::Call(_, _, n) | Pending::List(_, n)), Tok::Comma) => *n += 1,
+            (Some(Pending::Dict(_, n, want_value)), Tok::Comma) if *want_value => {
+                *n += 1;
+                *want_value = false;
+            }
+            (Some(Pending::Dict(_, _, want_value)), Tok::Colon) if !*want_value => {
+                *want_value = true;
+            }
+            _ => return Ok(false),
+        }
+        self.grow(token.start)?;
+        Ok(true)
+    }
+
+    fn pop_operands(&mut self, n: usize) -> Vec<Expr> {
+        let at = self
+            .operands
+            .len()
+            .checked_sub(n)
+            .expect("each item pushed one operand");
+        self.operands.split_off(at)
+    }
+
+    /// The error for `found` where a binary operator, a closing bracket or the end was expected.
     #[cold]
     fn after_operand(&self, found: &Token) -> ExprError {
-        let open = self.ops.iter().rev().find_map(|op| match op {
-            Pending::Paren(at) => Some(*at),
+        let open = self.ops.iter().rev().find_map(|op| match *op {
+            Pending::Paren(at) => Some(("`)`", "`(`", at)),
+            Pending::Call(_, at, _) => Some(("`)`", "call", at)),
+            Pending::List(at, _) => Some(("`]`", "`[`", at)),
+            Pending::Dict(at, _, _) => Some(("`}`", "`{`", at)),
             _ => None,
         });
         let message = match open {
-            Some(at) => format!(
-                "missing `)` to close the `(` at offset {at}, found {}",
+            Some((close, what, at)) => format!(
+                "missing {close} to close the {what} at offset {at}, found {}",
                 found.tok
             ),
             None => format!("unexpected {} after the expression", found.tok),
@@ -351,10 +585,21 @@ impl Parser<'_> {
                     Expr::Not(rhs)
                 }
                 Pending::Cmp(cmp) => Expr::Cmp(cmp, Box::new(self.pop_operand()), rhs),
+                Pending::Test(test) => {
+                    let lhs = Box::new(self.pop_operand());
+                    let pattern = match (test, rhs.as_ref()) {
+                        (TestOp::Matches | TestOp::MatchesI, Expr::Str(p)) => {
+                            // Checked when the operator was pushed; see `push_binary`.
+                            Pattern::compile(p, test.ignores_case(), MAX_PATTERN_BYTES).ok()
+                        }
+                        _ => None,
+                    };
+                    Expr::Test(test, lhs, rhs, pattern)
+                }
                 Pending::And => Expr::And(Box::new(self.pop_operand()), rhs),
                 Pending::Or => Expr::Or(Box::new(self.pop_operand()), rhs),
-                // Unreached: every caller passes `min >= 1`, so the loop stops at an open `(`.
-                Pending::Paren(_) => {
+                // Unreached: every caller passes `min >= 1`, so the loop stops at a bracket.
+                Pending::Paren(_) | Pending::Call(..) | Pending::List(..) | Pending::Dict(..) => {
                     self.operands.push(*rhs);
                     return;
                 }
@@ -370,7 +615,7 @@ impl Parser<'_> {
             .expect("operand and operator positions alternate, so each operator has its operands")
     }
 
-    /// Opens one level of nesting (`(` or `!`) at `offset`.
+    /// Opens one level of nesting (`(`, `!`, a call, list or dictionary) at `offset`.
     fn enter(&mut self, offset: usize) -> Result<(), ExprError> {
         if self.depth >= self.max_depth {
             return Err(err(
@@ -382,10 +627,33 @@ impl Parser<'_> {
         Ok(())
     }
 
-    fn push_binary(&mut self, op: Pending, offset: usize) -> Result<(), ExprError> {
+    /// Counts one more operator, argument or item against [`MAX_OPERATORS`].
+    fn grow(&mut self, offset: usize) -> Result<(), ExprError> {
         self.operators += 1;
         if self.operators > MAX_OPERATORS {
-            return Err(err(offset, format!("more than {MAX_OPERATORS} operators")));
+            return Err(err(
+                offset,
+                format!("more than {MAX_OPERATORS} operators and items"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn push_binary(&mut self, op: Pending, offset: usize) -> Result<(), ExprError> {
+        self.grow(offset)?;
+        if let Pending::Test(test @ (TestOp::Matches | TestOp::MatchesI)) = op {
+            // A literal pattern must compile: peek at the next token without consuming it.
+            let save = self.pos;
+            let next = self.lex();
+            self.pos = save;
+            if let Ok(Token {
+                tok: Tok::Str(p),
+                start,
+            }) = next
+            {
+                Pattern::compile(&p, test.ignores_case(), MAX_PATTERN_BYTES)
+                    .map_err(|e| err(start, format!("bad regular expression: {e}")))?;
+            }
         }
         self.ops.push(op);
         Ok(())
@@ -408,6 +676,12 @@ impl Parser<'_> {
         let (tok, len) = match c {
             b'(' => (Tok::LParen, 1),
             b')' => (Tok::RParen, 1),
+            b'[' => (Tok::LBracket, 1),
+            b']' => (Tok::RBracket, 1),
+            b'{' => (Tok::LBrace, 1),
+            b'}' => (Tok::RBrace, 1),
+            b',' => (Tok::Comma, 1),
+            b':' => (Tok::Colon, 1),
             b'&' => (Tok::And, 1),
             b'|' => (Tok::Or, 1),
             b'=' if next_is_eq => (Tok::Cmp(CmpOp::Eq), 2),
@@ -418,8 +692,15 @@ impl Parser<'_> {
             b'<' => (Tok::Cmp(CmpOp::Lt), 1),
             b'>' => (Tok::Cmp(CmpOp::Gt), 1),
             b'=' => return Err(err(start, "unexpected `=` (equality is `==`)")),
-            b'\'' => self.string(start)?,
+            b'\'' if b[start..].starts_with(b"'''") => self.triple(start)?,
+            b'\'' | b'"' => self.string(start, c)?,
             b'-' | b'0'..=b'9' => self.number(start)?,
+            b'$' if b
+                .get(start + 1)
+                .is_some_and(|c| c.is_ascii_lowercase() || *c == b'_') =>
+            {
+                self.call_name(start)?
+            }
             b'$' => match parse_var_ref(&b[start..]) {
                 Some((var, len)) => (Tok::Var(var), len),
                 None => return Err(err(start, "malformed variable reference")),
@@ -429,11 +710,17 @@ impl Parser<'_> {
                     .iter()
                     .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_')
                     .count();
-                let word = &self.src[start..start + len.min(40)];
-                return Err(err(
-                    start,
-                    format!("bare word `{word}`: quote strings, as in '{word}'"),
-                ));
+                let word = &self.src[start..start + len];
+                match TestOp::from_word(word) {
+                    Some(op) => (Tok::Test(op), len),
+                    None => {
+                        let word = &self.src[start..start + len.min(40)];
+                        return Err(err(
+                            start,
+                            format!("bare word `{word}`: quote strings, as in '{word}'"),
+                        ));
+                    }
+                }
             }
             _ => {
                 let ch = self.src[start..].chars().next().unwrap_or('\u{fffd}');
@@ -444,8 +731,30 @@ impl Parser<'_> {
         Ok(Token { tok, start })
     }
 
-    /// Lexes `'...'` at `start`, where `\'` and `\\` are escapes and any other `\` is literal.
-    fn string(&self, start: usize) -> Result<(Tok, usize), ExprError> {
+    /// Lexes `$name(` at `start`: a known function, opened.
+    fn call_name(&self, start: usize) -> Result<(Tok, usize), ExprError> {
+        let b = self.src.as_bytes();
+        let len = b[start + 1..]
+            .iter()
+            .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_')
+            .count();
+        let name = &self.src[start + 1..start + 1 + len];
+        let Some(func) = Func::from_name(name) else {
+            let name = &name[..name.len().min(40)];
+            return Err(err(start, format!("unknown function `${name}`")));
+        };
+        if b.get(start + 1 + len) != Some(&b'(') {
+            return Err(err(
+                start,
+                format!("`${name}` is a function: call it as `${name}(...)`"),
+            ));
+        }
+        Ok((Tok::Call(func), len + 2))
+    }
+
+    /// Lexes `'...'` or `"..."` at `start`, where a backslash escapes the quote and itself and
+    /// any other `\` is literal.
+    fn string(&self, start: usize, quote: u8) -> Result<(Tok, usize), ExprError> {
         let b = self.src.as_bytes();
         let mut out = String::new();
         let mut run = start + 1;
@@ -453,17 +762,27 @@ impl Parser<'_> {
         loop {
             match b.get(i) {
                 None => return Err(err(start, "unterminated string")),
-                Some(b'\'') => {
+                Some(&c) if c == quote => {
                     out.push_str(&self.src[run..i]);
                     return Ok((Tok::Str(out.into()), i + 1 - start));
                 }
-                Some(b'\\') if matches!(b.get(i + 1), Some(b'\'' | b'\\')) => {
+                Some(b'\\') if b.get(i + 1).is_some_and(|&n| n == quote || n == b'\\') => {
                     out.push_str(&self.src[run..i]);
                     run = i + 1;
                     i += 2;
                 }
                 Some(_) => i += 1,
             }
+        }
+    }
+
+    /// Lexes `'''...'''` at `start`: raw text, no escapes (regular expressions keep their
+    /// backslashes).
+    fn triple(&self, start: usize) -> Result<(Tok, usize), ExprError> {
+        let body = start + 3;
+        match memchr::memmem::find(&self.src.as_bytes()[body..], b"'''") {
+            Some(len) => Ok((Tok::Str(self.src[body..body + len].into()), len + 6)),
+            None => Err(err(start, "unterminated string")),
         }
     }
 
@@ -491,84 +810,6 @@ impl Parser<'_> {
             .parse::<f64>()
             .map_err(|e| err(start, format!("bad number `{text}`: {e}")))?;
         Ok((Tok::Num(n), i - start))
-    }
-}
-
-// === impl Expr ===
-
-impl Expr {
-    /// Evaluates the test against a request.
-    ///
-    /// A comparison whose operands both read as finite numbers compares numerically, else
-    /// byte-wise as strings; it is false, for every operator, when either operand is empty or
-    /// undefined. An operand alone is true when non-empty and not `"false"` (a number: non-zero).
-    /// A boolean sub-expression used as an operand reads as `"true"` or `"false"`.
-    pub fn eval(&self, req: &Request, policy: &VarPolicy) -> bool {
-        match self {
-            Expr::Str(s) => truthy(s),
-            Expr::Num(n) => *n != 0.0,
-            Expr::Var(var) => truthy(&req.value(var, policy)),
-            Expr::Not(e) => !e.eval(req, policy),
-            Expr::And(a, b) => a.eval(req, policy) && b.eval(req, policy),
-            Expr::Or(a, b) => a.eval(req, policy) || b.eval(req, policy),
-            Expr::Cmp(op, a, b) => compare(*op, &a.value(req, policy), &b.value(req, policy)),
-        }
-    }
-
-    /// The operand value of this expression in a comparison.
-    fn value<'a>(&'a self, req: &'a Request, policy: &VarPolicy) -> Value<'a> {
-        match self {
-            Expr::Str(s) => Value::Text(Cow::Borrowed(s)),
-            Expr::Num(n) => Value::Num(*n),
-            Expr::Var(var) => Value::Text(req.value(var, policy)),
-            Expr::Not(_) | Expr::And(..) | Expr::Or(..) | Expr::Cmp(..) => {
-                let b = self.eval(req, policy);
-                Value::Text(Cow::Borrowed(if b { "true" } else { "false" }))
-            }
-        }
-    }
-}
-
-fn truthy(s: &str) -> bool {
-    if s.is_empty() || s == "false" {
-        return false;
-    }
-    match s.parse::<f64>() {
-        Ok(n) if n.is_finite() => n != 0.0,
-        _ => true,
-    }
-}
-
-fn compare(op: CmpOp, a: &Value<'_>, b: &Value<'_>) -> bool {
-    if a.is_empty() || b.is_empty() {
-        return false;
-    }
-    match (a.as_num(), b.as_num()) {
-        (Some(x), Some(y)) => op.holds(x.partial_cmp(&y)),
-        _ => op.holds(Some(a.text().as_bytes().cmp(b.text().as_bytes()))),
-    }
-}
-
-// === impl Value ===
-
-impl Value<'_> {
-    fn is_empty(&self) -> bool {
-        matches!(self, Value::Text(t) if t.is_empty())
-    }
-
-    fn as_num(&self) -> Option<f64> {
-        let n = match self {
-            Value::Num(n) => *n,
-            Value::Text(t) => t.parse::<f64>().ok()?,
-        };
-        n.is_finite().then_some(n)
-    }
-
-    fn text(&self) -> Cow<'_, str> {
-        match self {
-            Value::Text(t) => Cow::Borrowed(t),
-            Value::Num(n) => Cow::Owned(n.to_string()),
-        }
     }
 }
 

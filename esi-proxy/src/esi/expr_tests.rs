@@ -1,6 +1,7 @@
 //! Unit tests of the test-expression language: parsing, evaluation, bounds.
 
 use super::*;
+use crate::esi::vars::{Request, VarPolicy};
 use proptest::prelude::*;
 
 fn eval(s: &str, req: &Request) -> bool {
@@ -59,14 +60,22 @@ fn evaluation() {
         ("'1e3' == 1000", true),
         ("'inf' == 'inf'", true),
         ("'inf' > 5", true),
-        // Empty or undefined operands make every comparison false.
-        ("'' == ''", false),
-        ("'' != 'x'", false),
-        ("$(QUERY_STRING{e}) == ''", false),
-        ("$(QUERY_STRING{e}) != 'x'", false),
-        ("$(HTTP_COOKIE{missing}) != 'x'", false),
-        ("$(HTTP_COOKIE{missing}) == $(HTTP_COOKIE{other})", false),
+        // An empty or undefined operand is '': equal to '' only, and never ordered.
+        ("'' == ''", true),
+        ("'' != ''", false),
+        ("'' != 'x'", true),
+        ("'x' == ''", false),
+        ("$(QUERY_STRING{e}) == ''", true),
+        ("$(QUERY_STRING{missing}) == ''", true),
+        ("$(QUERY_STRING{n}) == ''", false),
+        ("$(QUERY_STRING{n}) != ''", true),
+        ("$(QUERY_STRING{e}) != 'x'", true),
+        ("$(HTTP_COOKIE{missing}) != 'x'", true),
+        ("$(HTTP_COOKIE{missing}) == $(HTTP_COOKIE{other})", true),
+        ("$(HTTP_COOKIE{missing}) == 0", false),
         ("$(UNKNOWN) < 1", false),
+        ("$(UNKNOWN) >= ''", false),
+        ("'' <= ''", false),
         ("!($(UNKNOWN) == 'x')", true),
         ("$(HTTP_COOKIE{missing}|'x') == 'x'", true),
         // Operands in boolean position.
@@ -167,7 +176,7 @@ fn errors() {
         ("abc", 8, 0, "bare word `abc`"),
         ("true", 8, 0, "bare word `true`"),
         ("1 == abc", 8, 5, "bare word `abc`"),
-        ("$(bad)", 8, 0, "malformed variable reference"),
+        ("$(1bad)", 8, 0, "malformed variable reference"),
         ("1 == $(HTTP_HOST", 8, 5, "malformed variable reference"),
         ("(1==1", 8, 5, "missing `)` to close the `(` at offset 0"),
         (
@@ -287,4 +296,116 @@ proptest! {
             let _ = expr.eval(&req, &VarPolicy::default());
         }
     }
+}
+
+#[test]
+fn extension_parse_trees() {
+    use Expr::*;
+    let s = |v: &str| Str(v.into());
+    let cases: Vec<(&str, Expr)> = vec![
+        ("\"a\\\"b\"", s("a\"b")),
+        ("'''a\\'b'''", s("a\\'b")),
+        ("[]", List(vec![])),
+        ("[1, 'a']", List(vec![Num(1.0), s("a")])),
+        ("[[1], []]", List(vec![List(vec![Num(1.0)]), List(vec![])])),
+        ("{}", Dict(vec![])),
+        (
+            "{'a': 1, 'b': [2]}",
+            Dict(vec![(s("a"), Num(1.0)), (s("b"), List(vec![Num(2.0)]))]),
+        ),
+        ("$time()", Call(Func::Time, vec![])),
+        (
+            "$substr('abc', 1, 2)",
+            Call(Func::Substr, vec![s("abc"), Num(1.0), Num(2.0)]),
+        ),
+        (
+            "$lower($upper('a'))",
+            Call(Func::Lower, vec![Call(Func::Upper, vec![s("a")])]),
+        ),
+        (
+            "'ab' has 'a' & !('b' has_i 'B')",
+            And(
+                Box::new(Test(TestOp::Has, Box::new(s("ab")), Box::new(s("a")), None)),
+                Box::new(Not(Box::new(Test(
+                    TestOp::HasI,
+                    Box::new(s("b")),
+                    Box::new(s("B")),
+                    None,
+                )))),
+            ),
+        ),
+    ];
+    for (input, want) in cases {
+        assert_eq!(parse_expr(input, 32), Ok(want), "input: {input}");
+    }
+    // A literal pattern is compiled when parsed; one from a value is not.
+    match parse_expr("'a' matches_i 'A'", 8) {
+        Ok(Test(TestOp::MatchesI, _, _, Some(p))) => assert!(p.0.is_match("a")),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        parse_expr("'a' matches $(HTTP_HOST)", 8),
+        Ok(Test(TestOp::Matches, _, _, None))
+    ));
+}
+
+#[test]
+fn extension_errors() {
+    // (input, offset, part of the message)
+    let cases = [
+        ("[1, 2", 5, "missing `]` to close the `[` at offset 0"),
+        (
+            "[1 2]",
+            3,
+            "missing `]` to close the `[` at offset 0, found a number",
+        ),
+        ("[1,]", 3, "expected an operand, found `]`"),
+        ("{'a'}", 4, "expected `:` and a value"),
+        ("{'a': }", 6, "expected an operand, found `}`"),
+        ("{'a': 1", 7, "missing `}` to close the `{` at offset 0"),
+        (
+            "$lower('a'",
+            10,
+            "missing `)` to close the call at offset 0",
+        ),
+        (
+            "(1, 2)",
+            2,
+            "missing `)` to close the `(` at offset 0, found `,`",
+        ),
+        ("1, 2", 1, "unexpected `,` after the expression"),
+        ("'a' : 1", 4, "unexpected `:` after the expression"),
+        (
+            "[1)",
+            2,
+            "missing `]` to close the `[` at offset 0, found `)`",
+        ),
+        (
+            "'a' has 'b' has 'c'",
+            12,
+            "`has` then `has`: comparisons do not chain",
+        ),
+        ("'a' == 'b' matches 'c'", 11, "`==` then `matches`"),
+        ("'a' has", 7, "expected an operand, found the end"),
+        ("has 'a'", 0, "expected an operand, found `has`"),
+        ("'''abc", 0, "unterminated string"),
+        ("\"abc", 0, "unterminated string"),
+        ("$Lower('a')", 0, "malformed variable reference"),
+        ("'a' matches '['", 12, "bad regular expression"),
+    ];
+    for (input, offset, message) in cases {
+        match parse_expr(input, 8) {
+            Err(e) => {
+                assert_eq!(e.offset, offset, "input: {input:?}: {e}");
+                assert!(e.message.contains(message), "input: {input:?}: {e}");
+            }
+            Ok(expr) => panic!("input {input:?} parsed as {expr:?}"),
+        }
+    }
+    // Nesting through brackets counts like parentheses.
+    assert!(parse_expr("[[[1]]]", 3).is_ok());
+    assert!(parse_expr("[[[1]]]", 2).is_err());
+    assert!(parse_expr("$lower($lower($lower('a')))", 2).is_err());
+    let long = format!("[{}]", vec!["1"; MAX_OPERATORS + 2].join(","));
+    assert!(parse_expr(&long, 8).is_err());
 }

@@ -1,18 +1,27 @@
-//! The ESI 1.0 language: an incremental scanner and parser from bytes to a [`Template`], and the
-//! evaluation of `esi:when` tests and `$(VARIABLES)` against a request.
+//! The ESI language (1.0 and the extensions other processors accept): an incremental scanner
+//! and parser from bytes to a [`Template`], and the evaluation of expressions, functions and
+//! `$(VARIABLES)` against a request.
 //! Pure: no I/O, no async, no allocation per literal byte (literal runs are `Bytes` slices).
 
 pub mod ast;
 pub mod build;
 pub mod diag;
+pub mod eval;
 pub mod event;
 pub mod expr;
+pub mod func;
+mod md5;
 pub mod parse;
 pub mod scan;
 pub mod vars;
 
-pub use ast::{Include, Node, OnError, Template, When};
+pub use ast::{Assign, Include, Node, OnError, Template, When};
 pub use diag::{Diagnostic, ParseError, Problem, Severity};
-pub use expr::{parse_expr, CmpOp, Expr, ExprError};
+pub use eval::{
+    assign, render_html_in, Assigned, Bound, Budget, Captures, Context, Effect, Limits, Scope,
+    Value,
+};
+pub use expr::{parse_expr, CmpOp, Expr, ExprError, TestOp};
+pub use func::Func;
 pub use parse::{parse, Event, Mode, ParseOptions, Parser};
 pub use vars::{CookieAccess, Request, Segment, VarError, VarName, VarPolicy, VarRef, VarString};

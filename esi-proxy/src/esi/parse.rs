@@ -6,8 +6,9 @@
 //! Lenient outcomes, one per problem:
 //! - unknown `esi:` element: its tag markup is dropped (start and end), its content kept;
 //! - stray end tag: dropped; mismatched end tag: the elements opened inside it are closed first;
-//! - unclosed element at end of input: closed there (`esi:remove`: everything after it dropped;
-//!   `<!--esi`: its content kept);
+//! - unclosed element at end of input: closed there (`esi:remove`: everything after it dropped);
+//! - `<!--esi` never closed by `-->`: it and everything after it stay literal text (a wrapper
+//!   longer than the scanner's look-ahead is processed as it streams, its content kept);
 //! - `include` without `src`: dropped; a bad `onerror` value: treated as absent;
 //! - an element where its parent does not allow it (`when` outside `choose`, `attempt` outside
 //!   `try`, a second `except`, an include directly in `choose` ...): dropped with its content;
@@ -20,13 +21,13 @@
 use bytes::{Bytes, BytesMut};
 use quick_xml::events::attributes::Attributes;
 
-use super::ast::{Include, OnError, Template};
+use super::ast::{Assign, Include, OnError, Template};
 pub use super::build::TemplateBuilder;
 pub use super::diag::{Diagnostic, ParseError, Problem, Severity};
 pub use super::event::Event;
 use super::expr::parse_expr;
 use super::scan::{Pos, ScanProblem, Scanner, Token};
-use super::vars::{split_vars, VarString};
+use super::vars::{split_vars_in, VarName, VarString};
 
 /// How problems in the markup are handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -69,6 +70,8 @@ enum Kind {
     Include,
     /// `<esi:comment ...>` written with an end tag: its content is dropped.
     Comment,
+    /// `<esi:assign name="..">` written with an end tag: its content is the expression.
+    Assign,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -104,6 +107,12 @@ pub struct Parser {
     vars_len: usize,
     diagnostics: Vec<Diagnostic>,
     problem_count: usize,
+    /// The target of the open long-form `esi:assign` and its content so far.
+    assign: Option<(Box<str>, Option<Box<str>>)>,
+    assign_text: Vec<Bytes>,
+    /// Names the document assigned (or named as a `matchname`) so far: later text and
+    /// attributes may read them.
+    assigned: std::collections::HashSet<Box<str>>,
 }
 
 /// Parses a whole document.
@@ -165,6 +174,7 @@ impl Kind {
             b"inline" => Kind::Inline,
             b"include" => Kind::Include,
             b"comment" => Kind::Comment,
+            b"assign" => Kind::Assign,
             _ => return None,
         })
     }
@@ -181,6 +191,7 @@ impl Kind {
             Kind::Inline => "inline",
             Kind::Include => "include",
             Kind::Comment => "comment",
+            Kind::Assign => "assign",
         }
     }
 
@@ -188,7 +199,7 @@ impl Kind {
     fn holds_content(self) -> bool {
         !matches!(
             self,
-            Kind::Try | Kind::Choose | Kind::Include | Kind::Comment
+            Kind::Try | Kind::Choose | Kind::Include | Kind::Comment | Kind::Assign
         )
     }
 }
@@ -209,6 +220,9 @@ impl Parser {
             vars_len: 0,
             diagnostics: Vec::new(),
             problem_count: 0,
+            assign: None,
+            assign_text: Vec::new(),
+            assigned: std::collections::HashSet::new(),
         }
     }
 
@@ -333,6 +347,7 @@ impl Parser {
                     ScanProblem::UnterminatedTag => Problem::UnterminatedTag,
                     ScanProblem::UnclosedRemove => Problem::Unclosed("remove"),
                     ScanProblem::UnclosedEsiComment => Problem::UnclosedEsiComment,
+                    ScanProblem::UnclosedText => Problem::Unclosed("text"),
                 };
                 self.problem(pos, problem)
             }
@@ -344,6 +359,14 @@ impl Parser {
             return Ok(());
         }
         let blank = text.iter().all(u8::is_ascii_whitespace);
+        if self.stack.last().is_some_and(|f| f.kind == Kind::Assign) {
+            // The long form's expression; bounded like `esi:vars` text.
+            let held: usize = self.assign_text.iter().map(Bytes::len).sum();
+            if held + text.len() <= self.opts.max_vars_bytes {
+                self.assign_text.push(text);
+            }
+            return Ok(());
+        }
         if let Some(top) = self.stack.last().copied() {
             if top.kind == Kind::Include && !blank {
                 self.close_open_include(out)?;
@@ -388,7 +411,8 @@ impl Parser {
         };
         self.vars_text.clear();
         self.vars_len = 0;
-        out.push(match split_vars(&text) {
+        let assigned = |name: &str| self.assigned.contains(name);
+        out.push(match split_vars_in(&text, &assigned) {
             Some(segments) => Event::Vars(segments),
             None => Event::Text(text),
         });
@@ -418,8 +442,8 @@ impl Parser {
         pos: Pos,
         out: &mut Vec<Event>,
     ) -> Result<(), ParseError> {
-        if name == b"remove" {
-            // `<esi:remove/>`: empty; the scanner drops the block form whole.
+        if name == b"remove" || name == b"text" {
+            // `<esi:remove/>`, `<esi:text/>`: empty; the scanner handles the block forms whole.
             return Ok(());
         }
         let Some(kind) = Kind::from_name(name) else {
@@ -453,6 +477,7 @@ impl Parser {
                 _ => Some("outside <esi:choose>"),
             },
             _ => match parent_kind {
+                Some(Kind::Assign) => Some("inside <esi:assign>"),
                 Some(Kind::Try) => Some("directly inside <esi:try>"),
                 Some(Kind::Choose) => Some("directly inside <esi:choose>"),
                 _ => None,
@@ -478,6 +503,48 @@ impl Parser {
         match kind {
             Kind::Comment => {
                 if !self_closing {
+                    self.skip = Some(Skip {
+                        kind,
+                        pos,
+                        nested: 0,
+                    });
+                }
+                Ok(())
+            }
+            Kind::Assign => {
+                let target = self.assign_target(attrs, pos)?;
+                match target {
+                    Some((name, key, Some(source))) => {
+                        if let Some(a) = self.assign_expr(name, key, &source, pos)? {
+                            out.push(Event::Assign(a));
+                        }
+                    }
+                    Some((name, key, None)) if !self_closing => {
+                        self.assign = Some((name, key));
+                        self.assign_text.clear();
+                        self.stack.push(Frame {
+                            kind,
+                            pos,
+                            first: false,
+                            second: false,
+                            text_reported: false,
+                        });
+                        return Ok(());
+                    }
+                    Some(_) => {
+                        let message = "without value".to_owned();
+                        self.problem(
+                            pos,
+                            Problem::BadAttribute {
+                                element: "assign",
+                                message,
+                            },
+                        )?;
+                    }
+                    None => {}
+                }
+                if !self_closing {
+                    // A long form with `value` set, or a refused one: its content is dropped.
                     self.skip = Some(Skip {
                         kind,
                         pos,
@@ -531,7 +598,7 @@ impl Parser {
                     Kind::Otherwise => Some(Event::OtherwiseStart),
                     Kind::When => Some(self.when(attrs, pos)?),
                     Kind::Inline => Some(self.inline(attrs, pos)?),
-                    Kind::Vars | Kind::Include | Kind::Comment => None,
+                    Kind::Vars | Kind::Include | Kind::Comment | Kind::Assign => None,
                 };
                 if let Some(parent) = self.stack.last_mut() {
                     match kind {
@@ -564,7 +631,7 @@ impl Parser {
     fn end(&mut self, name: &[u8], pos: Pos, out: &mut Vec<Event>) -> Result<(), ParseError> {
         let Some(kind) = Kind::from_name(name) else {
             let name = String::from_utf8_lossy(name).into_owned();
-            return if name == "remove" {
+            return if name == "remove" || name == "text" {
                 self.problem(pos, Problem::StrayEndTag(name))
             } else {
                 self.problem(pos, Problem::UnknownElement(name))
@@ -620,6 +687,21 @@ impl Parser {
                 self.vars_depth -= 1;
                 None
             }
+            Kind::Assign => {
+                let text: Vec<u8> = self
+                    .assign_text
+                    .drain(..)
+                    .flat_map(|b| b.to_vec())
+                    .collect();
+                match self.assign.take() {
+                    Some((name, key)) => {
+                        let source = String::from_utf8_lossy(&text).trim().to_owned();
+                        self.assign_expr(name, key, &source, frame.pos)?
+                            .map(Event::Assign)
+                    }
+                    None => None,
+                }
+            }
             Kind::Include | Kind::Comment => None,
         };
         if let Some(event) = event {
@@ -656,10 +738,12 @@ impl Parser {
         for (key, value) in attrs {
             match key.as_str() {
                 "src" => {
-                    inc.src = VarString::parse(&value);
+                    inc.src = VarString::parse_in(&value, &|n| self.assigned.contains(n));
                     has_src = true;
                 }
-                "alt" => inc.alt = Some(VarString::parse(&value)),
+                "alt" => {
+                    inc.alt = Some(VarString::parse_in(&value, &|n| self.assigned.contains(n)))
+                }
                 "onerror" if value == "continue" => inc.onerror = OnError::Continue,
                 "onerror" => self.problem(pos, Problem::BadOnError(value))?,
                 "maxwait" => match value.trim().parse::<u64>() {
@@ -686,6 +770,93 @@ impl Parser {
         Ok(Some(inc))
     }
 
+    /// Reads `esi:assign`'s `name` (with an optional `{key}`) and `value`: None (reported) when
+    /// the name is missing, malformed or a request variable's.
+    #[allow(clippy::type_complexity)] // (name, key, value): read once, here.
+    fn assign_target(
+        &mut self,
+        raw: &[u8],
+        pos: Pos,
+    ) -> Result<Option<(Box<str>, Option<Box<str>>, Option<String>)>, ParseError> {
+        let bad = |message: String| Problem::BadAttribute {
+            element: "assign",
+            message,
+        };
+        let attrs = match attributes(raw) {
+            Ok(a) => a,
+            Err(message) => {
+                self.problem(pos, bad(message))?;
+                return Ok(None);
+            }
+        };
+        let mut name = None;
+        let mut value = None;
+        for (k, v) in attrs {
+            match k.as_str() {
+                "name" => name = Some(v),
+                "value" => value = Some(v),
+                _ => {}
+            }
+        }
+        let Some(full) = name else {
+            self.problem(pos, bad("without name".to_owned()))?;
+            return Ok(None);
+        };
+        let (base, key) = match full.split_once('{') {
+            Some((base, rest)) => match rest.strip_suffix('}') {
+                Some(k) => {
+                    let k = k.trim_matches('\'');
+                    (base, Some(Box::from(k)))
+                }
+                None => (full.as_str(), Some(Box::from(""))),
+            },
+            None => (full.as_str(), None),
+        };
+        let well_formed = base
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && base.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && key.as_deref() != Some("");
+        if !well_formed {
+            self.problem(
+                pos,
+                bad(format!("name={full:?} is not NAME or NAME{{key}}")),
+            )?;
+            return Ok(None);
+        }
+        if VarName::is_reserved(base) {
+            self.problem(pos, Problem::AssignToRequestVariable(base.to_owned()))?;
+            return Ok(None);
+        }
+        Ok(Some((base.into(), key, value)))
+    }
+
+    /// Parses an assignment's expression: None (reported) when it does not parse.
+    fn assign_expr(
+        &mut self,
+        name: Box<str>,
+        key: Option<Box<str>>,
+        source: &str,
+        pos: Pos,
+    ) -> Result<Option<Assign>, ParseError> {
+        match parse_expr(source, self.opts.max_expr_depth) {
+            Ok(value) => Ok(Some({
+                self.assigned.insert(name.clone());
+                Assign {
+                    name,
+                    key,
+                    value,
+                    source: source.into(),
+                }
+            })),
+            Err(e) => {
+                self.problem(pos, Problem::BadExpression(e))?;
+                Ok(None)
+            }
+        }
+    }
+
     fn when(&mut self, raw: &[u8], pos: Pos) -> Result<Event, ParseError> {
         let attrs = match attributes(raw) {
             Ok(a) => a,
@@ -700,11 +871,35 @@ impl Parser {
                 Vec::new()
             }
         };
+        let match_name: Option<Box<str>> = attrs
+            .iter()
+            .find(|(k, _)| k == "matchname")
+            .map(|(_, v)| Box::from(v.as_str()));
+        if let Some(name) = match_name.as_deref() {
+            let well_formed = name
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            // Later text may read the captures through this name, as an assigned variable.
+            self.assigned.insert(name.into());
+            if !well_formed || (VarName::is_reserved(name) && name != "MATCHES") {
+                let message = format!("matchname={name:?} is not a variable name one may set");
+                self.problem(
+                    pos,
+                    Problem::BadAttribute {
+                        element: "when",
+                        message,
+                    },
+                )?;
+            }
+        }
         let Some((_, source)) = attrs.into_iter().find(|(k, _)| k == "test") else {
             self.problem(pos, Problem::MissingTest)?;
             return Ok(Event::WhenStart {
                 test: None,
                 source: "".into(),
+                match_name,
             });
         };
         let test = match parse_expr(&source, self.opts.max_expr_depth) {
@@ -717,6 +912,7 @@ impl Parser {
         Ok(Event::WhenStart {
             test,
             source: source.into(),
+            match_name,
         })
     }
 

@@ -36,6 +36,14 @@ fn show(nodes: &[Node]) -> String {
             Node::Try { attempt, except } => {
                 s.push_str(&format!("{{try {} | {}}}", show(attempt), show(except)));
             }
+            Node::Assign(a) => {
+                let key = a
+                    .key
+                    .as_deref()
+                    .map(|k| format!("[{k}]"))
+                    .unwrap_or_default();
+                s.push_str(&format!("{{set {}{key}={}}}", a.name, a.source));
+            }
             Node::Choose { whens, otherwise } => {
                 s.push_str("{choose");
                 for w in whens {
@@ -230,7 +238,7 @@ fn strict_mode_errors_carry_line_and_column() {
         ),
         ("x\n<esi:include src=\"/a\"", 2, 1, "ESI tag not terminated"),
         ("<esi:remove>x", 1, 1, "<esi:remove> is not closed"),
-        ("<!--esi x", 1, 10, "<!--esi is not closed"),
+        ("<!--esi x", 1, 1, "<!--esi is not closed"),
         (
             "<esi:include src=\"/a\">x",
             1,
@@ -274,7 +282,20 @@ fn lenient_outcomes() {
         // Unclosed at end of input: closed there.
         ("<esi:choose><esi:when test=\"1==1\">x", "{choose when[1==1]:x}", 2),
         ("a<esi:remove>x", "a", 1),
-        ("a<!--esi b", "a b", 1),
+        ("a<!--esi b", "a<!--esi b", 1),
+        ("a<esi:text><esi:include src=\"/x\"/>", "a<esi:include src=\"/x\"/>", 1),
+        ("a<esi:text/>b</esi:text>c", "abc", 1),
+        (
+            "<esi:choose><esi:when test=\"1\" matchname=\"HTTP_HOST\">x</esi:when></esi:choose>",
+            "{choose when[1]:x}",
+            1,
+        ),
+        (
+            "<esi:choose><esi:when test=\"1\" matchname=\"m\">x</esi:when></esi:choose>",
+            "{choose when[1]:x}",
+            0,
+        ),
+        ("a<!--esi <esi:include src=\"/x\"/>", "a<!--esi <esi:include src=\"/x\"/>", 1),
         ("<esi:include/>x", "x", 1),
         ("<esi:include src=\"/a\" onerror=\"stop\"/>", "{inc /a}", 0),
         // Misplaced elements dropped with their content.
@@ -437,4 +458,59 @@ fn entities_decode() {
     for (input, want) in cases {
         assert_eq!(decode_entities(input), want, "input: {input:?}");
     }
+}
+
+#[test]
+fn assign_forms_and_misuse() {
+    // (input, shown, problems)
+    let cases: &[(&str, &str, usize)] = &[
+        ("<esi:assign name=\"x\" value=\"'a'\"/>b", "{set x='a'}b", 0),
+        (
+            "<esi:assign name=\"colors\" value=\"['red', 'blue']\"/>",
+            "{set colors=['red', 'blue']}",
+            0,
+        ),
+        ("<esi:assign name=\"d{'k'}\" value=\"1\"/>", "{set d[k]=1}", 0),
+        ("<esi:assign name=\"l{0}\" value=\"1\"/>", "{set l[0]=1}", 0),
+        (
+            "<esi:assign name=\"x\">\n  '''long\nform'''\n</esi:assign>y",
+            "{set x='''long\nform'''}y",
+            0,
+        ),
+        ("<esi:assign name=\"x\" value=\"1\">ignored</esi:assign>y", "{set x=1}y", 0),
+        // Misuse: each reported, the assignment dropped, the rest kept.
+        ("<esi:assign name=\"HTTP_HOST\" value=\"'x'\"/>a", "a", 1),
+        ("<esi:assign name=\"QUERY_STRING{a}\" value=\"'x'\"/>a", "a", 1),
+        ("<esi:assign name=\"REQUEST_PATH\">'x'</esi:assign>a", "a", 1),
+        ("<esi:assign value=\"1\"/>a", "a", 1),
+        ("<esi:assign name=\"1x\" value=\"1\"/>a", "a", 1),
+        ("<esi:assign name=\"x{}\" value=\"1\"/>a", "a", 1),
+        ("<esi:assign name=\"x\"/>a", "a", 1),
+        ("<esi:assign name=\"x\" value=\"1 ==\"/>a", "a", 1),
+        ("<esi:assign name=\"x\">$nope()</esi:assign>a", "a", 1),
+        (
+            "<esi:assign name=\"x\"><esi:include src=\"/a\"/>1</esi:assign>a",
+            "{set x=1}a",
+            1,
+        ),
+        (
+            "<esi:try><esi:assign name=\"x\" value=\"1\"/><esi:attempt>a</esi:attempt><esi:except>b</esi:except></esi:try>",
+            "{try a | b}",
+            1,
+        ),
+    ];
+    for (input, want, problems) in cases {
+        let t = lenient(input);
+        assert_eq!(show(&t.nodes), *want, "input: {input:?}");
+        assert_eq!(
+            t.problem_count, *problems,
+            "input: {input:?}: {:?}",
+            t.diagnostics
+        );
+    }
+    let err = strict("<esi:assign name=\"HTTP_COOKIE\" value=\"'x'\"/>").expect_err("reserved");
+    assert_eq!(
+        err.to_string(),
+        "1:1: <esi:assign> cannot set the request variable $(HTTP_COOKIE)"
+    );
 }

@@ -68,14 +68,29 @@ pub enum ScanProblem {
     UnclosedRemove,
     /// `<!--esi` with no `-->` before the end of input.
     UnclosedEsiComment,
+    /// `<esi:text>` with no `</esi:text>` before the end of input (its content is kept).
+    UnclosedText,
 }
+
+/// How far past an `<!--esi` the scanner looks for its `-->` before processing what follows.
+/// An `<!--esi` never closed stays literal text (as other processors do), which needs the `-->`
+/// seen first; a wrapper longer than this is processed as it streams, and if it is then never
+/// closed its content is kept, processed (the outcome before this look-ahead existed).
+pub const MAX_ESI_COMMENT_LOOKAHEAD: usize = 256 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Normal,
     HtmlComment,
     Cdata,
-    Remove { pos: Pos, contains_esi: bool },
+    Remove {
+        pos: Pos,
+        contains_esi: bool,
+    },
+    /// Inside `<esi:text>`: everything up to `</esi:text>` is literal text.
+    Text {
+        pos: Pos,
+    },
 }
 
 /// Incremental scanner state. Feed chunks with [`Scanner::feed`], then call [`Scanner::finish`].
@@ -85,6 +100,11 @@ pub struct Scanner {
     pending: Bytes,
     mode: Mode,
     in_esi_comment: bool,
+    /// `pending` starts with an `<!--esi` whose `-->` has not been seen yet: chunks are appended
+    /// until it is, or until [`MAX_ESI_COMMENT_LOOKAHEAD`] bytes are held.
+    holding_comment: Option<BytesMut>,
+    /// The `<!--esi` at the start of the next scan is opened without looking for its `-->`.
+    comment_committed: bool,
     max_tag_bytes: usize,
     /// Line number of the first byte of the buffer being scanned.
     line: u32,
@@ -98,6 +118,7 @@ const ESI_COMMENT: &[u8] = b"<!--esi";
 const HTML_COMMENT: &[u8] = b"<!--";
 const CDATA: &[u8] = b"<![CDATA[";
 const REMOVE_END: &[u8] = b"</esi:remove";
+const TEXT_END: &[u8] = b"</esi:text";
 
 /// Line bookkeeping for one buffer: newlines are counted lazily, up to each position asked for.
 struct Lines {
@@ -175,6 +196,8 @@ impl Scanner {
             pending: Bytes::new(),
             mode: Mode::Normal,
             in_esi_comment: false,
+            holding_comment: None,
+            comment_committed: false,
             max_tag_bytes: max_tag_bytes.max(16),
             line: 1,
             col0: 0,
@@ -182,8 +205,23 @@ impl Scanner {
     }
 
     /// Scans the next chunk of the body, appending what it finds to `out`. Bytes that may start
-    /// a marker or an unfinished tag are held until the next chunk (at most the tag bound).
+    /// a marker or an unfinished tag are held until the next chunk (at most the tag bound), and
+    /// an `<!--esi` until its `-->` is seen (at most [`MAX_ESI_COMMENT_LOOKAHEAD`]).
     pub fn feed(&mut self, mut chunk: Bytes, out: &mut Vec<Token>) {
+        if let Some(mut held) = self.holding_comment.take() {
+            // Search only the new bytes (and the two before them, for a split `-->`).
+            let from = held.len().saturating_sub(2).max(ESI_COMMENT.len());
+            held.extend_from_slice(&chunk);
+            let closed = memmem::find(&held[from..], b"-->").is_some();
+            if !closed && held.len() <= MAX_ESI_COMMENT_LOOKAHEAD {
+                self.holding_comment = Some(held);
+                return;
+            }
+            self.comment_committed = !closed;
+            self.scan(held.freeze(), false, out);
+            self.comment_committed = false;
+            return;
+        }
         // Complete a held-back piece with just enough of the chunk (up to its first `>`, which
         // ends every tag and terminator), so the rest of the chunk is scanned without a copy.
         while !self.pending.is_empty() && !chunk.is_empty() {
@@ -194,6 +232,10 @@ impl Scanner {
             joined.extend_from_slice(&head);
             self.pending = Bytes::new();
             self.scan(joined.freeze(), false, out);
+            if self.holding_comment.is_some() {
+                // An `<!--esi` began in the joined piece: the rest of the chunk is held too.
+                return self.feed(chunk, out);
+            }
         }
         if !chunk.is_empty() {
             self.scan(chunk, false, out);
@@ -202,7 +244,10 @@ impl Scanner {
 
     /// Ends the input: held-back bytes are scanned as final, and unfinished constructs reported.
     pub fn finish(&mut self, out: &mut Vec<Token>) {
-        let rest = std::mem::take(&mut self.pending);
+        let rest = match self.holding_comment.take() {
+            Some(held) => held.freeze(),
+            None => std::mem::take(&mut self.pending),
+        };
         self.scan(rest, true, out);
         let pos = Pos {
             line: self.line,
@@ -211,6 +256,12 @@ impl Scanner {
         if let Mode::Remove { pos, .. } = self.mode {
             out.push(Token::Malformed {
                 problem: ScanProblem::UnclosedRemove,
+                pos,
+            });
+        }
+        if let Mode::Text { pos } = self.mode {
+            out.push(Token::Malformed {
+                problem: ScanProblem::UnclosedText,
                 pos,
             });
         }
@@ -258,6 +309,35 @@ impl Scanner {
                         }
                     }
                 }
+                Mode::Text { pos } => match memmem::find(&buf[i..], TEXT_END) {
+                    Some(k) => {
+                        let end = i + k;
+                        let after = end + TEXT_END.len();
+                        match memchr::memchr(b'>', &buf[after..]) {
+                            Some(gt) => {
+                                emit_text(&buf, text, end, out);
+                                i = after + gt + 1;
+                                text = i;
+                                self.mode = Mode::Normal;
+                            }
+                            None if !eof => {
+                                emit_text(&buf, text, end, out);
+                                break 'outer end;
+                            }
+                            None => {
+                                self.mode = Mode::Text { pos };
+                                emit_text(&buf, text, len, out);
+                                break 'outer len;
+                            }
+                        }
+                    }
+                    None => {
+                        // Keep the tail that may begin the end tag; the rest is text.
+                        let keep = hold(len.saturating_sub(TEXT_END.len() - 1).max(i));
+                        emit_text(&buf, text, keep, out);
+                        break 'outer keep;
+                    }
+                },
                 Mode::Remove { pos, contains_esi } => match memmem::find(&buf[i..], REMOVE_END) {
                     Some(k) => {
                         let inner = &buf[i..i + k];
@@ -380,6 +460,25 @@ impl Scanner {
                         && (rest[ESI_COMMENT.len()].is_ascii_whitespace()
                             || rest[ESI_COMMENT.len()] == b'<')
                     {
+                        let committed = std::mem::take(&mut self.comment_committed) && p == 0;
+                        if !committed && memmem::find(&rest[ESI_COMMENT.len()..], b"-->").is_none()
+                        {
+                            emit_text(&buf, text, p, out);
+                            if eof {
+                                // Never closed: the wrapper and all after it stay literal text.
+                                out.push(Token::Malformed {
+                                    problem: ScanProblem::UnclosedEsiComment,
+                                    pos: lines.pos(&buf, p),
+                                });
+                                emit_text(&buf, p, len, out);
+                                break 'outer len;
+                            }
+                            // Hold from here until the `-->` arrives (see `feed`).
+                            let mut held = BytesMut::with_capacity((len - p) * 2);
+                            held.extend_from_slice(rest);
+                            self.holding_comment = Some(held);
+                            break 'outer p;
+                        }
                         emit_text(&buf, text, p, out);
                         out.push(Token::EsiCommentOpen(lines.pos(&buf, p)));
                         self.in_esi_comment = true;
@@ -418,7 +517,7 @@ impl Scanner {
             None => self.col0.saturating_add(saturate(consumed)),
         };
         self.line = lines.line;
-        if !eof {
+        if !eof && self.holding_comment.is_none() {
             self.pending = buf.slice(consumed..);
         }
     }
@@ -470,6 +569,11 @@ impl Scanner {
                 pos,
                 contains_esi: false,
             };
+            return Some(gt + 1);
+        }
+        if &name[..] == b"text" && !self_closing {
+            // `<esi:text>`: its tags are dropped, its content passes unprocessed.
+            self.mode = Mode::Text { pos };
             return Some(gt + 1);
         }
         out.push(Token::Start {
@@ -656,6 +760,114 @@ mod tests {
                 assert_eq!(merge_text(out), whole, "cuts at {cut}, {cut2}");
             }
         }
+    }
+
+    #[test]
+    fn esi_text_content_passes_unprocessed() {
+        let input =
+            "a<esi:text><esi:include src=\"/x\"/><!--esi $(HTTP_HOST) --></esi:text >b<esi:text/>c";
+        let got = merge_text(scan_all(input.as_bytes()));
+        assert_eq!(
+            got,
+            vec![
+                text("a<esi:include src=\"/x\"/><!--esi $(HTTP_HOST) -->b"),
+                // `<esi:text/>` is an empty element: the parser drops it.
+                start("text", "", true, 1, 72),
+                text("c"),
+            ]
+        );
+        for cut in 0..=input.len() {
+            let mut s = Scanner::new(1024);
+            let mut out = Vec::new();
+            s.feed(Bytes::copy_from_slice(&input.as_bytes()[..cut]), &mut out);
+            s.feed(Bytes::copy_from_slice(&input.as_bytes()[cut..]), &mut out);
+            s.finish(&mut out);
+            assert_eq!(merge_text(out), got, "cut at {cut}");
+        }
+        let unclosed = merge_text(scan_all(b"a<esi:text><esi:x>"));
+        assert_eq!(
+            unclosed,
+            vec![
+                text("a<esi:x>"),
+                Token::Malformed {
+                    problem: ScanProblem::UnclosedText,
+                    pos: Pos { line: 1, col: 2 },
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn unclosed_esi_comment_stays_literal_text() {
+        let input = "a<!--esi <esi:include src=\"/x\"/> b";
+        let want = vec![
+            text("a"),
+            Token::Malformed {
+                problem: ScanProblem::UnclosedEsiComment,
+                pos: Pos { line: 1, col: 2 },
+            },
+            text("<!--esi <esi:include src=\"/x\"/> b"),
+        ];
+        assert_eq!(merge_text(scan_all(input.as_bytes())), want);
+        // Fed in pieces, the wrapper is held until the end of input decides.
+        for cut in 0..=input.len() {
+            let mut s = Scanner::new(1024);
+            let mut out = Vec::new();
+            s.feed(Bytes::copy_from_slice(&input.as_bytes()[..cut]), &mut out);
+            s.feed(Bytes::copy_from_slice(&input.as_bytes()[cut..]), &mut out);
+            s.finish(&mut out);
+            assert_eq!(merge_text(out), want, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn esi_comment_closed_in_a_later_chunk_is_processed() {
+        let mut s = Scanner::new(1024);
+        let mut out = Vec::new();
+        s.feed(Bytes::from_static(b"a<!--esi x"), &mut out);
+        assert_eq!(out, vec![text("a")], "held until its end is seen");
+        s.feed(Bytes::from_static(b"y"), &mut out);
+        s.feed(Bytes::from_static(b"-"), &mut out);
+        s.feed(Bytes::from_static(b"->z"), &mut out);
+        s.finish(&mut out);
+        assert_eq!(
+            merge_text(out),
+            vec![
+                text("a"),
+                Token::EsiCommentOpen(Pos { line: 1, col: 2 }),
+                text(" xy"),
+                Token::EsiCommentClose(Pos { line: 1, col: 12 }),
+                text("z"),
+            ]
+        );
+    }
+
+    #[test]
+    fn esi_comment_longer_than_the_lookahead_is_processed_as_it_streams() {
+        let mut s = Scanner::new(1024);
+        let mut out = Vec::new();
+        s.feed(Bytes::from_static(b"<!--esi "), &mut out);
+        let filler = Bytes::from(vec![b'x'; 64 * 1024]);
+        for _ in 0..5 {
+            s.feed(filler.clone(), &mut out);
+        }
+        assert_eq!(out[0], Token::EsiCommentOpen(Pos { line: 1, col: 1 }));
+        s.finish(&mut out);
+        assert!(matches!(
+            out.last(),
+            Some(Token::Malformed {
+                problem: ScanProblem::UnclosedEsiComment,
+                ..
+            })
+        ));
+        let kept: usize = out
+            .iter()
+            .map(|t| match t {
+                Token::Text(b) => b.len(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(kept, 1 + 5 * 64 * 1024, "content kept, wrapper dropped");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use bytes::Bytes;
 const MAX_REF_BYTES: usize = 4096;
 
 /// A variable's name. The six names of ESI 1.0 §5; any other well-formed name is kept as
-/// [`VarName::Unknown`] and evaluates as missing.
+/// [`VarName::Unknown`]: a variable the document assigned, `MATCHES`, or missing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VarName {
     /// `HTTP_ACCEPT_LANGUAGE`; with a key, `"true"` or `"false"`.
@@ -28,9 +28,15 @@ pub enum VarName {
     Referer,
     /// `HTTP_USER_AGENT`; keys `browser`, `os`, `version`.
     UserAgent,
-    /// `QUERY_STRING`; with a key, one decoded parameter.
+    /// `QUERY_STRING`; with a key, one parameter's value as sent (not decoded).
     QueryString,
-    /// Any other `[A-Z_][A-Z0-9_]*` name (evaluates empty).
+    /// `REQUEST_METHOD` (extension): `GET`, `POST` ...
+    RequestMethod,
+    /// `REQUEST_PATH` (extension): the path of the request, without the query, as sent.
+    RequestPath,
+    /// `REMOTE_ADDR` (extension): the address of the client connection's peer.
+    RemoteAddr,
+    /// Any other `[A-Za-z_][A-Za-z0-9_]*` name: an assigned variable, a capture, or empty.
     Unknown(Box<str>),
 }
 
@@ -70,6 +76,9 @@ pub struct Request {
     referer: Option<String>,
     user_agent: Option<String>,
     accept_language: Option<String>,
+    method: Option<String>,
+    path: Option<String>,
+    remote_addr: Option<String>,
     /// Set once a cookie value was read: the page then holds a credential of the visitor's.
     /// Shared by clones, so every part of a page reports to the one page.
     cookie_read: Arc<AtomicBool>,
@@ -120,8 +129,19 @@ impl VarName {
             "HTTP_REFERER" => VarName::Referer,
             "HTTP_USER_AGENT" => VarName::UserAgent,
             "QUERY_STRING" => VarName::QueryString,
+            "REQUEST_METHOD" => VarName::RequestMethod,
+            "REQUEST_PATH" => VarName::RequestPath,
+            "REMOTE_ADDR" => VarName::RemoteAddr,
             other => VarName::Unknown(other.into()),
         }
+    }
+
+    /// Whether a document may not assign this name: a request variable (`HTTP_*`,
+    /// `QUERY_STRING`, `REQUEST_*`, `REMOTE_ADDR`) or the captures' `MATCHES`.
+    pub fn is_reserved(name: &str) -> bool {
+        name.starts_with("HTTP_")
+            || name.starts_with("REQUEST_")
+            || matches!(name, "QUERY_STRING" | "REMOTE_ADDR" | "MATCHES")
     }
 
     /// The name as written in a template.
@@ -133,6 +153,9 @@ impl VarName {
             VarName::Referer => "HTTP_REFERER",
             VarName::UserAgent => "HTTP_USER_AGENT",
             VarName::QueryString => "QUERY_STRING",
+            VarName::RequestMethod => "REQUEST_METHOD",
+            VarName::RequestPath => "REQUEST_PATH",
+            VarName::RemoteAddr => "REMOTE_ADDR",
             VarName::Unknown(name) => name,
         }
     }
@@ -149,11 +172,13 @@ pub fn parse_var_ref(s: &[u8]) -> Option<(VarRef, usize)> {
     }
     let mut i = 2;
     let name_start = i;
+    // Request variables are upper case; variables a document assigns may be lower case (text
+    // and attributes take those only once assigned: see `next_var`).
     match s.get(i) {
-        Some(b'A'..=b'Z' | b'_') => i += 1,
+        Some(b'A'..=b'Z' | b'a'..=b'z' | b'_') => i += 1,
         _ => return None,
     }
-    while let Some(b'A'..=b'Z' | b'0'..=b'9' | b'_') = s.get(i) {
+    while let Some(b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_') = s.get(i) {
         i += 1;
     }
     // The name is ASCII by construction.
@@ -208,16 +233,30 @@ fn is_bare_key_byte(b: u8) -> bool {
     !matches!(b, b'}' | b')' | b'\'' | 0..=0x20 | 0x7f)
 }
 
-/// Finds the next well-formed reference at or after `from`: its byte range and value.
-fn next_var(s: &[u8], mut from: usize) -> Option<(Range<usize>, VarRef)> {
+/// Finds the next well-formed reference at or after `from`: its byte range and value. A name
+/// with a lower-case letter counts only when `assigned` says the document set it, so text such
+/// as `$(document)` in a script stays literal.
+fn next_var(
+    s: &[u8],
+    mut from: usize,
+    assigned: &dyn Fn(&str) -> bool,
+) -> Option<(Range<usize>, VarRef)> {
     while let Some(off) = memchr::memchr(b'$', s.get(from..)?) {
         let start = from + off;
         if let Some((var, len)) = parse_var_ref(&s[start..]) {
-            return Some((start..start + len, var));
+            let lower = var.name.as_str().bytes().any(|b| b.is_ascii_lowercase());
+            if !lower || assigned(var.name.as_str()) {
+                return Some((start..start + len, var));
+            }
         }
         from = start + 1;
     }
     None
+}
+
+/// For text with no assigned variable: only upper-case names are references.
+fn none_assigned(_: &str) -> bool {
+    false
 }
 
 impl fmt::Display for VarRef {
@@ -247,10 +286,16 @@ impl fmt::Display for VarRef {
 impl VarString {
     /// Parses an attribute value; never fails: malformed `$(` stays literal text.
     pub fn parse(s: &str) -> VarString {
+        VarString::parse_in(s, &none_assigned)
+    }
+
+    /// Parses an attribute value in a document that assigned the names `assigned` accepts (a
+    /// lower-case name is a reference only then).
+    pub fn parse_in(s: &str, assigned: &dyn Fn(&str) -> bool) -> VarString {
         let bytes = s.as_bytes();
         let mut segments = Vec::new();
         let mut pos = 0;
-        while let Some((range, var)) = next_var(bytes, pos) {
+        while let Some((range, var)) = next_var(bytes, pos, assigned) {
             if range.start > pos {
                 // Reference delimiters are ASCII, so these are char boundaries.
                 segments.push(Segment::Literal(Box::from(&s[pos..range.start])));
@@ -298,14 +343,19 @@ impl fmt::Display for VarString {
 /// Splits text from inside `<esi:vars>` into literal slices of `text` (zero-copy) and variables.
 /// Returns None when the text holds no well-formed variable reference.
 pub fn split_vars(text: &Bytes) -> Option<Vec<Segment<Bytes>>> {
-    let (first, var) = next_var(text, 0)?;
+    split_vars_in(text, &none_assigned)
+}
+
+/// [`split_vars`] in a document that assigned the names `assigned` accepts.
+pub fn split_vars_in(text: &Bytes, assigned: &dyn Fn(&str) -> bool) -> Option<Vec<Segment<Bytes>>> {
+    let (first, var) = next_var(text, 0, assigned)?;
     let mut segments = Vec::with_capacity(4);
     if first.start > 0 {
         segments.push(Segment::Literal(text.slice(..first.start)));
     }
     segments.push(Segment::Var(var));
     let mut pos = first.end;
-    while let Some((range, var)) = next_var(text, pos) {
+    while let Some((range, var)) = next_var(text, pos, assigned) {
         if range.start > pos {
             segments.push(Segment::Literal(text.slice(pos..range.start)));
         }
@@ -385,6 +435,39 @@ impl Request {
         }
     }
 
+    /// Sets the request method.
+    #[must_use]
+    pub fn with_method(mut self, v: impl Into<String>) -> Self {
+        self.method = Some(v.into());
+        self
+    }
+
+    /// Sets the request path (without the query).
+    #[must_use]
+    pub fn with_path(mut self, v: impl Into<String>) -> Self {
+        self.path = Some(v.into());
+        self
+    }
+
+    /// Sets the client connection's peer address.
+    #[must_use]
+    pub fn with_remote_addr(mut self, v: impl Into<String>) -> Self {
+        self.remote_addr = Some(v.into());
+        self
+    }
+
+    /// The variable's raw value with the policy applied, or its default when missing or empty:
+    /// `None` when missing (or hidden) with no default, `Some("")` when empty with none.
+    pub fn get<'a>(&'a self, var: &'a VarRef, policy: &VarPolicy) -> Option<Cow<'a, str>> {
+        match self.lookup(var, policy) {
+            Some(v) if !v.is_empty() => Some(v),
+            found => match &var.default {
+                Some(d) => Some(Cow::Borrowed(d)),
+                None => found,
+            },
+        }
+    }
+
     /// The value before defaults; None when missing or hidden by the policy.
     fn lookup(&self, var: &VarRef, policy: &VarPolicy) -> Option<Cow<'_, str>> {
         let key = var.key.as_deref();
@@ -432,6 +515,9 @@ impl Request {
                 None => borrowed(&self.query),
                 Some(name) => query_param(self.query.as_deref()?, name),
             },
+            VarName::RequestMethod => borrowed(&self.method),
+            VarName::RequestPath => borrowed(&self.path),
+            VarName::RemoteAddr => borrowed(&self.remote_addr),
             VarName::Unknown(_) => None,
         }
     }
@@ -459,18 +545,19 @@ fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// Parameter `name` of a raw query string, percent-decoded with `+` as space; the first match
-/// wins and a parameter without `=` has value "".
+/// Parameter `name` of a raw query string, its value as sent (not percent-decoded, as ESI 1.0
+/// and other processors give it; `$url_decode` decodes). Names compare after decoding, so
+/// `{k[]}` finds `k%5B%5D`. The first match wins and a parameter without `=` has value "".
 fn query_param<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k) == name).then(|| percent_decode(v))
+        (percent_decode(k) == name).then_some(Cow::Borrowed(v))
     })
 }
 
 /// Decodes `%XX` and `+`; a `%` not followed by two hex digits stays as written. Borrows when
 /// there is nothing to decode.
-fn percent_decode(s: &str) -> Cow<'_, str> {
+pub(crate) fn percent_decode(s: &str) -> Cow<'_, str> {
     if !s.bytes().any(|b| b == b'%' || b == b'+') {
         return Cow::Borrowed(s);
     }
@@ -643,8 +730,8 @@ impl Default for VarPolicy {
 // === rendering ===
 
 /// Renders a src/alt: literals as written, each variable's value percent-encoded (all bytes except
-/// ASCII alphanumerics and `-._~`), except a whole `$(QUERY_STRING)`, which keeps `&`, `=`, `+`,
-/// `%` so a query string passes through. With `policy.raw_output`, values are inserted unencoded.
+/// ASCII alphanumerics and `-._~`), except `$(QUERY_STRING)` and `$(QUERY_STRING{name})`, which
+/// keep `&`, `=`, `+`, `%`: their values are already encoded, as sent, and pass through. With `policy.raw_output`, values are inserted unencoded.
 ///
 /// A value never climbs the path: a path segment that a value has a byte in may not be a dot
 /// segment (`.`, `..`, or either spelled with `%2e`, which URL parsers take as the same).
@@ -667,8 +754,8 @@ pub fn render_url(s: &VarString, req: &Request, policy: &VarPolicy) -> Result<St
                 if policy.raw_output {
                     out.push_str(&value);
                 } else {
-                    let whole_query = var.name == VarName::QueryString && var.key.is_none();
-                    percent_encode(&value, whole_query, &mut out);
+                    let as_sent = var.name == VarName::QueryString;
+                    percent_encode(&value, as_sent, &mut out);
                 }
                 if out.len() > start {
                     values.push(start..out.len());
@@ -717,7 +804,9 @@ fn is_dot_segment(segment: &str) -> bool {
     )
 }
 
-fn percent_encode(value: &str, keep_query: bool, out: &mut String) {
+/// Percent-encodes `value` into `out`: every byte but ASCII alphanumerics and `-._~`, and with
+/// `keep_query` also `&=+%`.
+pub(crate) fn percent_encode(value: &str, keep_query: bool, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in value.as_bytes() {
         let keep = b.is_ascii_alphanumeric()

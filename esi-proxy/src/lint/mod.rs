@@ -134,6 +134,8 @@ fn check_nodes(nodes: &[Node], in_try: bool, walk: &mut Walk<'_>, findings: &mut
             Node::Inline { body, .. } => check_nodes(body, in_try, walk, findings),
             Node::Text(text) => walk.literal(text),
             Node::Vars(segments) => check_vars_output(segments, walk, findings),
+            // Checked when parsed: the name, the target and the expression.
+            Node::Assign(_) => {}
         }
     }
 }
@@ -228,6 +230,57 @@ mod tests {
             &[(1, 32, "inside a <script>, <style> or event handler")],
         ),
     ];
+
+    /// Misuses of the expression language: each an error at its element, with a message.
+    #[test]
+    fn expression_misuse_is_an_error_with_a_message() {
+        let cases: &[(&str, u32, u32, &str)] = &[
+            (
+                "<esi:choose>\n<esi:when test=\"$lowercase($(HTTP_HOST)) == 'a'\">x</esi:when></esi:choose>",
+                2,
+                1,
+                "unknown function `$lowercase`",
+            ),
+            (
+                "<esi:choose><esi:when test=\"$substr($(HTTP_HOST)) == 'a'\">x</esi:when></esi:choose>",
+                1,
+                13,
+                "`$substr` takes 2 or 3 arguments, found 1",
+            ),
+            (
+                "<esi:choose><esi:when test=\"$(HTTP_HOST) matches '(a'\">x</esi:when></esi:choose>",
+                1,
+                13,
+                "bad regular expression",
+            ),
+            (
+                "<esi:choose><esi:when test=\"[1, 2 has 1\">x</esi:when></esi:choose>",
+                1,
+                13,
+                "missing `]`",
+            ),
+            (
+                "<esi:choose><esi:when test=\"'a' has 'b' has 'c'\">x</esi:when></esi:choose>",
+                1,
+                13,
+                "comparisons do not chain",
+            ),
+            ("a\n<!--esi <esi:include src=\"/x\"/>", 2, 1, "<!--esi is not closed"),
+        ];
+        for (doc, line, col, part) in cases {
+            let errors: Vec<Finding> = lint(Bytes::from_static(doc.as_bytes()))
+                .into_iter()
+                .filter(|f| f.severity == Severity::Error)
+                .collect();
+            assert_eq!(errors.len(), 1, "{doc}: {errors:?}");
+            assert_eq!((errors[0].line, errors[0].col), (*line, *col), "{doc}");
+            assert!(
+                errors[0].message.contains(part),
+                "{doc}: {}",
+                errors[0].message
+            );
+        }
+    }
 
     #[test]
     fn vars_output_where_escaping_does_not_protect_is_warned() {

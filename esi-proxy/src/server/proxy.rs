@@ -180,7 +180,7 @@ impl Outgoing {
             .map_or("/", |p| p.as_str())
             .to_owned();
         let headers = origin_headers(&req, remote, &forwarding);
-        let vars = esi_vars(&req);
+        let vars = esi_vars(&req, remote);
         let method = req.method().clone();
         let body = timed_body(req.into_body(), server.request_body_timeout, metrics);
         Ok(Self {
@@ -566,8 +566,8 @@ impl Drop for InFlight {
     }
 }
 
-/// The values ESI variables read, from the client's request.
-fn esi_vars(req: &Request<Incoming>) -> esi::Request {
+/// The values ESI variables read, from the client's request and its peer's address.
+fn esi_vars(req: &Request<Incoming>, remote: SocketAddr) -> esi::Request {
     let h = req.headers();
     let get = |name: HeaderName| {
         h.get_all(name)
@@ -575,7 +575,10 @@ fn esi_vars(req: &Request<Incoming>) -> esi::Request {
             .filter_map(|v| v.to_str().ok())
             .collect::<Vec<_>>()
     };
-    let mut vars = esi::Request::new();
+    let mut vars = esi::Request::new()
+        .with_method(req.method().as_str())
+        .with_path(req.uri().path())
+        .with_remote_addr(remote.ip().to_canonical().to_string());
     if let Some(host) = get(header::HOST).first() {
         vars = vars.with_host(*host);
     }

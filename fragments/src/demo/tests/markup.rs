@@ -63,7 +63,7 @@ fn walk<'a>(nodes: &'a [Node], visit: &mut impl FnMut(&'a Node)) {
                 walk(otherwise.as_deref().unwrap_or_default(), visit);
             }
             Node::Inline { body, .. } => walk(body, visit),
-            Node::Text(_) | Node::Vars(_) | Node::Include(_) => {}
+            Node::Text(_) | Node::Vars(_) | Node::Include(_) | Node::Assign(_) => {}
         }
     }
 }

@@ -9,7 +9,7 @@ use http::HeaderName;
 
 use super::settings::{
     CacheRuleSettings, CacheSettings, CookieNames, EsiSettings, FetchSettings, HostSettings,
-    LogFormat, OnError, ServerSettings, Settings,
+    LogFormat, OnError, ServerSettings, Settings, SharedSettings,
 };
 use super::source::KeyMap;
 use super::{Config, ConfigError, Invalid};
@@ -209,7 +209,38 @@ impl Config {
             hit_for_pass: Duration::from_secs(c.hit_for_pass_s),
             key_headers,
             rules,
+            shared: self.validate_shared(p),
         }
+    }
+
+    fn validate_shared(&self, p: &mut Problems<'_>) -> Option<SharedSettings> {
+        let c = &self.cache.shared;
+        if c.url.is_empty() {
+            return None;
+        }
+        let url = p.check("cache.shared.url", redis_url(&c.url));
+        for (field, value) in [
+            ("cache.shared.timeout_ms", c.timeout_ms),
+            ("cache.shared.connect_timeout_ms", c.connect_timeout_ms),
+            ("cache.shared.lease_ms", c.lease_ms),
+            ("cache.shared.pool_size", c.pool_size as u64),
+            ("cache.shared.breaker_failures", u64::from(c.breaker_failures)),
+        ] {
+            if value == 0 {
+                p.push(field, "must be greater than 0".into());
+            }
+        }
+        Some(SharedSettings {
+            url: url?,
+            key_prefix: c.key_prefix.clone(),
+            timeout: Duration::from_millis(c.timeout_ms.max(1)),
+            connect_timeout: Duration::from_millis(c.connect_timeout_ms.max(1)),
+            pool_size: c.pool_size.max(1),
+            lease: Duration::from_millis(c.lease_ms.max(1)),
+            breaker_failures: c.breaker_failures.max(1),
+            breaker_open: Duration::from_millis(c.breaker_open_ms),
+            compress_min_bytes: c.compress_min_bytes,
+        })
     }
 
     fn validate_fetch(&self, p: &mut Problems<'_>) -> FetchSettings {
@@ -345,6 +376,19 @@ pub(super) fn settings(
     // Stable: problems on one line, or not in the file, keep the order they were found in.
     p.found.sort_by_key(|i| i.line);
     Err(ConfigError::Invalid { problems: p.found })
+}
+
+/// `text` when it is a URL the Redis client connects to.
+fn redis_url(text: &str) -> Result<String, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
+    match url.scheme() {
+        "redis" | "rediss" | "valkey" | "valkeys" if url.host_str().is_some() => Ok(text.into()),
+        "redis+unix" | "valkey+unix" | "unix" => Ok(text.into()),
+        "redis" | "rediss" | "valkey" | "valkeys" => Err("names no host".into()),
+        other => Err(format!(
+            "scheme {other:?}: expected redis, rediss or redis+unix"
+        )),
+    }
 }
 
 /// The header names of the list at `field`, lowercase and in order; each name that does not

@@ -12,6 +12,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Serialize;
 
+use crate::cache::SharedHealth;
 use crate::compose::Trace;
 use crate::telemetry::Metrics;
 
@@ -41,6 +42,9 @@ struct HealthDetail<'a> {
     /// The origin in force.
     origin: String,
     config: HealthConfig<'a>,
+    /// The shared cache tier; absent when none is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shared_cache: Option<SharedHealth>,
 }
 
 /// The reload part of `/_esi/health?detail`.
@@ -62,6 +66,20 @@ struct Purged<'a> {
     url: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     prefix: Option<&'a str>,
+    /// The shared tier's part, when one is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shared_cache: Option<SharedPurged>,
+}
+
+/// The shared tier's part of a purge: removed there and announced to every node, or not.
+#[derive(Debug, Serialize)]
+struct SharedPurged {
+    /// `announced`, or `failed` (Redis did not answer: other nodes may keep their copies).
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    removed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    generation: Option<u64>,
 }
 
 /// Serves one request under `/_esi/`.
@@ -85,16 +103,18 @@ pub(super) async fn serve(
                 }));
             }
             authorize(&rt, &req, remote)?;
-            Ok(json(&HealthDetail::new(
-                state.started.elapsed().as_secs(),
-                rt.origin.to_string(),
-                &reload,
-            )))
+            let mut detail =
+                HealthDetail::new(state.started.elapsed().as_secs(), rt.origin.to_string(), &reload);
+            detail.shared_cache = state.shared.as_ref().map(|tier| tier.health());
+            Ok(json(&detail))
         }
         (Method::GET | Method::HEAD, "/_esi/metrics") => {
             authorize(&rt, &req, remote)?;
             state.fragment_cache.publish_metrics();
             state.layout_cache.publish_metrics();
+            if let Some(tier) = &state.shared {
+                tier.publish_metrics();
+            }
             publish_runtime(&state.metrics);
             Ok(with_type(
                 full(state.metrics.render()),
@@ -106,7 +126,7 @@ pub(super) async fn serve(
         }
         (Method::POST, "/_esi/purge") => {
             authorize(&rt, &req, remote)?;
-            purge(state, &rt, &req)
+            purge(state, &rt, &req).await
         }
         (_, "/_esi/health" | "/_esi/metrics" | "/_esi/purge") => Err(Error::Refused(
             "method not allowed on this endpoint",
@@ -117,8 +137,14 @@ pub(super) async fn serve(
 }
 
 /// `POST /_esi/purge?url=U` drops every cached variant of `U`; `?prefix=P` drops every entry
-/// whose URL starts with `P`. A relative `U`/`P` is taken on the origin. Both caches.
-fn purge(state: &AppState, rt: &Runtime, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
+/// whose URL starts with `P`. A relative `U`/`P` is taken on the origin. Both caches, and the
+/// shared tier when configured: there the keys are removed and every node is told to drop
+/// its in-process copies.
+async fn purge(
+    state: &AppState,
+    rt: &Runtime,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, Error> {
     let one_target = || {
         Error::Refused(
             "purge takes exactly one of url= or prefix=",
@@ -169,11 +195,37 @@ fn purge(state: &AppState, rt: &Runtime, req: &Request<Incoming>) -> Result<Resp
         1,
     );
     tracing::info!(%kind, target = %absolute, "cache purged");
+    let shared_cache = match &state.shared {
+        Some(tier) => {
+            let result = if kind == "url" {
+                tier.purge_url(&absolute).await
+            } else {
+                tier.purge_prefix(&absolute).await
+            };
+            Some(match result {
+                Ok(done) => SharedPurged {
+                    status: "announced",
+                    removed: Some(done.removed),
+                    generation: Some(done.generation),
+                },
+                Err(error) => {
+                    tracing::warn!(%kind, target = %absolute, %error, "shared cache not purged");
+                    SharedPurged {
+                        status: "failed",
+                        removed: None,
+                        generation: None,
+                    }
+                }
+            })
+        }
+        None => None,
+    };
     let target = Some(absolute.as_str());
     Ok(json(&Purged {
         purged: true,
         url: target.filter(|_| kind == "url"),
         prefix: target.filter(|_| kind == "prefix"),
+        shared_cache,
     }))
 }
 
@@ -288,6 +340,7 @@ impl<'a> HealthDetail<'a> {
                 last_reload: reload.outcome(),
                 error: reload.last_error.as_deref(),
             },
+            shared_cache: None,
         }
     }
 }

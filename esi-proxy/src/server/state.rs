@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use crate::cache::{CachePolicy, CachingFetcher, FragmentCache, LayoutCache};
+use crate::cache::{CachePolicy, CachingFetcher, FragmentCache, LayoutCache, SharedTier};
 use crate::compose::{ComposeConfig, Composer};
 use crate::config::{Config, Settings};
 use crate::fetch::{BaseUrl, Fetcher, HttpClient, Lookup};
@@ -22,6 +22,8 @@ pub struct AppState {
     pub(super) metrics: Arc<Metrics>,
     pub(super) fragment_cache: Arc<FragmentCache>,
     pub(super) layout_cache: Arc<LayoutCache>,
+    /// The shared tier below both caches (`[cache.shared]`), fixed at start like them.
+    pub(super) shared: Option<Arc<SharedTier>>,
     pub(super) reload: Mutex<ReloadStatus>,
     pub(super) started: Instant,
 }
@@ -63,13 +65,23 @@ impl AppState {
             settings.cache.layout_capacity_bytes.max(1),
             Arc::clone(&metrics),
         );
-        let runtime = build_runtime(settings, &lookup, &metrics, &fragment_cache)?;
+        let shared = match (&settings.cache.shared, settings.cache.enabled) {
+            (Some(shared), true) => {
+                let tier = SharedTier::new(shared, Arc::clone(&metrics))
+                    .map_err(|e| ServerError::Config(e.to_string()))?;
+                tier.listen(&fragment_cache, &layout_cache);
+                Some(tier)
+            }
+            _ => None,
+        };
+        let runtime = build_runtime(settings, &lookup, &metrics, &fragment_cache, &shared)?;
         Ok(Arc::new(Self {
             runtime: RwLock::new(Arc::new(runtime)),
             lookup,
             metrics,
             fragment_cache,
             layout_cache,
+            shared,
             reload: Mutex::new(ReloadStatus::default()),
             started: Instant::now(),
         }))
@@ -78,6 +90,11 @@ impl AppState {
     /// The metrics this server records.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The shared tier, when `[cache.shared]` configures one.
+    pub fn shared(&self) -> Option<&Arc<SharedTier>> {
+        self.shared.as_ref()
     }
 
     /// The fragment cache (shared across reloads).
@@ -106,7 +123,13 @@ impl AppState {
 
     /// [`AppState::apply`] for a config already validated.
     pub(super) fn apply_settings(&self, settings: Settings) -> Result<(), ServerError> {
-        let runtime = build_runtime(settings, &self.lookup, &self.metrics, &self.fragment_cache)?;
+        let runtime = build_runtime(
+            settings,
+            &self.lookup,
+            &self.metrics,
+            &self.fragment_cache,
+            &self.shared,
+        )?;
         *self
             .runtime
             .write()
@@ -127,6 +150,7 @@ fn build_runtime(
     lookup: &Arc<dyn Lookup>,
     metrics: &Arc<Metrics>,
     fragment_cache: &Arc<FragmentCache>,
+    shared: &Option<Arc<SharedTier>>,
 ) -> Result<Runtime, ServerError> {
     let client = Arc::new(
         HttpClient::new(&settings, Arc::clone(lookup))
@@ -140,7 +164,8 @@ fn build_runtime(
             Arc::clone(fragment_cache),
             Arc::clone(&policy),
             compose.parse.clone(),
-        ))
+        )
+        .with_shared(shared.clone()))
     } else {
         Arc::clone(&client) as Arc<dyn Fetcher>
     };

@@ -4,6 +4,7 @@
 
 pub mod process;
 pub mod proxy;
+pub mod redis;
 pub mod tls;
 
 use std::collections::{HashMap, HashSet};

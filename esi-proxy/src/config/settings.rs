@@ -371,6 +371,7 @@ mod tests {
                 hit_for_pass: Duration::from_secs(30),
                 key_headers: Vec::new(),
                 rules: Vec::new(),
+                shared: None,
             },
         };
         assert_eq!(Config::default().settings().expect("valid"), want);

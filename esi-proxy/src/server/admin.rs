@@ -454,6 +454,7 @@ mod tests {
                 purged: true,
                 url: target.filter(|_| kind == "url"),
                 prefix: target.filter(|_| kind == "prefix"),
+                shared_cache: None,
             };
             assert_eq!(serde_json::to_string(&purged).expect("serializes"), want);
         }

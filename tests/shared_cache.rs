@@ -53,7 +53,10 @@ async fn origin(delay: Duration) -> Server {
             let body = format!("<p>f{i} n={}</p>", param("n"));
             return response(
                 200,
-                &[("content-type", "text/html"), ("cache-control", "max-age=60")],
+                &[
+                    ("content-type", "text/html"),
+                    ("cache-control", "max-age=60"),
+                ],
                 crate::support::full(body),
             );
         }
@@ -71,21 +74,26 @@ fn fragment_hits(origin: &Server) -> usize {
         .count()
 }
 
-/// A config file for nodes in front of `origin`, with the admin token.
-fn config(origin: &Server, name: &str) -> PathBuf {
+/// A config file for nodes in front of `origin`, with the admin token and `timeout_ms` for
+/// each Redis call.
+fn config(origin: &Server, name: &str, timeout_ms: u64) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("esi-proxy-shared-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("esi-proxy.toml");
-    // A loaded test machine runs debug builds side by side: calls get more than the 5 ms a
-    // production node on the same rack does.
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\norigin = \"{}\"\nadmin_token = \"{TOKEN}\"\n\n\
-         [cache.shared]\ntimeout_ms = 100\n",
+         [cache.shared]\ntimeout_ms = {timeout_ms}\n",
         origin.base()
     );
     std::fs::write(&path, text).expect("write config");
     path
 }
+
+/// Each Redis call's deadline where a test counts origin requests exactly. A loaded test
+/// machine runs debug builds side by side, and a call that misses its deadline sends its
+/// request to the origin (as it must): far more than the 5 ms default, which is for a
+/// production node near its Redis.
+const PATIENT_MS: u64 = 1000;
 
 /// One `esi-proxy serve` process.
 struct Node {
@@ -139,7 +147,10 @@ impl Node {
         }
         for i in 0..count {
             if !body.contains(&format!("<p>f{i} n={n}</p>")) {
-                return Err(format!("{}: page {n}: fragment {i} missing: {body}", self.addr));
+                return Err(format!(
+                    "{}: page {n}: fragment {i} missing: {body}",
+                    self.addr
+                ));
             }
         }
         Ok(())
@@ -157,7 +168,9 @@ impl Node {
     }
 
     async fn health(&self) -> serde_json::Value {
-        let resp = self.admin(reqwest::Method::GET, "/_esi/health?detail").await;
+        let resp = self
+            .admin(reqwest::Method::GET, "/_esi/health?detail")
+            .await;
         let text = resp.text().await.expect("health");
         let health: serde_json::Value = serde_json::from_str(&text).expect("health JSON");
         health["shared_cache"].clone()
@@ -193,14 +206,18 @@ impl Node {
 async fn a_fragment_fetched_through_one_node_is_served_by_another() {
     let redis = RedisServer::start().await;
     let origin = origin(Duration::ZERO).await;
-    let config = config(&origin, "share");
+    let config = config(&origin, "share", PATIENT_MS);
     let nodes = Node::cluster(&config, &redis, 2).await;
     let (a, b) = (&nodes[0], &nodes[1]);
 
     a.page(1, 10).await.expect("page through A");
     assert_eq!(fragment_hits(&origin), 10);
     b.page(1, 10).await.expect("page through B");
-    assert_eq!(fragment_hits(&origin), 10, "B served every fragment from Redis");
+    assert_eq!(
+        fragment_hits(&origin),
+        10,
+        "B served every fragment from Redis"
+    );
     let series = "esi_proxy_shared_cache_hits_total{cache=\"fragment\"}";
     assert_eq!(b.metric(series).await, 10.0);
 
@@ -221,13 +238,26 @@ async fn cold_pages_over_two_nodes_fetch_each_fragment_once() {
     let redis = RedisServer::start().await;
     // Slow fragments: every page request overlaps every fetch, on both nodes.
     let origin = origin(Duration::from_millis(300)).await;
-    let config = config(&origin, "cold");
+    let config = config(&origin, "cold", PATIENT_MS);
     let nodes = Node::cluster(&config, &redis, 2).await;
 
     let count = 20;
     let pages = (0..100).map(|i| nodes[i % 2].page(2, count));
     let results = futures::future::join_all(pages).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
+    for node in &nodes {
+        let text = node
+            .admin(reqwest::Method::GET, "/_esi/metrics")
+            .await
+            .text()
+            .await
+            .expect("metrics");
+        let shared: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("esi_proxy_shared"))
+            .collect();
+        eprintln!("{}: {}\n{shared:#?}", node.addr, node.health().await);
+    }
     for i in 0..count {
         let path = format!("/f/{i}");
         assert_eq!(origin.hits_on(&path), 1, "{path}");
@@ -245,7 +275,7 @@ async fn cold_pages_over_two_nodes_fetch_each_fragment_once() {
 async fn a_purge_on_one_node_reaches_the_others() {
     let redis = RedisServer::start().await;
     let origin = origin(Duration::ZERO).await;
-    let config = config(&origin, "purge");
+    let config = config(&origin, "purge", PATIENT_MS);
     let nodes = Node::cluster(&config, &redis, 2).await;
     let (a, b) = (&nodes[0], &nodes[1]);
     a.page(3, 3).await.expect("page through A");
@@ -255,21 +285,32 @@ async fn a_purge_on_one_node_reaches_the_others() {
     let purged = a.purge("url=/f/1%3Fn%3D3").await;
     let announced = Instant::now();
     assert_eq!(purged["shared_cache"]["status"], "announced", "{purged}");
-    assert_eq!(purged["shared_cache"]["removed"], 1, "{purged}");
+    // The stored variant and the URL's vary spec.
+    assert_eq!(purged["shared_cache"]["removed"], 2, "{purged}");
     let received = async {
         while b.health().await["stats"]["purges_received"] != 1 {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     };
-    tokio::time::timeout(MUST, received).await.expect("B hears the purge");
+    tokio::time::timeout(MUST, received)
+        .await
+        .expect("B hears the purge");
     let took = announced.elapsed();
     println!("purge on A applied on B after {took:?}");
     assert!(took < Duration::from_millis(100), "{took:?}");
 
     b.page(3, 3).await.expect("page through B after the purge");
-    assert_eq!(origin.hits_on("/f/1"), 2, "B dropped its copy and fetched again");
+    assert_eq!(
+        origin.hits_on("/f/1"),
+        2,
+        "B dropped its copy and fetched again"
+    );
     a.page(3, 3).await.expect("page through A after the purge");
-    assert_eq!(fragment_hits(&origin), 4, "A dropped its copy and took B's from Redis");
+    assert_eq!(
+        fragment_hits(&origin),
+        4,
+        "A dropped its copy and took B's from Redis"
+    );
 
     // Both nodes stop listening; meanwhile a purge goes out that neither hears (the shared
     // copy of f/2 removed, the generation bumped, no announcement).
@@ -282,15 +323,21 @@ async fn a_purge_on_one_node_reaches_the_others() {
         .await;
     assert_eq!(generation, "2");
     tokio::time::timeout(MUST, async {
-        while b.health().await["generation"] != 2 || b.health().await["purge_channel"] != "subscribed"
+        while b.health().await["generation"] != 2
+            || b.health().await["purge_channel"] != "subscribed"
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await
     .expect("B subscribes again and reads the generation");
-    assert_eq!(b.metric("esi_proxy_shared_cache_local_flushes_total").await, 1.0);
-    b.page(3, 3).await.expect("page through B after reconnecting");
+    assert_eq!(
+        b.metric("esi_proxy_shared_cache_local_flushes_total").await,
+        1.0
+    );
+    b.page(3, 3)
+        .await
+        .expect("page through B after reconnecting");
     assert_eq!(
         origin.hits_on("/f/2"),
         2,
@@ -304,7 +351,7 @@ async fn a_purge_on_one_node_reaches_the_others() {
 async fn pages_never_fail_while_redis_is_slow_or_down_and_sharing_resumes() {
     let mut redis = RedisServer::start().await;
     let origin = origin(Duration::ZERO).await;
-    let config = config(&origin, "down");
+    let config = config(&origin, "down", 100);
     let nodes = Arc::new(Node::cluster(&config, &redis, 2).await);
 
     // Four clients, each page cold (a new n), over both nodes; bounded by `stop` and a cap.
@@ -347,7 +394,7 @@ async fn pages_never_fail_while_redis_is_slow_or_down_and_sharing_resumes() {
     };
     wait_pages(40).await;
 
-    // Slow: Redis answers nothing for 800 ms; every call times out after its 5 ms.
+    // Slow: Redis answers nothing for 800 ms; every call times out after its 100 ms.
     let sleeper = {
         let url = redis.url();
         let port: u16 = url.rsplit(':').next().expect("port").parse().expect("port");
@@ -384,19 +431,34 @@ async fn pages_never_fail_while_redis_is_slow_or_down_and_sharing_resumes() {
         failures.extend(task.await.expect("load task"));
     }
     assert!(failures.is_empty(), "failed pages: {failures:?}");
-    let errors = nodes[0].metric("esi_proxy_shared_cache_errors_total{kind=\"timeout\"}").await
-        + nodes[1].metric("esi_proxy_shared_cache_errors_total{kind=\"timeout\"}").await;
+    let errors = nodes[0]
+        .metric("esi_proxy_shared_cache_errors_total{kind=\"timeout\"}")
+        .await
+        + nodes[1]
+            .metric("esi_proxy_shared_cache_errors_total{kind=\"timeout\"}")
+            .await;
     assert!(errors > 0.0, "the slow phase timed out calls");
-    let skipped = nodes[0].metric("esi_proxy_shared_cache_skipped_total").await
-        + nodes[1].metric("esi_proxy_shared_cache_skipped_total").await;
-    assert!(skipped > 0.0, "the breaker skipped calls while Redis was down");
+    let skipped = nodes[0]
+        .metric("esi_proxy_shared_cache_skipped_total")
+        .await
+        + nodes[1]
+            .metric("esi_proxy_shared_cache_skipped_total")
+            .await;
+    assert!(
+        skipped > 0.0,
+        "the breaker skipped calls while Redis was down"
+    );
 
     // Sharing again: what A fetches now, B serves with no origin request.
     let before = fragment_hits(&origin);
     nodes[0].page(1, 5).await.expect("page through A");
     assert_eq!(fragment_hits(&origin), before + 5);
     nodes[1].page(1, 5).await.expect("page through B");
-    assert_eq!(fragment_hits(&origin), before + 5, "B served A's fragments from Redis");
+    assert_eq!(
+        fragment_hits(&origin),
+        before + 5,
+        "B served A's fragments from Redis"
+    );
 }
 
 /// The figures for the closing note: origin requests for a cold start of three nodes with and
@@ -407,7 +469,7 @@ async fn pages_never_fail_while_redis_is_slow_or_down_and_sharing_resumes() {
 async fn three_node_cold_start_and_warm_overhead() {
     let redis = RedisServer::start().await;
     let origin = origin(Duration::from_millis(50)).await;
-    let config = config(&origin, "measure");
+    let config = config(&origin, "measure", PATIENT_MS);
     let count = 60;
 
     let mut cold = Vec::new();

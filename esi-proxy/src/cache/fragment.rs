@@ -443,7 +443,10 @@ impl CachingFetcher {
                     this.fill_shared(shared, &key_owned, &req_owned, credentials, revalidating)
                         .await
                 }
-                None => this.fetch_and_settle(&key_owned, &req_owned, credentials).await,
+                None => {
+                    this.fetch_and_settle(&key_owned, &req_owned, credentials)
+                        .await
+                }
             };
             // Before the waiters wake: a retry must start a new fetch, not find this one.
             drop(guard);

@@ -447,11 +447,7 @@ impl Lifetime for VarySpec {
 
 /// The names a key varies on: those the URL's response varied on and the policy's key
 /// headers for it, sorted and unique.
-pub(super) fn key_names(
-    policy: &CachePolicy,
-    url: &Url,
-    vary: &[HeaderName],
-) -> Arc<[HeaderName]> {
+pub(super) fn key_names(policy: &CachePolicy, url: &Url, vary: &[HeaderName]) -> Arc<[HeaderName]> {
     let mut names = policy.key_headers(url);
     names.extend(TOLD_UPSTREAM);
     merge_names(vary, &names)

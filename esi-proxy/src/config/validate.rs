@@ -224,7 +224,10 @@ impl Config {
             ("cache.shared.connect_timeout_ms", c.connect_timeout_ms),
             ("cache.shared.lease_ms", c.lease_ms),
             ("cache.shared.pool_size", c.pool_size as u64),
-            ("cache.shared.breaker_failures", u64::from(c.breaker_failures)),
+            (
+                "cache.shared.breaker_failures",
+                u64::from(c.breaker_failures),
+            ),
         ] {
             if value == 0 {
                 p.push(field, "must be greater than 0".into());

@@ -103,8 +103,11 @@ pub(super) async fn serve(
                 }));
             }
             authorize(&rt, &req, remote)?;
-            let mut detail =
-                HealthDetail::new(state.started.elapsed().as_secs(), rt.origin.to_string(), &reload);
+            let mut detail = HealthDetail::new(
+                state.started.elapsed().as_secs(),
+                rt.origin.to_string(),
+                &reload,
+            );
             detail.shared_cache = state.shared.as_ref().map(|tier| tier.health());
             Ok(json(&detail))
         }

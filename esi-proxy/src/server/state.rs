@@ -159,13 +159,15 @@ fn build_runtime(
     let policy = Arc::new(CachePolicy::from_config(&settings.cache));
     let compose = ComposeConfig::from_config(&settings);
     let fetcher: Arc<dyn Fetcher> = if settings.cache.enabled {
-        Arc::new(CachingFetcher::new(
-            Arc::clone(&client) as Arc<dyn Fetcher>,
-            Arc::clone(fragment_cache),
-            Arc::clone(&policy),
-            compose.parse.clone(),
+        Arc::new(
+            CachingFetcher::new(
+                Arc::clone(&client) as Arc<dyn Fetcher>,
+                Arc::clone(fragment_cache),
+                Arc::clone(&policy),
+                compose.parse.clone(),
+            )
+            .with_shared(shared.clone()),
         )
-        .with_shared(shared.clone()))
     } else {
         Arc::clone(&client) as Arc<dyn Fetcher>
     };

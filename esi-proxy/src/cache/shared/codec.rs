@@ -294,7 +294,12 @@ mod tests {
             (b"", TtlSource::Default, 1024, false),
             (b"<b>hi</b>", TtlSource::MaxAge, 1024, false),
             (long.as_bytes(), TtlSource::SMaxAge, 1024, true),
-            (long.as_bytes(), TtlSource::SurrogateControl, usize::MAX, false),
+            (
+                long.as_bytes(),
+                TtlSource::SurrogateControl,
+                usize::MAX,
+                false,
+            ),
             (long.as_bytes(), TtlSource::Rule(3, "/a/*".into()), 0, true),
         ];
         for (body, source, min, deflated) in cases {

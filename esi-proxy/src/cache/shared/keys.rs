@@ -178,9 +178,15 @@ mod tests {
     fn purge_patterns_escape_globs_and_stop_at_the_url() {
         let keys = Keys::new("a*:");
         let cases = [
-            (Urls::equal("http://a.test/f?q=[1]"), r"a\*:u:http://a.test/f\?q=\[1\] *"),
+            (
+                Urls::equal("http://a.test/f?q=[1]"),
+                r"a\*:u:http://a.test/f\?q=\[1\] *",
+            ),
             (Urls::prefix("http://a.test/"), r"a\*:u:http://a.test/*"),
-            (Urls::prefix("http://a.test/x?y*"), r"a\*:u:http://a.test/x\?y\**"),
+            (
+                Urls::prefix("http://a.test/x?y*"),
+                r"a\*:u:http://a.test/x\?y\**",
+            ),
         ];
         for (urls, want) in cases {
             assert_eq!(keys.pattern(&urls), want, "{urls:?}");

@@ -57,7 +57,9 @@ pub(super) async fn run(
                         tokio::time::sleep(backoff).await;
                         continue;
                     }
-                    strong.listening.store(true, std::sync::atomic::Ordering::Relaxed);
+                    strong
+                        .listening
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                 }
                 None => return,
             }
@@ -72,7 +74,9 @@ pub(super) async fn run(
                 }
             }
             match tier.upgrade() {
-                Some(strong) => strong.listening.store(false, std::sync::atomic::Ordering::Relaxed),
+                Some(strong) => strong
+                    .listening
+                    .store(false, std::sync::atomic::Ordering::Relaxed),
                 None => return,
             }
             tracing::warn!("shared cache purge channel lost; subscribing again");
@@ -143,7 +147,11 @@ impl SharedTier {
         *heard = Some(heard.map_or(a.generation, |last| last.max(a.generation)));
         drop(heard);
         self.stats.purge_received();
-        tracing::debug!(generation = a.generation, target = a.target, "purge announcement applied");
+        tracing::debug!(
+            generation = a.generation,
+            target = a.target,
+            "purge announcement applied"
+        );
     }
 }
 

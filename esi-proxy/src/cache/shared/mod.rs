@@ -30,10 +30,10 @@ use crate::telemetry::Metrics;
 pub use breaker::BreakerState;
 use client::{Mode, Redis};
 use codec::Value;
-pub(super) use keys::Kind;
 use keys::Keys;
-pub use stats::StatsView;
+pub(super) use keys::Kind;
 use stats::Stats;
+pub use stats::StatsView;
 
 /// Takes the value of `KEYS[1]` when there is one, else the lease `KEYS[2]` (token `ARGV[1]`,
 /// for `ARGV[2]` ms) when nobody holds it, in one atomic step: a node never leads the fetch of
@@ -274,7 +274,10 @@ impl SharedTier {
                 key = theirs;
                 record = match self
                     .redis
-                    .query(Mode::Serving, redis::cmd("GET").arg(self.keys.value(kind, &key)))
+                    .query(
+                        Mode::Serving,
+                        redis::cmd("GET").arg(self.keys.value(kind, &key)),
+                    )
                     .await
                 {
                     Ok(record) => record,
@@ -302,7 +305,11 @@ impl SharedTier {
             .arg(token)
             .arg(millis(self.lease_for))
             .clone();
-        match self.redis.query::<(i64, Vec<u8>)>(Mode::Serving, &cmd).await {
+        match self
+            .redis
+            .query::<(i64, Vec<u8>)>(Mode::Serving, &cmd)
+            .await
+        {
             Ok((1, record)) => match self.restore(key, &record) {
                 Some(entry) => Lease::Filled(entry),
                 // Unreadable: fetch without the lease; this node's value replaces it.
@@ -322,7 +329,11 @@ impl SharedTier {
 
     /// What a follower sees of `key`: its value (if stored now) and whether a lease on it
     /// still stands; `None` when the tier did not answer.
-    pub(super) async fn poll(&self, kind: Kind, key: &CacheKey) -> Option<(Option<SharedEntry>, bool)> {
+    pub(super) async fn poll(
+        &self,
+        kind: Kind,
+        key: &CacheKey,
+    ) -> Option<(Option<SharedEntry>, bool)> {
         let mut pipe = redis::pipe();
         pipe.get(self.keys.value(kind, key))
             .exists(self.keys.lease(kind, key));
@@ -359,7 +370,11 @@ impl SharedTier {
         }
         let value = Value {
             stored_at_ms: millis(unix_now().saturating_sub(age)),
-            times: [entry.ttl, entry.stale_while_revalidate, entry.stale_if_error],
+            times: [
+                entry.ttl,
+                entry.stale_while_revalidate,
+                entry.stale_if_error,
+            ],
             status: entry.status.as_u16(),
             source: entry.source.clone(),
             names: entry.names.to_vec(),
@@ -383,7 +398,12 @@ impl SharedTier {
             .arg("PX")
             .arg(ms)
             .ignore();
-        if self.redis.pipeline::<()>(Mode::Serving, &pipe).await.is_ok() {
+        if self
+            .redis
+            .pipeline::<()>(Mode::Serving, &pipe)
+            .await
+            .is_ok()
+        {
             self.stats.write(kind);
         }
     }

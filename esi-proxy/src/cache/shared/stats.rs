@@ -101,7 +101,11 @@ impl Stats {
     /// A call not made: the breaker is open.
     pub(super) fn skipped(&self) {
         self.skipped.fetch_add(1, Relaxed);
-        self.count(SKIPPED, "Shared tier calls skipped while its breaker was open.", None);
+        self.count(
+            SKIPPED,
+            "Shared tier calls skipped while its breaker was open.",
+            None,
+        );
     }
 
     /// A call made, and how long it took.
@@ -133,7 +137,11 @@ impl Stats {
     /// A purge this node announced to the others.
     pub(super) fn purge_published(&self) {
         self.purges_published.fetch_add(1, Relaxed);
-        self.count(PURGES_PUBLISHED, "Purges announced to the other nodes.", None);
+        self.count(
+            PURGES_PUBLISHED,
+            "Purges announced to the other nodes.",
+            None,
+        );
     }
 
     /// A purge announcement applied to the in-process caches.
@@ -157,7 +165,11 @@ impl Stats {
             errors: self.errors.load(Relaxed),
             skipped: self.skipped.load(Relaxed),
             calls,
-            mean_call_us: self.call_micros.load(Relaxed).checked_div(calls).unwrap_or(0),
+            mean_call_us: self
+                .call_micros
+                .load(Relaxed)
+                .checked_div(calls)
+                .unwrap_or(0),
             purges_published: self.purges_published.load(Relaxed),
             purges_received: self.purges_received.load(Relaxed),
         }

@@ -10,12 +10,17 @@ use futures::future::FutureExt;
 use http::{HeaderMap, StatusCode};
 use url::Url;
 
+use bytes::Bytes;
+
+use super::entry::Entry;
 use super::policy::{CachePolicy, Credentials, Decision, TtlSource};
+use super::shared::{Found, Kind as SharedKind, SharedEntry, SharedTier};
 use super::store::{
     cache_url, kept_headers, run_soon, weigh, Kind, Lifetime, Store, Stored, Urls, Variant,
 };
 use super::{LAYOUT_BYTES, LAYOUT_ENTRIES};
 use crate::esi::Template;
+use crate::fetch::Fragment;
 use crate::telemetry::Metrics;
 
 /// The layout store's names in moka and in metrics.
@@ -122,29 +127,18 @@ impl LayoutCache {
         template: Arc<Template>,
         body_bytes: usize,
     ) -> bool {
-        let text: Arc<str> = cache_url(url).into();
-        let credentials = Credentials::of(request_headers, true);
-        let (ttl, source) = match policy.decide_for(url, status, response_headers, credentials) {
-            Decision::Store { ttl, source, .. } => (ttl, source),
-            Decision::Pass(reason) => {
-                tracing::debug!(url = %text, reason, "layout not stored");
-                return false;
-            }
+        let Some(admitted) = admit(policy, url, request_headers, status, response_headers) else {
+            return false;
         };
-        let Variant { key, vary, .. } = Variant::of(
-            policy,
-            url,
-            &text,
-            request_headers,
-            credentials,
-            response_headers,
-        );
-        let mut headers = kept_headers(response_headers);
-        headers.remove(crate::headers::SURROGATE_CONTROL);
-        headers.remove(http::header::CONTENT_LENGTH);
+        let Admitted {
+            variant: Variant { key, vary, .. },
+            headers,
+            ttl,
+            source,
+        } = admitted;
         let weight = weigh(&key, &headers, body_bytes);
         tracing::debug!(
-            url = %text,
+            url = %key.url,
             ttl_source = %source,
             ttl_s = ttl.as_secs(),
             bytes = weight,
@@ -160,6 +154,116 @@ impl LayoutCache {
         });
         let slot = LayoutSlot { layout, weight };
         run_soon(self.store.insert(key, vary, slot).boxed())
+    }
+
+    /// Whether [`LayoutCache::insert`] would store a layout with this status and these headers.
+    pub fn storable(
+        &self,
+        policy: &CachePolicy,
+        url: &Url,
+        request_headers: &HeaderMap,
+        status: StatusCode,
+        response_headers: &HeaderMap,
+    ) -> bool {
+        admit(policy, url, request_headers, status, response_headers).is_some()
+    }
+
+    /// Stores a layout's decoded `body` in the shared tier for every node, as
+    /// [`LayoutCache::insert`] stores its parse here (same policy, key and TTL); the write runs
+    /// in the background. Returns whether the policy allows it.
+    #[allow(clippy::too_many_arguments)] // As `insert`, plus the tier.
+    pub fn share(
+        &self,
+        tier: &Arc<SharedTier>,
+        policy: &CachePolicy,
+        url: &Url,
+        request_headers: &HeaderMap,
+        status: StatusCode,
+        response_headers: &HeaderMap,
+        body: Bytes,
+    ) -> bool {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let Some(admitted) = admit(policy, url, request_headers, status, response_headers) else {
+            return false;
+        };
+        let Admitted {
+            variant: Variant { key, vary, names },
+            headers,
+            ttl,
+            source,
+        } = admitted;
+        let fragment = Fragment {
+            status,
+            headers,
+            body,
+            cache: None,
+            template: None,
+        };
+        let entry = Entry::new(
+            key,
+            names,
+            fragment,
+            [ttl, Duration::ZERO, Duration::ZERO],
+            source,
+        );
+        let tier = Arc::clone(tier);
+        runtime.spawn(async move { tier.store(SharedKind::Layout, &entry, &vary).await });
+        true
+    }
+
+    /// A fresh layout another node stored in the shared tier for this URL and these request
+    /// headers, parsed here by `parse` (parsed templates stay per node) and kept here for the
+    /// rest of its TTL; `None` when the tier has none or does not answer in time.
+    pub async fn get_shared(
+        &self,
+        tier: &SharedTier,
+        policy: &CachePolicy,
+        url: &Url,
+        request_headers: &HeaderMap,
+        parse: impl FnOnce(Bytes) -> Template,
+    ) -> Option<Arc<CachedLayout>> {
+        let text: Arc<str> = cache_url(url).into();
+        let credentials = Credentials::of(request_headers, true);
+        let key = self
+            .store
+            .key_now(policy, url, &text, request_headers, credentials);
+        let found = tier
+            .lookup(
+                SharedKind::Layout,
+                policy,
+                url,
+                &key,
+                request_headers,
+                credentials,
+            )
+            .await;
+        let Found::Answer {
+            entry: Some(SharedEntry { entry, vary }),
+            ..
+        } = found
+        else {
+            return None;
+        };
+        if entry.stored_at.elapsed() >= entry.ttl {
+            return None;
+        }
+        let weight = entry.weight;
+        let layout = Arc::new(CachedLayout {
+            status: entry.status,
+            headers: entry.headers.clone(),
+            template: Arc::new(parse(entry.body.clone())),
+            source: entry.source.clone(),
+            stored_at: entry.stored_at,
+            ttl: entry.ttl,
+        });
+        let slot = LayoutSlot {
+            layout: Arc::clone(&layout),
+            weight,
+        };
+        self.store.insert(entry.key.clone(), vary, slot).await;
+        Some(layout)
     }
 
     /// Drops every layout whose URL equals `url` (all variants), as
@@ -183,6 +287,54 @@ impl fmt::Debug for LayoutCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.store.describe("LayoutCache", f)
     }
+}
+
+// === helpers ===
+
+/// What the policy lets a layout be stored as.
+struct Admitted {
+    variant: Variant,
+    /// The origin's headers as clients get them.
+    headers: HeaderMap,
+    ttl: Duration,
+    source: TtlSource,
+}
+
+/// How a layout response is stored, if the policy allows: its key, the headers kept (less
+/// `Surrogate-Control`, `Content-Length` and hop-by-hop headers), TTL and its source.
+fn admit(
+    policy: &CachePolicy,
+    url: &Url,
+    request_headers: &HeaderMap,
+    status: StatusCode,
+    response_headers: &HeaderMap,
+) -> Option<Admitted> {
+    let text: Arc<str> = cache_url(url).into();
+    let credentials = Credentials::of(request_headers, true);
+    let (ttl, source) = match policy.decide_for(url, status, response_headers, credentials) {
+        Decision::Store { ttl, source, .. } => (ttl, source),
+        Decision::Pass(reason) => {
+            tracing::debug!(url = %text, reason, "layout not stored");
+            return None;
+        }
+    };
+    let variant = Variant::of(
+        policy,
+        url,
+        &text,
+        request_headers,
+        credentials,
+        response_headers,
+    );
+    let mut headers = kept_headers(response_headers);
+    headers.remove(crate::headers::SURROGATE_CONTROL);
+    headers.remove(http::header::CONTENT_LENGTH);
+    Some(Admitted {
+        variant,
+        headers,
+        ttl,
+        source,
+    })
 }
 
 // === impl LayoutSlot ===

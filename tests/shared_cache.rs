@@ -3,7 +3,7 @@
 //! fragment request. Sharing, one fetch per cluster, purges everywhere, and pages that never
 //! fail while Redis is down.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -111,7 +111,7 @@ struct Node {
 }
 
 impl Node {
-    async fn start(config: &PathBuf, redis: Option<&str>) -> Node {
+    async fn start(config: &Path, redis: Option<&str>) -> Node {
         let mut args = vec!["--config", config.to_str().expect("UTF-8")];
         if let Some(url) = redis {
             args.extend(["--redis", url]);
@@ -121,7 +121,7 @@ impl Node {
     }
 
     /// Starts `count` nodes sharing `redis`, each subscribed to purges before it returns.
-    async fn cluster(config: &PathBuf, redis: &RedisServer, count: usize) -> Vec<Node> {
+    async fn cluster(config: &Path, redis: &RedisServer, count: usize) -> Vec<Node> {
         let mut nodes = Vec::new();
         for _ in 0..count {
             let node = Node::start(config, Some(&redis.url())).await;

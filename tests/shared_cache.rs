@@ -106,7 +106,7 @@ const PATIENT_MS: u64 = 5000;
 
 /// One `esi-proxy serve` process.
 struct Node {
-    _proc: Proc,
+    proc: Proc,
     addr: String,
 }
 
@@ -117,7 +117,7 @@ impl Node {
             args.extend(["--redis", url]);
         }
         let (proc, addr) = process::serve(&args).await;
-        Node { _proc: proc, addr }
+        Node { proc, addr }
     }
 
     /// Starts `count` nodes sharing `redis`, each subscribed to purges before it returns.
@@ -319,6 +319,55 @@ async fn cold_pages_over_two_nodes_fetch_each_fragment_once() {
     let leader = "esi_proxy_shared_cache_leases_total{outcome=\"leader\"}";
     let leaders = nodes[0].metric(leader).await + nodes[1].metric(leader).await;
     assert_eq!(leaders, count as f64, "one lease per fragment");
+}
+
+/// Item 2, failure: a leader that dies mid-fetch releases the key when its lease expires; the
+/// node waiting on it then fetches the fragment itself, and its page is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_dies_mid_fetch_releases_the_key_by_lease_expiry() {
+    let redis = RedisServer::start().await;
+    let origin = Arc::new(origin(Duration::from_millis(1000)).await);
+    let config = config(&origin, "leader", PATIENT_MS);
+    let nodes: Vec<Arc<Node>> = Node::cluster(&config, &redis, 2)
+        .await
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    let (a, b) = (Arc::clone(&nodes[0]), Arc::clone(&nodes[1]));
+
+    let leader = tokio::spawn(async move { a.page(5, 1).await });
+    tokio::time::timeout(MUST, async {
+        while origin.hits_on("/f/0") == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("A asks the origin");
+    let follower = tokio::spawn(async move { b.page(5, 1).await });
+    let series = "esi_proxy_shared_cache_leases_total{outcome=\"follower\"}";
+    tokio::time::timeout(MUST, async {
+        while nodes[1].metric(series).await != 1.0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("B waits on A's lease");
+
+    // A dies holding the lease (SIGKILL: nothing is released).
+    nodes[0].proc.signal("KILL").await;
+    assert!(
+        leader.await.expect("joined").is_err(),
+        "A's page dies with A"
+    );
+    follower
+        .await
+        .expect("joined")
+        .expect("B's page is whole once the lease expired");
+    assert_eq!(
+        origin.hits_on("/f/0"),
+        2,
+        "A's fetch, then B's after the lease"
+    );
 }
 
 /// Item 3: a purge on A removes the shared copy and reaches B's in-process cache within

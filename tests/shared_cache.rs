@@ -593,6 +593,15 @@ async fn three_node_cold_start_and_warm_overhead() {
         if shared {
             for node in &nodes {
                 println!("shared tier after the cold start: {}", node.health().await);
+                let text = node
+                    .admin(reqwest::Method::GET, "/_esi/metrics")
+                    .await
+                    .text()
+                    .await
+                    .expect("metrics");
+                for line in text.lines().filter(|l| l.contains("shared_cache_errors")) {
+                    println!("  {line}");
+                }
             }
         }
     }

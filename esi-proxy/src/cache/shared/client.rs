@@ -54,7 +54,10 @@ impl Redis {
             url: settings.url.clone(),
             reason: e.to_string(),
         })?;
+        // Each call's deadline is ours (`timeout`); the client's own (500 ms) would cut a
+        // patient one short.
         let config = ConnectionManagerConfig::new()
+            .set_response_timeout(None)
             .set_connection_timeout(Some(settings.connect_timeout))
             .set_number_of_retries(2)
             .set_min_delay(Duration::from_millis(10))

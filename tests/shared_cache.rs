@@ -599,7 +599,10 @@ async fn three_node_cold_start_and_warm_overhead() {
                     .text()
                     .await
                     .expect("metrics");
-                for line in text.lines().filter(|l| l.contains("shared_cache_errors")) {
+                for line in text
+                    .lines()
+                    .filter(|l| l.starts_with("esi_proxy_shared_cache_errors"))
+                {
                     println!("  {line}");
                 }
             }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::FutureExt;
 use http::{HeaderMap, StatusCode};
+use moka::future::Cache;
 use url::Url;
 
 use bytes::Bytes;
@@ -16,7 +17,8 @@ use super::entry::Entry;
 use super::policy::{CachePolicy, Credentials, Decision, TtlSource};
 use super::shared::{Found, Kind as SharedKind, SharedEntry, SharedTier};
 use super::store::{
-    cache_url, kept_headers, run_soon, weigh, Kind, Lifetime, Store, Stored, Urls, Variant,
+    cache_url, kept_headers, run_soon, side_capacity, weigh, ByLifetime, Kind, Lifetime, Store,
+    Stored, Urls, Variant, SIDE_OVERHEAD,
 };
 use super::{LAYOUT_BYTES, LAYOUT_ENTRIES};
 use crate::esi::Template;
@@ -45,7 +47,14 @@ static LAYOUTS: Kind = Kind {
 /// housekeeping counts as a miss rather than blocking.
 pub struct LayoutCache {
     store: Store<LayoutSlot>,
+    /// URLs whose last layout could not be stored: the shared tier is not asked for them
+    /// (for the policy's hit-for-pass time), so an uncacheable page costs no Redis call.
+    unshared: Cache<Arc<str>, NotShared>,
 }
+
+/// A URL the shared tier is not asked about, for this long.
+#[derive(Debug, Clone, Copy)]
+struct NotShared(Duration);
 
 /// A parsed layout as the layout cache keeps it.
 #[derive(Debug)]
@@ -78,8 +87,17 @@ impl LayoutCache {
     /// An empty layout cache keeping at most `capacity_bytes` (decoded layout bytes, kept
     /// headers and keys).
     pub fn new(capacity_bytes: u64, metrics: Arc<Metrics>) -> Arc<Self> {
+        let unshared = Cache::builder()
+            .name("esi-proxy layouts not shared")
+            .max_capacity(side_capacity(capacity_bytes))
+            .weigher(|url: &Arc<str>, _: &NotShared| {
+                u32::try_from(url.len() + SIDE_OVERHEAD).unwrap_or(u32::MAX)
+            })
+            .expire_after(ByLifetime)
+            .build();
         Arc::new(Self {
             store: Store::new(&LAYOUTS, capacity_bytes, metrics),
+            unshared,
         })
     }
 
@@ -157,6 +175,8 @@ impl LayoutCache {
     }
 
     /// Whether [`LayoutCache::insert`] would store a layout with this status and these headers.
+    /// When it would not, the shared tier is not asked for `url` for the policy's hit-for-pass
+    /// time (see [`LayoutCache::get_shared`]).
     pub fn storable(
         &self,
         policy: &CachePolicy,
@@ -165,7 +185,13 @@ impl LayoutCache {
         status: StatusCode,
         response_headers: &HeaderMap,
     ) -> bool {
-        admit(policy, url, request_headers, status, response_headers).is_some()
+        let storable = admit(policy, url, request_headers, status, response_headers).is_some();
+        let hit_for_pass = policy.hit_for_pass();
+        if !storable && !hit_for_pass.is_zero() {
+            let (unshared, text) = (self.unshared.clone(), Arc::<str>::from(cache_url(url)));
+            run_soon(async move { unshared.insert(text, NotShared(hit_for_pass)).await }.boxed());
+        }
+        storable
     }
 
     /// Stores a layout's decoded `body` in the shared tier for every node, as
@@ -215,7 +241,8 @@ impl LayoutCache {
 
     /// A fresh layout another node stored in the shared tier for this URL and these request
     /// headers, parsed here by `parse` (parsed templates stay per node) and kept here for the
-    /// rest of its TTL; `None` when the tier has none or does not answer in time.
+    /// rest of its TTL; `None` when the tier has none or does not answer in time, and without
+    /// asking it when this URL's last layout could not be stored.
     pub async fn get_shared(
         &self,
         tier: &SharedTier,
@@ -225,6 +252,9 @@ impl LayoutCache {
         parse: impl FnOnce(Bytes) -> Template,
     ) -> Option<Arc<CachedLayout>> {
         let text: Arc<str> = cache_url(url).into();
+        if self.unshared.get(&text).await.is_some() {
+            return None;
+        }
         let credentials = Credentials::of(request_headers, true);
         let key = self
             .store
@@ -338,6 +368,12 @@ fn admit(
 }
 
 // === impl LayoutSlot ===
+
+impl Lifetime for NotShared {
+    fn lifetime(&self) -> Duration {
+        self.0
+    }
+}
 
 impl Lifetime for LayoutSlot {
     fn lifetime(&self) -> Duration {

@@ -1,6 +1,7 @@
 //! The README's commands, run exactly as written, from the repository root, through `bash` and
 //! `cargo`: the demo serves its composed page and stops on Ctrl-C, `lint` prints what the README
-//! shows, both `serve` lines compose a page from an origin on the README's port, `check-config`
+//! shows, every `serve` line composes a page from an origin on the README's port (the
+//! several-nodes ones on the README's `redis-server`, kept running for them), `check-config`
 //! accepts the documented config, and the benches named exist. A command the README gains that
 //! this file does not know fails the test, so no command can be shown without being checked.
 
@@ -41,6 +42,9 @@ async fn every_command_the_readme_shows_runs_as_written() {
         "the README's first command is the demo: {commands:?}"
     );
     let mut timeout = FIRST_BUILD;
+    // Servers a command started for the commands after it (the shared tier's redis-server),
+    // stopped when the test ends.
+    let mut servers = Vec::new();
     for command in commands {
         // Words up to a trailing `# comment`, which `sh` ignores too.
         let words: Vec<&str> = command
@@ -63,6 +67,9 @@ async fn every_command_the_readme_shows_runs_as_written() {
             }
             ["cargo", "run", "--release", "--", "serve", ..] => {
                 serve(root, command, timeout).await;
+            }
+            ["redis-server", "--port", port, ..] => {
+                servers.push(redis_server(root, command, port));
             }
             ["cargo", "run", "--release", "--", "check-config", ..] => {
                 let (status, out) = run_to_end(root, command, timeout);
@@ -174,6 +181,33 @@ async fn serve(root: &Path, command: &str, timeout: Duration) {
     origin.abort();
     let _ = origin.await; // the listener is closed once the task is gone
     assert!(status.success(), "{command} exits 0 on Ctrl-C: {status:?}");
+}
+
+/// `redis-server --port P ...`: started and kept running for the `serve --redis` lines after it,
+/// once it answers PING on its port.
+fn redis_server(root: &Path, command: &str, port: &str) -> Spawned {
+    use std::io::Write as _;
+
+    let port: u16 = port.parse().expect("the README's Redis port is a number");
+    let server = Spawned::new(root, command);
+    let deadline = Instant::now() + STEP;
+    loop {
+        let pong = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut stream| {
+            stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+            stream.write_all(b"PING\r\n")?;
+            let mut reply = [0; 7];
+            stream.read_exact(&mut reply)?;
+            Ok(reply)
+        });
+        if pong.is_ok_and(|reply| &reply == b"+PONG\r\n") {
+            return server;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{command}: no PONG on port {port} within {STEP:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A hyper origin on exactly `addr` (the README names the port): the layout at `/`, its

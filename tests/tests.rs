@@ -24,6 +24,7 @@ mod proxy;
 mod proxy_limits;
 mod readme;
 mod reload;
+mod shared_cache;
 mod shutdown;
 mod support;
 mod targets;

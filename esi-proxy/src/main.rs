@@ -55,6 +55,9 @@ enum Command {
         /// Turn every cache off (for benchmarks and debugging).
         #[arg(long)]
         no_cache: bool,
+        /// The shared cache tier on Redis (`cache.shared.url`), e.g. redis://127.0.0.1:6379.
+        #[arg(long)]
+        redis: Option<String>,
         /// Log JSON lines instead of text.
         #[arg(long)]
         json_logs: bool,
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
             listen,
             origin,
             no_cache,
+            redis,
             json_logs,
         } => serve(
             config,
@@ -88,6 +92,7 @@ fn main() -> ExitCode {
                 listen,
                 origin,
                 no_cache,
+                redis,
             },
             json_logs,
         ),
@@ -109,6 +114,7 @@ struct Overrides {
     listen: Option<String>,
     origin: Option<String>,
     no_cache: bool,
+    redis: Option<String>,
 }
 
 impl Overrides {
@@ -121,6 +127,9 @@ impl Overrides {
         }
         if self.no_cache {
             config.cache.enabled = false;
+        }
+        if let Some(redis) = &self.redis {
+            config.cache.shared.url.clone_from(redis);
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod fault;
 pub mod process;
 pub mod proxy;
+pub mod redis;
 pub mod tls;
 
 use std::collections::{HashMap, HashSet};

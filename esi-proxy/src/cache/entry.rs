@@ -42,13 +42,13 @@ pub(super) struct Entry {
     /// The header names `key` was computed from (sorted), so a request that waited on this
     /// response can tell whether it is its variant.
     pub(super) names: Arc<[HeaderName]>,
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
+    pub(super) status: StatusCode,
+    pub(super) headers: HeaderMap,
+    pub(super) body: Bytes,
     pub(super) stored_at: Instant,
     pub(super) ttl: Duration,
     pub(super) stale_while_revalidate: Duration,
-    stale_if_error: Duration,
+    pub(super) stale_if_error: Duration,
     pub(super) source: TtlSource,
     pub(super) weight: u32,
     /// Whether the response is marked as ESI.
@@ -69,6 +69,19 @@ impl Entry {
         times: [Duration; 3],
         source: TtlSource,
     ) -> Arc<Self> {
+        Self::aged(key, names, fragment, times, source, Duration::ZERO)
+    }
+
+    /// [`Entry::new`] for a response stored `age` ago (by another node, in the shared tier).
+    pub(super) fn aged(
+        key: CacheKey,
+        names: Arc<[HeaderName]>,
+        fragment: Fragment,
+        times: [Duration; 3],
+        source: TtlSource,
+        age: Duration,
+    ) -> Arc<Self> {
+        let now = Instant::now();
         let [ttl, stale_while_revalidate, stale_if_error] = times;
         let esi = fragment.is_esi();
         let headers = kept_headers(&fragment.headers);
@@ -79,7 +92,7 @@ impl Entry {
             status: fragment.status,
             headers,
             body: fragment.body,
-            stored_at: Instant::now(),
+            stored_at: now.checked_sub(age).unwrap_or(now),
             ttl,
             stale_while_revalidate,
             stale_if_error,

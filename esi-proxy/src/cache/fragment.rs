@@ -15,6 +15,7 @@ use url::Url;
 
 use super::entry::{Entry, EntryInfo};
 use super::policy::{CachePolicy, Credentials, Decision};
+use super::shared::{Found, Kind as SharedKind, Lease, SharedEntry, SharedTier};
 use super::store::{
     cache_url, invalidate, side_capacity, ByLifetime, CacheKey, Kind, Lifetime, Store, Urls,
     Variant, SIDE_OVERHEAD,
@@ -26,6 +27,11 @@ use crate::fetch::{
     FragmentRequest, OriginBody, OriginRequest,
 };
 use crate::telemetry::Metrics;
+
+/// First pause of a node waiting for another node's fetch; it doubles up to [`MAX_POLL`].
+const FIRST_POLL: Duration = Duration::from_millis(2);
+/// Longest pause between two looks at a key another node is fetching.
+const MAX_POLL: Duration = Duration::from_millis(25);
 
 /// How often one request looks the cache up again: a Vary mismatch with the response it
 /// waited for, or a retry after a failed shared fetch. Past it, the request fetches alone.
@@ -69,6 +75,8 @@ pub struct CachingFetcher {
     policy: Arc<CachePolicy>,
     /// How a stored ESI fragment is parsed, once per entry.
     parse: Arc<ParseOptions>,
+    /// The shared tier below `cache`, when configured.
+    shared: Option<Arc<SharedTier>>,
 }
 
 /// A key whose last response could not be stored, for this long.
@@ -90,6 +98,10 @@ enum Lookup {
 enum Outcome {
     /// Stored: anyone whose key matches the entry's may use it.
     Stored(Arc<Entry>),
+    /// Found in the shared tier (and now in this cache too), to be served with this status:
+    /// fresh ([`CacheStatus::Hit`]), within stale-while-revalidate, or within stale-if-error
+    /// after the fetch failed.
+    Shared(Arc<Entry>, CacheStatus),
     /// Not storable: for the request that started the fetch only.
     Passed(Arc<Fragment>),
 }
@@ -262,7 +274,15 @@ impl CachingFetcher {
             cache,
             policy,
             parse: Arc::new(parse),
+            shared: None,
         }
+    }
+
+    /// This fetcher with `shared` as the tier below its cache: a miss here asks it before the
+    /// fragment service, and what is fetched is stored there for every node.
+    pub fn with_shared(mut self, shared: Option<Arc<SharedTier>>) -> Self {
+        self.shared = shared;
+        self
     }
 
     /// Parses a stored ESI body (lenient parsing never fails), counting its problems.
@@ -315,7 +335,7 @@ impl CachingFetcher {
                 self.cache.store.count_miss();
                 counted = true;
             }
-            let (flight, leader) = self.join_or_start(&key, &req, credentials);
+            let (flight, leader) = self.join_or_start(&key, &req, credentials, false);
             if !leader {
                 self.cache.count_coalesced();
             }
@@ -327,6 +347,21 @@ impl CachingFetcher {
                     }
                     // The response varies on a header this request differs in.
                     continue;
+                }
+                Ok(Ok(Outcome::Shared(entry, status))) => {
+                    let mine = CacheKey::new(&text, &entry.names, &req.client_headers, credentials);
+                    if mine != entry.key {
+                        continue;
+                    }
+                    match status {
+                        CacheStatus::StaleWhileRevalidate => {
+                            self.cache.count_stale("while_revalidate");
+                            self.refresh(&entry.key, &req, credentials);
+                        }
+                        CacheStatus::StaleIfError => self.cache.count_stale("if_error"),
+                        _ => {}
+                    }
+                    return Ok(entry.fragment(status, |body| self.parse(body)));
                 }
                 Ok(Ok(Outcome::Passed(fragment))) if leader => {
                     return Ok(passed(Arc::unwrap_or_clone(fragment)));
@@ -378,12 +413,13 @@ impl CachingFetcher {
     }
 
     /// The fetch in flight for `key`, or a new one with this request's headers; `true` when
-    /// this request started it.
+    /// this request started it. A `revalidating` fetch serves no stale copy of the shared tier.
     fn join_or_start(
         &self,
         key: &CacheKey,
         req: &FragmentRequest,
         credentials: Credentials,
+        revalidating: bool,
     ) -> (Flight, bool) {
         let mut flights = self.cache.flights();
         if let Some(flight) = flights.get(key).and_then(|slot| slot.weak.upgrade()) {
@@ -404,12 +440,15 @@ impl CachingFetcher {
                 drop(guard);
                 return Ok(Outcome::Stored(entry));
             }
-            let result = this.inner.fetch(req_owned.clone()).await;
-            let outcome = match result {
-                Ok(fragment) => Ok(this
-                    .settle(&key_owned, &req_owned, credentials, fragment)
-                    .await),
-                Err(error) => Err(Arc::new(error)),
+            let outcome = match &this.shared {
+                Some(shared) => {
+                    this.fill_shared(shared, &key_owned, &req_owned, credentials, revalidating)
+                        .await
+                }
+                None => {
+                    this.fetch_and_settle(&key_owned, &req_owned, credentials)
+                        .await
+                }
             };
             // Before the waiters wake: a retry must start a new fetch, not find this one.
             drop(guard);
@@ -429,7 +468,7 @@ impl CachingFetcher {
             return;
         };
         // Joining a fetch in flight (a refresh or a miss) and dropping it leaves it running.
-        let (flight, started) = self.join_or_start(key, req, credentials);
+        let (flight, started) = self.join_or_start(key, req, credentials, true);
         if started {
             let url = req.url.to_string();
             runtime.spawn(async move {
@@ -438,6 +477,149 @@ impl CachingFetcher {
                 }
             });
         }
+    }
+
+    /// Fetches `key` from the fragment service and settles the response.
+    async fn fetch_and_settle(
+        &self,
+        key: &CacheKey,
+        req: &FragmentRequest,
+        credentials: Credentials,
+    ) -> FlightResult {
+        match self.inner.fetch(req.clone()).await {
+            Ok(fragment) => Ok(self.settle(key, req, credentials, fragment).await),
+            Err(error) => Err(Arc::new(error)),
+        }
+    }
+
+    /// A miss here, filled through the shared tier: its copy when servable; else the
+    /// cluster's lease on the key decides who fetches (this node, which stores the response
+    /// there for every node, or another one, whose result this node waits for). A leader
+    /// that never stores releases the key when its lease expires; a follower then tries for
+    /// the lease once more, and past that fetches alone. When the tier does not answer, the
+    /// fragment service is asked as if there were no tier.
+    async fn fill_shared(
+        &self,
+        shared: &SharedTier,
+        key: &CacheKey,
+        req: &FragmentRequest,
+        credentials: Credentials,
+        revalidating: bool,
+    ) -> FlightResult {
+        let kind = SharedKind::Fragment;
+        let mut stale: Option<Arc<Entry>> = None;
+        let mut retried = false;
+        loop {
+            let found = shared
+                .lookup(
+                    kind,
+                    &self.policy,
+                    &req.url,
+                    key,
+                    &req.client_headers,
+                    credentials,
+                )
+                .await;
+            let theirs = match found {
+                Found::Unavailable => return self.fetch_and_settle(key, req, credentials).await,
+                Found::Answer { key, entry: None } => key,
+                Found::Answer {
+                    key,
+                    entry: Some(found),
+                } => {
+                    if let Some(outcome) = self.servable(found, revalidating, &mut stale).await {
+                        return Ok(outcome);
+                    }
+                    key
+                }
+            };
+            let token = match shared.lease(kind, &theirs).await {
+                Lease::Filled(found) => {
+                    if let Some(outcome) = self.servable(found, revalidating, &mut stale).await {
+                        return Ok(outcome);
+                    }
+                    // Stored by another node yet already stale: this node refreshes it.
+                    None
+                }
+                Lease::Leader(token) => Some(token),
+                Lease::Unavailable => None,
+                Lease::Follower => match self.follow(shared, &theirs, req.timeout).await {
+                    Some(found) => {
+                        if let Some(outcome) = self.servable(found, false, &mut stale).await {
+                            return Ok(outcome);
+                        }
+                        None
+                    }
+                    // The leader stored nothing: once more for the lease, then alone.
+                    None if !retried => {
+                        retried = true;
+                        continue;
+                    }
+                    None => None,
+                },
+            };
+            let outcome = self.fetch_and_settle(key, req, credentials).await;
+            if let Some(token) = token {
+                shared.release(kind, &theirs, token).await;
+            }
+            return match (outcome, stale) {
+                (Err(_), Some(entry)) if entry.within_stale_if_error() => {
+                    Ok(Outcome::Shared(entry, CacheStatus::StaleIfError))
+                }
+                (outcome, _) => outcome,
+            };
+        }
+    }
+
+    /// Waits for the node holding the lease of `key` to store it: its entry, or `None` when
+    /// the lease ended (or the tier stopped answering) with nothing stored. Polls with a
+    /// growing pause, within `timeout` (the request's own deadline stops it sooner).
+    async fn follow(
+        &self,
+        shared: &SharedTier,
+        key: &CacheKey,
+        timeout: Duration,
+    ) -> Option<SharedEntry> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = FIRST_POLL;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_POLL);
+            match shared.poll(SharedKind::Fragment, key).await {
+                Some((Some(found), _)) => return Some(found),
+                Some((None, true)) => {}
+                Some((None, false)) | None => return None,
+            }
+        }
+        None
+    }
+
+    /// A shared copy as this cache serves it: fresh, or (unless `revalidating`) within
+    /// stale-while-revalidate, it is stored here too and served; an older copy within
+    /// stale-if-error is kept in `stale` for when the fetch fails.
+    async fn servable(
+        &self,
+        found: SharedEntry,
+        revalidating: bool,
+        stale: &mut Option<Arc<Entry>>,
+    ) -> Option<Outcome> {
+        let SharedEntry { entry, vary } = found;
+        let age = entry.stored_at.elapsed();
+        let status = if age < entry.ttl {
+            CacheStatus::Hit
+        } else if !revalidating && age < entry.ttl.saturating_add(entry.stale_while_revalidate) {
+            CacheStatus::StaleWhileRevalidate
+        } else {
+            if entry.within_stale_if_error() {
+                *stale = Some(entry);
+            }
+            return None;
+        };
+        self.cache
+            .store
+            .insert(entry.key.clone(), vary, Arc::clone(&entry))
+            .await;
+        Some(Outcome::Shared(entry, status))
     }
 
     /// Stores a fetched fragment if the policy allows, else records hit-for-pass.
@@ -481,6 +663,9 @@ impl CachingFetcher {
                     bytes = entry.weight,
                     "fragment stored"
                 );
+                if let Some(shared) = &self.shared {
+                    shared.store(SharedKind::Fragment, &entry, &vary).await;
+                }
                 cache
                     .store
                     .insert(entry.key.clone(), vary, Arc::clone(&entry))
@@ -499,6 +684,9 @@ impl CachingFetcher {
                 }
                 // The newest response says not to keep this; an older copy must not answer.
                 cache.store.remove(flight_key).await;
+                if let Some(shared) = &self.shared {
+                    shared.remove(SharedKind::Fragment, flight_key).await;
+                }
                 Outcome::Passed(Arc::new(fragment))
             }
         }

@@ -8,14 +8,21 @@ use std::time::{Duration, Instant};
 
 use futures::future::FutureExt;
 use http::{HeaderMap, StatusCode};
+use moka::future::Cache;
 use url::Url;
 
+use bytes::Bytes;
+
+use super::entry::Entry;
 use super::policy::{CachePolicy, Credentials, Decision, TtlSource};
+use super::shared::{Found, Kind as SharedKind, SharedEntry, SharedTier};
 use super::store::{
-    cache_url, kept_headers, run_soon, weigh, Kind, Lifetime, Store, Stored, Urls, Variant,
+    cache_url, kept_headers, run_soon, side_capacity, weigh, ByLifetime, Kind, Lifetime, Store,
+    Stored, Urls, Variant, SIDE_OVERHEAD,
 };
 use super::{LAYOUT_BYTES, LAYOUT_ENTRIES};
 use crate::esi::Template;
+use crate::fetch::Fragment;
 use crate::telemetry::Metrics;
 
 /// The layout store's names in moka and in metrics.
@@ -40,7 +47,14 @@ static LAYOUTS: Kind = Kind {
 /// housekeeping counts as a miss rather than blocking.
 pub struct LayoutCache {
     store: Store<LayoutSlot>,
+    /// URLs whose last layout could not be stored: the shared tier is not asked for them
+    /// (for the policy's hit-for-pass time), so an uncacheable page costs no Redis call.
+    unshared: Cache<Arc<str>, NotShared>,
 }
+
+/// A URL the shared tier is not asked about, for this long.
+#[derive(Debug, Clone, Copy)]
+struct NotShared(Duration);
 
 /// A parsed layout as the layout cache keeps it.
 #[derive(Debug)]
@@ -73,8 +87,17 @@ impl LayoutCache {
     /// An empty layout cache keeping at most `capacity_bytes` (decoded layout bytes, kept
     /// headers and keys).
     pub fn new(capacity_bytes: u64, metrics: Arc<Metrics>) -> Arc<Self> {
+        let unshared = Cache::builder()
+            .name("esi-proxy layouts not shared")
+            .max_capacity(side_capacity(capacity_bytes))
+            .weigher(|url: &Arc<str>, _: &NotShared| {
+                u32::try_from(url.len() + SIDE_OVERHEAD).unwrap_or(u32::MAX)
+            })
+            .expire_after(ByLifetime)
+            .build();
         Arc::new(Self {
             store: Store::new(&LAYOUTS, capacity_bytes, metrics),
+            unshared,
         })
     }
 
@@ -122,29 +145,18 @@ impl LayoutCache {
         template: Arc<Template>,
         body_bytes: usize,
     ) -> bool {
-        let text: Arc<str> = cache_url(url).into();
-        let credentials = Credentials::of(request_headers, true);
-        let (ttl, source) = match policy.decide_for(url, status, response_headers, credentials) {
-            Decision::Store { ttl, source, .. } => (ttl, source),
-            Decision::Pass(reason) => {
-                tracing::debug!(url = %text, reason, "layout not stored");
-                return false;
-            }
+        let Some(admitted) = admit(policy, url, request_headers, status, response_headers) else {
+            return false;
         };
-        let Variant { key, vary, .. } = Variant::of(
-            policy,
-            url,
-            &text,
-            request_headers,
-            credentials,
-            response_headers,
-        );
-        let mut headers = kept_headers(response_headers);
-        headers.remove(crate::headers::SURROGATE_CONTROL);
-        headers.remove(http::header::CONTENT_LENGTH);
+        let Admitted {
+            variant: Variant { key, vary, .. },
+            headers,
+            ttl,
+            source,
+        } = admitted;
         let weight = weigh(&key, &headers, body_bytes);
         tracing::debug!(
-            url = %text,
+            url = %key.url,
             ttl_source = %source,
             ttl_s = ttl.as_secs(),
             bytes = weight,
@@ -160,6 +172,128 @@ impl LayoutCache {
         });
         let slot = LayoutSlot { layout, weight };
         run_soon(self.store.insert(key, vary, slot).boxed())
+    }
+
+    /// Whether [`LayoutCache::insert`] would store a layout with this status and these headers.
+    /// When it would not, the shared tier is not asked for `url` for the policy's hit-for-pass
+    /// time (see [`LayoutCache::get_shared`]).
+    pub fn storable(
+        &self,
+        policy: &CachePolicy,
+        url: &Url,
+        request_headers: &HeaderMap,
+        status: StatusCode,
+        response_headers: &HeaderMap,
+    ) -> bool {
+        let storable = admit(policy, url, request_headers, status, response_headers).is_some();
+        let hit_for_pass = policy.hit_for_pass();
+        if !storable && !hit_for_pass.is_zero() {
+            let (unshared, text) = (self.unshared.clone(), Arc::<str>::from(cache_url(url)));
+            run_soon(async move { unshared.insert(text, NotShared(hit_for_pass)).await }.boxed());
+        }
+        storable
+    }
+
+    /// Stores a layout's decoded `body` in the shared tier for every node, as
+    /// [`LayoutCache::insert`] stores its parse here (same policy, key and TTL); the write runs
+    /// in the background. Returns whether the policy allows it.
+    #[allow(clippy::too_many_arguments)] // As `insert`, plus the tier.
+    pub fn share(
+        &self,
+        tier: &Arc<SharedTier>,
+        policy: &CachePolicy,
+        url: &Url,
+        request_headers: &HeaderMap,
+        status: StatusCode,
+        response_headers: &HeaderMap,
+        body: Bytes,
+    ) -> bool {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let Some(admitted) = admit(policy, url, request_headers, status, response_headers) else {
+            return false;
+        };
+        let Admitted {
+            variant: Variant { key, vary, names },
+            headers,
+            ttl,
+            source,
+        } = admitted;
+        let fragment = Fragment {
+            status,
+            headers,
+            body,
+            cache: None,
+            template: None,
+        };
+        let entry = Entry::new(
+            key,
+            names,
+            fragment,
+            [ttl, Duration::ZERO, Duration::ZERO],
+            source,
+        );
+        let tier = Arc::clone(tier);
+        runtime.spawn(async move { tier.store(SharedKind::Layout, &entry, &vary).await });
+        true
+    }
+
+    /// A fresh layout another node stored in the shared tier for this URL and these request
+    /// headers, parsed here by `parse` (parsed templates stay per node) and kept here for the
+    /// rest of its TTL; `None` when the tier has none or does not answer in time, and without
+    /// asking it when this URL's last layout could not be stored.
+    pub async fn get_shared(
+        &self,
+        tier: &SharedTier,
+        policy: &CachePolicy,
+        url: &Url,
+        request_headers: &HeaderMap,
+        parse: impl FnOnce(Bytes) -> Template,
+    ) -> Option<Arc<CachedLayout>> {
+        let text: Arc<str> = cache_url(url).into();
+        if self.unshared.get(&text).await.is_some() {
+            return None;
+        }
+        let credentials = Credentials::of(request_headers, true);
+        let key = self
+            .store
+            .key_now(policy, url, &text, request_headers, credentials);
+        let found = tier
+            .lookup(
+                SharedKind::Layout,
+                policy,
+                url,
+                &key,
+                request_headers,
+                credentials,
+            )
+            .await;
+        let Found::Answer {
+            entry: Some(SharedEntry { entry, vary }),
+            ..
+        } = found
+        else {
+            return None;
+        };
+        if entry.stored_at.elapsed() >= entry.ttl {
+            return None;
+        }
+        let weight = entry.weight;
+        let layout = Arc::new(CachedLayout {
+            status: entry.status,
+            headers: entry.headers.clone(),
+            template: Arc::new(parse(entry.body.clone())),
+            source: entry.source.clone(),
+            stored_at: entry.stored_at,
+            ttl: entry.ttl,
+        });
+        let slot = LayoutSlot {
+            layout: Arc::clone(&layout),
+            weight,
+        };
+        self.store.insert(entry.key.clone(), vary, slot).await;
+        Some(layout)
     }
 
     /// Drops every layout whose URL equals `url` (all variants), as
@@ -185,7 +319,61 @@ impl fmt::Debug for LayoutCache {
     }
 }
 
+// === helpers ===
+
+/// What the policy lets a layout be stored as.
+struct Admitted {
+    variant: Variant,
+    /// The origin's headers as clients get them.
+    headers: HeaderMap,
+    ttl: Duration,
+    source: TtlSource,
+}
+
+/// How a layout response is stored, if the policy allows: its key, the headers kept (less
+/// `Surrogate-Control`, `Content-Length` and hop-by-hop headers), TTL and its source.
+fn admit(
+    policy: &CachePolicy,
+    url: &Url,
+    request_headers: &HeaderMap,
+    status: StatusCode,
+    response_headers: &HeaderMap,
+) -> Option<Admitted> {
+    let text: Arc<str> = cache_url(url).into();
+    let credentials = Credentials::of(request_headers, true);
+    let (ttl, source) = match policy.decide_for(url, status, response_headers, credentials) {
+        Decision::Store { ttl, source, .. } => (ttl, source),
+        Decision::Pass(reason) => {
+            tracing::debug!(url = %text, reason, "layout not stored");
+            return None;
+        }
+    };
+    let variant = Variant::of(
+        policy,
+        url,
+        &text,
+        request_headers,
+        credentials,
+        response_headers,
+    );
+    let mut headers = kept_headers(response_headers);
+    headers.remove(crate::headers::SURROGATE_CONTROL);
+    headers.remove(http::header::CONTENT_LENGTH);
+    Some(Admitted {
+        variant,
+        headers,
+        ttl,
+        source,
+    })
+}
+
 // === impl LayoutSlot ===
+
+impl Lifetime for NotShared {
+    fn lifetime(&self) -> Duration {
+        self.0
+    }
+}
 
 impl Lifetime for LayoutSlot {
     fn lifetime(&self) -> Duration {

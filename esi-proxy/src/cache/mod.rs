@@ -1,12 +1,14 @@
 //! Caching of fragments and parsed layouts. This file holds the contract (the re-exports) and the
 //! metric names; `policy` decides TTLs, `store` is the one byte-bounded, Vary-aware store both
 //! caches use, `entry` a stored fragment, `fragment` the caching [`crate::fetch::Fetcher`]
-//! (single-flight, hit-for-pass, stale serving) and `layout` the layout cache. Never serves HTTP.
+//! (single-flight, hit-for-pass, stale serving), `layout` the layout cache and `shared` the L2
+//! tier on Redis below both. Never serves HTTP.
 
 mod entry;
 mod fragment;
 mod layout;
 mod policy;
+mod shared;
 mod store;
 #[cfg(test)]
 mod testing;
@@ -15,6 +17,7 @@ pub use entry::EntryInfo;
 pub use fragment::{CachingFetcher, FragmentCache};
 pub use layout::{CachedLayout, LayoutCache};
 pub use policy::{CachePolicy, Credentials, Decision, TtlSource};
+pub use shared::{BreakerState, SharedError, SharedHealth, SharedPurge, SharedTier, StatsView};
 
 // Metric names: dashboards and alerts read them, so they stay as they are.
 const HITS: &str = "esi_proxy_cache_hits_total";

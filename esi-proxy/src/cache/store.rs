@@ -346,6 +346,11 @@ impl CacheKey {
         }
     }
 
+    /// The variant's bytes (see [`CacheKey::new`]).
+    pub(super) fn variant(&self) -> &[u8] {
+        &self.variant
+    }
+
     /// What the key weighs, plus `overhead`.
     pub(super) fn weight(&self, overhead: usize) -> u32 {
         clamp_weight(self.url.len() + self.variant.len() + overhead)
@@ -442,7 +447,7 @@ impl Lifetime for VarySpec {
 
 /// The names a key varies on: those the URL's response varied on and the policy's key
 /// headers for it, sorted and unique.
-fn key_names(policy: &CachePolicy, url: &Url, vary: &[HeaderName]) -> Arc<[HeaderName]> {
+pub(super) fn key_names(policy: &CachePolicy, url: &Url, vary: &[HeaderName]) -> Arc<[HeaderName]> {
     let mut names = policy.key_headers(url);
     names.extend(TOLD_UPSTREAM);
     merge_names(vary, &names)

@@ -21,7 +21,7 @@ pub use glob::glob_match;
 pub use ranges::{range_of, Range, RANGES};
 pub use settings::{
     BreakerSettings, CacheRuleSettings, CacheSettings, CookieNames, EsiSettings, FetchSettings,
-    HostSettings, LogFormat, OnError, ServerSettings, Settings,
+    HostSettings, LogFormat, OnError, ServerSettings, Settings, SharedSettings,
 };
 
 /// The whole configuration. `config/esi-proxy.toml` documents `Config::default()`.
@@ -267,6 +267,37 @@ pub struct CacheConfig {
     pub key_headers: Vec<String>,
     /// TTL rules, first match wins; a rule beats the response's own headers. Default: [].
     pub rules: Vec<CacheRule>,
+    /// The shared tier on Redis below the in-process caches (`serve --redis URL`).
+    pub shared: SharedCacheConfig,
+}
+
+/// `[cache.shared]`: the shared L2 tier on Redis (or a server speaking its protocol).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SharedCacheConfig {
+    /// `redis://[user:password@]host:port[/db]`, `rediss://` for TLS, or
+    /// `redis+unix:///path`; empty: no shared tier. Default: "".
+    pub url: String,
+    /// Prefix of every key and channel this tier uses, so several sites can share one
+    /// server. Default: "esi:".
+    pub key_prefix: String,
+    /// Deadline of each Redis call; past it the call counts as failed and the request goes
+    /// on without the shared tier. Default: 5.
+    pub timeout_ms: u64,
+    /// Deadline of connecting (and reconnecting) to Redis. Default: 1000.
+    pub connect_timeout_ms: u64,
+    /// Multiplexed connections calls are spread over. Default: 2.
+    pub pool_size: usize,
+    /// How long the node that fetches a cold fragment for the cluster holds its lease; a node
+    /// that dies mid-fetch releases the key after it. Default: 3000.
+    pub lease_ms: u64,
+    /// Consecutive failed calls after which the tier is skipped. Default: 5.
+    pub breaker_failures: u64,
+    /// How long the tier is skipped before one probe call tries it again. Default: 1000.
+    pub breaker_open_ms: u64,
+    /// Bodies of at least this many bytes are stored deflated, when that makes them
+    /// smaller. Default: 1024.
+    pub compress_min_bytes: usize,
 }
 
 /// One `[[cache.rules]]` entry.
@@ -381,6 +412,23 @@ impl Default for CacheConfig {
             hit_for_pass_s: 30,
             key_headers: Vec::new(),
             rules: Vec::new(),
+            shared: SharedCacheConfig::default(),
+        }
+    }
+}
+
+impl Default for SharedCacheConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            key_prefix: "esi:".into(),
+            timeout_ms: 5,
+            connect_timeout_ms: 1000,
+            pool_size: 2,
+            lease_ms: 3000,
+            breaker_failures: 5,
+            breaker_open_ms: 1000,
+            compress_min_bytes: 1024,
         }
     }
 }

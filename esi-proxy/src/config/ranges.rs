@@ -87,6 +87,13 @@ pub const RANGES: &[Range] = &[
     range("cache.rules[].ttl_s", 0, YEAR_S),
     range("cache.rules[].stale_while_revalidate_s", 0, YEAR_S),
     range("cache.rules[].stale_if_error_s", 0, YEAR_S),
+    range("cache.shared.timeout_ms", 1, HOUR_MS),
+    range("cache.shared.connect_timeout_ms", 1, HOUR_MS),
+    range("cache.shared.pool_size", 1, 1024),
+    range("cache.shared.lease_ms", 1, HOUR_MS),
+    range("cache.shared.breaker_failures", 1, 65_536),
+    range("cache.shared.breaker_open_ms", 0, DAY_MS),
+    range("cache.shared.compress_min_bytes", 0, GIB),
 ];
 
 /// A [`Range`] with no reason for its maximum.

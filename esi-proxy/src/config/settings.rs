@@ -184,6 +184,31 @@ pub struct CacheSettings {
     pub key_headers: Vec<HeaderName>,
     /// `cache.rules`, first match wins.
     pub rules: Vec<CacheRuleSettings>,
+    /// `[cache.shared]`; `None` when `cache.shared.url` is empty.
+    pub shared: Option<SharedSettings>,
+}
+
+/// `[cache.shared]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedSettings {
+    /// `cache.shared.url`: a `redis`, `rediss`, `redis+unix` or `unix` URL.
+    pub url: String,
+    /// `cache.shared.key_prefix`.
+    pub key_prefix: String,
+    /// `cache.shared.timeout_ms`, at least 1.
+    pub timeout: Duration,
+    /// `cache.shared.connect_timeout_ms`, at least 1.
+    pub connect_timeout: Duration,
+    /// `cache.shared.pool_size`, at least 1.
+    pub pool_size: usize,
+    /// `cache.shared.lease_ms`, at least 1.
+    pub lease: Duration,
+    /// `cache.shared.breaker_failures`, at least 1.
+    pub breaker_failures: u32,
+    /// `cache.shared.breaker_open_ms`.
+    pub breaker_open: Duration,
+    /// `cache.shared.compress_min_bytes`.
+    pub compress_min_bytes: usize,
 }
 
 /// One `[[cache.rules]]` entry, validated.
@@ -397,6 +422,7 @@ mod tests {
                 hit_for_pass: Duration::from_secs(30),
                 key_headers: Vec::new(),
                 rules: Vec::new(),
+                shared: None,
             },
         };
         assert_eq!(Config::default().settings().expect("valid"), want);

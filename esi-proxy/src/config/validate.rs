@@ -9,7 +9,7 @@ use http::HeaderName;
 
 use super::settings::{
     BreakerSettings, CacheRuleSettings, CacheSettings, CookieNames, EsiSettings, FetchSettings,
-    HostSettings, LogFormat, OnError, ServerSettings, Settings,
+    HostSettings, LogFormat, OnError, ServerSettings, Settings, SharedSettings,
 };
 use super::source::KeyMap;
 use super::{BreakerConfig, Config, ConfigError, HostBreakerConfig, Invalid};
@@ -197,7 +197,29 @@ impl Config {
             hit_for_pass: Duration::from_secs(c.hit_for_pass_s),
             key_headers,
             rules,
+            shared: self.validate_shared(p),
         }
+    }
+
+    fn validate_shared(&self, p: &mut Problems<'_>) -> Option<SharedSettings> {
+        let c = &self.cache.shared;
+        if c.url.is_empty() {
+            return None;
+        }
+        let url = p.check("cache.shared.url", redis_url(&c.url));
+        // Each number's own range is checked with every numeric field's (`ranges`); a refused
+        // config's settings never run.
+        Some(SharedSettings {
+            url: url?,
+            key_prefix: c.key_prefix.clone(),
+            timeout: Duration::from_millis(c.timeout_ms.max(1)),
+            connect_timeout: Duration::from_millis(c.connect_timeout_ms.max(1)),
+            pool_size: c.pool_size.max(1),
+            lease: Duration::from_millis(c.lease_ms.max(1)),
+            breaker_failures: u32::try_from(c.breaker_failures.max(1)).unwrap_or(u32::MAX),
+            breaker_open: Duration::from_millis(c.breaker_open_ms),
+            compress_min_bytes: c.compress_min_bytes,
+        })
     }
 
     fn validate_fetch(&self, p: &mut Problems<'_>) -> FetchSettings {
@@ -355,6 +377,19 @@ pub(super) fn settings(
     Err(ConfigError::Invalid { problems: p.found })
 }
 
+/// `text` when it is a URL the Redis client connects to.
+fn redis_url(text: &str) -> Result<String, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
+    match url.scheme() {
+        "redis" | "rediss" | "valkey" | "valkeys" if url.host_str().is_some() => Ok(text.into()),
+        "redis+unix" | "valkey+unix" | "unix" => Ok(text.into()),
+        "redis" | "rediss" | "valkey" | "valkeys" => Err("names no host".into()),
+        other => Err(format!(
+            "scheme {other:?}: expected redis, rediss or redis+unix"
+        )),
+    }
+}
+
 /// The header names of the list at `field`, lowercase and in order; each name that does not
 /// parse, or that `refuse` has a reason against, is a problem at `field[i]` and left out.
 fn header_names(
@@ -457,6 +492,20 @@ mod tests {
         ("[server]\nheader_read_timeout_ms = 0\nsend_timeout_ms = 0\nrequest_body_timeout_ms = 0\n", &["2: server.header_read_timeout_ms: 0 is below the minimum of 100", "3: server.send_timeout_ms: 0 is below the minimum of 100", "4: server.request_body_timeout_ms: 0 is below the minimum of 100"]),
         ("[server]\nkeep_alive_timeout_ms = 0\n", &[]),
         ("[esi]\nmax_depth = 21\n", &["2: esi.max_depth: 21 is over the limit of 20"]),
+        ("[cache.shared]\nurl = \"redis://127.0.0.1:6379/0\"\n", &[]),
+        ("[cache.shared]\nurl = \"rediss://u:p@r.example\"\n", &[]),
+        ("[cache.shared]\nurl = \"redis+unix:///run/redis.sock\"\n", &[]),
+        // Ranges hold whether or not the tier is on.
+        ("[cache.shared]\ntimeout_ms = 0\n", &["2: cache.shared.timeout_ms: must be greater than 0"]),
+        ("[cache.shared]\nurl = \"http://r.example\"\n", &["2: cache.shared.url: scheme \"http\": expected"]),
+        ("[cache.shared]\nurl = \"r.example:6379\"\n", &["2: cache.shared.url: scheme \"r.example\""]),
+        (
+            "[cache.shared]\nurl = \"redis://r\"\ntimeout_ms = 0\npool_size = 0\n",
+            &[
+                "3: cache.shared.timeout_ms: must be greater than 0",
+                "4: cache.shared.pool_size: must be greater than 0",
+            ],
+        ),
         ("[esi]\nmax_depth = 20\n", &[]),
         ("[esi]\nmax_depth = 0\n", &[]),
         ("[esi]\nmax_includes = 0\n", &["2: esi.max_includes: must be greater than 0"]),

@@ -12,6 +12,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Serialize;
 
+use crate::cache::SharedHealth;
 use crate::compose::Trace;
 use crate::fetch::BreakerState;
 use crate::telemetry::Metrics;
@@ -44,6 +45,9 @@ struct HealthDetail<'a> {
     config: HealthConfig<'a>,
     /// Fragment hosts whose circuit breaker is not closed: fetches to them fail at once.
     breakers: Vec<BreakerReport>,
+    /// The shared cache tier; absent when none is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shared_cache: Option<SharedHealth>,
 }
 
 /// A fragment host's circuit breaker in `/_esi/health?detail`.
@@ -74,6 +78,20 @@ struct Purged<'a> {
     url: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     prefix: Option<&'a str>,
+    /// The shared tier's part, when one is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shared_cache: Option<SharedPurged>,
+}
+
+/// The shared tier's part of a purge: removed there and announced to every node, or not.
+#[derive(Debug, Serialize)]
+struct SharedPurged {
+    /// `announced`, or `failed` (Redis did not answer: other nodes may keep their copies).
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    removed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    generation: Option<u64>,
 }
 
 /// Serves one request under `/_esi/`.
@@ -109,6 +127,7 @@ pub(super) async fn serve(
                 .filter(|(_, state)| *state != BreakerState::Closed)
                 .map(|(host, state)| BreakerReport { host, state })
                 .collect();
+            health.shared_cache = state.shared.as_ref().map(|tier| tier.health());
             Ok(json(&health))
         }
         (Method::GET | Method::HEAD, "/_esi/metrics") => {
@@ -116,6 +135,9 @@ pub(super) async fn serve(
             state.fragment_cache.publish_metrics();
             state.layout_cache.publish_metrics();
             state.breakers.publish_metrics();
+            if let Some(tier) = &state.shared {
+                tier.publish_metrics();
+            }
             publish_runtime(&state.metrics);
             Ok(with_type(
                 full(state.metrics.render()),
@@ -127,7 +149,7 @@ pub(super) async fn serve(
         }
         (Method::POST, "/_esi/purge") => {
             authorize(&rt, &req, remote)?;
-            purge(state, &rt, &req)
+            purge(state, &rt, &req).await
         }
         (_, "/_esi/health" | "/_esi/metrics" | "/_esi/purge") => Err(Error::Refused(
             "method not allowed on this endpoint",
@@ -138,8 +160,14 @@ pub(super) async fn serve(
 }
 
 /// `POST /_esi/purge?url=U` drops every cached variant of `U`; `?prefix=P` drops every entry
-/// whose URL starts with `P`. A relative `U`/`P` is taken on the origin. Both caches.
-fn purge(state: &AppState, rt: &Runtime, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
+/// whose URL starts with `P`. A relative `U`/`P` is taken on the origin. Both caches, and the
+/// shared tier when configured: there the keys are removed and every node is told to drop
+/// its in-process copies.
+async fn purge(
+    state: &AppState,
+    rt: &Runtime,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, Error> {
     let one_target = || {
         Error::Refused(
             "purge takes exactly one of url= or prefix=",
@@ -190,11 +218,37 @@ fn purge(state: &AppState, rt: &Runtime, req: &Request<Incoming>) -> Result<Resp
         1,
     );
     tracing::info!(%kind, target = %absolute, "cache purged");
+    let shared_cache = match &state.shared {
+        Some(tier) => {
+            let result = if kind == "url" {
+                tier.purge_url(&absolute).await
+            } else {
+                tier.purge_prefix(&absolute).await
+            };
+            Some(match result {
+                Ok(done) => SharedPurged {
+                    status: "announced",
+                    removed: Some(done.removed),
+                    generation: Some(done.generation),
+                },
+                Err(error) => {
+                    tracing::warn!(%kind, target = %absolute, %error, "shared cache not purged");
+                    SharedPurged {
+                        status: "failed",
+                        removed: None,
+                        generation: None,
+                    }
+                }
+            })
+        }
+        None => None,
+    };
     let target = Some(absolute.as_str());
     Ok(json(&Purged {
         purged: true,
         url: target.filter(|_| kind == "url"),
         prefix: target.filter(|_| kind == "prefix"),
+        shared_cache,
     }))
 }
 
@@ -310,6 +364,7 @@ impl<'a> HealthDetail<'a> {
                 error: reload.last_error.as_deref(),
             },
             breakers: Vec::new(),
+            shared_cache: None,
         }
     }
 }
@@ -423,6 +478,7 @@ mod tests {
                 purged: true,
                 url: target.filter(|_| kind == "url"),
                 prefix: target.filter(|_| kind == "prefix"),
+                shared_cache: None,
             };
             assert_eq!(serde_json::to_string(&purged).expect("serializes"), want);
         }

@@ -4,10 +4,10 @@
 //! Never handles admin routes; the ESI language itself is the composer's.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -237,7 +237,17 @@ pub(super) async fn forward(
     let path_and_query = origin_target(&page_url);
     let caching = rt.settings.cache.enabled && method == Method::GET;
     if caching {
-        if let Some(hit) = state.layout_cache.get(&rt.policy, &page_url, &headers) {
+        let mut hit = state.layout_cache.get(&rt.policy, &page_url, &headers);
+        if let (None, Some(tier)) = (&hit, &state.shared) {
+            let parse = &rt.composer.config().parse;
+            hit = state
+                .layout_cache
+                .get_shared(tier, &rt.policy, &page_url, &headers, |body| {
+                    esi::parse(body, parse).unwrap_or_default()
+                })
+                .await;
+        }
+        if let Some(hit) = hit {
             if let Some(t) = &trace {
                 t.set_layout(LayoutRecord {
                     url: page_url.to_string(),
@@ -473,6 +483,28 @@ async fn compose(
         metrics.record_layout_failure(e.kind().as_str());
         format!("reading the layout: {e}")
     });
+    // The decoded layout, copied as it streams, for the shared tier: only when it may be stored.
+    let shared = state.shared.clone().filter(|_| {
+        caching
+            && state.layout_cache.storable(
+                &rt.policy,
+                &page.url,
+                &page.client_headers,
+                status,
+                &original,
+            )
+    });
+    let copy = shared
+        .as_ref()
+        .map(|_| Arc::new(Mutex::new(BytesMut::new())));
+    let tee = copy.clone();
+    let layout = layout.inspect(move |chunk| {
+        if let (Some(copy), Ok(bytes)) = (&tee, chunk) {
+            copy.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(bytes);
+        }
+    });
     let on_parsed: Option<OnParsed> = caching.then(|| {
         let (cache, policy) = (Arc::clone(&state.layout_cache), Arc::clone(&rt.policy));
         let (url, request_headers, response_headers) = (
@@ -490,6 +522,19 @@ async fn compose(
                 Arc::new(template),
                 size,
             );
+            if let (Some(tier), Some(copy)) = (shared, copy) {
+                let body =
+                    std::mem::take(&mut *copy.lock().unwrap_or_else(PoisonError::into_inner));
+                cache.share(
+                    &tier,
+                    &policy,
+                    &url,
+                    &request_headers,
+                    status,
+                    &response_headers,
+                    body.freeze(),
+                );
+            }
         }) as OnParsed
     });
     let head = page_headers(

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use crate::cache::{CachePolicy, CachingFetcher, FragmentCache, LayoutCache};
+use crate::cache::{CachePolicy, CachingFetcher, FragmentCache, LayoutCache, SharedTier};
 use crate::compose::{ComposeConfig, Composer};
 use crate::config::{Config, Settings};
 use crate::fetch::{BaseUrl, Breakers, Fetcher, HttpClient, Lookup};
@@ -26,6 +26,8 @@ pub struct AppState {
     pub(super) layout_cache: Arc<LayoutCache>,
     /// Fragment hosts' circuit breakers: a reload keeps the state of the hosts it still lists.
     pub(super) breakers: Arc<Breakers>,
+    /// The shared tier below both caches (`[cache.shared]`), fixed at start like them.
+    pub(super) shared: Option<Arc<SharedTier>>,
     pub(super) reload: Mutex<ReloadStatus>,
     pub(super) started: Instant,
     /// Client connections open on every listener (`esi_proxy_connections_open`).
@@ -97,6 +99,15 @@ impl AppState {
             settings.cache.layout_capacity_bytes.max(1),
             Arc::clone(&metrics),
         );
+        let shared = match (&settings.cache.shared, settings.cache.enabled) {
+            (Some(shared), true) => {
+                let tier = SharedTier::new(shared, Arc::clone(&metrics))
+                    .map_err(|e| ServerError::Config(e.to_string()))?;
+                tier.listen(&fragment_cache, &layout_cache);
+                Some(tier)
+            }
+            _ => None,
+        };
         let breakers = Arc::new(Breakers::new(&settings, Arc::clone(&metrics)));
         let runtime = build_runtime(
             settings,
@@ -104,6 +115,7 @@ impl AppState {
             &metrics,
             &fragment_cache,
             &breakers,
+            &shared,
             layer.as_ref(),
         )?;
         Ok(Arc::new(Self {
@@ -114,6 +126,7 @@ impl AppState {
             fragment_cache,
             layout_cache,
             breakers,
+            shared,
             reload: Mutex::new(ReloadStatus::default()),
             started: Instant::now(),
             connections: Mutex::new(0),
@@ -123,6 +136,11 @@ impl AppState {
     /// The metrics this server records.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The shared tier, when `[cache.shared]` configures one.
+    pub fn shared(&self) -> Option<&Arc<SharedTier>> {
+        self.shared.as_ref()
     }
 
     /// The fragment cache (shared across reloads).
@@ -162,6 +180,7 @@ impl AppState {
             &self.metrics,
             &self.fragment_cache,
             &self.breakers,
+            &self.shared,
             self.layer.as_ref(),
         )?;
         // Only once the new config is sure to apply: a refused one leaves the breakers as
@@ -188,6 +207,7 @@ fn build_runtime(
     metrics: &Arc<Metrics>,
     fragment_cache: &Arc<FragmentCache>,
     breakers: &Arc<Breakers>,
+    shared: &Option<Arc<SharedTier>>,
     layer: Option<&FetcherLayer>,
 ) -> Result<Runtime, ServerError> {
     let client = Arc::new(
@@ -197,12 +217,15 @@ fn build_runtime(
     let policy = Arc::new(CachePolicy::from_config(&settings.cache));
     let compose = ComposeConfig::from_config(&settings);
     let fetcher: Arc<dyn Fetcher> = if settings.cache.enabled {
-        Arc::new(CachingFetcher::new(
-            Arc::clone(&client) as Arc<dyn Fetcher>,
-            Arc::clone(fragment_cache),
-            Arc::clone(&policy),
-            compose.parse.clone(),
-        ))
+        Arc::new(
+            CachingFetcher::new(
+                Arc::clone(&client) as Arc<dyn Fetcher>,
+                Arc::clone(fragment_cache),
+                Arc::clone(&policy),
+                compose.parse.clone(),
+            )
+            .with_shared(shared.clone()),
+        )
     } else {
         Arc::clone(&client) as Arc<dyn Fetcher>
     };

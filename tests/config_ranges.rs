@@ -107,6 +107,11 @@ fn generate(origin: &str, values: &[(&Range, i128)], comment: usize) -> Generate
         }
     }
     for section in sections {
+        let in_section = |r: &Range| split_field(&r.field.replace('*', NAME_KEY)).0 == section;
+        if section.contains("[]") && !values.iter().any(|(r, _)| in_section(r)) {
+            // A list entry holds required keys of its own: only written when a value needs it.
+            continue;
+        }
         match section.strip_suffix("[]") {
             Some(list) => {
                 text.push_str(&format!("\n[[{list}]]\n"));

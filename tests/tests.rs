@@ -10,6 +10,7 @@ mod config;
 mod config_ranges;
 mod debug;
 mod demo;
+mod deploy;
 mod engine;
 mod exposure;
 mod faults;

@@ -14,6 +14,7 @@ mod store;
 mod testing;
 
 pub use entry::EntryInfo;
+pub(crate) use store::run_soon;
 pub use fragment::{CachingFetcher, FragmentCache};
 pub use layout::{CachedLayout, LayoutCache};
 pub use policy::{CachePolicy, Credentials, Decision, TtlSource};

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::proxy::{client, proxy, Proxy};
-use crate::support::{full, response, serve, serve_raw, read_head, Server, ESI, HTML, MUST};
+use crate::support::{full, read_head, response, serve, serve_raw, Server, ESI, HTML, MUST};
 
 const LAYOUT_HINT: &str = "</layout.css>; rel=preload; as=style";
 const A_CSS: &str = "</a.css>; rel=preload; as=style";
@@ -71,7 +71,11 @@ impl Raw {
                 self.buf.drain(..at + 4);
                 return head;
             }
-            assert!(self.fill().await, "closed before a whole head: {:?}", self.buf);
+            assert!(
+                self.fill().await,
+                "closed before a whole head: {:?}",
+                self.buf
+            );
         }
     }
 
@@ -158,12 +162,19 @@ async fn origin() -> Server {
         let layout = |body: &'static str| {
             response(
                 200,
-                &[HTML, ESI, ("link", LAYOUT_HINT), ("link", "</c>; rel=canonical")],
+                &[
+                    HTML,
+                    ESI,
+                    ("link", LAYOUT_HINT),
+                    ("link", "</c>; rel=canonical"),
+                ],
                 full(body),
             )
         };
         match req.uri().path() {
-            "/page" => layout("<html><head>x</head><esi:include src=\"/a\"/><esi:include src=\"/b\"/></html>"),
+            "/page" => layout(
+                "<html><head>x</head><esi:include src=\"/a\"/><esi:include src=\"/b\"/></html>",
+            ),
             "/first" => layout("<esi:include src=\"/a\"/>|<esi:include src=\"/b\"/>"),
             "/a" => response(
                 200,
@@ -189,7 +200,10 @@ async fn a_page_composed_before_gets_a_103_before_its_head_which_carries_the_hin
     let mut conn = Raw::open(&proxy).await;
     let first = conn.get("/page").await;
     assert!(first.head.starts_with("HTTP/1.1 200"), "{}", first.head);
-    assert!(first.informational.is_empty(), "nothing remembered yet: {first:?}");
+    assert!(
+        first.informational.is_empty(),
+        "nothing remembered yet: {first:?}"
+    );
     assert_eq!(first.body, b"<html><head>x</head>AB</html>");
 
     // The same connection (keep-alive): the first composition is remembered.
@@ -205,7 +219,13 @@ async fn a_page_composed_before_gets_a_103_before_its_head_which_carries_the_hin
     assert!(second.head.starts_with("HTTP/1.1 200"), "{}", second.head);
     assert_eq!(
         sorted(links(&second.head)),
-        sorted(strings(&[LAYOUT_HINT, "</c>; rel=canonical", A_CSS, CDN, B_JS])),
+        sorted(strings(&[
+            LAYOUT_HINT,
+            "</c>; rel=canonical",
+            A_CSS,
+            CDN,
+            B_JS
+        ])),
         "the layout's own Link headers as sent, then the hints, each once"
     );
     assert_eq!(second.body, b"<html><head>x</head>AB</html>");
@@ -266,7 +286,11 @@ async fn many_origin(n: usize) -> Server {
 }
 
 async fn head_links(proxy: &Proxy, path: &str) -> Vec<String> {
-    let got = client().get(proxy.url(path)).send().await.expect("response");
+    let got = client()
+        .get(proxy.url(path))
+        .send()
+        .await
+        .expect("response");
     let values = got
         .headers()
         .get_all("link")
@@ -336,7 +360,10 @@ async fn the_off_switches_leave_the_head_and_the_wire_as_before() {
         assert!(got.informational.is_empty(), "{got:?}");
         assert!(links(&got.head).contains(&A_CSS.to_owned()), "{}", got.head);
     }
-    assert_eq!(proxy.metric("esi_proxy_early_hints_total{outcome=\"sent\"}"), None);
+    assert_eq!(
+        proxy.metric("esi_proxy_early_hints_total{outcome=\"sent\"}"),
+        None
+    );
 }
 
 #[tokio::test]
@@ -346,7 +373,8 @@ async fn http_1_0_clients_and_head_requests_get_no_103() {
     Raw::open(&proxy).await.get("/page").await;
 
     let mut old = Raw::open(&proxy).await;
-    old.send("GET /page HTTP/1.0\r\nhost: shop.test\r\n\r\n").await;
+    old.send("GET /page HTTP/1.0\r\nhost: shop.test\r\n\r\n")
+        .await;
     let mut bytes = Vec::new();
     tokio::time::timeout(MUST, old.stream.read_to_end(&mut bytes))
         .await
@@ -358,7 +386,8 @@ async fn http_1_0_clients_and_head_requests_get_no_103() {
     assert!(text.ends_with("<html><head>x</head>AB</html>"), "{text}");
 
     let mut head = Raw::open(&proxy).await;
-    head.send("HEAD /page HTTP/1.1\r\nhost: shop.test\r\n\r\n").await;
+    head.send("HEAD /page HTTP/1.1\r\nhost: shop.test\r\n\r\n")
+        .await;
     let got = head.answer(true).await;
     assert!(got.informational.is_empty(), "{got:?}");
     assert!(got.head.starts_with("HTTP/1.1 200"), "{}", got.head);
@@ -396,7 +425,10 @@ async fn pipelined_requests_stay_well_framed() {
     let sent = proxy
         .metric("esi_proxy_early_hints_total{outcome=\"sent\"}")
         .unwrap_or(0.0);
-    assert_eq!(sent as usize, early, "every 103 written was read in its place");
+    assert_eq!(
+        sent as usize, early,
+        "every 103 written was read in its place"
+    );
     let withdrawn = proxy
         .metric("esi_proxy_early_hints_total{outcome=\"withdrawn\"}")
         .unwrap_or(0.0);
@@ -558,7 +590,10 @@ async fn nothing_a_visitor_with_credentials_fetched_is_remembered_for_others() {
     // A private response's hints, even to an anonymous request, stay with that visitor.
     let mut conn = Raw::open(&proxy).await;
     let first = conn.get("/private").await;
-    assert_eq!(links(&first.head), strings(&["</for-ann.css>; rel=preload"]));
+    assert_eq!(
+        links(&first.head),
+        strings(&["</for-ann.css>; rel=preload"])
+    );
     let second = conn.get("/private").await;
     assert!(second.informational.is_empty(), "{second:?}");
 }
@@ -578,7 +613,10 @@ async fn the_waterfall_shows_each_fragments_hints() {
         .await
         .expect("json");
     let _: serde_json::Value = serde_json::from_str(&text).expect("json");
-    assert!(text.contains(&serde_json::to_string(CDN).expect("json")), "{text}");
+    assert!(
+        text.contains(&serde_json::to_string(CDN).expect("json")),
+        "{text}"
+    );
     let html = client()
         .get(proxy.url("/_esi/debug/page"))
         .send()

@@ -158,8 +158,12 @@ impl PageHints {
     }
 
     fn dropped(&self, reason: &'static str, n: u64) {
-        self.metrics
-            .inc_counter(HINTS_DROPPED, HINTS_DROPPED_HELP, Some(("reason", reason)), n);
+        self.metrics.inc_counter(
+            HINTS_DROPPED,
+            HINTS_DROPPED_HELP,
+            Some(("reason", reason)),
+            n,
+        );
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -217,7 +221,10 @@ mod tests {
         ]));
         assert_eq!(
             hints.seal(),
-            ["</r.js>; rel=modulepreload", "</f.css>; rel=preload; as=style"],
+            [
+                "</r.js>; rel=modulepreload",
+                "</f.css>; rel=preload; as=style"
+            ],
             "the layout's own stay in its headers; the count bound left p.css out"
         );
         hints.add_fragment(&headers(&[("link", "</late.css>; rel=preload; as=style")]));

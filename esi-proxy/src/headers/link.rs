@@ -78,7 +78,9 @@ pub fn parse_hints(headers: &HeaderMap) -> Parsed {
     let mut parsed = Parsed::default();
     for value in headers.get_all(header::LINK) {
         let bytes = value.as_bytes();
-        let visible = bytes.iter().all(|b| matches!(b, b' ' | b'\t' | 0x21..=0x7e));
+        let visible = bytes
+            .iter()
+            .all(|b| matches!(b, b' ' | b'\t' | 0x21..=0x7e));
         if bytes.len() > MAX_VALUE_BYTES || !visible {
             parsed.invalid += 1;
             continue;
@@ -230,7 +232,11 @@ impl Link {
         }
         match name.as_str() {
             "rel" => {
-                for token in value.as_deref().unwrap_or_default().split_ascii_whitespace() {
+                for token in value
+                    .as_deref()
+                    .unwrap_or_default()
+                    .split_ascii_whitespace()
+                {
                     let token = token.to_ascii_lowercase();
                     if let Some(rel) = HINT_RELS.iter().find(|r| **r == token) {
                         if !self.rels.contains(rel) {
@@ -356,8 +362,13 @@ mod tests {
             ),
             // Several links in one value, quoted parameters, case and spaces.
             (
-                &[r#"</a.js>;REL="ModulePreload", <https://cdn.test>; rel = "preconnect" ; crossorigin"#],
-                &["</a.js>; rel=modulepreload", "<https://cdn.test>; rel=preconnect; crossorigin"],
+                &[
+                    r#"</a.js>;REL="ModulePreload", <https://cdn.test>; rel = "preconnect" ; crossorigin"#,
+                ],
+                &[
+                    "</a.js>; rel=modulepreload",
+                    "<https://cdn.test>; rel=preconnect; crossorigin",
+                ],
                 0,
             ),
             // Several rel tokens: the hint ones are kept; other relations are not hints.
@@ -368,7 +379,10 @@ mod tests {
             ),
             // The first rel counts; unknown parameters go; anchored links are not hints.
             (
-                &[r#"</f.woff2>; rel=preload; rel=canonical; as=font; foo=bar; type="font/woff2""#, r#"</y>; rel=preload; anchor="/other""#],
+                &[
+                    r#"</f.woff2>; rel=preload; rel=canonical; as=font; foo=bar; type="font/woff2""#,
+                    r#"</y>; rel=preload; anchor="/other""#,
+                ],
                 &[r#"</f.woff2>; rel=preload; as=font; type="font/woff2""#],
                 0,
             ),
@@ -380,11 +394,22 @@ mod tests {
             ),
             // Characters a URI may not hold, a missing `>`, a stray token: refused and counted.
             (
-                &["</a b>; rel=preload", "</ok>; rel=preload, <broken; rel=preload"],
+                &[
+                    "</a b>; rel=preload",
+                    "</ok>; rel=preload, <broken; rel=preload",
+                ],
                 &["</ok>; rel=preload"],
                 2,
             ),
-            (&[r#"</a">; rel=preload"#, "</%zz>; rel=preload", "<>; rel=preload"], &[], 3),
+            (
+                &[
+                    r#"</a">; rel=preload"#,
+                    "</%zz>; rel=preload",
+                    "<>; rel=preload",
+                ],
+                &[],
+                3,
+            ),
             (&["</a>; rel=preload; junk here"], &[], 1),
             (&[r#"</a>; rel="preload"#], &[], 1),
         ];
@@ -409,7 +434,10 @@ mod tests {
         let mut set = HintSet::new(2, 40);
         assert_eq!(set.add("</a>; rel=preload"), Ok(()));
         assert_eq!(set.add("</a>; rel=preload"), Err(Refused::Duplicate));
-        assert_eq!(set.add("</bbbbbbbbbbbbbbbbbbbbbbbbb>; rel=preload"), Err(Refused::Bytes));
+        assert_eq!(
+            set.add("</bbbbbbbbbbbbbbbbbbbbbbbbb>; rel=preload"),
+            Err(Refused::Bytes)
+        );
         assert_eq!(set.add("</b>; rel=preload"), Ok(()));
         assert_eq!(set.add("</c>; rel=preload"), Err(Refused::Count));
         assert_eq!(set.values(), ["</a>; rel=preload", "</b>; rel=preload"]);

@@ -210,8 +210,8 @@ pub(super) async fn serve(
     }
     // RFC 8297: a 1xx goes to HTTP/1.1 clients only (HTTP/1.0 ones may not read it as such);
     // and only a GET's page is composed with hints.
-    let early = (req.version() == http::Version::HTTP_11 && req.method() == Method::GET)
-        .then_some(early);
+    let early =
+        (req.version() == http::Version::HTTP_11 && req.method() == Method::GET).then_some(early);
     let mut req = req;
     super::admin::consume_admin_token(&rt, req.headers_mut());
     let out = match Outgoing::new(req, remote, &rt.settings.server, &state.metrics) {

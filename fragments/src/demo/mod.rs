@@ -350,7 +350,8 @@ const SHOP_CSS_BODY: &str = "/* Rules the fragments share; the layout's own are 
     .demo-error { color: #b3261e; font-size: 13px; }\n";
 /// The gallery's own stylesheet, served by the gateway.
 const GALLERY_CSS: &str = "/assets/gallery.css";
-const GALLERY_CSS_BODY: &str = "/* The gallery fragment's rules. */\n.hero svg { max-width: 100%; }\n";
+const GALLERY_CSS_BODY: &str =
+    "/* The gallery fragment's rules. */\n.hero svg { max-width: 100%; }\n";
 
 /// The preload hints a demo service sends with each fragment (as fragment teams do: the
 /// stylesheets its markup links): every one the shared stylesheet, which the proxy sends once,

@@ -9,9 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{
-    HeaderValue, CACHE_CONTROL, CONTENT_TYPE, COOKIE, LINK, LOCATION, SET_COOKIE,
-};
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, COOKIE, LINK, LOCATION, SET_COOKIE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -196,7 +194,11 @@ impl Site {
         let mut response = Response::new(Full::new(page.body.clone()));
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(page.content_type));
-        if let Some(value) = page.link.as_deref().and_then(|l| HeaderValue::from_str(l).ok()) {
+        if let Some(value) = page
+            .link
+            .as_deref()
+            .and_then(|l| HeaderValue::from_str(l).ok())
+        {
             headers.insert(LINK, value);
         }
         if let Ok(value) = HeaderValue::from_str(&knobs.cache_control()) {

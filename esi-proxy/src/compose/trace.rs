@@ -76,6 +76,8 @@ pub struct FetchRecord {
     pub fallback: Option<String>,
     /// Whether the body was ESI and composed in turn.
     pub esi: bool,
+    /// The preload hints its response sent (`Link` values as the page head would carry them).
+    pub hints: Vec<String>,
 }
 
 // === impl Trace ===

@@ -72,6 +72,12 @@ enum Kind {
     Comment,
     /// `<esi:assign name="..">` written with an end tag: its content is the expression.
     Assign,
+    Foreach,
+    Function,
+    /// Empty elements: never open frames.
+    Break,
+    Return,
+    Eval,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -113,6 +119,16 @@ pub struct Parser {
     /// Names the document assigned (or named as a `matchname`) so far: later text and
     /// attributes may read them.
     assigned: std::collections::HashSet<Box<str>>,
+    /// Names of the functions the document defined so far.
+    functions: std::collections::HashSet<Box<str>>,
+    /// Whether an `esi:eval` came before (its fragment may define functions).
+    eval_seen: bool,
+    /// Open `esi:foreach` elements, and how many were open when the open `esi:function`
+    /// began (a `break` belongs to a loop inside the function).
+    loops: usize,
+    loops_at_function: usize,
+    /// Whether an `esi:function` is open.
+    in_function: bool,
 }
 
 /// Parses a whole document.
@@ -175,6 +191,11 @@ impl Kind {
             b"include" => Kind::Include,
             b"comment" => Kind::Comment,
             b"assign" => Kind::Assign,
+            b"foreach" => Kind::Foreach,
+            b"function" => Kind::Function,
+            b"break" => Kind::Break,
+            b"return" => Kind::Return,
+            b"eval" => Kind::Eval,
             _ => return None,
         })
     }
@@ -192,6 +213,11 @@ impl Kind {
             Kind::Include => "include",
             Kind::Comment => "comment",
             Kind::Assign => "assign",
+            Kind::Foreach => "foreach",
+            Kind::Function => "function",
+            Kind::Break => "break",
+            Kind::Return => "return",
+            Kind::Eval => "eval",
         }
     }
 
@@ -223,6 +249,11 @@ impl Parser {
             assign: None,
             assign_text: Vec::new(),
             assigned: std::collections::HashSet::new(),
+            functions: std::collections::HashSet::new(),
+            eval_seen: false,
+            loops: 0,
+            loops_at_function: 0,
+            in_function: false,
         }
     }
 
@@ -483,6 +514,7 @@ impl Parser {
                 _ => None,
             },
         };
+        let place = place.or_else(|| self.flow_place(kind));
         if let Some(place) = place {
             self.problem(
                 pos,
@@ -553,6 +585,28 @@ impl Parser {
                 }
                 Ok(())
             }
+            Kind::Break | Kind::Return | Kind::Eval => {
+                let event = match kind {
+                    Kind::Break => Some(Event::Break),
+                    Kind::Return => self.return_value(attrs, pos)?.map(Event::Return),
+                    _ => {
+                        let eval = self.eval(attrs, pos)?;
+                        eval.map(Event::Eval)
+                    }
+                };
+                if let Some(event) = event {
+                    out.push(event);
+                }
+                if !self_closing {
+                    // Empty elements: content written inside is dropped.
+                    self.skip = Some(Skip {
+                        kind,
+                        pos,
+                        nested: 0,
+                    });
+                }
+                Ok(())
+            }
             Kind::Include => {
                 match self.include(attrs, pos)? {
                     Some(inc) => {
@@ -598,7 +652,31 @@ impl Parser {
                     Kind::Otherwise => Some(Event::OtherwiseStart),
                     Kind::When => Some(self.when(attrs, pos)?),
                     Kind::Inline => Some(self.inline(attrs, pos)?),
-                    Kind::Vars | Kind::Include | Kind::Comment | Kind::Assign => None,
+                    Kind::Foreach | Kind::Function => {
+                        let event = if kind == Kind::Foreach {
+                            self.foreach(attrs, pos)?
+                        } else {
+                            self.function(attrs, pos)?
+                        };
+                        if event.is_none() {
+                            if !self_closing {
+                                self.skip = Some(Skip {
+                                    kind,
+                                    pos,
+                                    nested: 0,
+                                });
+                            }
+                            return Ok(());
+                        }
+                        event
+                    }
+                    Kind::Vars
+                    | Kind::Include
+                    | Kind::Comment
+                    | Kind::Assign
+                    | Kind::Break
+                    | Kind::Return
+                    | Kind::Eval => None,
                 };
                 if let Some(parent) = self.stack.last_mut() {
                     match kind {
@@ -617,8 +695,14 @@ impl Parser {
                     second: false,
                     text_reported: false,
                 });
-                if kind == Kind::Vars {
-                    self.vars_depth += 1;
+                match kind {
+                    Kind::Vars => self.vars_depth += 1,
+                    Kind::Foreach => self.loops += 1,
+                    Kind::Function => {
+                        self.in_function = true;
+                        self.loops_at_function = self.loops;
+                    }
+                    _ => {}
                 }
                 if self_closing {
                     self.close_top(out)?;
@@ -683,6 +767,16 @@ impl Parser {
             Kind::When => Some(Event::WhenEnd),
             Kind::Otherwise => Some(Event::OtherwiseEnd),
             Kind::Inline => Some(Event::InlineEnd),
+            Kind::Foreach => {
+                self.loops -= 1;
+                Some(Event::ForeachEnd)
+            }
+            Kind::Function => {
+                self.in_function = false;
+                self.loops_at_function = 0;
+                Some(Event::FunctionEnd)
+            }
+            Kind::Break | Kind::Return | Kind::Eval => None,
             Kind::Vars => {
                 self.vars_depth -= 1;
                 None
@@ -711,16 +805,20 @@ impl Parser {
     }
 
     fn include(&mut self, raw: &[u8], pos: Pos) -> Result<Option<Include>, ParseError> {
+        self.include_attrs("include", raw, pos)
+    }
+
+    /// Reads an `include`'s (or `eval`'s) attributes; `element` names it in problems.
+    fn include_attrs(
+        &mut self,
+        element: &'static str,
+        raw: &[u8],
+        pos: Pos,
+    ) -> Result<Option<Include>, ParseError> {
         let attrs = match attributes(raw) {
             Ok(a) => a,
             Err(message) => {
-                self.problem(
-                    pos,
-                    Problem::BadAttribute {
-                        element: "include",
-                        message,
-                    },
-                )?;
+                self.problem(pos, Problem::BadAttribute { element, message })?;
                 return Ok(None);
             }
         };
@@ -746,17 +844,14 @@ impl Parser {
                 }
                 "onerror" if value == "continue" => inc.onerror = OnError::Continue,
                 "onerror" => self.problem(pos, Problem::BadOnError(value))?,
+                "dca" if element == "eval" && value.trim().eq_ignore_ascii_case("esi") => {
+                    self.problem(pos, Problem::DcaEsi)?;
+                }
                 "maxwait" => match value.trim().parse::<u64>() {
                     Ok(ms) => inc.maxwait_ms = Some(ms),
                     Err(_) => {
                         let message = format!("maxwait={value:?} is not a number of milliseconds");
-                        self.problem(
-                            pos,
-                            Problem::BadAttribute {
-                                element: "include",
-                                message,
-                            },
-                        )?;
+                        self.problem(pos, Problem::BadAttribute { element, message })?;
                     }
                 },
                 // Other attributes (ttl, no-store, ...) belong to other dialects and are ignored.
@@ -764,7 +859,7 @@ impl Parser {
             }
         }
         if !has_src || inc.src.as_constant() == Some("") {
-            self.problem(pos, Problem::MissingSrc)?;
+            self.problem(pos, Problem::MissingSrc(element))?;
             return Ok(None);
         }
         Ok(Some(inc))
@@ -842,6 +937,7 @@ impl Parser {
     ) -> Result<Option<Assign>, ParseError> {
         match parse_expr(source, self.opts.max_expr_depth) {
             Ok(value) => Ok(Some({
+                self.check_calls(&value, pos)?;
                 self.assigned.insert(name.clone());
                 Assign {
                     name,
@@ -903,7 +999,10 @@ impl Parser {
             });
         };
         let test = match parse_expr(&source, self.opts.max_expr_depth) {
-            Ok(expr) => Some(expr),
+            Ok(expr) => {
+                self.check_calls(&expr, pos)?;
+                Some(expr)
+            }
             Err(e) => {
                 self.problem(pos, Problem::BadExpression(e))?;
                 None
@@ -1001,6 +1100,9 @@ pub fn decode_entities(s: &str) -> String {
     out.push_str(rest);
     out
 }
+
+#[path = "parse_flow.rs"]
+mod flow;
 
 #[cfg(test)]
 #[path = "parse_tests.rs"]

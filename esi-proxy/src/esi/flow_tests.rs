@@ -1,0 +1,3 @@
+//! Tables for `esi:foreach` items and calls of document-defined functions.
+
+use super::*;

@@ -18,6 +18,7 @@ mod fetch;
 mod framing;
 mod https;
 mod language;
+mod language_flow;
 mod layout;
 mod lint_cli;
 mod panics;

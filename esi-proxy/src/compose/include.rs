@@ -17,7 +17,7 @@ use tracing::Instrument;
 use url::{Position, Url};
 
 use crate::config;
-use crate::esi::{self, Include, OnError, Scope, Template, VarError};
+use crate::esi::{self, Include, OnError, ParseOptions, Scope, Template, VarError};
 use crate::fetch::{ErrorKind, FetchError, FragmentRequest};
 
 use super::buffered::compose_nodes;
@@ -318,7 +318,13 @@ async fn fetch_one(
         record,
     };
     if eval {
-        return Ok(Fetched::Esi(template, child));
+        // Parsed again: its `$(name)`s read the including document's variables.
+        let opts = ParseOptions {
+            shared_scope: true,
+            ..cfg.parse.clone()
+        };
+        let shared = esi::parse(fragment.body.clone(), &opts).unwrap_or_default();
+        return Ok(Fetched::Esi(Arc::new(shared), child));
     }
     // A fragment's variables are its own.
     let child = Arc::new(child);

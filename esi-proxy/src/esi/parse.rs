@@ -54,6 +54,9 @@ pub struct ParseOptions {
     pub max_vars_bytes: usize,
     /// How many diagnostics are kept (all are counted). Default: 64.
     pub max_diagnostics: usize,
+    /// Whether every well-formed `$(name)` is a variable, assigned here or not: for documents
+    /// run by `esi:eval`, which read the including document's variables. Default: false.
+    pub shared_scope: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +164,7 @@ impl Default for ParseOptions {
             max_tag_bytes: 16 * 1024,
             max_vars_bytes: 256 * 1024,
             max_diagnostics: 64,
+            shared_scope: false,
         }
     }
 }
@@ -442,7 +446,7 @@ impl Parser {
         };
         self.vars_text.clear();
         self.vars_len = 0;
-        let assigned = |name: &str| self.assigned.contains(name);
+        let assigned = |name: &str| self.is_assigned(name);
         out.push(match split_vars_in(&text, &assigned) {
             Some(segments) => Event::Vars(segments),
             None => Event::Text(text),
@@ -459,6 +463,13 @@ impl Parser {
             }
         }
         Ok(())
+    }
+
+    /// Whether `$(name)` with a lower-case letter is a variable here: assigned before, or
+    /// anything in a document that shares a scope (run by `esi:eval`, or after one, whose
+    /// fragment may have assigned it).
+    fn is_assigned(&self, name: &str) -> bool {
+        self.opts.shared_scope || self.eval_seen || self.assigned.contains(name)
     }
 
     fn depth(&self) -> usize {
@@ -836,12 +847,10 @@ impl Parser {
         for (key, value) in attrs {
             match key.as_str() {
                 "src" => {
-                    inc.src = VarString::parse_in(&value, &|n| self.assigned.contains(n));
+                    inc.src = VarString::parse_in(&value, &|n| self.is_assigned(n));
                     has_src = true;
                 }
-                "alt" => {
-                    inc.alt = Some(VarString::parse_in(&value, &|n| self.assigned.contains(n)))
-                }
+                "alt" => inc.alt = Some(VarString::parse_in(&value, &|n| self.is_assigned(n))),
                 "onerror" if value == "continue" => inc.onerror = OnError::Continue,
                 "onerror" => self.problem(pos, Problem::BadOnError(value))?,
                 "dca" if element == "eval" && value.trim().eq_ignore_ascii_case("esi") => {

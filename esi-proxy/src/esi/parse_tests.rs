@@ -36,6 +36,11 @@ fn show(nodes: &[Node]) -> String {
             Node::Try { attempt, except } => {
                 s.push_str(&format!("{{try {} | {}}}", show(attempt), show(except)));
             }
+            Node::Foreach(f) => s.push_str(&format!("{{foreach {} {}}}", f.item, show(&f.body))),
+            Node::Function(f) => s.push_str(&format!("{{function {} {}}}", f.name, show(&f.body))),
+            Node::Break => s.push_str("{break}"),
+            Node::Return(r) => s.push_str(&format!("{{return {}}}", r.source)),
+            Node::Eval(inc) => s.push_str(&format!("{{eval {}}}", inc.src)),
             Node::Assign(a) => {
                 let key = a
                     .key

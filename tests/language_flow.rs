@@ -231,3 +231,47 @@ async fn eval_from_an_untrusted_host_sees_no_credentials() {
     assert_eq!(body, "(cookie= page=)</f/x?t=>[u||s3cret]");
     assert_eq!(*seen.lock().expect("not poisoned"), vec!["/doc", "/f/x?t="]);
 }
+
+/// The proxy and the reference evaluation (`Template::render`) give the same page for
+/// documents using loops, breaks, functions and evals, with the same fragments.
+#[tokio::test]
+async fn the_proxy_matches_the_reference_evaluation() {
+    const DOCS: &[(&str, &str)] = &[(
+        "/lib",
+        "<esi:assign name=\"n\" value=\"2\"/><esi:function name=\"wrap\"><esi:return value=\"$join(['(', $(ARGS{0}), ')'], '')\"/></esi:function>lib",
+    )];
+    const LAYOUTS: &[&str] = &[
+        "<esi:foreach collection=\"['a', 'b', 'c']\" item=\"x\"><esi:include src=\"/f/$(x)\"/><esi:choose><esi:when test=\"$(x) == 'b'\"><esi:break/></esi:when></esi:choose></esi:foreach>!",
+        "<esi:eval src=\"/lib\"/><esi:foreach collection=\"$string_split('p q')\" item=\"w\"><esi:assign name=\"v\" value=\"$wrap($(w))\"/><esi:vars>$(v)$(n)</esi:vars></esi:foreach>",
+        "<esi:try><esi:attempt><esi:foreach collection=\"[1, 2]\" item=\"i\"><esi:include src=\"/f/$(i)\"/><esi:include src=\"/down\"/></esi:foreach></esi:attempt><esi:except>[x]</esi:except></esi:try>",
+        "<esi:function name=\"c\"><esi:return value=\"$len($(ARGS))\"/></esi:function><esi:assign name=\"k\" value=\"$c(1, 2, 3)\"/><esi:vars>$(k)</esi:vars><esi:eval src=\"/down\" alt=\"/lib\"/>",
+    ];
+    for layout in LAYOUTS {
+        let (origin, _) = origin(layout, DOCS).await;
+        let proxy = crate::support::proxy(&origin.base(), Config::default()).await;
+        let (status, got) = get(&proxy, "/page").await;
+        assert_eq!(status, 200, "{layout}");
+        let template = esi_proxy::esi::parse(
+            bytes::Bytes::from_static(layout.as_bytes()),
+            &esi_proxy::esi::ParseOptions::default(),
+        )
+        .expect("lenient");
+        let mut fetch = |url: &str| -> Option<bytes::Bytes> {
+            match DOCS.iter().find(|(p, _)| *p == url) {
+                Some((_, doc)) => Some(bytes::Bytes::from_static(doc.as_bytes())),
+                None if url.starts_with("/down") => None,
+                None => Some(bytes::Bytes::from(format!("<{url}>"))),
+            }
+        };
+        let mut want = Vec::new();
+        template
+            .render(
+                &esi_proxy::esi::Request::new(),
+                &esi_proxy::esi::VarPolicy::default(),
+                &mut fetch,
+                &mut want,
+            )
+            .expect("renders");
+        assert_eq!(got, String::from_utf8(want).expect("utf-8"), "{layout}");
+    }
+}

@@ -329,7 +329,12 @@ impl<'e> Run<'_, 'e> {
             Node::Eval(inc) => {
                 if let Some(body) = self.fetch_include(inc)? {
                     if self.evals < MAX_EVAL_DEPTH {
-                        let doc = parse(body, &ParseOptions::default()).unwrap_or_default();
+                        // Its `$(name)`s read this document's variables.
+                        let opts = ParseOptions {
+                            shared_scope: true,
+                            ..ParseOptions::default()
+                        };
+                        let doc = parse(body, &opts).unwrap_or_default();
                         self.evals += 1;
                         let result = self.nodes(&doc.nodes, out);
                         self.evals -= 1;

@@ -120,3 +120,26 @@ fn misuse_is_reported_with_a_message() {
         super::super::Severity::Warning
     ));
 }
+
+/// The deepest call depth the config allows fits a 2 MiB stack (a tokio worker's), debug
+/// build included, with expressions nested in each call.
+#[test]
+fn the_deepest_allowed_recursion_fits_a_worker_stack() {
+    let limits = Limits {
+        max_function_depth: 64,
+        ..Limits::default()
+    };
+    let doc = concat!(
+        "<esi:function name=\"r\"><esi:foreach collection=\"[1]\" item=\"i\"><esi:choose>",
+        "<esi:when test=\"!(($r() == 1) | ($r() == 2))\">x</esi:when></esi:choose>",
+        "</esi:foreach></esi:function>",
+        "<esi:choose><esi:when test=\"$r()\">x</esi:when><esi:otherwise>stopped</esi:otherwise></esi:choose>",
+    );
+    let out = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || render(doc, limits))
+        .expect("a thread")
+        .join()
+        .expect("no overflow");
+    assert_eq!(out, "stopped");
+}

@@ -4,7 +4,8 @@
 
 use bytes::{Bytes, BytesMut};
 use esi_proxy::esi::{
-    parse, parse_expr, Node, ParseOptions, Parser, Request, VarPolicy, VarString,
+    parse, parse_expr, Budget, Limits, Node, ParseOptions, Parser, Request, Scope, VarPolicy,
+    VarString,
 };
 use proptest::prelude::*;
 
@@ -24,6 +25,13 @@ const PIECES: &[&str] = &[
     "</esi:text>",
     "<esi:assign name=\"x\" value=\"['a', $lower('B')]\"/>",
     "<esi:assign name=\"x\">",
+    "<esi:foreach collection=\"[1, 2, $f(3)]\" item=\"i\">",
+    "</esi:foreach>",
+    "<esi:break/>",
+    "<esi:function name=\"f\">",
+    "</esi:function>",
+    "<esi:return value=\"$f($(ARGS{0}))\"/>",
+    "<esi:eval src=\"/e\" onerror=\"continue\"/>",
     "</esi:assign>",
     "{'k': 1}",
     "$(x{0})",
@@ -122,6 +130,14 @@ fn normalize(nodes: &[Node]) -> Vec<Node> {
                 fetchable: *fetchable,
                 body: normalize(body),
             },
+            Node::Foreach(f) => Node::Foreach(esi_proxy::esi::Foreach {
+                body: normalize(&f.body),
+                ..f.clone()
+            }),
+            Node::Function(f) => Node::Function(esi_proxy::esi::Function {
+                name: f.name.clone(),
+                body: normalize(&f.body).into(),
+            }),
             other => other.clone(),
         };
         match (out.last_mut(), node) {
@@ -169,6 +185,47 @@ proptest! {
         let mut out = Vec::new();
         let mut fetch = |_: &str| None;
         let _ = lenient.render(&Request::new().with_cookie("a=1"), &VarPolicy::default(), &mut fetch, &mut out);
+    }
+
+    /// Loops, recursive functions and expressions of any shape never panic, and a page's
+    /// evaluations stay within the budget (each step may pass it by the one that hit it).
+    #[test]
+    fn loops_and_calls_stay_within_their_bounds(
+        exprs in prop::collection::vec(prop_oneof![
+            Just("$f($(ARGS{0}))".to_owned()),
+            Just("[$f(1), $f(2), $f(3)]".to_owned()),
+            Just("$string_split('a b c d e f g h')".to_owned()),
+            Just("{'a': $f(1), 'b': [1, 2]}".to_owned()),
+            "[$a-z(),' 0-9\\[\\]{}:]{0,24}",
+        ], 1..6),
+        shape in prop::collection::vec(0u8..6, 1..12),
+    ) {
+        let mut doc = String::from("<esi:function name=\"f\">");
+        for (i, s) in shape.iter().enumerate() {
+            let e = exprs[i % exprs.len()].replace('"', "'");
+            doc.push_str(&match s {
+                0 => format!("<esi:foreach collection=\"{e}\" item=\"i\"><esi:assign name=\"x\" value=\"$f($(i))\"/>"),
+                1 => "</esi:foreach>".to_owned(),
+                2 => format!("<esi:return value=\"{e}\"/>"),
+                3 => "</esi:function><esi:function name=\"f\">".to_owned(),
+                4 => format!("<esi:choose><esi:when test=\"{e}\"><esi:break/></esi:when></esi:choose>"),
+                _ => format!("<esi:assign name=\"y\" value=\"{e}\"/><esi:vars>$(y)</esi:vars>"),
+            });
+        }
+        doc.push_str("</esi:function><esi:foreach collection=\"[1, 2, 3]\" item=\"n\"><esi:assign name=\"z\" value=\"$f($(n))\"/></esi:foreach>");
+        let template = parse(Bytes::from(doc), &ParseOptions::default()).expect("lenient");
+        let limits = Limits {
+            max_evaluations: 3000,
+            max_foreach_iterations: 8,
+            max_function_depth: 6,
+            ..Limits::default()
+        };
+        let budget = Budget::new(limits);
+        let mut out = Vec::new();
+        let mut fetch = |_: &str| None;
+        let _ = template.render_with(&Request::new(), &VarPolicy::default(), &budget, &mut Scope::default(), &mut fetch, &mut out);
+        prop_assert!(budget.evaluations() <= limits.max_evaluations + 256, "{} evaluations", budget.evaluations());
+        prop_assert!(out.len() <= 1 << 20);
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod framing;
 mod hints;
 mod https;
 mod language;
+mod language_flow;
 mod layout;
 mod lint_cli;
 mod panics;

@@ -34,7 +34,7 @@ impl Fetcher for InMemory {
         let result = match body {
             Some(body) => Ok(Fragment {
                 status: StatusCode::OK,
-                headers: HeaderMap::new(),
+                headers: esi_marked(),
                 body: body.clone(),
                 cache: None,
                 template: None,
@@ -46,6 +46,16 @@ impl Fetcher for InMemory {
         };
         Box::pin(future::ready(result))
     }
+}
+
+/// Every fragment is marked as ESI, so includes compose it and `esi:eval` runs it.
+fn esi_marked() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "surrogate-control",
+        http::HeaderValue::from_static("content=\"ESI/1.0\""),
+    );
+    headers
 }
 
 fn runtime() -> &'static tokio::runtime::Runtime {
@@ -90,6 +100,9 @@ fuzz_target!(|data: &[u8]| {
         ..ParseOptions::default()
     };
     config.page_timeout = Duration::from_secs(10);
+    // Loops and calls under small bounds the input picks.
+    config.limits.max_foreach_iterations = 1 + usize::from(limits >> 3);
+    config.limits.max_function_depth = 1 + usize::from(depth >> 5);
     let max_page_bytes = config.max_page_bytes;
     let composer = Composer::new(
         Arc::new(InMemory { bodies }),

@@ -17,6 +17,7 @@ fuzz_target!(|data: &[u8]| {
             max_value_bytes: 4096,
             max_list_items: 64,
             max_pattern_bytes: 4096,
+            ..Limits::default()
         };
         let budget = Budget::new(limits);
         let policy = VarPolicy::default();

@@ -1,6 +1,7 @@
-//! One include: its `src` fetched (then its `alt`), refused on a loop or past the include limit,
-//! bounded by the page's deadline and fetch permits, composed in turn when the fragment is ESI
-//! (up to the depth), and on failure its fallback: `onerror="continue"`, or the page's policy.
+//! One include (or `esi:eval`): its `src` fetched (then its `alt`), refused on a loop or past
+//! the include limit, bounded by the page's deadline and fetch permits, composed in turn when
+//! the fragment is ESI (up to the depth; an eval's is handed back to run in its parent's
+//! scope), and on failure its fallback: `onerror="continue"`, or the page's policy.
 //! Records metrics and trace rows; never writes page output.
 
 use std::borrow::Cow;
@@ -16,22 +17,51 @@ use tracing::Instrument;
 use url::{Position, Url};
 
 use crate::config;
-use crate::esi::vars::render_url;
-use crate::esi::{self, Include, OnError, Scope};
+use crate::esi::{self, Include, OnError, ParseOptions, Scope, Template, VarError};
 use crate::fetch::{ErrorKind, FetchError, FragmentRequest};
 
 use super::buffered::compose_nodes;
-use super::stream::concat;
 use super::{DocContext, Failure, FailureKind, Fallback, PageState};
+
+/// An include's `src` and then `alt`, rendered when the include was reached.
+pub(super) type Urls = Vec<Result<String, VarError>>;
+
+/// What a fetched fragment gives: bytes to place, or (for an `esi:eval` of ESI) the parsed
+/// fragment and where it sits, to run in the parent's scope.
+pub(super) enum Fetched {
+    Literal(Bytes),
+    Esi(Arc<Template>, DocContext),
+}
 
 /// One include with its fallbacks: `src`, then `alt`, then `onerror="continue"`; then, outside
 /// an attempt, the policy.
 pub(super) fn include<'a>(
     state: &'a Arc<PageState>,
     inc: &'a Include,
+    urls: &'a Urls,
     doc: &'a DocContext,
     in_try: bool,
 ) -> BoxFuture<'a, Result<Bytes, Failure>> {
+    async move {
+        Ok(match resolve(state, inc, urls, doc, in_try, false).await? {
+            Some(Fetched::Literal(b)) => b,
+            // Only an eval hands back a template.
+            Some(Fetched::Esi(..)) | None => Bytes::new(),
+        })
+    }
+    .boxed()
+}
+
+/// An include's or eval's fetch with its fallbacks; `None` when a fallback leaves its place
+/// empty. With `eval`, an ESI fragment comes back parsed instead of composed.
+pub(super) fn resolve<'a>(
+    state: &'a Arc<PageState>,
+    inc: &'a Include,
+    urls: &'a Urls,
+    doc: &'a DocContext,
+    in_try: bool,
+    eval: bool,
+) -> BoxFuture<'a, Result<Option<Fetched>, Failure>> {
     async move {
         let cfg = &state.composer.config;
         let metrics = &state.composer.metrics;
@@ -45,13 +75,14 @@ pub(super) fn include<'a>(
                 record: None,
             });
         } else {
-            for (i, src) in std::iter::once(&inc.src).chain(inc.alt.as_ref()).enumerate() {
-                match fetch_fragment(state, src, inc, i > 0, doc).await {
+            let srcs = std::iter::once(&inc.src).chain(inc.alt.as_ref());
+            for (i, (src, url)) in srcs.zip(urls).enumerate() {
+                match fetch_fragment(state, src, url, inc, i > 0, doc, eval).await {
                     Ok(body) => {
                         if i > 0 {
                             state.record_fallback(Fallback::Alt, last.as_ref());
                         }
-                        return Ok(body);
+                        return Ok(Some(body));
                     }
                     Err(f) => {
                         tracing::warn!(failure = %f, alt = i > 0, line = inc.line, "include failed");
@@ -63,7 +94,7 @@ pub(super) fn include<'a>(
         let failure = last.expect("an include fails only after an attempt or the limit");
         if inc.onerror == OnError::Continue {
             state.record_fallback(Fallback::Continue, Some(&failure));
-            return Ok(Bytes::new());
+            return Ok(None);
         }
         if in_try {
             return Err(failure);
@@ -71,7 +102,7 @@ pub(super) fn include<'a>(
         match cfg.on_error {
             config::OnError::Empty => {
                 state.record_fallback(Fallback::Empty, Some(&failure));
-                Ok(Bytes::new())
+                Ok(None)
             }
             config::OnError::Fail => {
                 state.record_fallback(Fallback::Abort, Some(&failure));
@@ -82,21 +113,25 @@ pub(super) fn include<'a>(
     .boxed()
 }
 
-/// Fetches one URL of an include, composing it if it is ESI itself; traced when the page is.
+/// Fetches one URL of an include, composing it if it is ESI itself (an eval's comes back
+/// parsed); traced when the page is.
 async fn fetch_fragment(
     state: &Arc<PageState>,
     src: &esi::VarString,
+    url: &Result<String, VarError>,
     inc: &Include,
     alt: bool,
     doc: &DocContext,
-) -> Result<Bytes, Failure> {
+    eval: bool,
+) -> Result<Fetched, Failure> {
     let record = state.trace_start(doc, src, inc.line, alt);
-    let result = fetch_one(state, src, inc.maxwait_ms, doc, record).await;
+    let result = fetch_one(state, src, url, inc.maxwait_ms, doc, record, eval).await;
     if let Some(id) = record {
         state.trace_update(id, |r| {
             r.end_ms = state.elapsed_ms();
             match &result {
-                Ok(body) => r.bytes = r.bytes.max(body.len()),
+                Ok(Fetched::Literal(body)) => r.bytes = r.bytes.max(body.len()),
+                Ok(Fetched::Esi(..)) => {}
                 Err(f) => {
                     f.kind.as_str().clone_into(&mut r.outcome);
                     r.error = Some(f.message.clone());
@@ -110,10 +145,12 @@ async fn fetch_fragment(
 async fn fetch_one(
     state: &Arc<PageState>,
     src: &esi::VarString,
+    rendered: &Result<String, VarError>,
     maxwait_ms: Option<u64>,
     doc: &DocContext,
     record: Option<usize>,
-) -> Result<Bytes, Failure> {
+    eval: bool,
+) -> Result<Fetched, Failure> {
     let composer = &state.composer;
     let cfg = &composer.config;
     let fail = |url: &str, kind: FailureKind, message: String| Failure {
@@ -122,13 +159,14 @@ async fn fetch_one(
         message,
         record,
     };
-    let rendered = render_url(src, &state.page.vars, state.vars(doc));
     state.note_cookie_read();
-    let rendered = rendered.map_err(|e| fail(&src.to_string(), FailureKind::Url, e.to_string()))?;
+    let rendered = rendered
+        .as_ref()
+        .map_err(|e| fail(&src.to_string(), FailureKind::Url, e.to_string()))?;
     let url = doc
         .base
-        .join(&rendered)
-        .map_err(|e| fail(&rendered, FailureKind::Url, e.to_string()))?;
+        .join(rendered)
+        .map_err(|e| fail(rendered, FailureKind::Url, e.to_string()))?;
     if let Some(id) = record {
         state.trace_update(id, |r| url.as_str().clone_into(&mut r.url));
     }
@@ -254,7 +292,7 @@ async fn fetch_one(
     // ESI from a host that is neither trusted nor opted in (`esi = true`) is placed as literal
     // bytes, as a fragment not marked ESI is: its markup fetches nothing and reads nothing.
     if !fragment.is_esi() || !access.esi {
-        return Ok(fragment.body);
+        return Ok(Fetched::Literal(fragment.body));
     }
     if doc.depth + 1 > cfg.max_depth {
         return Err(fail(
@@ -286,17 +324,26 @@ async fn fetch_one(
         trusted: access.trusted,
         record,
     };
+    if eval {
+        // Parsed again: its `$(name)`s read the including document's variables.
+        let opts = ParseOptions {
+            shared_scope: true,
+            ..cfg.parse.clone()
+        };
+        let shared = esi::parse(fragment.body.clone(), &opts).unwrap_or_default();
+        return Ok(Fetched::Esi(Arc::new(shared), child));
+    }
     // A fragment's variables are its own.
+    let child = Arc::new(child);
     let parts = compose_nodes(state, &template.nodes, &child, false, &mut Scope::default()).await?;
-    let total: usize = parts.iter().map(Bytes::len).sum();
-    if total > cfg.max_page_bytes {
+    if parts.len() > cfg.max_page_bytes {
         return Err(fail(
             child.base.as_str(),
             FailureKind::Fetch(ErrorKind::TooLarge),
             format!("composed fragment over {} bytes", cfg.max_page_bytes),
         ));
     }
-    Ok(concat(parts))
+    Ok(Fetched::Literal(parts))
 }
 
 /// The metrics label of a fragment's host: `host:port`, the port explicit or the scheme's.

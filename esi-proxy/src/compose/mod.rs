@@ -21,9 +21,10 @@ use tracing::Instrument;
 use url::Url;
 
 use crate::config::{CookieNames, OnError, Settings};
+use crate::esi::flow::foreach_items;
 use crate::esi::{
-    self, render_html_in, Assign, Bound, Budget, Context, CookieAccess, Expr, Limits, ParseOptions,
-    Scope, Segment, Template, VarPolicy,
+    self, render_html_in, render_url_in, Assign, Bound, Budget, Context, CookieAccess, Expr,
+    Foreach, Include, Limits, ParseOptions, Scope, Segment, Template, Value, VarPolicy,
 };
 use crate::fetch::{deadline_after, ErrorKind, Fetcher};
 use crate::telemetry::{self, Metrics};
@@ -215,6 +216,8 @@ impl ComposeConfig {
                 max_value_bytes: e.max_expr_value_bytes,
                 max_list_items: e.max_expr_list_items,
                 max_pattern_bytes: e.max_pattern_bytes,
+                max_foreach_iterations: e.max_foreach_iterations,
+                max_function_depth: e.max_function_depth,
             },
         }
     }
@@ -430,11 +433,45 @@ impl PageState {
         }
     }
 
+    /// The items of an `esi:foreach` of `doc` under the page's budget and the loop bound; a
+    /// bound hit is counted and logged, and the items before it still run.
+    fn foreach_items(
+        &self,
+        f: &Foreach,
+        doc: &DocContext,
+        scope: &mut Scope,
+    ) -> Vec<Value<'static>> {
+        let mut cx = Context::new(&self.page.vars, self.vars(doc), &self.budget);
+        cx.now = unix_now();
+        cx.seed = seed(&self.page.started);
+        cx.scope = std::mem::take(scope);
+        let (items, hit) = foreach_items(f, &mut cx);
+        *scope = std::mem::take(&mut cx.scope);
+        self.note_cookie_read();
+        if let Some(bound) = hit {
+            self.expr_bound(bound, &f.source);
+        }
+        items
+    }
+
+    /// An include's `src` and `alt` with the variables of `doc` as they are now (a loop's
+    /// item changes on the next iteration, before the fetch may start).
+    fn render_urls(&self, inc: &Include, doc: &DocContext, scope: &mut Scope) -> include::Urls {
+        let mut cx = Context::new(&self.page.vars, self.vars(doc), &self.budget);
+        cx.scope = std::mem::take(scope);
+        let urls = std::iter::once(&inc.src)
+            .chain(inc.alt.as_ref())
+            .map(|s| render_url_in(s, &cx))
+            .collect();
+        *scope = std::mem::take(&mut cx.scope);
+        urls
+    }
+
     /// Counts and logs an expression stopped by a bound; `what` is the construct, as written.
     fn expr_bound(&self, bound: Bound, what: &str) {
         self.composer.metrics.inc_counter(
             "esi_proxy_esi_bounds_total",
-            "ESI expressions stopped by a bound (evaluations, value_bytes, list_items, pattern_bytes).",
+            "ESI expressions stopped by a bound (evaluations, value_bytes, list_items, pattern_bytes, foreach_iterations, function_depth, undefined_function).",
             Some(("bound", bound.as_str())),
             1,
         );

@@ -1,6 +1,7 @@
 //! The in-order output of one page: the `Driver` feeds the streamed (or cached, parsed) layout to
 //! the parser, turns each event into a slot (ready bytes, or a spawned fetch aborted on drop),
-//! tracks open try/choose blocks, and sends the ready front of the page in batches.
+//! tracks open try/choose blocks, and sends the ready front of the page in batches. A loop or
+//! an eval runs as a unit (`buffered`'s), and what follows it waits until the unit has run.
 //! Fetches nothing itself: an include is `include`'s, a whole `esi:try` is `buffered`'s.
 
 use std::collections::VecDeque;
@@ -13,10 +14,9 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::esi::parse::TemplateBuilder;
-use crate::esi::{Event, Node, Parser, Scope, Template};
+use crate::esi::{Event, Node, Parser, Scope, Template, UserFunction};
 
-use super::buffered::run_try;
-use super::include::include;
+use super::buffered::{run, run_try, start_include};
 use super::{ComposeError, DocContext, Failure, FailureKind, OnParsed, PageState, WhenTest};
 use crate::fetch::ErrorKind;
 
@@ -59,6 +59,13 @@ pub(super) struct Driver {
     skip: usize,
     /// This document's captures and assigned variables.
     scope: Scope,
+    /// A loop or function definition being collected, and how deep inside it events are.
+    unit: Option<(TemplateBuilder, usize)>,
+    /// A unit (loop, eval) started and not yet run: its scope and slots come back.
+    started: Option<Task<(Scope, Vec<Slot>)>>,
+    /// Whether a unit is running: events wait in `held` until it has.
+    waiting: bool,
+    held: VecDeque<Event>,
 }
 
 /// Where a page's layout comes from.
@@ -117,6 +124,25 @@ fn template_events(nodes: &[Node], out: &mut Vec<Event>) {
                 template_events(body, out);
                 out.push(Event::InlineEnd);
             }
+            Node::Foreach(f) => {
+                out.push(Event::ForeachStart {
+                    collection: f.collection.clone(),
+                    source: f.source.clone(),
+                    item: f.item.clone(),
+                });
+                template_events(&f.body, out);
+                out.push(Event::ForeachEnd);
+            }
+            Node::Function(f) => {
+                out.push(Event::FunctionStart {
+                    name: f.name.clone(),
+                });
+                template_events(&f.body, out);
+                out.push(Event::FunctionEnd);
+            }
+            Node::Break => out.push(Event::Break),
+            Node::Return(r) => out.push(Event::Return(r.clone())),
+            Node::Eval(inc) => out.push(Event::Eval(inc.clone())),
         }
     }
 }
@@ -132,6 +158,10 @@ impl Driver {
             frames: Vec::new(),
             skip: 0,
             scope: Scope::default(),
+            unit: None,
+            started: None,
+            waiting: false,
+            held: VecDeque::new(),
         }
     }
 
@@ -162,6 +192,7 @@ impl Driver {
             self.handle(event);
         }
         let mut current: Option<Task<Result<Bytes, Failure>>> = None;
+        let mut unit: Option<Task<(Scope, Vec<Slot>)>> = None;
         let mut sent = 0usize;
         let deadline = self.state.deadline;
         let page_timeout = cfg.page_timeout;
@@ -211,7 +242,10 @@ impl Driver {
                     return;
                 }
             }
-            if layout_done && current.is_none() && self.queue.is_empty() {
+            if unit.is_none() {
+                unit = self.started.take();
+            }
+            if layout_done && current.is_none() && self.queue.is_empty() && !self.waiting {
                 let problems = parser.problem_count();
                 if problems > 0 {
                     self.state
@@ -260,6 +294,17 @@ impl Driver {
                         }
                     }
                 }
+                (scope, slots) = async { unit.as_mut().expect("guarded by is_some").finish().await }, if unit.is_some() => {
+                    unit = None;
+                    self.waiting = false;
+                    self.scope = scope;
+                    for slot in slots {
+                        self.push(slot);
+                    }
+                    for event in std::mem::take(&mut self.held) {
+                        self.handle(event);
+                    }
+                }
                 result = async { current.as_mut().expect("guarded by is_some").join().await }, if current.is_some() => {
                     current = None;
                     match result {
@@ -298,6 +343,11 @@ impl Driver {
     }
 
     fn handle(&mut self, event: Event) {
+        if self.waiting {
+            // A unit may change variables: what follows it waits until it has run.
+            self.held.push_back(event);
+            return;
+        }
         if self.skip > 0 {
             if is_start(&event) {
                 self.skip += 1;
@@ -327,8 +377,29 @@ impl Driver {
             builder.push(event);
             return;
         }
+        if let Some((builder, depth)) = &mut self.unit {
+            if is_start(&event) {
+                *depth += 1;
+            } else if is_end(&event) {
+                *depth -= 1;
+            }
+            builder.push(event);
+            if *depth == 0 {
+                let (builder, _) = self.unit.take().expect("matched Some");
+                self.start_unit(builder.finish().nodes);
+            }
+            return;
+        }
         match event {
             Event::Text(bytes) => self.push(Slot::Ready(bytes)),
+            Event::ForeachStart { .. } | Event::FunctionStart { .. } => {
+                let mut builder = TemplateBuilder::default();
+                builder.push(event);
+                self.unit = Some((builder, 1));
+            }
+            Event::Eval(inc) => self.start_unit(vec![Node::Eval(inc)]),
+            // Only inside loops and functions, which units collect whole.
+            Event::Break | Event::Return(_) | Event::ForeachEnd | Event::FunctionEnd => {}
             Event::Vars(segments) => {
                 let out = self
                     .state
@@ -337,9 +408,8 @@ impl Driver {
             }
             Event::Include(inc) => {
                 let in_try = self.in_attempt();
-                let (state, doc) = (Arc::clone(&self.state), Arc::clone(&self.doc));
-                let task = Task::spawn(async move { include(&state, &inc, &doc, in_try).await });
-                self.push(Slot::Pending(task));
+                let slot = start_include(&self.state, &inc, &self.doc, in_try, &mut self.scope);
+                self.push(slot);
             }
             Event::TryStart => self.frames.push(Frame::Try {
                 attempt: Vec::new(),
@@ -395,6 +465,28 @@ impl Driver {
         }
     }
 
+    /// Runs collected nodes: a function definition at once; a loop or an eval as a unit, with
+    /// the document's scope, while later events wait.
+    fn start_unit(&mut self, nodes: Vec<Node>) {
+        if let [Node::Function(f)] = nodes.as_slice() {
+            let def = UserFunction {
+                body: Arc::clone(&f.body),
+                trusted: self.doc.trusted,
+            };
+            self.scope.functions.insert(f.name.to_string(), def);
+            return;
+        }
+        let in_try = self.in_attempt();
+        let (state, doc) = (Arc::clone(&self.state), Arc::clone(&self.doc));
+        let mut scope = std::mem::take(&mut self.scope);
+        self.waiting = true;
+        self.started = Some(Task::spawn(async move {
+            let mut slots = Vec::new();
+            run(&state, &nodes, &doc, in_try, &mut scope, &mut slots).await;
+            (scope, slots)
+        }));
+    }
+
     /// Opens a `when` (if `pass`) or `otherwise` branch: taken if no earlier branch was.
     fn enter_branch(&mut self, pass: bool) {
         let take = match self.frames.last_mut() {
@@ -433,6 +525,8 @@ fn is_start(e: &Event) -> bool {
             | Event::WhenStart { .. }
             | Event::OtherwiseStart
             | Event::InlineStart { .. }
+            | Event::ForeachStart { .. }
+            | Event::FunctionStart { .. }
     )
 }
 
@@ -446,6 +540,8 @@ fn is_end(e: &Event) -> bool {
             | Event::WhenEnd
             | Event::OtherwiseEnd
             | Event::InlineEnd
+            | Event::ForeachEnd
+            | Event::FunctionEnd
     )
 }
 
@@ -470,6 +566,17 @@ impl Task<Result<Bytes, Failure>> {
                 message: format!("fetch task ended: {e}"),
                 record: None,
             }),
+        }
+    }
+}
+
+impl Task<(Scope, Vec<Slot>)> {
+    /// Waits for a unit; one cancelled (never, while the page runs) gives nothing.
+    async fn finish(&mut self) -> (Scope, Vec<Slot>) {
+        match (&mut self.0).await {
+            Ok(done) => done,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => (Scope::default(), Vec::new()),
         }
     }
 }

@@ -142,6 +142,10 @@ pub struct EsiConfig {
     /// Largest compiled regular expression built while a page is composed, in bytes, 1024 to
     /// 16777216. Default: 65536.
     pub max_pattern_bytes: usize,
+    /// Most iterations of one `esi:foreach`, 1 to 100000. Default: 1000.
+    pub max_foreach_iterations: usize,
+    /// Deepest nesting of calls of document-defined functions, 1 to 64. Default: 10.
+    pub max_function_depth: usize,
 }
 
 /// `[fetch]`.
@@ -386,6 +390,8 @@ impl Default for EsiConfig {
             max_expr_value_bytes: 64 * 1024,
             max_expr_list_items: 1000,
             max_pattern_bytes: 64 * 1024,
+            max_foreach_iterations: 1000,
+            max_function_depth: 10,
         }
     }
 }

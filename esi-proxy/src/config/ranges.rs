@@ -62,6 +62,8 @@ pub const RANGES: &[Range] = &[
     range("esi.max_expr_value_bytes", 16, 16 * MIB),
     range("esi.max_expr_list_items", 1, 1_000_000),
     range("esi.max_pattern_bytes", KIB, 16 * MIB),
+    range("esi.max_foreach_iterations", 1, 100_000),
+    range("esi.max_function_depth", 1, 64),
     range("fetch.connect_timeout_ms", 1, HOUR_MS),
     range("fetch.fragment_timeout_ms", 1, HOUR_MS),
     range("fetch.layout_timeout_ms", 1, HOUR_MS),

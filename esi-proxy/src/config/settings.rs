@@ -114,6 +114,10 @@ pub struct EsiSettings {
     pub max_expr_list_items: usize,
     /// `esi.max_pattern_bytes`, 1 KiB to 16 MiB.
     pub max_pattern_bytes: usize,
+    /// `esi.max_foreach_iterations`, 1 to 100000.
+    pub max_foreach_iterations: usize,
+    /// `esi.max_function_depth`, 1 to 64.
+    pub max_function_depth: usize,
 }
 
 /// `[fetch]`, validated.
@@ -407,6 +411,8 @@ mod tests {
                 max_expr_value_bytes: 64 * 1024,
                 max_expr_list_items: 1000,
                 max_pattern_bytes: 64 * 1024,
+                max_foreach_iterations: 1000,
+                max_function_depth: 10,
             },
             fetch: FetchSettings {
                 connect_timeout: Duration::from_secs(1),

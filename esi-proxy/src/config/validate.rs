@@ -146,6 +146,8 @@ impl Config {
             max_expr_value_bytes: e.max_expr_value_bytes,
             max_expr_list_items: e.max_expr_list_items,
             max_pattern_bytes: e.max_pattern_bytes,
+            max_foreach_iterations: e.max_foreach_iterations,
+            max_function_depth: e.max_function_depth,
         })
     }
 

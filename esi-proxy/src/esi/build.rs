@@ -1,7 +1,9 @@
 //! Builds the tree of a [`Template`] from the parser's well-nested [`Event`] stream: how a
 //! whole document, or the events kept while a layout streamed, become the cached template.
 
-use super::ast::{Node, Template, When};
+use std::sync::Arc;
+
+use super::ast::{Foreach, Function, Node, Template, When};
 use super::event::Event;
 use super::expr::Expr;
 
@@ -34,6 +36,14 @@ enum Open {
         name: Box<str>,
         fetchable: bool,
     },
+    Foreach {
+        collection: Expr,
+        source: Box<str>,
+        item: Box<str>,
+    },
+    Function {
+        name: Box<str>,
+    },
 }
 
 // === impl TemplateBuilder ===
@@ -46,6 +56,19 @@ impl TemplateBuilder {
             Event::Vars(s) => self.current().push(Node::Vars(s)),
             Event::Include(inc) => self.current().push(Node::Include(inc)),
             Event::Assign(a) => self.current().push(Node::Assign(a)),
+            Event::Break => self.current().push(Node::Break),
+            Event::Return(r) => self.current().push(Node::Return(r)),
+            Event::Eval(inc) => self.current().push(Node::Eval(inc)),
+            Event::ForeachStart {
+                collection,
+                source,
+                item,
+            } => self.open(Open::Foreach {
+                collection,
+                source,
+                item,
+            }),
+            Event::FunctionStart { name } => self.open(Open::Function { name }),
             Event::TryStart => self.open(Open::Try {
                 attempt: Vec::new(),
                 except: Vec::new(),
@@ -73,7 +96,9 @@ impl TemplateBuilder {
             | Event::OtherwiseEnd
             | Event::TryEnd
             | Event::ChooseEnd
-            | Event::InlineEnd => self.close(),
+            | Event::InlineEnd
+            | Event::ForeachEnd
+            | Event::FunctionEnd => self.close(),
         }
     }
 
@@ -114,6 +139,20 @@ impl TemplateBuilder {
                 fetchable,
                 body,
             }),
+            Open::Foreach {
+                collection,
+                source,
+                item,
+            } => self.current().push(Node::Foreach(Foreach {
+                collection,
+                source,
+                item,
+                body,
+            })),
+            Open::Function { name } => self.current().push(Node::Function(Function {
+                name,
+                body: Arc::from(body),
+            })),
             Open::Attempt => {
                 if let Some((Open::Try { attempt, .. }, _)) = self.stack.last_mut() {
                     *attempt = body;

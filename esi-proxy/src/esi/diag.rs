@@ -32,9 +32,9 @@ pub enum Problem {
         /// The end tag met.
         found: &'static str,
     },
-    /// `<esi:include>` without `src`.
-    #[error("<esi:include> without src")]
-    MissingSrc,
+    /// `<esi:include>` (or `esi:eval`) without `src`.
+    #[error("<esi:{0}> without src")]
+    MissingSrc(&'static str),
     /// `<esi:when>` without `test`.
     #[error("<esi:when> without test")]
     MissingTest,
@@ -90,6 +90,21 @@ pub enum Problem {
     /// ESI markup inside `esi:remove`, which is dropped unprocessed.
     #[error("ESI markup inside <esi:remove> is dropped unprocessed")]
     EsiInsideRemove,
+    /// A call of a function the document has not defined before the call. After an
+    /// `esi:eval` (whose fragment may define it) only a warning.
+    #[error("unknown function `${name}`: not a library function, nor defined by an earlier <esi:function>{}", if *.after_eval { " (an earlier <esi:eval> may define it)" } else { "" })]
+    UndefinedFunction {
+        /// The name called.
+        name: String,
+        /// Whether an `esi:eval` came before the call.
+        after_eval: bool,
+    },
+    /// `esi:foreach` without `item`: the items are in `$(item)`.
+    #[error("<esi:foreach> without item: each item is in $(item)")]
+    DefaultItem,
+    /// `dca="esi"` on `esi:eval`, which runs as `dca="none"`.
+    #[error("dca=\"esi\" on <esi:eval> is processed as dca=\"none\": the fragment runs once, in this document's scope")]
+    DcaEsi,
 }
 
 /// A problem and where it is.
@@ -113,7 +128,13 @@ impl Problem {
     /// Whether the problem makes the markup malformed or is only suspicious.
     pub fn severity(&self) -> Severity {
         match self {
-            Problem::BadOnError(_) | Problem::EsiInsideRemove => Severity::Warning,
+            Problem::BadOnError(_)
+            | Problem::EsiInsideRemove
+            | Problem::DefaultItem
+            | Problem::DcaEsi
+            | Problem::UndefinedFunction {
+                after_eval: true, ..
+            } => Severity::Warning,
             _ => Severity::Error,
         }
     }

@@ -9,12 +9,16 @@
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::ast::Assign;
+use std::sync::Arc;
+
+use super::ast::{Assign, Node};
 use super::expr::{CmpOp, Expr, Pattern, TestOp};
-use super::func;
+use super::{flow, func};
 use bytes::Bytes;
 
-use super::vars::{escape_html, Request, Segment, VarName, VarPolicy, VarRef};
+use super::vars::{
+    escape_html, render_url_with, Request, Segment, VarError, VarName, VarPolicy, VarRef, VarString,
+};
 
 /// The bounds on what expressions may compute for one page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +33,10 @@ pub struct Limits {
     /// Largest compiled form of a regular expression built at run time (literal patterns are
     /// checked when parsed), in bytes. Default: 65536.
     pub max_pattern_bytes: usize,
+    /// Most iterations of one `esi:foreach` (each also costs one evaluation). Default: 1000.
+    pub max_foreach_iterations: usize,
+    /// Deepest nesting of calls of document-defined functions (recursion included). Default: 10.
+    pub max_function_depth: usize,
 }
 
 /// Which bound an evaluation hit.
@@ -42,6 +50,13 @@ pub enum Bound {
     ListItems,
     /// [`Limits::max_pattern_bytes`].
     PatternBytes,
+    /// [`Limits::max_foreach_iterations`]: the loop stops there, what it wrote stays.
+    ForeachIterations,
+    /// [`Limits::max_function_depth`].
+    FunctionDepth,
+    /// Not a size bound: a call of a function the document has not defined (yet), which
+    /// stops its expression the same way.
+    UndefinedFunction,
 }
 
 /// A page's evaluation budget: shared by every expression of the page (it is `Sync`), it counts
@@ -96,8 +111,20 @@ pub struct Scope {
     pub matches: Captures,
     /// The variable the captures are read through (empty: `MATCHES`).
     pub matches_name: String,
-    /// Variables set by `esi:assign`.
+    /// Variables set by `esi:assign` (and `esi:foreach` items).
     pub assigned: Assigned,
+    /// Functions defined by `esi:function`, by name.
+    pub functions: std::collections::BTreeMap<String, UserFunction>,
+}
+
+/// A function a document defined.
+#[derive(Debug, Clone)]
+pub struct UserFunction {
+    /// Its body.
+    pub body: Arc<[Node]>,
+    /// Whether the defining document was trusted: a call of an untrusted document's function
+    /// reads no credentials, whoever calls it.
+    pub trusted: bool,
 }
 
 /// Everything one evaluation reads and writes.
@@ -120,6 +147,8 @@ pub struct Context<'a> {
     pub scope: Scope,
     /// Response effects asked for, in order.
     pub effects: Vec<Effect>,
+    /// How many calls of document-defined functions this context is nested in.
+    pub depth: usize,
     /// Evaluations spent by this context, added to the budget when it is dropped: one atomic
     /// update per evaluation rather than per node.
     spent: u64,
@@ -136,6 +165,8 @@ impl Default for Limits {
             max_value_bytes: 64 * 1024,
             max_list_items: 1000,
             max_pattern_bytes: 64 * 1024,
+            max_foreach_iterations: 1000,
+            max_function_depth: 10,
         }
     }
 }
@@ -144,11 +175,14 @@ impl Default for Limits {
 
 impl Bound {
     /// Every bound, in the order of [`Budget::hits`].
-    pub const ALL: [Bound; 4] = [
+    pub const ALL: [Bound; 7] = [
         Bound::Evaluations,
         Bound::ValueBytes,
         Bound::ListItems,
         Bound::PatternBytes,
+        Bound::ForeachIterations,
+        Bound::FunctionDepth,
+        Bound::UndefinedFunction,
     ];
 
     /// The label logs and metrics use.
@@ -158,6 +192,9 @@ impl Bound {
             Bound::ValueBytes => "value_bytes",
             Bound::ListItems => "list_items",
             Bound::PatternBytes => "pattern_bytes",
+            Bound::ForeachIterations => "foreach_iterations",
+            Bound::FunctionDepth => "function_depth",
+            Bound::UndefinedFunction => "undefined_function",
         }
     }
 
@@ -188,7 +225,7 @@ impl Budget {
     }
 
     /// How often each bound was hit, in the order of [`Bound::ALL`].
-    pub fn hits(&self) -> [(Bound, u64); 4] {
+    pub fn hits(&self) -> [(Bound, u64); Bound::ALL.len()] {
         Bound::ALL.map(|b| (b, self.hits[b.index()].load(Ordering::Relaxed)))
     }
 
@@ -344,6 +381,7 @@ impl<'a> Context<'a> {
             match_name: "MATCHES",
             scope: Scope::default(),
             effects: Vec::new(),
+            depth: 0,
             spent: 0,
             allowance: budget
                 .limits
@@ -364,6 +402,36 @@ impl<'a> Context<'a> {
             return Err(self.budget.hit(Bound::Evaluations));
         }
         Ok(())
+    }
+
+    /// A context for a call one level deeper: this context's request, budget, clock and
+    /// seed, `policy` and `scope`; what it spends counts against what this one has left (see
+    /// [`Context::absorb`]).
+    pub(super) fn nested<'c>(&self, policy: &'c VarPolicy, scope: Scope) -> Context<'c>
+    where
+        'a: 'c,
+    {
+        Context {
+            req: self.req,
+            policy,
+            budget: self.budget,
+            now: self.now,
+            seed: self.seed,
+            match_name: "MATCHES",
+            scope,
+            effects: Vec::new(),
+            depth: self.depth + 1,
+            spent: 0,
+            allowance: self.allowance.saturating_sub(self.spent),
+        }
+    }
+
+    /// Takes back a [`Context::nested`] context: its spending, effects and random state.
+    pub(super) fn absorb(&mut self, mut child: Context<'_>) {
+        self.spent = self.spent.saturating_add(child.spent);
+        child.spent = 0;
+        self.seed = child.seed;
+        self.effects.append(&mut child.effects);
     }
 
     /// The next pseudo-random number (xorshift64*: for `$rand`, not for secrets).
@@ -519,6 +587,17 @@ pub fn render_html_in(segments: &[Segment<Bytes>], cx: &Context<'_>, out: &mut V
     }
 }
 
+/// Renders a `src`/`alt` as [`super::vars::render_url`] does, reading variables as `cx`
+/// does (assigned ones and `esi:foreach` items included).
+///
+/// # Errors
+/// As [`super::vars::render_url`].
+pub fn render_url_in(s: &VarString, cx: &Context<'_>) -> Result<String, VarError> {
+    render_url_with(s, cx.policy.raw_output, &|var| {
+        cx.var(var).text().into_owned()
+    })
+}
+
 // === impl Expr ===
 
 impl Expr {
@@ -628,6 +707,13 @@ impl Expr {
                     values.push(arg.value(cx)?);
                 }
                 func::call(*f, values, cx)?
+            }
+            Expr::User(name, args) => {
+                let mut values = Vec::with_capacity(args.len());
+                for arg in args {
+                    values.push(arg.value(cx)?.into_owned());
+                }
+                flow::call(name, values, cx)?
             }
             Expr::Str(_)
             | Expr::Num(_)

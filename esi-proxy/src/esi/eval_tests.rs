@@ -211,7 +211,7 @@ proptest! {
         let src: String = parts.concat();
         if let Ok(expr) = parse_expr(&src, 16) {
             let req = Request::new().with_host("a.example").with_query("q=aaaa");
-            let limits = Limits { max_evaluations: 500, max_value_bytes: 4096, max_list_items: 64, max_pattern_bytes: 4096 };
+            let limits = Limits { max_evaluations: 500, max_value_bytes: 4096, max_list_items: 64, max_pattern_bytes: 4096, ..Limits::default() };
             let budget = Budget::new(limits);
             let policy = VarPolicy::default();
             for _ in 0..3 {

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::ast::{Assign, Include};
+use super::ast::{Assign, Include, Return};
 use super::expr::Expr;
 use super::vars::Segment;
 
@@ -59,4 +59,28 @@ pub enum Event {
     },
     /// `</esi:inline>`.
     InlineEnd,
+    /// `<esi:foreach>`.
+    ForeachStart {
+        /// The collection's expression.
+        collection: Expr,
+        /// The expression as written.
+        source: Box<str>,
+        /// The item variable's name.
+        item: Box<str>,
+    },
+    /// `</esi:foreach>`.
+    ForeachEnd,
+    /// `<esi:break/>`.
+    Break,
+    /// `<esi:function name="..">`.
+    FunctionStart {
+        /// The function's name.
+        name: Box<str>,
+    },
+    /// `</esi:function>`.
+    FunctionEnd,
+    /// A complete `<esi:return/>`.
+    Return(Return),
+    /// A complete `<esi:eval/>`.
+    Eval(Include),
 }

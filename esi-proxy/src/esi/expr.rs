@@ -68,8 +68,10 @@ pub enum Expr {
     List(Vec<Expr>),
     /// `{k: v, ...}`
     Dict(Vec<(Expr, Expr)>),
-    /// `$name(args...)`
+    /// `$name(args...)` of a library function.
     Call(Func, Vec<Expr>),
+    /// `$name(args...)` of a function the document defines with `esi:function`.
+    User(Box<str>, Vec<Expr>),
 }
 
 /// Why a test expression does not parse.
@@ -120,7 +122,7 @@ enum Tok {
     Num(f64),
     Var(VarRef),
     /// `$name(`: a function call opened.
-    Call(Func),
+    Call(Callee),
     End,
 }
 
@@ -142,12 +144,20 @@ enum Pending {
     /// An open `(` at this byte offset.
     Paren(usize),
     /// An open call at this byte offset, with the arguments complete so far.
-    Call(Func, usize, usize),
+    Call(Callee, usize, usize),
     /// An open `[` at this byte offset, with the items complete so far.
     List(usize, usize),
     /// An open `{` at this byte offset, with the pairs complete so far and whether a `:` was
     /// read for the next one (its value is being read).
     Dict(usize, usize, bool),
+}
+
+/// The function a call names: the library's, or a document's (by its index in
+/// `Parser::user_names`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Callee {
+    Lib(Func),
+    User(usize),
 }
 
 /// Parser state: a lexer, the operator and operand stacks, and the nesting and size budgets.
@@ -161,6 +171,8 @@ struct Parser<'a> {
     depth: usize,
     max_depth: usize,
     operators: usize,
+    /// Names of document-defined functions called, for `Callee::User`.
+    user_names: Vec<Box<str>>,
 }
 
 // === impl CmpOp ===
@@ -290,8 +302,35 @@ impl fmt::Display for Tok {
             Tok::Str(_) => f.write_str("a string"),
             Tok::Num(_) => f.write_str("a number"),
             Tok::Var(_) => f.write_str("a variable"),
-            Tok::Call(func) => write!(f, "a call of `${}`", func.name()),
+            Tok::Call(Callee::Lib(func)) => write!(f, "a call of `${}`", func.name()),
+            Tok::Call(Callee::User(_)) => f.write_str("a function call"),
             Tok::End => f.write_str("the end of the expression"),
+        }
+    }
+}
+
+// === impl Expr ===
+
+impl Expr {
+    /// Calls `f` with the name of every document-defined function the expression calls, in
+    /// source order.
+    pub fn user_calls(&self, f: &mut dyn FnMut(&str)) {
+        match self {
+            Expr::User(name, args) => {
+                f(name);
+                args.iter().for_each(|a| a.user_calls(f));
+            }
+            Expr::Call(_, args) | Expr::List(args) => args.iter().for_each(|a| a.user_calls(f)),
+            Expr::Dict(pairs) => pairs.iter().for_each(|(k, v)| {
+                k.user_calls(f);
+                v.user_calls(f);
+            }),
+            Expr::Not(e) => e.user_calls(f),
+            Expr::And(a, b) | Expr::Or(a, b) | Expr::Cmp(_, a, b) | Expr::Test(_, a, b, _) => {
+                a.user_calls(f);
+                b.user_calls(f);
+            }
+            Expr::Str(_) | Expr::Num(_) | Expr::Var(_) => {}
         }
     }
 }
@@ -323,6 +362,7 @@ pub fn parse_expr(s: &str, max_depth: usize) -> Result<Expr, ExprError> {
         depth: 0,
         max_depth: max_depth.min(HARD_MAX_DEPTH),
         operators: 0,
+        user_names: Vec::new(),
     }
     .parse()
 }
@@ -491,11 +531,16 @@ impl Parser<'_> {
         let last = usize::from(!empty);
         let node = match (self.ops.last().copied(), &token.tok) {
             (Some(Pending::Paren(_)), Tok::RParen) => None,
-            (Some(Pending::Call(func, at, n)), Tok::RParen) => {
+            (Some(Pending::Call(Callee::Lib(func), at, n)), Tok::RParen) => {
                 let args = self.pop_operands(n + last);
                 func.check_arity(args.len())
                     .map_err(|message| err(at, message))?;
                 Some(Expr::Call(func, args))
+            }
+            (Some(Pending::Call(Callee::User(i), _, n)), Tok::RParen) => {
+                let args = self.pop_operands(n + last);
+                let name = std::mem::take(&mut self.user_names[i]);
+                Some(Expr::User(name, args))
             }
             (Some(Pending::List(_, n)), Tok::RBracket) => {
                 Some(Expr::List(self.pop_operands(n + last)))
@@ -731,25 +776,30 @@ impl Parser<'_> {
         Ok(Token { tok, start })
     }
 
-    /// Lexes `$name(` at `start`: a known function, opened.
-    fn call_name(&self, start: usize) -> Result<(Tok, usize), ExprError> {
+    /// Lexes `$name(` at `start`: a library function, or else one the document defines
+    /// (whether it does is checked where the expression is used), opened.
+    fn call_name(&mut self, start: usize) -> Result<(Tok, usize), ExprError> {
         let b = self.src.as_bytes();
         let len = b[start + 1..]
             .iter()
             .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_')
             .count();
         let name = &self.src[start + 1..start + 1 + len];
-        let Some(func) = Func::from_name(name) else {
-            let name = &name[..name.len().min(40)];
-            return Err(err(start, format!("unknown function `${name}`")));
-        };
         if b.get(start + 1 + len) != Some(&b'(') {
+            let name = &name[..name.len().min(40)];
             return Err(err(
                 start,
                 format!("`${name}` is a function: call it as `${name}(...)`"),
             ));
         }
-        Ok((Tok::Call(func), len + 2))
+        let callee = match Func::from_name(name) {
+            Some(func) => Callee::Lib(func),
+            None => {
+                self.user_names.push(name.into());
+                Callee::User(self.user_names.len() - 1)
+            }
+        };
+        Ok((Tok::Call(callee), len + 2))
     }
 
     /// Lexes `'...'` or `"..."` at `start`, where a backslash escapes the quote and itself and

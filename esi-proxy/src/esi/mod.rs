@@ -9,19 +9,21 @@ pub mod diag;
 pub mod eval;
 pub mod event;
 pub mod expr;
+pub mod flow;
 pub mod func;
 mod md5;
 pub mod parse;
 pub mod scan;
 pub mod vars;
 
-pub use ast::{Assign, Include, Node, OnError, Template, When};
+pub use ast::{Assign, Foreach, Function, Include, Node, OnError, Return, Template, When};
 pub use diag::{Diagnostic, ParseError, Problem, Severity};
 pub use eval::{
-    assign, render_html_in, Assigned, Bound, Budget, Captures, Context, Effect, Limits, Scope,
-    Value,
+    assign, render_html_in, render_url_in, Assigned, Bound, Budget, Captures, Context, Effect,
+    Limits, Scope, UserFunction, Value,
 };
 pub use expr::{parse_expr, CmpOp, Expr, ExprError, TestOp};
+pub use flow::Flow;
 pub use func::Func;
 pub use parse::{parse, Event, Mode, ParseOptions, Parser};
 pub use vars::{CookieAccess, Request, Segment, VarError, VarName, VarPolicy, VarRef, VarString};

@@ -17,17 +17,21 @@
 //! - text directly inside `try` or `choose`: dropped (whitespace silently);
 //! - content inside `<esi:include>..</esi:include>`: the include is closed before it;
 //! - an ESI tag longer than `max_tag_bytes` or cut off by the end: left as literal text.
+//! - `break` outside a loop, `return` outside a function, a function, include or eval inside a
+//!   function: dropped (as misplaced);
+//! - `foreach` without `collection` or with a bad one, `function` without a usable name,
+//!   `return` without a usable `value`: dropped with its content;
+//! - a call of a function not defined before: kept (it may come from an `esi:eval`), reported;
+//!   at run time it stops its expression.
 
 use bytes::{Bytes, BytesMut};
-use quick_xml::events::attributes::Attributes;
 
-use super::ast::{Assign, Include, OnError, Template};
+use super::ast::Template;
 pub use super::build::TemplateBuilder;
 pub use super::diag::{Diagnostic, ParseError, Problem, Severity};
 pub use super::event::Event;
-use super::expr::parse_expr;
 use super::scan::{Pos, ScanProblem, Scanner, Token};
-use super::vars::{split_vars_in, VarName, VarString};
+use super::vars::split_vars_in;
 
 /// How problems in the markup are handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -54,6 +58,9 @@ pub struct ParseOptions {
     pub max_vars_bytes: usize,
     /// How many diagnostics are kept (all are counted). Default: 64.
     pub max_diagnostics: usize,
+    /// Whether every well-formed `$(name)` is a variable, assigned here or not: for documents
+    /// run by `esi:eval`, which read the including document's variables. Default: false.
+    pub shared_scope: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +79,12 @@ enum Kind {
     Comment,
     /// `<esi:assign name="..">` written with an end tag: its content is the expression.
     Assign,
+    Foreach,
+    Function,
+    /// Empty elements: never open frames.
+    Break,
+    Return,
+    Eval,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -113,6 +126,16 @@ pub struct Parser {
     /// Names the document assigned (or named as a `matchname`) so far: later text and
     /// attributes may read them.
     assigned: std::collections::HashSet<Box<str>>,
+    /// Names of the functions the document defined so far.
+    functions: std::collections::HashSet<Box<str>>,
+    /// Whether an `esi:eval` came before (its fragment may define functions).
+    eval_seen: bool,
+    /// Open `esi:foreach` elements, and how many were open when the open `esi:function`
+    /// began (a `break` belongs to a loop inside the function).
+    loops: usize,
+    loops_at_function: usize,
+    /// Whether an `esi:function` is open.
+    in_function: bool,
 }
 
 /// Parses a whole document.
@@ -145,6 +168,7 @@ impl Default for ParseOptions {
             max_tag_bytes: 16 * 1024,
             max_vars_bytes: 256 * 1024,
             max_diagnostics: 64,
+            shared_scope: false,
         }
     }
 }
@@ -175,6 +199,11 @@ impl Kind {
             b"include" => Kind::Include,
             b"comment" => Kind::Comment,
             b"assign" => Kind::Assign,
+            b"foreach" => Kind::Foreach,
+            b"function" => Kind::Function,
+            b"break" => Kind::Break,
+            b"return" => Kind::Return,
+            b"eval" => Kind::Eval,
             _ => return None,
         })
     }
@@ -192,6 +221,11 @@ impl Kind {
             Kind::Include => "include",
             Kind::Comment => "comment",
             Kind::Assign => "assign",
+            Kind::Foreach => "foreach",
+            Kind::Function => "function",
+            Kind::Break => "break",
+            Kind::Return => "return",
+            Kind::Eval => "eval",
         }
     }
 
@@ -223,6 +257,11 @@ impl Parser {
             assign: None,
             assign_text: Vec::new(),
             assigned: std::collections::HashSet::new(),
+            functions: std::collections::HashSet::new(),
+            eval_seen: false,
+            loops: 0,
+            loops_at_function: 0,
+            in_function: false,
         }
     }
 
@@ -411,7 +450,7 @@ impl Parser {
         };
         self.vars_text.clear();
         self.vars_len = 0;
-        let assigned = |name: &str| self.assigned.contains(name);
+        let assigned = |name: &str| self.is_assigned(name);
         out.push(match split_vars_in(&text, &assigned) {
             Some(segments) => Event::Vars(segments),
             None => Event::Text(text),
@@ -428,6 +467,13 @@ impl Parser {
             }
         }
         Ok(())
+    }
+
+    /// Whether `$(name)` with a lower-case letter is a variable here: assigned before, or
+    /// anything in a document that shares a scope (run by `esi:eval`, or after one, whose
+    /// fragment may have assigned it).
+    fn is_assigned(&self, name: &str) -> bool {
+        self.opts.shared_scope || self.eval_seen || self.assigned.contains(name)
     }
 
     fn depth(&self) -> usize {
@@ -483,6 +529,7 @@ impl Parser {
                 _ => None,
             },
         };
+        let place = place.or_else(|| self.flow_place(kind));
         if let Some(place) = place {
             self.problem(
                 pos,
@@ -553,6 +600,28 @@ impl Parser {
                 }
                 Ok(())
             }
+            Kind::Break | Kind::Return | Kind::Eval => {
+                let event = match kind {
+                    Kind::Break => Some(Event::Break),
+                    Kind::Return => self.return_value(attrs, pos)?.map(Event::Return),
+                    _ => {
+                        let eval = self.eval(attrs, pos)?;
+                        eval.map(Event::Eval)
+                    }
+                };
+                if let Some(event) = event {
+                    out.push(event);
+                }
+                if !self_closing {
+                    // Empty elements: content written inside is dropped.
+                    self.skip = Some(Skip {
+                        kind,
+                        pos,
+                        nested: 0,
+                    });
+                }
+                Ok(())
+            }
             Kind::Include => {
                 match self.include(attrs, pos)? {
                     Some(inc) => {
@@ -598,7 +667,31 @@ impl Parser {
                     Kind::Otherwise => Some(Event::OtherwiseStart),
                     Kind::When => Some(self.when(attrs, pos)?),
                     Kind::Inline => Some(self.inline(attrs, pos)?),
-                    Kind::Vars | Kind::Include | Kind::Comment | Kind::Assign => None,
+                    Kind::Foreach | Kind::Function => {
+                        let event = if kind == Kind::Foreach {
+                            self.foreach(attrs, pos)?
+                        } else {
+                            self.function(attrs, pos)?
+                        };
+                        if event.is_none() {
+                            if !self_closing {
+                                self.skip = Some(Skip {
+                                    kind,
+                                    pos,
+                                    nested: 0,
+                                });
+                            }
+                            return Ok(());
+                        }
+                        event
+                    }
+                    Kind::Vars
+                    | Kind::Include
+                    | Kind::Comment
+                    | Kind::Assign
+                    | Kind::Break
+                    | Kind::Return
+                    | Kind::Eval => None,
                 };
                 if let Some(parent) = self.stack.last_mut() {
                     match kind {
@@ -617,8 +710,14 @@ impl Parser {
                     second: false,
                     text_reported: false,
                 });
-                if kind == Kind::Vars {
-                    self.vars_depth += 1;
+                match kind {
+                    Kind::Vars => self.vars_depth += 1,
+                    Kind::Foreach => self.loops += 1,
+                    Kind::Function => {
+                        self.in_function = true;
+                        self.loops_at_function = self.loops;
+                    }
+                    _ => {}
                 }
                 if self_closing {
                     self.close_top(out)?;
@@ -683,6 +782,16 @@ impl Parser {
             Kind::When => Some(Event::WhenEnd),
             Kind::Otherwise => Some(Event::OtherwiseEnd),
             Kind::Inline => Some(Event::InlineEnd),
+            Kind::Foreach => {
+                self.loops -= 1;
+                Some(Event::ForeachEnd)
+            }
+            Kind::Function => {
+                self.in_function = false;
+                self.loops_at_function = 0;
+                Some(Event::FunctionEnd)
+            }
+            Kind::Break | Kind::Return | Kind::Eval => None,
             Kind::Vars => {
                 self.vars_depth -= 1;
                 None
@@ -709,298 +818,15 @@ impl Parser {
         }
         Ok(())
     }
-
-    fn include(&mut self, raw: &[u8], pos: Pos) -> Result<Option<Include>, ParseError> {
-        let attrs = match attributes(raw) {
-            Ok(a) => a,
-            Err(message) => {
-                self.problem(
-                    pos,
-                    Problem::BadAttribute {
-                        element: "include",
-                        message,
-                    },
-                )?;
-                return Ok(None);
-            }
-        };
-        let mut inc = Include {
-            src: VarString {
-                segments: Vec::new(),
-            },
-            alt: None,
-            onerror: OnError::Fail,
-            maxwait_ms: None,
-            line: pos.line,
-            col: pos.col,
-        };
-        let mut has_src = false;
-        for (key, value) in attrs {
-            match key.as_str() {
-                "src" => {
-                    inc.src = VarString::parse_in(&value, &|n| self.assigned.contains(n));
-                    has_src = true;
-                }
-                "alt" => {
-                    inc.alt = Some(VarString::parse_in(&value, &|n| self.assigned.contains(n)))
-                }
-                "onerror" if value == "continue" => inc.onerror = OnError::Continue,
-                "onerror" => self.problem(pos, Problem::BadOnError(value))?,
-                "maxwait" => match value.trim().parse::<u64>() {
-                    Ok(ms) => inc.maxwait_ms = Some(ms),
-                    Err(_) => {
-                        let message = format!("maxwait={value:?} is not a number of milliseconds");
-                        self.problem(
-                            pos,
-                            Problem::BadAttribute {
-                                element: "include",
-                                message,
-                            },
-                        )?;
-                    }
-                },
-                // Other attributes (ttl, no-store, ...) belong to other dialects and are ignored.
-                _ => {}
-            }
-        }
-        if !has_src || inc.src.as_constant() == Some("") {
-            self.problem(pos, Problem::MissingSrc)?;
-            return Ok(None);
-        }
-        Ok(Some(inc))
-    }
-
-    /// Reads `esi:assign`'s `name` (with an optional `{key}`) and `value`: None (reported) when
-    /// the name is missing, malformed or a request variable's.
-    #[allow(clippy::type_complexity)] // (name, key, value): read once, here.
-    fn assign_target(
-        &mut self,
-        raw: &[u8],
-        pos: Pos,
-    ) -> Result<Option<(Box<str>, Option<Box<str>>, Option<String>)>, ParseError> {
-        let bad = |message: String| Problem::BadAttribute {
-            element: "assign",
-            message,
-        };
-        let attrs = match attributes(raw) {
-            Ok(a) => a,
-            Err(message) => {
-                self.problem(pos, bad(message))?;
-                return Ok(None);
-            }
-        };
-        let mut name = None;
-        let mut value = None;
-        for (k, v) in attrs {
-            match k.as_str() {
-                "name" => name = Some(v),
-                "value" => value = Some(v),
-                _ => {}
-            }
-        }
-        let Some(full) = name else {
-            self.problem(pos, bad("without name".to_owned()))?;
-            return Ok(None);
-        };
-        let (base, key) = match full.split_once('{') {
-            Some((base, rest)) => match rest.strip_suffix('}') {
-                Some(k) => {
-                    let k = k.trim_matches('\'');
-                    (base, Some(Box::from(k)))
-                }
-                None => (full.as_str(), Some(Box::from(""))),
-            },
-            None => (full.as_str(), None),
-        };
-        let well_formed = base
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-            && base.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            && key.as_deref() != Some("");
-        if !well_formed {
-            self.problem(
-                pos,
-                bad(format!("name={full:?} is not NAME or NAME{{key}}")),
-            )?;
-            return Ok(None);
-        }
-        if VarName::is_reserved(base) {
-            self.problem(pos, Problem::AssignToRequestVariable(base.to_owned()))?;
-            return Ok(None);
-        }
-        Ok(Some((base.into(), key, value)))
-    }
-
-    /// Parses an assignment's expression: None (reported) when it does not parse.
-    fn assign_expr(
-        &mut self,
-        name: Box<str>,
-        key: Option<Box<str>>,
-        source: &str,
-        pos: Pos,
-    ) -> Result<Option<Assign>, ParseError> {
-        match parse_expr(source, self.opts.max_expr_depth) {
-            Ok(value) => Ok(Some({
-                self.assigned.insert(name.clone());
-                Assign {
-                    name,
-                    key,
-                    value,
-                    source: source.into(),
-                }
-            })),
-            Err(e) => {
-                self.problem(pos, Problem::BadExpression(e))?;
-                Ok(None)
-            }
-        }
-    }
-
-    fn when(&mut self, raw: &[u8], pos: Pos) -> Result<Event, ParseError> {
-        let attrs = match attributes(raw) {
-            Ok(a) => a,
-            Err(message) => {
-                self.problem(
-                    pos,
-                    Problem::BadAttribute {
-                        element: "when",
-                        message,
-                    },
-                )?;
-                Vec::new()
-            }
-        };
-        let match_name: Option<Box<str>> = attrs
-            .iter()
-            .find(|(k, _)| k == "matchname")
-            .map(|(_, v)| Box::from(v.as_str()));
-        if let Some(name) = match_name.as_deref() {
-            let well_formed = name
-                .bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-            // Later text may read the captures through this name, as an assigned variable.
-            self.assigned.insert(name.into());
-            if !well_formed || (VarName::is_reserved(name) && name != "MATCHES") {
-                let message = format!("matchname={name:?} is not a variable name one may set");
-                self.problem(
-                    pos,
-                    Problem::BadAttribute {
-                        element: "when",
-                        message,
-                    },
-                )?;
-            }
-        }
-        let Some((_, source)) = attrs.into_iter().find(|(k, _)| k == "test") else {
-            self.problem(pos, Problem::MissingTest)?;
-            return Ok(Event::WhenStart {
-                test: None,
-                source: "".into(),
-                match_name,
-            });
-        };
-        let test = match parse_expr(&source, self.opts.max_expr_depth) {
-            Ok(expr) => Some(expr),
-            Err(e) => {
-                self.problem(pos, Problem::BadExpression(e))?;
-                None
-            }
-        };
-        Ok(Event::WhenStart {
-            test,
-            source: source.into(),
-            match_name,
-        })
-    }
-
-    fn inline(&mut self, raw: &[u8], pos: Pos) -> Result<Event, ParseError> {
-        let attrs = match attributes(raw) {
-            Ok(a) => a,
-            Err(message) => {
-                self.problem(
-                    pos,
-                    Problem::BadAttribute {
-                        element: "inline",
-                        message,
-                    },
-                )?;
-                Vec::new()
-            }
-        };
-        let mut name = String::new();
-        let mut fetchable = false;
-        for (key, value) in attrs {
-            match key.as_str() {
-                "name" => name = value,
-                "fetchable" => fetchable = value.eq_ignore_ascii_case("yes"),
-                _ => {}
-            }
-        }
-        Ok(Event::InlineStart {
-            name: name.into(),
-            fetchable,
-        })
-    }
 }
 
-/// Parses a tag's attributes (HTML syntax: quoted either way, unquoted, or bare) into lowercase
-/// names and entity-decoded values.
-fn attributes(raw: &[u8]) -> Result<Vec<(String, String)>, String> {
-    let text = String::from_utf8_lossy(raw);
-    let mut found = Vec::new();
-    for attr in Attributes::html(&text, 0) {
-        let attr = attr.map_err(|e| e.to_string())?;
-        let key = String::from_utf8_lossy(attr.key.as_ref()).to_ascii_lowercase();
-        let value = decode_entities(&String::from_utf8_lossy(&attr.value));
-        found.push((key, value));
-    }
-    Ok(found)
-}
+#[path = "parse_attrs.rs"]
+mod attrs;
+#[path = "parse_flow.rs"]
+mod flow;
 
-/// Decodes HTML character references: named (`&amp;`, `&nbsp;` ...), decimal and hex. As in HTML,
-/// an `&` that starts no known reference stays as it is.
-pub fn decode_entities(s: &str) -> String {
-    if !s.contains('&') {
-        return s.to_owned();
-    }
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(amp) = rest.find('&') {
-        out.push_str(&rest[..amp]);
-        rest = &rest[amp..];
-        let decoded = rest[1..]
-            .find(';')
-            .filter(|end| *end <= 32)
-            .and_then(|end| {
-                let entity = &rest[1..=end];
-                let ch = if let Some(num) = entity.strip_prefix('#') {
-                    let code = match num.strip_prefix(['x', 'X']) {
-                        Some(hex) => u32::from_str_radix(hex, 16).ok(),
-                        None => num.parse::<u32>().ok(),
-                    };
-                    code.and_then(char::from_u32).map(String::from)
-                } else {
-                    quick_xml::escape::resolve_html5_entity(entity).map(str::to_owned)
-                };
-                ch.map(|c| (c, end + 2))
-            });
-        match decoded {
-            Some((text, used)) => {
-                out.push_str(&text);
-                rest = &rest[used..];
-            }
-            None => {
-                out.push('&');
-                rest = &rest[1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
+use attrs::attributes;
+pub use attrs::decode_entities;
 
 #[cfg(test)]
 #[path = "parse_tests.rs"]

@@ -742,6 +742,20 @@ impl Default for VarPolicy {
 /// (below 0x20, or 0x7f), which could split or smuggle the fragment request;
 /// [`VarError::DotSegment`] if a value made or joined a dot segment of the path.
 pub fn render_url(s: &VarString, req: &Request, policy: &VarPolicy) -> Result<String, VarError> {
+    render_url_with(s, policy.raw_output, &|var| {
+        req.value(var, policy).into_owned()
+    })
+}
+
+/// [`render_url`] with each variable's value from `value` (unencoded when `raw`).
+///
+/// # Errors
+/// As [`render_url`].
+pub fn render_url_with(
+    s: &VarString,
+    raw: bool,
+    value: &dyn Fn(&VarRef) -> String,
+) -> Result<String, VarError> {
     let mut out = String::new();
     // Where each value landed in `out`, for the dot-segment check.
     let mut values: Vec<Range<usize>> = Vec::new();
@@ -750,8 +764,8 @@ pub fn render_url(s: &VarString, req: &Request, policy: &VarPolicy) -> Result<St
             Segment::Literal(text) => out.push_str(text),
             Segment::Var(var) => {
                 let start = out.len();
-                let value = req.value(var, policy);
-                if policy.raw_output {
+                let value = value(var);
+                if raw {
                     out.push_str(&value);
                 } else {
                     let as_sent = var.name == VarName::QueryString;

@@ -118,7 +118,9 @@ impl Walk<'_> {
 fn check_nodes(nodes: &[Node], in_try: bool, walk: &mut Walk<'_>, findings: &mut Vec<Finding>) {
     for node in nodes {
         match node {
-            Node::Include(inc) => check_include(inc, in_try, findings),
+            Node::Include(inc) | Node::Eval(inc) => check_include(inc, in_try, findings),
+            Node::Foreach(f) => check_nodes(&f.body, in_try, walk, findings),
+            Node::Function(f) => check_nodes(&f.body, in_try, walk, findings),
             Node::Try { attempt, except } => {
                 check_nodes(attempt, true, walk, findings);
                 check_nodes(except, in_try, walk, findings);
@@ -134,8 +136,8 @@ fn check_nodes(nodes: &[Node], in_try: bool, walk: &mut Walk<'_>, findings: &mut
             Node::Inline { body, .. } => check_nodes(body, in_try, walk, findings),
             Node::Text(text) => walk.literal(text),
             Node::Vars(segments) => check_vars_output(segments, walk, findings),
-            // Checked when parsed: the name, the target and the expression.
-            Node::Assign(_) => {}
+            // Checked when parsed: the name, the target, the expression, the placement.
+            Node::Assign(_) | Node::Break | Node::Return(_) => {}
         }
     }
 }

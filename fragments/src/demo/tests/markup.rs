@@ -63,7 +63,15 @@ fn walk<'a>(nodes: &'a [Node], visit: &mut impl FnMut(&'a Node)) {
                 walk(otherwise.as_deref().unwrap_or_default(), visit);
             }
             Node::Inline { body, .. } => walk(body, visit),
-            Node::Text(_) | Node::Vars(_) | Node::Include(_) | Node::Assign(_) => {}
+            Node::Foreach(f) => walk(&f.body, visit),
+            Node::Function(f) => walk(&f.body, visit),
+            Node::Text(_)
+            | Node::Vars(_)
+            | Node::Include(_)
+            | Node::Eval(_)
+            | Node::Assign(_)
+            | Node::Break
+            | Node::Return(_) => {}
         }
     }
 }

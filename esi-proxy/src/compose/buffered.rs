@@ -75,9 +75,12 @@ pub(super) fn compose_nodes<'a>(
                 let out = state.render_vars(segments, doc, scope);
                 ready(Ok(vec![out])).boxed()
             }
-            Node::Include(inc) => include(state, inc, doc, in_try)
-                .map(|r| r.map(|b| vec![b]))
-                .boxed(),
+            Node::Include(inc) => {
+                let resolved = state.resolve(inc, doc, scope);
+                include(state, inc, doc, in_try, resolved)
+                    .map(|r| r.map(|b| vec![b]))
+                    .boxed()
+            }
             Node::Try { attempt, except } => {
                 let attempt = compose_nodes(state, attempt, doc, true, scope);
                 let mut at_try = scope.clone();

@@ -16,21 +16,22 @@ use tracing::Instrument;
 use url::{Position, Url};
 
 use crate::config;
-use crate::esi::vars::render_url;
-use crate::esi::{self, Include, OnError, Scope};
+use crate::esi::{self, Dca, Include, OnError, Scope, VarError};
 use crate::fetch::{ErrorKind, FetchError, FragmentRequest};
 
 use super::buffered::compose_nodes;
+use super::resolve::Resolved;
 use super::stream::concat;
 use super::{DocContext, Failure, FailureKind, Fallback, PageState};
 
 /// One include with its fallbacks: `src`, then `alt`, then `onerror="continue"`; then, outside
-/// an attempt, the policy.
+/// an attempt, the policy. `resolved` holds its variables as read where the tag stands.
 pub(super) fn include<'a>(
     state: &'a Arc<PageState>,
     inc: &'a Include,
     doc: &'a DocContext,
     in_try: bool,
+    resolved: Resolved,
 ) -> BoxFuture<'a, Result<Bytes, Failure>> {
     async move {
         let cfg = &state.composer.config;
@@ -45,8 +46,15 @@ pub(super) fn include<'a>(
                 record: None,
             });
         } else {
-            for (i, src) in std::iter::once(&inc.src).chain(inc.alt.as_ref()).enumerate() {
-                match fetch_fragment(state, src, inc, i > 0, doc).await {
+            let urls = std::iter::once((&inc.src, &resolved.src));
+            let alts = inc.alt.as_ref().zip(resolved.alt.as_ref());
+            for (i, (src, url)) in urls.chain(alts).enumerate() {
+                let target = Target {
+                    src,
+                    url,
+                    resolved: &resolved,
+                };
+                match fetch_fragment(state, target, inc, i > 0, doc).await {
                     Ok(body) => {
                         if i > 0 {
                             state.record_fallback(Fallback::Alt, last.as_ref());
@@ -82,16 +90,24 @@ pub(super) fn include<'a>(
     .boxed()
 }
 
+/// One URL of an include: as written, as substituted, and the include's request options.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    src: &'a esi::VarString,
+    url: &'a Result<String, VarError>,
+    resolved: &'a Resolved,
+}
+
 /// Fetches one URL of an include, composing it if it is ESI itself; traced when the page is.
 async fn fetch_fragment(
     state: &Arc<PageState>,
-    src: &esi::VarString,
+    target: Target<'_>,
     inc: &Include,
     alt: bool,
     doc: &DocContext,
 ) -> Result<Bytes, Failure> {
-    let record = state.trace_start(doc, src, inc.line, alt);
-    let result = fetch_one(state, src, inc.maxwait_ms, doc, record).await;
+    let record = state.trace_start(doc, target.src, inc.line, alt);
+    let result = fetch_one(state, target, inc, doc, record).await;
     if let Some(id) = record {
         state.trace_update(id, |r| {
             r.end_ms = state.elapsed_ms();
@@ -109,11 +125,12 @@ async fn fetch_fragment(
 
 async fn fetch_one(
     state: &Arc<PageState>,
-    src: &esi::VarString,
-    maxwait_ms: Option<u64>,
+    target: Target<'_>,
+    inc: &Include,
     doc: &DocContext,
     record: Option<usize>,
 ) -> Result<Bytes, Failure> {
+    let maxwait_ms = inc.maxwait_ms;
     let composer = &state.composer;
     let cfg = &composer.config;
     let fail = |url: &str, kind: FailureKind, message: String| Failure {
@@ -122,13 +139,20 @@ async fn fetch_one(
         message,
         record,
     };
-    let rendered = render_url(src, &state.page.vars, state.vars(doc));
-    state.note_cookie_read();
-    let rendered = rendered.map_err(|e| fail(&src.to_string(), FailureKind::Url, e.to_string()))?;
+    let rendered = target
+        .url
+        .as_ref()
+        .map_err(|e| fail(&target.src.to_string(), FailureKind::Url, e.to_string()))?;
+    target.resolved.body.as_ref().map_err(|message| {
+        composer
+            .metrics
+            .inc_counter(INCLUDE_BOUNDS, INCLUDE_BOUNDS_HELP, Some(("bound", "entity_bytes")), 1);
+        fail(rendered, FailureKind::Url, message.clone())
+    })?;
     let url = doc
         .base
-        .join(&rendered)
-        .map_err(|e| fail(&rendered, FailureKind::Url, e.to_string()))?;
+        .join(rendered)
+        .map_err(|e| fail(rendered, FailureKind::Url, e.to_string()))?;
     if let Some(id) = record {
         state.trace_update(id, |r| url.as_str().clone_into(&mut r.url));
     }
@@ -159,6 +183,16 @@ async fn fetch_one(
         }
     };
     let access = allowed.access();
+    let (options, dropped) = target.resolved.options_for(access, doc.trusted);
+    for (reason, name) in &dropped {
+        composer.metrics.inc_counter(
+            "esi_proxy_include_headers_dropped_total",
+            "Header edits of include tags left out of a fragment request (credential, forbidden, invalid, too_large).",
+            Some(("reason", reason.as_str())),
+            1,
+        );
+        tracing::warn!(url = %url, header = %name, reason = reason.as_str(), line = inc.line, "include header edit dropped");
+    }
     let credentials = [header::COOKIE, header::AUTHORIZATION]
         .iter()
         .any(|name| state.page.client_headers.contains_key(name));
@@ -203,6 +237,7 @@ async fn fetch_one(
             url: allowed,
             client_headers: Arc::clone(&state.page.client_headers),
             timeout,
+            options,
         };
         composer
             .fetcher
@@ -224,7 +259,7 @@ async fn fetch_one(
                 state.trace_update(id, |r| {
                     r.status = Some(f.status.as_u16());
                     r.bytes = f.body.len();
-                    r.esi = f.is_esi() && access.esi;
+                    r.esi = processes(inc.options.dca, &f) && access.esi;
                     if let Some(c) = &f.cache {
                         r.cache = Some(c.status);
                         r.ttl_s = c.ttl.map(|t| t.as_secs_f64());
@@ -246,7 +281,8 @@ async fn fetch_one(
     };
     // ESI from a host that is neither trusted nor opted in (`esi = true`) is placed as literal
     // bytes, as a fragment not marked ESI is: its markup fetches nothing and reads nothing.
-    if !fragment.is_esi() || !access.esi {
+    // `dca` chooses between those the host may send: `none` never, `esi` even unmarked.
+    if !processes(inc.options.dca, &fragment) || !access.esi {
         return Ok(fragment.body);
     }
     if doc.depth + 1 > cfg.max_depth {
@@ -291,6 +327,21 @@ async fn fetch_one(
     }
     Ok(concat(parts))
 }
+
+/// Whether a fragment's ESI is to be processed, its host permitting: as marked, unless the
+/// tag's `dca` says `none` (never) or `esi` (marked or not).
+fn processes(dca: Dca, fragment: &crate::fetch::Fragment) -> bool {
+    match dca {
+        Dca::Marked => fragment.is_esi(),
+        Dca::None => false,
+        Dca::Esi => true,
+    }
+}
+
+/// Include bounds hit (`bound`: `entity_bytes`).
+const INCLUDE_BOUNDS: &str = "esi_proxy_include_bounds_total";
+const INCLUDE_BOUNDS_HELP: &str =
+    "Includes that hit a bound of their tag's attributes (entity_bytes): they take their fallback.";
 
 /// The metrics label of a fragment's host: `host:port`, the port explicit or the scheme's.
 /// Borrowed from the URL when it spells the port out.

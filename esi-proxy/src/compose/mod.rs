@@ -5,6 +5,7 @@
 
 mod buffered;
 mod include;
+mod resolve;
 mod stream;
 mod trace;
 
@@ -19,9 +20,10 @@ use tokio::sync::{mpsc, Semaphore};
 use tracing::Instrument;
 use url::Url;
 
-use crate::config::{CookieNames, OnError, Settings};
+use crate::config::{CookieNames, HeaderNames, OnError, Settings};
 use crate::esi::{
-    self, render_html_in, Assign, Bound, Budget, Context, CookieAccess, Expr, Limits, ParseOptions,
+    self, render_html_in, Assign, Bound, Budget, Context, CookieAccess, Expr, HeaderAccess, Limits,
+    ParseOptions,
     Scope, Segment, Template, VarPolicy,
 };
 use crate::fetch::{deadline_after, ErrorKind, Fetcher};
@@ -52,6 +54,9 @@ pub struct ComposeConfig {
     pub parse: ParseOptions,
     /// What variables may read and how they are escaped.
     pub vars: VarPolicy,
+    /// The client headers every fragment host is sent (`fetch.forward_headers`): all that
+    /// `$(HTTP_<NAME>)` reads in an untrusted document.
+    pub shared_headers: Vec<String>,
     /// The bounds on what a page's expressions may compute.
     pub limits: Limits,
 }
@@ -205,7 +210,16 @@ impl ComposeConfig {
                 cookies,
                 whole_cookie_header: e.expose_cookie_header,
                 raw_output: e.raw_vars,
+                headers: match &e.headers {
+                    HeaderNames::All => HeaderAccess::All,
+                    HeaderNames::Only(names) => HeaderAccess::Only(names.clone()),
+                },
             },
+            shared_headers: f
+                .forward_headers
+                .iter()
+                .map(|n| n.as_str().to_owned())
+                .collect(),
             limits: Limits {
                 max_evaluations: e.max_expr_evaluations,
                 max_value_bytes: e.max_expr_value_bytes,
@@ -229,7 +243,7 @@ impl Composer {
     ) -> Arc<Self> {
         Arc::new(Self {
             fetcher,
-            untrusted_vars: config.vars.without_credentials(),
+            untrusted_vars: config.vars.without_credentials(&config.shared_headers),
             config,
             global: Arc::new(Semaphore::new(max_concurrent)),
             metrics,

@@ -6,6 +6,7 @@ use bytes::Bytes;
 
 use super::diag::Diagnostic;
 use super::expr::Expr;
+use super::include_attrs::IncludeOptions;
 use super::vars::{render_html, render_url, Request, Segment, VarPolicy, VarString};
 
 /// A parsed document: literal runs and ESI instructions, in document order.
@@ -89,6 +90,9 @@ pub struct Include {
     pub onerror: OnError,
     /// `maxwait` in milliseconds, when the tag sets a deadline of its own.
     pub maxwait_ms: Option<u64>,
+    /// The attributes past ESI 1.0 (`dca`, `ttl`, `no-store`, `method`, `entity`, header
+    /// edits) and nested `<esi:param>`s.
+    pub options: IncludeOptions,
     /// Line of the tag.
     pub line: u32,
     /// Byte column of the tag.

@@ -87,6 +87,10 @@ pub enum Problem {
     /// An `esi:vars` text run longer than `max_vars_bytes`.
     #[error("text inside <esi:vars> longer than {0} bytes")]
     VarsTooLong(usize),
+    /// An include attribute that applies, but likely not as meant (an `entity` on a GET, a
+    /// credential header that only trusted hosts receive ...).
+    #[error("<esi:include>: {0}")]
+    IncludeWarning(String),
     /// ESI markup inside `esi:remove`, which is dropped unprocessed.
     #[error("ESI markup inside <esi:remove> is dropped unprocessed")]
     EsiInsideRemove,
@@ -113,7 +117,9 @@ impl Problem {
     /// Whether the problem makes the markup malformed or is only suspicious.
     pub fn severity(&self) -> Severity {
         match self {
-            Problem::BadOnError(_) | Problem::EsiInsideRemove => Severity::Warning,
+            Problem::BadOnError(_) | Problem::EsiInsideRemove | Problem::IncludeWarning(_) => {
+                Severity::Warning
+            }
             _ => Severity::Error,
         }
     }

@@ -10,6 +10,7 @@ pub mod eval;
 pub mod event;
 pub mod expr;
 pub mod func;
+pub mod include_attrs;
 mod md5;
 pub mod parse;
 pub mod scan;
@@ -23,5 +24,6 @@ pub use eval::{
 };
 pub use expr::{parse_expr, CmpOp, Expr, ExprError, TestOp};
 pub use func::Func;
+pub use include_attrs::{Dca, HeaderEdit, HeaderOp, IncludeOptions, Param};
 pub use parse::{parse, Event, Mode, ParseOptions, Parser};
-pub use vars::{CookieAccess, Request, Segment, VarError, VarName, VarPolicy, VarRef, VarString};
+pub use vars::{CookieAccess, HeaderAccess, Request, Segment, VarError, VarName, VarPolicy, VarRef, VarString};

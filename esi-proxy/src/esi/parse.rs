@@ -26,6 +26,7 @@ pub use super::build::TemplateBuilder;
 pub use super::diag::{Diagnostic, ParseError, Problem, Severity};
 pub use super::event::Event;
 use super::expr::parse_expr;
+use super::include_attrs::{AttrProblem, IncludeOptions};
 use super::scan::{Pos, ScanProblem, Scanner, Token};
 use super::vars::{split_vars_in, VarName, VarString};
 
@@ -72,6 +73,8 @@ enum Kind {
     Comment,
     /// `<esi:assign name="..">` written with an end tag: its content is the expression.
     Assign,
+    /// `<esi:param>` inside a long-form `<esi:include>`.
+    Param,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -113,6 +116,8 @@ pub struct Parser {
     /// Names the document assigned (or named as a `matchname`) so far: later text and
     /// attributes may read them.
     assigned: std::collections::HashSet<Box<str>>,
+    /// A long-form `<esi:include>` being read: emitted at its end tag, with its params.
+    open_include: Option<Include>,
 }
 
 /// Parses a whole document.
@@ -175,6 +180,7 @@ impl Kind {
             b"include" => Kind::Include,
             b"comment" => Kind::Comment,
             b"assign" => Kind::Assign,
+            b"param" => Kind::Param,
             _ => return None,
         })
     }
@@ -192,6 +198,7 @@ impl Kind {
             Kind::Include => "include",
             Kind::Comment => "comment",
             Kind::Assign => "assign",
+            Kind::Param => "param",
         }
     }
 
@@ -199,7 +206,7 @@ impl Kind {
     fn holds_content(self) -> bool {
         !matches!(
             self,
-            Kind::Try | Kind::Choose | Kind::Include | Kind::Comment | Kind::Assign
+            Kind::Try | Kind::Choose | Kind::Include | Kind::Comment | Kind::Assign | Kind::Param
         )
     }
 }
@@ -223,6 +230,7 @@ impl Parser {
             assign: None,
             assign_text: Vec::new(),
             assigned: std::collections::HashSet::new(),
+            open_include: None,
         }
     }
 
@@ -314,7 +322,9 @@ impl Parser {
                     return Ok(());
                 }
                 self.flush_vars(out)?;
-                self.close_open_include(out)?;
+                if Kind::from_name(&name) != Some(Kind::Param) {
+                    self.close_open_include(out)?;
+                }
                 self.start(&name, &attrs, self_closing, pos, out)
             }
             Token::End { name, pos } => {
@@ -329,7 +339,7 @@ impl Parser {
                     return Ok(());
                 }
                 self.flush_vars(out)?;
-                if Kind::from_name(&name) != Some(Kind::Include) {
+                if !matches!(Kind::from_name(&name), Some(Kind::Include | Kind::Param)) {
                     self.close_open_include(out)?;
                 }
                 self.end(&name, pos, out)
@@ -466,6 +476,10 @@ impl Parser {
                 }
                 _ => Some("outside <esi:try>"),
             },
+            Kind::Param => match parent_kind {
+                Some(Kind::Include) => None,
+                _ => Some("outside a long-form <esi:include>"),
+            },
             Kind::When | Kind::Otherwise => match parent {
                 Some(f) if f.kind == Kind::Choose => {
                     if f.second {
@@ -553,19 +567,32 @@ impl Parser {
                 }
                 Ok(())
             }
+            Kind::Param => {
+                                self.param(attrs, pos)?;
+                if !self_closing {
+                    self.stack.push(Frame {
+                        kind,
+                        pos,
+                        first: false,
+                        second: false,
+                        text_reported: false,
+                    });
+                }
+                Ok(())
+            }
             Kind::Include => {
                 match self.include(attrs, pos)? {
+                    Some(inc) if self_closing => out.push(Event::Include(inc)),
                     Some(inc) => {
-                        out.push(Event::Include(inc));
-                        if !self_closing {
-                            self.stack.push(Frame {
-                                kind,
-                                pos,
-                                first: false,
-                                second: false,
-                                text_reported: false,
-                            });
-                        }
+                        // Emitted at its end tag, once its `<esi:param>`s are read.
+                        self.open_include = Some(inc);
+                        self.stack.push(Frame {
+                            kind,
+                            pos,
+                            first: false,
+                            second: false,
+                            text_reported: false,
+                        });
                     }
                     None if !self_closing => {
                         self.skip = Some(Skip {
@@ -598,7 +625,7 @@ impl Parser {
                     Kind::Otherwise => Some(Event::OtherwiseStart),
                     Kind::When => Some(self.when(attrs, pos)?),
                     Kind::Inline => Some(self.inline(attrs, pos)?),
-                    Kind::Vars | Kind::Include | Kind::Comment | Kind::Assign => None,
+                    Kind::Vars | Kind::Include | Kind::Comment | Kind::Assign | Kind::Param => None,
                 };
                 if let Some(parent) = self.stack.last_mut() {
                     match kind {
@@ -702,7 +729,8 @@ impl Parser {
                     None => None,
                 }
             }
-            Kind::Include | Kind::Comment => None,
+            Kind::Include => self.open_include.take().map(Event::Include),
+            Kind::Comment | Kind::Param => None,
         };
         if let Some(event) = event {
             out.push(event);
@@ -731,11 +759,22 @@ impl Parser {
             alt: None,
             onerror: OnError::Fail,
             maxwait_ms: None,
+            options: IncludeOptions::default(),
             line: pos.line,
             col: pos.col,
         };
         let mut has_src = false;
+        let mut notes = Vec::new();
         for (key, value) in attrs {
+            let assigned = |n: &str| self.assigned.contains(n);
+            match inc.options.read(&key, &value, &assigned, &mut notes) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(problem) => {
+                    notes.push(problem);
+                    continue;
+                }
+            }
             match key.as_str() {
                 "src" => {
                     inc.src = VarString::parse_in(&value, &|n| self.assigned.contains(n));
@@ -759,15 +798,65 @@ impl Parser {
                         )?;
                     }
                 },
-                // Other attributes (ttl, no-store, ...) belong to other dialects and are ignored.
+                // Other attributes (`primary`, other dialects') are ignored.
                 _ => {}
             }
+        }
+        inc.options.finish(&mut notes);
+        for note in notes {
+            self.attr_problem(pos, note)?;
         }
         if !has_src || inc.src.as_constant() == Some("") {
             self.problem(pos, Problem::MissingSrc)?;
             return Ok(None);
         }
         Ok(Some(inc))
+    }
+
+    /// Reads an `<esi:param name=".." value=".."/>` into the open include.
+    fn param(&mut self, raw: &[u8], pos: Pos) -> Result<(), ParseError> {
+        let attrs = match attributes(raw) {
+            Ok(a) => a,
+            Err(message) => {
+                return self.problem(
+                    pos,
+                    Problem::BadAttribute {
+                        element: "param",
+                        message,
+                    },
+                )
+            }
+        };
+        let mut name = None;
+        let mut value = String::new();
+        for (k, v) in attrs {
+            match k.as_str() {
+                "name" => name = Some(v),
+                "value" => value = v,
+                _ => {}
+            }
+        }
+        let value = VarString::parse_in(&value, &|n| self.assigned.contains(n));
+        let Some(inc) = self.open_include.as_mut() else {
+            return Ok(());
+        };
+        match inc.options.add_param(name.as_deref(), value) {
+            Ok(()) => Ok(()),
+            Err(problem) => self.attr_problem(pos, problem),
+        }
+    }
+
+    /// Reports a misused include attribute: an error, or a warning when it still applies.
+    fn attr_problem(&mut self, pos: Pos, note: AttrProblem) -> Result<(), ParseError> {
+        let problem = if note.warning {
+            Problem::IncludeWarning(note.message)
+        } else {
+            Problem::BadAttribute {
+                element: "include",
+                message: note.message,
+            }
+        };
+        self.problem(pos, problem)
     }
 
     /// Reads `esi:assign`'s `name` (with an optional `{key}`) and `value`: None (reported) when

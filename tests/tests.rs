@@ -17,6 +17,7 @@ mod faults;
 mod fetch;
 mod framing;
 mod https;
+mod include_attrs;
 mod language;
 mod layout;
 mod lint_cli;

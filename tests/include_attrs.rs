@@ -216,7 +216,11 @@ async fn maxwait_fires_the_fallback() {
     let started = Instant::now();
     assert_eq!(page(&proxy, "/page", &[]).await, "[fast]");
     // Far under the 8 s the fragment takes and the 9 s fragment deadline.
-    assert!(started.elapsed() < Duration::from_secs(6), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// `dca="none"` places a marked fragment's ESI as it is; `dca="esi"` processes an unmarked
@@ -319,7 +323,8 @@ async fn credentials_never_reach_an_untrusted_host() {
     );
     // The untrusted document read no credential and set none: only the shared X-Device.
     assert!(
-        parts[2].starts_with("[GET /from-partner?auth=&key=&dev=phone body= cookie=- authorization=- "),
+        parts[2]
+            .starts_with("[GET /from-partner?auth=&key=&dev=phone body= cookie=- authorization=- "),
         "{}",
         parts[2]
     );
@@ -373,9 +378,15 @@ async fn cache_variants_do_not_cross_visitors() {
     let proxy = proxy(&origin.base(), Config::default()).await;
     let ann = [("cookie", "uid=ann"), ("x-device", "phone")];
     let bob = [("cookie", "uid=bob"), ("x-device", "desk")];
-    assert_eq!(page(&proxy, "/page", &ann).await, "/who:ann:|/dev:-:d=phone");
+    assert_eq!(
+        page(&proxy, "/page", &ann).await,
+        "/who:ann:|/dev:-:d=phone"
+    );
     assert_eq!(page(&proxy, "/page", &bob).await, "/who:bob:|/dev:-:d=desk");
-    assert_eq!(page(&proxy, "/page", &ann).await, "/who:ann:|/dev:-:d=phone");
+    assert_eq!(
+        page(&proxy, "/page", &ann).await,
+        "/who:ann:|/dev:-:d=phone"
+    );
     // /who every time (3), /dev once per device (2).
     assert_eq!(hits.load(Ordering::SeqCst), 5);
 }

@@ -144,9 +144,12 @@ async fn fetch_one(
         .as_ref()
         .map_err(|e| fail(&target.src.to_string(), FailureKind::Url, e.to_string()))?;
     target.resolved.body.as_ref().map_err(|message| {
-        composer
-            .metrics
-            .inc_counter(INCLUDE_BOUNDS, INCLUDE_BOUNDS_HELP, Some(("bound", "entity_bytes")), 1);
+        composer.metrics.inc_counter(
+            INCLUDE_BOUNDS,
+            INCLUDE_BOUNDS_HELP,
+            Some(("bound", "entity_bytes")),
+            1,
+        );
         fail(rendered, FailureKind::Url, message.clone())
     })?;
     let url = doc

@@ -23,8 +23,7 @@ use url::Url;
 use crate::config::{CookieNames, HeaderNames, OnError, Settings};
 use crate::esi::{
     self, render_html_in, Assign, Bound, Budget, Context, CookieAccess, Expr, HeaderAccess, Limits,
-    ParseOptions,
-    Scope, Segment, Template, VarPolicy,
+    ParseOptions, Scope, Segment, Template, VarPolicy,
 };
 use crate::fetch::{deadline_after, ErrorKind, Fetcher};
 use crate::telemetry::{self, Metrics};

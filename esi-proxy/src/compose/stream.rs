@@ -339,9 +339,8 @@ impl Driver {
                 let in_try = self.in_attempt();
                 let (state, doc) = (Arc::clone(&self.state), Arc::clone(&self.doc));
                 let resolved = state.resolve(&inc, &doc, &self.scope);
-                let task = Task::spawn(async move {
-                    include(&state, &inc, &doc, in_try, resolved).await
-                });
+                let task =
+                    Task::spawn(async move { include(&state, &inc, &doc, in_try, resolved).await });
                 self.push(Slot::Pending(task));
             }
             Event::TryStart => self.frames.push(Frame::Try {

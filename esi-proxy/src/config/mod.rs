@@ -20,8 +20,8 @@ pub use error::{ConfigError, Invalid};
 pub use glob::glob_match;
 pub use ranges::{range_of, Range, RANGES};
 pub use settings::{
-    BreakerSettings, CacheRuleSettings, CacheSettings, CookieNames, EsiSettings, HeaderNames, FetchSettings,
-    HostSettings, LogFormat, OnError, ServerSettings, Settings, SharedSettings,
+    BreakerSettings, CacheRuleSettings, CacheSettings, CookieNames, EsiSettings, FetchSettings,
+    HeaderNames, HostSettings, LogFormat, OnError, ServerSettings, Settings, SharedSettings,
 };
 
 /// The whole configuration. `config/esi-proxy.toml` documents `Config::default()`.

@@ -563,6 +563,18 @@ mod tests {
         ] {
             assert_eq!(settings_of(text).esi.cookies, want, "{text:?}");
         }
+        let only = |names: &[&str]| HeaderNames::Only(names.iter().map(|&n| n.into()).collect());
+        for (text, want) in [
+            ("esi.header_names = [\"*\"]", HeaderNames::All),
+            ("esi.header_names = [\"X-Device\", \"*\"]", HeaderNames::All),
+            (
+                "esi.header_names = [\"X-Device\", \"authorization\"]",
+                only(&["x-device", "authorization"]),
+            ),
+            ("esi.header_names = []", only(&[])),
+        ] {
+            assert_eq!(settings_of(text).esi.headers, want, "{text:?}");
+        }
         for (text, want) in [
             ("server.admin_token = \"\"", None),
             ("server.admin_token = \"s3cret\"", Some("s3cret".to_owned())),

@@ -552,6 +552,13 @@ mod tests {
         ),
         ("[esi]\ncookie_names = [\"*\", \"__Host-x\", \"a.b~c\"]\n", &[]),
         (
+            "[esi]\nheader_names = [\"*\", \"bad name\", \"Cookie\", \"Authorization\"]\n",
+            &[
+                "2: esi.header_names[1]: \"bad name\" is not a header name",
+                "2: esi.header_names[2]: \"Cookie\" is read through $(HTTP_COOKIE), under esi.cookie_names",
+            ],
+        ),
+        (
             "[fetch]\nfragment_timeout_ms = 3000\npage_timeout_ms = 2000\n",
             &["2: fetch.fragment_timeout_ms: 3000 ms is longer than fetch.page_timeout_ms (2000 ms)"],
         ),

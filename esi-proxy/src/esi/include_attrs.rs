@@ -164,7 +164,11 @@ impl IncludeOptions {
                 self.no_store = match value.trim().to_ascii_lowercase().as_str() {
                     "on" => true,
                     "off" => false,
-                    _ => return Err(error(format!("no-store={value:?} is not \"on\" or \"off\""))),
+                    _ => {
+                        return Err(error(format!(
+                            "no-store={value:?} is not \"on\" or \"off\""
+                        )))
+                    }
                 }
             }
             "method" => {
@@ -183,9 +187,7 @@ impl IncludeOptions {
                 };
                 for entry in split_header_list(value) {
                     let Some((name, text)) = entry.split_once(':') else {
-                        problems.push(error(format!(
-                            "{key}: {entry:?} is not \"Name: value\""
-                        )));
+                        problems.push(error(format!("{key}: {entry:?} is not \"Name: value\"")));
                         continue;
                     };
                     let value = VarString::parse_in(text.trim(), assigned);
@@ -421,22 +423,22 @@ mod tests {
         assert_eq!((o.dca, r), (Dca::None, Ok(true)));
         let (o, r, _) = read("dca", "xslt");
         assert_eq!(o.dca, Dca::Marked);
-        assert!(r.unwrap_err().contains("dca=\"xslt\""));
+        assert!(r.expect_err("refused").contains("dca=\"xslt\""));
         let (o, r, _) = read("no-store", "on");
         assert_eq!((o.no_store, r), (true, Ok(true)));
         let (o, _, _) = read("no-store", "OFF");
         assert!(!o.no_store);
         let (o, r, _) = read("no-store", "yes");
-        assert!(!o.no_store && r.unwrap_err().contains("no-store=\"yes\""));
+        assert!(!o.no_store && r.expect_err("refused").contains("no-store=\"yes\""));
         let (o, r, _) = read("method", "post");
         assert_eq!((o.method, r), (Method::Post, Ok(true)));
         let (o, r, _) = read("method", "PUT");
         assert_eq!(o.method, Method::Get);
-        assert!(r.unwrap_err().contains("GET or POST"));
+        assert!(r.expect_err("refused").contains("GET or POST"));
         let (o, r, _) = read("ttl", "5m");
         assert_eq!((o.ttl, r), (Some(Duration::from_secs(300)), Ok(true)));
         let (o, r, _) = read("ttl", "5 minutes");
-        assert!(o.ttl.is_none() && r.unwrap_err().contains("not a duration"));
+        assert!(o.ttl.is_none() && r.expect_err("refused").contains("not a duration"));
         let (_, r, _) = read("primary", "true");
         assert_eq!(r, Ok(false));
         let (o, _, p) = read("entity", "a=1");
@@ -446,14 +448,21 @@ mod tests {
 
     #[test]
     fn header_lists() {
-        let (o, _, p) = read("setheaders", "X-A: 1, Accept-Language: de, en;q=0.5,X-B:two");
+        let (o, _, p) = read(
+            "setheaders",
+            "X-A: 1, Accept-Language: de, en;q=0.5,X-B:two",
+        );
         assert!(p.is_empty(), "{p:?}");
         let got: Vec<(String, String)> = o
             .headers
             .iter()
             .map(|e| (e.name.to_string(), e.value.to_string()))
             .collect();
-        let want = [("x-a", "1"), ("accept-language", "de, en;q=0.5"), ("x-b", "two")];
+        let want = [
+            ("x-a", "1"),
+            ("accept-language", "de, en;q=0.5"),
+            ("x-b", "two"),
+        ];
         let want: Vec<(String, String)> = want
             .iter()
             .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
@@ -475,21 +484,48 @@ mod tests {
     fn header_misuse() {
         let cases: &[(&str, &str, &str, bool)] = &[
             ("setheaders", "Host: evil", "only the proxy sets", false),
-            ("appendheaders", "Transfer-Encoding: chunked", "only the proxy sets", false),
-            ("setheaders", "X-Forwarded-For: 1.2.3.4", "only the proxy sets", false),
-            ("removeheaders", "Content-Length", "only the proxy sets", false),
-            ("setheaders", "Connection: close", "only the proxy sets", false),
-            ("setheaders", "Cookie: a=1", "trusted with credentials", true),
-            ("appendheaders", "Authorization: Basic x", "trusted with credentials", true),
+            (
+                "appendheaders",
+                "Transfer-Encoding: chunked",
+                "only the proxy sets",
+                false,
+            ),
+            (
+                "setheaders",
+                "X-Forwarded-For: 1.2.3.4",
+                "only the proxy sets",
+                false,
+            ),
+            (
+                "removeheaders",
+                "Content-Length",
+                "only the proxy sets",
+                false,
+            ),
+            (
+                "setheaders",
+                "Connection: close",
+                "only the proxy sets",
+                false,
+            ),
+            (
+                "setheaders",
+                "Cookie: a=1",
+                "trusted with credentials",
+                true,
+            ),
+            (
+                "appendheaders",
+                "Authorization: Basic x",
+                "trusted with credentials",
+                true,
+            ),
             ("setheaders", "X A: 1", "not a header name", false),
             ("setheaders", "novalue", "is not \"Name: value\"", false),
         ];
         for (key, value, want, kept) in cases {
             let (o, _, p) = read(key, value);
-            assert!(
-                p.iter().any(|m| m.contains(want)),
-                "{key}={value:?}: {p:?}"
-            );
+            assert!(p.iter().any(|m| m.contains(want)), "{key}={value:?}: {p:?}");
             assert_eq!(!o.headers.is_empty(), *kept, "{key}={value:?}");
         }
         // Removing a credential is always allowed: it only sends less.
@@ -512,9 +548,9 @@ mod tests {
                 .expect("within the bound");
         }
         let over = opts.add_param(Some("one-more"), VarString::parse("v"));
-        assert!(over.unwrap_err().message.contains("more than"));
+        assert!(over.expect_err("refused").message.contains("more than"));
         let unnamed = IncludeOptions::default().add_param(None, VarString::parse("v"));
-        assert!(unnamed.unwrap_err().message.contains("without name"));
+        assert!(unnamed.expect_err("refused").message.contains("without name"));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod include_attrs;
 mod md5;
 pub mod parse;
 pub mod scan;
+mod ua;
 pub mod vars;
 
 pub use ast::{Assign, Include, Node, OnError, Template, When};
@@ -26,4 +27,6 @@ pub use expr::{parse_expr, CmpOp, Expr, ExprError, TestOp};
 pub use func::Func;
 pub use include_attrs::{Dca, HeaderEdit, HeaderOp, IncludeOptions, Param};
 pub use parse::{parse, Event, Mode, ParseOptions, Parser};
-pub use vars::{CookieAccess, HeaderAccess, Request, Segment, VarError, VarName, VarPolicy, VarRef, VarString};
+pub use vars::{
+    CookieAccess, HeaderAccess, Request, Segment, VarError, VarName, VarPolicy, VarRef, VarString,
+};

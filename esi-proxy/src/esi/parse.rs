@@ -568,7 +568,7 @@ impl Parser {
                 Ok(())
             }
             Kind::Param => {
-                                self.param(attrs, pos)?;
+                self.param(attrs, pos)?;
                 if !self_closing {
                     self.stack.push(Frame {
                         kind,

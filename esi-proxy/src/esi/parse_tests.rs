@@ -529,7 +529,8 @@ fn include_attribute_forms() {
             other => panic!("{input:?}: {other:?}"),
         }
     };
-    let inc = one("<esi:include src=\"/a\" dca=\"esi\" ttl=\"5m\" no-store=\"off\" maxwait=\"250\"/>");
+    let inc =
+        one("<esi:include src=\"/a\" dca=\"esi\" ttl=\"5m\" no-store=\"off\" maxwait=\"250\"/>");
     assert_eq!(inc.options.dca, Dca::Esi);
     assert_eq!(inc.options.ttl, Some(Duration::from_secs(300)));
     assert!(!inc.options.no_store);
@@ -541,7 +542,10 @@ fn include_attribute_forms() {
     );
     let inc = one("<esi:include src=\"/a\" method=\"POST\" entity=\"q=$(QUERY_STRING{q})\"/>");
     assert_eq!(inc.options.method, Method::Post);
-    assert_eq!(inc.options.entity.as_ref().map(|e| e.vars().count()), Some(1));
+    assert_eq!(
+        inc.options.entity.as_ref().map(|e| e.vars().count()),
+        Some(1)
+    );
     let inc = one(
         "<esi:include src=\"/a\" setheaders=\"X-A: 1, X-B: 2\" appendheaders=\"X-C: $(HTTP_X_DEVICE)\" removeheaders=\"Accept-Language\"/>",
     );
@@ -582,20 +586,76 @@ fn include_attribute_forms() {
 fn include_attribute_problems() {
     // (input, the message lint shows, error or warning)
     let cases: &[(&str, &str, Severity)] = &[
-        ("<esi:include src=\"/a\" dca=\"xslt\"/>", "dca=\"xslt\" is not \"none\" or \"esi\"", Severity::Error),
-        ("<esi:include src=\"/a\" ttl=\"5 minutes\"/>", "is not a duration", Severity::Error),
-        ("<esi:include src=\"/a\" ttl=\"400d\"/>", "longer than a year", Severity::Error),
-        ("<esi:include src=\"/a\" no-store=\"yes\"/>", "no-store=\"yes\" is not \"on\" or \"off\"", Severity::Error),
-        ("<esi:include src=\"/a\" method=\"DELETE\"/>", "method=\"DELETE\" is not GET or POST", Severity::Error),
-        ("<esi:include src=\"/a\" setheaders=\"Host: evil\"/>", "Host is a header only the proxy sets", Severity::Error),
-        ("<esi:include src=\"/a\" removeheaders=\"Content-Length\"/>", "only the proxy sets", Severity::Error),
-        ("<esi:include src=\"/a\" setheaders=\"Cookie: a=1\"/>", "only to hosts trusted with credentials", Severity::Warning),
-        ("<esi:include src=\"/a\" entity=\"x\"/>", "only with method=\"POST\"", Severity::Warning),
-        ("<esi:include src=\"/a\" method=\"POST\" ttl=\"5m\"/>", "never cached", Severity::Warning),
-        ("<esi:include src=\"/a\" no-store=\"on\" ttl=\"5m\"/>", "its ttl does nothing", Severity::Warning),
-        ("<esi:include src=\"/a\"><esi:param value=\"1\"/></esi:include>", "<esi:param> without name", Severity::Error),
-        ("<esi:param name=\"a\" value=\"1\"/>", "<esi:param> is not allowed outside a long-form <esi:include>", Severity::Error),
-        ("<esi:include src=\"/a\"/><esi:param name=\"a\" value=\"1\"/>", "outside a long-form", Severity::Error),
+        (
+            "<esi:include src=\"/a\" dca=\"xslt\"/>",
+            "dca=\"xslt\" is not \"none\" or \"esi\"",
+            Severity::Error,
+        ),
+        (
+            "<esi:include src=\"/a\" ttl=\"5 minutes\"/>",
+            "is not a duration",
+            Severity::Error,
+        ),
+        (
+            "<esi:include src=\"/a\" ttl=\"400d\"/>",
+            "longer than a year",
+            Severity::Error,
+        ),
+        (
+            "<esi:include src=\"/a\" no-store=\"yes\"/>",
+            "no-store=\"yes\" is not \"on\" or \"off\"",
+            Severity::Error,
+        ),
+        (
+            "<esi:include src=\"/a\" method=\"DELETE\"/>",
+            "method=\"DELETE\" is not GET or POST",
+            Severity::Error,
+        ),
+        (
+            "<esi:include src=\"/a\" setheaders=\"Host: evil\"/>",
+            "Host is a header only the proxy sets",
+            Severity::Error,
+        ),
+        (
+            "<esi:include src=\"/a\" removeheaders=\"Content-Length\"/>",
+            "only the proxy sets",
+            Severity::Error,
+        ),
+        (
+            "<esi:include src=\"/a\" setheaders=\"Cookie: a=1\"/>",
+            "only to hosts trusted with credentials",
+            Severity::Warning,
+        ),
+        (
+            "<esi:include src=\"/a\" entity=\"x\"/>",
+            "only with method=\"POST\"",
+            Severity::Warning,
+        ),
+        (
+            "<esi:include src=\"/a\" method=\"POST\" ttl=\"5m\"/>",
+            "never cached",
+            Severity::Warning,
+        ),
+        (
+            "<esi:include src=\"/a\" no-store=\"on\" ttl=\"5m\"/>",
+            "its ttl does nothing",
+            Severity::Warning,
+        ),
+        (
+            "<esi:include src=\"/a\"><esi:param value=\"1\"/></esi:include>",
+            "<esi:param> without name",
+            Severity::Error,
+        ),
+        (
+            "<esi:param name=\"a\" value=\"1\"/>",
+            "<esi:param> is not allowed outside a long-form <esi:include>",
+            Severity::Error,
+        ),
+        (
+            "<esi:include src=\"/a\"/><esi:param name=\"a\" value=\"1\"/>",
+            "outside a long-form",
+            Severity::Error,
+        ),
     ];
     for (input, want, severity) in cases {
         let t = lenient(input);
@@ -615,6 +675,9 @@ fn include_attribute_problems() {
         .map(|i| format!("<esi:param name=\"p{i}\" value=\"v\"/>"))
         .collect();
     let t = lenient(&format!("<esi:include src=\"/a\">{params}</esi:include>"));
-    assert_eq!(t.includes()[0].options.params.len(), crate::esi::include_attrs::MAX_PARAMS);
+    assert_eq!(
+        t.includes()[0].options.params.len(),
+        crate::esi::include_attrs::MAX_PARAMS
+    );
     assert_eq!(t.problem_count, 2);
 }

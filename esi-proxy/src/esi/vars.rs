@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::ua::{ua_browser, ua_os, ua_version};
+
 /// The longest `$(...)` reference recognised, in bytes; anything longer stays literal text, which
 /// bounds the work a single `$` can cost.
 const MAX_REF_BYTES: usize = 4096;
@@ -694,69 +696,6 @@ fn accepts_language(header: &str, lang: &str) -> bool {
     })
 }
 
-// === User-Agent ===
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Browser {
-    Msie,
-    Mozilla,
-    Other,
-}
-
-impl Browser {
-    fn as_str(self) -> &'static str {
-        match self {
-            Browser::Msie => "MSIE",
-            Browser::Mozilla => "MOZILLA",
-            Browser::Other => "OTHER",
-        }
-    }
-}
-
-fn ua_browser(ua: &str) -> Browser {
-    if ua.contains("MSIE ") || ua.contains("Trident/") {
-        Browser::Msie
-    } else if ua.starts_with("Mozilla/") {
-        Browser::Mozilla
-    } else {
-        Browser::Other
-    }
-}
-
-fn ua_os(ua: &str) -> &'static str {
-    const WIN: [&str; 5] = ["Windows", "Win32", "Win64", "Win98", "Win95"];
-    const UNIX: [&str; 6] = ["X11", "Linux", "BSD", "SunOS", "Unix", "UNIX"];
-    if WIN.iter().any(|w| ua.contains(w)) {
-        "WIN"
-    } else if ua.contains("Mac") {
-        "MAC"
-    } else if UNIX.iter().any(|u| ua.contains(u)) {
-        "UNIX"
-    } else {
-        "OTHER"
-    }
-}
-
-fn ua_version(ua: &str) -> &str {
-    /// The text after `marker` up to a space, `;` or `)`.
-    fn after<'a>(ua: &'a str, marker: &str) -> Option<&'a str> {
-        let rest = &ua[ua.find(marker)? + marker.len()..];
-        let end = rest.find([' ', ';', ')']).unwrap_or(rest.len());
-        Some(&rest[..end])
-    }
-    let version = match ua_browser(ua) {
-        Browser::Msie => after(ua, "MSIE ").or_else(|| after(ua, "rv:")),
-        Browser::Mozilla => after(ua, "Mozilla/"),
-        Browser::Other => ua.split_ascii_whitespace().find_map(|token| {
-            let (product, version) = token.split_once('/')?;
-            let end = version.find([';', ')']).unwrap_or(version.len());
-            let version = &version[..end];
-            (!product.is_empty() && !version.is_empty()).then_some(version)
-        }),
-    };
-    version.unwrap_or("")
-}
-
 // === impl CookieAccess / VarPolicy ===
 
 impl CookieAccess {
@@ -827,7 +766,9 @@ impl Default for VarPolicy {
 /// (below 0x20, or 0x7f), which could split or smuggle the fragment request;
 /// [`VarError::DotSegment`] if a value made or joined a dot segment of the path.
 pub fn render_url(s: &VarString, req: &Request, policy: &VarPolicy) -> Result<String, VarError> {
-    render_url_by(s, policy.raw_output, &|var| req.value(var, policy).into_owned())
+    render_url_by(s, policy.raw_output, &|var| {
+        req.value(var, policy).into_owned()
+    })
 }
 
 /// [`render_url`] with each variable's value from `value` (a document's assigned variables

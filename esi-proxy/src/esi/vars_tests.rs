@@ -856,7 +856,11 @@ fn any_header_by_name_under_the_policy() {
         ]));
     let all = VarPolicy::default();
     let listed = VarPolicy {
-        headers: HeaderAccess::Only(vec!["x-device".into(), "authorization".into(), "cookie".into()]),
+        headers: HeaderAccess::Only(vec![
+            "x-device".into(),
+            "authorization".into(),
+            "cookie".into(),
+        ]),
         ..VarPolicy::default()
     };
     // (reference, with All, with the list)
@@ -872,7 +876,11 @@ fn any_header_by_name_under_the_policy() {
     ];
     for (src, with_all, with_list) in cases {
         assert_eq!(req.value(&var(src), &all), *with_all, "{src} under All");
-        assert_eq!(req.value(&var(src), &listed), *with_list, "{src} under the list");
+        assert_eq!(
+            req.value(&var(src), &listed),
+            *with_list,
+            "{src} under the list"
+        );
     }
     // `HTTP_COOKIE` stays the cookie variable; the header path never reads Cookie.
     assert!(!HeaderAccess::Only(vec!["cookie".into()]).allows("cookie"));
@@ -894,7 +902,10 @@ fn reading_a_credential_header_is_noted() {
     };
     assert_eq!(req.value(&var("$(HTTP_X_DEVICE)"), &listed), "mobile");
     assert!(!req.cookie_read());
-    assert_eq!(req.value(&var("$(HTTP_AUTHORIZATION)"), &listed), "Bearer t");
+    assert_eq!(
+        req.value(&var("$(HTTP_AUTHORIZATION)"), &listed),
+        "Bearer t"
+    );
     assert!(req.cookie_read());
 }
 

@@ -438,9 +438,9 @@ impl Fetcher for HttpClient {
             let url = req.url.into_url();
             let receiving = shared.receive(url, &text, headers, body, after);
             let result = match tokio::time::timeout(after, receiving).await {
-                    Ok(result) => result,
-                    Err(_) => Err(FetchError::Timeout { url: text, after }),
-                };
+                Ok(result) => result,
+                Err(_) => Err(FetchError::Timeout { url: text, after }),
+            };
             ticket.settle(result)
         })
     }

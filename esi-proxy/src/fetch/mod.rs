@@ -389,9 +389,9 @@ impl RequestOptions {
         use crate::esi::include_attrs::{CREDENTIAL_HEADERS, FORBIDDEN_HEADERS};
         for edit in &self.headers {
             let name = match edit {
-                HeaderEdit::Set(name, _) | HeaderEdit::Append(name, _) | HeaderEdit::Remove(name) => {
-                    name
-                }
+                HeaderEdit::Set(name, _)
+                | HeaderEdit::Append(name, _)
+                | HeaderEdit::Remove(name) => name,
             };
             let credential = !matches!(edit, HeaderEdit::Remove(_))
                 && CREDENTIAL_HEADERS.contains(&name.as_str());

@@ -389,7 +389,11 @@ mod tests {
             let findings = lint(Bytes::from_static(doc.as_bytes()));
             assert_eq!(findings.len(), 1, "{doc}: {findings:?}");
             assert_eq!(findings[0].severity, *severity, "{doc}");
-            assert!(findings[0].message.contains(part), "{doc}: {}", findings[0].message);
+            assert!(
+                findings[0].message.contains(part),
+                "{doc}: {}",
+                findings[0].message
+            );
         }
         let fine = "<esi:assign name=\"pid\" value=\"'7'\"/><esi:include src=\"/p/$(pid)?d=$(HTTP_X_DEVICE)\" onerror=\"continue\"><esi:param name=\"id\" value=\"$(pid)\"/></esi:include>";
         let findings = lint(Bytes::from_static(fine.as_bytes()));

@@ -550,7 +550,10 @@ mod tests {
         let over = opts.add_param(Some("one-more"), VarString::parse("v"));
         assert!(over.expect_err("refused").message.contains("more than"));
         let unnamed = IncludeOptions::default().add_param(None, VarString::parse("v"));
-        assert!(unnamed.expect_err("refused").message.contains("without name"));
+        assert!(unnamed
+            .expect_err("refused")
+            .message
+            .contains("without name"));
     }
 
     #[test]

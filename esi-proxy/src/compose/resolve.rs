@@ -121,10 +121,11 @@ impl Dropped {
 impl PageState {
     /// Substitutes the variables of `inc` as `doc` reads them where the tag stands: request
     /// variables as its trust allows, and `scope`'s assigned variables and captures.
-    pub(super) fn resolve(&self, inc: &Include, doc: &DocContext, scope: &Scope) -> Resolved {
+    pub(super) fn resolve(&self, inc: &Include, doc: &DocContext, scope: &mut Scope) -> Resolved {
         let policy = self.vars(doc);
         let mut cx = Context::new(&self.page.vars, policy, &self.budget);
-        cx.scope = scope.clone();
+        // Lent, not copied: a page may hold many includes and many assigned variables.
+        cx.scope = std::mem::take(scope);
         let value = |var: &VarRef| cx.var(var).text().into_owned();
         let opts = &inc.options;
         let url = |s: &crate::esi::VarString| {
@@ -160,6 +161,7 @@ impl PageState {
             .iter()
             .map(|e| (e.op, e.name.clone(), render_text_by(&e.value, &value)))
             .collect();
+        *scope = std::mem::take(&mut cx.scope);
         drop(cx);
         self.note_cookie_read();
         Resolved {

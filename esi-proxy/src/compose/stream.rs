@@ -338,7 +338,7 @@ impl Driver {
             Event::Include(inc) => {
                 let in_try = self.in_attempt();
                 let (state, doc) = (Arc::clone(&self.state), Arc::clone(&self.doc));
-                let resolved = state.resolve(&inc, &doc, &self.scope);
+                let resolved = state.resolve(&inc, &doc, &mut self.scope);
                 let task =
                     Task::spawn(async move { include(&state, &inc, &doc, in_try, resolved).await });
                 self.push(Slot::Pending(task));

@@ -18,6 +18,7 @@ mod fetch;
 mod framing;
 mod hints;
 mod https;
+mod include_attrs;
 mod language;
 mod language_flow;
 mod layout;

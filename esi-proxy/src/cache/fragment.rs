@@ -295,6 +295,12 @@ impl CachingFetcher {
     }
 
     async fn fetch_cached(self, req: FragmentRequest) -> Result<Fragment, FetchError> {
+        if req.options.bypasses_cache() {
+            // `no-store`, a POST, or headers the template changed: no entry answers it and it
+            // stores none.
+            self.cache.count_pass();
+            return self.inner.fetch(req).await.map(passed);
+        }
         let access = req.url.access();
         let credentials = Credentials::of(&req.client_headers, access.trusted);
         let text: Arc<str> = cache_url(&req.url).into();
@@ -631,9 +637,13 @@ impl CachingFetcher {
         fragment: Fragment,
     ) -> Outcome {
         let cache = &self.cache;
-        let decision =
-            self.policy
-                .decide_for(&req.url, fragment.status, &fragment.headers, credentials);
+        let decision = self.policy.decide_with_ttl(
+            &req.url,
+            fragment.status,
+            &fragment.headers,
+            credentials,
+            req.options.ttl,
+        );
         match decision {
             Decision::Store {
                 ttl,

@@ -40,6 +40,8 @@ pub struct CachePolicy {
 pub enum TtlSource {
     /// `[[cache.rules]]` entry: its index and pattern.
     Rule(usize, String),
+    /// The include tag's `ttl` attribute.
+    Include,
     /// `Surrogate-Control: max-age=N` (untargeted or targeted at `esi-proxy`).
     SurrogateControl,
     /// `Cache-Control: s-maxage=N`.
@@ -166,6 +168,21 @@ impl CachePolicy {
         headers: &HeaderMap,
         credentials: Credentials,
     ) -> Decision {
+        self.decide_with_ttl(url, status, headers, credentials, None)
+    }
+
+    /// [`CachePolicy::decide_for`] for an include whose tag set `ttl`: after a matching rule
+    /// (the operator's word comes first) and before the response's headers, `no-cache`
+    /// included; zero is not stored. Every refusal for safety (status, `no-store`, `private`,
+    /// `Vary`, `Set-Cookie`, credentials) stands whatever the tag says.
+    pub fn decide_with_ttl(
+        &self,
+        url: &Url,
+        status: StatusCode,
+        headers: &HeaderMap,
+        credentials: Credentials,
+        include_ttl: Option<Duration>,
+    ) -> Decision {
         if status != StatusCode::OK {
             return Decision::Pass("status");
         }
@@ -197,6 +214,7 @@ impl CachePolicy {
         let from_header = |n: u64| Duration::from_secs(n.saturating_sub(age));
         let (ttl, source) = match rule {
             Some((index, rule)) => (rule.ttl, TtlSource::Rule(index, rule.pattern.clone())),
+            None if include_ttl.is_some() => (include_ttl.unwrap_or_default(), TtlSource::Include),
             None if cc.no_cache => return Decision::Pass("no-cache"),
             None => match (sc.max_age, cc.s_maxage, cc.max_age) {
                 (Some(n), _, _) => (from_header(n), TtlSource::SurrogateControl),
@@ -280,6 +298,7 @@ impl fmt::Display for TtlSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TtlSource::Rule(index, pattern) => write!(f, "rule[{index}] {pattern:?}"),
+            TtlSource::Include => f.write_str("include ttl"),
             TtlSource::SurrogateControl => f.write_str("surrogate-control"),
             TtlSource::SMaxAge => f.write_str("s-maxage"),
             TtlSource::MaxAge => f.write_str("max-age"),

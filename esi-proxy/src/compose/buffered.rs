@@ -168,10 +168,10 @@ pub(super) fn start_include(
     in_try: bool,
     scope: &mut Scope,
 ) -> Slot {
-    let urls = state.render_urls(inc, doc, scope);
+    let resolved = state.resolve(inc, doc, scope);
     let (state, doc, inc) = (Arc::clone(state), Arc::clone(doc), inc.clone());
     Slot::Pending(Task::spawn(async move {
-        include(&state, &inc, &urls, &doc, in_try).await
+        include(&state, &inc, &resolved, &doc, in_try).await
     }))
 }
 
@@ -187,8 +187,8 @@ async fn eval(
     scope: &mut Scope,
     out: &mut Vec<Slot>,
 ) {
-    let urls = state.render_urls(inc, doc, scope);
-    match resolve(state, inc, &urls, doc, in_try, true).await {
+    let resolved = state.resolve(inc, doc, scope);
+    match resolve(state, inc, &resolved, doc, in_try, true).await {
         Ok(None) => {}
         Ok(Some(Fetched::Literal(b))) => out.push(Slot::Ready(b)),
         Ok(Some(Fetched::Esi(template, child))) => {

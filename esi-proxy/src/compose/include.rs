@@ -17,14 +17,12 @@ use tracing::Instrument;
 use url::{Position, Url};
 
 use crate::config;
-use crate::esi::{self, Include, OnError, ParseOptions, Scope, Template, VarError};
+use crate::esi::{self, Dca, Include, OnError, ParseOptions, Scope, Template, VarError};
 use crate::fetch::{ErrorKind, FetchError, FragmentRequest};
 
 use super::buffered::compose_nodes;
+use super::resolve::Resolved;
 use super::{DocContext, Failure, FailureKind, Fallback, PageState};
-
-/// An include's `src` and then `alt`, rendered when the include was reached.
-pub(super) type Urls = Vec<Result<String, VarError>>;
 
 /// What a fetched fragment gives: bytes to place, or (for an `esi:eval` of ESI) the parsed
 /// fragment and where it sits, to run in the parent's scope.
@@ -34,20 +32,22 @@ pub(super) enum Fetched {
 }
 
 /// One include with its fallbacks: `src`, then `alt`, then `onerror="continue"`; then, outside
-/// an attempt, the policy.
+/// an attempt, the policy. `resolved` holds its variables as read where the tag stands.
 pub(super) fn include<'a>(
     state: &'a Arc<PageState>,
     inc: &'a Include,
-    urls: &'a Urls,
+    resolved: &'a Resolved,
     doc: &'a DocContext,
     in_try: bool,
 ) -> BoxFuture<'a, Result<Bytes, Failure>> {
     async move {
-        Ok(match resolve(state, inc, urls, doc, in_try, false).await? {
-            Some(Fetched::Literal(b)) => b,
-            // Only an eval hands back a template.
-            Some(Fetched::Esi(..)) | None => Bytes::new(),
-        })
+        Ok(
+            match resolve(state, inc, resolved, doc, in_try, false).await? {
+                Some(Fetched::Literal(b)) => b,
+                // Only an eval hands back a template.
+                Some(Fetched::Esi(..)) | None => Bytes::new(),
+            },
+        )
     }
     .boxed()
 }
@@ -57,7 +57,7 @@ pub(super) fn include<'a>(
 pub(super) fn resolve<'a>(
     state: &'a Arc<PageState>,
     inc: &'a Include,
-    urls: &'a Urls,
+    resolved: &'a Resolved,
     doc: &'a DocContext,
     in_try: bool,
     eval: bool,
@@ -75,9 +75,11 @@ pub(super) fn resolve<'a>(
                 record: None,
             });
         } else {
-            let srcs = std::iter::once(&inc.src).chain(inc.alt.as_ref());
-            for (i, (src, url)) in srcs.zip(urls).enumerate() {
-                match fetch_fragment(state, src, url, inc, i > 0, doc, eval).await {
+            let urls = std::iter::once((&inc.src, &resolved.src));
+            let alts = inc.alt.as_ref().zip(resolved.alt.as_ref());
+            for (i, (src, url)) in urls.chain(alts).enumerate() {
+                let target = Target { src, url, resolved };
+                match fetch_fragment(state, target, inc, i > 0, doc, eval).await {
                     Ok(body) => {
                         if i > 0 {
                             state.record_fallback(Fallback::Alt, last.as_ref());
@@ -113,19 +115,26 @@ pub(super) fn resolve<'a>(
     .boxed()
 }
 
+/// One URL of an include: as written, as substituted, and the include's request options.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    src: &'a esi::VarString,
+    url: &'a Result<String, VarError>,
+    resolved: &'a Resolved,
+}
+
 /// Fetches one URL of an include, composing it if it is ESI itself (an eval's comes back
 /// parsed); traced when the page is.
 async fn fetch_fragment(
     state: &Arc<PageState>,
-    src: &esi::VarString,
-    url: &Result<String, VarError>,
+    target: Target<'_>,
     inc: &Include,
     alt: bool,
     doc: &DocContext,
     eval: bool,
 ) -> Result<Fetched, Failure> {
-    let record = state.trace_start(doc, src, inc.line, alt);
-    let result = fetch_one(state, src, url, inc.maxwait_ms, doc, record, eval).await;
+    let record = state.trace_start(doc, target.src, inc.line, alt);
+    let result = fetch_one(state, target, inc, doc, record, eval).await;
     if let Some(id) = record {
         state.trace_update(id, |r| {
             r.end_ms = state.elapsed_ms();
@@ -144,13 +153,13 @@ async fn fetch_fragment(
 
 async fn fetch_one(
     state: &Arc<PageState>,
-    src: &esi::VarString,
-    rendered: &Result<String, VarError>,
-    maxwait_ms: Option<u64>,
+    target: Target<'_>,
+    inc: &Include,
     doc: &DocContext,
     record: Option<usize>,
     eval: bool,
 ) -> Result<Fetched, Failure> {
+    let maxwait_ms = inc.maxwait_ms;
     let composer = &state.composer;
     let cfg = &composer.config;
     let fail = |url: &str, kind: FailureKind, message: String| Failure {
@@ -159,10 +168,19 @@ async fn fetch_one(
         message,
         record,
     };
-    state.note_cookie_read();
-    let rendered = rendered
+    let rendered = target
+        .url
         .as_ref()
-        .map_err(|e| fail(&src.to_string(), FailureKind::Url, e.to_string()))?;
+        .map_err(|e| fail(&target.src.to_string(), FailureKind::Url, e.to_string()))?;
+    target.resolved.body.as_ref().map_err(|message| {
+        composer.metrics.inc_counter(
+            INCLUDE_BOUNDS,
+            INCLUDE_BOUNDS_HELP,
+            Some(("bound", "entity_bytes")),
+            1,
+        );
+        fail(rendered, FailureKind::Url, message.clone())
+    })?;
     let url = doc
         .base
         .join(rendered)
@@ -197,6 +215,16 @@ async fn fetch_one(
         }
     };
     let access = allowed.access();
+    let (options, dropped) = target.resolved.options_for(access, doc.trusted);
+    for (reason, name) in &dropped {
+        composer.metrics.inc_counter(
+            "esi_proxy_include_headers_dropped_total",
+            "Header edits of include tags left out of a fragment request (credential, forbidden, invalid, too_large).",
+            Some(("reason", reason.as_str())),
+            1,
+        );
+        tracing::warn!(url = %url, header = %name, reason = reason.as_str(), line = inc.line, "include header edit dropped");
+    }
     let credentials = [header::COOKIE, header::AUTHORIZATION]
         .iter()
         .any(|name| state.page.client_headers.contains_key(name));
@@ -241,6 +269,7 @@ async fn fetch_one(
             url: allowed,
             client_headers: Arc::clone(&state.page.client_headers),
             timeout,
+            options,
         };
         composer
             .fetcher
@@ -269,7 +298,7 @@ async fn fetch_one(
                     r.hints = hints;
                     r.status = Some(f.status.as_u16());
                     r.bytes = f.body.len();
-                    r.esi = f.is_esi() && access.esi;
+                    r.esi = processes(inc.options.dca, &f) && access.esi;
                     if let Some(c) = &f.cache {
                         r.cache = Some(c.status);
                         r.ttl_s = c.ttl.map(|t| t.as_secs_f64());
@@ -291,7 +320,8 @@ async fn fetch_one(
     };
     // ESI from a host that is neither trusted nor opted in (`esi = true`) is placed as literal
     // bytes, as a fragment not marked ESI is: its markup fetches nothing and reads nothing.
-    if !fragment.is_esi() || !access.esi {
+    // `dca` chooses between those the host may send: `none` never, `esi` even unmarked.
+    if !processes(inc.options.dca, &fragment) || !access.esi {
         return Ok(Fetched::Literal(fragment.body));
     }
     if doc.depth + 1 > cfg.max_depth {
@@ -345,6 +375,21 @@ async fn fetch_one(
     }
     Ok(Fetched::Literal(parts))
 }
+
+/// Whether a fragment's ESI is to be processed, its host permitting: as marked, unless the
+/// tag's `dca` says `none` (never) or `esi` (marked or not).
+fn processes(dca: Dca, fragment: &crate::fetch::Fragment) -> bool {
+    match dca {
+        Dca::Marked => fragment.is_esi(),
+        Dca::None => false,
+        Dca::Esi => true,
+    }
+}
+
+/// Include bounds hit (`bound`: `entity_bytes`).
+const INCLUDE_BOUNDS: &str = "esi_proxy_include_bounds_total";
+const INCLUDE_BOUNDS_HELP: &str =
+    "Includes that hit a bound of their tag's attributes (entity_bytes): they take their fallback.";
 
 /// The metrics label of a fragment's host: `host:port`, the port explicit or the scheme's.
 /// Borrowed from the URL when it spells the port out.

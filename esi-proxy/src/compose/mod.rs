@@ -6,6 +6,7 @@
 mod buffered;
 mod hints;
 mod include;
+mod resolve;
 mod stream;
 mod trace;
 
@@ -20,11 +21,11 @@ use tokio::sync::{mpsc, Semaphore};
 use tracing::Instrument;
 use url::Url;
 
-use crate::config::{CookieNames, OnError, Settings};
+use crate::config::{CookieNames, HeaderNames, OnError, Settings};
 use crate::esi::flow::foreach_items;
 use crate::esi::{
-    self, render_html_in, render_url_in, Assign, Bound, Budget, Context, CookieAccess, Expr,
-    Foreach, Include, Limits, ParseOptions, Scope, Segment, Template, Value, VarPolicy,
+    self, render_html_in, Assign, Bound, Budget, Context, CookieAccess, Expr, Foreach,
+    HeaderAccess, Limits, ParseOptions, Scope, Segment, Template, Value, VarPolicy,
 };
 use crate::fetch::{deadline_after, ErrorKind, Fetcher};
 use crate::telemetry::{self, Metrics};
@@ -55,6 +56,9 @@ pub struct ComposeConfig {
     pub parse: ParseOptions,
     /// What variables may read and how they are escaped.
     pub vars: VarPolicy,
+    /// The client headers every fragment host is sent (`fetch.forward_headers`): all that
+    /// `$(HTTP_<NAME>)` reads in an untrusted document.
+    pub shared_headers: Vec<String>,
     /// The bounds on what a page's expressions may compute.
     pub limits: Limits,
 }
@@ -210,7 +214,16 @@ impl ComposeConfig {
                 cookies,
                 whole_cookie_header: e.expose_cookie_header,
                 raw_output: e.raw_vars,
+                headers: match &e.headers {
+                    HeaderNames::All => HeaderAccess::All,
+                    HeaderNames::Only(names) => HeaderAccess::Only(names.clone()),
+                },
             },
+            shared_headers: f
+                .forward_headers
+                .iter()
+                .map(|n| n.as_str().to_owned())
+                .collect(),
             limits: Limits {
                 max_evaluations: e.max_expr_evaluations,
                 max_value_bytes: e.max_expr_value_bytes,
@@ -236,7 +249,7 @@ impl Composer {
     ) -> Arc<Self> {
         Arc::new(Self {
             fetcher,
-            untrusted_vars: config.vars.without_credentials(),
+            untrusted_vars: config.vars.without_credentials(&config.shared_headers),
             config,
             global: Arc::new(Semaphore::new(max_concurrent)),
             metrics,
@@ -452,19 +465,6 @@ impl PageState {
             self.expr_bound(bound, &f.source);
         }
         items
-    }
-
-    /// An include's `src` and `alt` with the variables of `doc` as they are now (a loop's
-    /// item changes on the next iteration, before the fetch may start).
-    fn render_urls(&self, inc: &Include, doc: &DocContext, scope: &mut Scope) -> include::Urls {
-        let mut cx = Context::new(&self.page.vars, self.vars(doc), &self.budget);
-        cx.scope = std::mem::take(scope);
-        let urls = std::iter::once(&inc.src)
-            .chain(inc.alt.as_ref())
-            .map(|s| render_url_in(s, &cx))
-            .collect();
-        *scope = std::mem::take(&mut cx.scope);
-        urls
     }
 
     /// Counts and logs an expression stopped by a bound; `what` is the construct, as written.

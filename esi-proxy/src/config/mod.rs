@@ -21,7 +21,8 @@ pub use glob::glob_match;
 pub use ranges::{range_of, Range, RANGES};
 pub use settings::{
     BreakerSettings, CacheRuleSettings, CacheSettings, CookieNames, EsiSettings, FetchSettings,
-    HintSettings, HostSettings, LogFormat, OnError, ServerSettings, Settings, SharedSettings,
+    HeaderNames, HintSettings, HostSettings, LogFormat, OnError, ServerSettings, Settings,
+    SharedSettings,
 };
 
 /// The whole configuration. `config/esi-proxy.toml` documents `Config::default()`.
@@ -128,6 +129,11 @@ pub struct EsiConfig {
     pub cookie_names: Vec<String>,
     /// Whether `$(HTTP_COOKIE)` may read the whole Cookie header. Default: false.
     pub expose_cookie_header: bool,
+    /// Request headers `$(HTTP_<NAME>)` may read (`$(HTTP_X_DEVICE)` reads `X-Device`);
+    /// `["*"]` means every header but `Authorization` and `Proxy-Authorization`, which are
+    /// read only when listed by name. `Cookie` is `$(HTTP_COOKIE)`'s, under `cookie_names`.
+    /// Default: ["*"].
+    pub header_names: Vec<String>,
     /// Write variables into pages and URLs without HTML-escaping or percent-encoding.
     /// Default: false.
     pub raw_vars: bool,
@@ -385,6 +391,7 @@ impl Default for EsiConfig {
             on_error: "empty".into(),
             cookie_names: vec!["*".into()],
             expose_cookie_header: false,
+            header_names: vec!["*".into()],
             raw_vars: false,
             max_expr_evaluations: 100_000,
             max_expr_value_bytes: 64 * 1024,

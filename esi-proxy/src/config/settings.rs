@@ -104,6 +104,8 @@ pub struct EsiSettings {
     pub cookies: CookieNames,
     /// `esi.expose_cookie_header`.
     pub expose_cookie_header: bool,
+    /// `esi.header_names`.
+    pub headers: HeaderNames,
     /// `esi.raw_vars`.
     pub raw_vars: bool,
     /// `esi.max_expr_evaluations`, 1 to 10000000.
@@ -274,6 +276,15 @@ pub enum CookieNames {
     Only(Vec<String>),
 }
 
+/// `esi.header_names`: which request headers `$(HTTP_<NAME>)` may read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderNames {
+    /// The list holds `"*"`: every header but the credentials, which must be listed by name.
+    All,
+    /// Only these names, lowercase (an empty list: none).
+    Only(Vec<String>),
+}
+
 // === impl Config ===
 
 impl Config {
@@ -406,6 +417,7 @@ mod tests {
                 on_error: OnError::Empty,
                 cookies: CookieNames::All,
                 expose_cookie_header: false,
+                headers: HeaderNames::All,
                 raw_vars: false,
                 max_expr_evaluations: 100_000,
                 max_expr_value_bytes: 64 * 1024,
@@ -580,6 +592,18 @@ mod tests {
             ("esi.cookie_names = []", only(&[])),
         ] {
             assert_eq!(settings_of(text).esi.cookies, want, "{text:?}");
+        }
+        let only = |names: &[&str]| HeaderNames::Only(names.iter().map(|&n| n.into()).collect());
+        for (text, want) in [
+            ("esi.header_names = [\"*\"]", HeaderNames::All),
+            ("esi.header_names = [\"X-Device\", \"*\"]", HeaderNames::All),
+            (
+                "esi.header_names = [\"X-Device\", \"authorization\"]",
+                only(&["x-device", "authorization"]),
+            ),
+            ("esi.header_names = []", only(&[])),
+        ] {
+            assert_eq!(settings_of(text).esi.headers, want, "{text:?}");
         }
         for (text, want) in [
             ("server.admin_token = \"\"", None),

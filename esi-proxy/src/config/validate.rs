@@ -9,7 +9,8 @@ use http::HeaderName;
 
 use super::settings::{
     BreakerSettings, CacheRuleSettings, CacheSettings, CookieNames, EsiSettings, FetchSettings,
-    HintSettings, HostSettings, LogFormat, OnError, ServerSettings, Settings, SharedSettings,
+    HeaderNames, HintSettings, HostSettings, LogFormat, OnError, ServerSettings, Settings,
+    SharedSettings,
 };
 use super::source::KeyMap;
 use super::{BreakerConfig, Config, ConfigError, HostBreakerConfig, Invalid};
@@ -132,6 +133,26 @@ impl Config {
                 p.push(&field, message);
             }
         }
+        let mut named = Vec::new();
+        for (i, name) in e.header_names.iter().enumerate() {
+            if name == "*" {
+                continue;
+            }
+            let field = format!("esi.header_names[{i}]");
+            match HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+                Err(_) => p.push(&field, format!("{name:?} is not a header name")),
+                Ok(h) if h == http::header::COOKIE => p.push(
+                    &field,
+                    format!("{name:?} is read through $(HTTP_COOKIE), under esi.cookie_names"),
+                ),
+                Ok(h) => named.push(h.as_str().to_owned()),
+            }
+        }
+        let headers = if e.header_names.iter().any(|n| n == "*") {
+            HeaderNames::All
+        } else {
+            HeaderNames::Only(named)
+        };
         Some(EsiSettings {
             process_paths: e.process_paths.clone(),
             shareable_paths: e.shareable_paths.clone(),
@@ -141,6 +162,7 @@ impl Config {
             on_error: on_error?,
             cookies: CookieNames::from_list(&e.cookie_names),
             expose_cookie_header: e.expose_cookie_header,
+            headers,
             raw_vars: e.raw_vars,
             max_expr_evaluations: e.max_expr_evaluations,
             max_expr_value_bytes: e.max_expr_value_bytes,
@@ -542,6 +564,13 @@ mod tests {
             ],
         ),
         ("[esi]\ncookie_names = [\"*\", \"__Host-x\", \"a.b~c\"]\n", &[]),
+        (
+            "[esi]\nheader_names = [\"*\", \"bad name\", \"Cookie\", \"Authorization\"]\n",
+            &[
+                "2: esi.header_names[1]: \"bad name\" is not a header name",
+                "2: esi.header_names[2]: \"Cookie\" is read through $(HTTP_COOKIE), under esi.cookie_names",
+            ],
+        ),
         (
             "[fetch]\nfragment_timeout_ms = 3000\npage_timeout_ms = 2000\n",
             &["2: fetch.fragment_timeout_ms: 3000 ms is longer than fetch.page_timeout_ms (2000 ms)"],

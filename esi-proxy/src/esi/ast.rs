@@ -10,6 +10,7 @@ use super::diag::Diagnostic;
 use super::eval::{assign, render_html_in, render_url_in, Budget, Context, Scope, UserFunction};
 use super::expr::Expr;
 use super::flow::{foreach_items, set_item, Flow};
+use super::include_attrs::IncludeOptions;
 use super::parse::{parse, ParseOptions};
 use super::vars::{Request, Segment, VarPolicy, VarString};
 
@@ -138,6 +139,9 @@ pub struct Include {
     pub onerror: OnError,
     /// `maxwait` in milliseconds, when the tag sets a deadline of its own.
     pub maxwait_ms: Option<u64>,
+    /// The attributes past ESI 1.0 (`dca`, `ttl`, `no-store`, `method`, `entity`, header
+    /// edits) and nested `<esi:param>`s.
+    pub options: IncludeOptions,
     /// Line of the tag.
     pub line: u32,
     /// Byte column of the tag.

@@ -87,6 +87,10 @@ pub enum Problem {
     /// An `esi:vars` text run longer than `max_vars_bytes`.
     #[error("text inside <esi:vars> longer than {0} bytes")]
     VarsTooLong(usize),
+    /// An include attribute that applies, but likely not as meant (an `entity` on a GET, a
+    /// credential header that only trusted hosts receive ...).
+    #[error("<esi:include>: {0}")]
+    IncludeWarning(String),
     /// ESI markup inside `esi:remove`, which is dropped unprocessed.
     #[error("ESI markup inside <esi:remove> is dropped unprocessed")]
     EsiInsideRemove,
@@ -130,6 +134,7 @@ impl Problem {
         match self {
             Problem::BadOnError(_)
             | Problem::EsiInsideRemove
+            | Problem::IncludeWarning(_)
             | Problem::DefaultItem
             | Problem::DcaEsi
             | Problem::UndefinedFunction {

@@ -11,9 +11,11 @@ pub mod event;
 pub mod expr;
 pub mod flow;
 pub mod func;
+pub mod include_attrs;
 mod md5;
 pub mod parse;
 pub mod scan;
+mod ua;
 pub mod vars;
 
 pub use ast::{Assign, Foreach, Function, Include, Node, OnError, Return, Template, When};
@@ -25,5 +27,8 @@ pub use eval::{
 pub use expr::{parse_expr, CmpOp, Expr, ExprError, TestOp};
 pub use flow::Flow;
 pub use func::Func;
+pub use include_attrs::{Dca, HeaderEdit, HeaderOp, IncludeOptions, Param};
 pub use parse::{parse, Event, Mode, ParseOptions, Parser};
-pub use vars::{CookieAccess, Request, Segment, VarError, VarName, VarPolicy, VarRef, VarString};
+pub use vars::{
+    CookieAccess, HeaderAccess, Request, Segment, VarError, VarName, VarPolicy, VarRef, VarString,
+};

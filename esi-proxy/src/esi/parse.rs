@@ -26,7 +26,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::ast::Template;
+use super::ast::{Include, Template};
 pub use super::build::TemplateBuilder;
 pub use super::diag::{Diagnostic, ParseError, Problem, Severity};
 pub use super::event::Event;
@@ -85,6 +85,8 @@ enum Kind {
     Break,
     Return,
     Eval,
+    /// `<esi:param>` inside a long-form `<esi:include>`.
+    Param,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -136,6 +138,8 @@ pub struct Parser {
     loops_at_function: usize,
     /// Whether an `esi:function` is open.
     in_function: bool,
+    /// A long-form `<esi:include>` being read: emitted at its end tag, with its params.
+    open_include: Option<Include>,
 }
 
 /// Parses a whole document.
@@ -204,6 +208,7 @@ impl Kind {
             b"break" => Kind::Break,
             b"return" => Kind::Return,
             b"eval" => Kind::Eval,
+            b"param" => Kind::Param,
             _ => return None,
         })
     }
@@ -226,6 +231,7 @@ impl Kind {
             Kind::Break => "break",
             Kind::Return => "return",
             Kind::Eval => "eval",
+            Kind::Param => "param",
         }
     }
 
@@ -233,7 +239,7 @@ impl Kind {
     fn holds_content(self) -> bool {
         !matches!(
             self,
-            Kind::Try | Kind::Choose | Kind::Include | Kind::Comment | Kind::Assign
+            Kind::Try | Kind::Choose | Kind::Include | Kind::Comment | Kind::Assign | Kind::Param
         )
     }
 }
@@ -262,6 +268,7 @@ impl Parser {
             loops: 0,
             loops_at_function: 0,
             in_function: false,
+            open_include: None,
         }
     }
 
@@ -353,7 +360,9 @@ impl Parser {
                     return Ok(());
                 }
                 self.flush_vars(out)?;
-                self.close_open_include(out)?;
+                if Kind::from_name(&name) != Some(Kind::Param) {
+                    self.close_open_include(out)?;
+                }
                 self.start(&name, &attrs, self_closing, pos, out)
             }
             Token::End { name, pos } => {
@@ -368,7 +377,7 @@ impl Parser {
                     return Ok(());
                 }
                 self.flush_vars(out)?;
-                if Kind::from_name(&name) != Some(Kind::Include) {
+                if !matches!(Kind::from_name(&name), Some(Kind::Include | Kind::Param)) {
                     self.close_open_include(out)?;
                 }
                 self.end(&name, pos, out)
@@ -512,6 +521,10 @@ impl Parser {
                 }
                 _ => Some("outside <esi:try>"),
             },
+            Kind::Param => match parent_kind {
+                Some(Kind::Include) => None,
+                _ => Some("outside a long-form <esi:include>"),
+            },
             Kind::When | Kind::Otherwise => match parent {
                 Some(f) if f.kind == Kind::Choose => {
                     if f.second {
@@ -622,19 +635,32 @@ impl Parser {
                 }
                 Ok(())
             }
+            Kind::Param => {
+                self.param(attrs, pos)?;
+                if !self_closing {
+                    self.stack.push(Frame {
+                        kind,
+                        pos,
+                        first: false,
+                        second: false,
+                        text_reported: false,
+                    });
+                }
+                Ok(())
+            }
             Kind::Include => {
                 match self.include(attrs, pos)? {
+                    Some(inc) if self_closing => out.push(Event::Include(inc)),
                     Some(inc) => {
-                        out.push(Event::Include(inc));
-                        if !self_closing {
-                            self.stack.push(Frame {
-                                kind,
-                                pos,
-                                first: false,
-                                second: false,
-                                text_reported: false,
-                            });
-                        }
+                        // Emitted at its end tag, once its `<esi:param>`s are read.
+                        self.open_include = Some(inc);
+                        self.stack.push(Frame {
+                            kind,
+                            pos,
+                            first: false,
+                            second: false,
+                            text_reported: false,
+                        });
                     }
                     None if !self_closing => {
                         self.skip = Some(Skip {
@@ -691,7 +717,8 @@ impl Parser {
                     | Kind::Assign
                     | Kind::Break
                     | Kind::Return
-                    | Kind::Eval => None,
+                    | Kind::Eval
+                    | Kind::Param => None,
                 };
                 if let Some(parent) = self.stack.last_mut() {
                     match kind {
@@ -811,7 +838,8 @@ impl Parser {
                     None => None,
                 }
             }
-            Kind::Include | Kind::Comment => None,
+            Kind::Include => self.open_include.take().map(Event::Include),
+            Kind::Comment | Kind::Param => None,
         };
         if let Some(event) = event {
             out.push(event);

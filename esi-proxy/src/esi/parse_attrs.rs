@@ -6,6 +6,7 @@ use quick_xml::events::attributes::Attributes;
 
 use super::super::ast::{Assign, Include, OnError};
 use super::super::expr::parse_expr;
+use super::super::include_attrs::{AttrProblem, IncludeOptions};
 use super::super::vars::{VarName, VarString};
 use super::{Event, ParseError, Parser, Pos, Problem};
 
@@ -35,11 +36,28 @@ impl Parser {
             alt: None,
             onerror: OnError::Fail,
             maxwait_ms: None,
+            options: IncludeOptions::default(),
             line: pos.line,
             col: pos.col,
         };
         let mut has_src = false;
+        let mut notes = Vec::new();
         for (key, value) in attrs {
+            if element == "eval" && key == "dca" {
+                if value.trim().eq_ignore_ascii_case("esi") {
+                    self.problem(pos, Problem::DcaEsi)?;
+                }
+                continue;
+            }
+            let assigned = |n: &str| self.is_assigned(n);
+            match inc.options.read(&key, &value, &assigned, &mut notes) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(problem) => {
+                    notes.push(problem);
+                    continue;
+                }
+            }
             match key.as_str() {
                 "src" => {
                     inc.src = VarString::parse_in(&value, &|n| self.is_assigned(n));
@@ -48,9 +66,6 @@ impl Parser {
                 "alt" => inc.alt = Some(VarString::parse_in(&value, &|n| self.is_assigned(n))),
                 "onerror" if value == "continue" => inc.onerror = OnError::Continue,
                 "onerror" => self.problem(pos, Problem::BadOnError(value))?,
-                "dca" if element == "eval" && value.trim().eq_ignore_ascii_case("esi") => {
-                    self.problem(pos, Problem::DcaEsi)?;
-                }
                 "maxwait" => match value.trim().parse::<u64>() {
                     Ok(ms) => inc.maxwait_ms = Some(ms),
                     Err(_) => {
@@ -58,15 +73,70 @@ impl Parser {
                         self.problem(pos, Problem::BadAttribute { element, message })?;
                     }
                 },
-                // Other attributes (ttl, no-store, ...) belong to other dialects and are ignored.
+                // Other attributes (`primary`, other dialects') are ignored.
                 _ => {}
             }
+        }
+        inc.options.finish(&mut notes);
+        for note in notes {
+            self.attr_problem(element, pos, note)?;
         }
         if !has_src || inc.src.as_constant() == Some("") {
             self.problem(pos, Problem::MissingSrc(element))?;
             return Ok(None);
         }
         Ok(Some(inc))
+    }
+
+    /// Reads an `<esi:param name=".." value=".."/>` into the open include.
+    pub(super) fn param(&mut self, raw: &[u8], pos: Pos) -> Result<(), ParseError> {
+        let attrs = match attributes(raw) {
+            Ok(a) => a,
+            Err(message) => {
+                return self.problem(
+                    pos,
+                    Problem::BadAttribute {
+                        element: "param",
+                        message,
+                    },
+                )
+            }
+        };
+        let mut name = None;
+        let mut value = String::new();
+        for (k, v) in attrs {
+            match k.as_str() {
+                "name" => name = Some(v),
+                "value" => value = v,
+                _ => {}
+            }
+        }
+        let value = VarString::parse_in(&value, &|n| self.is_assigned(n));
+        let Some(inc) = self.open_include.as_mut() else {
+            return Ok(());
+        };
+        match inc.options.add_param(name.as_deref(), value) {
+            Ok(()) => Ok(()),
+            Err(problem) => self.attr_problem("include", pos, problem),
+        }
+    }
+
+    /// Reports a misused include attribute: an error, or a warning when it still applies.
+    fn attr_problem(
+        &mut self,
+        element: &'static str,
+        pos: Pos,
+        note: AttrProblem,
+    ) -> Result<(), ParseError> {
+        let problem = if note.warning {
+            Problem::IncludeWarning(note.message)
+        } else {
+            Problem::BadAttribute {
+                element,
+                message: note.message,
+            }
+        };
+        self.problem(pos, problem)
     }
 
     /// Reads `esi:assign`'s `name` (with an optional `{key}`) and `value`: None (reported) when

@@ -520,3 +520,170 @@ fn assign_forms_and_misuse() {
         "1:1: <esi:assign> cannot set the request variable $(HTTP_COOKIE)"
     );
 }
+
+/// The include attributes past ESI 1.0: each form, `<esi:param>` children (the include is
+/// emitted at its end tag, params and all), and each bad value reported with the attribute
+/// left out.
+#[test]
+fn include_attribute_forms() {
+    use crate::esi::include_attrs::{Dca, HeaderOp, Method};
+    use std::time::Duration;
+    let one = |input: &str| -> Include {
+        let t = strict(input).unwrap_or_else(|e| panic!("{input:?}: {e}"));
+        match t.nodes.as_slice() {
+            [Node::Include(inc)] => inc.clone(),
+            other => panic!("{input:?}: {other:?}"),
+        }
+    };
+    let inc =
+        one("<esi:include src=\"/a\" dca=\"esi\" ttl=\"5m\" no-store=\"off\" maxwait=\"250\"/>");
+    assert_eq!(inc.options.dca, Dca::Esi);
+    assert_eq!(inc.options.ttl, Some(Duration::from_secs(300)));
+    assert!(!inc.options.no_store);
+    assert_eq!(inc.maxwait_ms, Some(250));
+    let inc = one("<esi:include src=\"/a\" dca=\"none\" no-store=\"on\" ttl=\"0\"/>");
+    assert_eq!(
+        (inc.options.dca, inc.options.no_store, inc.options.ttl),
+        (Dca::None, true, Some(Duration::ZERO))
+    );
+    let inc = one("<esi:include src=\"/a\" method=\"POST\" entity=\"q=$(QUERY_STRING{q})\"/>");
+    assert_eq!(inc.options.method, Method::Post);
+    assert_eq!(
+        inc.options.entity.as_ref().map(|e| e.vars().count()),
+        Some(1)
+    );
+    let inc = one(
+        "<esi:include src=\"/a\" setheaders=\"X-A: 1, X-B: 2\" appendheaders=\"X-C: $(HTTP_X_DEVICE)\" removeheaders=\"Accept-Language\"/>",
+    );
+    let ops: Vec<(HeaderOp, &str)> = inc
+        .options
+        .headers
+        .iter()
+        .map(|e| (e.op, &*e.name))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            (HeaderOp::Remove, "accept-language"),
+            (HeaderOp::Set, "x-a"),
+            (HeaderOp::Set, "x-b"),
+            (HeaderOp::Append, "x-c")
+        ]
+    );
+    // Long form with params: one include, emitted once its end tag is met.
+    let input = "<esi:assign name=\"pid\" value=\"'7'\"/>a<esi:include src=\"/p\" onerror=\"continue\">\n  <esi:param name=\"id\" value=\"$(pid)\"/>\n  <esi:param name=\"lang\" value=\"de\"></esi:param>\n</esi:include>b";
+    let t = strict(input).expect("parses");
+    let incs = t.includes();
+    assert_eq!(incs.len(), 1, "{:?}", t.nodes);
+    let params: Vec<(String, String)> = incs[0]
+        .options
+        .params
+        .iter()
+        .map(|p| (p.name.to_string(), p.value.to_string()))
+        .collect();
+    assert_eq!(
+        params,
+        [("id".into(), "$(pid)".into()), ("lang".into(), "de".into())]
+    );
+    assert_eq!(show(&t.nodes), "{set pid='7'}a{inc /p continue}b");
+}
+
+#[test]
+fn include_attribute_problems() {
+    // (input, the message lint shows, error or warning)
+    let cases: &[(&str, &str, Severity)] = &[
+        (
+            "<esi:include src=\"/a\" dca=\"xslt\"/>",
+            "dca=\"xslt\" is not \"none\" or \"esi\"",
+            Severity::Error,
+        ),
+        (
+            "<esi:include src=\"/a\" ttl=\"5 minutes\"/>",
+            "is not a duration",
+            Severity::Error,
+        ),
+        (
+            "<esi:include src=\"/a\" ttl=\"400d\"/>",
+            "longer than a year",
+            Severity::Error,
+        ),
+        (
+            "<esi:include src=\"/a\" no-store=\"yes\"/>",
+            "no-store=\"yes\" is not \"on\" or \"off\"",
+            Severity::Error,
+        ),
+        (
+            "<esi:include src=\"/a\" method=\"DELETE\"/>",
+            "method=\"DELETE\" is not GET or POST",
+            Severity::Error,
+        ),
+        (
+            "<esi:include src=\"/a\" setheaders=\"Host: evil\"/>",
+            "Host is a header only the proxy sets",
+            Severity::Error,
+        ),
+        (
+            "<esi:include src=\"/a\" removeheaders=\"Content-Length\"/>",
+            "only the proxy sets",
+            Severity::Error,
+        ),
+        (
+            "<esi:include src=\"/a\" setheaders=\"Cookie: a=1\"/>",
+            "only to hosts trusted with credentials",
+            Severity::Warning,
+        ),
+        (
+            "<esi:include src=\"/a\" entity=\"x\"/>",
+            "only with method=\"POST\"",
+            Severity::Warning,
+        ),
+        (
+            "<esi:include src=\"/a\" method=\"POST\" ttl=\"5m\"/>",
+            "never cached",
+            Severity::Warning,
+        ),
+        (
+            "<esi:include src=\"/a\" no-store=\"on\" ttl=\"5m\"/>",
+            "its ttl does nothing",
+            Severity::Warning,
+        ),
+        (
+            "<esi:include src=\"/a\"><esi:param value=\"1\"/></esi:include>",
+            "<esi:param> without name",
+            Severity::Error,
+        ),
+        (
+            "<esi:param name=\"a\" value=\"1\"/>",
+            "<esi:param> is not allowed outside a long-form <esi:include>",
+            Severity::Error,
+        ),
+        (
+            "<esi:include src=\"/a\"/><esi:param name=\"a\" value=\"1\"/>",
+            "outside a long-form",
+            Severity::Error,
+        ),
+    ];
+    for (input, want, severity) in cases {
+        let t = lenient(input);
+        let found = t
+            .diagnostics
+            .iter()
+            .find(|d| d.problem.to_string().contains(want))
+            .unwrap_or_else(|| panic!("{input:?}: {:?}", t.diagnostics));
+        assert_eq!(found.problem.severity(), *severity, "{input:?}");
+        // The include itself stays (lenient), only the bad attribute is left out.
+        if input.starts_with("<esi:include") {
+            assert_eq!(t.includes().len(), 1, "{input:?}");
+        }
+    }
+    // Too many params: the ones past the bound are dropped and reported.
+    let params: String = (0..crate::esi::include_attrs::MAX_PARAMS + 2)
+        .map(|i| format!("<esi:param name=\"p{i}\" value=\"v\"/>"))
+        .collect();
+    let t = lenient(&format!("<esi:include src=\"/a\">{params}</esi:include>"));
+    assert_eq!(
+        t.includes()[0].options.params.len(),
+        crate::esi::include_attrs::MAX_PARAMS
+    );
+    assert_eq!(t.problem_count, 2);
+}

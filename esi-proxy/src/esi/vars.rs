@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::ua::{ua_browser, ua_os, ua_version};
+
 /// The longest `$(...)` reference recognised, in bytes; anything longer stays literal text, which
 /// bounds the work a single `$` can cost.
 const MAX_REF_BYTES: usize = 4096;
@@ -36,6 +38,9 @@ pub enum VarName {
     RequestPath,
     /// `REMOTE_ADDR` (extension): the address of the client connection's peer.
     RemoteAddr,
+    /// `HTTP_<NAME>` (extension) for any other header: `HTTP_X_DEVICE` reads `X-Device`, as
+    /// the policy's [`HeaderAccess`] allows; several values are joined with `", "`.
+    Header(Box<str>),
     /// Any other `[A-Za-z_][A-Za-z0-9_]*` name: an assigned variable, a capture, or empty.
     Unknown(Box<str>),
 }
@@ -79,7 +84,10 @@ pub struct Request {
     method: Option<String>,
     path: Option<String>,
     remote_addr: Option<String>,
-    /// Set once a cookie value was read: the page then holds a credential of the visitor's.
+    /// Every request header, for `HTTP_<NAME>`.
+    headers: Option<Arc<http::HeaderMap>>,
+    /// Set once a cookie value (or a credential header) was read: the page then holds a
+    /// credential of the visitor's.
     /// Shared by clones, so every part of a page reports to the one page.
     cookie_read: Arc<AtomicBool>,
 }
@@ -93,6 +101,17 @@ pub enum CookieAccess {
     Only(Vec<String>),
 }
 
+/// Which request headers `$(HTTP_<NAME>)` may read (the ESI 1.0 `HTTP_*` variables keep their
+/// own rules).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderAccess {
+    /// Every header but the credentials (`Authorization`, `Proxy-Authorization`), which are
+    /// read only when listed by name.
+    All,
+    /// Only these names (lowercase); `Cookie` never (it is `HTTP_COOKIE`'s, under its policy).
+    Only(Vec<String>),
+}
+
 /// What variables may reveal and how their values are inserted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VarPolicy {
@@ -103,6 +122,8 @@ pub struct VarPolicy {
     pub whole_cookie_header: bool,
     /// Insert values unescaped into URLs and HTML. Default: false.
     pub raw_output: bool,
+    /// Which headers `$(HTTP_<NAME>)` may read. Default: [`HeaderAccess::All`].
+    pub headers: HeaderAccess,
 }
 
 /// Why a rendered value was refused.
@@ -132,6 +153,7 @@ impl VarName {
             "REQUEST_METHOD" => VarName::RequestMethod,
             "REQUEST_PATH" => VarName::RequestPath,
             "REMOTE_ADDR" => VarName::RemoteAddr,
+            other if other.len() > 5 && other.starts_with("HTTP_") => VarName::Header(other.into()),
             other => VarName::Unknown(other.into()),
         }
     }
@@ -156,7 +178,7 @@ impl VarName {
             VarName::RequestMethod => "REQUEST_METHOD",
             VarName::RequestPath => "REQUEST_PATH",
             VarName::RemoteAddr => "REMOTE_ADDR",
-            VarName::Unknown(name) => name,
+            VarName::Header(name) | VarName::Unknown(name) => name,
         }
     }
 }
@@ -435,6 +457,13 @@ impl Request {
         }
     }
 
+    /// Sets every request header, for `$(HTTP_<NAME>)`.
+    #[must_use]
+    pub fn with_headers(mut self, headers: Arc<http::HeaderMap>) -> Self {
+        self.headers = Some(headers);
+        self
+    }
+
     /// Sets the request method.
     #[must_use]
     pub fn with_method(mut self, v: impl Into<String>) -> Self {
@@ -518,9 +547,49 @@ impl Request {
             VarName::RequestMethod => borrowed(&self.method),
             VarName::RequestPath => borrowed(&self.path),
             VarName::RemoteAddr => borrowed(&self.remote_addr),
+            VarName::Header(var) => {
+                let name = header_name(var);
+                if !policy.headers.allows(&name) {
+                    return None;
+                }
+                let mut values = self
+                    .headers
+                    .as_deref()?
+                    .get_all(name.as_str())
+                    .iter()
+                    .filter_map(|v| v.to_str().ok());
+                let first = values.next()?;
+                let value = match values.next() {
+                    None => Cow::Borrowed(first),
+                    Some(second) => {
+                        let mut all = format!("{first}, {second}");
+                        for v in values {
+                            all.push_str(", ");
+                            all.push_str(v);
+                        }
+                        Cow::Owned(all)
+                    }
+                };
+                if is_credential_header(&name) {
+                    self.cookie_read.store(true, Ordering::Relaxed);
+                }
+                Some(value)
+            }
             VarName::Unknown(_) => None,
         }
     }
+}
+
+/// The header `HTTP_<NAME>` reads: `<NAME>` lowercase, `_` read as `-`.
+pub fn header_name(var: &str) -> String {
+    var.trim_start_matches("HTTP_")
+        .to_ascii_lowercase()
+        .replace('_', "-")
+}
+
+/// Whether a request header carries a credential of the visitor's.
+fn is_credential_header(name: &str) -> bool {
+    matches!(name, "authorization" | "proxy-authorization" | "cookie")
 }
 
 fn borrowed(v: &Option<String>) -> Option<Cow<'_, str>> {
@@ -627,69 +696,6 @@ fn accepts_language(header: &str, lang: &str) -> bool {
     })
 }
 
-// === User-Agent ===
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Browser {
-    Msie,
-    Mozilla,
-    Other,
-}
-
-impl Browser {
-    fn as_str(self) -> &'static str {
-        match self {
-            Browser::Msie => "MSIE",
-            Browser::Mozilla => "MOZILLA",
-            Browser::Other => "OTHER",
-        }
-    }
-}
-
-fn ua_browser(ua: &str) -> Browser {
-    if ua.contains("MSIE ") || ua.contains("Trident/") {
-        Browser::Msie
-    } else if ua.starts_with("Mozilla/") {
-        Browser::Mozilla
-    } else {
-        Browser::Other
-    }
-}
-
-fn ua_os(ua: &str) -> &'static str {
-    const WIN: [&str; 5] = ["Windows", "Win32", "Win64", "Win98", "Win95"];
-    const UNIX: [&str; 6] = ["X11", "Linux", "BSD", "SunOS", "Unix", "UNIX"];
-    if WIN.iter().any(|w| ua.contains(w)) {
-        "WIN"
-    } else if ua.contains("Mac") {
-        "MAC"
-    } else if UNIX.iter().any(|u| ua.contains(u)) {
-        "UNIX"
-    } else {
-        "OTHER"
-    }
-}
-
-fn ua_version(ua: &str) -> &str {
-    /// The text after `marker` up to a space, `;` or `)`.
-    fn after<'a>(ua: &'a str, marker: &str) -> Option<&'a str> {
-        let rest = &ua[ua.find(marker)? + marker.len()..];
-        let end = rest.find([' ', ';', ')']).unwrap_or(rest.len());
-        Some(&rest[..end])
-    }
-    let version = match ua_browser(ua) {
-        Browser::Msie => after(ua, "MSIE ").or_else(|| after(ua, "rv:")),
-        Browser::Mozilla => after(ua, "Mozilla/"),
-        Browser::Other => ua.split_ascii_whitespace().find_map(|token| {
-            let (product, version) = token.split_once('/')?;
-            let end = version.find([';', ')']).unwrap_or(version.len());
-            let version = &version[..end];
-            (!product.is_empty() && !version.is_empty()).then_some(version)
-        }),
-    };
-    version.unwrap_or("")
-}
-
 // === impl CookieAccess / VarPolicy ===
 
 impl CookieAccess {
@@ -702,16 +708,33 @@ impl CookieAccess {
     }
 }
 
+impl HeaderAccess {
+    /// Whether header `name` (lowercase) may be read.
+    pub fn allows(&self, name: &str) -> bool {
+        match self {
+            HeaderAccess::All => !is_credential_header(name),
+            HeaderAccess::Only(names) => name != "cookie" && names.iter().any(|n| n == name),
+        }
+    }
+}
+
 impl VarPolicy {
     /// The policy for a document from a host not trusted with the client's credentials: no
-    /// cookie by name and no whole Cookie header (the only credential a variable can read;
-    /// `Authorization` has none); escaping as `self` says.
+    /// cookie by name, no whole Cookie header, and of `HTTP_<NAME>` only the headers in
+    /// `shared` (those sent to every fragment host anyway) that carry no credential;
+    /// escaping as `self` says.
     #[must_use]
-    pub fn without_credentials(&self) -> VarPolicy {
+    pub fn without_credentials(&self, shared: &[String]) -> VarPolicy {
+        let shared = shared
+            .iter()
+            .filter(|n| !is_credential_header(n) && self.headers.allows(n))
+            .cloned()
+            .collect();
         VarPolicy {
             cookies: CookieAccess::Only(Vec::new()),
             whole_cookie_header: false,
             raw_output: self.raw_output,
+            headers: HeaderAccess::Only(shared),
         }
     }
 }
@@ -723,6 +746,7 @@ impl Default for VarPolicy {
             cookies: CookieAccess::All,
             whole_cookie_header: false,
             raw_output: false,
+            headers: HeaderAccess::All,
         }
     }
 }
@@ -787,6 +811,35 @@ pub fn render_url_with(
         return Err(VarError::DotSegment(out));
     }
     Ok(out)
+}
+
+/// Renders an attribute whose values go out as text, not into a URL (a header value): literals
+/// and values as they are; the caller checks the result is a valid header value.
+pub fn render_text_by(s: &VarString, value: &dyn Fn(&VarRef) -> String) -> String {
+    let mut out = String::new();
+    for seg in &s.segments {
+        match seg {
+            Segment::Literal(text) => out.push_str(text),
+            Segment::Var(var) => out.push_str(&value(var)),
+        }
+    }
+    out
+}
+
+/// Renders a form body (`entity`): literals as written, each value percent-encoded as in a
+/// URL (`$(QUERY_STRING...)` kept as sent) unless `raw`.
+pub fn render_form_by(s: &VarString, raw: bool, value: &dyn Fn(&VarRef) -> String) -> String {
+    let mut out = String::new();
+    for seg in &s.segments {
+        match seg {
+            Segment::Literal(text) => out.push_str(text),
+            Segment::Var(var) if raw => out.push_str(&value(var)),
+            Segment::Var(var) => {
+                percent_encode(&value(var), var.name == VarName::QueryString, &mut out);
+            }
+        }
+    }
+    out
 }
 
 /// Whether a path segment of `url` (up to its query or fragment; `/` and `\` separate, as

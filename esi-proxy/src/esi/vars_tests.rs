@@ -352,6 +352,7 @@ fn cookie_policy() {
             cookies: (*cookies).clone(),
             whole_cookie_header: *whole,
             raw_output: false,
+            headers: HeaderAccess::All,
         };
         assert_eq!(
             req.value(&var(src), &policy),
@@ -373,8 +374,9 @@ fn policy_without_credentials() {
         cookies: CookieAccess::All,
         whole_cookie_header: true,
         raw_output: true,
+        headers: HeaderAccess::All,
     };
-    let closed = open.without_credentials();
+    let closed = open.without_credentials(&[]);
     assert!(closed.raw_output, "escaping is kept");
     let cases: &[(&str, &str, &str)] = &[
         ("$(HTTP_COOKIE{session})", "s3cr3t", ""),
@@ -824,4 +826,110 @@ fn request_method_path_and_remote_addr() {
         render_url(&VarString::parse("/f?p=$(REQUEST_PATH)"), &req, &policy).as_deref(),
         Ok("/f?p=%2Fa%20b%2Fc")
     );
+}
+
+fn headers(pairs: &[(&str, &str)]) -> Arc<http::HeaderMap> {
+    let mut map = http::HeaderMap::new();
+    for (name, value) in pairs {
+        map.append(
+            http::HeaderName::from_bytes(name.as_bytes()).expect("test names are valid"),
+            http::HeaderValue::from_str(value).expect("test values are valid"),
+        );
+    }
+    Arc::new(map)
+}
+
+/// `$(HTTP_<NAME>)` reads any header the policy allows: `_` as `-`, any case, several values
+/// joined; credentials only when listed by name; `Cookie` never (it is `HTTP_COOKIE`'s); the
+/// ESI 1.0 names keep their meaning.
+#[test]
+fn any_header_by_name_under_the_policy() {
+    let req = Request::new()
+        .with_accept_language("de")
+        .with_headers(headers(&[
+            ("x-device", "mobile"),
+            ("accept", "text/html"),
+            ("accept", "application/json"),
+            ("authorization", "Bearer s3cr3t"),
+            ("cookie", "sid=1"),
+            ("accept-language", "fr"),
+        ]));
+    let all = VarPolicy::default();
+    let listed = VarPolicy {
+        headers: HeaderAccess::Only(vec![
+            "x-device".into(),
+            "authorization".into(),
+            "cookie".into(),
+        ]),
+        ..VarPolicy::default()
+    };
+    // (reference, with All, with the list)
+    let cases: &[(&str, &str, &str)] = &[
+        ("$(HTTP_X_DEVICE)", "mobile", "mobile"),
+        ("$(HTTP_ACCEPT)", "text/html, application/json", ""),
+        ("$(HTTP_ACCEPT|'*/*')", "text/html, application/json", "*/*"),
+        ("$(HTTP_AUTHORIZATION)", "", "Bearer s3cr3t"),
+        ("$(HTTP_PROXY_AUTHORIZATION)", "", ""),
+        ("$(HTTP_MISSING|'none')", "none", "none"),
+        // ESI 1.0's own variable, not the header map: `with_accept_language` answers.
+        ("$(HTTP_ACCEPT_LANGUAGE)", "de", "de"),
+    ];
+    for (src, with_all, with_list) in cases {
+        assert_eq!(req.value(&var(src), &all), *with_all, "{src} under All");
+        assert_eq!(
+            req.value(&var(src), &listed),
+            *with_list,
+            "{src} under the list"
+        );
+    }
+    // `HTTP_COOKIE` stays the cookie variable; the header path never reads Cookie.
+    assert!(!HeaderAccess::Only(vec!["cookie".into()]).allows("cookie"));
+    assert!(!HeaderAccess::All.allows("authorization"));
+    assert_eq!(header_name("HTTP_X_FORWARDED_FOR"), "x-forwarded-for");
+}
+
+/// Reading a credential header marks the page as holding the visitor's credentials, as a
+/// cookie does; an ordinary header does not.
+#[test]
+fn reading_a_credential_header_is_noted() {
+    let req = Request::new().with_headers(headers(&[
+        ("x-device", "mobile"),
+        ("authorization", "Bearer t"),
+    ]));
+    let listed = VarPolicy {
+        headers: HeaderAccess::Only(vec!["x-device".into(), "authorization".into()]),
+        ..VarPolicy::default()
+    };
+    assert_eq!(req.value(&var("$(HTTP_X_DEVICE)"), &listed), "mobile");
+    assert!(!req.cookie_read());
+    assert_eq!(
+        req.value(&var("$(HTTP_AUTHORIZATION)"), &listed),
+        "Bearer t"
+    );
+    assert!(req.cookie_read());
+}
+
+/// An untrusted document reads only the headers every fragment host is sent anyway, never a
+/// credential, whatever the page's policy lists.
+#[test]
+fn untrusted_documents_read_only_shared_headers() {
+    let req = Request::new().with_headers(headers(&[
+        ("x-device", "mobile"),
+        ("x-api-key", "k3y"),
+        ("authorization", "Bearer t"),
+    ]));
+    let open = VarPolicy {
+        headers: HeaderAccess::Only(vec![
+            "x-device".into(),
+            "x-api-key".into(),
+            "authorization".into(),
+        ]),
+        ..VarPolicy::default()
+    };
+    let shared = ["x-device".to_owned(), "authorization".to_owned()];
+    let closed = open.without_credentials(&shared);
+    assert_eq!(req.value(&var("$(HTTP_X_DEVICE)"), &closed), "mobile");
+    assert_eq!(req.value(&var("$(HTTP_X_API_KEY)"), &closed), "");
+    assert_eq!(req.value(&var("$(HTTP_AUTHORIZATION)"), &closed), "");
+    assert!(!req.cookie_read());
 }

@@ -16,7 +16,7 @@ use http::header::{
 };
 use http::{HeaderMap, Method, Response, Uri};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use url::{Host, Position, Url};
 
 use super::breaker::Breakers;
@@ -52,7 +52,7 @@ struct Shared {
     /// `http` fragments: hyper connections from a pool of our own, with none of reqwest's
     /// per-request layers (redirects, retries, decompression, its timeouts) that a fragment
     /// never uses and that cost more CPU than the request itself on a loopback page.
-    plain: Arc<PlainPool<Empty<Bytes>>>,
+    plain: Arc<PlainPool<Full<Bytes>>>,
     /// `https` fragments, through reqwest for its TLS.
     tls: reqwest::Client,
     /// An `http` origin, the same way; its responses are handed out as reqwest's.
@@ -431,15 +431,16 @@ impl Fetcher for HttpClient {
             // Allowed by this client's check: the allowlist is not asked again.
             let access = req.url.access();
             let text = redact(&req.url);
-            let headers = shared.fragment_headers(&req.client_headers, access.trusted);
+            let mut headers = shared.fragment_headers(&req.client_headers, access.trusted);
+            req.options.apply_headers(&mut headers, access.trusted);
             let after = req.timeout;
+            let body = req.options.body;
             let url = req.url.into_url();
-            let result =
-                match tokio::time::timeout(after, shared.receive(url, &text, headers, after)).await
-                {
-                    Ok(result) => result,
-                    Err(_) => Err(FetchError::Timeout { url: text, after }),
-                };
+            let receiving = shared.receive(url, &text, headers, body, after);
+            let result = match tokio::time::timeout(after, receiving).await {
+                Ok(result) => result,
+                Err(_) => Err(FetchError::Timeout { url: text, after }),
+            };
             ticket.settle(result)
         })
     }
@@ -568,17 +569,19 @@ impl Shared {
     }
 
     /// Sends a checked fragment request and collects its body; the caller applies the deadline.
+    /// `body`: a `POST` with it; `None`: a `GET`.
     async fn receive(
         &self,
         url: Url,
         text: &str,
         headers: HeaderMap,
+        body: Option<Bytes>,
         after: Duration,
     ) -> Result<Fragment, FetchError> {
         if url.scheme() == "https" {
-            self.receive_tls(url, text, headers, after).await
+            self.receive_tls(url, text, headers, body, after).await
         } else {
-            self.receive_plain(&url, text, headers, after).await
+            self.receive_plain(&url, text, headers, body, after).await
         }
     }
 
@@ -589,6 +592,7 @@ impl Shared {
         url: &Url,
         text: &str,
         mut headers: HeaderMap,
+        body: Option<Bytes>,
         after: Duration,
     ) -> Result<Fragment, FetchError> {
         let limit = self.max_fragment_bytes;
@@ -618,7 +622,13 @@ impl Shared {
                 .map_err(|e| invalid(format!("not a valid Host: {e}")))?;
             entry.insert(host);
         }
-        let mut request = http::Request::new(Empty::new());
+        let method = if body.is_some() {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        let mut request = http::Request::new(Full::new(body.unwrap_or_default()));
+        *request.method_mut() = method;
         *request.uri_mut() = target;
         *request.headers_mut() = headers;
         let (response, connection) =
@@ -714,6 +724,7 @@ impl Shared {
         url: Url,
         text: &str,
         headers: HeaderMap,
+        body: Option<Bytes>,
         after: Duration,
     ) -> Result<Fragment, FetchError> {
         let limit = self.max_fragment_bytes;
@@ -721,9 +732,11 @@ impl Shared {
             url: text.to_owned(),
             limit,
         };
-        let mut response = self
-            .tls
-            .get(url)
+        let request = match body {
+            Some(body) => self.tls.post(url).body(body),
+            None => self.tls.get(url),
+        };
+        let mut response = request
             .headers(headers)
             .send()
             .await

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 use url::Url;
 
@@ -149,6 +150,36 @@ pub struct FragmentRequest {
     pub client_headers: Arc<HeaderMap>,
     /// Deadline for the whole fetch: connect, headers and body.
     pub timeout: Duration,
+    /// What the include's tag asks beyond a plain GET: method and body, header edits, and
+    /// how the cache treats it. The default is a plain GET under the cache's policy.
+    pub options: RequestOptions,
+}
+
+/// What an include's tag asks of its fragment request beyond a plain GET.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestOptions {
+    /// `POST` with this body; `None`: `GET`.
+    pub body: Option<Bytes>,
+    /// Edits of the request's headers, applied in order after the forwarding policy. The
+    /// composer admits only names a template may touch and credentials only toward trusted
+    /// hosts; the client drops any edit naming a header it never lets a template set.
+    pub headers: Vec<HeaderEdit>,
+    /// Neither read from nor written to the cache.
+    pub no_store: bool,
+    /// The cache TTL in place of the response's headers (zero: not stored); never makes
+    /// storable what the policy refuses for safety.
+    pub ttl: Option<Duration>,
+}
+
+/// One edit of a fragment request's headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderEdit {
+    /// Replaces every value of the header.
+    Set(HeaderName, HeaderValue),
+    /// Adds a value after the header's others.
+    Append(HeaderName, HeaderValue),
+    /// Removes the header.
+    Remove(HeaderName),
 }
 
 /// A fetched fragment: status 2xx only (anything else is [`FetchError::Status`]), body complete
@@ -336,6 +367,48 @@ impl FetchError {
             | FetchError::Decode { url, .. }
             | FetchError::Transport { url, .. }
             | FetchError::BreakerOpen { url, .. } => url,
+        }
+    }
+}
+
+// === impl RequestOptions ===
+
+impl RequestOptions {
+    /// Whether the request goes past the cache: `no-store`, a body (a `POST`), or headers a
+    /// template changed (the response may depend on them, and their values may be one
+    /// visitor's, so no entry may answer another request).
+    pub fn bypasses_cache(&self) -> bool {
+        self.no_store || self.body.is_some() || !self.headers.is_empty()
+    }
+
+    /// Applies the header edits to `headers`; an edit naming a header that frames the
+    /// request, names its hop or identifies the client is skipped, and so is one setting a
+    /// credential (`Cookie`, `Authorization`) toward a host not `trusted` (the composer never
+    /// makes either; checked again since options can be built in code).
+    pub fn apply_headers(&self, headers: &mut HeaderMap, trusted: bool) {
+        use crate::esi::include_attrs::{CREDENTIAL_HEADERS, FORBIDDEN_HEADERS};
+        for edit in &self.headers {
+            let name = match edit {
+                HeaderEdit::Set(name, _)
+                | HeaderEdit::Append(name, _)
+                | HeaderEdit::Remove(name) => name,
+            };
+            let credential = !matches!(edit, HeaderEdit::Remove(_))
+                && CREDENTIAL_HEADERS.contains(&name.as_str());
+            if FORBIDDEN_HEADERS.contains(&name.as_str()) || (credential && !trusted) {
+                continue;
+            }
+            match edit {
+                HeaderEdit::Set(name, value) => {
+                    headers.insert(name.clone(), value.clone());
+                }
+                HeaderEdit::Append(name, value) => {
+                    headers.append(name.clone(), value.clone());
+                }
+                HeaderEdit::Remove(name) => {
+                    headers.remove(name);
+                }
+            }
         }
     }
 }

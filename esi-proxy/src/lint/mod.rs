@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use context::{Context, Tracker};
 
+use crate::esi::vars::header_name;
 use crate::esi::{
     parse, Include, Node, OnError, ParseOptions, Segment, Severity, VarName, VarString,
 };
@@ -58,10 +59,13 @@ pub fn lint(input: Bytes) -> Vec<Finding> {
             message: d.problem.to_string(),
         })
         .collect();
+    let mut assigned = std::collections::HashSet::new();
+    collect_assigned(&template.nodes, &mut assigned);
     let mut walk = Walk {
         input: &input_copy,
         cursor: 0,
         html: Tracker::default(),
+        assigned,
     };
     check_nodes(&template.nodes, false, &mut walk, &mut findings);
     findings.sort();
@@ -83,6 +87,46 @@ struct Walk<'a> {
     /// Offset in `input` just past the last literal bytes fed.
     cursor: usize,
     html: Tracker,
+    /// Names the document assigns (or captures into): variables, not unknown names.
+    assigned: std::collections::HashSet<String>,
+}
+
+/// The names `nodes` assign with `esi:assign` or name as a `when`'s `matchname`.
+fn collect_assigned(nodes: &[Node], names: &mut std::collections::HashSet<String>) {
+    for node in nodes {
+        match node {
+            Node::Assign(a) => {
+                names.insert(a.name.to_string());
+            }
+            Node::Try { attempt, except } => {
+                collect_assigned(attempt, names);
+                collect_assigned(except, names);
+            }
+            Node::Choose { whens, otherwise } => {
+                for w in whens {
+                    if let Some(name) = &w.match_name {
+                        names.insert(name.to_string());
+                    }
+                    collect_assigned(&w.body, names);
+                }
+                if let Some(o) = otherwise {
+                    collect_assigned(o, names);
+                }
+            }
+            Node::Inline { body, .. } => collect_assigned(body, names),
+            Node::Foreach(f) => {
+                names.insert(f.item.to_string());
+                collect_assigned(&f.body, names);
+            }
+            Node::Function(f) => collect_assigned(&f.body, names),
+            Node::Text(_)
+            | Node::Vars(_)
+            | Node::Include(_)
+            | Node::Eval(_)
+            | Node::Break
+            | Node::Return(_) => {}
+        }
+    }
 }
 
 impl Walk<'_> {
@@ -118,7 +162,9 @@ impl Walk<'_> {
 fn check_nodes(nodes: &[Node], in_try: bool, walk: &mut Walk<'_>, findings: &mut Vec<Finding>) {
     for node in nodes {
         match node {
-            Node::Include(inc) | Node::Eval(inc) => check_include(inc, in_try, findings),
+            Node::Include(inc) | Node::Eval(inc) => {
+                check_include(inc, in_try, &walk.assigned, findings)
+            }
             Node::Foreach(f) => check_nodes(&f.body, in_try, walk, findings),
             Node::Function(f) => check_nodes(&f.body, in_try, walk, findings),
             Node::Try { attempt, except } => {
@@ -175,7 +221,12 @@ fn check_vars_output(
     }
 }
 
-fn check_include(inc: &Include, in_try: bool, findings: &mut Vec<Finding>) {
+fn check_include(
+    inc: &Include,
+    in_try: bool,
+    assigned: &std::collections::HashSet<String>,
+    findings: &mut Vec<Finding>,
+) {
     let at = |message: String| Finding {
         line: inc.line,
         col: inc.col,
@@ -189,15 +240,39 @@ fn check_include(inc: &Include, in_try: bool, findings: &mut Vec<Finding>) {
             inc.src
         )));
     }
-    for url in std::iter::once(&inc.src).chain(inc.alt.as_ref()) {
-        check_vars(url, &at, findings);
+    let opts = &inc.options;
+    let strings = std::iter::once(&inc.src)
+        .chain(inc.alt.as_ref())
+        .chain(opts.entity.as_ref())
+        .chain(opts.params.iter().map(|p| &p.value))
+        .chain(opts.headers.iter().map(|e| &e.value));
+    for text in strings {
+        check_vars(text, assigned, &at, findings);
     }
 }
 
-fn check_vars(url: &VarString, at: &dyn Fn(String) -> Finding, findings: &mut Vec<Finding>) {
-    for var in url.vars() {
-        if let VarName::Unknown(name) = &var.name {
-            findings.push(at(format!("unknown variable $({name}) is always empty")));
+fn check_vars(
+    text: &VarString,
+    assigned: &std::collections::HashSet<String>,
+    at: &dyn Fn(String) -> Finding,
+    findings: &mut Vec<Finding>,
+) {
+    for var in text.vars() {
+        match &var.name {
+            VarName::Unknown(name) if !assigned.contains(&**name) && &**name != "MATCHES" => {
+                findings.push(at(format!("unknown variable $({name}) is always empty")));
+            }
+            VarName::Header(name)
+                if matches!(
+                    header_name(name).as_str(),
+                    "authorization" | "proxy-authorization" | "cookie"
+                ) =>
+            {
+                findings.push(at(format!(
+                    "$({name}) is a credential: empty unless esi.header_names lists it by name,                      and always empty in a document from a host not trusted with credentials"
+                )));
+            }
+            _ => {}
         }
     }
 }
@@ -306,5 +381,36 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Every misuse of the include attributes has its message; a variable the document
+    /// assigns is no unknown variable in a `src`; a credential header variable is warned.
+    #[test]
+    fn include_attribute_misuse_has_a_message() {
+        let cases: &[(&str, Severity, &str)] = &[
+            ("<esi:include src=\"/a\" dca=\"xml\" onerror=\"continue\"/>", Severity::Error, "dca=\"xml\" is not \"none\" or \"esi\""),
+            ("<esi:include src=\"/a\" ttl=\"2 hours\" onerror=\"continue\"/>", Severity::Error, "is not a duration such as"),
+            ("<esi:include src=\"/a\" no-store=\"1\" onerror=\"continue\"/>", Severity::Error, "no-store=\"1\" is not \"on\" or \"off\""),
+            ("<esi:include src=\"/a\" method=\"PUT\" onerror=\"continue\"/>", Severity::Error, "method=\"PUT\" is not GET or POST"),
+            ("<esi:include src=\"/a\" setheaders=\"Host: x\" onerror=\"continue\"/>", Severity::Error, "Host is a header only the proxy sets"),
+            ("<esi:include src=\"/a\" appendheaders=\"X-Forwarded-For: 1.2.3.4\" onerror=\"continue\"/>", Severity::Error, "only the proxy sets"),
+            ("<esi:include src=\"/a\" setheaders=\"Authorization: $(HTTP_COOKIE{t})\" onerror=\"continue\"/>", Severity::Warning, "sent only to hosts trusted with credentials"),
+            ("<esi:include src=\"/a\" entity=\"a=1\" onerror=\"continue\"/>", Severity::Warning, "entity is sent only with method"),
+            ("<esi:include src=\"/a?t=$(HTTP_AUTHORIZATION)\" onerror=\"continue\"/>", Severity::Warning, "$(HTTP_AUTHORIZATION) is a credential"),
+            ("<esi:include src=\"/a\" onerror=\"continue\"><esi:param name=\"a\" value=\"$(NOPE)\"/></esi:include>", Severity::Warning, "unknown variable $(NOPE)"),
+        ];
+        for (doc, severity, part) in cases {
+            let findings = lint(Bytes::from_static(doc.as_bytes()));
+            assert_eq!(findings.len(), 1, "{doc}: {findings:?}");
+            assert_eq!(findings[0].severity, *severity, "{doc}");
+            assert!(
+                findings[0].message.contains(part),
+                "{doc}: {}",
+                findings[0].message
+            );
+        }
+        let fine = "<esi:assign name=\"pid\" value=\"'7'\"/><esi:include src=\"/p/$(pid)?d=$(HTTP_X_DEVICE)\" onerror=\"continue\"><esi:param name=\"id\" value=\"$(pid)\"/></esi:include>";
+        let findings = lint(Bytes::from_static(fine.as_bytes()));
+        assert!(findings.is_empty(), "{findings:?}");
     }
 }

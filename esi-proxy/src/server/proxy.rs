@@ -182,7 +182,9 @@ impl Outgoing {
             .map_or("/", |p| p.as_str())
             .to_owned();
         let headers = origin_headers(&req, remote, &forwarding);
-        let vars = esi_vars(&req, remote);
+        // `$(HTTP_<NAME>)` reads the headers the origin is sent: hop-by-hop ones and the
+        // admin token are gone, the proxy's X-Forwarded-* are in.
+        let vars = esi_vars(&req, remote).with_headers(Arc::new(headers.clone()));
         let method = req.method().clone();
         let body = timed_body(req.into_body(), server.request_body_timeout, metrics);
         Ok(Self {

@@ -233,6 +233,7 @@ fn encode_source(out: &mut Vec<u8>, source: &TtlSource) {
         TtlSource::MaxAge => out.push(1),
         TtlSource::SMaxAge => out.push(2),
         TtlSource::SurrogateControl => out.push(3),
+        TtlSource::Include => out.push(5),
         TtlSource::Rule(index, pattern) => {
             out.push(4);
             out.extend_from_slice(&u32::try_from(*index).unwrap_or(u32::MAX).to_be_bytes());
@@ -247,6 +248,7 @@ fn decode_source(r: &mut Reader<'_>) -> Result<TtlSource, CodecError> {
         1 => TtlSource::MaxAge,
         2 => TtlSource::SMaxAge,
         3 => TtlSource::SurrogateControl,
+        5 => TtlSource::Include,
         4 => {
             let index = r.u32()? as usize;
             let pattern = std::str::from_utf8(r.str()?)

@@ -147,6 +147,8 @@ struct Row {
     cache: String,
     cache_class: &'static str,
     ttl: String,
+    /// The surrogate keys, space-separated.
+    keys: String,
     fallback: String,
     error: String,
     span: String,
@@ -201,6 +203,7 @@ impl PageReport {
                 cache: cache_text(layout.cache),
                 cache_class: cache_class(layout.cache),
                 ttl: ttl_text(layout.ttl_s, layout.ttl_source.as_deref()),
+                keys: String::new(),
                 fallback: String::new(),
                 error: String::new(),
                 span: format!("0.0–{end:.1}"),
@@ -230,6 +233,7 @@ impl PageReport {
                 cache_class: cache_class(r.cache),
                 cache: cache_text(r.cache),
                 ttl: ttl_text(r.ttl_s, r.ttl_source.as_deref()),
+                keys: r.keys.join(" "),
                 fallback: r.fallback.clone().unwrap_or_default(),
                 error: if failed {
                     format!("{}: {}", r.outcome, r.error.as_deref().unwrap_or(""))

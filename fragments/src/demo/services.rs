@@ -37,6 +37,8 @@ pub(crate) struct Control {
 pub(crate) struct Page {
     pub body: Bytes,
     pub esi: bool,
+    /// Its `Surrogate-Key` value, if it has one.
+    pub keys: Option<HeaderValue>,
 }
 
 /// What one listener serves: a fragment service's pages, or the gateway's layout and actions.
@@ -200,6 +202,9 @@ impl Site {
                 "surrogate-control",
                 HeaderValue::from_static("content=\"ESI/1.0\""),
             );
+        }
+        if let Some(keys) = &page.keys {
+            headers.insert("surrogate-key", keys.clone());
         }
         headers.insert("x-demo-service", HeaderValue::from_static(self.name));
         response

@@ -1,9 +1,7 @@
-//! Caching of fragments and parsed layouts. This file holds the contract (the re-exports) and the
-//! metric names; `policy` decides TTLs, `store` is the one byte-bounded, Vary-aware store both
-//! caches use, `entry` a stored fragment, `fragment` the caching [`crate::fetch::Fetcher`]
-//! (single-flight, hit-for-pass, stale serving), `layout` the layout cache and `shared` the L2
-//! tier on Redis below both; `tags` is the surrogate-key index and what a purge is about.
-//! Never serves HTTP.
+//! Caching of fragments and parsed layouts: the re-exports and metric names. `policy` decides
+//! TTLs, `store` is the one byte-bounded, Vary-aware store, `tags` its surrogate-key index,
+//! `entry` a stored fragment, `fragment` the caching Fetcher (single-flight, stale serving),
+//! `layout` the layout cache, `shared` the L2 tier on Redis. Never serves HTTP.
 
 mod entry;
 mod fragment;

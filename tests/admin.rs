@@ -25,7 +25,7 @@ async fn admin_requests_are_refused_unless_authorised_and_well_formed() {
     );
     let one_of = (
         StatusCode::BAD_REQUEST,
-        "400 Bad Request: purge takes exactly one of url= or prefix=\n",
+        "400 Bad Request: purge takes exactly one of url=, prefix= or key= (key= may repeat), and soft=1\n",
     );
     let not_allowed = (
         StatusCode::METHOD_NOT_ALLOWED,

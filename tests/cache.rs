@@ -39,7 +39,11 @@ fn setup(server: &Server, cache: CacheConfig) -> Setup {
     let settings = config.settings().expect("valid test config");
     let client = HttpClient::new(&settings, Arc::new(SystemLookup)).expect("test config is valid");
     let metrics = Arc::new(Metrics::new());
-    let cache = FragmentCache::new(settings.cache.fragment_capacity_bytes, Arc::clone(&metrics));
+    let cache = FragmentCache::new(
+        settings.cache.fragment_capacity_bytes,
+        settings.cache.max_surrogate_index_entries,
+        Arc::clone(&metrics),
+    );
     let policy = Arc::new(CachePolicy::from_config(&settings.cache));
     Setup {
         fetcher: CachingFetcher::new(

@@ -2,8 +2,9 @@
 //! `cargo`: the demo serves its composed page and stops on Ctrl-C, `lint` prints what the README
 //! shows, every `serve` line composes a page from an origin on the README's port (the
 //! several-nodes ones on the README's `redis-server`, kept running for them), `check-config`
-//! accepts the documented config, and the benches named exist. A command the README gains that
-//! this file does not know fails the test, so no command can be shown without being checked.
+//! accepts the documented config, the demo answers the purge by key, and the benches named
+//! exist. A command the README gains that this file does not know fails the test, so no command
+//! can be shown without being checked.
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Read};
@@ -68,6 +69,9 @@ async fn every_command_the_readme_shows_runs_as_written() {
             ["cargo", "run", "--release", "--", "serve", ..] => {
                 serve(root, command, timeout).await;
             }
+            ["curl", "-X", "POST", url] if url.contains("/_esi/purge?key=") => {
+                purge_demo(root, command, url, timeout).await;
+            }
             ["redis-server", "--port", port, ..] => {
                 servers.push(redis_server(root, command, port));
             }
@@ -125,6 +129,45 @@ async fn demo(root: &Path, command: &str, timeout: Duration) {
     child.interrupt();
     let status = child.wait(STEP);
     assert!(status.success(), "{command} exits 0 on Ctrl-C: {status:?}");
+}
+
+/// `curl -X POST <demo>/_esi/purge?key=K`, run as written against the demo (started for it on
+/// its default address, which the URL must name): the demo's fragments carry the key, so the
+/// answer counts the cached entries it dropped, and the page composes again after it.
+async fn purge_demo(root: &Path, command: &str, url: &str, timeout: Duration) {
+    let mut demo = Spawned::new(root, "cargo run --release -- demo");
+    let page_url = demo.wait_for_line(timeout, |line| {
+        line.trim()
+            .strip_prefix("open")
+            .map(|u| u.trim().to_owned())
+    });
+    assert!(
+        url.starts_with(page_url.trim_end_matches('/')),
+        "{command}: the demo serves {page_url}"
+    );
+    assert!(
+        get(&page_url).await.contains("Trailhead 2"),
+        "page warms the cache"
+    );
+    let (status, out) = run_to_end(root, command, STEP);
+    assert!(status.success(), "{command}: {status:?}\n{out}");
+    let answer = out
+        .lines()
+        .find(|line| line.starts_with('{'))
+        .unwrap_or_else(|| panic!("{command}: no JSON answer\n{out}"));
+    let answer: serde_json::Value = serde_json::from_str(answer).expect("purge JSON");
+    assert_eq!(answer["purged"], true, "{answer}");
+    assert!(
+        answer["entries"].as_u64().is_some_and(|n| n > 0),
+        "{command}: the demo's fragments carry the key: {answer}"
+    );
+    assert!(
+        get(&page_url).await.contains("Trailhead 2"),
+        "composed again"
+    );
+    demo.interrupt();
+    let status = demo.wait(STEP);
+    assert!(status.success(), "the demo exits 0 on Ctrl-C: {status:?}");
 }
 
 /// `cargo run --release -- lint ...`: exit status 1, and every output line the README shows.

@@ -84,7 +84,7 @@ fn fragment_hits(origin: &Server) -> usize {
 
 /// A config file for nodes in front of `origin`, with the admin token and `timeout_ms` for
 /// each Redis call.
-fn config(origin: &Server, name: &str, timeout_ms: u64) -> PathBuf {
+pub(crate) fn config(origin: &Server, name: &str, timeout_ms: u64) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("esi-proxy-shared-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("esi-proxy.toml");
@@ -102,10 +102,10 @@ fn config(origin: &Server, name: &str, timeout_ms: u64) -> PathBuf {
 /// machine runs debug builds side by side, and a call that misses its deadline sends its
 /// request to the origin (as it must): far more than the 5 ms default, which is for a
 /// production node near its Redis. For the same reason fragments get 10 s, not 2 s.
-const PATIENT_MS: u64 = 5000;
+pub(crate) const PATIENT_MS: u64 = 5000;
 
 /// One `esi-proxy serve` process.
-struct Node {
+pub(crate) struct Node {
     proc: Proc,
     addr: String,
 }
@@ -121,7 +121,7 @@ impl Node {
     }
 
     /// Starts `count` nodes sharing `redis`, each subscribed to purges before it returns.
-    async fn cluster(config: &Path, redis: &RedisServer, count: usize) -> Vec<Node> {
+    pub(crate) async fn cluster(config: &Path, redis: &RedisServer, count: usize) -> Vec<Node> {
         let mut nodes = Vec::new();
         for _ in 0..count {
             let node = Node::start(config, Some(&redis.url())).await;
@@ -195,11 +195,36 @@ impl Node {
         metric(&resp.text().await.expect("metrics"), series).unwrap_or(0.0)
     }
 
-    async fn purge(&self, query: &str) -> serde_json::Value {
+    pub(crate) async fn purge(&self, query: &str) -> serde_json::Value {
         let resp = self
             .admin(reqwest::Method::POST, &format!("/_esi/purge?{query}"))
             .await;
         serde_json::from_str(&resp.text().await.expect("purge")).expect("purge JSON")
+    }
+
+    /// The body of a 200 answer to `GET path` with the site's `Host`.
+    pub(crate) async fn body(&self, path: &str) -> String {
+        let send = client().get(self.url(path)).header("host", SITE).send();
+        let resp = tokio::time::timeout(MUST, send)
+            .await
+            .expect("answered in time")
+            .expect("answered");
+        assert_eq!(resp.status(), 200, "{}: {path}", self.addr);
+        tokio::time::timeout(MUST, resp.text())
+            .await
+            .expect("body in time")
+            .expect("body")
+    }
+
+    /// Waits (at most [`MUST`]) until this node has applied `n` purges announced by any node.
+    pub(crate) async fn wait_received(&self, n: u64) {
+        tokio::time::timeout(MUST, async {
+            while self.health().await["stats"]["purges_received"].as_u64() < Some(n) {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{}: {n} purges never received", self.addr));
     }
 
     /// Waits (at most [`MUST`]) until the shared tier's health shows `field` = `want`.

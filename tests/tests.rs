@@ -31,5 +31,6 @@ mod reload;
 mod shared_cache;
 mod shutdown;
 mod support;
+mod surrogate_keys;
 mod targets;
 mod trust;

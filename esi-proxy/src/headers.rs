@@ -65,6 +65,24 @@ pub const X_FORWARDED: [HeaderName; 3] = [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_
 pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// `Server-Timing`, added to composed pages.
 pub const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
+/// `Surrogate-Key`: the tags a fragment or layout response carries for purges by key (as
+/// Fastly reads it); kept by the proxy, never passed to the client.
+pub const SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
+/// `xkey`: Varnish's name for the same tags, read and removed alike.
+pub const XKEY: HeaderName = HeaderName::from_static("xkey");
+
+/// The surrogate keys of one response, within the bounds, and how many each bound dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SurrogateKeys {
+    /// The keys kept, each once, in the order they first appear.
+    pub keys: Vec<String>,
+    /// Keys longer than the byte bound.
+    pub too_long: usize,
+    /// Keys past the count bound.
+    pub too_many: usize,
+    /// Keys holding a byte outside visible ASCII.
+    pub invalid: usize,
+}
 
 /// What the proxy tells the origin and fragments about a request, besides the client's own
 /// headers: decided by the server from its settings, applied by [`origin_headers`].
@@ -128,6 +146,51 @@ pub fn surrogate_control_has_esi(value: &str) -> bool {
             .split_ascii_whitespace()
             .any(|c| c.eq_ignore_ascii_case("ESI/1.0"))
     })
+}
+
+/// The surrogate keys of a response: every `Surrogate-Key` and `xkey` value, split at spaces,
+/// tabs and commas (so values repeated and joined by a comma read the same), each key once.
+/// A key is visible ASCII (`!` to `~`) of at most `max_key_bytes`; at most `max_keys` are
+/// kept. What a bound drops is counted in the result, never an error.
+pub fn surrogate_keys(headers: &HeaderMap, max_key_bytes: usize, max_keys: usize) -> SurrogateKeys {
+    let mut found = SurrogateKeys::default();
+    let values = headers
+        .get_all(SURROGATE_KEY)
+        .iter()
+        .chain(headers.get_all(XKEY).iter());
+    for value in values {
+        let words = value
+            .as_bytes()
+            .split(|b| matches!(b, b' ' | b'\t' | b','))
+            .filter(|w| !w.is_empty());
+        for word in words {
+            if !word.iter().all(|b| (0x21..=0x7e).contains(b)) {
+                found.invalid += 1;
+                continue;
+            }
+            if word.len() > max_key_bytes {
+                found.too_long += 1;
+                continue;
+            }
+            // Checked above: every byte is ASCII.
+            let key = String::from_utf8_lossy(word);
+            if found.keys.iter().any(|k| *k == key) {
+                continue;
+            }
+            if found.keys.len() >= max_keys {
+                found.too_many += 1;
+                continue;
+            }
+            found.keys.push(key.into_owned());
+        }
+    }
+    found
+}
+
+/// Removes the surrogate-key headers ([`SURROGATE_KEY`], [`XKEY`]): they are for the proxy.
+pub fn strip_surrogate_keys(headers: &mut HeaderMap) {
+    headers.remove(SURROGATE_KEY);
+    headers.remove(XKEY);
 }
 
 /// `s` split at `sep` outside double quotes (header directives such as Surrogate-Control's).
@@ -271,11 +334,12 @@ pub fn client_response_headers(status: StatusCode, upstream: &HeaderMap) -> Head
     headers
 }
 
-/// The origin's response headers less hop-by-hop and Surrogate-Control.
+/// The origin's response headers less hop-by-hop, Surrogate-Control and the surrogate keys.
 fn forwarded_response_headers(upstream: &HeaderMap) -> HeaderMap {
     let mut headers = upstream.clone();
     strip_hop_by_hop(&mut headers);
     headers.remove(SURROGATE_CONTROL);
+    strip_surrogate_keys(&mut headers);
     headers
 }
 
@@ -488,6 +552,92 @@ mod tests {
                 "{status} {given:?}"
             );
             assert!(!got.contains_key(header::TRANSFER_ENCODING), "{given:?}");
+        }
+    }
+
+    #[test]
+    fn surrogate_keys_are_split_bounded_and_never_passed_on() {
+        // (what, headers, max key bytes, max keys, want keys, (too long, too many, invalid))
+        type Case<'a> = (
+            &'a str,
+            Vec<(&'a str, &'a str)>,
+            usize,
+            usize,
+            &'a [&'a str],
+            (usize, usize, usize),
+        );
+        let cases: Vec<Case<'_>> = vec![
+            ("none", vec![], 8, 4, &[], (0, 0, 0)),
+            (
+                "spaces",
+                vec![("surrogate-key", " a  b\tc ")],
+                8,
+                4,
+                &["a", "b", "c"],
+                (0, 0, 0),
+            ),
+            (
+                "xkey and commas",
+                vec![("xkey", "a,b"), ("xkey", "c")],
+                8,
+                4,
+                &["a", "b", "c"],
+                (0, 0, 0),
+            ),
+            (
+                "both, once each",
+                vec![("surrogate-key", "a b"), ("xkey", "b a d")],
+                8,
+                4,
+                &["a", "b", "d"],
+                (0, 0, 0),
+            ),
+            (
+                "too long",
+                vec![("surrogate-key", "kkkkkkkkk"), ("xkey", "ok")],
+                8,
+                4,
+                &["ok"],
+                (1, 0, 0),
+            ),
+            (
+                "too many",
+                vec![("surrogate-key", "a b c d e f")],
+                8,
+                4,
+                &["a", "b", "c", "d"],
+                (0, 2, 0),
+            ),
+            (
+                "not visible ASCII",
+                vec![("surrogate-key", "a caf\u{e9} b")],
+                8,
+                4,
+                &["a", "b"],
+                (0, 0, 1),
+            ),
+        ];
+        for (what, pairs, max_bytes, max_keys, want, (long_n, many_n, bad_n)) in cases {
+            let mut h = HeaderMap::new();
+            for (name, value) in pairs {
+                h.append(
+                    HeaderName::from_static(name),
+                    HeaderValue::from_bytes(value.as_bytes()).expect("header value"),
+                );
+            }
+            let got = surrogate_keys(&h, max_bytes, max_keys);
+            assert_eq!(got.keys, want, "{what}");
+            assert_eq!(
+                (got.too_long, got.too_many, got.invalid),
+                (long_n, many_n, bad_n),
+                "{what}"
+            );
+            let passed = client_response_headers(StatusCode::OK, &h);
+            assert!(
+                passed.get(SURROGATE_KEY).is_none() && passed.get(XKEY).is_none(),
+                "{what}"
+            );
+            assert!(composed_headers(&h).get(XKEY).is_none(), "{what}");
         }
     }
 

@@ -10,7 +10,7 @@ use http::header::HeaderName;
 use http::{HeaderMap, StatusCode};
 
 use super::policy::TtlSource;
-use super::store::{kept_headers, weigh, CacheKey, Lifetime, Stored};
+use super::store::{kept_headers, weigh, CacheKey, Lifetime, Softened, Stored};
 use crate::esi::Template;
 use crate::fetch::{CacheInfo, CacheStatus, Fragment};
 
@@ -33,10 +33,12 @@ pub struct EntryInfo {
     pub stale_if_error: Duration,
     /// Time since it was stored.
     pub age: Duration,
+    /// Its surrogate keys.
+    pub keys: Vec<String>,
 }
 
 /// One stored fragment response.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Entry {
     pub(super) key: CacheKey,
     /// The header names `key` was computed from (sorted), so a request that waited on this
@@ -51,6 +53,9 @@ pub(super) struct Entry {
     pub(super) stale_if_error: Duration,
     pub(super) source: TtlSource,
     pub(super) weight: u32,
+    /// Its surrogate keys (the response's `Surrogate-Key` and `xkey`, which `headers` no
+    /// longer hold).
+    pub(super) tags: Arc<[Arc<str>]>,
     /// Whether the response is marked as ESI.
     esi: bool,
     /// The body parsed as ESI, filled by the first hit that serves it and shared by the rest.
@@ -60,16 +65,17 @@ pub(super) struct Entry {
 // === impl Entry ===
 
 impl Entry {
-    /// An entry for `fragment` under `key`; `times` are the TTL, stale-while-revalidate and
-    /// stale-if-error windows.
+    /// An entry for `fragment` under `key`, tagged with `tags`; `times` are the TTL,
+    /// stale-while-revalidate and stale-if-error windows.
     pub(super) fn new(
         key: CacheKey,
         names: Arc<[HeaderName]>,
         fragment: Fragment,
         times: [Duration; 3],
         source: TtlSource,
+        tags: Arc<[Arc<str>]>,
     ) -> Arc<Self> {
-        Self::aged(key, names, fragment, times, source, Duration::ZERO)
+        Self::aged(key, names, fragment, times, source, tags, Duration::ZERO)
     }
 
     /// [`Entry::new`] for a response stored `age` ago (by another node, in the shared tier).
@@ -79,12 +85,14 @@ impl Entry {
         fragment: Fragment,
         times: [Duration; 3],
         source: TtlSource,
+        tags: Arc<[Arc<str>]>,
         age: Duration,
     ) -> Arc<Self> {
         let now = Instant::now();
         let [ttl, stale_while_revalidate, stale_if_error] = times;
         let esi = fragment.is_esi();
-        let headers = kept_headers(&fragment.headers);
+        let mut headers = kept_headers(&fragment.headers);
+        crate::headers::strip_surrogate_keys(&mut headers);
         let weight = weigh(&key, &headers, fragment.body.len());
         Arc::new(Self {
             key,
@@ -98,8 +106,22 @@ impl Entry {
             stale_if_error,
             source,
             weight,
+            tags,
             esi,
             parsed: OnceLock::new(),
+        })
+    }
+
+    /// This entry stale from now (its TTL cut to its age), its stale-while-revalidate window
+    /// at least `grace`, counted from now; `None` when it is stale already.
+    pub(super) fn softened(&self, grace: Duration) -> Option<Arc<Self>> {
+        let age = self.stored_at.elapsed();
+        (age < self.ttl).then(|| {
+            Arc::new(Self {
+                ttl: age,
+                stale_while_revalidate: self.stale_while_revalidate.max(grace),
+                ..self.clone()
+            })
         })
     }
 
@@ -118,6 +140,7 @@ impl Entry {
                 status,
                 ttl: Some(self.ttl),
                 source: Some(self.source.to_string()),
+                keys: Arc::clone(&self.tags),
             }),
             template: self.esi.then(|| {
                 let template = self
@@ -144,20 +167,33 @@ impl Entry {
             stale_while_revalidate: self.stale_while_revalidate,
             stale_if_error: self.stale_if_error,
             age: now.saturating_duration_since(self.stored_at),
+            keys: self.tags.iter().map(|t| t.to_string()).collect(),
         }
     }
 }
 
 impl Lifetime for Arc<Entry> {
+    /// What is left of TTL plus the longer stale window: an entry stored by another node
+    /// (or softened) came with an age.
     fn lifetime(&self) -> Duration {
         self.ttl
             .saturating_add(self.stale_while_revalidate.max(self.stale_if_error))
+            .saturating_sub(self.stored_at.elapsed())
     }
 }
 
 impl Stored for Arc<Entry> {
     fn weight(&self) -> u32 {
         self.weight
+    }
+
+    fn tags(&self) -> &[Arc<str>] {
+        &self.tags
+    }
+
+    fn soften(&self, grace: Duration) -> Softened<Self> {
+        self.softened(grace)
+            .map_or(Softened::Keep, Softened::Replace)
     }
 }
 
@@ -183,6 +219,7 @@ mod tests {
             fragment,
             [Duration::from_secs(1); 3],
             TtlSource::Default,
+            Arc::from([]),
         )
     }
 
@@ -196,7 +233,31 @@ mod tests {
         let entry = entry(&pairs, Bytes::from(vec![b'x'; 1000]));
         assert_eq!(entry.weight, 1000 + (12 + 9 + 32) + 15 + 1 + 160);
         assert_eq!(entry.headers.len(), 1);
-        assert_eq!(entry.lifetime(), Duration::from_secs(2));
+        let lifetime = entry.lifetime();
+        assert!(
+            lifetime <= Duration::from_secs(2) && lifetime > Duration::from_secs(1),
+            "{lifetime:?}"
+        );
+    }
+
+    #[test]
+    fn a_softened_entry_is_stale_now_for_its_window_or_the_grace() {
+        let entry = entry(&[("surrogate-key", "a b")], Bytes::from_static(b"x"));
+        assert!(entry.headers.get("surrogate-key").is_none(), "not kept");
+        let soft = entry.softened(Duration::from_secs(30)).expect("fresh");
+        assert!(soft.stored_at.elapsed() >= soft.ttl, "stale now");
+        assert_eq!(soft.stale_while_revalidate, Duration::from_secs(30));
+        assert_eq!(soft.stale_if_error, Duration::from_secs(1));
+        assert!(
+            soft.lifetime() > Duration::from_secs(29),
+            "kept for the grace"
+        );
+        let shorter = entry.softened(Duration::ZERO).expect("fresh");
+        assert_eq!(shorter.stale_while_revalidate, Duration::from_secs(1));
+        assert!(
+            soft.softened(Duration::from_secs(30)).is_none(),
+            "stale already"
+        );
     }
 
     #[test]

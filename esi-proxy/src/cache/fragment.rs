@@ -17,9 +17,10 @@ use super::entry::{Entry, EntryInfo};
 use super::policy::{CachePolicy, Credentials, Decision};
 use super::shared::{Found, Kind as SharedKind, Lease, SharedEntry, SharedTier};
 use super::store::{
-    cache_url, invalidate, side_capacity, ByLifetime, CacheKey, Kind, Lifetime, Store, Urls,
-    Variant, SIDE_OVERHEAD,
+    cache_url, invalidate, read_tags, side_capacity, ByLifetime, CacheKey, Kind, Lifetime, Store,
+    Urls, Variant, SIDE_OVERHEAD,
 };
+use super::tags::{PurgeMode, PurgeTarget};
 use super::{COALESCED, FRAGMENT_BYTES, FRAGMENT_ENTRIES, PASSES, STALE_SERVED};
 use crate::esi::{ParseOptions, Template};
 use crate::fetch::{
@@ -130,7 +131,8 @@ struct FlightGuard {
 impl FragmentCache {
     /// An empty cache keeping at most `capacity_bytes` of entries (body, kept headers and
     /// key); vary specs and hit-for-pass markers get an eighth of that each (at least 64 KiB).
-    pub fn new(capacity_bytes: u64, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// Its surrogate-key index holds at most `max_tag_pairs` (key, entry) pairs.
+    pub fn new(capacity_bytes: u64, max_tag_pairs: usize, metrics: Arc<Metrics>) -> Arc<Self> {
         let passes = Cache::builder()
             .name("esi-proxy hit-for-pass")
             .max_capacity(side_capacity(capacity_bytes))
@@ -139,7 +141,7 @@ impl FragmentCache {
             .support_invalidation_closures()
             .build();
         Arc::new(Self {
-            store: Store::new(&FRAGMENTS, capacity_bytes, metrics),
+            store: Store::new(&FRAGMENTS, capacity_bytes, max_tag_pairs, metrics),
             passes,
             flights: Mutex::new(HashMap::new()),
             next_flight: AtomicU64::new(0),
@@ -153,13 +155,36 @@ impl FragmentCache {
     /// first. The URL's vary spec and hit-for-pass markers go too. A fetch already in flight
     /// may still store its response.
     pub fn purge_url(&self, url: &str) {
-        self.purge(&Urls::equal(url));
+        self.drop_urls(&Urls::equal(url));
     }
 
     /// Drops every entry whose URL starts with `prefix` (compared as given, in the form of
     /// [`FragmentCache::purge_url`]), with those URLs' vary specs and hit-for-pass markers.
     pub fn purge_prefix(&self, prefix: &str) {
-        self.purge(&Urls::prefix(prefix));
+        self.drop_urls(&Urls::prefix(prefix));
+    }
+
+    /// Drops or softens (see [`PurgeMode`]) the entries `target` names: by URL and prefix as
+    /// [`FragmentCache::purge_url`] and [`FragmentCache::purge_prefix`] do, by surrogate key
+    /// through the key index. Returns how many entries there were.
+    pub async fn purge(&self, target: &PurgeTarget, mode: PurgeMode) -> u64 {
+        let purged = match target {
+            PurgeTarget::Keys(tags) => return self.store.purge_tags(tags, mode).await,
+            PurgeTarget::Url(url) => (Urls::equal(url), mode),
+            PurgeTarget::Prefix(prefix) => (Urls::prefix(prefix), mode),
+        };
+        let (urls, mode) = purged;
+        let n = self.store.purge_urls(&urls, mode).await;
+        if mode == PurgeMode::Hard {
+            invalidate(&self.passes, move |key, _| urls.matches(&key.url));
+        }
+        n
+    }
+
+    /// (surrogate key, entry) pairs in the key index (approximate until moka's pending work
+    /// runs: entries that expired leave it then).
+    pub fn surrogate_index_len(&self) -> usize {
+        self.store.tag_pairs()
     }
 
     /// Entries held (approximate until moka's pending work runs; see
@@ -198,7 +223,7 @@ impl FragmentCache {
     }
 
     /// Drops the entries, vary specs and hit-for-pass markers of `urls`.
-    fn purge(&self, urls: &Urls) {
+    fn drop_urls(&self, urls: &Urls) {
         self.store.purge(urls);
         let urls = urls.clone();
         invalidate(&self.passes, move |key, _| urls.matches(&key.url));
@@ -659,12 +684,14 @@ impl CachingFetcher {
                     credentials,
                     &fragment.headers,
                 );
+                let tags = read_tags(&self.policy, &fragment.headers, cache.store.metrics());
                 let entry = Entry::new(
                     key,
                     names,
                     fragment,
                     [ttl, stale_while_revalidate, stale_if_error],
                     source,
+                    tags,
                 );
                 tracing::debug!(
                     url = %entry.key.url,
@@ -761,6 +788,7 @@ fn passed(mut fragment: Fragment) -> Fragment {
         status: CacheStatus::Pass,
         ttl: None,
         source: None,
+        keys: Arc::from([]),
     });
     fragment
 }

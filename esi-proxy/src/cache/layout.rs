@@ -17,9 +17,10 @@ use super::entry::Entry;
 use super::policy::{CachePolicy, Credentials, Decision, TtlSource};
 use super::shared::{Found, Kind as SharedKind, SharedEntry, SharedTier};
 use super::store::{
-    cache_url, kept_headers, run_soon, side_capacity, weigh, ByLifetime, Kind, Lifetime, Store,
-    Stored, Urls, Variant, SIDE_OVERHEAD,
+    cache_url, kept_headers, read_tags, run_soon, side_capacity, weigh, ByLifetime, Kind, Lifetime,
+    Softened, Store, Stored, Urls, Variant, SIDE_OVERHEAD,
 };
+use super::tags::{PurgeMode, PurgeTarget};
 use super::{LAYOUT_BYTES, LAYOUT_ENTRIES};
 use crate::esi::Template;
 use crate::fetch::Fragment;
@@ -72,6 +73,9 @@ pub struct CachedLayout {
     pub stored_at: Instant,
     /// How long after `stored_at` it is served.
     pub ttl: Duration,
+    /// Its surrogate keys (the origin's `Surrogate-Key` and `xkey`, which `headers` no longer
+    /// hold).
+    pub keys: Arc<[Arc<str>]>,
 }
 
 /// A layout cache value: the layout and what it weighs.
@@ -85,8 +89,8 @@ struct LayoutSlot {
 
 impl LayoutCache {
     /// An empty layout cache keeping at most `capacity_bytes` (decoded layout bytes, kept
-    /// headers and keys).
-    pub fn new(capacity_bytes: u64, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// headers and keys), its surrogate-key index at most `max_tag_pairs` pairs.
+    pub fn new(capacity_bytes: u64, max_tag_pairs: usize, metrics: Arc<Metrics>) -> Arc<Self> {
         let unshared = Cache::builder()
             .name("esi-proxy layouts not shared")
             .max_capacity(side_capacity(capacity_bytes))
@@ -96,7 +100,7 @@ impl LayoutCache {
             .expire_after(ByLifetime)
             .build();
         Arc::new(Self {
-            store: Store::new(&LAYOUTS, capacity_bytes, metrics),
+            store: Store::new(&LAYOUTS, capacity_bytes, max_tag_pairs, metrics),
             unshared,
         })
     }
@@ -154,6 +158,7 @@ impl LayoutCache {
             ttl,
             source,
         } = admitted;
+        let keys = read_tags(policy, response_headers, self.store.metrics());
         let weight = weigh(&key, &headers, body_bytes);
         tracing::debug!(
             url = %key.url,
@@ -169,6 +174,7 @@ impl LayoutCache {
             source,
             stored_at: Instant::now(),
             ttl,
+            keys,
         });
         let slot = LayoutSlot { layout, weight };
         run_soon(self.store.insert(key, vary, slot).boxed())
@@ -227,12 +233,20 @@ impl LayoutCache {
             cache: None,
             template: None,
         };
+        // Counted once, when stored here.
+        let tags = policy
+            .surrogate_keys(response_headers)
+            .keys
+            .into_iter()
+            .map(Arc::from)
+            .collect();
         let entry = Entry::new(
             key,
             names,
             fragment,
             [ttl, Duration::ZERO, Duration::ZERO],
             source,
+            tags,
         );
         let tier = Arc::clone(tier);
         runtime.spawn(async move { tier.store(SharedKind::Layout, &entry, &vary).await });
@@ -287,6 +301,7 @@ impl LayoutCache {
             source: entry.source.clone(),
             stored_at: entry.stored_at,
             ttl: entry.ttl,
+            keys: Arc::clone(&entry.tags),
         });
         let slot = LayoutSlot {
             layout: Arc::clone(&layout),
@@ -305,6 +320,26 @@ impl LayoutCache {
     /// Drops every layout whose URL starts with `prefix`.
     pub fn purge_prefix(&self, prefix: &str) {
         self.store.purge(&Urls::prefix(prefix));
+    }
+
+    /// Drops the layouts `target` names, as [`super::FragmentCache::purge`] does; layouts are
+    /// never served stale, so a soft purge drops them too. Returns how many there were.
+    pub async fn purge(&self, target: &PurgeTarget, mode: PurgeMode) -> u64 {
+        match target {
+            PurgeTarget::Url(url) => self.store.purge_urls(&Urls::equal(url), mode).await,
+            PurgeTarget::Prefix(prefix) => self.store.purge_urls(&Urls::prefix(prefix), mode).await,
+            PurgeTarget::Keys(tags) => self.store.purge_tags(tags, mode).await,
+        }
+    }
+
+    /// (surrogate key, layout) pairs in the key index.
+    pub fn surrogate_index_len(&self) -> usize {
+        self.store.tag_pairs()
+    }
+
+    /// Runs moka's pending work now: expirations, purges and the size counters.
+    pub async fn run_pending_tasks(&self) {
+        self.store.run_pending_tasks().await;
     }
 
     /// Sets the layout cache gauges (entries, bytes) in metrics.
@@ -358,6 +393,7 @@ fn admit(
     );
     let mut headers = kept_headers(response_headers);
     headers.remove(crate::headers::SURROGATE_CONTROL);
+    crate::headers::strip_surrogate_keys(&mut headers);
     headers.remove(http::header::CONTENT_LENGTH);
     Some(Admitted {
         variant,
@@ -385,6 +421,15 @@ impl Stored for LayoutSlot {
     fn weight(&self) -> u32 {
         self.weight
     }
+
+    fn tags(&self) -> &[Arc<str>] {
+        &self.layout.keys
+    }
+
+    /// Layouts are served fresh only: softened is gone.
+    fn soften(&self, _grace: Duration) -> Softened<Self> {
+        Softened::Remove
+    }
 }
 
 #[cfg(test)]
@@ -397,7 +442,7 @@ mod tests {
     #[tokio::test]
     async fn layouts_stored_per_policy() {
         let metrics = Arc::new(Metrics::new());
-        let cache = LayoutCache::new(1 << 20, Arc::clone(&metrics));
+        let cache = LayoutCache::new(1 << 20, 1000, Arc::clone(&metrics));
         let p = policy(false);
         let template = Arc::new(Template::default());
         let ok = StatusCode::OK;

@@ -1,8 +1,7 @@
-//! Caching of fragments and parsed layouts. This file holds the contract (the re-exports) and the
-//! metric names; `policy` decides TTLs, `store` is the one byte-bounded, Vary-aware store both
-//! caches use, `entry` a stored fragment, `fragment` the caching [`crate::fetch::Fetcher`]
-//! (single-flight, hit-for-pass, stale serving), `layout` the layout cache and `shared` the L2
-//! tier on Redis below both. Never serves HTTP.
+//! Caching of fragments and parsed layouts: the re-exports and metric names. `policy` decides
+//! TTLs, `store` is the one byte-bounded, Vary-aware store, `tags` its surrogate-key index,
+//! `entry` a stored fragment, `fragment` the caching Fetcher (single-flight, stale serving),
+//! `layout` the layout cache, `shared` the L2 tier on Redis. Never serves HTTP.
 
 mod entry;
 mod fragment;
@@ -10,6 +9,7 @@ mod layout;
 mod policy;
 mod shared;
 mod store;
+mod tags;
 #[cfg(test)]
 mod testing;
 
@@ -19,6 +19,7 @@ pub use layout::{CachedLayout, LayoutCache};
 pub use policy::{CachePolicy, Credentials, Decision, TtlSource};
 pub use shared::{BreakerState, SharedError, SharedHealth, SharedPurge, SharedTier, StatsView};
 pub(crate) use store::run_soon;
+pub use tags::{PurgeMode, PurgeTarget};
 
 // Metric names: dashboards and alerts read them, so they stay as they are.
 const HITS: &str = "esi_proxy_cache_hits_total";
@@ -31,3 +32,5 @@ const FRAGMENT_ENTRIES: &str = "esi_proxy_fragment_cache_entries";
 const FRAGMENT_BYTES: &str = "esi_proxy_fragment_cache_bytes";
 const LAYOUT_ENTRIES: &str = "esi_proxy_layout_cache_entries";
 const LAYOUT_BYTES: &str = "esi_proxy_layout_cache_bytes";
+const TAG_INDEX: &str = "esi_proxy_surrogate_index_entries";
+const KEYS_DROPPED: &str = "esi_proxy_surrogate_keys_dropped_total";

@@ -11,7 +11,7 @@ use http::{HeaderMap, StatusCode};
 use url::Url;
 
 use crate::config::{glob_match, CacheRuleSettings, CacheSettings};
-use crate::headers::{split_unquoted, DEVICE, SURROGATE_CONTROL};
+use crate::headers::{split_unquoted, surrogate_keys, SurrogateKeys, DEVICE, SURROGATE_CONTROL};
 
 /// Longest TTL or stale window kept, whatever a header or rule says (one year), so expiry
 /// instants never overflow.
@@ -33,6 +33,9 @@ pub struct CachePolicy {
     stale_while_revalidate: Duration,
     stale_if_error: Duration,
     hit_for_pass: Duration,
+    /// `cache.max_surrogate_key_bytes` and `cache.max_surrogate_keys`.
+    max_key_bytes: usize,
+    max_keys: usize,
 }
 
 /// How a response's TTL was decided, for logs and the debug page.
@@ -120,6 +123,8 @@ impl CachePolicy {
             stale_while_revalidate: cache.stale_while_revalidate,
             stale_if_error: cache.stale_if_error,
             hit_for_pass: cache.hit_for_pass.min(MAX_AGE),
+            max_key_bytes: cache.max_surrogate_key_bytes,
+            max_keys: cache.max_surrogate_keys,
         }
     }
 
@@ -259,6 +264,12 @@ impl CachePolicy {
     /// matching rule's key_headers), lowercase.
     pub(super) fn key_headers(&self, url: &Url) -> Vec<HeaderName> {
         self.key_headers_of(self.rule_for(url).map(|(_, rule)| rule))
+    }
+
+    /// The surrogate keys of a response with `headers`, within the configured bounds, and
+    /// how many each bound dropped.
+    pub(super) fn surrogate_keys(&self, headers: &HeaderMap) -> SurrogateKeys {
+        surrogate_keys(headers, self.max_key_bytes, self.max_keys)
     }
 
     /// How long a key whose response could not be stored skips the cache.

@@ -1,7 +1,8 @@
 //! The one store both caches use: values under [`CacheKey`]s (URL and the request's values of
 //! the names it varies on), the per-URL Vary specs, the byte weigher, per-value expiry, purges
-//! by URL or prefix, and the gauges. Generic over what it holds (fragment entries, layouts);
-//! never decides a TTL (the policy does) and never fetches.
+//! by URL, prefix or surrogate key (hard or soft), the key index kept in step, and the gauges.
+//! Generic over what it holds (fragment entries, layouts); never decides a TTL (the policy
+//! does) and never fetches.
 
 use std::fmt;
 use std::future::Future;
@@ -15,11 +16,13 @@ use http::header::HeaderName;
 use http::HeaderMap;
 use moka::future::Cache;
 use moka::notification::RemovalCause;
+use moka::ops::compute::{CompResult, Op};
 use moka::Expiry;
 use url::Url;
 
 use super::policy::{merge_names, vary_names, CachePolicy, Credentials};
-use super::{EVICTIONS, HITS, MISSES};
+use super::tags::{PurgeMode, TagIndex};
+use super::{EVICTIONS, HITS, KEYS_DROPPED, MISSES, TAG_INDEX};
 use crate::headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use crate::telemetry::Metrics;
 
@@ -49,6 +52,9 @@ pub(super) struct Store<V> {
     kind: &'static Kind,
     entries: Cache<CacheKey, V>,
     vary: VaryBook,
+    /// Surrogate key → the keys of the entries it tags; entries leave it as they leave
+    /// `entries` (expired, evicted, replaced, purged), through the eviction listener.
+    tags: Arc<TagIndex>,
     metrics: Arc<Metrics>,
 }
 
@@ -66,10 +72,27 @@ pub(super) struct Kind {
     pub(super) bytes_gauge: (&'static str, &'static str),
 }
 
-/// A value a [`Store`] holds: cheap to clone, it says what it weighs and how long it is kept.
+/// A value a [`Store`] holds: cheap to clone, it says what it weighs, how long it is kept, its
+/// surrogate keys and what a soft purge makes of it.
 pub(super) trait Stored: Lifetime + Clone + Send + Sync + 'static {
     /// What it weighs against the capacity (see [`weigh`]).
     fn weight(&self) -> u32;
+
+    /// The surrogate keys it is tagged with.
+    fn tags(&self) -> &[Arc<str>];
+
+    /// What a soft purge with this grace makes of it.
+    fn soften(&self, grace: Duration) -> Softened<Self>;
+}
+
+/// What a soft purge makes of one value.
+pub(super) enum Softened<V> {
+    /// This value, stale from now, takes its place.
+    Replace(V),
+    /// Already stale: left as it is.
+    Keep,
+    /// Never served stale: dropped.
+    Remove,
 }
 
 /// Values that say how long they may be kept.
@@ -127,17 +150,27 @@ struct VaryBook {
 impl<V: Stored> Store<V> {
     /// An empty store keeping at most `capacity_bytes` of values; its vary specs get an eighth
     /// of that (at least 64 KiB). Size evictions are counted under the kind's label.
-    pub(super) fn new(kind: &'static Kind, capacity_bytes: u64, metrics: Arc<Metrics>) -> Self {
+    /// Its surrogate-key index holds at most `max_tag_pairs` (key, entry) pairs.
+    pub(super) fn new(
+        kind: &'static Kind,
+        capacity_bytes: u64,
+        max_tag_pairs: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let evicted = Arc::clone(&metrics);
+        let tags = Arc::new(TagIndex::new(max_tag_pairs));
+        let untag = Arc::clone(&tags);
         let entries = Cache::builder()
             .name(kind.entries_name)
             .max_capacity(capacity_bytes)
             .weigher(|_key: &CacheKey, value: &V| value.weight())
             .expire_after(ByLifetime)
-            .eviction_listener(move |_key, _value, cause| {
+            .eviction_listener(move |key: Arc<CacheKey>, value: V, cause| {
                 if cause == RemovalCause::Size {
                     count_eviction(&evicted, kind.label);
                 }
+                // Every way out, a replacement too: the new value counted its own tags in.
+                untag.remove(&key, value.tags());
             })
             .support_invalidation_closures()
             .build();
@@ -145,6 +178,7 @@ impl<V: Stored> Store<V> {
             kind,
             entries,
             vary: VaryBook::new(kind.vary_name, side_capacity(capacity_bytes)),
+            tags,
             metrics,
         }
     }
@@ -187,9 +221,11 @@ impl<V: Stored> Store<V> {
         poll_once(&mut self.entries.get(key).boxed()).flatten()
     }
 
-    /// Stores `value` under `key`, then learns `vary` for its URL for as long as the value
-    /// lives. The future owns what it needs, so a caller that cannot wait may hand it to
-    /// [`run_soon`].
+    /// Stores `value` under `key`, indexed by its surrogate keys, then learns `vary` for its
+    /// URL for as long as the value lives. A tagged value the full index cannot take is not
+    /// stored (and an older one under `key` goes), so a purge by key never misses a copy;
+    /// that is counted. The future owns what it needs, so a caller that cannot wait may hand
+    /// it to [`run_soon`].
     pub(super) fn insert(
         &self,
         key: CacheKey,
@@ -197,11 +233,22 @@ impl<V: Stored> Store<V> {
         value: V,
     ) -> impl Future<Output = ()> + Send + 'static {
         let (entries, book) = (self.entries.clone(), self.vary.clone());
+        let (tags, metrics, label) = (
+            Arc::clone(&self.tags),
+            Arc::clone(&self.metrics),
+            self.kind.label,
+        );
         let spec = VarySpec {
             names: vary,
             lifetime: value.lifetime(),
         };
         async move {
+            if !tags.add(&key, value.tags()) {
+                tracing::warn!(url = %key.url, cache = label, "surrogate-key index full: response not stored");
+                count_keys_dropped(&metrics, "index_full", value.tags().len() as u64);
+                entries.invalidate(&key).await;
+                return;
+            }
             let url = Arc::clone(&key.url);
             entries.insert(key, value).await;
             book.specs.insert(url, spec).await;
@@ -219,6 +266,81 @@ impl<V: Stored> Store<V> {
         let (a, b) = (urls.clone(), urls.clone());
         invalidate(&self.entries, move |key, _| a.matches(&key.url));
         invalidate(&self.vary.specs, move |url, _| b.matches(url));
+    }
+
+    /// Drops or softens (as `mode` says) every value whose URL `urls` matches; returns how
+    /// many there were. Walks the store once. A hard purge drops the URLs' vary specs too.
+    pub(super) async fn purge_urls(&self, urls: &Urls, mode: PurgeMode) -> u64 {
+        let keys: Vec<CacheKey> = self
+            .entries
+            .iter()
+            .filter(|(key, _)| urls.matches(&key.url))
+            .map(|(key, _)| CacheKey::clone(&key))
+            .collect();
+        match mode {
+            PurgeMode::Hard => {
+                self.purge(urls);
+                keys.len() as u64
+            }
+            PurgeMode::Soft { grace } => self.purge_keys(keys, grace).await,
+        }
+    }
+
+    /// Drops or softens every value tagged with one of `tags`; returns how many there were.
+    pub(super) async fn purge_tags(&self, tags: &[String], mode: PurgeMode) -> u64 {
+        let keys = self.tags.keys_for(tags);
+        match mode {
+            PurgeMode::Hard => {
+                let mut purged = 0;
+                for key in keys {
+                    if self.entries.remove(&key).await.is_some() {
+                        purged += 1;
+                    }
+                }
+                purged
+            }
+            PurgeMode::Soft { grace } => self.purge_keys(keys, grace).await,
+        }
+    }
+
+    /// Softens the values under `keys`, each in one atomic step (a value stored meanwhile is
+    /// the one softened); returns how many were there.
+    async fn purge_keys(&self, keys: Vec<CacheKey>, grace: Duration) -> u64 {
+        let mut found = 0;
+        for key in keys {
+            let tags = Arc::clone(&self.tags);
+            let result = self
+                .entries
+                .entry(key.clone())
+                .and_compute_with(|held| {
+                    let op = match held.map(|e| e.into_value().soften(grace)) {
+                        None => Op::Nop,
+                        Some(Softened::Keep) => Op::Nop,
+                        Some(Softened::Remove) => Op::Remove,
+                        Some(Softened::Replace(value)) => {
+                            // The same tags as the value it replaces: never refused.
+                            tags.add(&key, value.tags());
+                            Op::Put(value)
+                        }
+                    };
+                    std::future::ready(op)
+                })
+                .await;
+            if !matches!(result, CompResult::StillNone(_)) {
+                found += 1;
+            }
+        }
+        found
+    }
+
+    /// The metrics registry the store counts in.
+    pub(super) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// (key, entry) pairs in the surrogate-key index.
+    pub(super) fn tag_pairs(&self) -> usize {
+        self.tags.len()
     }
 
     /// The values stored for `urls`, one per variant. Walks the whole store: for the debug
@@ -247,7 +369,7 @@ impl<V: Stored> Store<V> {
         self.vary.specs.run_pending_tasks().await;
     }
 
-    /// Sets the kind's gauges (entries, bytes) in metrics.
+    /// Sets the kind's gauges (entries, bytes, surrogate-key index pairs) in metrics.
     pub(super) fn publish_metrics(&self) {
         let (entries, entries_help) = self.kind.entries_gauge;
         let (bytes, bytes_help) = self.kind.bytes_gauge;
@@ -255,6 +377,12 @@ impl<V: Stored> Store<V> {
             .set_gauge(entries, entries_help, self.entry_count() as f64);
         self.metrics
             .set_gauge(bytes, bytes_help, self.weighted_size() as f64);
+        self.metrics.set_labelled_gauge(
+            TAG_INDEX,
+            "(surrogate key, entry) pairs in the key index, by cache.",
+            ("cache", self.kind.label),
+            self.tag_pairs() as f64,
+        );
     }
 
     /// Counts one lookup answered with a fresh value.
@@ -463,6 +591,37 @@ fn count_eviction(metrics: &Metrics, cache: &'static str) {
     );
 }
 
+/// The surrogate keys of a response with `headers` as the policy bounds them, counting what
+/// the bounds dropped.
+pub(super) fn read_tags(
+    policy: &CachePolicy,
+    headers: &HeaderMap,
+    metrics: &Metrics,
+) -> Arc<[Arc<str>]> {
+    let found = policy.surrogate_keys(headers);
+    for (reason, n) in [
+        ("too_long", found.too_long),
+        ("too_many", found.too_many),
+        ("invalid", found.invalid),
+    ] {
+        count_keys_dropped(metrics, reason, n as u64);
+    }
+    found.keys.into_iter().map(Arc::from).collect()
+}
+
+/// Counts `n` surrogate keys dropped for `reason`: `too_long`, `too_many`, `invalid` (when
+/// read) or `index_full` (a response not stored).
+pub(super) fn count_keys_dropped(metrics: &Metrics, reason: &'static str, n: u64) {
+    if n > 0 {
+        metrics.inc_counter(
+            KEYS_DROPPED,
+            "Surrogate keys dropped by a bound: too_long, too_many, invalid, index_full.",
+            Some(("reason", reason)),
+            n,
+        );
+    }
+}
+
 /// The byte bound of a side cache for a main cache of `capacity_bytes`.
 pub(super) fn side_capacity(capacity_bytes: u64) -> u64 {
     (capacity_bytes / SIDE_SHARE).max(MIN_SIDE_BYTES)
@@ -545,147 +704,5 @@ fn clamp_weight(bytes: usize) -> u32 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cache::testing::{headers, Pairs, AUTH_ONLY, COOKIE_ONLY, NONE};
-
-    #[test]
-    fn keys_vary_on_named_headers_only() {
-        let url: Arc<str> = "http://a.test/f".into();
-        let lang = [HeaderName::from_static("accept-language")];
-        // (what, names, first request, second request, credentials of each, same key)
-        type KeyCase<'a> = (
-            &'a str,
-            &'a [HeaderName],
-            &'a [(&'a str, &'a str)],
-            &'a [(&'a str, &'a str)],
-            (Credentials, Credentials),
-            bool,
-        );
-        let cases: &[KeyCase<'_>] = &[
-            (
-                "same value",
-                &lang,
-                &[("accept-language", "de")],
-                &[("accept-language", "de")],
-                (NONE, NONE),
-                true,
-            ),
-            (
-                "other value",
-                &lang,
-                &[("accept-language", "de")],
-                &[("accept-language", "en")],
-                (NONE, NONE),
-                false,
-            ),
-            (
-                "absent vs empty",
-                &lang,
-                &[],
-                &[("accept-language", "")],
-                (NONE, NONE),
-                false,
-            ),
-            (
-                "two values vs one joined",
-                &lang,
-                &[("accept-language", "de"), ("accept-language", "en")],
-                &[("accept-language", "de, en")],
-                (NONE, NONE),
-                false,
-            ),
-            (
-                "unnamed header differs",
-                &lang,
-                &[("accept-language", "de"), ("user-agent", "a")],
-                &[("accept-language", "de"), ("user-agent", "b")],
-                (NONE, NONE),
-                true,
-            ),
-            (
-                "no names",
-                &[],
-                &[("accept-language", "de")],
-                &[("accept-language", "en")],
-                (NONE, NONE),
-                true,
-            ),
-            (
-                "credentials vs none",
-                &[],
-                &[],
-                &[],
-                (COOKIE_ONLY, NONE),
-                false,
-            ),
-            (
-                "cookie vs authorization",
-                &[],
-                &[],
-                &[],
-                (COOKIE_ONLY, AUTH_ONLY),
-                false,
-            ),
-            (
-                "same credentials, other cookie, cookie not named",
-                &[],
-                &[("cookie", "a=1")],
-                &[("cookie", "a=2")],
-                (COOKIE_ONLY, COOKIE_ONLY),
-                true,
-            ),
-            (
-                "cookie named",
-                &[HeaderName::from_static("cookie")],
-                &[("cookie", "a=1")],
-                &[("cookie", "a=2")],
-                (COOKIE_ONLY, COOKIE_ONLY),
-                false,
-            ),
-        ];
-        for (what, names, first, second, (c1, c2), same) in cases {
-            let a = CacheKey::new(&url, names, &headers(first), *c1);
-            let b = CacheKey::new(&url, names, &headers(second), *c2);
-            assert_eq!(a == b, *same, "{what}");
-        }
-        // Names differ, values alike: different keys.
-        let h = headers(&[("accept-language", "de")]);
-        let with = CacheKey::new(&url, &lang, &h, NONE);
-        let without = CacheKey::new(&url, &[], &h, NONE);
-        assert_ne!(with, without);
-    }
-
-    #[test]
-    fn weigher_counts_body_headers_and_key() {
-        let url: Arc<str> = "http://a.test/f".into();
-        let key = CacheKey::new(&url, &[], &HeaderMap::new(), NONE);
-        // (what, kept headers, body bytes, want)
-        let cases: &[(&str, Pairs, usize, u32)] = &[
-            ("empty", &[], 0, 15 + 1 + 160),
-            ("body", &[], 1000, 1000 + 15 + 1 + 160),
-            (
-                "header",
-                &[("content-type", "text/html")],
-                1000,
-                1000 + (12 + 9 + 32) + 15 + 1 + 160,
-            ),
-            ("huge", &[], usize::MAX, u32::MAX),
-        ];
-        for (what, pairs, body, want) in cases {
-            assert_eq!(weigh(&key, &headers(pairs), *body), *want, "{what}");
-        }
-    }
-
-    #[test]
-    fn urls_normalised_for_keys_and_purges() {
-        let cases: &[(&str, &str)] = &[
-            ("http://a.test:80/f?x=1#top", "http://a.test/f?x=1"),
-            ("HTTP://A.test/f", "http://a.test/f"),
-            ("not a url", "not a url"),
-        ];
-        for (text, want) in cases {
-            assert_eq!(normalise(text), *want, "{text}");
-        }
-    }
-}
+#[path = "store_tests.rs"]
+mod tests;

@@ -303,6 +303,7 @@ async fn fetch_one(
                         r.cache = Some(c.status);
                         r.ttl_s = c.ttl.map(|t| t.as_secs_f64());
                         r.ttl_source.clone_from(&c.source);
+                        r.keys = c.keys.iter().map(|k| k.to_string()).collect();
                     }
                 });
             }

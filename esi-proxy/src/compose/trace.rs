@@ -67,6 +67,8 @@ pub struct FetchRecord {
     pub ttl_s: Option<f64>,
     /// What set the TTL (a rule, Surrogate-Control, s-maxage, max-age, the default).
     pub ttl_source: Option<String>,
+    /// The surrogate keys the cached response was tagged with.
+    pub keys: Vec<String>,
     /// "ok" or the failure kind.
     pub outcome: String,
     /// The failure, when there was one.

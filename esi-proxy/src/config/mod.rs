@@ -275,6 +275,18 @@ pub struct CacheConfig {
     /// Seconds a URL whose response could not be stored is fetched without waiting on other
     /// requests for it (no coalescing). Default: 30.
     pub hit_for_pass_s: u64,
+    /// Longest surrogate key kept from a `Surrogate-Key` or `xkey` header, in bytes; longer
+    /// keys are dropped and counted. Default: 256.
+    pub max_surrogate_key_bytes: usize,
+    /// Most surrogate keys kept per response; the rest are dropped and counted. Default: 64.
+    pub max_surrogate_keys: usize,
+    /// Most (key, entry) pairs the surrogate-key index of each cache (fragments, layouts)
+    /// holds; a tagged response the full index cannot take is not stored. Applies on restart.
+    /// Default: 1000000.
+    pub max_surrogate_index_entries: usize,
+    /// Seconds a soft-purged entry is served stale while one fetch refreshes it, when its own
+    /// stale-while-revalidate window is shorter. Default: 10.
+    pub soft_purge_grace_s: u64,
     /// Request headers (lowercase) that are part of every cache key. Default: [].
     pub key_headers: Vec<String>,
     /// TTL rules, first match wins; a rule beats the response's own headers. Default: [].
@@ -457,6 +469,10 @@ impl Default for CacheConfig {
             stale_while_revalidate_s: 0,
             stale_if_error_s: 0,
             hit_for_pass_s: 30,
+            max_surrogate_key_bytes: 256,
+            max_surrogate_keys: 64,
+            max_surrogate_index_entries: 1_000_000,
+            soft_purge_grace_s: 10,
             key_headers: Vec::new(),
             rules: Vec::new(),
             shared: SharedCacheConfig::default(),

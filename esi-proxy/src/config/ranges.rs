@@ -86,6 +86,13 @@ pub const RANGES: &[Range] = &[
     range("cache.stale_while_revalidate_s", 0, YEAR_S),
     range("cache.stale_if_error_s", 0, YEAR_S),
     range("cache.hit_for_pass_s", 0, YEAR_S),
+    Range {
+        why: "a key is a short tag (a product or a price list), not a document",
+        ..range("cache.max_surrogate_key_bytes", 1, 4 * KIB)
+    },
+    range("cache.max_surrogate_keys", 1, 4096),
+    range("cache.max_surrogate_index_entries", 1, 1_000_000_000),
+    range("cache.soft_purge_grace_s", 0, YEAR_S),
     range("cache.rules[].ttl_s", 0, YEAR_S),
     range("cache.rules[].stale_while_revalidate_s", 0, YEAR_S),
     range("cache.rules[].stale_if_error_s", 0, YEAR_S),

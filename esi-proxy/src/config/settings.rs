@@ -203,6 +203,14 @@ pub struct CacheSettings {
     pub stale_if_error: Duration,
     /// `cache.hit_for_pass_s`.
     pub hit_for_pass: Duration,
+    /// `cache.max_surrogate_key_bytes`.
+    pub max_surrogate_key_bytes: usize,
+    /// `cache.max_surrogate_keys`.
+    pub max_surrogate_keys: usize,
+    /// `cache.max_surrogate_index_entries`.
+    pub max_surrogate_index_entries: usize,
+    /// `cache.soft_purge_grace_s`.
+    pub soft_purge_grace: Duration,
     /// `cache.key_headers`, lowercase, in the file's order.
     pub key_headers: Vec<HeaderName>,
     /// `cache.rules`, first match wins.
@@ -455,6 +463,10 @@ mod tests {
                 stale_while_revalidate: Duration::ZERO,
                 stale_if_error: Duration::ZERO,
                 hit_for_pass: Duration::from_secs(30),
+                max_surrogate_key_bytes: 256,
+                max_surrogate_keys: 64,
+                max_surrogate_index_entries: 1_000_000,
+                soft_purge_grace: Duration::from_secs(10),
                 key_headers: Vec::new(),
                 rules: Vec::new(),
                 shared: None,

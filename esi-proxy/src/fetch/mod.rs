@@ -250,6 +250,8 @@ pub struct CacheInfo {
     pub ttl: Option<Duration>,
     /// What decided the TTL (a rule, Surrogate-Control, s-maxage, max-age, the default).
     pub source: Option<String>,
+    /// The surrogate keys the response was tagged with (`Surrogate-Key`, `xkey`).
+    pub keys: Arc<[Arc<str>]>,
 }
 
 /// An error of a streamed body.

@@ -1,4 +1,5 @@
-//! The admin endpoints under `/_esi/`: health, Prometheus metrics, purge by URL or prefix, and
+//! The admin endpoints under `/_esi/`: health, Prometheus metrics, purge by URL, prefix or
+//! surrogate key (hard or soft), and
 //! the page-build waterfall of `/_esi/debug/<path>`, with the admin-token checks that guard
 //! them. Proxies nothing itself: the waterfall's page is built through the proxy path.
 
@@ -12,7 +13,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Serialize;
 
-use crate::cache::SharedHealth;
+use crate::cache::{PurgeMode, PurgeTarget, SharedHealth};
 use crate::compose::Trace;
 use crate::fetch::BreakerState;
 use crate::telemetry::Metrics;
@@ -70,7 +71,8 @@ struct HealthConfig<'a> {
     error: Option<&'a str>,
 }
 
-/// The body of `POST /_esi/purge`: the target, under the name it was given as.
+/// The body of `POST /_esi/purge`: the target, under the name it was given as, the mode, and
+/// how many entries this node's caches held for it.
 #[derive(Debug, Serialize)]
 struct Purged<'a> {
     purged: bool,
@@ -78,6 +80,13 @@ struct Purged<'a> {
     url: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     prefix: Option<&'a str>,
+    /// The surrogate keys of a purge by key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keys: Option<&'a [String]>,
+    /// `hard` (dropped) or `soft` (made stale).
+    mode: &'static str,
+    /// Fragments and layouts this node held for the target (dropped or made stale).
+    entries: u64,
     /// The shared tier's part, when one is configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     shared_cache: Option<SharedPurged>,
@@ -88,6 +97,7 @@ struct Purged<'a> {
 struct SharedPurged {
     /// `announced`, or `failed` (Redis did not answer: other nodes may keep their copies).
     status: &'static str,
+    /// Values removed there (soft: made stale, or removed when never served stale).
     #[serde(skip_serializing_if = "Option::is_none")]
     removed: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -132,6 +142,9 @@ pub(super) async fn serve(
         }
         (Method::GET | Method::HEAD, "/_esi/metrics") => {
             authorize(&rt, &req, remote)?;
+            // Expired entries leave the stores (and the key index) now, so gauges are exact.
+            state.fragment_cache.run_pending_tasks().await;
+            state.layout_cache.run_pending_tasks().await;
             state.fragment_cache.publish_metrics();
             state.layout_cache.publish_metrics();
             state.breakers.publish_metrics();
@@ -160,96 +173,136 @@ pub(super) async fn serve(
 }
 
 /// `POST /_esi/purge?url=U` drops every cached variant of `U`; `?prefix=P` drops every entry
-/// whose URL starts with `P`. A relative `U`/`P` is taken on the origin. Both caches, and the
-/// shared tier when configured: there the keys are removed and every node is told to drop
-/// its in-process copies.
+/// whose URL starts with `P`; `?key=K` every entry a response tagged with surrogate key `K`
+/// (`key=` may repeat, and each value may hold several keys separated by spaces: `key=a+b`).
+/// A relative `U`/`P` is taken on the origin. `&soft=1` makes the entries stale instead (see
+/// [`PurgeMode::Soft`]). Both caches, and the shared tier when configured: there the values
+/// are purged alike and every node is told to purge its in-process copies.
 async fn purge(
     state: &AppState,
     rt: &Runtime,
     req: &Request<Incoming>,
 ) -> Result<Response<Body>, Error> {
-    let one_target = || {
-        Error::Refused(
-            "purge takes exactly one of url= or prefix=",
-            StatusCode::BAD_REQUEST,
-        )
+    let (target, mode) = purge_request(rt, req.uri().query().unwrap_or(""))?;
+    let kind = target.kind();
+    let entries = state.fragment_cache.purge(&target, mode).await
+        + state.layout_cache.purge(&target, mode).await;
+    state.metrics.record_purge(kind, mode.label());
+    tracing::info!(%kind, mode = mode.label(), ?target, entries, "cache purged");
+    let shared_cache = match &state.shared {
+        Some(tier) => Some(match tier.purge(&target, mode).await {
+            Ok(done) => SharedPurged {
+                status: "announced",
+                removed: Some(done.removed),
+                generation: Some(done.generation),
+            },
+            Err(error) => {
+                tracing::warn!(%kind, ?target, %error, "shared cache not purged");
+                SharedPurged {
+                    status: "failed",
+                    removed: None,
+                    generation: None,
+                }
+            }
+        }),
+        None => None,
     };
-    let invalid = || Error::Refused("purge target is not a valid URL", StatusCode::BAD_REQUEST);
-    let query = req.uri().query().unwrap_or("");
-    let mut target = None;
-    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
-        match key.as_ref() {
-            "url" | "prefix" if target.is_none() => {
-                target = Some((key.into_owned(), value.into_owned()))
+    let (url, prefix, keys) = match &target {
+        PurgeTarget::Url(u) => (Some(u.as_str()), None, None),
+        PurgeTarget::Prefix(p) => (None, Some(p.as_str()), None),
+        PurgeTarget::Keys(k) => (None, None, Some(k.as_slice())),
+    };
+    Ok(json(&Purged {
+        purged: true,
+        url,
+        prefix,
+        keys,
+        mode: mode.label(),
+        entries,
+        shared_cache,
+    }))
+}
+
+/// What a purge's query asks for: exactly one kind of target (`url=`, `prefix=`, or `key=`,
+/// which may repeat) and `soft=1|0` at most once.
+fn purge_request(rt: &Runtime, query: &str) -> Result<(PurgeTarget, PurgeMode), Error> {
+    let bad = |why: &'static str| Error::Refused(why, StatusCode::BAD_REQUEST);
+    let one_target =
+        || bad("purge takes exactly one of url=, prefix= or key= (key= may repeat), and soft=1");
+    let cache = &rt.settings.cache;
+    let mut target: Option<PurgeTarget> = None;
+    let mut soft = None;
+    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        match (name.as_ref(), &mut target) {
+            ("soft", _) if soft.is_none() => {
+                soft = Some(match value.as_ref() {
+                    "1" | "true" => true,
+                    "0" | "false" => false,
+                    _ => return Err(bad("soft= takes 1 or 0")),
+                });
+            }
+            ("url", None) => target = Some(PurgeTarget::Url(absolute(rt, &value, false)?)),
+            ("prefix", None) => target = Some(PurgeTarget::Prefix(absolute(rt, &value, true)?)),
+            ("key", None | Some(PurgeTarget::Keys(_))) => {
+                let words: Vec<&str> = value.split_ascii_whitespace().collect();
+                if words.is_empty() {
+                    return Err(bad("key= needs a surrogate key"));
+                }
+                let keys = match target.get_or_insert_with(|| PurgeTarget::Keys(Vec::new())) {
+                    PurgeTarget::Keys(keys) => keys,
+                    _ => unreachable!("matched as keys or none"),
+                };
+                for word in words {
+                    if word.len() > cache.max_surrogate_key_bytes {
+                        return Err(bad("surrogate key over cache.max_surrogate_key_bytes"));
+                    }
+                    if !word
+                        .bytes()
+                        .all(|b| (0x21..=0x7e).contains(&b) && b != b',')
+                    {
+                        return Err(bad(
+                            "surrogate key holds a byte that is not visible ASCII, or a comma",
+                        ));
+                    }
+                    if !keys.iter().any(|k| k == word) {
+                        keys.push(word.to_owned());
+                    }
+                }
+                if keys.len() > cache.max_surrogate_keys {
+                    return Err(bad("more keys than cache.max_surrogate_keys in one purge"));
+                }
             }
             _ => return Err(one_target()),
         }
     }
-    let Some((kind, value)) = target else {
-        return Err(one_target());
-    };
-    let absolute = if value.starts_with('/') {
-        rt.origin_url
-            .join(&value)
-            .map(|u| u.to_string())
-            .map_err(|_| invalid())?
-    } else {
-        url::Url::parse(&value)
-            .map(|u| {
-                if kind == "prefix" {
-                    value.clone()
-                } else {
-                    u.to_string()
-                }
-            })
-            .map_err(|_| invalid())?
-    };
-    if kind == "url" {
-        state.fragment_cache.purge_url(&absolute);
-        state.layout_cache.purge_url(&absolute);
-    } else {
-        state.fragment_cache.purge_prefix(&absolute);
-        state.layout_cache.purge_prefix(&absolute);
-    }
-    state.metrics.inc_counter(
-        "esi_proxy_cache_purges_total",
-        "Purge requests, by kind.",
-        Some(("kind", &kind)),
-        1,
-    );
-    tracing::info!(%kind, target = %absolute, "cache purged");
-    let shared_cache = match &state.shared {
-        Some(tier) => {
-            let result = if kind == "url" {
-                tier.purge_url(&absolute).await
-            } else {
-                tier.purge_prefix(&absolute).await
-            };
-            Some(match result {
-                Ok(done) => SharedPurged {
-                    status: "announced",
-                    removed: Some(done.removed),
-                    generation: Some(done.generation),
-                },
-                Err(error) => {
-                    tracing::warn!(%kind, target = %absolute, %error, "shared cache not purged");
-                    SharedPurged {
-                        status: "failed",
-                        removed: None,
-                        generation: None,
-                    }
-                }
-            })
+    let target = target.ok_or_else(one_target)?;
+    let mode = if soft == Some(true) {
+        PurgeMode::Soft {
+            grace: cache.soft_purge_grace,
         }
-        None => None,
+    } else {
+        PurgeMode::Hard
     };
-    let target = Some(absolute.as_str());
-    Ok(json(&Purged {
-        purged: true,
-        url: target.filter(|_| kind == "url"),
-        prefix: target.filter(|_| kind == "prefix"),
-        shared_cache,
-    }))
+    Ok((target, mode))
+}
+
+/// A purge's URL or prefix as the caches hold URLs: a path is taken on the origin; an
+/// absolute URL is normalised, a prefix kept as given.
+fn absolute(rt: &Runtime, value: &str, prefix: bool) -> Result<String, Error> {
+    let invalid = || Error::Refused("purge target is not a valid URL", StatusCode::BAD_REQUEST);
+    if value.starts_with('/') {
+        return rt
+            .origin_url
+            .join(value)
+            .map(|u| u.to_string())
+            .map_err(|_| invalid());
+    }
+    let parsed = url::Url::parse(value).map_err(|_| invalid())?;
+    Ok(if prefix {
+        value.to_owned()
+    } else {
+        parsed.to_string()
+    })
 }
 
 /// `GET /_esi/debug/<path>[?query][&format=json]` composes `<path>` as the client would get
@@ -468,9 +521,20 @@ mod tests {
 
     #[test]
     fn purge_json_names_the_target_as_given() {
+        let keys = ["a".to_owned(), "b".to_owned()];
         let cases = [
-            ("url", r#"{"purged":true,"url":"http://o.test/a"}"#),
-            ("prefix", r#"{"purged":true,"prefix":"http://o.test/a"}"#),
+            (
+                "url",
+                r#"{"purged":true,"url":"http://o.test/a","mode":"hard","entries":2}"#,
+            ),
+            (
+                "prefix",
+                r#"{"purged":true,"prefix":"http://o.test/a","mode":"hard","entries":2}"#,
+            ),
+            (
+                "key",
+                r#"{"purged":true,"keys":["a","b"],"mode":"hard","entries":2}"#,
+            ),
         ];
         for (kind, want) in cases {
             let target = Some("http://o.test/a");
@@ -478,6 +542,9 @@ mod tests {
                 purged: true,
                 url: target.filter(|_| kind == "url"),
                 prefix: target.filter(|_| kind == "prefix"),
+                keys: (kind == "key").then_some(&keys[..]),
+                mode: "hard",
+                entries: 2,
                 shared_cache: None,
             };
             assert_eq!(serde_json::to_string(&purged).expect("serializes"), want);

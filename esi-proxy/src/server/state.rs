@@ -96,10 +96,12 @@ impl AppState {
         let settings = validated(&config)?;
         let fragment_cache = FragmentCache::new(
             settings.cache.fragment_capacity_bytes.max(1),
+            settings.cache.max_surrogate_index_entries,
             Arc::clone(&metrics),
         );
         let layout_cache = LayoutCache::new(
             settings.cache.layout_capacity_bytes.max(1),
+            settings.cache.max_surrogate_index_entries,
             Arc::clone(&metrics),
         );
         let shared = match (&settings.cache.shared, settings.cache.enabled) {

@@ -147,6 +147,8 @@ struct Row {
     cache: String,
     cache_class: &'static str,
     ttl: String,
+    /// The surrogate keys, space-separated.
+    keys: String,
     fallback: String,
     /// The preload hints the fetch's response sent.
     hints: Vec<String>,
@@ -203,6 +205,7 @@ impl PageReport {
                 cache: cache_text(layout.cache),
                 cache_class: cache_class(layout.cache),
                 ttl: ttl_text(layout.ttl_s, layout.ttl_source.as_deref()),
+                keys: String::new(),
                 fallback: String::new(),
                 hints: Vec::new(),
                 error: String::new(),
@@ -233,6 +236,7 @@ impl PageReport {
                 cache_class: cache_class(r.cache),
                 cache: cache_text(r.cache),
                 ttl: ttl_text(r.ttl_s, r.ttl_source.as_deref()),
+                keys: r.keys.join(" "),
                 fallback: r.fallback.clone().unwrap_or_default(),
                 hints: r.hints.clone(),
                 error: if failed {

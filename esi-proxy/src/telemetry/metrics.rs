@@ -34,9 +34,10 @@ pub(super) const FRAGMENT_BYTES: &str = "esi_proxy_fragment_bytes_total";
 pub(super) const RESPONSE_BYTES: &str = "esi_proxy_response_bytes_total";
 pub(super) const PAGES_IN_FLIGHT: &str = "esi_proxy_pages_in_flight";
 pub(super) const ESI_PROBLEMS: &str = "esi_proxy_esi_problems_total";
+pub(super) const PURGES: &str = "esi_proxy_cache_purges_total";
 /// Every built-in family; a custom metric may not start with one of these (that also keeps
 /// custom names off the histograms' `_bucket`/`_sum`/`_count` series).
-const BUILTIN_NAMES: [&str; 11] = [
+const BUILTIN_NAMES: [&str; 12] = [
     REQUESTS,
     REQUEST_DURATION,
     FRAGMENT_FETCHES,
@@ -48,6 +49,7 @@ const BUILTIN_NAMES: [&str; 11] = [
     RESPONSE_BYTES,
     PAGES_IN_FLIGHT,
     ESI_PROBLEMS,
+    PURGES,
 ];
 
 /// Process-wide metrics, rendered by [`Metrics::render`] in the Prometheus text format.
@@ -76,6 +78,8 @@ pub struct Metrics {
     pub(super) in_flight: AtomicI64,
     /// `esi_proxy_esi_problems_total`.
     pub(super) esi_problems: AtomicU64,
+    /// `esi_proxy_cache_purges_total{kind,mode}`.
+    pub(super) purges: RwLock<HashMap<(&'static str, &'static str), AtomicU64>>,
     /// Counters and gauges added by [`Metrics::inc_counter`] and [`Metrics::set_gauge`].
     pub(super) custom: RwLock<BTreeMap<&'static str, Custom>>,
 }
@@ -227,6 +231,15 @@ impl Metrics {
     /// Pages being composed right now: `+1` when one starts, `-1` when it ends.
     pub fn pages_in_flight(&self, delta: i64) {
         self.in_flight.fetch_add(delta, Relaxed);
+    }
+
+    /// A purge request was applied: `kind` is `"url"`, `"prefix"` or `"key"`, `mode` is
+    /// `"hard"` or `"soft"`.
+    pub fn record_purge(&self, kind: &'static str, mode: &'static str) {
+        let key = (kind, mode);
+        with_series(&self.purges, &key, usize::MAX, &key, |n| {
+            n.fetch_add(1, Relaxed);
+        });
     }
 
     /// `n` ESI markup problems were met in lenient mode.

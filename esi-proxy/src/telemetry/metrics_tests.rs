@@ -16,6 +16,10 @@ const FULL: &str = r#"# HELP esi_proxy_cache_hits_total Fragment cache hits.
 # TYPE esi_proxy_cache_hits_total counter
 esi_proxy_cache_hits_total{cache="fragment"} 2
 esi_proxy_cache_hits_total{cache="template"} 1
+# HELP esi_proxy_cache_purges_total Purge requests applied, by kind (url, prefix, key) and mode (hard, soft).
+# TYPE esi_proxy_cache_purges_total counter
+esi_proxy_cache_purges_total{kind="key",mode="hard"} 2
+esi_proxy_cache_purges_total{kind="url",mode="soft"} 1
 # HELP esi_proxy_config_generation Config reloads applied.
 # TYPE esi_proxy_config_generation gauge
 esi_proxy_config_generation 4
@@ -115,6 +119,8 @@ esi_proxy_response_bytes_total{route="proxy"} 10
 
 /// Nothing recorded yet: every built-in family is announced, unlabelled ones read 0.
 const EMPTY: &str = "\
+# HELP esi_proxy_cache_purges_total Purge requests applied, by kind (url, prefix, key) and mode (hard, soft).
+# TYPE esi_proxy_cache_purges_total counter
 # HELP esi_proxy_esi_problems_total ESI markup problems met in lenient mode.
 # TYPE esi_proxy_esi_problems_total counter
 esi_proxy_esi_problems_total 0
@@ -160,6 +166,9 @@ fn record_everything(m: &Metrics) {
     m.pages_in_flight(2);
     m.pages_in_flight(-1);
     m.add_esi_problems(3);
+    m.record_purge("key", "hard");
+    m.record_purge("url", "soft");
+    m.record_purge("key", "hard");
     let hits = "esi_proxy_cache_hits_total";
     m.inc_counter(hits, "Fragment cache hits.", Some(("cache", "template")), 1);
     m.inc_counter(
@@ -376,6 +385,7 @@ fn rejected_custom_names_render_nothing() {
         "esi_proxy_requests_total",
         "esi_proxy_request_duration_seconds_bucket",
         "esi_proxy_pages_in_flight",
+        "esi_proxy_cache_purges_total",
     ] {
         let m = Metrics::new();
         m.inc_counter(name, "Rejected.", None, 1);

@@ -8,7 +8,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use super::metrics::{
     load, read, snapshot, CustomKind, Histogram, HistogramSnapshot, Metrics, DURATION_BUCKETS,
     ESI_PROBLEMS, FALLBACKS, FRAGMENT_BYTES, FRAGMENT_DURATION, FRAGMENT_FAILURES,
-    FRAGMENT_FETCHES, LAYOUT_FAILURES, PAGES_IN_FLIGHT, REQUESTS, REQUEST_DURATION, RESPONSE_BYTES,
+    FRAGMENT_FETCHES, LAYOUT_FAILURES, PAGES_IN_FLIGHT, PURGES, REQUESTS, REQUEST_DURATION,
+    RESPONSE_BYTES,
 };
 
 // === impl Metrics ===
@@ -115,6 +116,15 @@ impl Metrics {
             "kind",
             snapshot(&self.layout_failures, load),
         )?);
+        let mut text = header(
+            PURGES,
+            "Purge requests applied, by kind (url, prefix, key) and mode (hard, soft).",
+            "counter",
+        );
+        for ((kind, mode), n) in snapshot(&self.purges, load) {
+            sample(&mut text, PURGES, &[("kind", kind), ("mode", mode)], n)?;
+        }
+        blocks.push((PURGES, text));
         blocks.push(counter_family(
             RESPONSE_BYTES,
             "Body bytes sent to clients, by route.",

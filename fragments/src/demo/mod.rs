@@ -62,6 +62,7 @@ use std::sync::Arc;
 
 use askama::Template;
 use bytes::Bytes;
+use http::HeaderValue;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -72,7 +73,7 @@ use crate::server;
 
 use catalog::Catalog;
 use pages::{Directory, FragmentPage, Layout};
-use registry::SERVICES;
+use registry::{product_key, surrogate_keys, SERVICES};
 use services::{Control, Page, Site};
 
 /// A running demo: the gateway and every fragment service, each on its own loopback port.
@@ -131,6 +132,8 @@ impl Demo {
             seed(&config, GATEWAY),
         ));
         controls.insert(GATEWAY, Arc::clone(&gateway_control));
+        // Every page of the product carries its key, so one purge reaches all of them.
+        let product = product_key(catalog.product.sku);
         let layout = Layout {
             d: &directory,
             c: &catalog,
@@ -142,6 +145,7 @@ impl Demo {
             esi: false,
             content_type: "text/css; charset=utf-8",
             link: None,
+            keys: None,
         };
         let gateway_pages = HashMap::from([
             (
@@ -151,6 +155,7 @@ impl Demo {
                     esi: true,
                     content_type: HTML,
                     link: None,
+                    keys: HeaderValue::from_str(&format!("layout {product}")).ok(),
                 },
             ),
             (SHOP_CSS.to_string(), css(SHOP_CSS_BODY)),
@@ -186,6 +191,8 @@ impl Demo {
                             esi: fragment.esi,
                             content_type: HTML,
                             link: Some(preload_hints(def.name)),
+                            keys: HeaderValue::from_str(&surrogate_keys(def.name, &arg, &product))
+                                .ok(),
                         },
                     );
                 }

@@ -232,6 +232,52 @@ pub(crate) const SERVICES: &[ServiceDef] = &[
     },
 ];
 
+/// Services whose fragments show the page's own product: a change to it reaches them all.
+const PRODUCT_SERVICES: [&str; 14] = [
+    "gallery",
+    "catalog",
+    "reviews",
+    "pricing",
+    "size-guide",
+    "inventory",
+    "delivery",
+    "qa",
+    "breadcrumbs",
+    "sharing",
+    "compare",
+    "financing",
+    "warranty",
+    "seller",
+];
+
+/// Services whose fragments show prices.
+const PRICE_SERVICES: [&str; 4] = ["pricing", "promotions", "tiles", "financing"];
+
+/// The `Surrogate-Key` a fragment of `service` served with `arg` carries, so a purge by key
+/// reaches what changed: the service's name; `product` (`product-4410`, the page's product)
+/// where it shows that product, or a tile's own product (`/tile/NF-1007`: `product-1007`);
+/// and `prices` where it shows a price.
+pub(crate) fn surrogate_keys(service: &str, arg: &str, product: &str) -> String {
+    let mut keys = vec![service.to_owned()];
+    if PRODUCT_SERVICES.contains(&service) {
+        keys.push(product.to_owned());
+    }
+    if service == "tiles" {
+        keys.push(product_key(arg));
+    }
+    if PRICE_SERVICES.contains(&service) {
+        keys.push("prices".to_owned());
+    }
+    keys.join(" ")
+}
+
+/// The surrogate key of the product with `sku`: `product-` and the SKU's number
+/// (`NF-4410-22`: `product-4410`).
+pub(crate) fn product_key(sku: &str) -> String {
+    let number = sku.split('-').nth(1).unwrap_or(sku);
+    format!("product-{number}")
+}
+
 // === impl FragmentDef ===
 
 impl FragmentDef {
@@ -284,5 +330,27 @@ mod tests {
         unique.dedup();
         assert_eq!(unique.len(), names.len(), "service names are unique");
         assert!((25..=35).contains(&names.len()), "{} services", names.len());
+    }
+
+    #[test]
+    fn fragments_are_tagged_with_what_they_show() {
+        let cases = [
+            ("pricing", "", "pricing product-4410 prices"),
+            ("tiles", "NF-1007", "tiles product-1007 prices"),
+            ("catalog", "", "catalog product-4410"),
+            ("footer", "shop", "footer"),
+        ];
+        for (service, arg, want) in cases {
+            assert_eq!(
+                surrogate_keys(service, arg, "product-4410"),
+                want,
+                "{service}"
+            );
+        }
+        assert_eq!(product_key("NF-4410-22"), "product-4410");
+        let names: Vec<&str> = SERVICES.iter().map(|s| s.name).collect();
+        for name in PRODUCT_SERVICES.iter().chain(&PRICE_SERVICES) {
+            assert!(names.contains(name), "{name} is a service");
+        }
     }
 }

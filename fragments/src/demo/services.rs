@@ -42,6 +42,8 @@ pub(crate) struct Page {
     /// A `Link` header value: the preload hints a fragment sends for the proxy to put in the
     /// page's head (and its 103 Early Hints).
     pub link: Option<String>,
+    /// Its `Surrogate-Key` value, if it has one.
+    pub keys: Option<HeaderValue>,
 }
 
 /// What one listener serves: a fragment service's pages, or the gateway's layout and actions.
@@ -209,6 +211,9 @@ impl Site {
                 "surrogate-control",
                 HeaderValue::from_static("content=\"ESI/1.0\""),
             );
+        }
+        if let Some(keys) = &page.keys {
+            headers.insert("surrogate-key", keys.clone());
         }
         headers.insert("x-demo-service", HeaderValue::from_static(self.name));
         response

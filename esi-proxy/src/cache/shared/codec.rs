@@ -1,6 +1,7 @@
 //! The shared tier's value format: a versioned binary record of one stored response (status,
 //! kept headers, body, TTL source, stored-at wall-clock time, TTL and stale windows, the header
-//! names its key was computed from), its headers and body deflated when that pays. Pure: no I/O.
+//! names its key was computed from, its surrogate keys), its headers and body deflated when that
+//! pays. Pure: no I/O.
 
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -16,8 +17,8 @@ use super::super::policy::TtlSource;
 
 /// The record's first bytes.
 const MAGIC: &[u8; 2] = b"EP";
-/// The format this build writes and reads; any other is a miss.
-pub(super) const FORMAT: u8 = 1;
+/// The format this build writes and reads; any other is a miss. 2: surrogate keys added.
+pub(super) const FORMAT: u8 = 2;
 /// Flag bit: headers and body are deflated.
 const DEFLATED: u8 = 1;
 /// Most bytes a deflated record may inflate to: a bound against a corrupt or hostile value.
@@ -37,6 +38,8 @@ pub(super) struct Value {
     pub(super) names: Vec<HeaderName>,
     /// The names the response's `Vary` listed.
     pub(super) vary: Vec<HeaderName>,
+    /// Its surrogate keys.
+    pub(super) tags: Vec<String>,
     pub(super) headers: HeaderMap,
     pub(super) body: Bytes,
 }
@@ -83,6 +86,10 @@ impl Value {
             for name in names {
                 put_str(&mut out, name.as_str().as_bytes());
             }
+        }
+        put_u16(&mut out, self.tags.len());
+        for tag in &self.tags {
+            put_str(&mut out, tag.as_bytes());
         }
         let mut payload = Vec::with_capacity(32 * self.headers.len() + self.body.len());
         put_u16(&mut payload, self.headers.len());
@@ -131,6 +138,13 @@ impl Value {
         let source = decode_source(&mut r)?;
         let names = r.names()?;
         let vary = r.names()?;
+        let tags = (0..r.u16()?)
+            .map(|_| {
+                std::str::from_utf8(r.str()?)
+                    .map(str::to_owned)
+                    .map_err(|_| CodecError::Invalid("surrogate key"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let inflated;
         let mut r = if flags & DEFLATED != 0 {
             let mut out = Vec::new();
@@ -158,6 +172,7 @@ impl Value {
             source,
             names,
             vary,
+            tags,
             headers,
             body: Bytes::copy_from_slice(r.rest),
         })
@@ -280,6 +295,7 @@ mod tests {
                 HeaderName::from_static("x-forwarded-host"),
             ],
             vary: vec![HeaderName::from_static("accept-language")],
+            tags: vec!["product-4410".into(), "prices".into()],
             headers: headers(&[
                 ("content-type", "text/html"),
                 ("set-cookie-like", "a"),

@@ -1,6 +1,6 @@
 //! How the shared tier names things in Redis: one key per stored variant, one per URL's vary
-//! spec, one lease per cold key, the purge generation and the purge channel, all under the
-//! configured prefix, plus the SCAN patterns purges use. Pure: no I/O.
+//! spec, one lease per cold key, one set per surrogate key, the purge generation and the purge
+//! channel, all under the configured prefix, plus the SCAN patterns purges use. Pure: no I/O.
 
 use super::super::store::{CacheKey, Urls};
 
@@ -12,6 +12,15 @@ use super::super::store::{CacheKey, Urls};
 #[derive(Debug, Clone)]
 pub(super) struct Keys {
     prefix: String,
+}
+
+/// What a name a purge found holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Held {
+    /// A value of this kind.
+    Value(Kind),
+    /// A URL's vary spec.
+    Vary,
 }
 
 /// What a stored key holds.
@@ -53,6 +62,12 @@ impl Keys {
         name
     }
 
+    /// The set of the value names a surrogate key tags (outside the `u:` names, so URL purges
+    /// never find it; it expires with the longest-lived value it names).
+    pub(super) fn tag(&self, tag: &str) -> String {
+        format!("{}k:{tag}", self.prefix)
+    }
+
     /// The purge generation: a counter every purge bumps.
     pub(super) fn generation(&self) -> String {
         format!("{}generation", self.prefix)
@@ -79,6 +94,20 @@ impl Keys {
             }
         }
         pattern
+    }
+}
+
+/// What the stored name `name` (one [`Keys::value`] or [`Keys::vary`] made) holds; `None`
+/// for any other name.
+pub(super) fn held(name: &[u8]) -> Option<Held> {
+    let mut words = name.rsplit(|b| *b == b' ');
+    match words.next()? {
+        b"fv" | b"lv" => Some(Held::Vary),
+        _ => match words.next()? {
+            b"f" => Some(Held::Value(Kind::Fragment)),
+            b"l" => Some(Held::Value(Kind::Layout)),
+            _ => None,
+        },
     }
 }
 
@@ -166,11 +195,36 @@ mod tests {
                 keys.lease(Kind::Fragment, &plain),
                 "site1:lease:http://a.test/f?x=1 f 00",
             ),
+            (keys.tag("product-4410"), "site1:k:product-4410"),
             (keys.generation(), "site1:generation"),
             (keys.channel(), "site1:purge"),
         ];
         for (got, want) in cases {
             assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn stored_names_say_what_they_hold() {
+        let keys = Keys::new("p:");
+        let url: Arc<str> = "http://a.test/f?x=1".into();
+        let plain = CacheKey::new(&url, &[], &HeaderMap::new(), NONE);
+        let cases = [
+            (
+                keys.value(Kind::Fragment, &plain),
+                Some(Held::Value(Kind::Fragment)),
+            ),
+            (
+                keys.value(Kind::Layout, &plain),
+                Some(Held::Value(Kind::Layout)),
+            ),
+            (keys.vary(Kind::Fragment, &url), Some(Held::Vary)),
+            (keys.vary(Kind::Layout, &url), Some(Held::Vary)),
+            (keys.generation(), None),
+            ("p:u:http://a.test/ x 00".to_owned(), None),
+        ];
+        for (name, want) in cases {
+            assert_eq!(held(name.as_bytes()), want, "{name}");
         }
     }
 

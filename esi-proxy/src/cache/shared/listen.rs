@@ -8,20 +8,13 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use super::client::Mode;
+use super::purge::{announcement, Announcement};
 use super::{FragmentCache, LayoutCache, SharedTier};
 
 /// First wait before subscribing again after a failure; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest wait between two subscription attempts.
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
-
-/// What one announcement asks for.
-#[derive(Debug, PartialEq, Eq)]
-struct Announcement<'a> {
-    generation: u64,
-    prefix: bool,
-    target: &'a str,
-}
 
 /// Subscribes, applies announcements, and subscribes again when the connection is lost, until
 /// the tier or the caches are gone.
@@ -66,7 +59,7 @@ pub(super) async fn run(
             while let Some(message) = messages.next().await {
                 let Some(strong) = tier.upgrade() else { return };
                 match announcement(message.get_payload_bytes()) {
-                    Some(a) => strong.apply(&a, &fragments, &layouts),
+                    Some(a) => strong.apply(&a, &fragments, &layouts).await,
                     None => tracing::warn!(
                         payload = %String::from_utf8_lossy(message.get_payload_bytes()),
                         "purge announcement not understood"
@@ -123,25 +116,17 @@ impl SharedTier {
     }
 
     /// Applies one announcement to the in-process caches.
-    fn apply(
+    async fn apply(
         &self,
-        a: &Announcement<'_>,
+        a: &Announcement,
         fragments: &Weak<FragmentCache>,
         layouts: &Weak<LayoutCache>,
     ) {
         if let Some(f) = fragments.upgrade() {
-            if a.prefix {
-                f.purge_prefix(a.target);
-            } else {
-                f.purge_url(a.target);
-            }
+            f.purge(&a.target, a.mode).await;
         }
         if let Some(l) = layouts.upgrade() {
-            if a.prefix {
-                l.purge_prefix(a.target);
-            } else {
-                l.purge_url(a.target);
-            }
+            l.purge(&a.target, a.mode).await;
         }
         let mut heard = self.heard.lock().unwrap_or_else(PoisonError::into_inner);
         *heard = Some(heard.map_or(a.generation, |last| last.max(a.generation)));
@@ -149,61 +134,9 @@ impl SharedTier {
         self.stats.purge_received();
         tracing::debug!(
             generation = a.generation,
-            target = a.target,
+            target = ?a.target,
+            mode = a.mode.label(),
             "purge announcement applied"
         );
-    }
-}
-
-// === helpers ===
-
-/// `<generation> url <url>` or `<generation> prefix <prefix>`.
-fn announcement(payload: &[u8]) -> Option<Announcement<'_>> {
-    let text = std::str::from_utf8(payload).ok()?;
-    let mut parts = text.splitn(3, ' ');
-    let generation = parts.next()?.parse().ok()?;
-    let prefix = match parts.next()? {
-        "url" => false,
-        "prefix" => true,
-        _ => return None,
-    };
-    let target = parts.next()?;
-    Some(Announcement {
-        generation,
-        prefix,
-        target,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn announcements_parse() {
-        let cases: [(&[u8], Option<Announcement<'_>>); 5] = [
-            (
-                b"7 url http://a.test/f?x=1 2",
-                Some(Announcement {
-                    generation: 7,
-                    prefix: false,
-                    target: "http://a.test/f?x=1 2",
-                }),
-            ),
-            (
-                b"8 prefix http://a.test/",
-                Some(Announcement {
-                    generation: 8,
-                    prefix: true,
-                    target: "http://a.test/",
-                }),
-            ),
-            (b"x url http://a.test/", None),
-            (b"9 key k", None),
-            (b"9 url", None),
-        ];
-        for (payload, want) in cases {
-            assert_eq!(announcement(payload), want, "{payload:?}");
-        }
     }
 }

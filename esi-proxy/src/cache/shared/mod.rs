@@ -1,13 +1,15 @@
 //! The shared tier: an L2 on Redis (or a server speaking its protocol) below the in-process
 //! caches, so several nodes behind one load balancer share what any of them fetched. `keys`
 //! names things, `codec` is the value format, `client` makes calls under a deadline and the
-//! `breaker`, `stats` counts, `listen` applies other nodes' purges. Never serves HTTP.
+//! `breaker`, `stats` counts, `purge` purges and announces, `listen` applies other nodes'
+//! purges. Never serves HTTP.
 
 mod breaker;
 mod client;
 mod codec;
 mod keys;
 mod listen;
+mod purge;
 mod stats;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,7 +23,7 @@ use url::Url;
 
 use super::entry::Entry;
 use super::policy::{CachePolicy, Credentials};
-use super::store::{key_names, CacheKey, Urls};
+use super::store::{key_names, CacheKey};
 use super::{FragmentCache, LayoutCache};
 use crate::config::SharedSettings;
 use crate::fetch::Fragment;
@@ -190,29 +192,6 @@ impl SharedTier {
         }
     }
 
-    /// Removes every stored variant of `url` (fragments and layouts, in the form of
-    /// [`FragmentCache::purge_url`]) and announces the purge to every node.
-    ///
-    /// # Errors
-    /// [`SharedError`] when Redis did not answer; the other nodes may then keep their copies.
-    pub async fn purge_url(&self, url: &str) -> Result<SharedPurge, SharedError> {
-        let urls = Urls::equal(url);
-        let Urls::Equal(normal) = &urls else {
-            unreachable!("Urls::equal is Equal")
-        };
-        let message = format!("url {normal}");
-        self.purge(&urls, message).await
-    }
-
-    /// Removes every stored key whose URL starts with `prefix` and announces the purge.
-    ///
-    /// # Errors
-    /// As [`SharedTier::purge_url`].
-    pub async fn purge_prefix(&self, prefix: &str) -> Result<SharedPurge, SharedError> {
-        self.purge(&Urls::prefix(prefix), format!("prefix {prefix}"))
-            .await
-    }
-
     /// Where the tier stands, for `/_esi/health?detail`.
     pub fn health(&self) -> SharedHealth {
         SharedHealth {
@@ -379,6 +358,7 @@ impl SharedTier {
             source: entry.source.clone(),
             names: entry.names.to_vec(),
             vary: vary.to_vec(),
+            tags: entry.tags.iter().map(|t| t.to_string()).collect(),
             headers: entry.headers.clone(),
             body: entry.body.clone(),
         };
@@ -398,6 +378,15 @@ impl SharedTier {
             .arg("PX")
             .arg(ms)
             .ignore();
+        for tag in entry.tags.iter() {
+            pipe.cmd("EVAL")
+                .arg(purge::TAG_SCRIPT)
+                .arg(1)
+                .arg(self.keys.tag(tag))
+                .arg(self.keys.value(kind, &entry.key))
+                .arg(ms)
+                .ignore();
+        }
         if self
             .redis
             .pipeline::<()>(Mode::Serving, &pipe)
@@ -439,48 +428,12 @@ impl SharedTier {
             fragment,
             value.times,
             value.source,
+            value.tags.into_iter().map(Arc::from).collect(),
             age,
         );
         Some(SharedEntry {
             entry,
             vary: value.vary.into(),
-        })
-    }
-
-    /// Removes the keys of `urls` and announces `message` under a new generation.
-    async fn purge(&self, urls: &Urls, message: String) -> Result<SharedPurge, SharedError> {
-        let pattern = self.keys.pattern(urls);
-        let mut cursor: u64 = 0;
-        let mut removed = 0;
-        for _ in 0..MAX_PURGE_STEPS {
-            let scan = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .clone();
-            let (next, found): (u64, Vec<Vec<u8>>) = self.redis.query(Mode::Admin, &scan).await?;
-            if !found.is_empty() {
-                let unlink = redis::cmd("UNLINK").arg(&found).clone();
-                removed += self.redis.query::<u64>(Mode::Admin, &unlink).await?;
-            }
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
-        let incr = redis::cmd("INCR").arg(self.keys.generation()).clone();
-        let generation: u64 = self.redis.query(Mode::Admin, &incr).await?;
-        let publish = redis::cmd("PUBLISH")
-            .arg(self.keys.channel())
-            .arg(format!("{generation} {message}"))
-            .clone();
-        let _: u64 = self.redis.query(Mode::Admin, &publish).await?;
-        self.stats.purge_published();
-        Ok(SharedPurge {
-            removed,
-            generation,
         })
     }
 }

@@ -82,6 +82,7 @@ async fn fetch(
             url: fetcher.check(&url)?,
             client_headers: Arc::new(map),
             timeout: MUST,
+            keep_status: false,
         })
         .await
 }

@@ -67,6 +67,7 @@ async fn fetch_with(
         url: client.check(&url)?,
         client_headers: Arc::new(headers),
         timeout,
+        keep_status: false,
     };
     client.fetch(request).await
 }
@@ -138,6 +139,7 @@ async fn header_policy_seen_by_fragments() {
                 .expect("allowed"),
             client_headers: Arc::clone(&headers),
             timeout: Duration::from_secs(5),
+            keep_status: false,
         };
         let fragment = client.fetch(req).await.expect("fetch succeeds");
         assert_eq!(fragment.status, StatusCode::OK);

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt};
-use http::header;
+use http::{header, HeaderMap, StatusCode};
+use tokio::sync::oneshot;
 use tokio::sync::{Semaphore, SemaphorePermit, TryAcquireError};
 use tracing::Instrument;
 use url::{Position, Url};
@@ -21,6 +22,7 @@ use crate::esi::{self, Include, OnError, Scope};
 use crate::fetch::{ErrorKind, FetchError, FragmentRequest};
 
 use super::buffered::compose_nodes;
+use super::head::PrimaryAnswer;
 use super::stream::concat;
 use super::{DocContext, Failure, FailureKind, Fallback, PageState};
 
@@ -46,8 +48,8 @@ pub(super) fn include<'a>(
             });
         } else {
             for (i, src) in std::iter::once(&inc.src).chain(inc.alt.as_ref()).enumerate() {
-                match fetch_fragment(state, src, inc, i > 0, doc).await {
-                    Ok(body) => {
+                match fetch_fragment(state, src, inc, i > 0, doc, false).await {
+                    Ok(Fetched { body, .. }) => {
                         if i > 0 {
                             state.record_fallback(Fallback::Alt, last.as_ref());
                         }
@@ -82,21 +84,92 @@ pub(super) fn include<'a>(
     .boxed()
 }
 
+/// The page's primary include: `src` fetched keeping any status (its answer goes to the driver
+/// at once, to decide the page's head), then its `alt` as a plain include. A primary that gives
+/// no answer and has no `alt` that does fails the page, whatever its `onerror`.
+pub(super) fn primary<'a>(
+    state: &'a Arc<PageState>,
+    inc: &'a Include,
+    doc: &'a DocContext,
+    answer: oneshot::Sender<PrimaryAnswer>,
+) -> BoxFuture<'a, Result<Bytes, Failure>> {
+    async move {
+        let cfg = &state.composer.config;
+        let failure = if state.includes.fetch_add(1, Ordering::Relaxed) >= cfg.max_includes {
+            Failure {
+                url: inc.src.to_string(),
+                kind: FailureKind::Limit,
+                message: format!("more than {} includes in the page", cfg.max_includes),
+                record: None,
+            }
+        } else {
+            match fetch_fragment(state, &inc.src, inc, false, doc, true).await {
+                Ok(fetched) => {
+                    let body = fetched.body.clone();
+                    let _ = answer.send(PrimaryAnswer::Answered {
+                        status: fetched.status,
+                        headers: fetched.headers,
+                        body: fetched.body,
+                        trusted: fetched.trusted,
+                        url: fetched.url,
+                    });
+                    return Ok(body);
+                }
+                Err(f) => f,
+            }
+        };
+        tracing::warn!(failure = %failure, line = inc.line, "primary include failed");
+        let failure = match &inc.alt {
+            Some(alt) => match fetch_fragment(state, alt, inc, true, doc, false).await {
+                Ok(fetched) => {
+                    state.record_fallback(Fallback::Alt, Some(&failure));
+                    let _ = answer.send(PrimaryAnswer::Alt);
+                    return Ok(fetched.body);
+                }
+                Err(f) => f,
+            },
+            None => failure,
+        };
+        state.record_fallback(Fallback::Abort, Some(&failure));
+        let _ = answer.send(PrimaryAnswer::Failed(failure.clone()));
+        Err(failure)
+    }
+    .boxed()
+}
+
+/// A fetched include: its body (composed when it was ESI), and what a primary's answer needs.
+pub(super) struct Fetched {
+    pub(super) body: Bytes,
+    pub(super) status: StatusCode,
+    /// The response's headers; only kept for a primary.
+    pub(super) headers: HeaderMap,
+    /// Whether the host is trusted (and every document above it).
+    pub(super) trusted: bool,
+    pub(super) url: String,
+}
+
 /// Fetches one URL of an include, composing it if it is ESI itself; traced when the page is.
+/// `keep_status`: any status is an answer (a primary's); its headers are kept.
 async fn fetch_fragment(
     state: &Arc<PageState>,
     src: &esi::VarString,
     inc: &Include,
     alt: bool,
     doc: &DocContext,
-) -> Result<Bytes, Failure> {
+    keep_status: bool,
+) -> Result<Fetched, Failure> {
     let record = state.trace_start(doc, src, inc.line, alt);
-    let result = fetch_one(state, src, inc.maxwait_ms, doc, record).await;
+    if keep_status {
+        if let Some(id) = record {
+            state.trace_update(id, |r| r.primary = true);
+        }
+    }
+    let result = fetch_one(state, src, inc.maxwait_ms, doc, record, keep_status).await;
     if let Some(id) = record {
         state.trace_update(id, |r| {
             r.end_ms = state.elapsed_ms();
             match &result {
-                Ok(body) => r.bytes = r.bytes.max(body.len()),
+                Ok(fetched) => r.bytes = r.bytes.max(fetched.body.len()),
                 Err(f) => {
                     f.kind.as_str().clone_into(&mut r.outcome);
                     r.error = Some(f.message.clone());
@@ -113,7 +186,8 @@ async fn fetch_one(
     maxwait_ms: Option<u64>,
     doc: &DocContext,
     record: Option<usize>,
-) -> Result<Bytes, Failure> {
+    keep_status: bool,
+) -> Result<Fetched, Failure> {
     let composer = &state.composer;
     let cfg = &composer.config;
     let fail = |url: &str, kind: FailureKind, message: String| Failure {
@@ -203,6 +277,7 @@ async fn fetch_one(
             url: allowed,
             client_headers: Arc::clone(&state.page.client_headers),
             timeout,
+            keep_status,
         };
         composer
             .fetcher
@@ -244,10 +319,25 @@ async fn fetch_one(
             return Err(f);
         }
     };
+    let trusted = doc.trusted && access.trusted;
+    let esi = fragment.is_esi() && access.esi && fragment.status.is_success();
+    let mut fetched = Fetched {
+        body: Bytes::new(),
+        status: fragment.status,
+        headers: if keep_status {
+            fragment.headers
+        } else {
+            HeaderMap::new()
+        },
+        trusted,
+        url: url.to_string(),
+    };
     // ESI from a host that is neither trusted nor opted in (`esi = true`) is placed as literal
-    // bytes, as a fragment not marked ESI is: its markup fetches nothing and reads nothing.
-    if !fragment.is_esi() || !access.esi {
-        return Ok(fragment.body);
+    // bytes, as a fragment not marked ESI is: its markup fetches nothing and reads nothing. A
+    // primary's answer outside 2xx is placed as it came.
+    if !esi {
+        fetched.body = fragment.body;
+        return Ok(fetched);
     }
     if doc.depth + 1 > cfg.max_depth {
         return Err(fail(
@@ -289,7 +379,8 @@ async fn fetch_one(
             format!("composed fragment over {} bytes", cfg.max_page_bytes),
         ));
     }
-    Ok(concat(parts))
+    fetched.body = concat(parts);
+    Ok(fetched)
 }
 
 /// The metrics label of a fragment's host: `host:port`, the port explicit or the scheme's.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -16,7 +16,8 @@ use crate::esi::parse::TemplateBuilder;
 use crate::esi::{Event, Node, Parser, Scope, Template};
 
 use super::buffered::run_try;
-use super::include::include;
+use super::head::{resolve, Head, PrimaryAnswer, PrimaryError};
+use super::include::{include, primary};
 use super::{ComposeError, DocContext, Failure, FailureKind, OnParsed, PageState, WhenTest};
 use crate::fetch::ErrorKind;
 
@@ -59,6 +60,26 @@ pub(super) struct Driver {
     skip: usize,
     /// This document's captures and assigned variables.
     scope: Scope,
+    /// The page's head until it is decided.
+    gate: Gate,
+}
+
+/// What holds the page's head, until it is decided and sent.
+struct Gate {
+    /// `None` once the head is decided and sent.
+    tx: Option<oneshot::Sender<Head>>,
+    /// The primary include's answer, while it is awaited.
+    primary: Option<oneshot::Receiver<PrimaryAnswer>>,
+    /// The answer, once it came.
+    answer: Option<PrimaryAnswer>,
+    /// Whether a primary include has been seen (a second is ignored).
+    primary_seen: bool,
+    /// The layout's own output so far (literal text and `esi:vars`), for the head window.
+    layout_bytes: usize,
+    /// Whether `max_head_hold_ms` has passed.
+    hold_expired: bool,
+    /// When page bytes were first ready to send while the head was held.
+    waiting_since: Option<std::time::Instant>,
 }
 
 /// Where a page's layout comes from.
@@ -124,7 +145,11 @@ fn template_events(nodes: &[Node], out: &mut Vec<Event>) {
 // === impl Driver ===
 
 impl Driver {
-    pub(super) fn new(state: Arc<PageState>, doc: Arc<DocContext>) -> Self {
+    pub(super) fn new(
+        state: Arc<PageState>,
+        doc: Arc<DocContext>,
+        head: oneshot::Sender<Head>,
+    ) -> Self {
         Self {
             state,
             doc,
@@ -132,6 +157,105 @@ impl Driver {
             frames: Vec::new(),
             skip: 0,
             scope: Scope::default(),
+            gate: Gate {
+                tx: Some(head),
+                primary: None,
+                answer: None,
+                primary_seen: false,
+                layout_bytes: 0,
+                hold_expired: false,
+                waiting_since: None,
+            },
+        }
+    }
+
+    /// Whether the head can be decided now: no primary answer is awaited, and the head window
+    /// has closed (the layout is complete, its output reached `head_window_bytes`, or
+    /// `max_head_hold_ms` passed).
+    fn head_ready(&self, layout_done: bool) -> bool {
+        let window = self.state.composer.config.head_window_bytes;
+        self.gate.primary.is_none()
+            && (layout_done || self.gate.layout_bytes >= window || self.gate.hold_expired)
+    }
+
+    /// Decides the head and sends it. `Ok(Some(body))`: the composed page is not sent, `body`
+    /// is, and the page ends. `Err`: the page fails before its first byte.
+    fn decide_head(&mut self) -> Result<Option<Bytes>, ComposeError> {
+        let Some(tx) = self.gate.tx.take() else {
+            return Ok(None);
+        };
+        if let Some(mut rx) = self.gate.primary.take() {
+            // Only when the primary's slot was joined first: its answer was sent before.
+            self.gate.answer = rx.try_recv().ok();
+        }
+        let state = &self.state;
+        let effects = state.close_head();
+        let had_primary = self.gate.primary_seen;
+        let mut answer = self.gate.answer.take();
+        if had_primary && answer.is_none() {
+            answer = Some(PrimaryAnswer::Failed(Failure {
+                url: String::new(),
+                kind: FailureKind::Fetch(ErrorKind::Transport),
+                message: "primary fetch ended without an answer".into(),
+                record: None,
+            }));
+        }
+        let held_ms = self
+            .gate
+            .waiting_since
+            .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0);
+        let decided_ms = state.elapsed_ms();
+        let result = resolve(effects, answer);
+        let outcome = match &result {
+            Ok(r) => r.primary,
+            Err(PrimaryError::Failed(_)) => Some("failed"),
+            Err(PrimaryError::BadRedirect(_)) => Some("bad_redirect"),
+        };
+        if let Some(outcome) = outcome {
+            state.composer.metrics.inc_counter(
+                "esi_proxy_primary_total",
+                "Primary fragments by what they came to: ok, redirect, client_error, \
+                 server_error, alt, failed, bad_redirect, late, ignored.",
+                Some(("outcome", outcome)),
+                1,
+            );
+        }
+        if held_ms > 0.0 {
+            state.composer.metrics.inc_counter(
+                "esi_proxy_head_held_total",
+                "Pages whose first byte waited for the head (a primary or the head window).",
+                None,
+                1,
+            );
+            // Whole milliseconds: a counter, read as a rate against the one above.
+            state.composer.metrics.inc_counter(
+                "esi_proxy_head_held_milliseconds_total",
+                "Milliseconds first bytes waited for the head, summed.",
+                None,
+                held_ms as u64,
+            );
+        }
+        state.trace_head(|h| {
+            h.decided_ms = Some(decided_ms);
+            h.held_ms = held_ms;
+            h.primary_outcome = outcome.map(str::to_owned);
+        });
+        match result {
+            Err(e) => {
+                tracing::warn!(url = %state.page.url, error = %e, "page failed on its primary fragment");
+                Err(ComposeError::Primary(e))
+            }
+            Ok(mut resolved) => {
+                resolved.head.held_ms = held_ms;
+                for note in resolved.notes.drain(..) {
+                    state.trace_head_note(note);
+                }
+                let status = resolved.head.status.map(|s| s.as_u16());
+                state.trace_head(|h| h.status = status);
+                // A receiver gone is a caller that wants the body only.
+                let _ = tx.send(resolved.head);
+                Ok(resolved.replace)
+            }
         }
     }
 
@@ -194,7 +318,7 @@ impl Driver {
                         }
                         batch_bytes += bytes.len();
                         batch.push(bytes);
-                        if batch_bytes >= MAX_BATCH_BYTES {
+                        if batch_bytes >= MAX_BATCH_BYTES && self.gate.tx.is_none() {
                             batch_bytes = 0;
                             if tx.send(Ok(concat_batch(&mut batch))).await.is_err() {
                                 return;
@@ -205,13 +329,34 @@ impl Driver {
                     None => break,
                 }
             }
-            if !batch.is_empty() {
+            let finished = layout_done && current.is_none() && self.queue.is_empty();
+            if self.gate.tx.is_some() && !batch.is_empty() && self.gate.waiting_since.is_none() {
+                self.gate.waiting_since = Some(std::time::Instant::now());
+            }
+            if self.gate.tx.is_some() && (finished || self.head_ready(layout_done)) {
+                match self.decide_head() {
+                    Ok(None) => {}
+                    Ok(Some(body)) => {
+                        // The composed page is replaced: what was held is dropped, and
+                        // the page's fetches stop with the driver.
+                        if !body.is_empty() {
+                            let _ = tx.send(Ok(body)).await;
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+            if !batch.is_empty() && self.gate.tx.is_none() {
                 batch_bytes = 0;
                 if tx.send(Ok(concat_batch(&mut batch))).await.is_err() {
                     return;
                 }
             }
-            if layout_done && current.is_none() && self.queue.is_empty() {
+            if finished {
                 let problems = parser.problem_count();
                 if problems > 0 {
                     self.state
@@ -222,8 +367,19 @@ impl Driver {
                 }
                 return;
             }
+            let hold_at = tokio::time::Instant::from_std(self.state.page.started)
+                .checked_add(cfg.max_head_hold)
+                .unwrap_or(deadline);
+            let holding = self.gate.tx.is_some() && !self.gate.hold_expired && !layout_done;
             tokio::select! {
                 () = tx.closed() => return,
+                answer = async { self.gate.primary.as_mut().expect("guarded by is_some").await }, if self.gate.primary.is_some() => {
+                    self.gate.primary = None;
+                    self.gate.answer = answer.ok();
+                }
+                () = tokio::time::sleep_until(hold_at), if holding => {
+                    self.gate.hold_expired = true;
+                }
                 chunk = tokio::time::timeout_at(deadline, next_chunk(&mut layout)), if !layout_done => {
                     let step = match chunk {
                         Err(_) => Err(ComposeError::LayoutTimeout(page_timeout)),
@@ -328,12 +484,23 @@ impl Driver {
             return;
         }
         match event {
-            Event::Text(bytes) => self.push(Slot::Ready(bytes)),
+            Event::Text(bytes) => {
+                self.gate.layout_bytes += bytes.len();
+                self.push(Slot::Ready(bytes));
+            }
             Event::Vars(segments) => {
                 let out = self
                     .state
                     .render_vars(&segments, &self.doc, &mut self.scope);
+                self.gate.layout_bytes += out.len();
                 self.push(Slot::Ready(out));
+            }
+            Event::Include(inc) if inc.primary && self.take_primary(inc.line) => {
+                let (tx, rx) = oneshot::channel();
+                self.gate.primary = Some(rx);
+                let (state, doc) = (Arc::clone(&self.state), Arc::clone(&self.doc));
+                let task = Task::spawn(async move { primary(&state, &inc, &doc, tx).await });
+                self.push(Slot::Pending(task));
             }
             Event::Include(inc) => {
                 let in_try = self.in_attempt();
@@ -393,6 +560,38 @@ impl Driver {
             // Consumed while collecting the except branch.
             Event::ExceptEnd => {}
         }
+    }
+
+    /// Whether a `primary="true"` include on `line` becomes the page's primary: not inside an
+    /// attempt, not a second one, not after the head was decided. Otherwise it is a plain
+    /// include (counted, logged, noted on the waterfall).
+    fn take_primary(&mut self, line: u32) -> bool {
+        let why = if self.in_attempt() {
+            "inside esi:attempt"
+        } else if self.gate.primary_seen {
+            "a second primary"
+        } else if self.gate.tx.is_none() {
+            "after the head was sent"
+        } else {
+            self.gate.primary_seen = true;
+            return true;
+        };
+        let outcome = if self.gate.tx.is_none() && why.starts_with("after") {
+            "late"
+        } else {
+            "ignored"
+        };
+        self.state.composer.metrics.inc_counter(
+            "esi_proxy_primary_total",
+            "Primary fragments by what they came to: ok, redirect, client_error, server_error, \
+             alt, failed, bad_redirect, late, ignored.",
+            Some(("outcome", outcome)),
+            1,
+        );
+        tracing::warn!(url = %self.state.page.url, line, reason = why, "primary=\"true\" ignored; included as a plain include");
+        self.state
+            .trace_head_note(format!("primary on line {line} ignored: {why}"));
+        false
     }
 
     /// Opens a `when` (if `pass`) or `otherwise` branch: taken if no earlier branch was.

@@ -97,6 +97,10 @@ pub struct EsiSettings {
     pub max_expr_list_items: usize,
     /// `esi.max_pattern_bytes`, 1 KiB to 16 MiB.
     pub max_pattern_bytes: usize,
+    /// `esi.head_window_bytes`, 0 to 16 MiB.
+    pub head_window_bytes: usize,
+    /// `esi.max_head_hold_ms`, up to a minute.
+    pub max_head_hold: Duration,
 }
 
 /// `[fetch]`, validated.
@@ -390,6 +394,8 @@ mod tests {
                 max_expr_value_bytes: 64 * 1024,
                 max_expr_list_items: 1000,
                 max_pattern_bytes: 64 * 1024,
+                head_window_bytes: 64 * 1024,
+                max_head_hold: Duration::from_millis(500),
             },
             fetch: FetchSettings {
                 connect_timeout: Duration::from_secs(1),

@@ -146,6 +146,8 @@ impl Config {
             max_expr_value_bytes: e.max_expr_value_bytes,
             max_expr_list_items: e.max_expr_list_items,
             max_pattern_bytes: e.max_pattern_bytes,
+            head_window_bytes: e.head_window_bytes,
+            max_head_hold: Duration::from_millis(e.max_head_hold_ms),
         })
     }
 

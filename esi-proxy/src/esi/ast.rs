@@ -78,7 +78,7 @@ pub enum OnError {
     Continue,
 }
 
-/// `<esi:include src=".." alt=".." onerror="continue"/>`.
+/// `<esi:include src=".." alt=".." onerror="continue" maxwait=".." primary="true"/>`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Include {
     /// The fragment's URL, possibly relative, possibly holding variables.
@@ -89,6 +89,9 @@ pub struct Include {
     pub onerror: OnError,
     /// `maxwait` in milliseconds, when the tag sets a deadline of its own.
     pub maxwait_ms: Option<u64>,
+    /// `primary="true"`: this fragment's status, `Location` and (from a trusted host)
+    /// `Set-Cookie` become the page's. Other ESI processors ignore the attribute.
+    pub primary: bool,
     /// Line of the tag.
     pub line: u32,
     /// Byte column of the tag.

@@ -731,6 +731,7 @@ impl Parser {
             alt: None,
             onerror: OnError::Fail,
             maxwait_ms: None,
+            primary: false,
             line: pos.line,
             col: pos.col,
         };
@@ -759,6 +760,8 @@ impl Parser {
                         )?;
                     }
                 },
+                // Only the exact value counts: `primary="false"` or a typo leaves it off.
+                "primary" => inc.primary = value.trim().eq_ignore_ascii_case("true"),
                 // Other attributes (ttl, no-store, ...) belong to other dialects and are ignored.
                 _ => {}
             }

@@ -433,9 +433,11 @@ impl Fetcher for HttpClient {
             let text = redact(&req.url);
             let headers = shared.fragment_headers(&req.client_headers, access.trusted);
             let after = req.timeout;
+            let keep = req.keep_status;
             let url = req.url.into_url();
+            let receive = shared.receive(url, &text, headers, after, keep);
             let result =
-                match tokio::time::timeout(after, shared.receive(url, &text, headers, after)).await
+                match tokio::time::timeout(after, receive).await
                 {
                     Ok(result) => result,
                     Err(_) => Err(FetchError::Timeout { url: text, after }),
@@ -574,11 +576,14 @@ impl Shared {
         text: &str,
         headers: HeaderMap,
         after: Duration,
+        keep_status: bool,
     ) -> Result<Fragment, FetchError> {
         if url.scheme() == "https" {
-            self.receive_tls(url, text, headers, after).await
+            self.receive_tls(url, text, headers, after, keep_status)
+                .await
         } else {
-            self.receive_plain(&url, text, headers, after).await
+            self.receive_plain(&url, text, headers, after, keep_status)
+                .await
         }
     }
 
@@ -590,6 +595,7 @@ impl Shared {
         text: &str,
         mut headers: HeaderMap,
         after: Duration,
+        keep_status: bool,
     ) -> Result<Fragment, FetchError> {
         let limit = self.max_fragment_bytes;
         let too_large = || FetchError::TooLarge {
@@ -631,7 +637,7 @@ impl Shared {
                 })?;
         let (parts, mut body) = response.into_parts();
         let status = parts.status;
-        if !status.is_success() {
+        if !status.is_success() && !keep_status {
             return Err(FetchError::Status {
                 url: text.to_owned(),
                 status,
@@ -715,6 +721,7 @@ impl Shared {
         text: &str,
         headers: HeaderMap,
         after: Duration,
+        keep_status: bool,
     ) -> Result<Fragment, FetchError> {
         let limit = self.max_fragment_bytes;
         let too_large = || FetchError::TooLarge {
@@ -729,7 +736,7 @@ impl Shared {
             .await
             .map_err(|e| send_error(text, &e, e.is_connect(), e.is_timeout(), after))?;
         let status = response.status();
-        if !status.is_success() {
+        if !status.is_success() && !keep_status {
             return Err(FetchError::Status {
                 url: text.to_owned(),
                 status,

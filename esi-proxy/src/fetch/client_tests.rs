@@ -272,6 +272,7 @@ fn futures_are_send() {
         url: client.check(&url).expect("the origin is allowed"),
         client_headers: headers,
         timeout: Duration::from_secs(1),
+        keep_status: false,
     };
     send(&client.fetch(req));
 }

@@ -62,6 +62,7 @@ pub fn lint(input: Bytes) -> Vec<Finding> {
         input: &input_copy,
         cursor: 0,
         html: Tracker::default(),
+        primary: None,
     };
     check_nodes(&template.nodes, false, &mut walk, &mut findings);
     findings.sort();
@@ -83,6 +84,8 @@ struct Walk<'a> {
     /// Offset in `input` just past the last literal bytes fed.
     cursor: usize,
     html: Tracker,
+    /// Line of the page's `primary="true"` include, once one is seen.
+    primary: Option<u32>,
 }
 
 impl Walk<'_> {
@@ -118,7 +121,7 @@ impl Walk<'_> {
 fn check_nodes(nodes: &[Node], in_try: bool, walk: &mut Walk<'_>, findings: &mut Vec<Finding>) {
     for node in nodes {
         match node {
-            Node::Include(inc) => check_include(inc, in_try, findings),
+            Node::Include(inc) => check_include(inc, in_try, walk, findings),
             Node::Try { attempt, except } => {
                 check_nodes(attempt, true, walk, findings);
                 check_nodes(except, in_try, walk, findings);
@@ -173,13 +176,34 @@ fn check_vars_output(
     }
 }
 
-fn check_include(inc: &Include, in_try: bool, findings: &mut Vec<Finding>) {
+fn check_include(inc: &Include, in_try: bool, walk: &mut Walk<'_>, findings: &mut Vec<Finding>) {
     let at = |message: String| Finding {
         line: inc.line,
         col: inc.col,
         severity: Severity::Warning,
         message,
     };
+    if inc.primary {
+        // The proxy's rules for `primary` (README, "Primary fragments"): one per page, never
+        // inside an attempt (whose failure the page's head could not undo).
+        if let Some(first) = walk.primary {
+            findings.push(Finding {
+                severity: Severity::Error,
+                ..at(format!(
+                    "a second primary=\"true\" include (the first is on line {first}): \
+                     a page has one primary fragment; this one is ignored"
+                ))
+            });
+        } else if in_try {
+            findings.push(at(
+                "primary=\"true\" inside <esi:attempt> is ignored: a primary fragment \
+                 decides the page's status, which an esi:except cannot take back"
+                    .to_owned(),
+            ));
+        } else {
+            walk.primary = Some(inc.line);
+        }
+    }
     if inc.alt.is_none() && inc.onerror == OnError::Fail && !in_try {
         findings.push(at(format!(
             "<esi:include src=\"{}\"> has no alt, no onerror=\"continue\" and no enclosing <esi:try>: \

@@ -21,6 +21,7 @@ mod language;
 mod layout;
 mod lint_cli;
 mod panics;
+mod primary;
 mod proxy;
 mod proxy_limits;
 mod readme;

@@ -204,9 +204,9 @@ fn apply_effect(effect: Effect, out: &mut Resolved) {
                     out.head.add.append(n, v);
                     out.notes.push(format!("{name}({name_text})"));
                 }
-                None => out
-                    .notes
-                    .push(format!("{name}({name_text}) refused: not a header the layout may set")),
+                None => out.notes.push(format!(
+                    "{name}({name_text}) refused: not a header the layout may set"
+                )),
             }
         }
         Effect::SetStatus(code, body) => {
@@ -221,7 +221,9 @@ fn apply_effect(effect: Effect, out: &mut Resolved) {
                     out.replace = body.map(Bytes::from);
                     out.notes.push(format!("{name}({code})"));
                 }
-                None => out.notes.push(format!("{name}({code}) refused: not a usable status")),
+                None => out
+                    .notes
+                    .push(format!("{name}({code}) refused: not a usable status")),
             }
         }
         Effect::Redirect(url, code) => match redirect_location(url.as_bytes()) {
@@ -231,9 +233,9 @@ fn apply_effect(effect: Effect, out: &mut Resolved) {
                 out.replace = Some(Bytes::new());
                 out.notes.push(format!("{name}({url}, {code})"));
             }
-            None => out
-                .notes
-                .push(format!("{name}({url}) refused: not a path or an http(s) URL")),
+            None => out.notes.push(format!(
+                "{name}({url}) refused: not a path or an http(s) URL"
+            )),
         },
     }
 }
@@ -327,22 +329,34 @@ mod tests {
         assert_eq!(r.head.status, Some(StatusCode::NOT_FOUND));
         assert_eq!(r.head.add.len(), 1, "{:?}", r.head.add);
         assert_eq!(r.head.add["x-tier"], "gold");
-        assert!(r.head.set.get(header::LOCATION).is_none(), "a later status clears it");
-        assert!(r.replace.is_none(), "404 without a body keeps the composed page");
+        assert!(
+            r.head.set.get(header::LOCATION).is_none(),
+            "a later status clears it"
+        );
+        assert!(
+            r.replace.is_none(),
+            "404 without a body keeps the composed page"
+        );
         let refused = r.notes.iter().filter(|n| n.contains("refused")).count();
         assert_eq!(refused, 4, "{:?}", r.notes);
     }
 
     #[test]
     fn redirects_need_a_usable_location() {
-        let r = resolve(vec![Effect::Redirect("javascript:alert(1)".into(), 302)], None)
-            .expect("refused, not failed");
+        let r = resolve(
+            vec![Effect::Redirect("javascript:alert(1)".into(), 302)],
+            None,
+        )
+        .expect("refused, not failed");
         assert_eq!(r.head.status, None);
         let r = resolve(vec![Effect::Redirect("/p/2".into(), 301)], None).expect("ok");
         assert_eq!(r.head.status, Some(StatusCode::MOVED_PERMANENTLY));
         assert_eq!(r.head.set[header::LOCATION], "/p/2");
         assert_eq!(r.replace.as_deref(), Some(&b""[..]));
-        let bad = resolve(Vec::new(), Some(answered(302, &[("location", "//evil.test/")], true)));
+        let bad = resolve(
+            Vec::new(),
+            Some(answered(302, &[("location", "//evil.test/")], true)),
+        );
         assert!(matches!(bad, Err(PrimaryError::BadRedirect(_))));
         let none = resolve(Vec::new(), Some(answered(301, &[], true)));
         assert!(matches!(none, Err(PrimaryError::BadRedirect(_))));
@@ -358,13 +372,23 @@ mod tests {
         assert!(r.head.private.is_some());
         assert!(r.replace.is_none());
         let r = resolve(Vec::new(), Some(answered(200, &cookie, false))).expect("ok");
-        assert!(r.head.add.is_empty(), "an untrusted host's cookie is dropped");
+        assert!(
+            r.head.add.is_empty(),
+            "an untrusted host's cookie is dropped"
+        );
         assert!(r.head.private.is_none());
         let effects = vec![Effect::SetStatus(410, Some("gone".into()))];
-        let r = resolve(effects, Some(answered(404, &[("content-type", "text/plain")], true)))
-            .expect("ok");
+        let r = resolve(
+            effects,
+            Some(answered(404, &[("content-type", "text/plain")], true)),
+        )
+        .expect("ok");
         assert_eq!(r.primary, Some("client_error"));
-        assert_eq!(r.head.status, Some(StatusCode::NOT_FOUND), "the primary wins");
+        assert_eq!(
+            r.head.status,
+            Some(StatusCode::NOT_FOUND),
+            "the primary wins"
+        );
         assert_eq!(r.head.set[header::CONTENT_TYPE], "text/plain");
         assert_eq!(r.replace.as_deref(), Some(&b"primary body"[..]));
         let r = resolve(Vec::new(), Some(answered(503, &[], true))).expect("ok");

@@ -421,7 +421,14 @@ impl Driver {
                     match result {
                         Ok(bytes) => self.queue.push_front(Slot::Ready(bytes)),
                         Err(failure) => {
-                            let _ = tx.send(Err(ComposeError::Required(failure))).await;
+                            // A failed primary joined before its answer was read: the head
+                            // decides the page's error (and counts it) as it would have.
+                            let error = match self.gate.primary_seen && self.gate.tx.is_some() {
+                                true => self.decide_head().err(),
+                                false => None,
+                            };
+                            let error = error.unwrap_or(ComposeError::Required(failure));
+                            let _ = tx.send(Err(error)).await;
                             return;
                         }
                     }

@@ -436,12 +436,10 @@ impl Fetcher for HttpClient {
             let keep = req.keep_status;
             let url = req.url.into_url();
             let receive = shared.receive(url, &text, headers, after, keep);
-            let result =
-                match tokio::time::timeout(after, receive).await
-                {
-                    Ok(result) => result,
-                    Err(_) => Err(FetchError::Timeout { url: text, after }),
-                };
+            let result = match tokio::time::timeout(after, receive).await {
+                Ok(result) => result,
+                Err(_) => Err(FetchError::Timeout { url: text, after }),
+            };
             ticket.settle(result)
         })
     }

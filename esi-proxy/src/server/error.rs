@@ -59,10 +59,7 @@ impl Error {
             Error::Compose(ComposeError::Panic) | Error::Panic => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Compose(
                 ComposeError::Required(f) | ComposeError::Primary(PrimaryError::Failed(f)),
-            ) if f.kind == FailureKind::Fetch(ErrorKind::Timeout) =>
-            {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            ) if f.kind == FailureKind::Fetch(ErrorKind::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             Error::Compose(_) | Error::UnsupportedEncoding(_) => StatusCode::BAD_GATEWAY,
             Error::Refused(_, status) => *status,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,

@@ -14,7 +14,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 
-use crate::compose::{ComposeError, LayoutRecord, OnParsed, Page, Trace};
+use crate::compose::{ComposeError, Composed, Head, LayoutRecord, OnParsed, Page, Trace};
 use crate::config::{EsiSettings, ServerSettings};
 use crate::esi;
 use crate::telemetry::{server_timing, Metrics};
@@ -272,10 +272,14 @@ pub(super) async fn forward(
                 started,
                 trace,
             };
-            let rx = rt.composer.compose_parsed(page, Arc::clone(&hit.template));
+            let trace = page.trace.clone();
+            let composed = rt
+                .composer
+                .compose_parsed_page(page, Arc::clone(&hit.template));
             let timing = server_timing(&[("layout", 0.0, Some("cache hit"))]);
             let headers = page_head;
-            return ("esi", respond(state, rx, hit.status, headers, timing).await);
+            let sent = respond(state, composed, hit.status, headers, timing, trace).await;
+            return ("esi", sent);
         }
     }
     let mut client_headers = Arc::new(headers.clone());
@@ -544,20 +548,28 @@ async fn compose(
         &original,
         page.trace.as_deref(),
     );
-    let rx = rt.composer.compose(page, layout, on_parsed);
+    let trace = page.trace.clone();
+    let composed = rt.composer.compose_page(page, layout, on_parsed);
     let timing = server_timing(&[("layout", layout_ms, None)]);
-    respond(state, rx, status, head, timing).await
+    respond(state, composed, status, head, timing, trace).await
 }
 
-/// Sends a composed page. The head goes out once the first part of the page is ready, so a
-/// failure before then is still a clean 502/504; after it, a failure aborts the connection.
+/// Sends a composed page. The head goes out once the first part of the page is ready and the
+/// composer has decided the head ([`Head`]: a primary fragment's answer, the layout's response
+/// functions), so a failure before then is still a clean 502/504; after it, a failure aborts
+/// the connection.
 async fn respond(
     state: &Arc<AppState>,
-    mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, crate::compose::ComposeError>>,
+    composed: Composed,
     status: StatusCode,
     mut headers: HeaderMap,
     timing: HeaderValue,
+    trace: Option<Arc<Trace>>,
 ) -> Result<Response<Body>, Error> {
+    let Composed {
+        head: decided,
+        body: mut rx,
+    } = composed;
     state.metrics.pages_in_flight(1);
     let in_flight = InFlight(Arc::clone(&state.metrics));
     let first = match rx.recv().await {
@@ -568,6 +580,9 @@ async fn respond(
         }
         None => None,
     };
+    // Sent before the body's first item, so it is here (or the page failed first).
+    let decided = decided.await.unwrap_or_default();
+    let status = apply_head(decided, status, &mut headers, trace.as_deref());
     let metrics = Arc::clone(&state.metrics);
     headers.append(SERVER_TIMING, timing);
     let rest = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
@@ -585,6 +600,49 @@ async fn respond(
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     Ok(response)
+}
+
+/// Applies the composer's head decision to the layout's status and headers: the decided
+/// status, `set` headers replacing the layout's, `add` headers appended. A page that sets a
+/// visitor's cookie is made private, whatever the layout allowed.
+fn apply_head(
+    head: Head,
+    status: StatusCode,
+    headers: &mut HeaderMap,
+    trace: Option<&Trace>,
+) -> StatusCode {
+    let mut last = None;
+    for (name, value) in head.set {
+        // `HeaderMap`'s iterator names a header once, then `None` for its further values.
+        let name = match name {
+            Some(n) => {
+                headers.remove(&n);
+                last = Some(n.clone());
+                n
+            }
+            None => match &last {
+                Some(n) => n.clone(),
+                None => continue,
+            },
+        };
+        headers.append(name, value);
+    }
+    for (name, value) in &head.add {
+        headers.append(name.clone(), value.clone());
+    }
+    if let Some(reason) = head.private {
+        make_private(headers);
+        if let Some(trace) = trace {
+            trace.set_private(Some(reason));
+        }
+    }
+    if let Some(ms) = Some(head.held_ms).filter(|ms| *ms > 0.0) {
+        headers.append(
+            SERVER_TIMING,
+            server_timing(&[("head", ms, Some("held for the head"))]),
+        );
+    }
+    head.status.unwrap_or(status)
 }
 
 /// The origin could not be asked for the page, or did not answer with a head: counted as a

@@ -292,9 +292,17 @@ async fn without_a_primary_first_bytes_leave_before_a_slow_fragment() {
     release.notify_one();
 }
 
+/// A layout, the status, headers and body the page gets.
+type Case = (
+    &'static str,
+    u16,
+    &'static [(&'static str, &'static str)],
+    &'static str,
+);
+
 #[tokio::test]
 async fn response_functions_before_the_first_output_change_the_head() {
-    let cases: &[(&'static str, u16, &[(&str, &str)], &str)] = &[
+    let cases: &[Case] = &[
         (
             "<esi:assign name=\"x\" value=\"$set_response_code(404)\"/>not found page",
             404,
@@ -414,4 +422,22 @@ async fn a_cached_primary_never_hands_one_visitors_cookie_to_another() {
         2,
         "fetched for each visitor"
     );
+}
+
+/// The waterfall marks the primary row and says how the head was decided.
+#[tokio::test]
+async fn the_waterfall_marks_the_primary_and_the_heads_wait() {
+    let origin = origin(PRODUCT, |_| response(404, &[HTML], full("no such product"))).await;
+    let mut config = Config::default();
+    config.server.admin_from_loopback = true;
+    let proxy = proxy(&origin.base(), config).await;
+    let (_, _, body) = get(&proxy.url("/_esi/debug/page?format=json")).await;
+    let report: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(report["status"], 404, "{report}");
+    assert_eq!(report["fragments"][0]["primary"], true, "{report}");
+    assert_eq!(
+        report["head"]["primary_outcome"], "client_error",
+        "{report}"
+    );
+    assert_eq!(report["head"]["status"], 404, "{report}");
 }

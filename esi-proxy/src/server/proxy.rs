@@ -636,12 +636,6 @@ fn apply_head(
             trace.set_private(Some(reason));
         }
     }
-    if let Some(ms) = Some(head.held_ms).filter(|ms| *ms > 0.0) {
-        headers.append(
-            SERVER_TIMING,
-            server_timing(&[("head", ms, Some("held for the head"))]),
-        );
-    }
     head.status.unwrap_or(status)
 }
 

@@ -60,6 +60,7 @@ fn page() -> Page {
         client_headers: Arc::new(HeaderMap::new()),
         started: Instant::now(),
         trace: None,
+        hints: None,
     }
 }
 

@@ -239,10 +239,11 @@ async fn one_probe_after_the_open_time_decides() {
         .map(|i| format!("<esi:include src=\"{f}/d/{i}\" alt=\"{g}/alt/{i}\"/>"))
         .collect();
     let gateway = origin(layout).await;
-    // The flaky host's own breaker: one failure opens it for 300 ms, then 600 ms.
+    // The flaky host's own breaker: one failure opens it for 1 s, then 2 s (wide windows, so a
+    // stalled machine cannot carry a request across one).
     let own = HostBreakerConfig {
         failures: Some(1),
-        open_ms: Some(300),
+        open_ms: Some(1000),
         ..HostBreakerConfig::default()
     };
     let mut config = config(5, 10_000, 300_000);
@@ -267,9 +268,9 @@ async fn one_probe_after_the_open_time_decides() {
     assert!(took < OPEN_WITHIN, "open: {took:?}");
     assert_eq!(flaky.hits(), 3, "nothing reaches the host while open");
 
-    // Past 300 ms: exactly one of the three includes probes; it times out and the breaker
-    // reopens, now for 600 ms.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Past 1 s: exactly one of the three includes probes; it times out and the breaker
+    // reopens, now for 2 s.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     let (_, body, took) = timed(&proxy, "/page").await;
     assert_eq!(body, fallback);
     assert!(
@@ -282,12 +283,12 @@ async fn one_probe_after_the_open_time_decides() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let (_, body, took) = timed(&proxy, "/page").await;
     assert_eq!(body, fallback);
-    assert!(took < OPEN_WITHIN, "400 ms into 600: still open: {took:?}");
+    assert!(took < OPEN_WITHIN, "400 ms into 2 s: still open: {took:?}");
     assert_eq!(flaky.hits(), 4);
 
-    // The service is back; past the 600 ms the probe closes the breaker.
+    // The service is back; past the 2 s the probe closes the breaker.
     down.store(false, Ordering::SeqCst);
-    let left = Duration::from_millis(650).saturating_sub(reopened.elapsed());
+    let left = Duration::from_millis(2100).saturating_sub(reopened.elapsed());
     tokio::time::sleep(left).await;
     let (_, body, _) = timed(&proxy, "/page").await;
     let one_back = body.matches("[/d/").count();

@@ -48,3 +48,46 @@ async fn demo_markup_is_strictly_valid_esi_and_composes_whole() {
         "no fragment failed: {failures}"
     );
 }
+
+/// README, preload hints: the demo's fragments send `Link: rel=preload` for the stylesheets
+/// their markup uses; the page composed before carries them in its head, each once, and the
+/// stylesheets are served.
+#[tokio::test]
+async fn demo_fragments_send_preload_hints_that_reach_the_page_head() {
+    let demo = Demo::start(DemoConfig::default().without_latency())
+        .await
+        .expect("demo starts");
+    let proxy = proxy(&format!("http://{}", demo.gateway), demo_config(&demo)).await;
+    let c = client();
+    let links = |resp: &reqwest::Response| -> Vec<String> {
+        resp.headers()
+            .get_all("link")
+            .iter()
+            .map(|v| v.to_str().expect("ascii").to_owned())
+            .collect()
+    };
+    let first = c.get(proxy.url("/")).send().await.expect("page");
+    first.bytes().await.expect("whole page");
+    let second = c.get(proxy.url("/")).send().await.expect("page");
+    let got = links(&second);
+    second.bytes().await.expect("whole page");
+    for want in [
+        "</assets/shop.css>; rel=preload; as=style",
+        "</assets/gallery.css>; rel=preload; as=style",
+    ] {
+        assert_eq!(
+            got.iter().filter(|l| *l == want).count(),
+            1,
+            "{want} once in {got:?}"
+        );
+    }
+    for path in ["/assets/shop.css", "/assets/gallery.css"] {
+        let css = c.get(proxy.url(path)).send().await.expect("stylesheet");
+        assert!(css.status().is_success(), "{path}: {}", css.status());
+        let kind = css.headers().get("content-type").cloned();
+        assert_eq!(
+            kind.as_ref().and_then(|v| v.to_str().ok()),
+            Some("text/css; charset=utf-8")
+        );
+    }
+}

@@ -16,6 +16,7 @@ mod exposure;
 mod faults;
 mod fetch;
 mod framing;
+mod hints;
 mod https;
 mod language;
 mod layout;

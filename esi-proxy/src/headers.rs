@@ -1,6 +1,9 @@
 //! Every HTTP header rule in one place: the hop-by-hop and never-forwarded names,
 //! `Surrogate-Capability` and `Surrogate-Control` (the ESI marker), `X-Forwarded-*`, and what
-//! the origin is sent and the client gets back. Pure functions over header maps: no I/O, no ESI.
+//! the origin is sent and the client gets back; preload hints in `Link` headers are [`link`]'s.
+//! Pure functions over header maps: no I/O, no ESI.
+
+pub mod link;
 
 use std::net::{IpAddr, SocketAddr};
 

@@ -103,6 +103,7 @@ fuzz_target!(|data: &[u8]| {
         client_headers: Arc::new(HeaderMap::new()),
         started: Instant::now(),
         trace: None,
+        hints: None,
     };
     let sent = runtime().block_on(async move {
         let mut rx = if cut & 0x80 != 0 {

@@ -18,6 +18,7 @@ pub use fragment::{CachingFetcher, FragmentCache};
 pub use layout::{CachedLayout, LayoutCache};
 pub use policy::{CachePolicy, Credentials, Decision, TtlSource};
 pub use shared::{BreakerState, SharedError, SharedHealth, SharedPurge, SharedTier, StatsView};
+pub(crate) use store::run_soon;
 
 // Metric names: dashboards and alerts read them, so they stay as they are.
 const HITS: &str = "esi_proxy_cache_hits_total";

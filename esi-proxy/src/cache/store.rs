@@ -507,7 +507,7 @@ fn poll_once<F: Future + Unpin>(fut: &mut F) -> Option<F::Output> {
 /// Runs `fut` now if it does not wait, else on the tokio runtime; `false` when it would wait
 /// and there is no runtime to finish it (it is then dropped; moka's operations are
 /// cancellation-safe).
-pub(super) fn run_soon(mut fut: BoxFuture<'static, ()>) -> bool {
+pub(crate) fn run_soon(mut fut: BoxFuture<'static, ()>) -> bool {
     if poll_once(&mut fut).is_some() {
         return true;
     }

@@ -295,8 +295,15 @@ async fn fetch_one(
             if let Some(cache) = &f.cache {
                 span.record("cache", cache.status.as_str());
             }
+            let hints = state
+                .page
+                .hints
+                .as_ref()
+                .map(|h| h.add_fragment(&f.headers))
+                .unwrap_or_default();
             if let Some(id) = record {
                 state.trace_update(id, |r| {
+                    r.hints = hints;
                     r.status = Some(f.status.as_u16());
                     r.bytes = f.body.len();
                     r.esi = f.is_esi() && access.esi;

@@ -1,10 +1,11 @@
 //! Composition of one page. This file holds the contract: [`Composer`], [`Page`],
 //! [`ComposeConfig`] and the errors; `stream` emits the page in document order as each part is
-//! ready, `include` runs one include and its fallbacks, `buffered` composes whole documents, and
-//! `trace` records the build. Knows no sockets: fragments come from a [`Fetcher`].
+//! ready, `include` runs one include and its fallbacks, `buffered` composes whole documents,
+//! `trace` records the build, and `hints` collects the page's preload hints. Knows no sockets: fragments come from a [`Fetcher`].
 
 mod buffered;
 mod head;
+mod hints;
 mod include;
 mod stream;
 mod trace;
@@ -29,6 +30,7 @@ use crate::fetch::{deadline_after, ErrorKind, Fetcher};
 use crate::telemetry::{self, Metrics};
 
 pub use head::{BadRedirect, Head, PrimaryError};
+pub use hints::{PageHints, HINTS_DROPPED};
 pub use trace::{FetchRecord, HeadRecord, LayoutRecord, Trace};
 
 use stream::{Driver, Source};
@@ -97,6 +99,8 @@ pub struct Page {
     pub started: Instant,
     /// Where to record every fetch for the page-build waterfall; `None` records nothing.
     pub trace: Option<Arc<Trace>>,
+    /// Where fragments' preload hints go; `None` when hints are off.
+    pub hints: Option<Arc<PageHints>>,
 }
 
 /// Why a page could not be completed.
@@ -546,6 +550,7 @@ mod tests {
             client_headers: Arc::new(HeaderMap::new()),
             started: Instant::now(),
             trace: None,
+            hints: None,
         };
         let layout =
             Bytes::from_static(b"a<esi:include src=\"/f\" maxwait=\"18446744073709551615\"/>b");

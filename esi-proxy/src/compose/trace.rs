@@ -100,6 +100,8 @@ pub struct FetchRecord {
     pub esi: bool,
     /// Whether this was the page's primary fragment (its answer decided the page's head).
     pub primary: bool,
+    /// The preload hints its response sent (`Link` values as the page head would carry them).
+    pub hints: Vec<String>,
 }
 
 // === impl Trace ===

@@ -21,7 +21,7 @@ pub use glob::glob_match;
 pub use ranges::{range_of, Range, RANGES};
 pub use settings::{
     BreakerSettings, CacheRuleSettings, CacheSettings, CookieNames, EsiSettings, FetchSettings,
-    HostSettings, LogFormat, OnError, ServerSettings, Settings, SharedSettings,
+    HintSettings, HostSettings, LogFormat, OnError, ServerSettings, Settings, SharedSettings,
 };
 
 /// The whole configuration. `config/esi-proxy.toml` documents `Config::default()`.
@@ -36,6 +36,8 @@ pub struct Config {
     pub fetch: FetchConfig,
     /// Caching of fragments and layouts: capacity, TTL rules, stale serving.
     pub cache: CacheConfig,
+    /// Preload hints: `Link` headers in the page head and `103 Early Hints`.
+    pub hints: HintsConfig,
 }
 
 /// `[server]`.
@@ -307,6 +309,26 @@ pub struct SharedCacheConfig {
     pub compress_min_bytes: usize,
 }
 
+/// `[hints]`: preload hints from the layout and the fragments, sent in the page head and as a
+/// `103 Early Hints` response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HintsConfig {
+    /// Whether `Link: rel=preload|preconnect|modulepreload` headers of the layout and the
+    /// fragments are collected and added to the composed page's head. Default: true.
+    pub enabled: bool,
+    /// Whether an HTTP/1.1 GET for a page composed before gets a `103 Early Hints` response
+    /// with that composition's hints while the layout is fetched. Default: true.
+    pub early_hints: bool,
+    /// Most hints one page head (and one 103) carries. Default: 16.
+    pub max_links: usize,
+    /// Most bytes of hint values one page head (and one 103) carries. Default: 4096.
+    pub max_bytes: usize,
+    /// Pages whose last composition's hints are remembered for their 103; 0 remembers none
+    /// (and sends no 103). Default: 10000.
+    pub max_pages: u64,
+}
+
 /// One `[[cache.rules]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -394,6 +416,18 @@ impl Default for FetchConfig {
             hosts: Vec::new(),
             ca_certs: Vec::new(),
             breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+impl Default for HintsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            early_hints: true,
+            max_links: 16,
+            max_bytes: 4096,
+            max_pages: 10_000,
         }
     }
 }

@@ -99,6 +99,15 @@ pub const RANGES: &[Range] = &[
     range("cache.shared.breaker_failures", 1, 65_536),
     range("cache.shared.breaker_open_ms", 0, DAY_MS),
     range("cache.shared.compress_min_bytes", 0, GIB),
+    Range {
+        why: "a page head holds no more preload hints than a browser acts on",
+        ..range("hints.max_links", 1, 256)
+    },
+    Range {
+        why: "a response head that large is refused by common servers and browsers",
+        ..range("hints.max_bytes", 64, 64 * KIB)
+    },
+    range("hints.max_pages", 0, 10_000_000),
 ];
 
 /// A [`Range`] with no reason for its maximum.

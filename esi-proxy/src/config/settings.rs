@@ -25,6 +25,23 @@ pub struct Settings {
     pub fetch: FetchSettings,
     /// From `[cache]`.
     pub cache: CacheSettings,
+    /// From `[hints]`.
+    pub hints: HintSettings,
+}
+
+/// `[hints]`, validated (each number within its range).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HintSettings {
+    /// `hints.enabled`.
+    pub enabled: bool,
+    /// `hints.early_hints`; only while `enabled`.
+    pub early_hints: bool,
+    /// `hints.max_links`, at least 1.
+    pub max_links: usize,
+    /// `hints.max_bytes`, at least 64.
+    pub max_bytes: usize,
+    /// `hints.max_pages`; 0 remembers nothing.
+    pub max_pages: u64,
 }
 
 /// `[server]`, validated.
@@ -429,6 +446,13 @@ mod tests {
                 key_headers: Vec::new(),
                 rules: Vec::new(),
                 shared: None,
+            },
+            hints: HintSettings {
+                enabled: true,
+                early_hints: true,
+                max_links: 16,
+                max_bytes: 4096,
+                max_pages: 10_000,
             },
         };
         assert_eq!(Config::default().settings().expect("valid"), want);

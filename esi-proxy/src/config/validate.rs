@@ -9,7 +9,7 @@ use http::HeaderName;
 
 use super::settings::{
     BreakerSettings, CacheRuleSettings, CacheSettings, CookieNames, EsiSettings, FetchSettings,
-    HostSettings, LogFormat, OnError, ServerSettings, Settings, SharedSettings,
+    HintSettings, HostSettings, LogFormat, OnError, ServerSettings, Settings, SharedSettings,
 };
 use super::source::KeyMap;
 use super::{BreakerConfig, Config, ConfigError, HostBreakerConfig, Invalid};
@@ -364,12 +364,22 @@ pub(super) fn settings(
     let esi = config.validate_esi(&mut p);
     let fetch = config.validate_fetch(&mut p);
     let cache = config.validate_cache(&mut p);
+    let h = &config.hints;
+    // Every field is a switch or a number its range already held.
+    let hints = HintSettings {
+        enabled: h.enabled,
+        early_hints: h.enabled && h.early_hints,
+        max_links: h.max_links,
+        max_bytes: h.max_bytes,
+        max_pages: h.max_pages,
+    };
     if let (true, Some(server), Some(esi)) = (p.found.is_empty(), server, esi) {
         return Ok(Settings {
             server,
             esi,
             fetch,
             cache,
+            hints,
         });
     }
     // A section is `None` only after it recorded why.

@@ -293,7 +293,7 @@ async fn debug_page(
     out.body = crate::fetch::OriginBody::default();
     let trace = Arc::new(Trace::default());
     let started = Instant::now();
-    let (route, result) = forward(state, out, started, Some(Arc::clone(&trace))).await;
+    let (route, result) = forward(state, out, started, Some(Arc::clone(&trace)), None).await;
     let ms = || started.elapsed().as_secs_f64() * 1000.0;
     let (status, body, mut error) = match result {
         Ok(response) => (response.status(), Some(response.into_body()), None),

@@ -1,6 +1,7 @@
 //! The bounds on one client connection: how long a request head, a keep-alive wait, a blocked
 //! write and a request body may take ([`ClientIo`], [`Cycle`], [`timed_body`]), and the
-//! counter of the ones that ran out. Knows no routes and no ESI.
+//! counter of the ones that ran out; and the one place a `103 Early Hints` response is
+//! written ([`EarlyHints`]), between hyper's responses. Knows no routes and no ESI.
 
 use std::future::Future;
 use std::io;
@@ -25,6 +26,35 @@ use crate::telemetry::Metrics;
 pub(super) const CLIENT_TIMEOUTS: &str = "esi_proxy_client_timeouts_total";
 const CLIENT_TIMEOUTS_HELP: &str =
     "Client connections closed because a deadline on them passed, by kind.";
+
+/// `103 Early Hints` responses written, by `outcome`: `sent`, or `withdrawn` when hyper had
+/// bytes to write before it could go (the final head was ready, so the 103 had nothing left
+/// to win).
+pub(super) const EARLY_HINTS: &str = "esi_proxy_early_hints_total";
+const EARLY_HINTS_HELP: &str = "103 Early Hints responses, by outcome (sent, withdrawn).";
+
+/// A `103 Early Hints` response a connection's service queued for the request it is
+/// answering, shared with its [`ClientIo`], which alone writes it.
+///
+/// Why this is sound with hyper 1.x, which cannot send a 1xx itself: hyper's HTTP/1 server
+/// reads a request only once the previous response is wholly encoded, encodes a response's head
+/// only once the service's future has returned it, and calls the socket's `poll_flush` only
+/// when its own write buffer is empty (pipeline flushing is off). The service's future runs on
+/// the connection's task, so a 103 queued by it is next seen either by a `poll_flush`, when
+/// every byte hyper produced (whole earlier responses, nothing of this one) is on the socket,
+/// where it is written; or by a `poll_write`, carrying bytes hyper had buffered (an earlier
+/// response's tail or this response's head), where it is withdrawn unwritten. Once its first
+/// byte is out, it is finished before any byte of hyper's.
+#[derive(Debug, Default)]
+pub(super) struct EarlyHints {
+    slot: Mutex<Option<Early>>,
+}
+
+#[derive(Debug)]
+struct Early {
+    bytes: Bytes,
+    written: usize,
+}
 
 /// Where one connection is in its request cycle: shared by its [`ClientIo`], which sees bytes
 /// arrive, its service, which marks where requests start and responses end, and the task that
@@ -61,6 +91,7 @@ pub(super) struct ClientIo<T> {
     write_timer: Pin<Box<Sleep>>,
     /// Whether the last write was blocked (`write_timer` then runs).
     write_blocked: bool,
+    early: Arc<EarlyHints>,
 }
 
 /// A request body that fails once `deadline` passes before its end.
@@ -177,13 +208,35 @@ impl Cycle {
     }
 }
 
+// === impl EarlyHints ===
+
+impl EarlyHints {
+    /// Queues `response` (a whole `103` head) for the request being answered, replacing one
+    /// not yet started. Only the service's future may call this, before it returns.
+    pub(super) fn queue(&self, response: Bytes) {
+        let mut slot = self.lock();
+        if slot.as_ref().is_some_and(|e| e.written > 0) {
+            return;
+        }
+        *slot = Some(Early {
+            bytes: response,
+            written: 0,
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Early>> {
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 // === impl ClientIo ===
 
 impl<T> ClientIo<T> {
-    /// Wraps a client socket; `cycle` is shared with the connection's service.
+    /// Wraps a client socket; `cycle` and `early` are shared with the connection's service.
     pub(super) fn new(
         io: T,
         cycle: Arc<Cycle>,
+        early: Arc<EarlyHints>,
         send_timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -194,6 +247,7 @@ impl<T> ClientIo<T> {
             metrics,
             write_timer: Box::pin(tokio::time::sleep_until(Instant::now())),
             write_blocked: false,
+            early,
         }
     }
 
@@ -240,12 +294,51 @@ impl<T: AsyncRead + Unpin> AsyncRead for ClientIo<T> {
     }
 }
 
+impl<T: AsyncWrite + Unpin> ClientIo<T> {
+    /// Writes the queued 103 out, when there is one; `started_only` leaves one not yet begun
+    /// alone and withdraws it (hyper has bytes of its own to write first).
+    fn write_early(&mut self, cx: &mut Context<'_>, started_only: bool) -> Poll<io::Result<()>> {
+        let early = Arc::clone(&self.early);
+        let mut slot = early.lock();
+        if started_only && slot.as_ref().is_some_and(|e| e.written == 0) {
+            *slot = None;
+            self.early_done("withdrawn");
+            return Poll::Ready(Ok(()));
+        }
+        while let Some(e) = slot.as_mut() {
+            let polled = Pin::new(&mut self.io).poll_write(cx, &e.bytes[e.written..]);
+            match self.on_write(polled, cx) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    e.written += n;
+                    if e.written == e.bytes.len() {
+                        *slot = None;
+                        self.early_done("sent");
+                    }
+                }
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn early_done(&self, outcome: &'static str) {
+        tracing::debug!(outcome, "103 Early Hints");
+        self.metrics
+            .inc_counter(EARLY_HINTS, EARLY_HINTS_HELP, Some(("outcome", outcome)), 1);
+    }
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.write_early(cx, true))?;
         let polled = Pin::new(&mut self.io).poll_write(cx, buf);
         self.on_write(polled, cx)
     }
@@ -255,6 +348,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.write_early(cx, true))?;
         let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         self.on_write(polled, cx)
     }
@@ -264,6 +358,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // hyper's buffer is empty here (see `EarlyHints`): the one moment a 103 may go.
+        std::task::ready!(self.write_early(cx, false))?;
         let polled = Pin::new(&mut self.io).poll_flush(cx);
         self.on_write(polled, cx)
     }

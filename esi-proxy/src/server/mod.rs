@@ -6,6 +6,7 @@ mod admin;
 mod body;
 mod conn;
 pub mod error;
+mod hints;
 mod proxy;
 mod reload;
 mod state;
@@ -36,7 +37,7 @@ pub use state::FetcherLayer;
 
 use crate::telemetry;
 use body::metered;
-use conn::{ClientIo, Cycle};
+use conn::{ClientIo, Cycle, EarlyHints};
 use error::error_response;
 
 /// Client connections open now, on every listener.
@@ -151,9 +152,11 @@ async fn serve_on(
         let server = &rt.settings.server;
         let keep_alive = server.keep_alive_timeout;
         let cycle = Cycle::new(server.header_read_timeout, keep_alive.unwrap_or_default());
+        let early = Arc::new(EarlyHints::default());
         let io = ClientIo::new(
             stream,
             Arc::clone(&cycle),
+            Arc::clone(&early),
             server.send_timeout,
             Arc::clone(&state.metrics),
         );
@@ -162,8 +165,9 @@ async fn serve_on(
         let served = Arc::clone(&cycle);
         let service = service_fn(move |req| {
             let (state, cycle) = (Arc::clone(&state), Arc::clone(&served));
+            let early = Arc::clone(&early);
             cycle.request_started();
-            async move { Ok::<_, Infallible>(handle(state, req, remote, role, cycle).await) }
+            async move { Ok::<_, Infallible>(handle(state, req, remote, role, cycle, early).await) }
         });
         let mut builder = hyper::server::conn::http1::Builder::new();
         // The head and keep-alive deadlines are `Cycle`'s: hyper's header timer would also run
@@ -207,6 +211,7 @@ async fn handle(
     remote: SocketAddr,
     role: Role,
     cycle: Arc<Cycle>,
+    early: Arc<EarlyHints>,
 ) -> Response<Body> {
     let started = Instant::now();
     let span = tracing::info_span!(
@@ -233,7 +238,7 @@ async fn handle(
             } else if role == Role::Admin {
                 ("admin", Err(error::Error::NotFound))
             } else {
-                proxy::serve(&state, req, remote, started).await
+                proxy::serve(&state, req, remote, started, &early).await
             }
         };
         let (route, result) = match AssertUnwindSafe(routed).catch_unwind().await {

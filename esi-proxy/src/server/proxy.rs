@@ -14,19 +14,23 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 
-use crate::compose::{ComposeError, Composed, Head, LayoutRecord, OnParsed, Page, Trace};
+use crate::compose::{
+    ComposeError, Composed, Head, LayoutRecord, OnParsed, Page, PageHints, Trace,
+};
 use crate::config::{EsiSettings, ServerSettings};
 use crate::esi;
 use crate::telemetry::{server_timing, Metrics};
 
 use super::body::{full, Body, BoxError};
-use super::conn::timed_body;
+use super::conn::{timed_body, EarlyHints};
 use super::error::Error;
+use super::hints::{add_to_head, early_hints_response, page_key, Remember};
 use super::state::Runtime;
 use super::AppState;
 use crate::fetch::{
     body_error, decode_stream, CacheStatus, ErrorKind, FetchError, OriginBody, OriginRequest,
 };
+use crate::headers::link::HintSet;
 use crate::headers::{
     client_response_headers, composed_headers, make_private, origin_headers, site_name, Forwarding,
     SERVER_TIMING, X_FORWARDED_HOST,
@@ -193,33 +197,42 @@ impl Outgoing {
     }
 }
 
-/// Proxies one request to the origin and composes the response if it is marked for ESI.
+/// Proxies one request to the origin and composes the response if it is marked for ESI;
+/// `early` is the connection's slot for a `103 Early Hints` response.
 pub(super) async fn serve(
     state: &Arc<AppState>,
     req: Request<Incoming>,
     remote: SocketAddr,
     started: Instant,
+    early: &EarlyHints,
 ) -> (&'static str, Result<Response<Body>, Error>) {
     let rt = state.runtime();
     if let Err(e) = refuse(&req, &rt.settings.server) {
         return ("proxy", Err(e));
     }
+    // RFC 8297: a 1xx goes to HTTP/1.1 clients only (HTTP/1.0 ones may not read it as such);
+    // and only a GET's page is composed with hints.
+    let early =
+        (req.version() == http::Version::HTTP_11 && req.method() == Method::GET).then_some(early);
     let mut req = req;
     super::admin::consume_admin_token(&rt, req.headers_mut());
     let out = match Outgoing::new(req, remote, &rt.settings.server, &state.metrics) {
         Ok(out) => out,
         Err(e) => return ("proxy", Err(e)),
     };
-    forward(state, out, started, None).await
+    forward(state, out, started, None, early).await
 }
 
 /// Sends a request to the origin (a GET whose parsed layout is cached touches no upstream
-/// for the layout) and composes or passes the response; `trace` records the page's build.
+/// for the layout) and composes or passes the response; `trace` records the page's build;
+/// `early`, when given, takes the page's remembered hints as a 103 before the layout is asked
+/// for.
 pub(super) async fn forward(
     state: &Arc<AppState>,
     out: Outgoing,
     started: Instant,
     trace: Option<Arc<Trace>>,
+    early: Option<&EarlyHints>,
 ) -> (&'static str, Result<Response<Body>, Error>) {
     let rt = state.runtime();
     let Outgoing {
@@ -236,6 +249,7 @@ pub(super) async fn forward(
     // The origin is asked for what the page URL names, so the two never disagree.
     let path_and_query = origin_target(&page_url);
     let caching = rt.settings.cache.enabled && method == Method::GET;
+    let hints = start_hints(state, &rt, &method, &page_url, &headers, early).await;
     if caching {
         let mut hit = state.layout_cache.get(&rt.policy, &page_url, &headers);
         if let (None, Some(tier)) = (&hit, &state.shared) {
@@ -265,12 +279,14 @@ pub(super) async fn forward(
                 &hit.headers,
                 trace.as_deref(),
             );
+            let hints = hints.map(|h| h.with_layout(&hit.headers));
             let page = Page {
                 url: page_url,
                 vars,
                 client_headers: Arc::new(headers),
                 started,
                 trace,
+                hints: hints.as_ref().map(|h| Arc::clone(&h.page)),
             };
             let trace = page.trace.clone();
             let composed = rt
@@ -278,7 +294,7 @@ pub(super) async fn forward(
                 .compose_parsed_page(page, Arc::clone(&hit.template));
             let timing = server_timing(&[("layout", 0.0, Some("cache hit"))]);
             let headers = page_head;
-            let sent = respond(state, composed, hit.status, headers, timing, trace).await;
+            let sent = respond(state, composed, hit.status, headers, timing, trace, hints).await;
             return ("esi", sent);
         }
     }
@@ -341,16 +357,18 @@ pub(super) async fn forward(
         );
         return ("esi", Ok(response));
     }
+    let hints = hints.map(|h| h.with_layout(upstream.headers()));
     let page = Page {
         url: page_url,
         vars,
         client_headers,
         started,
         trace,
+        hints: hints.as_ref().map(|h| Arc::clone(&h.page)),
     };
     (
         "esi",
-        compose(state, &rt, upstream, page, layout_ms, caching).await,
+        compose(state, &rt, upstream, page, layout_ms, caching, hints).await,
     )
 }
 
@@ -462,6 +480,7 @@ async fn compose(
     page: Page,
     layout_ms: f64,
     caching: bool,
+    hints: Option<Hints>,
 ) -> Result<Response<Body>, Error> {
     let status = upstream.status();
     let original = upstream.headers().clone();
@@ -551,13 +570,14 @@ async fn compose(
     let trace = page.trace.clone();
     let composed = rt.composer.compose_page(page, layout, on_parsed);
     let timing = server_timing(&[("layout", layout_ms, None)]);
-    respond(state, composed, status, head, timing, trace).await
+    respond(state, composed, status, head, timing, trace, hints).await
 }
 
 /// Sends a composed page. The head goes out once the first part of the page is ready and the
 /// composer has decided the head ([`Head`]: a primary fragment's answer, the layout's response
 /// functions), so a failure before then is still a clean 502/504; after it, a failure aborts
-/// the connection.
+/// the connection. The head carries the page's hints known by then; a page that ends whole
+/// leaves its hints to be remembered.
 async fn respond(
     state: &Arc<AppState>,
     composed: Composed,
@@ -565,6 +585,7 @@ async fn respond(
     mut headers: HeaderMap,
     timing: HeaderValue,
     trace: Option<Arc<Trace>>,
+    hints: Option<Hints>,
 ) -> Result<Response<Body>, Error> {
     let Composed {
         head: decided,
@@ -585,7 +606,24 @@ async fn respond(
     let status = apply_head(decided, status, &mut headers, trace.as_deref());
     let metrics = Arc::clone(&state.metrics);
     headers.append(SERVER_TIMING, timing);
-    let rest = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let mut remember = None;
+    if let Some(hints) = hints {
+        add_to_head(&mut headers, &hints.page.seal(), &metrics);
+        remember = hints.remember;
+    }
+    let rest = futures::stream::poll_fn(move |cx| {
+        let polled = rx.poll_recv(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Err(_))) => remember = None,
+            std::task::Poll::Ready(None) => {
+                if let Some(remember) = remember.take() {
+                    remember.page_ended();
+                }
+            }
+            _ => {}
+        }
+        polled
+    });
     let stream = futures::stream::iter(first.map(Ok))
         .chain(rest)
         .map(move |item| {
@@ -637,6 +675,72 @@ fn apply_head(
         }
     }
     head.status.unwrap_or(status)
+}
+
+/// The preload hints of one page request: what composition collects, and where they are
+/// remembered when the page ends whole.
+struct Hints {
+    page: Arc<PageHints>,
+    remember: Option<Remember>,
+    /// Remembered from the page's last composition; they join the head after the layout's.
+    remembered: Option<Arc<[String]>>,
+}
+
+/// Starts a GET page's hints when `[hints]` is on: looks up what its last composition left
+/// and, when `early` is given and 103s are on, queues them as a `103 Early Hints` response
+/// (under the current bounds) before the layout is asked for.
+async fn start_hints(
+    state: &Arc<AppState>,
+    rt: &Runtime,
+    method: &Method,
+    page_url: &url::Url,
+    origin_headers: &HeaderMap,
+    early: Option<&EarlyHints>,
+) -> Option<Hints> {
+    let cfg = &rt.settings.hints;
+    if !cfg.enabled || method != Method::GET {
+        return None;
+    }
+    let key = page_key(page_url, origin_headers);
+    let remembered = state.hint_memory.get(&key).await;
+    if let (Some(early), Some(hints), true) = (early, &remembered, cfg.early_hints) {
+        let mut capped = HintSet::new(cfg.max_links, cfg.max_bytes);
+        for hint in hints.iter() {
+            let _ = capped.add(hint);
+        }
+        if !capped.is_empty() {
+            early.queue(early_hints_response(capped.values()));
+        }
+    }
+    // Nothing a request with credentials fetched is remembered for other visitors.
+    let rememberable = ![header::COOKIE, header::AUTHORIZATION]
+        .iter()
+        .any(|name| origin_headers.contains_key(name));
+    let page = PageHints::new(
+        cfg.max_links,
+        cfg.max_bytes,
+        rememberable,
+        Arc::clone(&state.metrics),
+    );
+    let remember = state.hint_memory.remember(key, &page);
+    Some(Hints {
+        page,
+        remember,
+        remembered,
+    })
+}
+
+// === impl Hints ===
+
+impl Hints {
+    /// Seeds the page's head with the layout's hints, then the remembered ones.
+    fn with_layout(self, layout: &HeaderMap) -> Self {
+        self.page.add_layout(layout);
+        if let Some(remembered) = &self.remembered {
+            self.page.add_remembered(remembered);
+        }
+        self
+    }
 }
 
 /// The origin could not be asked for the page, or did not answer with a head: counted as a

@@ -12,6 +12,7 @@ use crate::fetch::{BaseUrl, Breakers, Fetcher, HttpClient, Lookup};
 use crate::telemetry::Metrics;
 
 use super::error::ServerError;
+use super::hints::HintMemory;
 use super::reload::ReloadStatus;
 
 /// What every request handler shares: the runtime built from the config in force (swapped
@@ -28,6 +29,8 @@ pub struct AppState {
     pub(super) breakers: Arc<Breakers>,
     /// The shared tier below both caches (`[cache.shared]`), fixed at start like them.
     pub(super) shared: Option<Arc<SharedTier>>,
+    /// Each page's last hints, for its 103 (`hints.max_pages`, fixed at start).
+    pub(super) hint_memory: Arc<HintMemory>,
     pub(super) reload: Mutex<ReloadStatus>,
     pub(super) started: Instant,
     /// Client connections open on every listener (`esi_proxy_connections_open`).
@@ -109,6 +112,7 @@ impl AppState {
             _ => None,
         };
         let breakers = Arc::new(Breakers::new(&settings, Arc::clone(&metrics)));
+        let hint_memory = HintMemory::new(settings.hints.max_pages);
         let runtime = build_runtime(
             settings,
             &lookup,
@@ -127,6 +131,7 @@ impl AppState {
             layout_cache,
             breakers,
             shared,
+            hint_memory,
             reload: Mutex::new(ReloadStatus::default()),
             started: Instant::now(),
             connections: Mutex::new(0),

@@ -154,6 +154,8 @@ struct Row {
     cache_class: &'static str,
     ttl: String,
     fallback: String,
+    /// The preload hints the fetch's response sent.
+    hints: Vec<String>,
     error: String,
     span: String,
     outcome: String,
@@ -224,6 +226,7 @@ impl PageReport {
                 cache_class: cache_class(layout.cache),
                 ttl: ttl_text(layout.ttl_s, layout.ttl_source.as_deref()),
                 fallback: String::new(),
+                hints: Vec::new(),
                 error: String::new(),
                 span: format!("0.0–{end:.1}"),
                 outcome: "ok".into(),
@@ -258,6 +261,7 @@ impl PageReport {
                 cache: cache_text(r.cache),
                 ttl: ttl_text(r.ttl_s, r.ttl_source.as_deref()),
                 fallback: r.fallback.clone().unwrap_or_default(),
+                hints: r.hints.clone(),
                 error: if failed {
                     format!("{}: {}", r.outcome, r.error.as_deref().unwrap_or(""))
                 } else {

@@ -137,13 +137,25 @@ impl Demo {
         }
         .render()
         .map_err(render_error)?;
-        let gateway_pages = HashMap::from([(
-            "/".to_string(),
-            Page {
-                body: Bytes::from(layout),
-                esi: true,
-            },
-        )]);
+        let css = |body: &'static str| Page {
+            body: Bytes::from_static(body.as_bytes()),
+            esi: false,
+            content_type: "text/css; charset=utf-8",
+            link: None,
+        };
+        let gateway_pages = HashMap::from([
+            (
+                "/".to_string(),
+                Page {
+                    body: Bytes::from(layout),
+                    esi: true,
+                    content_type: HTML,
+                    link: None,
+                },
+            ),
+            (SHOP_CSS.to_string(), css(SHOP_CSS_BODY)),
+            (GALLERY_CSS.to_string(), css(GALLERY_CSS_BODY)),
+        ]);
         sites.push(Site {
             name: GATEWAY,
             pages: gateway_pages,
@@ -172,6 +184,8 @@ impl Demo {
                         Page {
                             body: Bytes::from(body),
                             esi: fragment.esi,
+                            content_type: HTML,
+                            link: Some(preload_hints(def.name)),
                         },
                     );
                 }
@@ -327,3 +341,25 @@ impl fmt::Debug for DemoHandle {
 
 #[cfg(test)]
 mod tests;
+
+/// `Content-Type` of the demo's pages and fragments.
+const HTML: &str = "text/html; charset=utf-8";
+/// The stylesheet every fragment's markup may use, served by the gateway.
+const SHOP_CSS: &str = "/assets/shop.css";
+const SHOP_CSS_BODY: &str = "/* Rules the fragments share; the layout's own are inline. */\n\
+    .demo-error { color: #b3261e; font-size: 13px; }\n";
+/// The gallery's own stylesheet, served by the gateway.
+const GALLERY_CSS: &str = "/assets/gallery.css";
+const GALLERY_CSS_BODY: &str =
+    "/* The gallery fragment's rules. */\n.hero svg { max-width: 100%; }\n";
+
+/// The preload hints a demo service sends with each fragment (as fragment teams do: the
+/// stylesheets its markup links): every one the shared stylesheet, which the proxy sends once,
+/// the gallery its own too.
+fn preload_hints(service: &str) -> String {
+    let mut link = format!("<{SHOP_CSS}>; rel=preload; as=style");
+    if service == "gallery" {
+        link.push_str(&format!(", <{GALLERY_CSS}>; rel=preload; as=style"));
+    }
+    link
+}

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, COOKIE, LINK, LOCATION, SET_COOKIE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -37,6 +37,11 @@ pub(crate) struct Control {
 pub(crate) struct Page {
     pub body: Bytes,
     pub esi: bool,
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// A `Link` header value: the preload hints a fragment sends for the proxy to put in the
+    /// page's head (and its 103 Early Hints).
+    pub link: Option<String>,
 }
 
 /// What one listener serves: a fragment service's pages, or the gateway's layout and actions.
@@ -188,10 +193,14 @@ impl Site {
     fn html(&self, page: &Page, knobs: &ServiceConfig) -> Response<Full<Bytes>> {
         let mut response = Response::new(Full::new(page.body.clone()));
         let headers = response.headers_mut();
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/html; charset=utf-8"),
-        );
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(page.content_type));
+        if let Some(value) = page
+            .link
+            .as_deref()
+            .and_then(|l| HeaderValue::from_str(l).ok())
+        {
+            headers.insert(LINK, value);
+        }
         if let Ok(value) = HeaderValue::from_str(&knobs.cache_control()) {
             headers.insert(CACHE_CONTROL, value);
         }

@@ -77,10 +77,6 @@ fn config() -> Config {
     config.fetch.page_timeout_ms = PAGE_TIMEOUT_MS;
     // Nothing cached: every request reaches the fault server.
     config.cache.enabled = false;
-    // No head window: a layout's first bytes leave as soon as they are ready, so a layout cut
-    // mid-body is a cut-off page (with a window, the cut comes first and the page is a 502).
-    config.esi.head_window_bytes = 0;
-    config.esi.max_head_hold_ms = 0;
     config.server.admin_from_loopback = true;
     config
 }

@@ -192,12 +192,7 @@ async fn a_layout_body_cut_by_the_origin_aborts_the_page() {
         body.len() + 100
     );
     let origin = raw_origin(head, body).await;
-    // With no head window the prefix leaves before the cut is seen (with one, the cut comes
-    // while the head is held and the page is a clean 502).
-    let mut config = patient();
-    config.esi.head_window_bytes = 0;
-    config.esi.max_head_hold_ms = 0;
-    let proxy = proxy(&origin.base(), config).await;
+    let proxy = proxy(&origin.base(), patient()).await;
     let raw = raw_get(proxy.addr, "/page").await;
     assert!(raw.head.starts_with("HTTP/1.1 200 OK"), "{}", raw.head);
     assert_eq!(String::from_utf8_lossy(&raw.body), "<p>before</p><p>af");

@@ -268,10 +268,7 @@ async fn without_a_primary_first_bytes_leave_before_a_slow_fragment() {
         }
     })
     .await;
-    let mut config = Config::default();
-    // A window this small closes at once; the default one closes as the layout completes.
-    config.esi.head_window_bytes = 65536;
-    let proxy = proxy(&origin.base(), config).await;
+    let proxy = proxy(&origin.base(), Config::default()).await;
     let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
     let request = format!("GET /page HTTP/1.1\r\nhost: {}\r\n\r\n", proxy.addr);
     s.write_all(request.as_bytes()).await.expect("write");
@@ -345,24 +342,6 @@ async fn response_functions_before_the_first_output_change_the_head() {
         assert!(header(resp.headers(), "set-cookie").is_empty(), "{layout}");
         assert_eq!(resp.text().await.expect("body"), *want_body, "{layout}");
     }
-}
-
-/// A response function after the head window closed is late: counted, and the page intact.
-#[tokio::test]
-async fn a_late_response_function_is_counted_and_the_page_is_intact() {
-    let layout =
-        "<p>first output</p><esi:assign name=\"x\" value=\"$set_response_code(404)\"/>rest";
-    let origin = origin(layout, |_| html("")).await;
-    let mut config = Config::default();
-    config.esi.head_window_bytes = 0;
-    let proxy = proxy(&origin.base(), config).await;
-    let (status, _, body) = get(&proxy.url("/page")).await;
-    assert_eq!(status, 200);
-    assert_eq!(body, "<p>first output</p>rest");
-    assert_eq!(
-        proxy.metric("esi_proxy_esi_late_effects_total{reason=\"late\"}"),
-        Some(1.0)
-    );
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@ mod exposure;
 mod faults;
 mod fetch;
 mod framing;
+mod head_window;
 mod hints;
 mod https;
 mod language;

@@ -3,6 +3,7 @@
 //! collected until the head is decided and resolved once, before the page's first byte.
 //! Knows no sockets: the server applies the [`Head`] it is handed.
 
+use std::sync::atomic::Ordering;
 use std::sync::PoisonError;
 
 use bytes::Bytes;
@@ -116,6 +117,12 @@ impl PageState {
         std::mem::take(&mut state.kept)
     }
 
+    /// Whether this is the page's first warning about its head: each page logs one, so a
+    /// layout that repeats a late call cannot flood the log.
+    pub(super) fn first_head_warning(&self) -> bool {
+        !self.head_warned.swap(true, Ordering::Relaxed)
+    }
+
     /// Counts, logs and traces a response function that cannot change the head: `why` is
     /// `late` (the head had left), `fragment` (called by a fragment) or `limit`.
     fn late_effect(&self, effect: &Effect, why: &'static str) {
@@ -127,12 +134,15 @@ impl PageState {
             1,
         );
         let name = effect_name(effect);
-        tracing::warn!(
-            url = %self.page.url,
-            function = name,
-            reason = why,
-            "response function ignored; the page goes on"
-        );
+        if self.first_head_warning() {
+            tracing::warn!(
+                url = %self.page.url,
+                function = name,
+                reason = why,
+                "response function ignored; the page goes on (further ones on this page are \
+                 counted, not logged)"
+            );
+        }
         self.trace_head_note(format!("{name} ignored: {why}"));
     }
 }

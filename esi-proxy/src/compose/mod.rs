@@ -10,7 +10,7 @@ mod include;
 mod stream;
 mod trace;
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,9 @@ pub struct ComposeConfig {
     pub vars: VarPolicy,
     /// The bounds on what a page's expressions may compute.
     pub limits: Limits,
+    /// Path globs whose streamed layouts open the head window; elsewhere a streamed layout's
+    /// head is decided when the first part of the page is ready.
+    pub head_window_paths: Vec<String>,
     /// The head window: while the layout's own output is under this many bytes (and the
     /// layout is not complete), the head is held for a `primary` include or a response
     /// function still to come.
@@ -187,6 +190,9 @@ struct PageState {
     budget: Budget,
     /// The layout's response functions, kept until the head is decided.
     effects: Mutex<head::Effects>,
+    /// Set by the page's first warning about its head (a late or ignored primary or response
+    /// function): later ones are counted and traced, not logged again.
+    head_warned: AtomicBool,
 }
 
 /// A `when`'s test, as written, and its `matchname`.
@@ -240,6 +246,7 @@ impl ComposeConfig {
                 max_list_items: e.max_expr_list_items,
                 max_pattern_bytes: e.max_pattern_bytes,
             },
+            head_window_paths: e.head_window_paths.clone(),
             head_window_bytes: e.head_window_bytes,
             max_head_hold: e.max_head_hold,
         }
@@ -341,6 +348,7 @@ impl Composer {
             includes: AtomicUsize::new(0),
             budget: Budget::new(self.config.limits),
             effects: Mutex::default(),
+            head_warned: AtomicBool::new(false),
         });
         let driver = Driver::new(state, doc, head_tx);
         let span = tracing::Span::current();

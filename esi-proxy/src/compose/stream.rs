@@ -74,6 +74,10 @@ struct Gate {
     answer: Option<PrimaryAnswer>,
     /// Whether a primary include has been seen (a second is ignored).
     primary_seen: bool,
+    /// Whether the page's path is in `esi.head_window_paths`: a streamed layout then holds the
+    /// head within the window's bounds; otherwise its head is decided when the first part of
+    /// the page is ready.
+    window: bool,
     /// The layout's own output so far (literal text and `esi:vars`), for the head window.
     layout_bytes: usize,
     /// Whether `max_head_hold_ms` has passed.
@@ -150,6 +154,13 @@ impl Driver {
         doc: Arc<DocContext>,
         head: oneshot::Sender<Head>,
     ) -> Self {
+        let path = state.page.url.path();
+        let window = state
+            .composer
+            .config
+            .head_window_paths
+            .iter()
+            .any(|glob| crate::config::glob_match(glob, path));
         Self {
             state,
             doc,
@@ -162,6 +173,7 @@ impl Driver {
                 primary: None,
                 answer: None,
                 primary_seen: false,
+                window,
                 layout_bytes: 0,
                 hold_expired: false,
                 waiting_since: None,
@@ -169,13 +181,23 @@ impl Driver {
         }
     }
 
-    /// Whether the head can be decided now: no primary answer is awaited, and the head window
-    /// has closed (the layout is complete, its output reached `head_window_bytes`, or
-    /// `max_head_hold_ms` passed).
-    fn head_ready(&self, layout_done: bool) -> bool {
-        let window = self.state.composer.config.head_window_bytes;
-        self.gate.primary.is_none()
-            && (layout_done || self.gate.layout_bytes >= window || self.gate.hold_expired)
+    /// Whether the head can be decided now: no primary answer is awaited, and the layout is
+    /// complete (a cached layout always is), or else, on a `head_window_paths` page, the head
+    /// window has closed (the layout's output reached `head_window_bytes`, or
+    /// `max_head_hold_ms` passed), or, on any other page, the first part is ready to send.
+    fn head_ready(&self, layout_done: bool, first_ready: bool) -> bool {
+        if self.gate.primary.is_some() {
+            return false;
+        }
+        if layout_done {
+            return true;
+        }
+        if self.gate.window {
+            let bytes = self.state.composer.config.head_window_bytes;
+            self.gate.layout_bytes >= bytes || self.gate.hold_expired
+        } else {
+            first_ready
+        }
     }
 
     /// Decides the head and sends it. `Ok(Some(body))`: the composed page is not sent, `body`
@@ -330,10 +352,9 @@ impl Driver {
                 }
             }
             let finished = layout_done && current.is_none() && self.queue.is_empty();
-            if self.gate.tx.is_some() && !batch.is_empty() && self.gate.waiting_since.is_none() {
-                self.gate.waiting_since = Some(std::time::Instant::now());
-            }
-            if self.gate.tx.is_some() && (finished || self.head_ready(layout_done)) {
+            if self.gate.tx.is_some()
+                && (finished || self.head_ready(layout_done, !batch.is_empty()))
+            {
                 match self.decide_head() {
                     Ok(None) => {}
                     Ok(Some(body)) => {
@@ -349,6 +370,10 @@ impl Driver {
                         return;
                     }
                 }
+            }
+            if self.gate.tx.is_some() && !batch.is_empty() && self.gate.waiting_since.is_none() {
+                // Page bytes are ready and the head is not: from here the first byte waits.
+                self.gate.waiting_since = Some(std::time::Instant::now());
             }
             if !batch.is_empty() && self.gate.tx.is_none() {
                 batch_bytes = 0;
@@ -370,7 +395,10 @@ impl Driver {
             let hold_at = tokio::time::Instant::from_std(self.state.page.started)
                 .checked_add(cfg.max_head_hold)
                 .unwrap_or(deadline);
-            let holding = self.gate.tx.is_some() && !self.gate.hold_expired && !layout_done;
+            let holding = self.gate.window
+                && self.gate.tx.is_some()
+                && !self.gate.hold_expired
+                && !layout_done;
             tokio::select! {
                 () = tx.closed() => return,
                 answer = async { self.gate.primary.as_mut().expect("guarded by is_some").await }, if self.gate.primary.is_some() => {
@@ -595,7 +623,9 @@ impl Driver {
             Some(("outcome", outcome)),
             1,
         );
-        tracing::warn!(url = %self.state.page.url, line, reason = why, "primary=\"true\" ignored; included as a plain include");
+        if self.state.first_head_warning() {
+            tracing::warn!(url = %self.state.page.url, line, reason = why, "primary=\"true\" ignored; included as a plain include");
+        }
         self.state
             .trace_head_note(format!("primary on line {line} ignored: {why}"));
         false

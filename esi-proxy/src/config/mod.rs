@@ -142,9 +142,14 @@ pub struct EsiConfig {
     /// Largest compiled regular expression built while a page is composed, in bytes, 1024 to
     /// 16777216. Default: 65536.
     pub max_pattern_bytes: usize,
-    /// The head window: while the layout's own output (literal text and `esi:vars`) is under
-    /// this many bytes and the layout is not complete, the page's head is held for a
-    /// `primary` include or a response function still to come; 0 to 16777216. Default: 65536.
+    /// Path globs (as `process_paths`) whose streamed layouts open the head window: the head is
+    /// held for a `primary` include or a response function still to come, within
+    /// `head_window_bytes` and `max_head_hold_ms`. Elsewhere a streamed layout's head is decided
+    /// when the first part of the page is ready. Default: [] (no window).
+    pub head_window_paths: Vec<String>,
+    /// The head window's byte bound (on `head_window_paths`): while the layout's own output
+    /// (literal text and `esi:vars`) is under this many bytes and the layout is not complete,
+    /// the head is held; 0 to 16777216. Default: 65536.
     pub head_window_bytes: usize,
     /// The longest the head window holds the first byte, in milliseconds from the request;
     /// a primary include holds it up to its own deadline. 0 to 60000. Default: 500.
@@ -393,6 +398,7 @@ impl Default for EsiConfig {
             max_expr_value_bytes: 64 * 1024,
             max_expr_list_items: 1000,
             max_pattern_bytes: 64 * 1024,
+            head_window_paths: Vec::new(),
             head_window_bytes: 64 * 1024,
             max_head_hold_ms: 500,
         }

@@ -114,6 +114,8 @@ pub struct EsiSettings {
     pub max_expr_list_items: usize,
     /// `esi.max_pattern_bytes`, 1 KiB to 16 MiB.
     pub max_pattern_bytes: usize,
+    /// `esi.head_window_paths`: globs as `process_paths`.
+    pub head_window_paths: Vec<String>,
     /// `esi.head_window_bytes`, 0 to 16 MiB.
     pub head_window_bytes: usize,
     /// `esi.max_head_hold_ms`, up to a minute.
@@ -411,6 +413,7 @@ mod tests {
                 max_expr_value_bytes: 64 * 1024,
                 max_expr_list_items: 1000,
                 max_pattern_bytes: 64 * 1024,
+                head_window_paths: Vec::new(),
                 head_window_bytes: 64 * 1024,
                 max_head_hold: Duration::from_millis(500),
             },

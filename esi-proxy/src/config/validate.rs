@@ -111,6 +111,7 @@ impl Config {
         let globs = [
             ("process_paths", &e.process_paths),
             ("shareable_paths", &e.shareable_paths),
+            ("head_window_paths", &e.head_window_paths),
         ];
         for (list, (i, glob)) in globs
             .iter()
@@ -146,6 +147,7 @@ impl Config {
             max_expr_value_bytes: e.max_expr_value_bytes,
             max_expr_list_items: e.max_expr_list_items,
             max_pattern_bytes: e.max_pattern_bytes,
+            head_window_paths: e.head_window_paths.clone(),
             head_window_bytes: e.head_window_bytes,
             max_head_hold: Duration::from_millis(e.max_head_hold_ms),
         })

@@ -87,6 +87,7 @@ async fn fetch(
             client_headers: Arc::new(map),
             timeout: MUST,
             options: Default::default(),
+            keep_status: false,
         })
         .await
 }

@@ -91,3 +91,34 @@ async fn demo_fragments_send_preload_hints_that_reach_the_page_head() {
         );
     }
 }
+
+/// README, primary fragments: the demo's product fragment is primary, so a product id the
+/// catalog does not know makes the whole page a 404 with the fragment's "no such product"
+/// body; the known id (or none) is the whole page.
+#[tokio::test]
+async fn demo_unknown_product_id_is_a_404_page() {
+    let demo = Demo::start(DemoConfig::default().without_latency())
+        .await
+        .expect("demo starts");
+    let proxy = proxy(&format!("http://{}", demo.gateway), demo_config(&demo)).await;
+    for path in ["/", "/?id=NF-4410-22"] {
+        let (status, _, page) = get(&proxy.url(path)).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(
+            page.contains("<h1 class=\"title\">"),
+            "{path}: the product's title"
+        );
+        assert!(page.contains("</html>"), "{path}: the whole page");
+    }
+    let (status, _, page) = get(&proxy.url("/?id=no-such-thing")).await;
+    assert_eq!(status, 404, "{page}");
+    assert!(page.contains("no such product"), "{page}");
+    assert!(
+        !page.contains("<html"),
+        "the fragment's body, not the page: {page}"
+    );
+    assert_eq!(
+        proxy.metric("esi_proxy_primary_total{outcome=\"client_error\"}"),
+        Some(1.0)
+    );
+}

@@ -68,6 +68,7 @@ async fn fetch_with(
         client_headers: Arc::new(headers),
         timeout,
         options: Default::default(),
+        keep_status: false,
     };
     client.fetch(request).await
 }
@@ -140,6 +141,7 @@ async fn header_policy_seen_by_fragments() {
             client_headers: Arc::clone(&headers),
             timeout: Duration::from_secs(5),
             options: Default::default(),
+            keep_status: false,
         };
         let fragment = client.fetch(req).await.expect("fetch succeeds");
         assert_eq!(fragment.status, StatusCode::OK);

@@ -385,6 +385,57 @@ pub fn composed_headers(layout: &HeaderMap) -> HeaderMap {
     headers
 }
 
+/// Headers a layout's `$add_header` may not set on its page (besides [`HOP_BY_HOP`]): what the
+/// proxy owns (framing, encoding, `Server-Timing`, `Surrogate-*`), what says whether the page
+/// may be stored or whose it is (`Cache-Control`, `Expires`, `Pragma`, `Vary`, `Set-Cookie`),
+/// and `Location`, which only `$set_redirect` sets, checked (lowercase).
+pub const NOT_FROM_LAYOUT_FUNCTIONS: [&str; 14] = [
+    "content-length",
+    "content-encoding",
+    "content-range",
+    "cache-control",
+    "expires",
+    "pragma",
+    "vary",
+    "set-cookie",
+    "location",
+    "server-timing",
+    "surrogate-control",
+    "surrogate-key",
+    "age",
+    "date",
+];
+
+/// Whether a layout's `$add_header` may set `name` on its page (see
+/// [`NOT_FROM_LAYOUT_FUNCTIONS`]).
+pub fn layout_may_add(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    !HOP_BY_HOP.contains(&name) && !NOT_FROM_LAYOUT_FUNCTIONS.contains(&name)
+}
+
+/// The `Location` a page may redirect to: a path on this site (`/login`, `/p/2?x=1`) or an
+/// absolute `http`/`https` URL, passed as written (a path is resolved by the browser against
+/// the page's URL, never against a fragment service's). `None` for anything else: another
+/// scheme, a reference relative to the current path, a value over 8 KiB, or text that is not a
+/// valid header value (no CR, LF or other control characters can reach the head).
+pub fn redirect_location(value: &[u8]) -> Option<HeaderValue> {
+    const MAX_LOCATION_BYTES: usize = 8 * 1024;
+    if value.is_empty() || value.len() > MAX_LOCATION_BYTES {
+        return None;
+    }
+    let text = std::str::from_utf8(value).ok()?;
+    if text.bytes().any(|b| b < 0x21 || b == 0x7f) {
+        return None;
+    }
+    let usable = if text.starts_with('/') {
+        // `//host/x` and `/\host/x` name another host; an absolute URL says so openly.
+        !text.starts_with("//") && !text.contains('\\')
+    } else {
+        url::Url::parse(text).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+    };
+    usable.then(|| HeaderValue::from_str(text).ok()).flatten()
+}
+
 /// Makes a composed page unstorable by shared caches: `Cache-Control: private`, keeping the
 /// layout's directives that still hold for the visitor's own cache (`max-age`, `no-store`,
 /// `no-cache`, ...) and dropping `public`, `s-maxage` and `proxy-revalidate`.

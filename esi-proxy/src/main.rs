@@ -216,6 +216,11 @@ fn demo(listen: Option<&str>) -> anyhow::Result<ExitCode> {
                 breaker: None,
             });
         }
+        // The product fragment is primary; its page holds the head for it.
+        config.esi.head_window_paths = fragments::demo::HEAD_WINDOW_PATHS
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
         // The demo runs on one machine for the person who started it.
         config.server.admin_from_loopback = true;
         config.validate_source("<demo>", None)?;

@@ -195,6 +195,11 @@ pub fn demo_config(demo: &fragments::demo::Demo) -> Config {
             breaker: None,
         });
     }
+    // The product fragment is primary; its page holds the head for it.
+    config.esi.head_window_paths = fragments::demo::HEAD_WINDOW_PATHS
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
     // The demo runs on one machine for the person who started it: loopback is an admin.
     config.server.admin_from_loopback = true;
     config

@@ -402,6 +402,11 @@ impl CachingFetcher {
                     self.cache.count_pass();
                     return self.fetch_alone(req, fallback).await;
                 }
+                // A status the leader's request did not keep: this request keeps it (a
+                // primary fragment) and asks alone, for the answer with its headers and body.
+                Ok(Err(error)) if req.keep_status && error.kind() == ErrorKind::Status => {
+                    return self.fetch_alone(req, None).await;
+                }
                 Ok(Err(error)) => FetchError::clone(&error),
                 Err(_) => FetchError::Timeout {
                     url: req.url.to_string(),

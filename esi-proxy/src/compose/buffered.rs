@@ -190,8 +190,10 @@ async fn eval(
     let resolved = state.resolve(inc, doc, scope);
     match resolve(state, inc, &resolved, doc, in_try, true).await {
         Ok(None) => {}
-        Ok(Some(Fetched::Literal(b))) => out.push(Slot::Ready(b)),
-        Ok(Some(Fetched::Esi(template, child))) => {
+        Ok(Some(Fetched {
+            eval: Some((template, child)),
+            ..
+        })) => {
             let child = Arc::new(child);
             if child.trusted {
                 run(state, &template.nodes, &child, in_try, scope, out).await;
@@ -202,6 +204,7 @@ async fn eval(
                 scope.functions.extend(own.functions);
             }
         }
+        Ok(Some(fetched)) => out.push(Slot::Ready(fetched.body)),
         Err(failure) => out.push(Slot::Pending(Task::spawn(async move { Err(failure) }))),
     }
 }

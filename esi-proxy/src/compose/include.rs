@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt};
-use http::header;
+use http::{header, HeaderMap, StatusCode};
+use tokio::sync::oneshot;
 use tokio::sync::{Semaphore, SemaphorePermit, TryAcquireError};
 use tracing::Instrument;
 use url::{Position, Url};
@@ -21,15 +22,9 @@ use crate::esi::{self, Dca, Include, OnError, ParseOptions, Scope, Template, Var
 use crate::fetch::{ErrorKind, FetchError, FragmentRequest};
 
 use super::buffered::compose_nodes;
+use super::head::PrimaryAnswer;
 use super::resolve::Resolved;
 use super::{DocContext, Failure, FailureKind, Fallback, PageState};
-
-/// What a fetched fragment gives: bytes to place, or (for an `esi:eval` of ESI) the parsed
-/// fragment and where it sits, to run in the parent's scope.
-pub(super) enum Fetched {
-    Literal(Bytes),
-    Esi(Arc<Template>, DocContext),
-}
 
 /// One include with its fallbacks: `src`, then `alt`, then `onerror="continue"`; then, outside
 /// an attempt, the policy. `resolved` holds its variables as read where the tag stands.
@@ -41,13 +36,8 @@ pub(super) fn include<'a>(
     in_try: bool,
 ) -> BoxFuture<'a, Result<Bytes, Failure>> {
     async move {
-        Ok(
-            match resolve(state, inc, resolved, doc, in_try, false).await? {
-                Some(Fetched::Literal(b)) => b,
-                // Only an eval hands back a template.
-                Some(Fetched::Esi(..)) | None => Bytes::new(),
-            },
-        )
+        let fetched = resolve(state, inc, resolved, doc, in_try, false).await?;
+        Ok(fetched.map_or_else(Bytes::new, |f| f.body))
     }
     .boxed()
 }
@@ -77,9 +67,10 @@ pub(super) fn resolve<'a>(
         } else {
             let urls = std::iter::once((&inc.src, &resolved.src));
             let alts = inc.alt.as_ref().zip(resolved.alt.as_ref());
+            let purpose = if eval { Purpose::Eval } else { Purpose::Include };
             for (i, (src, url)) in urls.chain(alts).enumerate() {
                 let target = Target { src, url, resolved };
-                match fetch_fragment(state, target, inc, i > 0, doc, eval).await {
+                match fetch_fragment(state, target, inc, i > 0, doc, purpose).await {
                     Ok(body) => {
                         if i > 0 {
                             state.record_fallback(Fallback::Alt, last.as_ref());
@@ -123,24 +114,119 @@ struct Target<'a> {
     resolved: &'a Resolved,
 }
 
+/// What a fetch is for: a plain include, an `esi:eval`, or the page's primary include.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Include,
+    Eval,
+    Primary,
+}
+
+/// The page's primary include: `src` fetched keeping any status (its answer goes to the driver
+/// at once, to decide the page's head), then its `alt` as a plain include. A primary that gives
+/// no answer and has no `alt` that does fails the page, whatever its `onerror`.
+pub(super) fn primary<'a>(
+    state: &'a Arc<PageState>,
+    inc: &'a Include,
+    doc: &'a DocContext,
+    resolved: &'a Resolved,
+    answer: oneshot::Sender<PrimaryAnswer>,
+) -> BoxFuture<'a, Result<Bytes, Failure>> {
+    async move {
+        let cfg = &state.composer.config;
+        let failure = if state.includes.fetch_add(1, Ordering::Relaxed) >= cfg.max_includes {
+            Failure {
+                url: inc.src.to_string(),
+                kind: FailureKind::Limit,
+                message: format!("more than {} includes in the page", cfg.max_includes),
+                record: None,
+            }
+        } else {
+            let target = Target {
+                src: &inc.src,
+                url: &resolved.src,
+                resolved,
+            };
+            match fetch_fragment(state, target, inc, false, doc, Purpose::Primary).await {
+                Ok(fetched) => {
+                    let body = fetched.body.clone();
+                    let _ = answer.send(PrimaryAnswer::Answered {
+                        status: fetched.status,
+                        headers: fetched.headers,
+                        body: fetched.body,
+                        trusted: fetched.trusted,
+                        url: fetched.url,
+                    });
+                    return Ok(body);
+                }
+                Err(f) => f,
+            }
+        };
+        tracing::warn!(failure = %failure, line = inc.line, "primary include failed");
+        let failure = match inc.alt.as_ref().zip(resolved.alt.as_ref()) {
+            Some((src, url)) => match fetch_fragment(
+                state,
+                Target { src, url, resolved },
+                inc,
+                true,
+                doc,
+                Purpose::Include,
+            )
+            .await
+            {
+                Ok(fetched) => {
+                    state.record_fallback(Fallback::Alt, Some(&failure));
+                    let _ = answer.send(PrimaryAnswer::Alt);
+                    return Ok(fetched.body);
+                }
+                Err(f) => f,
+            },
+            None => failure,
+        };
+        state.record_fallback(Fallback::Abort, Some(&failure));
+        let _ = answer.send(PrimaryAnswer::Failed(failure.clone()));
+        Err(failure)
+    }
+    .boxed()
+}
+
+/// A fetched include: its body (composed when it was ESI; empty for an eval's ESI), the parsed
+/// fragment an `esi:eval` runs in its parent's scope, and what a primary's answer needs.
+pub(super) struct Fetched {
+    pub(super) body: Bytes,
+    /// An eval's ESI fragment, parsed to read its parent's variables, and where it sits.
+    pub(super) eval: Option<(Arc<Template>, DocContext)>,
+    pub(super) status: StatusCode,
+    /// The response's headers; only kept for a primary.
+    pub(super) headers: HeaderMap,
+    /// Whether the host is trusted (and every document above it).
+    pub(super) trusted: bool,
+    pub(super) url: String,
+}
+
 /// Fetches one URL of an include, composing it if it is ESI itself (an eval's comes back
-/// parsed); traced when the page is.
+/// parsed); traced when the page is. A primary's answer may have any status; its headers are
+/// kept.
 async fn fetch_fragment(
     state: &Arc<PageState>,
     target: Target<'_>,
     inc: &Include,
     alt: bool,
     doc: &DocContext,
-    eval: bool,
+    purpose: Purpose,
 ) -> Result<Fetched, Failure> {
     let record = state.trace_start(doc, target.src, inc.line, alt);
-    let result = fetch_one(state, target, inc, doc, record, eval).await;
+    if purpose == Purpose::Primary {
+        if let Some(id) = record {
+            state.trace_update(id, |r| r.primary = true);
+        }
+    }
+    let result = fetch_one(state, target, inc, doc, record, purpose).await;
     if let Some(id) = record {
         state.trace_update(id, |r| {
             r.end_ms = state.elapsed_ms();
             match &result {
-                Ok(Fetched::Literal(body)) => r.bytes = r.bytes.max(body.len()),
-                Ok(Fetched::Esi(..)) => {}
+                Ok(fetched) => r.bytes = r.bytes.max(fetched.body.len()),
                 Err(f) => {
                     f.kind.as_str().clone_into(&mut r.outcome);
                     r.error = Some(f.message.clone());
@@ -157,9 +243,10 @@ async fn fetch_one(
     inc: &Include,
     doc: &DocContext,
     record: Option<usize>,
-    eval: bool,
+    purpose: Purpose,
 ) -> Result<Fetched, Failure> {
     let maxwait_ms = inc.maxwait_ms;
+    let keep_status = purpose == Purpose::Primary;
     let composer = &state.composer;
     let cfg = &composer.config;
     let fail = |url: &str, kind: FailureKind, message: String| Failure {
@@ -270,6 +357,7 @@ async fn fetch_one(
             client_headers: Arc::clone(&state.page.client_headers),
             timeout,
             options,
+            keep_status,
         };
         composer
             .fetcher
@@ -319,11 +407,27 @@ async fn fetch_one(
             return Err(f);
         }
     };
+    let trusted = doc.trusted && access.trusted;
+    let esi = processes(inc.options.dca, &fragment) && access.esi && fragment.status.is_success();
+    let mut fetched = Fetched {
+        body: Bytes::new(),
+        status: fragment.status,
+        headers: if keep_status {
+            fragment.headers
+        } else {
+            HeaderMap::new()
+        },
+        trusted,
+        url: url.to_string(),
+        eval: None,
+    };
     // ESI from a host that is neither trusted nor opted in (`esi = true`) is placed as literal
     // bytes, as a fragment not marked ESI is: its markup fetches nothing and reads nothing.
-    // `dca` chooses between those the host may send: `none` never, `esi` even unmarked.
-    if !processes(inc.options.dca, &fragment) || !access.esi {
-        return Ok(Fetched::Literal(fragment.body));
+    // `dca` chooses between those the host may send: `none` never, `esi` even unmarked. A
+    // primary's answer outside 2xx is placed as it came.
+    if !esi {
+        fetched.body = fragment.body;
+        return Ok(fetched);
     }
     if doc.depth + 1 > cfg.max_depth {
         return Err(fail(
@@ -355,14 +459,15 @@ async fn fetch_one(
         trusted: access.trusted,
         record,
     };
-    if eval {
+    if purpose == Purpose::Eval {
         // Parsed again: its `$(name)`s read the including document's variables.
         let opts = ParseOptions {
             shared_scope: true,
             ..cfg.parse.clone()
         };
         let shared = esi::parse(fragment.body.clone(), &opts).unwrap_or_default();
-        return Ok(Fetched::Esi(Arc::new(shared), child));
+        fetched.eval = Some((Arc::new(shared), child));
+        return Ok(fetched);
     }
     // A fragment's variables are its own.
     let child = Arc::new(child);
@@ -374,7 +479,8 @@ async fn fetch_one(
             format!("composed fragment over {} bytes", cfg.max_page_bytes),
         ));
     }
-    Ok(Fetched::Literal(parts))
+    fetched.body = parts;
+    Ok(fetched)
 }
 
 /// Whether a fragment's ESI is to be processed, its host permitting: as marked, unless the

@@ -4,20 +4,21 @@
 //! `trace` records the build, and `hints` collects the page's preload hints. Knows no sockets: fragments come from a [`Fetcher`].
 
 mod buffered;
+mod head;
 mod hints;
 mod include;
 mod resolve;
 mod stream;
 mod trace;
 
-use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::Stream;
 use http::HeaderMap;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::Instrument;
 use url::Url;
 
@@ -30,8 +31,9 @@ use crate::esi::{
 use crate::fetch::{deadline_after, ErrorKind, Fetcher};
 use crate::telemetry::{self, Metrics};
 
+pub use head::{BadRedirect, Head, PrimaryError};
 pub use hints::{PageHints, HINTS_DROPPED};
-pub use trace::{FetchRecord, LayoutRecord, Trace};
+pub use trace::{FetchRecord, HeadRecord, LayoutRecord, Trace};
 
 use stream::{Driver, Source};
 
@@ -61,6 +63,25 @@ pub struct ComposeConfig {
     pub shared_headers: Vec<String>,
     /// The bounds on what a page's expressions may compute.
     pub limits: Limits,
+    /// Path globs whose streamed layouts open the head window; elsewhere a streamed layout's
+    /// head is decided when the first part of the page is ready.
+    pub head_window_paths: Vec<String>,
+    /// The head window: while the layout's own output is under this many bytes (and the
+    /// layout is not complete), the head is held for a `primary` include or a response
+    /// function still to come.
+    pub head_window_bytes: usize,
+    /// The longest the window holds the head, from the page's start.
+    pub max_head_hold: Duration,
+}
+
+/// A page being composed: its head, decided before the first byte of its body, and its body.
+#[derive(Debug)]
+pub struct Composed {
+    /// The decided head; sent before the body's first item. Closed without a value when the
+    /// page fails first.
+    pub head: oneshot::Receiver<Head>,
+    /// The body in document order; an `Err` item means the page cannot be completed.
+    pub body: mpsc::Receiver<Result<Bytes, ComposeError>>,
 }
 
 /// Runs pages: owns the fragment source, the process-wide fetch limit and the metrics.
@@ -108,6 +129,10 @@ pub enum ComposeError {
     /// Composing the page panicked (logged and counted where it was caught).
     #[error("composition panicked")]
     Panic,
+    /// The page's primary fragment failed with nothing in its place, or answered a redirect
+    /// the page cannot send; always before the page's first byte.
+    #[error("{0}")]
+    Primary(PrimaryError),
 }
 
 /// The kind of an include's failure: a fetch's, or one the composer decides itself.
@@ -168,6 +193,11 @@ struct PageState {
     includes: AtomicUsize,
     /// What the page's expressions may still compute.
     budget: Budget,
+    /// The layout's response functions, kept until the head is decided.
+    effects: Mutex<head::Effects>,
+    /// Set by the page's first warning about its head (a late or ignored primary or response
+    /// function): later ones are counted and traced, not logged again.
+    head_warned: AtomicBool,
 }
 
 /// A `when`'s test, as written, and its `matchname`.
@@ -232,6 +262,9 @@ impl ComposeConfig {
                 max_foreach_iterations: e.max_foreach_iterations,
                 max_function_depth: e.max_function_depth,
             },
+            head_window_paths: e.head_window_paths.clone(),
+            head_window_bytes: e.head_window_bytes,
+            max_head_hold: e.max_head_hold,
         }
     }
 }
@@ -265,13 +298,27 @@ impl Composer {
     /// page body in document order; an `Err` item means the page cannot be completed and the
     /// response must be aborted. Dropping the receiver stops the page and all its fetches.
     /// When `on_parsed` is given, it receives the parsed layout and its size once the layout
-    /// has arrived whole (to cache it).
+    /// has arrived whole (to cache it). The head decision is dropped: see [`Self::compose_page`].
     pub fn compose<S>(
         self: &Arc<Self>,
         page: Page,
         layout: S,
         on_parsed: Option<OnParsed>,
     ) -> mpsc::Receiver<Result<Bytes, ComposeError>>
+    where
+        S: Stream<Item = Result<Bytes, String>> + Send + Unpin + 'static,
+    {
+        self.compose_page(page, layout, on_parsed).body
+    }
+
+    /// [`Self::compose`], with the page's head: the status and headers the layout's response
+    /// functions and its primary fragment decided, ready before the body's first item.
+    pub fn compose_page<S>(
+        self: &Arc<Self>,
+        page: Page,
+        layout: S,
+        on_parsed: Option<OnParsed>,
+    ) -> Composed
     where
         S: Stream<Item = Result<Bytes, String>> + Send + Unpin + 'static,
     {
@@ -285,18 +332,20 @@ impl Composer {
         page: Page,
         template: Arc<Template>,
     ) -> mpsc::Receiver<Result<Bytes, ComposeError>> {
+        self.compose_parsed_page(page, template).body
+    }
+
+    /// [`Self::compose_parsed`], with the page's head (see [`Self::compose_page`]).
+    pub fn compose_parsed_page(self: &Arc<Self>, page: Page, template: Arc<Template>) -> Composed {
         self.start::<futures::stream::Empty<Result<Bytes, String>>>(page, Source::Parsed(template))
     }
 
-    fn start<S>(
-        self: &Arc<Self>,
-        page: Page,
-        source: Source<S>,
-    ) -> mpsc::Receiver<Result<Bytes, ComposeError>>
+    fn start<S>(self: &Arc<Self>, page: Page, source: Source<S>) -> Composed
     where
         S: Stream<Item = Result<Bytes, String>> + Send + Unpin + 'static,
     {
         let (tx, rx) = mpsc::channel(16);
+        let (head_tx, head_rx) = oneshot::channel();
         let started = tokio::time::Instant::from_std(page.started);
         let deadline = deadline_after(started, self.config.page_timeout);
         let doc = Arc::new(DocContext {
@@ -314,8 +363,10 @@ impl Composer {
             local: Semaphore::new(self.config.max_concurrent_per_page),
             includes: AtomicUsize::new(0),
             budget: Budget::new(self.config.limits),
+            effects: Mutex::default(),
+            head_warned: AtomicBool::new(false),
         });
-        let driver = Driver::new(state, doc);
+        let driver = Driver::new(state, doc, head_tx);
         let span = tracing::Span::current();
         // A panic in the driver, or re-raised from one of its include tasks, fails this page
         // alone: the receiver gets an error, never a clean end of a page cut short.
@@ -328,7 +379,10 @@ impl Composer {
             }
         };
         tokio::spawn(run.instrument(span));
-        rx
+        Composed {
+            head: head_rx,
+            body: rx,
+        }
     }
 }
 
@@ -406,6 +460,9 @@ impl PageState {
         cx.scope = std::mem::take(scope);
         let result = test.test(&mut cx);
         *scope = std::mem::take(&mut cx.scope);
+        let effects = std::mem::take(&mut cx.effects);
+        drop(cx);
+        self.take_effects(doc, effects);
         match result {
             Ok(pass) => pass,
             Err(bound) => {
@@ -441,6 +498,9 @@ impl PageState {
         cx.scope = std::mem::take(scope);
         let result = esi::assign(a, &mut cx);
         *scope = std::mem::take(&mut cx.scope);
+        let effects = std::mem::take(&mut cx.effects);
+        drop(cx);
+        self.take_effects(doc, effects);
         if let Err(bound) = result {
             self.expr_bound(bound, &a.source);
         }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -17,6 +17,8 @@ use crate::esi::parse::TemplateBuilder;
 use crate::esi::{Event, Node, Parser, Scope, Template, UserFunction};
 
 use super::buffered::{run, run_try, start_include};
+use super::head::{resolve, Head, PrimaryAnswer, PrimaryError};
+use super::include::primary;
 use super::{ComposeError, DocContext, Failure, FailureKind, OnParsed, PageState, WhenTest};
 use crate::fetch::ErrorKind;
 
@@ -66,6 +68,30 @@ pub(super) struct Driver {
     /// Whether a unit is running: events wait in `held` until it has.
     waiting: bool,
     held: VecDeque<Event>,
+    /// The page's head until it is decided.
+    gate: Gate,
+}
+
+/// What holds the page's head, until it is decided and sent.
+struct Gate {
+    /// `None` once the head is decided and sent.
+    tx: Option<oneshot::Sender<Head>>,
+    /// The primary include's answer, while it is awaited.
+    primary: Option<oneshot::Receiver<PrimaryAnswer>>,
+    /// The answer, once it came.
+    answer: Option<PrimaryAnswer>,
+    /// Whether a primary include has been seen (a second is ignored).
+    primary_seen: bool,
+    /// Whether the page's path is in `esi.head_window_paths`: a streamed layout then holds the
+    /// head within the window's bounds; otherwise its head is decided when the first part of
+    /// the page is ready.
+    window: bool,
+    /// The layout's own output so far (literal text and `esi:vars`), for the head window.
+    layout_bytes: usize,
+    /// Whether `max_head_hold_ms` has passed.
+    hold_expired: bool,
+    /// When page bytes were first ready to send while the head was held.
+    waiting_since: Option<std::time::Instant>,
 }
 
 /// Where a page's layout comes from.
@@ -150,7 +176,18 @@ fn template_events(nodes: &[Node], out: &mut Vec<Event>) {
 // === impl Driver ===
 
 impl Driver {
-    pub(super) fn new(state: Arc<PageState>, doc: Arc<DocContext>) -> Self {
+    pub(super) fn new(
+        state: Arc<PageState>,
+        doc: Arc<DocContext>,
+        head: oneshot::Sender<Head>,
+    ) -> Self {
+        let path = state.page.url.path();
+        let window = state
+            .composer
+            .config
+            .head_window_paths
+            .iter()
+            .any(|glob| crate::config::glob_match(glob, path));
         Self {
             state,
             doc,
@@ -162,6 +199,116 @@ impl Driver {
             started: None,
             waiting: false,
             held: VecDeque::new(),
+            gate: Gate {
+                tx: Some(head),
+                primary: None,
+                answer: None,
+                primary_seen: false,
+                window,
+                layout_bytes: 0,
+                hold_expired: false,
+                waiting_since: None,
+            },
+        }
+    }
+
+    /// Whether the head can be decided now: no primary answer is awaited, and the layout is
+    /// complete (a cached layout always is), or else, on a `head_window_paths` page, the head
+    /// window has closed (the layout's output reached `head_window_bytes`, or
+    /// `max_head_hold_ms` passed), or, on any other page, the first part is ready to send.
+    fn head_ready(&self, layout_done: bool, first_ready: bool) -> bool {
+        if self.gate.primary.is_some() {
+            return false;
+        }
+        if layout_done {
+            return true;
+        }
+        if self.gate.window {
+            let bytes = self.state.composer.config.head_window_bytes;
+            self.gate.layout_bytes >= bytes || self.gate.hold_expired
+        } else {
+            first_ready
+        }
+    }
+
+    /// Decides the head and sends it. `Ok(Some(body))`: the composed page is not sent, `body`
+    /// is, and the page ends. `Err`: the page fails before its first byte.
+    fn decide_head(&mut self) -> Result<Option<Bytes>, ComposeError> {
+        let Some(tx) = self.gate.tx.take() else {
+            return Ok(None);
+        };
+        if let Some(mut rx) = self.gate.primary.take() {
+            // Only when the primary's slot was joined first: its answer was sent before.
+            self.gate.answer = rx.try_recv().ok();
+        }
+        let state = &self.state;
+        let effects = state.close_head();
+        let had_primary = self.gate.primary_seen;
+        let mut answer = self.gate.answer.take();
+        if had_primary && answer.is_none() {
+            answer = Some(PrimaryAnswer::Failed(Failure {
+                url: String::new(),
+                kind: FailureKind::Fetch(ErrorKind::Transport),
+                message: "primary fetch ended without an answer".into(),
+                record: None,
+            }));
+        }
+        let held_ms = self
+            .gate
+            .waiting_since
+            .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0);
+        let decided_ms = state.elapsed_ms();
+        let result = resolve(effects, answer);
+        let outcome = match &result {
+            Ok(r) => r.primary,
+            Err(PrimaryError::Failed(_)) => Some("failed"),
+            Err(PrimaryError::BadRedirect(_)) => Some("bad_redirect"),
+        };
+        if let Some(outcome) = outcome {
+            state.composer.metrics.inc_counter(
+                "esi_proxy_primary_total",
+                "Primary fragments by what they came to: ok, redirect, client_error, \
+                 server_error, alt, failed, bad_redirect, late, ignored.",
+                Some(("outcome", outcome)),
+                1,
+            );
+        }
+        if held_ms > 0.0 {
+            state.composer.metrics.inc_counter(
+                "esi_proxy_head_held_total",
+                "Pages whose first byte waited for the head (a primary or the head window).",
+                None,
+                1,
+            );
+            // Whole milliseconds: a counter, read as a rate against the one above.
+            state.composer.metrics.inc_counter(
+                "esi_proxy_head_held_milliseconds_total",
+                "Milliseconds first bytes waited for the head, summed.",
+                None,
+                held_ms as u64,
+            );
+        }
+        state.trace_head(|h| {
+            h.decided_ms = Some(decided_ms);
+            h.held_ms = held_ms;
+            h.primary_outcome = outcome.map(str::to_owned);
+        });
+        match result {
+            Err(e) => {
+                tracing::warn!(url = %state.page.url, error = %e, "page failed on its primary fragment");
+                Err(ComposeError::Primary(e))
+            }
+            Ok(mut resolved) => {
+                resolved.head.held_ms = held_ms;
+                for note in resolved.notes.drain(..) {
+                    state.trace_head_note(note);
+                }
+                let status = resolved.head.status.map(|s| s.as_u16());
+                state.trace_head(|h| h.status = status);
+                // A receiver gone is a caller that wants the body only.
+                let _ = tx.send(resolved.head);
+                Ok(resolved.replace)
+            }
         }
     }
 
@@ -225,7 +372,7 @@ impl Driver {
                         }
                         batch_bytes += bytes.len();
                         batch.push(bytes);
-                        if batch_bytes >= MAX_BATCH_BYTES {
+                        if batch_bytes >= MAX_BATCH_BYTES && self.gate.tx.is_none() {
                             batch_bytes = 0;
                             if tx.send(Ok(concat_batch(&mut batch))).await.is_err() {
                                 return;
@@ -236,16 +383,42 @@ impl Driver {
                     None => break,
                 }
             }
-            if !batch.is_empty() {
+            if unit.is_none() {
+                unit = self.started.take();
+            }
+            // A unit (loop, eval) still running holds the events after it.
+            let finished =
+                layout_done && current.is_none() && self.queue.is_empty() && !self.waiting;
+            if self.gate.tx.is_some()
+                && (finished || self.head_ready(layout_done, !batch.is_empty()))
+            {
+                match self.decide_head() {
+                    Ok(None) => {}
+                    Ok(Some(body)) => {
+                        // The composed page is replaced: what was held is dropped, and
+                        // the page's fetches stop with the driver.
+                        if !body.is_empty() {
+                            let _ = tx.send(Ok(body)).await;
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+            if self.gate.tx.is_some() && !batch.is_empty() && self.gate.waiting_since.is_none() {
+                // Page bytes are ready and the head is not: from here the first byte waits.
+                self.gate.waiting_since = Some(std::time::Instant::now());
+            }
+            if !batch.is_empty() && self.gate.tx.is_none() {
                 batch_bytes = 0;
                 if tx.send(Ok(concat_batch(&mut batch))).await.is_err() {
                     return;
                 }
             }
-            if unit.is_none() {
-                unit = self.started.take();
-            }
-            if layout_done && current.is_none() && self.queue.is_empty() && !self.waiting {
+            if finished {
                 let problems = parser.problem_count();
                 if problems > 0 {
                     self.state
@@ -256,8 +429,22 @@ impl Driver {
                 }
                 return;
             }
+            let hold_at = tokio::time::Instant::from_std(self.state.page.started)
+                .checked_add(cfg.max_head_hold)
+                .unwrap_or(deadline);
+            let holding = self.gate.window
+                && self.gate.tx.is_some()
+                && !self.gate.hold_expired
+                && !layout_done;
             tokio::select! {
                 () = tx.closed() => return,
+                answer = async { self.gate.primary.as_mut().expect("guarded by is_some").await }, if self.gate.primary.is_some() => {
+                    self.gate.primary = None;
+                    self.gate.answer = answer.ok();
+                }
+                () = tokio::time::sleep_until(hold_at), if holding => {
+                    self.gate.hold_expired = true;
+                }
                 chunk = tokio::time::timeout_at(deadline, next_chunk(&mut layout)), if !layout_done => {
                     let step = match chunk {
                         Err(_) => Err(ComposeError::LayoutTimeout(page_timeout)),
@@ -310,7 +497,14 @@ impl Driver {
                     match result {
                         Ok(bytes) => self.queue.push_front(Slot::Ready(bytes)),
                         Err(failure) => {
-                            let _ = tx.send(Err(ComposeError::Required(failure))).await;
+                            // A failed primary joined before its answer was read: the head
+                            // decides the page's error (and counts it) as it would have.
+                            let error = match self.gate.primary_seen && self.gate.tx.is_some() {
+                                true => self.decide_head().err(),
+                                false => None,
+                            };
+                            let error = error.unwrap_or(ComposeError::Required(failure));
+                            let _ = tx.send(Err(error)).await;
                             return;
                         }
                     }
@@ -391,7 +585,10 @@ impl Driver {
             return;
         }
         match event {
-            Event::Text(bytes) => self.push(Slot::Ready(bytes)),
+            Event::Text(bytes) => {
+                self.gate.layout_bytes += bytes.len();
+                self.push(Slot::Ready(bytes));
+            }
             Event::ForeachStart { .. } | Event::FunctionStart { .. } => {
                 let mut builder = TemplateBuilder::default();
                 builder.push(event);
@@ -404,7 +601,17 @@ impl Driver {
                 let out = self
                     .state
                     .render_vars(&segments, &self.doc, &mut self.scope);
+                self.gate.layout_bytes += out.len();
                 self.push(Slot::Ready(out));
+            }
+            Event::Include(inc) if inc.primary && self.take_primary(inc.line) => {
+                let (tx, rx) = oneshot::channel();
+                self.gate.primary = Some(rx);
+                let resolved = self.state.resolve(&inc, &self.doc, &mut self.scope);
+                let (state, doc) = (Arc::clone(&self.state), Arc::clone(&self.doc));
+                let task =
+                    Task::spawn(async move { primary(&state, &inc, &doc, &resolved, tx).await });
+                self.push(Slot::Pending(task));
             }
             Event::Include(inc) => {
                 let in_try = self.in_attempt();
@@ -485,6 +692,40 @@ impl Driver {
             run(&state, &nodes, &doc, in_try, &mut scope, &mut slots).await;
             (scope, slots)
         }));
+    }
+
+    /// Whether a `primary="true"` include on `line` becomes the page's primary: not inside an
+    /// attempt, not a second one, not after the head was decided. Otherwise it is a plain
+    /// include (counted, logged, noted on the waterfall).
+    fn take_primary(&mut self, line: u32) -> bool {
+        let why = if self.in_attempt() {
+            "inside esi:attempt"
+        } else if self.gate.primary_seen {
+            "a second primary"
+        } else if self.gate.tx.is_none() {
+            "after the head was sent"
+        } else {
+            self.gate.primary_seen = true;
+            return true;
+        };
+        let outcome = if self.gate.tx.is_none() && why.starts_with("after") {
+            "late"
+        } else {
+            "ignored"
+        };
+        self.state.composer.metrics.inc_counter(
+            "esi_proxy_primary_total",
+            "Primary fragments by what they came to: ok, redirect, client_error, server_error, \
+             alt, failed, bad_redirect, late, ignored.",
+            Some(("outcome", outcome)),
+            1,
+        );
+        if self.state.first_head_warning() {
+            tracing::warn!(url = %self.state.page.url, line, reason = why, "primary=\"true\" ignored; included as a plain include");
+        }
+        self.state
+            .trace_head_note(format!("primary on line {line} ignored: {why}"));
+        false
     }
 
     /// Opens a `when` (if `pass`) or `otherwise` branch: taken if no earlier branch was.

@@ -19,7 +19,29 @@ pub struct Trace {
     private: Mutex<Option<String>>,
     /// The parts that used the visitor's credentials, in the order they did, each once.
     credentials: Mutex<Vec<String>>,
+    /// How the page's head was decided.
+    head: Mutex<HeadRecord>,
 }
+
+/// How a traced page's head was decided, times in milliseconds from the page's start.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct HeadRecord {
+    /// When the head was decided (`None`: the page failed first).
+    pub decided_ms: Option<f64>,
+    /// How long the first byte waited for the decision once the page had bytes ready.
+    pub held_ms: f64,
+    /// The status the head took from a response function or the primary, if any.
+    pub status: Option<u16>,
+    /// The trace row of the primary fragment's fetch.
+    pub primary: Option<usize>,
+    /// What the primary came to: ok, redirect, client_error, server_error, alt, failed.
+    pub primary_outcome: Option<String>,
+    /// Response functions applied or refused, late calls, ignored primaries, in order.
+    pub notes: Vec<String>,
+}
+
+/// Most notes one head record keeps.
+const MAX_HEAD_NOTES: usize = 100;
 
 /// The layout fetch of a traced page, times in milliseconds from the page's start.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
@@ -78,6 +100,8 @@ pub struct FetchRecord {
     pub fallback: Option<String>,
     /// Whether the body was ESI and composed in turn.
     pub esi: bool,
+    /// Whether this was the page's primary fragment (its answer decided the page's head).
+    pub primary: bool,
     /// The preload hints its response sent (`Link` values as the page head would carry them).
     pub hints: Vec<String>,
 }
@@ -120,6 +144,11 @@ impl Trace {
     /// When the whole layout body had arrived and was parsed.
     pub fn layout_done_ms(&self) -> Option<f64> {
         *lock(&self.layout_done_ms)
+    }
+
+    /// How the page's head was decided.
+    pub fn head(&self) -> HeadRecord {
+        lock(&self.head).clone()
     }
 
     /// Records when the whole layout body had arrived and was parsed.
@@ -180,6 +209,23 @@ impl PageState {
     pub(super) fn note_cookie_read(&self) {
         if self.page.vars.cookie_read() {
             self.note_credentials(|| "variable HTTP_COOKIE".to_owned());
+        }
+    }
+
+    /// Adds a note on how the head was decided (bounded).
+    pub(super) fn trace_head_note(&self, note: String) {
+        if let Some(trace) = &self.page.trace {
+            let mut head = lock(&trace.head);
+            if head.notes.len() < MAX_HEAD_NOTES {
+                head.notes.push(note);
+            }
+        }
+    }
+
+    /// Updates the head's record, when the page is traced.
+    pub(super) fn trace_head(&self, update: impl FnOnce(&mut HeadRecord)) {
+        if let Some(trace) = &self.page.trace {
+            update(&mut lock(&trace.head));
         }
     }
 

@@ -152,6 +152,18 @@ pub struct EsiConfig {
     pub max_foreach_iterations: usize,
     /// Deepest nesting of calls of document-defined functions, 1 to 64. Default: 10.
     pub max_function_depth: usize,
+    /// Path globs (as `process_paths`) whose streamed layouts open the head window: the head is
+    /// held for a `primary` include or a response function still to come, within
+    /// `head_window_bytes` and `max_head_hold_ms`. Elsewhere a streamed layout's head is decided
+    /// when the first part of the page is ready. Default: [] (no window).
+    pub head_window_paths: Vec<String>,
+    /// The head window's byte bound (on `head_window_paths`): while the layout's own output
+    /// (literal text and `esi:vars`) is under this many bytes and the layout is not complete,
+    /// the head is held; 0 to 16777216. Default: 65536.
+    pub head_window_bytes: usize,
+    /// The longest the head window holds the first byte, in milliseconds from the request;
+    /// a primary include holds it up to its own deadline. 0 to 60000. Default: 500.
+    pub max_head_hold_ms: u64,
 }
 
 /// `[fetch]`.
@@ -411,6 +423,9 @@ impl Default for EsiConfig {
             max_pattern_bytes: 64 * 1024,
             max_foreach_iterations: 1000,
             max_function_depth: 10,
+            head_window_paths: Vec::new(),
+            head_window_bytes: 64 * 1024,
+            max_head_hold_ms: 500,
         }
     }
 }

@@ -64,6 +64,11 @@ pub const RANGES: &[Range] = &[
     range("esi.max_pattern_bytes", KIB, 16 * MIB),
     range("esi.max_foreach_iterations", 1, 100_000),
     range("esi.max_function_depth", 1, 64),
+    range("esi.head_window_bytes", 0, 16 * MIB),
+    Range {
+        why: "the head window holds a page's first byte; a minute is past any page's patience",
+        ..range("esi.max_head_hold_ms", 0, 60_000)
+    },
     range("fetch.connect_timeout_ms", 1, HOUR_MS),
     range("fetch.fragment_timeout_ms", 1, HOUR_MS),
     range("fetch.layout_timeout_ms", 1, HOUR_MS),

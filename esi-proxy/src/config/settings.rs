@@ -120,6 +120,12 @@ pub struct EsiSettings {
     pub max_foreach_iterations: usize,
     /// `esi.max_function_depth`, 1 to 64.
     pub max_function_depth: usize,
+    /// `esi.head_window_paths`: globs as `process_paths`.
+    pub head_window_paths: Vec<String>,
+    /// `esi.head_window_bytes`, 0 to 16 MiB.
+    pub head_window_bytes: usize,
+    /// `esi.max_head_hold_ms`, up to a minute.
+    pub max_head_hold: Duration,
 }
 
 /// `[fetch]`, validated.
@@ -433,6 +439,9 @@ mod tests {
                 max_pattern_bytes: 64 * 1024,
                 max_foreach_iterations: 1000,
                 max_function_depth: 10,
+                head_window_paths: Vec::new(),
+                head_window_bytes: 64 * 1024,
+                max_head_hold: Duration::from_millis(500),
             },
             fetch: FetchSettings {
                 connect_timeout: Duration::from_secs(1),

@@ -112,6 +112,7 @@ impl Config {
         let globs = [
             ("process_paths", &e.process_paths),
             ("shareable_paths", &e.shareable_paths),
+            ("head_window_paths", &e.head_window_paths),
         ];
         for (list, (i, glob)) in globs
             .iter()
@@ -170,6 +171,9 @@ impl Config {
             max_pattern_bytes: e.max_pattern_bytes,
             max_foreach_iterations: e.max_foreach_iterations,
             max_function_depth: e.max_function_depth,
+            head_window_paths: e.head_window_paths.clone(),
+            head_window_bytes: e.head_window_bytes,
+            max_head_hold: Duration::from_millis(e.max_head_hold_ms),
         })
     }
 

@@ -128,7 +128,7 @@ pub enum OnError {
     Continue,
 }
 
-/// `<esi:include src=".." alt=".." onerror="continue"/>`.
+/// `<esi:include src=".." alt=".." onerror="continue" maxwait=".." primary="true"/>`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Include {
     /// The fragment's URL, possibly relative, possibly holding variables.
@@ -142,6 +142,9 @@ pub struct Include {
     /// The attributes past ESI 1.0 (`dca`, `ttl`, `no-store`, `method`, `entity`, header
     /// edits) and nested `<esi:param>`s.
     pub options: IncludeOptions,
+    /// `primary="true"`: this fragment's status, `Location` and (from a trusted host)
+    /// `Set-Cookie` become the page's. Other ESI processors ignore the attribute.
+    pub primary: bool,
     /// Line of the tag.
     pub line: u32,
     /// Byte column of the tag.

@@ -36,6 +36,7 @@ impl Parser {
             alt: None,
             onerror: OnError::Fail,
             maxwait_ms: None,
+            primary: false,
             options: IncludeOptions::default(),
             line: pos.line,
             col: pos.col,
@@ -73,7 +74,11 @@ impl Parser {
                         self.problem(pos, Problem::BadAttribute { element, message })?;
                     }
                 },
-                // Other attributes (`primary`, other dialects') are ignored.
+                // Only the exact value counts: `primary="false"` or a typo leaves it off.
+                "primary" if element == "include" => {
+                    inc.primary = value.trim().eq_ignore_ascii_case("true");
+                }
+                // Other attributes (other dialects') are ignored.
                 _ => {}
             }
         }

@@ -245,7 +245,8 @@ impl Ticket {
     pub fn settle(mut self, result: Result<Fragment, FetchError>) -> Result<Fragment, FetchError> {
         if let Some(tracked) = self.tracked.take() {
             let failed = match &result {
-                Ok(_) => Some(false),
+                // A kept status (a primary fragment's) counts as the error it would have been.
+                Ok(f) => Some(f.status.is_server_error()),
                 Err(e) => counts_against_host(e),
             };
             tracked.finish(failed);

@@ -435,8 +435,9 @@ impl Fetcher for HttpClient {
             req.options.apply_headers(&mut headers, access.trusted);
             let after = req.timeout;
             let body = req.options.body;
+            let keep = req.keep_status;
             let url = req.url.into_url();
-            let receiving = shared.receive(url, &text, headers, body, after);
+            let receiving = shared.receive(url, &text, headers, body, after, keep);
             let result = match tokio::time::timeout(after, receiving).await {
                 Ok(result) => result,
                 Err(_) => Err(FetchError::Timeout { url: text, after }),
@@ -577,11 +578,14 @@ impl Shared {
         headers: HeaderMap,
         body: Option<Bytes>,
         after: Duration,
+        keep_status: bool,
     ) -> Result<Fragment, FetchError> {
         if url.scheme() == "https" {
-            self.receive_tls(url, text, headers, body, after).await
+            self.receive_tls(url, text, headers, body, after, keep_status)
+                .await
         } else {
-            self.receive_plain(&url, text, headers, body, after).await
+            self.receive_plain(&url, text, headers, body, after, keep_status)
+                .await
         }
     }
 
@@ -594,6 +598,7 @@ impl Shared {
         mut headers: HeaderMap,
         body: Option<Bytes>,
         after: Duration,
+        keep_status: bool,
     ) -> Result<Fragment, FetchError> {
         let limit = self.max_fragment_bytes;
         let too_large = || FetchError::TooLarge {
@@ -641,7 +646,7 @@ impl Shared {
                 })?;
         let (parts, mut body) = response.into_parts();
         let status = parts.status;
-        if !status.is_success() {
+        if !status.is_success() && !keep_status {
             return Err(FetchError::Status {
                 url: text.to_owned(),
                 status,
@@ -726,6 +731,7 @@ impl Shared {
         headers: HeaderMap,
         body: Option<Bytes>,
         after: Duration,
+        keep_status: bool,
     ) -> Result<Fragment, FetchError> {
         let limit = self.max_fragment_bytes;
         let too_large = || FetchError::TooLarge {
@@ -742,7 +748,7 @@ impl Shared {
             .await
             .map_err(|e| send_error(text, &e, e.is_connect(), e.is_timeout(), after))?;
         let status = response.status();
-        if !status.is_success() {
+        if !status.is_success() && !keep_status {
             return Err(FetchError::Status {
                 url: text.to_owned(),
                 status,

@@ -273,6 +273,7 @@ fn futures_are_send() {
         client_headers: headers,
         timeout: Duration::from_secs(1),
         options: Default::default(),
+        keep_status: false,
     };
     send(&client.fetch(req));
 }

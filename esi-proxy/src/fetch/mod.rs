@@ -150,6 +150,10 @@ pub struct FragmentRequest {
     pub client_headers: Arc<HeaderMap>,
     /// Deadline for the whole fetch: connect, headers and body.
     pub timeout: Duration,
+    /// Whether a status outside 2xx comes back as a [`Fragment`] (with its headers and body)
+    /// rather than [`FetchError::Status`]: a page's primary fragment, whose answer is the
+    /// page's. Such a fragment is never stored or shared with another request.
+    pub keep_status: bool,
     /// What the include's tag asks beyond a plain GET: method and body, header edits, and
     /// how the cache treats it. The default is a plain GET under the cache's policy.
     pub options: RequestOptions,
@@ -182,11 +186,11 @@ pub enum HeaderEdit {
     Remove(HeaderName),
 }
 
-/// A fetched fragment: status 2xx only (anything else is [`FetchError::Status`]), body complete
-/// and decoded (`Content-Encoding` undone).
+/// A fetched fragment: status 2xx only (anything else is [`FetchError::Status`], unless the
+/// request keeps it), body complete and decoded (`Content-Encoding` undone).
 #[derive(Debug, Clone)]
 pub struct Fragment {
-    /// The 2xx status.
+    /// The status: 2xx, or any when the request set [`FragmentRequest::keep_status`].
     pub status: StatusCode,
     /// The response headers. When the body was decoded, `Content-Encoding` and
     /// `Content-Length` are gone.

@@ -66,6 +66,7 @@ pub fn lint(input: Bytes) -> Vec<Finding> {
         cursor: 0,
         html: Tracker::default(),
         assigned,
+        primary: None,
     };
     check_nodes(&template.nodes, false, &mut walk, &mut findings);
     findings.sort();
@@ -89,6 +90,8 @@ struct Walk<'a> {
     html: Tracker,
     /// Names the document assigns (or captures into): variables, not unknown names.
     assigned: std::collections::HashSet<String>,
+    /// Line of the page's `primary="true"` include, once one is seen.
+    primary: Option<u32>,
 }
 
 /// The names `nodes` assign with `esi:assign` or name as a `when`'s `matchname`.
@@ -162,9 +165,7 @@ impl Walk<'_> {
 fn check_nodes(nodes: &[Node], in_try: bool, walk: &mut Walk<'_>, findings: &mut Vec<Finding>) {
     for node in nodes {
         match node {
-            Node::Include(inc) | Node::Eval(inc) => {
-                check_include(inc, in_try, &walk.assigned, findings)
-            }
+            Node::Include(inc) | Node::Eval(inc) => check_include(inc, in_try, walk, findings),
             Node::Foreach(f) => check_nodes(&f.body, in_try, walk, findings),
             Node::Function(f) => check_nodes(&f.body, in_try, walk, findings),
             Node::Try { attempt, except } => {
@@ -221,18 +222,34 @@ fn check_vars_output(
     }
 }
 
-fn check_include(
-    inc: &Include,
-    in_try: bool,
-    assigned: &std::collections::HashSet<String>,
-    findings: &mut Vec<Finding>,
-) {
+fn check_include(inc: &Include, in_try: bool, walk: &mut Walk<'_>, findings: &mut Vec<Finding>) {
     let at = |message: String| Finding {
         line: inc.line,
         col: inc.col,
         severity: Severity::Warning,
         message,
     };
+    if inc.primary {
+        // The proxy's rules for `primary` (README, "Primary fragments"): one per page, never
+        // inside an attempt (whose failure the page's head could not undo).
+        if let Some(first) = walk.primary {
+            findings.push(Finding {
+                severity: Severity::Error,
+                ..at(format!(
+                    "a second primary=\"true\" include (the first is on line {first}): \
+                     a page has one primary fragment; this one is ignored"
+                ))
+            });
+        } else if in_try {
+            findings.push(at(
+                "primary=\"true\" inside <esi:attempt> is ignored: a primary fragment \
+                 decides the page's status, which an esi:except cannot take back"
+                    .to_owned(),
+            ));
+        } else {
+            walk.primary = Some(inc.line);
+        }
+    }
     if inc.alt.is_none() && inc.onerror == OnError::Fail && !in_try {
         findings.push(at(format!(
             "<esi:include src=\"{}\"> has no alt, no onerror=\"continue\" and no enclosing <esi:try>: \
@@ -247,7 +264,7 @@ fn check_include(
         .chain(opts.params.iter().map(|p| &p.value))
         .chain(opts.headers.iter().map(|e| &e.value));
     for text in strings {
-        check_vars(text, assigned, &at, findings);
+        check_vars(text, &walk.assigned, &at, findings);
     }
 }
 

@@ -5,7 +5,7 @@
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
-use crate::compose::{ComposeError, FailureKind};
+use crate::compose::{ComposeError, FailureKind, PrimaryError};
 use crate::fetch::{ErrorKind, FetchError};
 
 use super::body::{full, Body};
@@ -57,11 +57,9 @@ impl Error {
             Error::Origin(_) => StatusCode::BAD_GATEWAY,
             Error::Compose(ComposeError::LayoutTimeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             Error::Compose(ComposeError::Panic) | Error::Panic => StatusCode::INTERNAL_SERVER_ERROR,
-            Error::Compose(ComposeError::Required(f))
-                if f.kind == FailureKind::Fetch(ErrorKind::Timeout) =>
-            {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            Error::Compose(
+                ComposeError::Required(f) | ComposeError::Primary(PrimaryError::Failed(f)),
+            ) if f.kind == FailureKind::Fetch(ErrorKind::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             Error::Compose(_) | Error::UnsupportedEncoding(_) => StatusCode::BAD_GATEWAY,
             Error::Refused(_, status) => *status,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,

@@ -14,7 +14,9 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 
-use crate::compose::{ComposeError, LayoutRecord, OnParsed, Page, PageHints, Trace};
+use crate::compose::{
+    ComposeError, Composed, Head, LayoutRecord, OnParsed, Page, PageHints, Trace,
+};
 use crate::config::{EsiSettings, ServerSettings};
 use crate::esi;
 use crate::telemetry::{server_timing, Metrics};
@@ -288,13 +290,14 @@ pub(super) async fn forward(
                 trace,
                 hints: hints.as_ref().map(|h| Arc::clone(&h.page)),
             };
-            let rx = rt.composer.compose_parsed(page, Arc::clone(&hit.template));
+            let trace = page.trace.clone();
+            let composed = rt
+                .composer
+                .compose_parsed_page(page, Arc::clone(&hit.template));
             let timing = server_timing(&[("layout", 0.0, Some("cache hit"))]);
             let headers = page_head;
-            return (
-                "esi",
-                respond(state, rx, hit.status, headers, timing, hints).await,
-            );
+            let sent = respond(state, composed, hit.status, headers, timing, trace, hints).await;
+            return ("esi", sent);
         }
     }
     let mut client_headers = Arc::new(headers.clone());
@@ -566,23 +569,30 @@ async fn compose(
         &original,
         page.trace.as_deref(),
     );
-    let rx = rt.composer.compose(page, layout, on_parsed);
+    let trace = page.trace.clone();
+    let composed = rt.composer.compose_page(page, layout, on_parsed);
     let timing = server_timing(&[("layout", layout_ms, None)]);
-    respond(state, rx, status, head, timing, hints).await
+    respond(state, composed, status, head, timing, trace, hints).await
 }
 
-/// Sends a composed page. The head goes out once the first part of the page is ready, so a
-/// failure before then is still a clean 502/504; after it, a failure aborts the connection.
-/// The head carries the page's hints known by then; a page that ends whole leaves its hints
-/// to be remembered.
+/// Sends a composed page. The head goes out once the first part of the page is ready and the
+/// composer has decided the head ([`Head`]: a primary fragment's answer, the layout's response
+/// functions), so a failure before then is still a clean 502/504; after it, a failure aborts
+/// the connection. The head carries the page's hints known by then; a page that ends whole
+/// leaves its hints to be remembered.
 async fn respond(
     state: &Arc<AppState>,
-    mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, crate::compose::ComposeError>>,
+    composed: Composed,
     status: StatusCode,
     mut headers: HeaderMap,
     timing: HeaderValue,
+    trace: Option<Arc<Trace>>,
     hints: Option<Hints>,
 ) -> Result<Response<Body>, Error> {
+    let Composed {
+        head: decided,
+        body: mut rx,
+    } = composed;
     state.metrics.pages_in_flight(1);
     let in_flight = InFlight(Arc::clone(&state.metrics));
     let first = match rx.recv().await {
@@ -593,6 +603,9 @@ async fn respond(
         }
         None => None,
     };
+    // Sent before the body's first item, so it is here (or the page failed first).
+    let decided = decided.await.unwrap_or_default();
+    let status = apply_head(decided, status, &mut headers, trace.as_deref());
     let metrics = Arc::clone(&state.metrics);
     headers.append(SERVER_TIMING, timing);
     let mut remember = None;
@@ -627,6 +640,43 @@ async fn respond(
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     Ok(response)
+}
+
+/// Applies the composer's head decision to the layout's status and headers: the decided
+/// status, `set` headers replacing the layout's, `add` headers appended. A page that sets a
+/// visitor's cookie is made private, whatever the layout allowed.
+fn apply_head(
+    head: Head,
+    status: StatusCode,
+    headers: &mut HeaderMap,
+    trace: Option<&Trace>,
+) -> StatusCode {
+    let mut last = None;
+    for (name, value) in head.set {
+        // `HeaderMap`'s iterator names a header once, then `None` for its further values.
+        let name = match name {
+            Some(n) => {
+                headers.remove(&n);
+                last = Some(n.clone());
+                n
+            }
+            None => match &last {
+                Some(n) => n.clone(),
+                None => continue,
+            },
+        };
+        headers.append(name, value);
+    }
+    for (name, value) in &head.add {
+        headers.append(name.clone(), value.clone());
+    }
+    if let Some(reason) = head.private {
+        make_private(headers);
+        if let Some(trace) = trace {
+            trace.set_private(Some(reason));
+        }
+    }
+    head.status.unwrap_or(status)
 }
 
 /// The preload hints of one page request: what composition collects, and where they are

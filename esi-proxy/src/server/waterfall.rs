@@ -6,7 +6,7 @@
 use askama::Template;
 use serde::Serialize;
 
-use crate::compose::{FetchRecord, LayoutRecord, Trace};
+use crate::compose::{FetchRecord, HeadRecord, LayoutRecord, Trace};
 use crate::fetch::CacheStatus;
 
 /// Everything the waterfall shows about one composed page.
@@ -30,6 +30,9 @@ pub struct PageReport {
     pub layout: Option<LayoutRecord>,
     /// When the layout body had fully arrived and was parsed.
     pub layout_done_ms: Option<f64>,
+    /// How the head was decided: how long the first byte waited for it, the primary's
+    /// outcome, response functions applied, refused or late.
+    pub head: HeadRecord,
     /// When the first body bytes were ready for the client.
     pub first_byte_ms: Option<f64>,
     /// When the whole page was ready.
@@ -84,6 +87,7 @@ impl PageReport {
             credentials: trace.credentials(),
             layout,
             layout_done_ms: trace.layout_done_ms(),
+            head: trace.head(),
             fragments,
             slowest_fragment_ms,
             floor_ms,
@@ -125,6 +129,8 @@ struct Waterfall<'a> {
     composed: bool,
     error: Option<&'a str>,
     private_reason: Option<&'a str>,
+    /// The head's decision in one line: the wait, the primary's outcome, the notes.
+    head: String,
     json_href: String,
     total: String,
     first_byte: String,
@@ -159,6 +165,22 @@ struct Row {
     width_pct: String,
     bar_class: &'static str,
     critical: bool,
+}
+
+/// The head's decision for the waterfall page: empty when nothing held or changed it.
+fn head_text(head: &HeadRecord) -> String {
+    let mut parts = Vec::new();
+    if head.held_ms > 0.0 {
+        parts.push(format!("first byte held {} for the head", ms(head.held_ms)));
+    }
+    if let Some(outcome) = &head.primary_outcome {
+        parts.push(format!("primary: {outcome}"));
+    }
+    if let Some(status) = head.status {
+        parts.push(format!("status {status} from the head"));
+    }
+    parts.extend(head.notes.iter().cloned());
+    parts.join(" · ")
 }
 
 fn ms(v: f64) -> String {
@@ -229,7 +251,12 @@ impl PageReport {
             rows.push(Row {
                 depth: r.depth + 1,
                 indent_px: 8 + 18 * (r.depth + 1),
-                label: format!("{}{}", if r.alt { "alt " } else { "" }, r.url),
+                label: format!(
+                    "{}{}{}",
+                    if r.primary { "primary " } else { "" },
+                    if r.alt { "alt " } else { "" },
+                    r.url
+                ),
                 url: r.url.clone(),
                 status: r.status.map_or_else(|| "–".to_owned(), |s| s.to_string()),
                 bytes: r.bytes.to_string(),
@@ -258,6 +285,7 @@ impl PageReport {
             composed: self.composed,
             error: self.error.as_deref(),
             private_reason: self.private_reason.as_deref(),
+            head: head_text(&self.head),
             json_href: format!(
                 "/_esi/debug{}{}format=json",
                 self.path,

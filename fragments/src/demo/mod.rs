@@ -74,7 +74,17 @@ use crate::server;
 use catalog::Catalog;
 use pages::{Directory, FragmentPage, Layout};
 use registry::{product_key, surrogate_keys, SERVICES};
-use services::{Control, Page, Site};
+use services::{Control, Page, ProductFragment, Site};
+
+/// The service and path of the product fragment, the page's primary include: an unknown `id`
+/// makes it (and so the page) a 404.
+const PRODUCT_SERVICE: &str = "catalog";
+const PRODUCT_PATH: &str = "/title";
+
+/// The path globs whose pages hold their head for the primary product fragment: the proxy in
+/// front of the demo sets them as `esi.head_window_paths` (the layout streams, and the product
+/// fragment comes after its first part).
+pub const HEAD_WINDOW_PATHS: &[&str] = &["/"];
 
 /// A running demo: the gateway and every fragment service, each on its own loopback port.
 /// Dropping it (or [`Demo::shutdown`]) stops them all and closes their connections.
@@ -165,6 +175,7 @@ impl Demo {
             name: GATEWAY,
             pages: gateway_pages,
             control: gateway_control,
+            product: None,
         });
 
         let mut fragment_urls = Vec::new();
@@ -202,10 +213,15 @@ impl Demo {
                 seed(&config, def.name),
             ));
             controls.insert(def.name, Arc::clone(&control));
+            let product = (def.name == PRODUCT_SERVICE).then_some(ProductFragment {
+                path: PRODUCT_PATH,
+                sku: catalog.product.sku,
+            });
             sites.push(Site {
                 name: def.name,
                 pages,
                 control,
+                product,
             });
         }
 

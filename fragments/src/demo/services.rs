@@ -53,6 +53,16 @@ pub(crate) struct Site {
     /// By path.
     pub pages: HashMap<String, Page>,
     pub control: Arc<Control>,
+    /// The product fragment, when this service serves it: the page's primary include.
+    pub product: Option<ProductFragment>,
+}
+
+/// The fragment that knows whether the page's product exists: at `path`, an `id` query
+/// parameter naming another product than `sku` answers 404 (an empty or absent one is `sku`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ProductFragment {
+    pub path: &'static str,
+    pub sku: &'static str,
 }
 
 const PPM: f64 = 1_000_000.0;
@@ -179,6 +189,18 @@ impl Respond for Site {
         if self.name == GATEWAY {
             if let Some(response) = gateway_action(req) {
                 return response;
+            }
+        }
+        if let Some(product) = &self.product {
+            let id = req
+                .uri()
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("id="))
+                .unwrap_or("");
+            if req.uri().path() == product.path && !id.is_empty() && id != product.sku {
+                return self.plain(StatusCode::NOT_FOUND, "no such product");
             }
         }
         match self.pages.get(req.uri().path()) {

@@ -485,6 +485,17 @@ impl Parser {
         self.opts.shared_scope || self.eval_seen || self.assigned.contains(name)
     }
 
+    /// Opens an element's frame, nothing in it seen yet.
+    fn open(&mut self, kind: Kind, pos: Pos) {
+        self.stack.push(Frame {
+            kind,
+            pos,
+            first: false,
+            second: false,
+            text_reported: false,
+        });
+    }
+
     fn depth(&self) -> usize {
         self.stack.len()
     }
@@ -582,13 +593,7 @@ impl Parser {
                     Some((name, key, None)) if !self_closing => {
                         self.assign = Some((name, key));
                         self.assign_text.clear();
-                        self.stack.push(Frame {
-                            kind,
-                            pos,
-                            first: false,
-                            second: false,
-                            text_reported: false,
-                        });
+                        self.open(kind, pos);
                         return Ok(());
                     }
                     Some(_) => {
@@ -638,13 +643,7 @@ impl Parser {
             Kind::Param => {
                 self.param(attrs, pos)?;
                 if !self_closing {
-                    self.stack.push(Frame {
-                        kind,
-                        pos,
-                        first: false,
-                        second: false,
-                        text_reported: false,
-                    });
+                    self.open(kind, pos);
                 }
                 Ok(())
             }
@@ -654,13 +653,7 @@ impl Parser {
                     Some(inc) => {
                         // Emitted at its end tag, once its `<esi:param>`s are read.
                         self.open_include = Some(inc);
-                        self.stack.push(Frame {
-                            kind,
-                            pos,
-                            first: false,
-                            second: false,
-                            text_reported: false,
-                        });
+                        self.open(kind, pos);
                     }
                     None if !self_closing => {
                         self.skip = Some(Skip {
@@ -730,13 +723,7 @@ impl Parser {
                 if let Some(event) = event {
                     out.push(event);
                 }
-                self.stack.push(Frame {
-                    kind,
-                    pos,
-                    first: false,
-                    second: false,
-                    text_reported: false,
-                });
+                self.open(kind, pos);
                 match kind {
                     Kind::Vars => self.vars_depth += 1,
                     Kind::Foreach => self.loops += 1,

@@ -423,6 +423,29 @@ fn path_with_cargo() -> String {
     }
 }
 
+/// Every `toml` block of the README is config an operator can paste: it parses under the
+/// schema (unknown fields and wrong types are refused), and where it names no file, it validates.
+#[test]
+fn every_toml_block_the_readme_shows_is_valid_config() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let blocks: Vec<Block> = code_blocks(&readme)
+        .into_iter()
+        .filter(|b| b.lang == "toml")
+        .collect();
+    assert!(blocks.len() >= 3, "the README's config examples");
+    for block in blocks {
+        let text = block.lines.join("\n");
+        let config = esi_proxy::config::Config::parse(&text, Path::new("README.md"))
+            .unwrap_or_else(|e| panic!("README config block does not parse: {e}\n{text}"));
+        if config.esi.primary_error_pages.is_empty() && config.fetch.ca_certs.is_empty() {
+            config
+                .validate()
+                .unwrap_or_else(|e| panic!("README config block is invalid: {e}\n{text}"));
+        }
+    }
+}
+
 // === the README's code blocks ===
 
 struct Block {

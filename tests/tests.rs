@@ -12,6 +12,7 @@ mod debug;
 mod demo;
 mod deploy;
 mod engine;
+mod error_pages;
 mod exposure;
 mod faults;
 mod fetch;

@@ -10,10 +10,14 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 
+use crate::config::ErrorPages;
 use crate::esi::Effect;
 use crate::headers::{layout_may_add, redirect_location};
 
 use super::{DocContext, Failure, PageState};
+
+/// The `Content-Type` of a configured error page (`esi.primary_error_pages`).
+pub const ERROR_PAGE_TYPE: &str = "text/html; charset=utf-8";
 
 /// Most response-function effects one page keeps; the rest are refused (counted, logged).
 pub(super) const MAX_EFFECTS: usize = 64;
@@ -157,7 +161,8 @@ fn effect_name(effect: &Effect) -> &'static str {
 }
 
 /// Resolves the head from the layout's response functions, in the order called, then the
-/// primary's answer, which wins over them for the status and the body.
+/// primary's answer, which wins over them for the status and the body: a 4xx/5xx answer sends
+/// its configured error page from `pages`, else its own body.
 ///
 /// # Errors
 /// The primary failed with nothing in its place, or answered a redirect without a usable
@@ -165,6 +170,7 @@ fn effect_name(effect: &Effect) -> &'static str {
 pub(super) fn resolve(
     effects: Vec<Effect>,
     primary: Option<PrimaryAnswer>,
+    pages: &ErrorPages,
 ) -> Result<Resolved, PrimaryError> {
     let mut out = Resolved {
         head: Head::default(),
@@ -185,7 +191,16 @@ pub(super) fn resolve(
             body,
             trusted,
             url,
-        }) => apply_primary(status, &headers, body, trusted, url, &mut out)?,
+        }) => {
+            let answer = Answer {
+                status,
+                headers: &headers,
+                body,
+                trusted,
+                url,
+            };
+            apply_primary(answer, pages, &mut out)?;
+        }
     }
     Ok(out)
 }
@@ -250,14 +265,27 @@ fn apply_effect(effect: Effect, out: &mut Resolved) {
     }
 }
 
-fn apply_primary(
+/// A primary's answer, as [`PrimaryAnswer::Answered`] holds it.
+struct Answer<'a> {
     status: StatusCode,
-    headers: &HeaderMap,
+    headers: &'a HeaderMap,
     body: Bytes,
     trusted: bool,
     url: String,
+}
+
+fn apply_primary(
+    answer: Answer<'_>,
+    pages: &ErrorPages,
     out: &mut Resolved,
 ) -> Result<(), PrimaryError> {
+    let Answer {
+        status,
+        headers,
+        body,
+        trusted,
+        url,
+    } = answer;
     let cookies = headers.get_all(header::SET_COOKIE).iter();
     if trusted {
         for cookie in cookies {
@@ -294,18 +322,38 @@ fn apply_primary(
     } else {
         out.primary = Some("server_error");
     }
-    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-        out.head.set.insert(header::CONTENT_TYPE, ct.clone());
-    }
     out.notes
         .push(format!("primary {url} answered {}", status.as_u16()));
-    out.replace = Some(body);
+    let error_page = (!status.is_redirection())
+        .then(|| pages.for_status(status))
+        .flatten();
+    if let Some(page) = error_page {
+        out.head.set.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(ERROR_PAGE_TYPE),
+        );
+        out.notes.push("configured error page sent".into());
+        out.replace = Some(page.clone());
+    } else {
+        if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+            out.head.set.insert(header::CONTENT_TYPE, ct.clone());
+        }
+        out.replace = Some(body);
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`resolve`] with no error pages configured.
+    fn plain(
+        effects: Vec<Effect>,
+        primary: Option<PrimaryAnswer>,
+    ) -> Result<Resolved, PrimaryError> {
+        resolve(effects, primary, &ErrorPages::default())
+    }
 
     fn answered(status: u16, headers: &[(&str, &str)], trusted: bool) -> PrimaryAnswer {
         let mut map = HeaderMap::new();
@@ -335,7 +383,7 @@ mod tests {
             Effect::SetStatus(404, None),
             Effect::SetStatus(204, None),
         ];
-        let r = resolve(effects, None).expect("no primary");
+        let r = plain(effects, None).expect("no primary");
         assert_eq!(r.head.status, Some(StatusCode::NOT_FOUND));
         assert_eq!(r.head.add.len(), 1, "{:?}", r.head.add);
         assert_eq!(r.head.add["x-tier"], "gold");
@@ -353,42 +401,42 @@ mod tests {
 
     #[test]
     fn redirects_need_a_usable_location() {
-        let r = resolve(
+        let r = plain(
             vec![Effect::Redirect("javascript:alert(1)".into(), 302)],
             None,
         )
         .expect("refused, not failed");
         assert_eq!(r.head.status, None);
-        let r = resolve(vec![Effect::Redirect("/p/2".into(), 301)], None).expect("ok");
+        let r = plain(vec![Effect::Redirect("/p/2".into(), 301)], None).expect("ok");
         assert_eq!(r.head.status, Some(StatusCode::MOVED_PERMANENTLY));
         assert_eq!(r.head.set[header::LOCATION], "/p/2");
         assert_eq!(r.replace.as_deref(), Some(&b""[..]));
-        let bad = resolve(
+        let bad = plain(
             Vec::new(),
             Some(answered(302, &[("location", "//evil.test/")], true)),
         );
         assert!(matches!(bad, Err(PrimaryError::BadRedirect(_))));
-        let none = resolve(Vec::new(), Some(answered(301, &[], true)));
+        let none = plain(Vec::new(), Some(answered(301, &[], true)));
         assert!(matches!(none, Err(PrimaryError::BadRedirect(_))));
     }
 
     #[test]
     fn primary_answers() {
         let cookie = [("set-cookie", "sid=1; HttpOnly")];
-        let r = resolve(Vec::new(), Some(answered(200, &cookie, true))).expect("ok");
+        let r = plain(Vec::new(), Some(answered(200, &cookie, true))).expect("ok");
         assert_eq!(r.primary, Some("ok"));
         assert_eq!(r.head.status, None);
         assert_eq!(r.head.add[header::SET_COOKIE], "sid=1; HttpOnly");
         assert!(r.head.private.is_some());
         assert!(r.replace.is_none());
-        let r = resolve(Vec::new(), Some(answered(200, &cookie, false))).expect("ok");
+        let r = plain(Vec::new(), Some(answered(200, &cookie, false))).expect("ok");
         assert!(
             r.head.add.is_empty(),
             "an untrusted host's cookie is dropped"
         );
         assert!(r.head.private.is_none());
         let effects = vec![Effect::SetStatus(410, Some("gone".into()))];
-        let r = resolve(
+        let r = plain(
             effects,
             Some(answered(404, &[("content-type", "text/plain")], true)),
         )
@@ -401,11 +449,45 @@ mod tests {
         );
         assert_eq!(r.head.set[header::CONTENT_TYPE], "text/plain");
         assert_eq!(r.replace.as_deref(), Some(&b"primary body"[..]));
-        let r = resolve(Vec::new(), Some(answered(503, &[], true))).expect("ok");
+        let r = plain(Vec::new(), Some(answered(503, &[], true))).expect("ok");
         assert_eq!(r.primary, Some("server_error"));
         let loc = [("location", "https://shop.test/p/9")];
-        let r = resolve(Vec::new(), Some(answered(301, &loc, true))).expect("ok");
+        let r = plain(Vec::new(), Some(answered(301, &loc, true))).expect("ok");
         assert_eq!(r.primary, Some("redirect"));
         assert_eq!(r.head.set[header::LOCATION], "https://shop.test/p/9");
+    }
+
+    #[test]
+    fn error_pages_replace_error_bodies_only() {
+        let mut pages = ErrorPages::default();
+        pages
+            .insert("404", Bytes::from_static(b"<h1>no such product</h1>"))
+            .expect("404");
+        pages
+            .insert("5xx", Bytes::from_static(b"<h1>down</h1>"))
+            .expect("5xx");
+        let text = [("content-type", "text/plain")];
+        let r = resolve(Vec::new(), Some(answered(404, &text, true)), &pages).expect("ok");
+        assert_eq!(r.head.status, Some(StatusCode::NOT_FOUND));
+        assert_eq!(r.replace.as_deref(), Some(&b"<h1>no such product</h1>"[..]));
+        assert_eq!(r.head.set[header::CONTENT_TYPE], ERROR_PAGE_TYPE);
+        let r = resolve(Vec::new(), Some(answered(503, &[], true)), &pages).expect("ok");
+        assert_eq!(r.replace.as_deref(), Some(&b"<h1>down</h1>"[..]));
+        let r = resolve(Vec::new(), Some(answered(410, &text, true)), &pages).expect("ok");
+        assert_eq!(
+            r.replace.as_deref(),
+            Some(&b"primary body"[..]),
+            "no 410 or 4xx page"
+        );
+        assert_eq!(r.head.set[header::CONTENT_TYPE], "text/plain");
+        let loc = [("location", "/p/2")];
+        let r = resolve(Vec::new(), Some(answered(302, &loc, true)), &pages).expect("ok");
+        assert_eq!(
+            r.replace.as_deref(),
+            Some(&b"primary body"[..]),
+            "redirects keep theirs"
+        );
+        let r = resolve(Vec::new(), Some(answered(200, &[], true)), &pages).expect("ok");
+        assert!(r.replace.is_none(), "a 2xx primary keeps the composed page");
     }
 }

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::Instrument;
 use url::Url;
 
-use crate::config::{CookieNames, HeaderNames, OnError, Settings};
+use crate::config::{CookieNames, ErrorPages, HeaderNames, OnError, Settings};
 use crate::esi::flow::foreach_items;
 use crate::esi::{
     self, render_html_in, Assign, Bound, Budget, Context, CookieAccess, Expr, Foreach,
@@ -31,7 +31,7 @@ use crate::esi::{
 use crate::fetch::{deadline_after, ErrorKind, Fetcher};
 use crate::telemetry::{self, Metrics};
 
-pub use head::{BadRedirect, Head, PrimaryError};
+pub use head::{BadRedirect, Head, PrimaryError, ERROR_PAGE_TYPE};
 pub use hints::{PageHints, HINTS_DROPPED};
 pub use trace::{FetchRecord, HeadRecord, LayoutRecord, Trace};
 
@@ -72,6 +72,8 @@ pub struct ComposeConfig {
     pub head_window_bytes: usize,
     /// The longest the window holds the head, from the page's start.
     pub max_head_hold: Duration,
+    /// Pages sent instead of a primary's 4xx/5xx body.
+    pub primary_error_pages: ErrorPages,
 }
 
 /// A page being composed: its head, decided before the first byte of its body, and its body.
@@ -265,6 +267,7 @@ impl ComposeConfig {
             head_window_paths: e.head_window_paths.clone(),
             head_window_bytes: e.head_window_bytes,
             max_head_hold: e.max_head_hold,
+            primary_error_pages: e.primary_error_pages.clone(),
         }
     }
 }

@@ -258,7 +258,7 @@ impl Driver {
             .waiting_since
             .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0);
         let decided_ms = state.elapsed_ms();
-        let result = resolve(effects, answer);
+        let result = resolve(effects, answer, &state.composer.config.primary_error_pages);
         let outcome = match &result {
             Ok(r) => r.primary,
             Err(PrimaryError::Failed(_)) => Some("failed"),

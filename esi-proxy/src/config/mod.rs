@@ -1,14 +1,17 @@
 //! Configuration: the serde TOML schema with every field's documented default, and
 //! `Config::load`/`Config::parse`. Spans for file:line:field errors live in `source`, the error
 //! types in `error`, the checks in `validate`, which builds the typed view of `settings`, the
-//! range of every numeric field in `ranges`, and the `*` matcher in `glob`. Touches no network.
+//! range of every numeric field in `ranges`, the primary's error pages in `error_pages`, and
+//! the `*` matcher in `glob`. Touches no network.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 pub mod base_url;
 mod error;
+mod error_pages;
 mod glob;
 mod ranges;
 mod settings;
@@ -17,6 +20,7 @@ mod validate;
 
 pub use base_url::{parse_base_url, BaseUrl, Scheme};
 pub use error::{ConfigError, Invalid};
+pub use error_pages::{ErrorPages, MAX_ERROR_PAGE_BYTES};
 pub use glob::glob_match;
 pub use ranges::{range_of, Range, RANGES};
 pub use settings::{
@@ -164,6 +168,10 @@ pub struct EsiConfig {
     /// The longest the head window holds the first byte, in milliseconds from the request;
     /// a primary include holds it up to its own deadline. 0 to 60000. Default: 500.
     pub max_head_hold_ms: u64,
+    /// Pages sent instead of a primary fragment's body when it answers 4xx/5xx or fails
+    /// (the page is then a 502/504): keys are a status (`"404"`) or a class (`"4xx"`, `"5xx"`),
+    /// values HTML files (UTF-8, at most 1 MiB), read at start and at every reload. Default: {}.
+    pub primary_error_pages: BTreeMap<String, String>,
 }
 
 /// `[fetch]`.
@@ -426,6 +434,7 @@ impl Default for EsiConfig {
             head_window_paths: Vec::new(),
             head_window_bytes: 64 * 1024,
             max_head_hold_ms: 500,
+            primary_error_pages: BTreeMap::new(),
         }
     }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use http::HeaderName;
 
-use super::BaseUrl;
 use super::{validate, Config, ConfigError};
+use super::{BaseUrl, ErrorPages};
 
 /// A [`Config`] that passed validation, in the types the running code uses. Built by
 /// [`Config::settings`] or [`Config::settings_source`]; each field says which config field it
@@ -126,6 +126,8 @@ pub struct EsiSettings {
     pub head_window_bytes: usize,
     /// `esi.max_head_hold_ms`, up to a minute.
     pub max_head_hold: Duration,
+    /// `esi.primary_error_pages`, read from their files.
+    pub primary_error_pages: ErrorPages,
 }
 
 /// `[fetch]`, validated.
@@ -442,6 +444,7 @@ mod tests {
                 head_window_paths: Vec::new(),
                 head_window_bytes: 64 * 1024,
                 max_head_hold: Duration::from_millis(500),
+                primary_error_pages: ErrorPages::default(),
             },
             fetch: FetchSettings {
                 connect_timeout: Duration::from_secs(1),

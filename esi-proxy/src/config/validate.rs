@@ -5,15 +5,17 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::HeaderName;
 
+use super::error_pages;
 use super::settings::{
     BreakerSettings, CacheRuleSettings, CacheSettings, CookieNames, EsiSettings, FetchSettings,
     HeaderNames, HintSettings, HostSettings, LogFormat, OnError, ServerSettings, Settings,
     SharedSettings,
 };
 use super::source::KeyMap;
-use super::{BreakerConfig, Config, ConfigError, HostBreakerConfig, Invalid};
+use super::{BreakerConfig, Config, ConfigError, ErrorPages, HostBreakerConfig, Invalid};
 
 /// Collects problems found by [`Config::validate_source`].
 struct Problems<'a> {
@@ -154,6 +156,16 @@ impl Config {
         } else {
             HeaderNames::Only(named)
         };
+        let mut primary_error_pages = ErrorPages::default();
+        for (key, file) in &e.primary_error_pages {
+            let field = format!("esi.primary_error_pages.{key}");
+            // The key is checked before the file is read: a wrong key is the problem to report.
+            let added = ErrorPages::default()
+                .insert(key, Bytes::new())
+                .and_then(|()| error_pages::read_page(file))
+                .and_then(|page| primary_error_pages.insert(key, page));
+            p.check(&field, added);
+        }
         Some(EsiSettings {
             process_paths: e.process_paths.clone(),
             shareable_paths: e.shareable_paths.clone(),
@@ -174,6 +186,7 @@ impl Config {
             head_window_paths: e.head_window_paths.clone(),
             head_window_bytes: e.head_window_bytes,
             max_head_hold: Duration::from_millis(e.max_head_hold_ms),
+            primary_error_pages,
         })
     }
 

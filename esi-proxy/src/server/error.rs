@@ -5,7 +5,8 @@
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
-use crate::compose::{ComposeError, FailureKind, PrimaryError};
+use crate::compose::{ComposeError, FailureKind, PrimaryError, ERROR_PAGE_TYPE};
+use crate::config::ErrorPages;
 use crate::fetch::{ErrorKind, FetchError};
 
 use super::body::{full, Body};
@@ -78,13 +79,21 @@ impl Error {
     }
 }
 
-/// The response a client gets for `e`: its status and short public text.
-pub(super) fn error_response(e: &Error) -> Response<Body> {
-    let mut response = Response::new(full(e.public_message()));
-    *response.status_mut() = e.status();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+/// The response a client gets for `e`: its status and short public text or, when the page
+/// failed on its primary fragment, the error page `pages` configures for that status.
+pub(super) fn error_response(e: &Error, pages: &ErrorPages) -> Response<Body> {
+    let status = e.status();
+    let page = matches!(e, Error::Compose(ComposeError::Primary(_)))
+        .then(|| pages.for_status(status))
+        .flatten();
+    let (body, content_type) = match page {
+        Some(page) => (full(page.clone()), ERROR_PAGE_TYPE),
+        None => (full(e.public_message()), "text/plain; charset=utf-8"),
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }

@@ -259,7 +259,7 @@ async fn handle(
             } else {
                 tracing::info!(error = %e, "request refused");
             }
-            error_response(&e)
+            error_response(&e, &state.runtime().settings.esi.primary_error_pages)
         });
         let span = tracing::Span::current();
         span.record("status", response.status().as_u16());

@@ -99,6 +99,8 @@ fn main() -> ExitCode {
         Command::Lint { files } => run_lint(&files),
         Command::CheckConfig { file } => Ok(check_config(&file)),
     };
+    // Log lines still gathered leave before the process does.
+    telemetry::flush_logs();
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -170,9 +170,7 @@ pub(super) fn start_include(
 ) -> Slot {
     let resolved = state.resolve(inc, doc, scope);
     let (state, doc, inc) = (Arc::clone(state), Arc::clone(doc), inc.clone());
-    Slot::Pending(Task::spawn(async move {
-        include(&state, &inc, &resolved, &doc, in_try).await
-    }))
+    Slot::start(async move { include(&state, &inc, &resolved, &doc, in_try).await })
 }
 
 /// Runs an `esi:eval`: waits for its fragment, then runs the fragment's ESI in `scope`, where
@@ -205,6 +203,6 @@ async fn eval(
             }
         }
         Ok(Some(fetched)) => out.push(Slot::Ready(fetched.body)),
-        Err(failure) => out.push(Slot::Pending(Task::spawn(async move { Err(failure) }))),
+        Err(failure) => out.push(Slot::Pending(Task::failed(failure))),
     }
 }

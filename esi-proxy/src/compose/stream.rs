@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -379,7 +379,14 @@ impl Driver {
                             }
                         }
                     }
-                    Some(Slot::Pending(task)) => current = Some(task),
+                    // A part that has finished already joins this batch: a page whose
+                    // fragments came from the cache, or arrived together, goes out in one write.
+                    Some(Slot::Pending(mut task)) => match task.finished() {
+                        Some(Ok(bytes)) => self.queue.push_front(Slot::Ready(bytes)),
+                        // Read once: the failure is handed on as the wait below expects it.
+                        Some(Err(failure)) => current = Some(Task::failed(failure)),
+                        None => current = Some(task),
+                    },
                     None => break,
                 }
             }
@@ -794,7 +801,39 @@ impl<T: Send + 'static> Task<T> {
     }
 }
 
+impl Slot {
+    /// The slot of an include's future: polled once here, so that one that can answer at once
+    /// (a cached fragment) is ready without a task of its own; otherwise spawned as one, which
+    /// polls it on from where it stopped.
+    pub(super) fn start<F>(fetch: F) -> Slot
+    where
+        F: std::future::Future<Output = Result<Bytes, Failure>> + Send + 'static,
+    {
+        let mut fetch = Box::pin(fetch);
+        match (&mut fetch).now_or_never() {
+            Some(Ok(bytes)) => Slot::Ready(bytes),
+            Some(Err(failure)) => Slot::Pending(Task::failed(failure)),
+            None => Slot::Pending(Task::spawn(fetch)),
+        }
+    }
+}
+
 impl Task<Result<Bytes, Failure>> {
+    /// A task that has failed with `failure`: a slot whose failure is read where a fetch's
+    /// would be.
+    pub(super) fn failed(failure: Failure) -> Self {
+        Task::spawn(async move { Err(failure) })
+    }
+
+    /// The task's result when it has finished and can be read without waiting; once read, it
+    /// is gone from the task.
+    fn finished(&mut self) -> Option<Result<Bytes, Failure>> {
+        if !self.0.is_finished() {
+            return None;
+        }
+        self.join().now_or_never()
+    }
+
     pub(super) async fn join(&mut self) -> Result<Bytes, Failure> {
         match (&mut self.0).await {
             Ok(result) => result,

@@ -5,6 +5,7 @@
 
 #[cfg(test)]
 mod exposition_check;
+mod log_writer;
 mod metrics;
 #[cfg(test)]
 mod metrics_tests;
@@ -16,6 +17,7 @@ use std::io::IsTerminal as _;
 
 use tracing_subscriber::filter::{EnvFilter, ParseError};
 
+pub use log_writer::flush_logs;
 pub use metrics::Metrics;
 pub use server_timing::server_timing;
 
@@ -52,8 +54,9 @@ impl TelemetryError {
 
 // === tracing ===
 
-/// Installs the global tracing subscriber, writing to stderr: human-readable text (coloured on a
-/// terminal) or, with `json`, one JSON object per line. The filter comes from `RUST_LOG` when it
+/// Installs the global tracing subscriber, writing to stderr (`info` lines in batches, see
+/// [`flush_logs`]): human-readable text (coloured on a terminal) or, with `json`, one JSON object
+/// per line. The filter comes from `RUST_LOG` when it
 /// is set and not empty, else from `default_filter` (e.g. `"info"`,
 /// `"esi_proxy=debug,hyper=warn"`).
 ///
@@ -83,14 +86,14 @@ pub fn init_tracing(json: bool, default_filter: &str) -> Result<bool, TelemetryE
             .with_current_span(true)
             .with_span_list(false)
             .with_env_filter(filter)
-            .with_writer(std::io::stderr)
+            .with_writer(log_writer::BatchedStderr::get())
             .finish();
         tracing::subscriber::set_global_default(subscriber).is_ok()
     } else {
         let subscriber = tracing_subscriber::fmt()
             .with_ansi(std::io::stderr().is_terminal())
             .with_env_filter(filter)
-            .with_writer(std::io::stderr)
+            .with_writer(log_writer::BatchedStderr::get())
             .finish();
         tracing::subscriber::set_global_default(subscriber).is_ok()
     };

@@ -201,6 +201,7 @@ pub(super) struct Fetched {
     pub(super) headers: HeaderMap,
     /// Whether the host is trusted (and every document above it).
     pub(super) trusted: bool,
+    /// The URL fetched; only kept for a primary.
     pub(super) url: String,
 }
 
@@ -418,7 +419,12 @@ async fn fetch_one(
             HeaderMap::new()
         },
         trusted,
-        url: url.to_string(),
+        // Only a primary's answer names its URL (in the head's notes).
+        url: if keep_status {
+            url.as_str().to_owned()
+        } else {
+            String::new()
+        },
         eval: None,
     };
     // ESI from a host that is neither trusted nor opted in (`esi = true`) is placed as literal

@@ -347,6 +347,8 @@ impl Driver {
         // for what would be several.
         let mut batch: Vec<Bytes> = Vec::new();
         let mut batch_bytes = 0usize;
+        // Whether the batch waited once for fetches finishing in the same wake-up.
+        let mut yielded = false;
 
         loop {
             // Send everything that is ready at the front, in order.
@@ -420,6 +422,23 @@ impl Driver {
                 self.gate.waiting_since = Some(std::time::Instant::now());
             }
             if !batch.is_empty() && self.gate.tx.is_none() {
+                if let Some(task) = current.as_mut().filter(|_| !yielded) {
+                    // Fetches that are done but whose tasks have not run yet (their answers came
+                    // in the same wake-up) finish first, and their parts go in the same write:
+                    // one yield, then the part waited on joins the batch if it has finished.
+                    yielded = true;
+                    tokio::task::yield_now().await;
+                    match task.finished() {
+                        None => {}
+                        Some(Ok(bytes)) => {
+                            current = None;
+                            self.queue.push_front(Slot::Ready(bytes));
+                            continue;
+                        }
+                        Some(Err(failure)) => current = Some(Task::failed(failure)),
+                    }
+                }
+                yielded = false;
                 batch_bytes = 0;
                 if tx.send(Ok(concat_batch(&mut batch))).await.is_err() {
                     return;

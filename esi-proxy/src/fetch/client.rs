@@ -104,7 +104,7 @@ pub(super) fn content_coding(headers: &HeaderMap) -> Coding {
 /// `url` for errors and logs: user info (a password, perhaps) removed.
 pub(super) fn redact(url: &Url) -> String {
     if url.username().is_empty() && url.password().is_none() {
-        return url.to_string();
+        return url.as_str().to_owned();
     }
     let mut clean = url.clone();
     // Fails only for URLs that cannot have user info, which then have none to remove.

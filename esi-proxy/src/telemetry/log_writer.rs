@@ -6,7 +6,7 @@
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use tracing::{Level, Metadata};
@@ -27,6 +27,8 @@ type Sink = Box<dyn Fn(&[u8]) + Send + Sync>;
 /// Lines waiting to be written, and where they go.
 struct Gathered {
     lines: Mutex<Vec<u8>>,
+    /// Signalled when the first line of a batch is gathered.
+    gathered_one: Condvar,
     out: Sink,
     /// Whether lines may wait: only while the flushing thread runs.
     batched: AtomicBool,
@@ -60,6 +62,8 @@ impl BatchedStderr {
                 std::thread::Builder::new()
                     .name("log-flush".into())
                     .spawn(move || loop {
+                        // Asleep while nothing is gathered: an idle proxy does not wake for it.
+                        flusher.wait_for_lines();
                         std::thread::sleep(FLUSH_EVERY);
                         flusher.flush();
                     });
@@ -105,6 +109,7 @@ impl Gathered {
     fn new(out: Sink) -> Self {
         Self {
             lines: Mutex::new(Vec::with_capacity(BATCH_BYTES)),
+            gathered_one: Condvar::new(),
             out,
             batched: AtomicBool::new(true),
         }
@@ -118,11 +123,25 @@ impl Gathered {
     /// lock is held while writing, so lines leave in the order they came.
     fn add(&self, line: &[u8], urgent: bool) {
         let mut lines = self.lines();
+        let first = lines.is_empty();
         lines.extend_from_slice(line);
         let batched = self.batched.load(Ordering::Relaxed);
         if urgent || !batched || lines.len() >= BATCH_BYTES {
             (self.out)(&lines);
             lines.clear();
+        } else if first {
+            self.gathered_one.notify_one();
+        }
+    }
+
+    /// Blocks until some line is gathered.
+    fn wait_for_lines(&self) {
+        let mut lines = self.lines();
+        while lines.is_empty() {
+            lines = self
+                .gathered_one
+                .wait(lines)
+                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 
@@ -182,6 +201,20 @@ mod tests {
             "an empty flush writes nothing"
         );
         assert_eq!(writes.lock().expect("writes")[1], b"c\n");
+    }
+
+    #[test]
+    fn the_flusher_wakes_when_a_line_is_gathered() {
+        let (gathered, writes) = recording();
+        let gathered = Arc::new(gathered);
+        let flusher = Arc::clone(&gathered);
+        let thread = std::thread::spawn(move || {
+            flusher.wait_for_lines();
+            flusher.flush();
+        });
+        gathered.add(b"late\n", false);
+        thread.join().expect("flusher");
+        assert_eq!(*writes.lock().expect("writes"), vec![b"late\n".to_vec()]);
     }
 
     #[test]

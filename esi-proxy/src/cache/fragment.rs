@@ -69,8 +69,14 @@ pub struct FragmentCache {
 /// fetch refreshes it), or a miss: concurrent misses for one key share one upstream fetch.
 /// When a fetch fails, a copy within `stale-if-error` is served instead; when it fails with no
 /// such copy, every request that waited on it tries once more (shared again), then gives up.
+///
+/// Cloned per fetch (its futures are `'static`): one `Arc`, so a fetch touches one shared
+/// counter rather than one per part.
 #[derive(Clone)]
-pub struct CachingFetcher {
+pub struct CachingFetcher(Arc<Parts>);
+
+/// What a [`CachingFetcher`] holds.
+struct Parts {
     inner: Arc<dyn Fetcher>,
     cache: Arc<FragmentCache>,
     policy: Arc<CachePolicy>,
@@ -294,27 +300,34 @@ impl CachingFetcher {
         policy: Arc<CachePolicy>,
         parse: ParseOptions,
     ) -> Self {
-        Self {
+        Self(Arc::new(Parts {
             inner,
             cache,
             policy,
             parse: Arc::new(parse),
             shared: None,
-        }
+        }))
     }
 
     /// This fetcher with `shared` as the tier below its cache: a miss here asks it before the
     /// fragment service, and what is fetched is stored there for every node.
-    pub fn with_shared(mut self, shared: Option<Arc<SharedTier>>) -> Self {
-        self.shared = shared;
-        self
+    #[must_use]
+    pub fn with_shared(self, shared: Option<Arc<SharedTier>>) -> Self {
+        let parts = &*self.0;
+        Self(Arc::new(Parts {
+            inner: Arc::clone(&parts.inner),
+            cache: Arc::clone(&parts.cache),
+            policy: Arc::clone(&parts.policy),
+            parse: Arc::clone(&parts.parse),
+            shared,
+        }))
     }
 
     /// Parses a stored ESI body (lenient parsing never fails), counting its problems.
     fn parse(&self, body: Bytes) -> Template {
-        let template = crate::esi::parse(body, &self.parse).unwrap_or_default();
+        let template = crate::esi::parse(body, &self.0.parse).unwrap_or_default();
         if template.problem_count > 0 {
-            self.cache.store.add_esi_problems(template.problem_count);
+            self.0.cache.store.add_esi_problems(template.problem_count);
         }
         template
     }
@@ -323,8 +336,8 @@ impl CachingFetcher {
         if req.options.bypasses_cache() {
             // `no-store`, a POST, or headers the template changed: no entry answers it and it
             // stores none.
-            self.cache.count_pass();
-            return self.inner.fetch(req).await.map(passed);
+            self.0.cache.count_pass();
+            return self.0.inner.fetch(req).await.map(passed);
         }
         let access = req.url.access();
         let credentials = Credentials::of(&req.client_headers, access.trusted);
@@ -334,27 +347,28 @@ impl CachingFetcher {
         let mut counted = false;
         for _ in 0..MAX_ROUNDS {
             let key = self
+                .0
                 .cache
                 .store
                 .key_for(
-                    &self.policy,
+                    &self.0.policy,
                     &req.url,
                     &text,
                     &req.client_headers,
                     credentials,
                 )
                 .await;
-            if self.cache.is_pass(&key).await {
-                self.cache.count_pass();
-                return self.inner.fetch(req).await.map(passed);
+            if self.0.cache.is_pass(&key).await {
+                self.0.cache.count_pass();
+                return self.0.inner.fetch(req).await.map(passed);
             }
-            let fallback = match self.cache.lookup(&key).await {
+            let fallback = match self.0.cache.lookup(&key).await {
                 Lookup::Fresh(entry) => {
-                    self.cache.store.count_hit();
+                    self.0.cache.store.count_hit();
                     return Ok(entry.fragment(CacheStatus::Hit, |body| self.parse(body)));
                 }
                 Lookup::Revalidate(entry) => {
-                    self.cache.count_stale("while_revalidate");
+                    self.0.cache.count_stale("while_revalidate");
                     self.refresh(&key, &req, credentials);
                     return Ok(
                         entry.fragment(CacheStatus::StaleWhileRevalidate, |body| self.parse(body))
@@ -363,12 +377,12 @@ impl CachingFetcher {
                 Lookup::Miss(stale) => stale,
             };
             if !counted {
-                self.cache.store.count_miss();
+                self.0.cache.store.count_miss();
                 counted = true;
             }
             let (flight, leader) = self.join_or_start(&key, &req, credentials, false);
             if !leader {
-                self.cache.count_coalesced();
+                self.0.cache.count_coalesced();
             }
             let error = match tokio::time::timeout_at(deadline, flight).await {
                 Ok(Ok(Outcome::Stored(entry))) => {
@@ -386,10 +400,10 @@ impl CachingFetcher {
                     }
                     match status {
                         CacheStatus::StaleWhileRevalidate => {
-                            self.cache.count_stale("while_revalidate");
+                            self.0.cache.count_stale("while_revalidate");
                             self.refresh(&entry.key, &req, credentials);
                         }
-                        CacheStatus::StaleIfError => self.cache.count_stale("if_error"),
+                        CacheStatus::StaleIfError => self.0.cache.count_stale("if_error"),
                         _ => {}
                     }
                     return Ok(entry.fragment(status, |body| self.parse(body)));
@@ -399,7 +413,7 @@ impl CachingFetcher {
                 }
                 Ok(Ok(Outcome::Passed(_))) => {
                     // Maybe meant for another user: fetch alone, as hit-for-pass does.
-                    self.cache.count_pass();
+                    self.0.cache.count_pass();
                     return self.fetch_alone(req, fallback).await;
                 }
                 // A status the leader's request did not keep: this request keeps it (a
@@ -415,7 +429,7 @@ impl CachingFetcher {
             };
             if let Some(stale) = fallback.filter(|entry| entry.within_stale_if_error()) {
                 tracing::debug!(url = %text, error = %error, "serving stale fragment after error");
-                self.cache.count_stale("if_error");
+                self.0.cache.count_stale("if_error");
                 return Ok(stale.fragment(CacheStatus::StaleIfError, |body| self.parse(body)));
             }
             // One retry, and only while this request's own deadline leaves time for it; none
@@ -436,11 +450,11 @@ impl CachingFetcher {
         req: FragmentRequest,
         stale: Option<Arc<Entry>>,
     ) -> Result<Fragment, FetchError> {
-        match self.inner.fetch(req).await {
+        match self.0.inner.fetch(req).await {
             Ok(fragment) => Ok(passed(fragment)),
             Err(error) => match stale.filter(|entry| entry.within_stale_if_error()) {
                 Some(entry) => {
-                    self.cache.count_stale("if_error");
+                    self.0.cache.count_stale("if_error");
                     Ok(entry.fragment(CacheStatus::StaleIfError, |body| self.parse(body)))
                 }
                 None => Err(error),
@@ -457,13 +471,13 @@ impl CachingFetcher {
         credentials: Credentials,
         revalidating: bool,
     ) -> (Flight, bool) {
-        let mut flights = self.cache.flights();
+        let mut flights = self.0.cache.flights();
         if let Some(flight) = flights.get(key).and_then(|slot| slot.weak.upgrade()) {
             return (flight, false);
         }
-        let id = self.cache.next_flight.fetch_add(1, Ordering::Relaxed);
+        let id = self.0.cache.next_flight.fetch_add(1, Ordering::Relaxed);
         let guard = FlightGuard {
-            cache: Arc::clone(&self.cache),
+            cache: Arc::clone(&self.0.cache),
             key: key.clone(),
             id,
         };
@@ -472,11 +486,11 @@ impl CachingFetcher {
         let flight = async move {
             // A fetch that ended between this request's lookup and its taking the map's lock
             // has stored its response (it stores before leaving the map): use that.
-            if let Lookup::Fresh(entry) = this.cache.lookup(&key_owned).await {
+            if let Lookup::Fresh(entry) = this.0.cache.lookup(&key_owned).await {
                 drop(guard);
                 return Ok(Outcome::Stored(entry));
             }
-            let outcome = match &this.shared {
+            let outcome = match &this.0.shared {
                 Some(shared) => {
                     this.fill_shared(shared, &key_owned, &req_owned, credentials, revalidating)
                         .await
@@ -522,7 +536,7 @@ impl CachingFetcher {
         req: &FragmentRequest,
         credentials: Credentials,
     ) -> FlightResult {
-        match self.inner.fetch(req.clone()).await {
+        match self.0.inner.fetch(req.clone()).await {
             Ok(fragment) => Ok(self.settle(key, req, credentials, fragment).await),
             Err(error) => Err(Arc::new(error)),
         }
@@ -549,7 +563,7 @@ impl CachingFetcher {
             let found = shared
                 .lookup(
                     kind,
-                    &self.policy,
+                    &self.0.policy,
                     &req.url,
                     key,
                     &req.client_headers,
@@ -651,7 +665,8 @@ impl CachingFetcher {
             }
             return None;
         };
-        self.cache
+        self.0
+            .cache
             .store
             .insert(entry.key.clone(), vary, Arc::clone(&entry))
             .await;
@@ -666,8 +681,8 @@ impl CachingFetcher {
         credentials: Credentials,
         fragment: Fragment,
     ) -> Outcome {
-        let cache = &self.cache;
-        let decision = self.policy.decide_with_ttl(
+        let cache = &self.0.cache;
+        let decision = self.0.policy.decide_with_ttl(
             &req.url,
             fragment.status,
             &fragment.headers,
@@ -682,14 +697,14 @@ impl CachingFetcher {
                 source,
             } => {
                 let Variant { key, vary, names } = Variant::of(
-                    &self.policy,
+                    &self.0.policy,
                     &req.url,
                     &flight_key.url,
                     &req.client_headers,
                     credentials,
                     &fragment.headers,
                 );
-                let tags = read_tags(&self.policy, &fragment.headers, cache.store.metrics());
+                let tags = read_tags(&self.0.policy, &fragment.headers, cache.store.metrics());
                 let entry = Entry::new(
                     key,
                     names,
@@ -705,7 +720,7 @@ impl CachingFetcher {
                     bytes = entry.weight,
                     "fragment stored"
                 );
-                if let Some(shared) = &self.shared {
+                if let Some(shared) = &self.0.shared {
                     shared.store(SharedKind::Fragment, &entry, &vary).await;
                 }
                 cache
@@ -717,7 +732,7 @@ impl CachingFetcher {
             Decision::Pass(reason) => {
                 tracing::debug!(url = %flight_key.url, reason, "fragment not stored");
                 cache.count_pass();
-                let hit_for_pass = self.policy.hit_for_pass();
+                let hit_for_pass = self.0.policy.hit_for_pass();
                 if !hit_for_pass.is_zero() {
                     cache
                         .passes
@@ -726,7 +741,7 @@ impl CachingFetcher {
                 }
                 // The newest response says not to keep this; an older copy must not answer.
                 cache.store.remove(flight_key).await;
-                if let Some(shared) = &self.shared {
+                if let Some(shared) = &self.0.shared {
                     shared.remove(SharedKind::Fragment, flight_key).await;
                 }
                 Outcome::Passed(Arc::new(fragment))
@@ -738,8 +753,8 @@ impl CachingFetcher {
 impl fmt::Debug for CachingFetcher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CachingFetcher")
-            .field("cache", &self.cache)
-            .field("policy", &self.policy)
+            .field("cache", &self.0.cache)
+            .field("policy", &self.0.policy)
             .finish_non_exhaustive()
     }
 }
@@ -750,7 +765,7 @@ impl Fetcher for CachingFetcher {
     }
 
     fn check(&self, url: &Url) -> Result<Allowed, FetchError> {
-        self.inner.check(url)
+        self.0.inner.check(url)
     }
 
     /// Layouts pass through to the inner fetcher: the layout cache, which keeps parsed
@@ -759,7 +774,7 @@ impl Fetcher for CachingFetcher {
         &self,
         req: OriginRequest,
     ) -> BoxFuture<'static, Result<http::Response<OriginBody>, FetchError>> {
-        self.inner.send_origin(req)
+        self.0.inner.send_origin(req)
     }
 }
 

@@ -24,6 +24,8 @@ pub use tags::{PurgeMode, PurgeTarget};
 // Metric names: dashboards and alerts read them, so they stay as they are.
 const HITS: &str = "esi_proxy_cache_hits_total";
 const MISSES: &str = "esi_proxy_cache_misses_total";
+const HITS_HELP: &str = "Cache lookups answered with a fresh entry.";
+const MISSES_HELP: &str = "Cache lookups that found nothing servable.";
 const STALE_SERVED: &str = "esi_proxy_cache_stale_served_total";
 const COALESCED: &str = "esi_proxy_cache_coalesced_total";
 const PASSES: &str = "esi_proxy_cache_passes_total";

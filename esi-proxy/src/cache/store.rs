@@ -22,9 +22,9 @@ use url::Url;
 
 use super::policy::{merge_names, vary_names, CachePolicy, Credentials};
 use super::tags::{PurgeMode, TagIndex};
-use super::{EVICTIONS, HITS, KEYS_DROPPED, MISSES, TAG_INDEX};
+use super::{EVICTIONS, HITS, HITS_HELP, KEYS_DROPPED, MISSES, MISSES_HELP, TAG_INDEX};
 use crate::headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Counter, Metrics};
 
 /// What the origin and fragments are told about the request's host and scheme: a response
 /// may be built from them whether or not it says `Vary`, so each is part of every key, and one
@@ -56,6 +56,9 @@ pub(super) struct Store<V> {
     /// `entries` (expired, evicted, replaced, purged), through the eviction listener.
     tags: Arc<TagIndex>,
     metrics: Arc<Metrics>,
+    /// Its hit and miss series, resolved once: counted on every lookup.
+    hits: Counter,
+    misses: Counter,
 }
 
 /// What tells one store from another: its names in moka and in metrics.
@@ -174,11 +177,14 @@ impl<V: Stored> Store<V> {
             })
             .support_invalidation_closures()
             .build();
+        let label = Some(("cache", kind.label));
         Self {
             kind,
             entries,
             vary: VaryBook::new(kind.vary_name, side_capacity(capacity_bytes)),
             tags,
+            hits: metrics.counter(HITS, HITS_HELP, label),
+            misses: metrics.counter(MISSES, MISSES_HELP, label),
             metrics,
         }
     }
@@ -392,20 +398,12 @@ impl<V: Stored> Store<V> {
 
     /// Counts one lookup answered with a fresh entry.
     pub(super) fn count_hit(&self) {
-        self.count(
-            HITS,
-            "Cache lookups answered with a fresh entry.",
-            Some(("cache", self.kind.label)),
-        );
+        self.hits.add(1);
     }
 
     /// Counts one lookup that found nothing servable.
     pub(super) fn count_miss(&self) {
-        self.count(
-            MISSES,
-            "Cache lookups that found nothing servable.",
-            Some(("cache", self.kind.label)),
-        );
+        self.misses.add(1);
     }
 
     /// Adds one to the counter `name`.

@@ -163,13 +163,13 @@ pub(super) fn run<'a>(
 /// Starts an include with its URLs as the variables are now.
 pub(super) fn start_include(
     state: &Arc<PageState>,
-    inc: &crate::esi::Include,
+    inc: &Arc<crate::esi::Include>,
     doc: &Arc<DocContext>,
     in_try: bool,
     scope: &mut Scope,
 ) -> Slot {
     let resolved = state.resolve(inc, doc, scope);
-    let (state, doc, inc) = (Arc::clone(state), Arc::clone(doc), inc.clone());
+    let (state, doc, inc) = (Arc::clone(state), Arc::clone(doc), Arc::clone(inc));
     Slot::start(async move { include(&state, &inc, &resolved, &doc, in_try).await })
 }
 

@@ -33,7 +33,7 @@ pub enum Node {
     /// Text inside `esi:vars` holding variables: literals and values (HTML-escaped on output).
     Vars(Vec<Segment<Bytes>>),
     /// `<esi:include>`.
-    Include(Include),
+    Include(Arc<Include>),
     /// `<esi:try>`: the attempt is used unless one of its includes fails, else the except.
     Try {
         /// `<esi:attempt>` content.
@@ -61,7 +61,7 @@ pub enum Node {
     Return(Return),
     /// `<esi:eval>`: a fragment whose ESI runs in this document's scope (its variables and
     /// functions stay visible afterwards).
-    Eval(Include),
+    Eval(Arc<Include>),
     /// `<esi:inline>`: a fragment carried inside the document; its content renders in place.
     Inline {
         /// The `name` attribute: the URL the fragment stands for.

@@ -1,6 +1,8 @@
 //! The parser's output: one step of a document at a time, in document order, well nested
 //! whatever the input. What the composer streams and the builder turns into a template.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::ast::{Assign, Include, Return};
@@ -16,7 +18,7 @@ pub enum Event {
     /// Text inside `esi:vars` that holds variables.
     Vars(Vec<Segment<Bytes>>),
     /// A complete `<esi:include>`.
-    Include(Include),
+    Include(Arc<Include>),
     /// A complete `<esi:assign>`.
     Assign(Assign),
     /// `<esi:try>`.
@@ -82,5 +84,5 @@ pub enum Event {
     /// A complete `<esi:return/>`.
     Return(Return),
     /// A complete `<esi:eval/>`.
-    Eval(Include),
+    Eval(Arc<Include>),
 }

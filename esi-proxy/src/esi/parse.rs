@@ -24,6 +24,8 @@
 //! - a call of a function not defined before: kept (it may come from an `esi:eval`), reported;
 //!   at run time it stops its expression.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 
 use super::ast::{Include, Template};
@@ -624,7 +626,7 @@ impl Parser {
                     Kind::Return => self.return_value(attrs, pos)?.map(Event::Return),
                     _ => {
                         let eval = self.eval(attrs, pos)?;
-                        eval.map(Event::Eval)
+                        eval.map(|inc| Event::Eval(Arc::new(inc)))
                     }
                 };
                 if let Some(event) = event {
@@ -649,7 +651,7 @@ impl Parser {
             }
             Kind::Include => {
                 match self.include(attrs, pos)? {
-                    Some(inc) if self_closing => out.push(Event::Include(inc)),
+                    Some(inc) if self_closing => out.push(Event::Include(Arc::new(inc))),
                     Some(inc) => {
                         // Emitted at its end tag, once its `<esi:param>`s are read.
                         self.open_include = Some(inc);
@@ -825,7 +827,10 @@ impl Parser {
                     None => None,
                 }
             }
-            Kind::Include => self.open_include.take().map(Event::Include),
+            Kind::Include => self
+                .open_include
+                .take()
+                .map(|inc| Event::Include(Arc::new(inc))),
             Kind::Comment | Kind::Param => None,
         };
         if let Some(event) = event {

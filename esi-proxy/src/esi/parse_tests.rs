@@ -531,7 +531,7 @@ fn include_attribute_forms() {
     let one = |input: &str| -> Include {
         let t = strict(input).unwrap_or_else(|e| panic!("{input:?}: {e}"));
         match t.nodes.as_slice() {
-            [Node::Include(inc)] => inc.clone(),
+            [Node::Include(inc)] => (**inc).clone(),
             other => panic!("{input:?}: {other:?}"),
         }
     };

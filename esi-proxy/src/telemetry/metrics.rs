@@ -6,7 +6,7 @@ use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Upper bounds, in seconds, of the duration histograms' buckets; `+Inf` follows them.
 pub(super) const DURATION_BUCKETS: [f64; 11] = [
@@ -101,6 +101,17 @@ pub(super) struct HistogramSnapshot {
     pub(super) sum: f64,
 }
 
+/// One series of a run-time counter, resolved by [`Metrics::counter`].
+#[derive(Debug, Clone, Default)]
+pub struct Counter(Arc<AtomicU64>);
+
+impl Counter {
+    /// Adds `by`.
+    pub fn add(&self, by: u64) {
+        self.0.fetch_add(by, Relaxed);
+    }
+}
+
 /// The series of one fragment host.
 #[derive(Debug, Default)]
 pub(super) struct HostSeries {
@@ -125,7 +136,7 @@ pub(super) struct Custom {
 #[derive(Debug)]
 pub(super) enum CustomKind {
     /// Series keyed by their one optional label.
-    Counter(RwLock<HashMap<CustomLabel, AtomicU64>>),
+    Counter(RwLock<HashMap<CustomLabel, Arc<AtomicU64>>>),
     /// The value as `f64` bits.
     Gauge(AtomicU64),
     /// Values as `f64` bits, keyed by their one label.
@@ -280,6 +291,48 @@ impl Metrics {
             CustomKind::Rejected => {}
         };
         self.with_custom(name, help, || CustomKind::Counter(RwLock::default()), add);
+    }
+
+    /// The series of a counter created at run time (as [`Metrics::inc_counter`] names,
+    /// checks and bounds it), resolved once: a hot path counts on the handle with one atomic
+    /// add, no lookup and no allocation. A rejected name gives a handle that counts into
+    /// nothing exported, as `inc_counter` drops such updates.
+    pub fn counter(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        label: Option<(&'static str, &str)>,
+    ) -> Counter {
+        let mut found = None;
+        let resolve = |custom: &Custom| match &custom.kind {
+            CustomKind::Counter(series) => match label {
+                Some((label_name, _)) if !is_label_name(label_name) => {
+                    custom.warn_once(name, "label name is not a valid Prometheus label name");
+                }
+                _ => {
+                    let key = label.map(|(k, v)| (k, truncate_label(v).to_owned()));
+                    let overflow = label.map(|(k, _)| (k, OVERFLOW_LABEL.to_owned()));
+                    found = Some(with_series(
+                        series,
+                        &key,
+                        MAX_HOST_LABELS,
+                        &overflow,
+                        Arc::clone,
+                    ));
+                }
+            },
+            CustomKind::Gauge(_) | CustomKind::LabelledGauge(_) => {
+                custom.warn_once(name, "already registered as a gauge");
+            }
+            CustomKind::Rejected => {}
+        };
+        self.with_custom(
+            name,
+            help,
+            || CustomKind::Counter(RwLock::default()),
+            resolve,
+        );
+        Counter(found.unwrap_or_default())
     }
 
     /// Sets a gauge created at run time to `value`; `help` is taken from the first use of

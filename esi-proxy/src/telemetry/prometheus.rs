@@ -156,7 +156,7 @@ impl Metrics {
             match &custom.kind {
                 CustomKind::Counter(series) => {
                     let mut text = header(name, custom.help, "counter");
-                    for (label, n) in snapshot(series, load) {
+                    for (label, n) in snapshot(series, |n| load(n)) {
                         match &label {
                             Some((k, v)) => sample(&mut text, name, &[(*k, v.as_str())], n)?,
                             None => sample(&mut text, name, &[], n)?,

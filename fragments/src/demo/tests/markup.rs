@@ -83,7 +83,7 @@ fn includes(nodes: &[Node]) -> Vec<&Include> {
     let mut found = Vec::new();
     walk(nodes, &mut |node| {
         if let Node::Include(inc) = node {
-            found.push(inc);
+            found.push(&**inc);
         }
     });
     found

@@ -543,3 +543,31 @@ fn hostile_labels_round_trip() {
     }
     assert_eq!(hosts.len(), cases.len());
 }
+
+#[test]
+fn resolved_counters_share_the_series_inc_counter_updates() {
+    let m = Metrics::new();
+    let name = "esi_proxy_cache_hits_total";
+    let hits = m.counter(name, "Hits.", Some(("cache", "fragment")));
+    hits.add(2);
+    m.inc_counter(name, "Hits.", Some(("cache", "fragment")), 3);
+    hits.clone().add(1);
+    m.counter(name, "Hits.", Some(("cache", "layout"))).add(7);
+    assert_eq!(
+        samples_of(&m.render(), name),
+        "esi_proxy_cache_hits_total{cache=\"fragment\"} 6\n\
+         esi_proxy_cache_hits_total{cache=\"layout\"} 7\n"
+    );
+    // A rejected name or label gives a handle that counts into nothing rendered.
+    m.counter("bad name", "Rejected.", None).add(1);
+    m.counter("esi_proxy_ok_total", "Bad label.", Some(("bad-label", "x")))
+        .add(1);
+    m.set_gauge("esi_proxy_gauge", "A gauge.", 1.0);
+    m.counter("esi_proxy_gauge", "Not a counter.", None).add(5);
+    let text = m.render();
+    assert!(
+        !text.contains("bad name") && !text.contains("esi_proxy_ok_total{"),
+        "{text}"
+    );
+    assert_eq!(samples_of(&text, "esi_proxy_gauge"), "esi_proxy_gauge 1\n");
+}

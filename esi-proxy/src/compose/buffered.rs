@@ -4,6 +4,7 @@
 //! reached; an `esi:eval` holds up what follows until its fragment has run. Output is a list of
 //! slots in document order.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -169,8 +170,15 @@ pub(super) fn start_include(
     scope: &mut Scope,
 ) -> Slot {
     let resolved = state.resolve(inc, doc, scope);
-    let (state, doc, inc) = (Arc::clone(state), Arc::clone(doc), Arc::clone(inc));
-    Slot::start(async move { include(&state, &inc, &resolved, &doc, in_try).await })
+    let in_place = &state.in_place;
+    let polled_here = in_place.load(Ordering::Relaxed);
+    let (page, doc, inc) = (Arc::clone(state), Arc::clone(doc), Arc::clone(inc));
+    let fetch = async move { include(&page, &inc, &resolved, &doc, in_try).await };
+    let slot = Slot::start(fetch, polled_here);
+    if polled_here && matches!(slot, Slot::Pending(_)) {
+        in_place.store(false, Ordering::Relaxed);
+    }
+    slot
 }
 
 /// Runs an `esi:eval`: waits for its fragment, then runs the fragment's ESI in `scope`, where

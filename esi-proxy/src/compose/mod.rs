@@ -200,6 +200,10 @@ struct PageState {
     /// Set by the page's first warning about its head (a late or ignored primary or response
     /// function): later ones are counted and traced, not logged again.
     head_warned: AtomicBool,
+    /// Cleared by the first include not ready at once (still fetching, or failed): the
+    /// page's includes are then spawned as they come, without a poll in the driver first
+    /// (see `Slot::start`).
+    in_place: AtomicBool,
 }
 
 /// A `when`'s test, as written, and its `matchname`.
@@ -368,6 +372,7 @@ impl Composer {
             budget: Budget::new(self.config.limits),
             effects: Mutex::default(),
             head_warned: AtomicBool::new(false),
+            in_place: AtomicBool::new(true),
         });
         let driver = Driver::new(state, doc, head_tx);
         let span = tracing::Span::current();

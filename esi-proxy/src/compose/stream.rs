@@ -821,14 +821,20 @@ impl<T: Send + 'static> Task<T> {
 }
 
 impl Slot {
-    /// The slot of an include's future: polled once here, so that one that can answer at once
-    /// (a cached fragment) is ready without a task of its own; otherwise spawned as one, which
-    /// polls it on from where it stopped.
-    pub(super) fn start<F>(fetch: F) -> Slot
+    /// The slot of an include's future. With `in_place`, polled once here, so that one that
+    /// can answer at once (a cached fragment) is ready without a task of its own; otherwise,
+    /// or when it cannot answer yet, spawned as a task. A page's first include that cannot
+    /// answer at once turns `in_place` off for the rest (`PageState::in_place`): on a cold page
+    /// the first poll sends the request, and spawned tasks send them from every worker rather
+    /// than one after another from the driver's.
+    pub(super) fn start<F>(fetch: F, in_place: bool) -> Slot
     where
         F: std::future::Future<Output = Result<Bytes, Failure>> + Send + 'static,
     {
         let mut fetch = Box::pin(fetch);
+        if !in_place {
+            return Slot::Pending(Task::spawn(fetch));
+        }
         match (&mut fetch).now_or_never() {
             Some(Ok(bytes)) => Slot::Ready(bytes),
             Some(Err(failure)) => Slot::Pending(Task::failed(failure)),

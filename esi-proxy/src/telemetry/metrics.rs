@@ -272,25 +272,7 @@ impl Metrics {
         label: Option<(&'static str, &str)>,
         by: u64,
     ) {
-        let add = |custom: &Custom| match &custom.kind {
-            CustomKind::Counter(series) => match label {
-                Some((label_name, _)) if !is_label_name(label_name) => {
-                    custom.warn_once(name, "label name is not a valid Prometheus label name");
-                }
-                _ => {
-                    let key = label.map(|(k, v)| (k, truncate_label(v).to_owned()));
-                    let overflow = label.map(|(k, _)| (k, OVERFLOW_LABEL.to_owned()));
-                    with_series(series, &key, MAX_HOST_LABELS, &overflow, |n| {
-                        n.fetch_add(by, Relaxed);
-                    });
-                }
-            },
-            CustomKind::Gauge(_) | CustomKind::LabelledGauge(_) => {
-                custom.warn_once(name, "already registered as a gauge");
-            }
-            CustomKind::Rejected => {}
-        };
-        self.with_custom(name, help, || CustomKind::Counter(RwLock::default()), add);
+        self.counter(name, help, label).add(by);
     }
 
     /// The series of a counter created at run time (as [`Metrics::inc_counter`] names,

@@ -16,13 +16,14 @@ use http::header::{
 };
 use http::{HeaderMap, Method, Response, Uri};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use url::{Host, Position, Url};
 
 use super::breaker::Breakers;
-use super::decode::{DecodeError, Decoder};
+use super::decode::Decoder;
 use super::guard::{classify, Allowlist, Blocked, GuardedResolver, Lookup};
-use super::pool::{plain_pool, CheckinOnEnd, PlainPool, SendError};
+use super::h1::{self, StreamPool};
+use super::pool::{plain_pool, CheckinOnEnd, OriginPool, SendError};
 use super::{
     Access, Allowed, BoxError, FetchError, Fetcher, Fragment, FragmentRequest, OriginBody,
     OriginRequest,
@@ -52,11 +53,11 @@ struct Shared {
     /// `http` fragments: hyper connections from a pool of our own, with none of reqwest's
     /// per-request layers (redirects, retries, decompression, its timeouts) that a fragment
     /// never uses and that cost more CPU than the request itself on a loopback page.
-    plain: Arc<PlainPool<Full<Bytes>>>,
+    plain: StreamPool,
     /// `https` fragments, through reqwest for its TLS.
     tls: reqwest::Client,
     /// An `http` origin, the same way; its responses are handed out as reqwest's.
-    origin_plain: Arc<PlainPool<OriginBody>>,
+    origin_plain: OriginPool,
     /// An `https` origin, through reqwest.
     origin_client: reqwest::Client,
     /// The circuit breakers of fragment hosts, kept across reloads by whoever owns them.
@@ -584,20 +585,19 @@ impl Shared {
             self.receive_tls(url, text, headers, body, after, keep_status)
                 .await
         } else {
-            self.receive_plain(&url, text, headers, body, after, keep_status)
+            self.receive_plain(&url, text, headers, body, keep_status)
                 .await
         }
     }
 
-    /// [`Shared::receive`] for `http`: hyper connections from the [`PlainPool`], the request
-    /// and the decoding as reqwest makes and does them.
+    /// [`Shared::receive`] for `http`: spoken by [`h1`] on a stream from the fragment pool,
+    /// the request and the decoding as reqwest makes and does them.
     async fn receive_plain(
         &self,
         url: &Url,
         text: &str,
         mut headers: HeaderMap,
         body: Option<Bytes>,
-        after: Duration,
         keep_status: bool,
     ) -> Result<Fragment, FetchError> {
         let limit = self.max_fragment_bytes;
@@ -605,15 +605,17 @@ impl Shared {
             url: text.to_owned(),
             limit,
         };
-        let invalid = |message: String| FetchError::Transport {
-            url: text.to_owned(),
-            message,
-        };
         // `url` leaves out the scheme's default port, as `Host` does.
         let authority = &url[Position::BeforeHost..Position::AfterPort];
-        let target: Uri = url[Position::BeforePath..Position::AfterQuery]
-            .parse()
-            .map_err(|e| invalid(format!("not a valid request URI: {e}")))?;
+        // A parsed URL percent-encodes spaces and controls; checked again, as they would split
+        // the request line.
+        let target = &url[Position::BeforePath..Position::AfterQuery];
+        if target.bytes().any(|b| b <= b' ' || b == 0x7f) || !target.starts_with('/') {
+            return Err(FetchError::Transport {
+                url: text.to_owned(),
+                message: format!("not a valid request target: {target:?}"),
+            });
+        }
         // What reqwest adds unless the request has them: its default `Accept`, the encodings it
         // decodes (the client's `Accept-Encoding` is never forwarded), and `Host`.
         if let Entry::Vacant(entry) = headers.entry(ACCEPT) {
@@ -623,8 +625,10 @@ impl Shared {
             entry.insert(HeaderValue::from_static("gzip,br"));
         }
         if let Entry::Vacant(entry) = headers.entry(HOST) {
-            let host = HeaderValue::from_str(authority)
-                .map_err(|e| invalid(format!("not a valid Host: {e}")))?;
+            let host = HeaderValue::from_str(authority).map_err(|e| FetchError::Transport {
+                url: text.to_owned(),
+                message: format!("not a valid Host: {e}"),
+            })?;
             entry.insert(host);
         }
         let method = if body.is_some() {
@@ -632,27 +636,24 @@ impl Shared {
         } else {
             Method::GET
         };
-        let mut request = http::Request::new(Full::new(body.unwrap_or_default()));
-        *request.method_mut() = method;
-        *request.uri_mut() = target;
-        *request.headers_mut() = headers;
-        let (response, connection) =
-            self.plain
-                .send(authority, request)
-                .await
-                .map_err(|e| match e {
-                    SendError::Connect(e) => send_error(text, &*e, true, false, after),
-                    SendError::Request(e) => send_error(text, &e, false, false, after),
-                })?;
-        let (parts, mut body) = response.into_parts();
-        let status = parts.status;
+        let request = h1::encode(
+            &method,
+            target,
+            &headers,
+            body.as_deref().unwrap_or_default(),
+        );
+        drop(headers);
+        let pool = &self.plain;
+        let mut response = h1::send(pool, authority, &request, body.is_none(), text).await?;
+        drop(request);
+        let status = response.status;
         if !status.is_success() && !keep_status {
             return Err(FetchError::Status {
                 url: text.to_owned(),
                 status,
             });
         }
-        let mut headers = parts.headers;
+        let mut headers = std::mem::take(&mut response.headers);
         let decoder = match content_coding(&headers) {
             Coding::Identity => None,
             Coding::Named(coding) => Some(Decoder::for_encoding(&coding, limit).ok_or_else(
@@ -663,34 +664,29 @@ impl Shared {
             )?),
         };
         let Some(mut decoder) = decoder else {
-            let declared = body.size_hint().exact();
+            let declared = response.content_length();
             if declared.is_some_and(|len| len > limit as u64) {
                 return Err(too_large());
             }
-            let capacity =
-                declared.map_or(0, |len| usize::try_from(len).unwrap_or(limit).min(limit));
-            let mut collected = Collected::Empty;
-            let mut total = 0usize;
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|e| body_error(text, &e))?;
-                let Ok(chunk) = frame.into_data() else {
-                    continue;
-                };
-                total = total.saturating_add(chunk.len());
-                if total > limit {
+            // Sized to the declared length: the body is kept (cached) as it is collected.
+            let capacity = declared.map_or(0, |len| usize::try_from(len).unwrap_or(limit));
+            let mut collected = BytesMut::with_capacity(capacity);
+            let mut collect = |data: &[u8]| {
+                if collected.len() + data.len() > limit {
                     return Err(too_large());
                 }
-                if !chunk.is_empty() {
-                    collected.push(chunk, capacity);
-                }
-            }
-            self.plain.checkin(authority, connection);
+                collected.extend_from_slice(data);
+                Ok(())
+            };
+            response
+                .read_body(pool, authority, text, &mut collect)
+                .await?;
             return Ok(Fragment {
                 cache: None,
                 template: None,
                 status,
                 headers,
-                body: collected.into_bytes(),
+                body: collected.freeze(),
             });
         };
         // Decoded, the declared length no longer describes the body.
@@ -698,21 +694,20 @@ impl Shared {
         headers.remove(CONTENT_LENGTH);
         let mut decoded = Vec::new();
         let mut encoded_bytes = 0usize;
-        let decode_error = |e: DecodeError| e.into_fetch_error(text, limit);
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| body_error(text, &e))?;
-            let Ok(chunk) = frame.into_data() else {
-                continue;
-            };
-            encoded_bytes = encoded_bytes.saturating_add(chunk.len());
+        let mut decode = |data: &[u8]| {
+            encoded_bytes = encoded_bytes.saturating_add(data.len());
             decoder
-                .push(&chunk, &mut decoded, limit)
-                .map_err(decode_error)?;
-        }
-        self.plain.checkin(authority, connection);
+                .push(data, &mut decoded, limit)
+                .map_err(|e| e.into_fetch_error(text, limit))
+        };
+        response
+            .read_body(pool, authority, text, &mut decode)
+            .await?;
         // An empty body stays empty whatever its encoding claims (as reqwest has it).
         if encoded_bytes > 0 {
-            decoder.finish(&mut decoded).map_err(decode_error)?;
+            decoder
+                .finish(&mut decoded)
+                .map_err(|e| e.into_fetch_error(text, limit))?;
         }
         Ok(Fragment {
             cache: None,

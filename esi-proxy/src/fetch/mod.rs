@@ -7,6 +7,7 @@ mod breaker;
 mod client;
 mod decode;
 mod guard;
+mod h1;
 mod pool;
 
 use std::fmt;

@@ -1,5 +1,6 @@
-//! A keep-alive pool of HTTP/1.1 connections to `http` hosts over hyper, and the connector
-//! that dials them through the guarded resolver within the connect timeout.
+//! A keep-alive pool of HTTP/1.1 connections to `http` hosts (hyper's for the origin, bare TCP
+//! streams for fragments), and the connector that dials them through the guarded resolver
+//! within the connect timeout.
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
@@ -21,14 +22,15 @@ use super::guard::GuardedResolver;
 use super::OriginBody;
 
 /// Idle keep-alive HTTP/1.1 connections to `http` hosts, by authority (`host[:port]`
-/// as the URL spells it, the default port left out, so also the `Host` header), each driven by
-/// a task of its own. A connection is checked out for one request and back in once its
-/// response body has been read. Stands in for hyper-util's pooled client, whose per-request
-/// bookkeeping (a task per request to return the connection, connection-info extensions, URI
-/// rewriting) costs more than a loopback request.
-pub(super) struct PlainPool<B> {
+/// as the URL spells it, the default port left out, so also the `Host` header). A connection
+/// is checked out for one request and back in once its response body has been read. Stands in
+/// for hyper-util's pooled client, whose per-request bookkeeping (a task per request to return
+/// the connection, connection-info extensions, URI rewriting) costs more than a loopback
+/// request. `C` is a hyper connection (driven by a task of its own) or a bare [`TcpStream`]
+/// that `super::h1` speaks on.
+pub(super) struct PlainPool<C> {
     connector: PlainConnector,
-    idle: Mutex<HashMap<String, Vec<IdleConnection<B>>>>,
+    idle: Mutex<HashMap<String, Vec<IdleConnection<C>>>>,
     /// Most idle connections kept per authority (`fetch.pool_idle_per_host`).
     max_idle_per_host: usize,
     /// Whether the task closing connections idle past [`POOL_IDLE_TIMEOUT`] runs.
@@ -37,18 +39,27 @@ pub(super) struct PlainPool<B> {
     dropped: Arc<tokio::sync::Notify>,
 }
 
-/// A connection waiting in a [`PlainPool`], for requests with bodies of type `B`.
-pub(super) struct IdleConnection<B> {
-    sender: SendRequest<B>,
+/// A connection waiting in a [`PlainPool`].
+pub(super) struct IdleConnection<C> {
+    conn: C,
     since: Instant,
+}
+
+/// A connection a [`PlainPool`] can hold.
+pub(super) trait Pooled: Send + 'static {
+    /// Whether the connection can take a request now: not closed by its peer, not busy.
+    fn usable(&self) -> bool;
 }
 
 /// An origin response body that puts its connection back in the pool once it has been read
 /// to the end (dropped earlier, the connection closes).
 pub(super) struct CheckinOnEnd {
     pub(super) body: hyper::body::Incoming,
-    pub(super) connection: Option<(Arc<PlainPool<OriginBody>>, String, SendRequest<OriginBody>)>,
+    pub(super) connection: Option<(OriginPool, String, SendRequest<OriginBody>)>,
 }
+
+/// The pool of the `http` origin's hyper connections.
+pub(super) type OriginPool = Arc<PlainPool<SendRequest<OriginBody>>>;
 
 /// Largest response head (status line and headers) read from a fragment host or the origin;
 /// a larger one fails the fetch as malformed. hyper's own bound is some 400 KB, which lets a
@@ -114,11 +125,11 @@ impl tower_service::Service<Uri> for PlainConnector {
 
 /// A pool for `http` fragments or an `http` origin, its connections set up as reqwest sets up
 /// its own: the guarded resolver, TCP_NODELAY, TCP keepalive.
-pub(super) fn plain_pool<B>(
+pub(super) fn plain_pool<C>(
     resolver: &Arc<GuardedResolver>,
     connect_timeout: Duration,
     max_idle_per_host: usize,
-) -> Arc<PlainPool<B>> {
+) -> Arc<PlainPool<C>> {
     let mut http = HttpConnector::new_with_resolver(ResolveName(Arc::clone(resolver)));
     http.set_connect_timeout(Some(connect_timeout));
     http.set_nodelay(true);
@@ -139,7 +150,7 @@ pub(super) fn plain_pool<B>(
 
 // === impl PlainPool ===
 
-impl<B> fmt::Debug for PlainPool<B> {
+impl<C> fmt::Debug for PlainPool<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PlainPool")
             .field("max_idle_per_host", &self.max_idle_per_host)
@@ -147,7 +158,105 @@ impl<B> fmt::Debug for PlainPool<B> {
     }
 }
 
-impl<B> PlainPool<B>
+impl<C: Pooled> PlainPool<C> {
+    /// An idle connection to `authority` ready for a request, the most recently used first.
+    pub(super) fn checkout(&self, authority: &str) -> Option<C> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let waiting = idle.get_mut(authority)?;
+        // Closed or expired ones are dropped on the way, which closes them.
+        while let Some(idle) = waiting.pop() {
+            if idle.conn.usable() && idle.since.elapsed() < POOL_IDLE_TIMEOUT {
+                return Some(idle.conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection whose response has been read whole for the next request to
+    /// `authority`; one over the per-host bound is dropped, which closes it.
+    pub(super) fn put(self: &Arc<Self>, authority: &str, conn: C) {
+        if self.max_idle_per_host == 0 {
+            return;
+        }
+        self.start_purging();
+        let conn = IdleConnection {
+            conn,
+            since: Instant::now(),
+        };
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        match idle.get_mut(authority) {
+            Some(waiting) if waiting.len() >= self.max_idle_per_host => {}
+            Some(waiting) => waiting.push(conn),
+            None => {
+                idle.insert(authority.to_owned(), vec![conn]);
+            }
+        }
+    }
+
+    /// Opens a TCP connection to `authority` through the guarded resolver, within the connect
+    /// timeout.
+    pub(super) async fn connect_tcp(
+        &self,
+        authority: &str,
+    ) -> Result<tokio::net::TcpStream, Box<dyn StdError + Send + Sync>> {
+        let dst: Uri = format!("http://{authority}/").parse()?;
+        let mut connector = self.connector.clone();
+        futures::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut connector, cx))
+            .await?;
+        let io = tower_service::Service::call(&mut connector, dst).await?;
+        Ok(io.into_inner())
+    }
+
+    /// Starts, once, the task that closes connections idle longer than [`POOL_IDLE_TIMEOUT`];
+    /// it ends when the pool is dropped.
+    fn start_purging(self: &Arc<Self>) {
+        if self.purging.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let pool = Arc::downgrade(self);
+        let dropped = Arc::clone(&self.dropped);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(POOL_IDLE_TIMEOUT) => {}
+                    // A permit stored before this waits is taken at once.
+                    () = dropped.notified() => return,
+                }
+                let Some(pool) = pool.upgrade() else {
+                    return;
+                };
+                let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
+                idle.retain(|_, waiting| {
+                    waiting.retain(|idle| {
+                        idle.conn.usable() && idle.since.elapsed() < POOL_IDLE_TIMEOUT
+                    });
+                    !waiting.is_empty()
+                });
+            }
+        });
+    }
+}
+
+impl<B> Pooled for SendRequest<B>
+where
+    B: Send + 'static,
+{
+    fn usable(&self) -> bool {
+        self.is_ready()
+    }
+}
+
+impl Pooled for tokio::net::TcpStream {
+    /// An idle stream is usable while it has nothing to read: a peer that closed it (or sent
+    /// bytes no request asked for) makes it readable. Tokio answers from the readiness it
+    /// last saw, without a system call when nothing has arrived.
+    fn usable(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+impl<B> PlainPool<SendRequest<B>>
 where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
@@ -177,19 +286,6 @@ where
         }
     }
 
-    /// An idle connection to `authority` ready for a request, the most recently used first.
-    pub(super) fn checkout(&self, authority: &str) -> Option<SendRequest<B>> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let waiting = idle.get_mut(authority)?;
-        // Closed or expired ones are dropped on the way, which closes them.
-        while let Some(conn) = waiting.pop() {
-            if conn.sender.is_ready() && conn.since.elapsed() < POOL_IDLE_TIMEOUT {
-                return Some(conn.sender);
-            }
-        }
-        None
-    }
-
     /// Puts a connection whose response has been read whole back for the next request. One
     /// the server is closing, or that would be over the per-host bound, is dropped.
     pub(super) fn checkin(self: &Arc<Self>, authority: &str, sender: SendRequest<B>) {
@@ -212,36 +308,18 @@ where
             });
             return;
         }
-        self.start_purging();
-        let conn = IdleConnection {
-            sender,
-            since: Instant::now(),
-        };
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        match idle.get_mut(authority) {
-            Some(waiting) if waiting.len() >= self.max_idle_per_host => {}
-            Some(waiting) => waiting.push(conn),
-            None => {
-                idle.insert(authority.to_owned(), vec![conn]);
-            }
-        }
+        self.put(authority, sender);
     }
 
     /// Opens a connection to `authority` and starts the task that drives it.
     pub(super) async fn connect(&self, authority: &str) -> Result<SendRequest<B>, SendError> {
-        let dst: Uri = format!("http://{authority}/")
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| SendError::Connect(e.into()))?;
-        let mut connector = self.connector.clone();
-        futures::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut connector, cx))
-            .await
-            .map_err(SendError::Connect)?;
-        let io = tower_service::Service::call(&mut connector, dst)
+        let io = self
+            .connect_tcp(authority)
             .await
             .map_err(SendError::Connect)?;
         let (sender, connection) = hyper::client::conn::http1::Builder::new()
             .max_buf_size(MAX_RESPONSE_HEAD_BYTES)
-            .handshake(io)
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| SendError::Connect(e.into()))?;
         tokio::spawn(async move {
@@ -251,38 +329,9 @@ where
         });
         Ok(sender)
     }
-
-    /// Starts, once, the task that closes connections idle longer than [`POOL_IDLE_TIMEOUT`];
-    /// it ends when the pool is dropped.
-    pub(super) fn start_purging(self: &Arc<Self>) {
-        if self.purging.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        let pool = Arc::downgrade(self);
-        let dropped = Arc::clone(&self.dropped);
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep(POOL_IDLE_TIMEOUT) => {}
-                    // A permit stored before this waits is taken at once.
-                    () = dropped.notified() => return,
-                }
-                let Some(pool) = pool.upgrade() else {
-                    return;
-                };
-                let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
-                idle.retain(|_, waiting| {
-                    waiting.retain(|conn| {
-                        !conn.sender.is_closed() && conn.since.elapsed() < POOL_IDLE_TIMEOUT
-                    });
-                    !waiting.is_empty()
-                });
-            }
-        });
-    }
 }
 
-impl<B> Drop for PlainPool<B> {
+impl<C> Drop for PlainPool<C> {
     fn drop(&mut self) {
         self.dropped.notify_one();
     }

@@ -1,0 +1,293 @@
+//! HTTP/1.1 for `http` fragments, spoken by the fetching task itself on a pooled TCP stream:
+//! the request written in one go, the response head and body read as they arrive. No task per
+//! connection, no channel between tasks, and no read buffer held while a response is awaited,
+//! so an include waiting on a slow fragment holds little more than its socket (hyper's client
+//! holds some 25 KB of buffers and channel per connection, and wakes two tasks per response).
+
+mod chunked;
+mod head;
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use http::{HeaderMap, Method, StatusCode};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::pool::{PlainPool, MAX_RESPONSE_HEAD_BYTES};
+use super::FetchError;
+use chunked::{Chunked, Step};
+use head::{Framing, Parsed};
+
+/// The pool of fragment hosts' streams.
+pub(super) type StreamPool = Arc<PlainPool<TcpStream>>;
+
+/// Room a read needs before the buffer grows: a loopback fragment and its head arrive in one.
+const READ_BUF: usize = 8 * 1024;
+
+/// Largest read buffer a body with a known length grows to at once.
+const MAX_READ_BUF: usize = 64 * 1024;
+
+/// A response whose head has been read; its body follows on the stream.
+pub(super) struct Response {
+    pub(super) status: StatusCode,
+    pub(super) headers: HeaderMap,
+    body: BodyReader,
+}
+
+/// The rest of a response: its framing, the stream, and what was read past the head.
+struct BodyReader {
+    stream: TcpStream,
+    buf: BytesMut,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+/// Why an exchange on one stream failed.
+enum Failed {
+    /// The stream ended or failed before any byte of a response: on a reused stream, the host
+    /// closed it while idle and the request may go again on a new one.
+    Unanswered(String),
+    Fetch(FetchError),
+}
+
+/// A request as written on the wire: request line, `headers` (which must hold `Host`), a
+/// `Content-Length` when there is a body, and the body.
+pub(super) fn encode(method: &Method, target: &str, headers: &HeaderMap, body: &[u8]) -> Vec<u8> {
+    let fields: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    let mut out =
+        Vec::with_capacity(method.as_str().len() + target.len() + fields + body.len() + 48);
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if *method != Method::GET || !body.is_empty() {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(body.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+/// Sends `request` (from [`encode`]) to `authority` on an idle stream or a new one, and reads
+/// the response head. A reused stream that ends before any byte of a response was closed by
+/// the host while idle: an idempotent request goes again, once per stream, on another.
+pub(super) async fn send(
+    pool: &StreamPool,
+    authority: &str,
+    request: &[u8],
+    idempotent: bool,
+    url: &str,
+) -> Result<Response, FetchError> {
+    loop {
+        let (stream, reused) = match pool.checkout(authority) {
+            Some(stream) => (stream, true),
+            None => {
+                let stream = pool.connect_tcp(authority).await.map_err(|e| {
+                    super::client::send_error(url, &*e, true, false, std::time::Duration::ZERO)
+                })?;
+                (stream, false)
+            }
+        };
+        match exchange(stream, request, url).await {
+            Ok(response) => return Ok(response),
+            Err(Failed::Unanswered(_)) if reused && idempotent => continue,
+            Err(Failed::Unanswered(message)) => {
+                return Err(FetchError::Transport {
+                    url: url.to_owned(),
+                    message,
+                })
+            }
+            Err(Failed::Fetch(e)) => return Err(e),
+        }
+    }
+}
+
+/// Writes `request` on `stream` and reads up to the end of the final response head.
+async fn exchange(mut stream: TcpStream, request: &[u8], url: &str) -> Result<Response, Failed> {
+    if let Err(e) = stream.write_all(request).await {
+        return Err(Failed::Unanswered(format!("sending the request: {e}")));
+    }
+    let mut buf = BytesMut::new();
+    let mut answered = false;
+    loop {
+        if !buf.is_empty() {
+            answered = true;
+            match head::parse(&buf) {
+                Ok(Parsed::Final(head, len)) => {
+                    buf.advance(len);
+                    return Ok(Response {
+                        status: head.status,
+                        headers: head.headers,
+                        body: BodyReader {
+                            stream,
+                            buf,
+                            framing: head.framing,
+                            keep_alive: head.keep_alive,
+                        },
+                    });
+                }
+                Ok(Parsed::Interim(len)) => {
+                    buf.advance(len);
+                    continue;
+                }
+                Ok(Parsed::Partial) if buf.len() > MAX_RESPONSE_HEAD_BYTES => {
+                    return Err(Failed::Fetch(malformed(
+                        url,
+                        format!("response head over {MAX_RESPONSE_HEAD_BYTES} bytes"),
+                    )))
+                }
+                Ok(Parsed::Partial) => {}
+                Err(message) => return Err(Failed::Fetch(malformed(url, message))),
+            }
+        }
+        let read = read(&stream, &mut buf, READ_BUF).await;
+        let message = match read {
+            Ok(0) => "connection closed before the response head ended".to_owned(),
+            Ok(_) => continue,
+            Err(e) => format!("reading the response head: {e}"),
+        };
+        return Err(if answered {
+            Failed::Fetch(FetchError::Transport {
+                url: url.to_owned(),
+                message,
+            })
+        } else {
+            Failed::Unanswered(message)
+        });
+    }
+}
+
+impl Response {
+    /// The body's length as its head declares it (`None`: chunked or until close).
+    pub(super) fn content_length(&self) -> Option<u64> {
+        match self.body.framing {
+            Framing::Empty => Some(0),
+            Framing::Length(n) => Some(n),
+            Framing::Chunked | Framing::UntilClose => None,
+        }
+    }
+
+    /// Reads the body to its end, handing its bytes to `sink` as they come; the stream goes
+    /// back to `pool` when it can carry another request. An error from `sink` ends the read
+    /// (and the stream) with that error.
+    pub(super) async fn read_body(
+        self,
+        pool: &StreamPool,
+        authority: &str,
+        url: &str,
+        sink: &mut (dyn FnMut(&[u8]) -> Result<(), FetchError> + Send),
+    ) -> Result<(), FetchError> {
+        let BodyReader {
+            stream,
+            mut buf,
+            framing,
+            keep_alive,
+        } = self.body;
+        let cut = |e: io::Result<usize>, what: &str| -> FetchError {
+            let message = match e {
+                Ok(_) => format!("connection closed {what}"),
+                Err(e) => format!("reading the body: {e}"),
+            };
+            FetchError::Truncated {
+                url: url.to_owned(),
+                message,
+            }
+        };
+        match framing {
+            Framing::Empty => {}
+            Framing::Length(n) => {
+                let mut left = n;
+                loop {
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    if take > 0 {
+                        sink(&buf[..take])?;
+                        buf.advance(take);
+                        left -= take as u64;
+                    }
+                    if left == 0 {
+                        break;
+                    }
+                    let room = usize::try_from(left)
+                        .unwrap_or(MAX_READ_BUF)
+                        .clamp(1, MAX_READ_BUF);
+                    match read(&stream, &mut buf, room).await {
+                        Ok(0) => {
+                            return Err(cut(Ok(0), &format!("{left} bytes before the body's end")))
+                        }
+                        Ok(_) => {}
+                        Err(e) => return Err(cut(Err(e), "")),
+                    }
+                }
+            }
+            Framing::Chunked => {
+                let mut chunked = Chunked::default();
+                loop {
+                    match chunked.step(&mut buf).map_err(|m| malformed(url, m))? {
+                        Step::Data(n) => {
+                            sink(&buf[..n])?;
+                            buf.advance(n);
+                        }
+                        Step::Done => break,
+                        Step::More => match read(&stream, &mut buf, READ_BUF).await {
+                            Ok(0) => return Err(cut(Ok(0), "before the last chunk")),
+                            Ok(_) => {}
+                            Err(e) => return Err(cut(Err(e), "")),
+                        },
+                    }
+                }
+            }
+            Framing::UntilClose => loop {
+                if !buf.is_empty() {
+                    sink(&buf)?;
+                    buf.clear();
+                }
+                match read(&stream, &mut buf, READ_BUF).await {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => return Err(cut(Err(e), "")),
+                }
+            },
+        }
+        // Bytes past the body's end answer no request: the stream is not trusted again.
+        if keep_alive && buf.is_empty() {
+            pool.put(authority, stream);
+        }
+        Ok(())
+    }
+}
+
+/// Reads what has arrived on `stream` into `buf`, waiting until something has; 0 at the end of
+/// the stream. The buffer gets room only once there is something to read, so a stream waiting
+/// for its response holds no buffer.
+async fn read(stream: &TcpStream, buf: &mut BytesMut, room: usize) -> io::Result<usize> {
+    loop {
+        stream.readable().await?;
+        if buf.capacity() - buf.len() < room.min(READ_BUF) {
+            buf.reserve(room.max(READ_BUF));
+        }
+        match stream.try_read_buf(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            done => return done,
+        }
+    }
+}
+
+fn malformed(url: &str, message: String) -> FetchError {
+    FetchError::Malformed {
+        url: url.to_owned(),
+        message,
+    }
+}

@@ -477,7 +477,11 @@ async fn fetch_one(
     }
     // A fragment's variables are its own.
     let child = Arc::new(child);
-    let parts = compose_nodes(state, &template.nodes, &child, false, &mut Scope::default()).await?;
+    // Boxed: a fragment's own includes are rare, and every include would carry their room.
+    let parts = Box::pin(async {
+        compose_nodes(state, &template.nodes, &child, false, &mut Scope::default()).await
+    })
+    .await?;
     if parts.len() > cfg.max_page_bytes {
         return Err(fail(
             child.base.as_str(),

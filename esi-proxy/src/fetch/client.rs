@@ -425,21 +425,30 @@ impl Fetcher for HttpClient {
     }
 
     fn fetch(&self, req: FragmentRequest) -> BoxFuture<'static, Result<Fragment, FetchError>> {
+        // Up to the request, nothing waits: done here, so the future holds only what the
+        // exchange needs while it waits (a parked include's memory is mostly its future).
         let shared = Arc::clone(&self.shared);
+        // An open breaker fails the fetch here, before anything is sent.
+        let ticket = match shared.breakers.admit(&req.url, req.timeout) {
+            Ok(ticket) => ticket,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        // Allowed by this client's check: the allowlist is not asked again.
+        let access = req.url.access();
+        let text = redact(&req.url);
+        let mut headers = shared.fragment_headers(&req.client_headers, access.trusted);
+        req.options.apply_headers(&mut headers, access.trusted);
+        let after = req.timeout;
+        let keep = req.keep_status;
+        let body = req.options.body;
+        let url = req.url.into_url();
         Box::pin(async move {
-            // An open breaker fails the fetch here, before anything is sent.
-            let ticket = shared.breakers.admit(&req.url, req.timeout)?;
-            // Allowed by this client's check: the allowlist is not asked again.
-            let access = req.url.access();
-            let text = redact(&req.url);
-            let mut headers = shared.fragment_headers(&req.client_headers, access.trusted);
-            req.options.apply_headers(&mut headers, access.trusted);
-            let after = req.timeout;
-            let body = req.options.body;
-            let keep = req.keep_status;
-            let url = req.url.into_url();
-            let receiving = shared.receive(url, &text, headers, body, after, keep);
-            let result = match tokio::time::timeout(after, receiving).await {
+            let result = match tokio::time::timeout(
+                after,
+                shared.receive(url, &text, headers, body, after, keep),
+            )
+            .await
+            {
                 Ok(result) => result,
                 Err(_) => Err(FetchError::Timeout { url: text, after }),
             };
@@ -582,8 +591,8 @@ impl Shared {
         keep_status: bool,
     ) -> Result<Fragment, FetchError> {
         if url.scheme() == "https" {
-            self.receive_tls(url, text, headers, body, after, keep_status)
-                .await
+            // Boxed: reqwest's future is large, and every `http` fetch would carry its room.
+            Box::pin(self.receive_tls(url, text, headers, body, after, keep_status)).await
         } else {
             self.receive_plain(&url, text, headers, body, keep_status)
                 .await

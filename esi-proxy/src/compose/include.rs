@@ -19,7 +19,7 @@ use url::{Position, Url};
 
 use crate::config;
 use crate::esi::{self, Dca, Include, OnError, ParseOptions, Scope, Template, VarError};
-use crate::fetch::{ErrorKind, FetchError, FragmentRequest};
+use crate::fetch::{Allowed, ErrorKind, FetchError, FragmentRequest, RequestOptions};
 
 use super::buffered::compose_nodes;
 use super::head::PrimaryAnswer;
@@ -238,6 +238,17 @@ async fn fetch_fragment(
     result
 }
 
+/// What an include's fetch needs once it holds its permits: worked out before it waits for
+/// them, and kept boxed, so that an include waiting for a permit (a page beyond
+/// `fetch.max_concurrent`) holds a few hundred bytes rather than its whole fetch.
+struct Prepared {
+    url: Url,
+    allowed: Allowed,
+    options: RequestOptions,
+    started: Instant,
+    span: tracing::Span,
+}
+
 async fn fetch_one(
     state: &Arc<PageState>,
     target: Target<'_>,
@@ -246,10 +257,45 @@ async fn fetch_one(
     record: Option<usize>,
     purpose: Purpose,
 ) -> Result<Fetched, Failure> {
-    let maxwait_ms = inc.maxwait_ms;
-    let keep_status = purpose == Purpose::Primary;
+    let prepared = Box::new(prepare(state, target, inc, doc, record)?);
+    let Some(_local) = acquire_by(&state.local, state.deadline).await else {
+        return Err(prepared.deadline_passed(state, record));
+    };
+    let Some(_global) = acquire_by(&state.composer.global, state.deadline).await else {
+        return Err(prepared.deadline_passed(state, record));
+    };
+    Box::pin(exchange(state, inc, doc, record, purpose, prepared)).await
+}
+
+impl Prepared {
+    /// The page's deadline passed before a permit came: the include fails as timed out.
+    fn deadline_passed(&self, state: &PageState, record: Option<usize>) -> Failure {
+        let kind = FailureKind::Fetch(ErrorKind::Timeout);
+        let seconds = self.started.elapsed().as_secs_f64();
+        self.span.record("ms", seconds * 1000.0);
+        state
+            .composer
+            .metrics
+            .record_fragment(&host_label(&self.url), kind.as_str(), seconds, 0);
+        Failure {
+            url: self.url.as_str().to_owned(),
+            kind,
+            message: "page deadline passed".into(),
+            record,
+        }
+    }
+}
+
+/// An include's URL resolved, checked (loop, allowlist) and its request options: everything
+/// before it waits for a permit. A refusal is recorded here.
+fn prepare(
+    state: &Arc<PageState>,
+    target: Target<'_>,
+    inc: &Include,
+    doc: &DocContext,
+    record: Option<usize>,
+) -> Result<Prepared, Failure> {
     let composer = &state.composer;
-    let cfg = &composer.config;
     let fail = |url: &str, kind: FailureKind, message: String| Failure {
         url: url.to_owned(),
         kind,
@@ -276,7 +322,6 @@ async fn fetch_one(
     if let Some(id) = record {
         state.trace_update(id, |r| url.as_str().clone_into(&mut r.url));
     }
-    let host = host_label(&url);
     let allowed = if doc.ancestors.contains(&url) {
         Err(fail(
             url.as_str(),
@@ -298,7 +343,7 @@ async fn fetch_one(
         Err(f) => {
             composer
                 .metrics
-                .record_fragment(&host, f.kind.as_str(), 0.0, 0);
+                .record_fragment(&host_label(&url), f.kind.as_str(), 0.0, 0);
             return Err(f);
         }
     };
@@ -320,7 +365,6 @@ async fn fetch_one(
         // A trusted host gets the visitor's Cookie and Authorization (the fetcher's rule).
         state.note_credentials(|| format!("fragment {url} fetched with credentials"));
     }
-    let started = Instant::now();
     // Debug level: at the default `info` filter the span costs next to nothing per fragment
     // (failures are logged as warnings on their own).
     let span = tracing::debug_span!(
@@ -331,28 +375,56 @@ async fn fetch_one(
         cache = tracing::field::Empty,
         ms = tracing::field::Empty,
     );
-    let result = async {
-        let timeout_err = || {
-            fail(
-                url.as_str(),
-                FailureKind::Fetch(ErrorKind::Timeout),
-                "page deadline passed".into(),
-            )
-        };
-        let _local = acquire_by(&state.local, state.deadline)
-            .await
-            .ok_or_else(timeout_err)?;
-        let _global = acquire_by(&composer.global, state.deadline)
-            .await
-            .ok_or_else(timeout_err)?;
-        let remaining = state
-            .deadline
-            .saturating_duration_since(tokio::time::Instant::now());
-        let own = maxwait_ms.map_or(cfg.fragment_timeout, Duration::from_millis);
-        let timeout = own.min(remaining);
-        if timeout.is_zero() {
-            return Err(timeout_err());
-        }
+    Ok(Prepared {
+        url,
+        allowed,
+        options,
+        started: Instant::now(),
+        span,
+    })
+}
+
+/// An include's fetch, its permits held, and what its fragment becomes: placed as it came,
+/// composed when it is ESI, or parsed for an eval.
+async fn exchange(
+    state: &Arc<PageState>,
+    inc: &Include,
+    doc: &DocContext,
+    record: Option<usize>,
+    purpose: Purpose,
+    prepared: Box<Prepared>,
+) -> Result<Fetched, Failure> {
+    let Prepared {
+        url,
+        allowed,
+        options,
+        started,
+        span,
+    } = *prepared;
+    let keep_status = purpose == Purpose::Primary;
+    let composer = &state.composer;
+    let cfg = &composer.config;
+    let fail = |url: &str, kind: FailureKind, message: String| Failure {
+        url: url.to_owned(),
+        kind,
+        message,
+        record,
+    };
+    let access = allowed.access();
+    let remaining = state
+        .deadline
+        .saturating_duration_since(tokio::time::Instant::now());
+    let own = inc
+        .maxwait_ms
+        .map_or(cfg.fragment_timeout, Duration::from_millis);
+    let timeout = own.min(remaining);
+    let result = if timeout.is_zero() {
+        Err(fail(
+            url.as_str(),
+            FailureKind::Fetch(ErrorKind::Timeout),
+            "page deadline passed".into(),
+        ))
+    } else {
         let request = FragmentRequest {
             url: allowed,
             client_headers: Arc::clone(&state.page.client_headers),
@@ -363,11 +435,11 @@ async fn fetch_one(
         composer
             .fetcher
             .fetch(request)
+            .instrument(span.clone())
             .await
             .map_err(|e| fetch_failure(url.as_str(), &e, record))
-    }
-    .instrument(span.clone())
-    .await;
+    };
+    let host = host_label(&url);
     let seconds = started.elapsed().as_secs_f64();
     span.record("ms", seconds * 1000.0);
     let fragment = match result {

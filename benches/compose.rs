@@ -57,7 +57,7 @@ fn page() -> Page {
     Page {
         url: Url::parse("http://shop.test/product/42").expect("valid URL"),
         vars: esi::Request::new(),
-        client_headers: Arc::new(HeaderMap::new()),
+        client_headers: Arc::default(),
         started: Instant::now(),
         trace: None,
         hints: None,

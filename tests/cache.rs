@@ -84,7 +84,7 @@ async fn fetch(
     fetcher
         .fetch(FragmentRequest {
             url: fetcher.check(&url)?,
-            client_headers: Arc::new(map),
+            client_headers: Arc::new(map.into()),
             timeout: MUST,
             options: Default::default(),
             keep_status: false,

@@ -65,7 +65,7 @@ async fn fetch_with(
     let url = url.parse().expect("test URLs parse");
     let request = FragmentRequest {
         url: client.check(&url)?,
-        client_headers: Arc::new(headers),
+        client_headers: Arc::new(headers.into()),
         timeout,
         options: Default::default(),
         keep_status: false,
@@ -130,7 +130,7 @@ async fn header_policy_seen_by_fragments() {
     ] {
         headers.append(name, HeaderValue::from_static(value));
     }
-    let headers = Arc::new(headers);
+    let headers: Arc<esi_proxy::fetch::ClientHeaders> = Arc::new(headers.into());
 
     // (server, gets Cookie and Authorization)
     for (server, credentials) in [(&origin, true), (&trusted, true), (&untrusted, false)] {

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::Stream;
-use http::HeaderMap;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::Instrument;
 use url::Url;
@@ -104,7 +103,7 @@ pub struct Page {
     /// Values for ESI variables.
     pub vars: esi::Request,
     /// The client's request headers (with the proxy's X-Forwarded-*), for fragment requests.
-    pub client_headers: Arc<HeaderMap>,
+    pub client_headers: Arc<crate::fetch::ClientHeaders>,
     /// When the page started (its deadline counts from here).
     pub started: Instant,
     /// Where to record every fetch for the page-build waterfall; `None` records nothing.
@@ -578,7 +577,7 @@ mod tests {
             let body = Bytes::from(req.url.path().to_owned());
             Box::pin(futures::future::ready(Ok(Fragment {
                 status: http::StatusCode::OK,
-                headers: HeaderMap::new(),
+                headers: http::HeaderMap::new(),
                 body,
                 cache: None,
                 template: None,
@@ -600,7 +599,7 @@ mod tests {
         let page = Page {
             url: Url::parse("http://shop.test/page").expect("valid"),
             vars: esi::Request::new(),
-            client_headers: Arc::new(HeaderMap::new()),
+            client_headers: Arc::default(),
             started: Instant::now(),
             trace: None,
             hints: None,

@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::error::Error as StdError;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +43,8 @@ pub struct HttpClient {
 /// What an [`HttpClient`] and the futures it returns share.
 #[derive(Debug)]
 struct Shared {
+    /// Tells this client's header blocks from another's in a page's [`ClientHeaders`].
+    id: u64,
     origin: BaseUrl,
     /// The origin (trusted) and every `fetch.hosts` entry.
     allow: Allowlist,
@@ -344,8 +347,10 @@ impl HttpClient {
             .build()
             .map_err(build_error)?;
 
+        static CLIENTS: AtomicU64 = AtomicU64::new(0);
         Ok(HttpClient {
             shared: Arc::new(Shared {
+                id: CLIENTS.fetch_add(1, Ordering::Relaxed),
                 origin,
                 allow,
                 forward,
@@ -436,16 +441,34 @@ impl Fetcher for HttpClient {
         // Allowed by this client's check: the allowlist is not asked again.
         let access = req.url.access();
         let text = redact(&req.url);
-        let mut headers = shared.fragment_headers(&req.client_headers, access.trusted);
-        req.options.apply_headers(&mut headers, access.trusted);
         let after = req.timeout;
         let keep = req.keep_status;
+        let outgoing = if req.url.scheme() == "https" {
+            let mut headers = shared.fragment_headers(&req.client_headers, access.trusted);
+            req.options.apply_headers(&mut headers, access.trusted);
+            Outgoing::Tls(headers)
+        } else if req.options.headers.is_empty() {
+            // The same for every fragment of the page at this trust level: made once.
+            let fields = req.client_headers.block(shared.id, access.trusted, || {
+                let headers = shared.fragment_headers(&req.client_headers, access.trusted);
+                Bytes::from(plain_fields(headers))
+            });
+            Outgoing::Plain { host: None, fields }
+        } else {
+            let mut headers = shared.fragment_headers(&req.client_headers, access.trusted);
+            req.options.apply_headers(&mut headers, access.trusted);
+            let host = headers.remove(HOST);
+            Outgoing::Plain {
+                host,
+                fields: Bytes::from(plain_fields(headers)),
+            }
+        };
         let body = req.options.body;
         let url = req.url.into_url();
         Box::pin(async move {
             let result = match tokio::time::timeout(
                 after,
-                shared.receive(url, &text, headers, body, after, keep),
+                shared.receive(url, &text, outgoing, body, after, keep),
             )
             .await
             {
@@ -463,6 +486,30 @@ impl Fetcher for HttpClient {
         let access = self.shared.check(url)?;
         Ok(Allowed::new(url.clone(), access))
     }
+}
+
+/// A fragment request's headers, but `Host`, as its scheme's client takes them.
+enum Outgoing {
+    /// `https`, through reqwest.
+    Tls(HeaderMap),
+    /// `http`, through [`h1`]: the header lines, and a `Host` other than the URL's authority.
+    Plain {
+        host: Option<HeaderValue>,
+        fields: Bytes,
+    },
+}
+
+/// The header lines of an `http` fragment request: `headers` with what reqwest adds unless a
+/// request has them, its default `Accept` and the encodings it decodes (the client's
+/// `Accept-Encoding` is never forwarded). `Host` is written apart.
+fn plain_fields(mut headers: HeaderMap) -> Vec<u8> {
+    if let Entry::Vacant(entry) = headers.entry(ACCEPT) {
+        entry.insert(HeaderValue::from_static("*/*"));
+    }
+    if let Entry::Vacant(entry) = headers.entry(ACCEPT_ENCODING) {
+        entry.insert(HeaderValue::from_static("gzip,br"));
+    }
+    h1::encode_fields(&headers)
 }
 
 // === impl Shared ===
@@ -585,27 +632,32 @@ impl Shared {
         &self,
         url: Url,
         text: &str,
-        headers: HeaderMap,
+        outgoing: Outgoing,
         body: Option<Bytes>,
         after: Duration,
         keep_status: bool,
     ) -> Result<Fragment, FetchError> {
-        if url.scheme() == "https" {
+        match outgoing {
             // Boxed: reqwest's future is large, and every `http` fetch would carry its room.
-            Box::pin(self.receive_tls(url, text, headers, body, after, keep_status)).await
-        } else {
-            self.receive_plain(&url, text, headers, body, keep_status)
-                .await
+            Outgoing::Tls(headers) => {
+                Box::pin(self.receive_tls(url, text, headers, body, after, keep_status)).await
+            }
+            Outgoing::Plain { host, fields } => {
+                self.receive_plain(&url, text, host, &fields, body, keep_status)
+                    .await
+            }
         }
     }
 
     /// [`Shared::receive`] for `http`: spoken by [`h1`] on a stream from the fragment pool,
-    /// the request and the decoding as reqwest makes and does them.
+    /// the request and the decoding as reqwest makes and does them. `host` overrides the
+    /// URL's authority as `Host`.
     async fn receive_plain(
         &self,
         url: &Url,
         text: &str,
-        mut headers: HeaderMap,
+        host: Option<HeaderValue>,
+        fields: &[u8],
         body: Option<Bytes>,
         keep_status: bool,
     ) -> Result<Fragment, FetchError> {
@@ -625,33 +677,21 @@ impl Shared {
                 message: format!("not a valid request target: {target:?}"),
             });
         }
-        // What reqwest adds unless the request has them: its default `Accept`, the encodings it
-        // decodes (the client's `Accept-Encoding` is never forwarded), and `Host`.
-        if let Entry::Vacant(entry) = headers.entry(ACCEPT) {
-            entry.insert(HeaderValue::from_static("*/*"));
-        }
-        if let Entry::Vacant(entry) = headers.entry(ACCEPT_ENCODING) {
-            entry.insert(HeaderValue::from_static("gzip,br"));
-        }
-        if let Entry::Vacant(entry) = headers.entry(HOST) {
-            let host = HeaderValue::from_str(authority).map_err(|e| FetchError::Transport {
-                url: text.to_owned(),
-                message: format!("not a valid Host: {e}"),
-            })?;
-            entry.insert(host);
-        }
         let method = if body.is_some() {
             Method::POST
         } else {
             Method::GET
         };
+        let host = host
+            .as_ref()
+            .map_or(authority.as_bytes(), HeaderValue::as_bytes);
         let request = h1::encode(
             &method,
             target,
-            &headers,
+            host,
+            fields,
             body.as_deref().unwrap_or_default(),
         );
-        drop(headers);
         let pool = &self.plain;
         let mut response = h1::send(pool, authority, &request, body.is_none(), text).await?;
         drop(request);

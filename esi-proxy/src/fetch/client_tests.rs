@@ -267,7 +267,7 @@ fn futures_are_send() {
     });
     send(&origin);
     let url = Url::parse("http://origin.test:8081/f").expect("valid");
-    let headers = Arc::new(HeaderMap::new());
+    let headers = Arc::default();
     let req = FragmentRequest {
         url: client.check(&url).expect("the origin is allowed"),
         client_headers: headers,

@@ -141,6 +141,50 @@ pub struct Allowed {
     access: Access,
 }
 
+/// The browser's request headers of one page (with the proxy's `X-Forwarded-*`), shared by
+/// the page's fragment requests; derefs to the map. It also keeps, once worked out, the header
+/// block an `http` fragment request of the page sends for each trust level, so a page's
+/// fragment requests do not each rebuild the same headers. What one page's visitor sent stays
+/// in that page's value: nothing here is shared between pages.
+#[derive(Debug, Default)]
+pub struct ClientHeaders {
+    map: HeaderMap,
+    /// For an untrusted and a trusted host: the block, and the client (its
+    /// [`HttpClient`] instance) whose forwarding policy made it.
+    blocks: [std::sync::OnceLock<(u64, Bytes)>; 2],
+}
+
+impl ClientHeaders {
+    /// The header block for hosts of this trust level, made by `make` the first time client
+    /// `client` asks; a block another client made (another policy, after a reload) is not
+    /// used.
+    pub(crate) fn block(&self, client: u64, trusted: bool, make: impl FnOnce() -> Bytes) -> Bytes {
+        let slot = &self.blocks[usize::from(trusted)];
+        match slot.get() {
+            Some((made_by, block)) if *made_by == client => block.clone(),
+            Some(_) => make(),
+            None => slot.get_or_init(|| (client, make())).1.clone(),
+        }
+    }
+}
+
+impl From<HeaderMap> for ClientHeaders {
+    fn from(map: HeaderMap) -> Self {
+        Self {
+            map,
+            blocks: Default::default(),
+        }
+    }
+}
+
+impl std::ops::Deref for ClientHeaders {
+    type Target = HeaderMap;
+
+    fn deref(&self) -> &HeaderMap {
+        &self.map
+    }
+}
+
 /// A fragment to fetch.
 #[derive(Debug, Clone)]
 pub struct FragmentRequest {
@@ -148,7 +192,7 @@ pub struct FragmentRequest {
     pub url: Allowed,
     /// The browser's request headers as the server received them, plus the `X-Forwarded-For`,
     /// `-Proto` and `-Host` the server set. Only the policy's subset is forwarded.
-    pub client_headers: Arc<HeaderMap>,
+    pub client_headers: Arc<ClientHeaders>,
     /// Deadline for the whole fetch: connect, headers and body.
     pub timeout: Duration,
     /// Whether a status outside 2xx comes back as a [`Fragment`] (with its headers and body)
@@ -519,6 +563,26 @@ impl Fragment {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn a_pages_header_block_is_made_once_per_trust_level_and_client() {
+        let headers = ClientHeaders::from(HeaderMap::new());
+        let made = std::cell::Cell::new(0);
+        let make = |text: &'static str| {
+            made.set(made.get() + 1);
+            Bytes::from_static(text.as_bytes())
+        };
+        assert_eq!(headers.block(1, false, || make("plain")), "plain");
+        assert_eq!(headers.block(1, true, || make("trusted")), "trusted");
+        // Kept: the same client asks again for either level.
+        assert_eq!(headers.block(1, false, || make("again")), "plain");
+        assert_eq!(headers.block(1, true, || make("again")), "trusted");
+        assert_eq!(made.get(), 2);
+        // Another client's policy may differ: its block is its own, and not kept.
+        assert_eq!(headers.block(2, true, || make("other")), "other");
+        assert_eq!(headers.block(1, true, || make("again")), "trusted");
+        assert_eq!(made.get(), 3);
+    }
 
     /// Regression: `Instant::now() + req.timeout` panicked on a timeout of `Duration::MAX`.
     #[test]

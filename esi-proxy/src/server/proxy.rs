@@ -28,7 +28,8 @@ use super::hints::{add_to_head, early_hints_response, page_key, Remember};
 use super::state::Runtime;
 use super::AppState;
 use crate::fetch::{
-    body_error, decode_stream, CacheStatus, ErrorKind, FetchError, OriginBody, OriginRequest,
+    body_error, decode_stream, CacheStatus, ClientHeaders, ErrorKind, FetchError, OriginBody,
+    OriginRequest,
 };
 use crate::headers::link::HintSet;
 use crate::headers::{
@@ -285,7 +286,7 @@ pub(super) async fn forward(
             let page = Page {
                 url: page_url,
                 vars,
-                client_headers: Arc::new(headers),
+                client_headers: Arc::new(headers.into()),
                 started,
                 trace,
                 hints: hints.as_ref().map(|h| Arc::clone(&h.page)),
@@ -300,7 +301,7 @@ pub(super) async fn forward(
             return ("esi", sent);
         }
     }
-    let mut client_headers = Arc::new(headers.clone());
+    let mut client_headers: Arc<ClientHeaders> = Arc::new(headers.clone().into());
     let ranged = headers.contains_key(header::RANGE);
     let request = OriginRequest {
         method: method.clone(),
@@ -316,11 +317,11 @@ pub(super) async fn forward(
         // A part of a layout cannot be composed, and no part of the composed page can be cut
         // from the origin's ranges: the layout is fetched again whole and the page sent whole.
         drop(upstream);
-        let mut whole = (*client_headers).clone();
+        let mut whole = HeaderMap::clone(&client_headers);
         for name in [header::RANGE, header::IF_RANGE] {
             whole.remove(name);
         }
-        client_headers = Arc::new(whole.clone());
+        client_headers = Arc::new(whole.clone().into());
         let request = OriginRequest {
             method: method.clone(),
             path_and_query: path_and_query.clone(),

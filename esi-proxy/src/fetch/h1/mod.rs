@@ -52,25 +52,25 @@ enum Failed {
     Fetch(FetchError),
 }
 
-/// A request as written on the wire: request line, `headers` (which must hold `Host`), a
-/// `Content-Length` when there is a body, and the body.
-pub(super) fn encode(method: &Method, target: &str, headers: &HeaderMap, body: &[u8]) -> Vec<u8> {
-    let fields: usize = headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum();
-    let mut out =
-        Vec::with_capacity(method.as_str().len() + target.len() + fields + body.len() + 48);
+/// A request as written on the wire: request line, `Host`, the header `fields` (from
+/// [`encode_fields`]; never `Host`), a `Content-Length` when there is a body, and the body.
+pub(super) fn encode(
+    method: &Method,
+    target: &str,
+    host: &[u8],
+    fields: &[u8],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        method.as_str().len() + target.len() + host.len() + fields.len() + body.len() + 64,
+    );
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(host);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(fields);
     if *method != Method::GET || !body.is_empty() {
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(body.len().to_string().as_bytes());
@@ -78,6 +78,22 @@ pub(super) fn encode(method: &Method, target: &str, headers: &HeaderMap, body: &
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
+    out
+}
+
+/// `headers` as header lines (`name: value` CRLF each), in their order.
+pub(super) fn encode_fields(headers: &HeaderMap) -> Vec<u8> {
+    let len = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    let mut out = Vec::with_capacity(len);
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     out
 }
 

@@ -59,8 +59,11 @@ struct Shared {
     plain: StreamPool,
     /// `https` fragments, through reqwest for its TLS.
     tls: reqwest::Client,
-    /// An `http` origin, the same way; its responses are handed out as reqwest's.
+    /// An `http` origin, for requests with a body: hyper's connections, which stream it.
     origin_plain: OriginPool,
+    /// An `http` origin, for `GET` and `HEAD` without a body: spoken by [`h1`], the response
+    /// body read as the server polls it.
+    origin_streams: StreamPool,
     /// An `https` origin, through reqwest.
     origin_client: reqwest::Client,
     /// The circuit breakers of fragment hosts, kept across reloads by whoever owns them.
@@ -310,6 +313,7 @@ impl HttpClient {
         let connect_timeout = fetch.connect_timeout;
         let plain = plain_pool(&resolver, connect_timeout, fetch.pool_idle_per_host);
         let origin_plain = plain_pool(&resolver, connect_timeout, fetch.pool_idle_per_host);
+        let origin_streams = plain_pool(&resolver, connect_timeout, fetch.pool_idle_per_host);
         let mut roots = Vec::new();
         for file in &fetch.ca_certs {
             let invalid = |message: String| invalid(&file.display().to_string(), message);
@@ -359,6 +363,7 @@ impl HttpClient {
                 plain,
                 tls,
                 origin_plain,
+                origin_streams,
                 origin_client,
                 breakers,
             }),
@@ -488,6 +493,19 @@ impl Fetcher for HttpClient {
     }
 }
 
+/// The request target of `url` (path and query). A parsed URL percent-encodes spaces and
+/// controls; checked again, as they would split the request line.
+fn request_target<'u>(url: &'u Url, text: &str) -> Result<&'u str, FetchError> {
+    let target = &url[Position::BeforePath..Position::AfterQuery];
+    if target.bytes().any(|b| b <= b' ' || b == 0x7f) || !target.starts_with('/') {
+        return Err(FetchError::Transport {
+            url: text.to_owned(),
+            message: format!("not a valid request target: {target:?}"),
+        });
+    }
+    Ok(target)
+}
+
 /// A fragment request's headers, but `Host`, as its scheme's client takes them.
 enum Outgoing {
     /// `https`, through reqwest.
@@ -586,6 +604,11 @@ impl Shared {
     ) -> Result<Response<OriginBody>, FetchError> {
         // `url` is normalised (dot segments, percent-encoding) as reqwest would send it.
         let authority = &url[Position::BeforeHost..Position::AfterPort];
+        if (method == Method::GET || method == Method::HEAD) && body.is_end_stream() {
+            return self
+                .send_origin_stream(url, text, method, headers, authority)
+                .await;
+        }
         let target: Uri = url[Position::BeforePath..Position::AfterQuery]
             .parse()
             .map_err(|e| FetchError::Transport {
@@ -624,6 +647,34 @@ impl Shared {
                 BodyExt::boxed(body.map_err(BoxError::from))
             }
         }))
+    }
+
+    /// [`Shared::send_origin_plain`] for a request without a body (`GET`, `HEAD`): spoken by
+    /// [`h1`] on one of the origin's streams, the response body read as it is polled.
+    async fn send_origin_stream(
+        &self,
+        url: &Url,
+        text: &str,
+        method: Method,
+        mut headers: HeaderMap,
+        authority: &str,
+    ) -> Result<Response<OriginBody>, FetchError> {
+        let target = request_target(url, text)?;
+        if let Entry::Vacant(entry) = headers.entry(ACCEPT) {
+            entry.insert(HeaderValue::from_static("*/*"));
+        }
+        let host = headers.remove(HOST);
+        let host = host
+            .as_ref()
+            .map_or(authority.as_bytes(), HeaderValue::as_bytes);
+        let fields = h1::encode_fields(&headers);
+        let request = h1::encode(&method, target, host, &fields, b"");
+        let pool = &self.origin_streams;
+        let head_request = method == Method::HEAD;
+        let response = h1::send(pool, authority, &request, true, head_request, text).await?;
+        Ok(response
+            .into_streaming(pool, authority)
+            .map(|body| BodyExt::boxed(body.map_err(BoxError::from))))
     }
 
     /// Sends a checked fragment request and collects its body; the caller applies the deadline.
@@ -668,15 +719,7 @@ impl Shared {
         };
         // `url` leaves out the scheme's default port, as `Host` does.
         let authority = &url[Position::BeforeHost..Position::AfterPort];
-        // A parsed URL percent-encodes spaces and controls; checked again, as they would split
-        // the request line.
-        let target = &url[Position::BeforePath..Position::AfterQuery];
-        if target.bytes().any(|b| b <= b' ' || b == 0x7f) || !target.starts_with('/') {
-            return Err(FetchError::Transport {
-                url: text.to_owned(),
-                message: format!("not a valid request target: {target:?}"),
-            });
-        }
+        let target = request_target(url, text)?;
         let method = if body.is_some() {
             Method::POST
         } else {
@@ -693,7 +736,7 @@ impl Shared {
             body.as_deref().unwrap_or_default(),
         );
         let pool = &self.plain;
-        let mut response = h1::send(pool, authority, &request, body.is_none(), text).await?;
+        let mut response = h1::send(pool, authority, &request, body.is_none(), false, text).await?;
         drop(request);
         let status = response.status;
         if !status.is_success() && !keep_status {

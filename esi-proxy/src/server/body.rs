@@ -56,6 +56,7 @@ pub(super) fn metered(
             bytes: 0,
             access,
             cycle,
+            failed: None,
         })
     })
 }
@@ -71,6 +72,11 @@ struct Metered {
     access: Option<(Method, String)>,
     /// The connection's request cycle, told when the response ends.
     cycle: Arc<Cycle>,
+    /// An error that came right after bytes, handed on one poll later: hyper writes out what it
+    /// holds when the body waits, so the bytes before a failure reach the client before the
+    /// connection is cut (a source that fails at once after its last bytes would otherwise
+    /// take them down with it, head and all).
+    failed: Option<BoxError>,
 }
 
 impl http_body::Body for Metered {
@@ -81,6 +87,9 @@ impl http_body::Body for Metered {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(e) = self.failed.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
         let body = &mut self.body;
         let polled =
             match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(body).poll_frame(cx))) {
@@ -91,12 +100,20 @@ impl http_body::Body for Metered {
                     return Poll::Ready(Some(Err("the response body panicked".into())));
                 }
             };
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                self.bytes += data.len() as u64;
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+                Poll::Ready(Some(Ok(frame)))
             }
+            Poll::Ready(Some(Err(e))) if self.bytes > 0 => {
+                self.failed = Some(e);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            other => other,
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -41,8 +41,9 @@ pub(super) enum Parsed {
     Final(Head, usize),
 }
 
-/// Parses the response head at the start of `buf`; the error says what is wrong with it.
-pub(super) fn parse(buf: &[u8]) -> Result<Parsed, String> {
+/// Parses the response head at the start of `buf` (`head_request`: the response to a `HEAD`,
+/// which has no body whatever its fields say); the error says what is wrong with it.
+pub(super) fn parse(buf: &[u8], head_request: bool) -> Result<Parsed, String> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let mut response = httparse::Response::new(&mut fields);
     let len = match response.parse(buf) {
@@ -66,7 +67,11 @@ pub(super) fn parse(buf: &[u8]) -> Result<Parsed, String> {
             .map_err(|_| format!("invalid value in header {:?}", field.name))?;
         headers.append(name, value);
     }
-    let (framing, ambiguous) = framing(status, &headers)?;
+    let (framing, ambiguous) = if head_request {
+        (Framing::Empty, false)
+    } else {
+        framing(status, &headers)?
+    };
     let keep_alive = response.version == Some(1)
         && !switching
         && !ambiguous
@@ -142,7 +147,7 @@ mod tests {
     use super::*;
 
     fn head(text: &str) -> Head {
-        match parse(text.as_bytes()) {
+        match parse(text.as_bytes(), false) {
             Ok(Parsed::Final(head, len)) => {
                 assert_eq!(len, text.len(), "{text:?}");
                 head
@@ -225,6 +230,19 @@ mod tests {
     }
 
     #[test]
+    fn a_response_to_head_has_no_body_whatever_it_declares() {
+        let text = b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n";
+        match parse(text, true) {
+            Ok(Parsed::Final(head, len)) => {
+                assert_eq!(len, text.len());
+                assert_eq!((head.framing, head.keep_alive), (Framing::Empty, true));
+                assert_eq!(head.headers["content-length"], "500");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn fields_keep_their_order_and_repeats() {
         let h = head("HTTP/1.1 404 Not Found\r\nSet-Cookie: a=1\r\nX-Y: z\r\nSet-Cookie: b=2\r\nContent-Length: 0\r\n\r\n");
         assert_eq!(h.status, StatusCode::NOT_FOUND);
@@ -236,12 +254,12 @@ mod tests {
     #[test]
     fn partial_and_interim_heads() {
         assert!(matches!(
-            parse(b"HTTP/1.1 200 OK\r\nContent-Le"),
+            parse(b"HTTP/1.1 200 OK\r\nContent-Le", false),
             Ok(Parsed::Partial)
         ));
-        assert!(matches!(parse(b""), Ok(Parsed::Partial)));
+        assert!(matches!(parse(b"", false), Ok(Parsed::Partial)));
         let interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n";
-        assert!(matches!(parse(interim), Ok(Parsed::Interim(25))));
+        assert!(matches!(parse(interim, false), Ok(Parsed::Interim(25))));
     }
 
     #[test]
@@ -257,7 +275,11 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n",
         ];
         for text in cases {
-            assert!(parse(text).is_err(), "{:?}", String::from_utf8_lossy(text));
+            assert!(
+                parse(text, false).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(text)
+            );
         }
     }
 
@@ -268,6 +290,6 @@ mod tests {
             text.push_str(&format!("X-{i}: v\r\n"));
         }
         text.push_str("\r\n");
-        assert!(parse(text.as_bytes()).is_err());
+        assert!(parse(text.as_bytes(), false).is_err());
     }
 }

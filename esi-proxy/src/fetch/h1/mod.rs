@@ -4,6 +4,7 @@
 //! so an include waiting on a slow fragment holds little more than its socket (hyper's client
 //! holds some 25 KB of buffers and channel per connection, and wakes two tasks per response).
 
+mod body;
 mod chunked;
 mod head;
 
@@ -17,6 +18,7 @@ use tokio::net::TcpStream;
 
 use super::pool::{PlainPool, MAX_RESPONSE_HEAD_BYTES};
 use super::FetchError;
+pub(super) use body::StreamBody;
 use chunked::{Chunked, Step};
 use head::{Framing, Parsed};
 
@@ -71,7 +73,7 @@ pub(super) fn encode(
     out.extend_from_slice(host);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(fields);
-    if *method != Method::GET || !body.is_empty() {
+    if *method == Method::POST || !body.is_empty() {
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(body.len().to_string().as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -98,13 +100,15 @@ pub(super) fn encode_fields(headers: &HeaderMap) -> Vec<u8> {
 }
 
 /// Sends `request` (from [`encode`]) to `authority` on an idle stream or a new one, and reads
-/// the response head. A reused stream that ends before any byte of a response was closed by
-/// the host while idle: an idempotent request goes again, once per stream, on another.
+/// the response head (`head_request`: the request is a `HEAD`, whose response has no body). A
+/// reused stream that ends before any byte of a response was closed by the host while idle:
+/// an idempotent request goes again, once per stream, on another.
 pub(super) async fn send(
     pool: &StreamPool,
     authority: &str,
     request: &[u8],
     idempotent: bool,
+    head_request: bool,
     url: &str,
 ) -> Result<Response, FetchError> {
     loop {
@@ -117,7 +121,7 @@ pub(super) async fn send(
                 (stream, false)
             }
         };
-        match exchange(stream, request, url).await {
+        match exchange(stream, request, head_request, url).await {
             Ok(response) => return Ok(response),
             Err(Failed::Unanswered(_)) if reused && idempotent => continue,
             Err(Failed::Unanswered(message)) => {
@@ -132,7 +136,12 @@ pub(super) async fn send(
 }
 
 /// Writes `request` on `stream` and reads up to the end of the final response head.
-async fn exchange(mut stream: TcpStream, request: &[u8], url: &str) -> Result<Response, Failed> {
+async fn exchange(
+    mut stream: TcpStream,
+    request: &[u8],
+    head_request: bool,
+    url: &str,
+) -> Result<Response, Failed> {
     if let Err(e) = stream.write_all(request).await {
         return Err(Failed::Unanswered(format!("sending the request: {e}")));
     }
@@ -141,7 +150,7 @@ async fn exchange(mut stream: TcpStream, request: &[u8], url: &str) -> Result<Re
     loop {
         if !buf.is_empty() {
             answered = true;
-            match head::parse(&buf) {
+            match head::parse(&buf, head_request) {
                 Ok(Parsed::Final(head, len)) => {
                     buf.advance(len);
                     return Ok(Response {
@@ -187,6 +196,33 @@ async fn exchange(mut stream: TcpStream, request: &[u8], url: &str) -> Result<Re
 }
 
 impl Response {
+    /// The response with its body read as it is polled (see [`StreamBody`]); the stream goes
+    /// back to `pool` once the body has been read to its end.
+    pub(super) fn into_streaming(
+        self,
+        pool: &StreamPool,
+        authority: &str,
+    ) -> http::Response<StreamBody> {
+        let BodyReader {
+            stream,
+            buf,
+            framing,
+            keep_alive,
+        } = self.body;
+        let body = StreamBody::new(
+            stream,
+            buf,
+            framing,
+            keep_alive,
+            Arc::clone(pool),
+            authority.to_owned(),
+        );
+        let mut response = http::Response::new(body);
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.headers;
+        response
+    }
+
     /// The body's length as its head declares it (`None`: chunked or until close).
     pub(super) fn content_length(&self) -> Option<u64> {
         match self.body.framing {

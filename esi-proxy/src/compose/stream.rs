@@ -102,6 +102,9 @@ pub(super) enum Source<S> {
     Parsed(Arc<Template>),
 }
 
+/// Room for events kept between layout chunks; a chunk that needed more gives it back.
+const MAX_KEPT_EVENTS: usize = 64;
+
 /// The events a parsed template stands for, in document order (what the parser emitted).
 fn template_events(nodes: &[Node], out: &mut Vec<Event>) {
     for node in nodes {
@@ -338,6 +341,8 @@ impl Driver {
         for event in events.drain(..) {
             self.handle(event);
         }
+        // The page lives on for as long as its slowest fragment: what the events took goes now.
+        events = Vec::new();
         let mut current: Option<Task<Result<Bytes, Failure>>> = None;
         let mut unit: Option<Task<(Scope, Vec<Slot>)>> = None;
         let mut sent = 0usize;
@@ -495,6 +500,10 @@ impl Driver {
                             builder.push(event.clone());
                         }
                         self.handle(event);
+                    }
+                    if events.capacity() > MAX_KEPT_EVENTS {
+                        // A large chunk's room is not kept for the rest of the page.
+                        events = Vec::new();
                     }
                     if layout_done {
                         if let Some(trace) = &self.state.page.trace {

@@ -328,6 +328,8 @@ impl VarString {
         if pos < s.len() {
             segments.push(Segment::Literal(Box::from(&s[pos..])));
         }
+        // Kept as long as its template: no room for segments never pushed.
+        segments.shrink_to_fit();
         VarString { segments }
     }
 

@@ -1,6 +1,7 @@
 //! The HTTP client behind the [`Fetcher`] seam: fragment requests (header policy, deadlines,
 //! bodies collected and decoded under their cap) and the origin request the server passes
-//! through, over the pool for `http` and reqwest for `https`.
+//! through: over [`h1`] on pooled streams for `http` (hyper's pooled connections for an origin
+//! request with a body), reqwest for `https`.
 
 use std::collections::{HashMap, HashSet};
 use std::error::Error as StdError;

@@ -277,12 +277,12 @@ impl Prepared {
             .composer
             .metrics
             .record_fragment(&host_label(&self.url), kind.as_str(), seconds, 0);
-        Failure {
-            url: self.url.as_str().to_owned(),
+        failure(
+            self.url.as_str(),
             kind,
-            message: "page deadline passed".into(),
+            "page deadline passed".into(),
             record,
-        }
+        )
     }
 }
 
@@ -296,12 +296,7 @@ fn prepare(
     record: Option<usize>,
 ) -> Result<Prepared, Failure> {
     let composer = &state.composer;
-    let fail = |url: &str, kind: FailureKind, message: String| Failure {
-        url: url.to_owned(),
-        kind,
-        message,
-        record,
-    };
+    let fail = |url: &str, kind: FailureKind, message: String| failure(url, kind, message, record);
     let rendered = target
         .url
         .as_ref()
@@ -404,12 +399,7 @@ async fn exchange(
     let keep_status = purpose == Purpose::Primary;
     let composer = &state.composer;
     let cfg = &composer.config;
-    let fail = |url: &str, kind: FailureKind, message: String| Failure {
-        url: url.to_owned(),
-        kind,
-        message,
-        record,
-    };
+    let fail = |url: &str, kind: FailureKind, message: String| failure(url, kind, message, record);
     let access = allowed.access();
     let remaining = state
         .deadline
@@ -610,13 +600,17 @@ async fn acquire_by(
     }
 }
 
-fn fetch_failure(url: &str, e: &FetchError, record: Option<usize>) -> Failure {
+fn failure(url: &str, kind: FailureKind, message: String, record: Option<usize>) -> Failure {
     Failure {
         url: url.to_owned(),
-        kind: FailureKind::Fetch(e.kind()),
-        message: e.to_string(),
+        kind,
+        message,
         record,
     }
+}
+
+fn fetch_failure(url: &str, e: &FetchError, record: Option<usize>) -> Failure {
+    failure(url, FailureKind::Fetch(e.kind()), e.to_string(), record)
 }
 
 #[cfg(test)]

@@ -54,9 +54,9 @@ struct Shared {
     forward: HashSet<HeaderName>,
     max_fragment_bytes: usize,
     layout_timeout: Duration,
-    /// `http` fragments: hyper connections from a pool of our own, with none of reqwest's
-    /// per-request layers (redirects, retries, decompression, its timeouts) that a fragment
-    /// never uses and that cost more CPU than the request itself on a loopback page.
+    /// `http` fragments: TCP streams that [`h1`] speaks on from the fetching task, with none
+    /// of reqwest's per-request layers (redirects, retries, decompression, its timeouts) nor
+    /// hyper's task and channel per connection, which cost more than a loopback request.
     plain: StreamPool,
     /// `https` fragments, through reqwest for its TLS.
     tls: reqwest::Client,

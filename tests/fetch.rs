@@ -215,6 +215,52 @@ async fn encoded_fragments_decoded() {
     }
 }
 
+/// A host that closes each connection right after its answer, though the answer says nothing
+/// of it: the stream is not used again (or, found closed once sent on, the GET goes again on a
+/// new one), and every fetch succeeds.
+#[tokio::test]
+async fn a_stream_its_host_closed_after_answering_is_not_used_again() {
+    let server = support::serve_raw(|mut stream| async move {
+        if support::read_head(&mut stream).await.is_some() {
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await;
+        }
+    })
+    .await;
+    let client = client(&config(&server.base(), &[]));
+    for _ in 0..3 {
+        let fragment = fetch(&client, &server.url("/f"))
+            .await
+            .expect("every fetch succeeds");
+        assert_eq!(fragment.body, "ok");
+    }
+    assert_eq!(server.connections().await, 3, "a new connection per fetch");
+}
+
+/// Bytes after a body's end answer no request: the stream they came on is not used again, so
+/// they never become the start of the next fragment's response.
+#[tokio::test]
+async fn a_stream_with_bytes_past_the_body_is_not_used_again() {
+    let server = support::serve_raw(|mut stream| async move {
+        while support::read_head(&mut stream).await.is_some() {
+            let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n";
+            if stream.write_all(answer).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let client = client(&config(&server.base(), &[]));
+    for _ in 0..3 {
+        let fragment = fetch(&client, &server.url("/f"))
+            .await
+            .expect("every fetch succeeds");
+        assert_eq!(fragment.body, "ok");
+    }
+    assert_eq!(server.connections().await, 3, "a new connection per fetch");
+}
+
 #[tokio::test]
 async fn error_statuses() {
     let target = ok_server("redirected").await;

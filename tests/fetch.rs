@@ -215,6 +215,18 @@ async fn encoded_fragments_decoded() {
     }
 }
 
+/// Three fetches of `server`'s `ok` fragment all succeed, each on a connection of its own.
+async fn each_fetch_on_a_new_connection(server: &Server) {
+    let client = client(&config(&server.base(), &[]));
+    for _ in 0..3 {
+        let fragment = fetch(&client, &server.url("/f"))
+            .await
+            .expect("every fetch succeeds");
+        assert_eq!(fragment.body, "ok");
+    }
+    assert_eq!(server.connections().await, 3, "a new connection per fetch");
+}
+
 /// A host that closes each connection right after its answer, though the answer says nothing
 /// of it: the stream is not used again (or, found closed once sent on, the GET goes again on a
 /// new one), and every fetch succeeds.
@@ -228,14 +240,7 @@ async fn a_stream_its_host_closed_after_answering_is_not_used_again() {
         }
     })
     .await;
-    let client = client(&config(&server.base(), &[]));
-    for _ in 0..3 {
-        let fragment = fetch(&client, &server.url("/f"))
-            .await
-            .expect("every fetch succeeds");
-        assert_eq!(fragment.body, "ok");
-    }
-    assert_eq!(server.connections().await, 3, "a new connection per fetch");
+    each_fetch_on_a_new_connection(&server).await;
 }
 
 /// Bytes after a body's end answer no request: the stream they came on is not used again, so
@@ -251,14 +256,7 @@ async fn a_stream_with_bytes_past_the_body_is_not_used_again() {
         }
     })
     .await;
-    let client = client(&config(&server.base(), &[]));
-    for _ in 0..3 {
-        let fragment = fetch(&client, &server.url("/f"))
-            .await
-            .expect("every fetch succeeds");
-        assert_eq!(fragment.body, "ok");
-    }
-    assert_eq!(server.connections().await, 3, "a new connection per fetch");
+    each_fetch_on_a_new_connection(&server).await;
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
-//! A response body read off its stream as its reader polls it, for the origin's responses: they
-//! stream on to the client or into the layout parser as they arrive. The stream goes back to
-//! its pool once the body has been read to its end; dropped before, it closes.
+//! A response body read off its stream as its reader polls it: the origin's stream on to the
+//! client or into the layout parser as they arrive, a fragment's are collected. Once the body
+//! has been read to its end, a stream that can carry another request goes back to its pool
+//! (or to the reader that will put it back); dropped before, it closes.
 
 use std::io;
 use std::pin::Pin;
@@ -18,6 +19,10 @@ use super::{StreamPool, MAX_READ_BUF, READ_BUF};
 pub(in crate::fetch) struct StreamBody {
     /// `None` once the body has ended (and its stream gone back or closed).
     reader: Option<Reader>,
+    /// The pool and authority the stream goes back to at the end; `None`: it is kept in
+    /// `reusable` for [`StreamBody::into_reusable`].
+    home: Option<(StreamPool, String)>,
+    reusable: Option<TcpStream>,
 }
 
 struct Reader {
@@ -28,8 +33,6 @@ struct Reader {
     left: u64,
     chunked: Chunked,
     keep_alive: bool,
-    pool: StreamPool,
-    authority: String,
 }
 
 impl StreamBody {
@@ -38,8 +41,7 @@ impl StreamBody {
         buf: BytesMut,
         framing: Framing,
         keep_alive: bool,
-        pool: StreamPool,
-        authority: String,
+        home: Option<(StreamPool, String)>,
     ) -> Self {
         let left = match framing {
             Framing::Length(n) => n,
@@ -53,9 +55,9 @@ impl StreamBody {
                 left,
                 chunked: Chunked::default(),
                 keep_alive,
-                pool,
-                authority,
             }),
+            home,
+            reusable: None,
         };
         if framing == Framing::Empty {
             body.end();
@@ -63,13 +65,24 @@ impl StreamBody {
         body
     }
 
-    /// The body has been read whole: its stream goes back to the pool if it can carry another
-    /// request (nothing past the body's end, a head that allowed it).
+    /// The stream, when the body was read to its end and the stream can carry another request;
+    /// for a body made without a pool to go back to.
+    pub(super) fn into_reusable(self) -> Option<TcpStream> {
+        self.reusable
+    }
+
+    /// The body has been read whole: its stream goes back if it can carry another request
+    /// (nothing past the body's end, a head that allowed it).
     fn end(&mut self) {
-        if let Some(reader) = self.reader.take() {
-            if reader.keep_alive && reader.buf.is_empty() {
-                reader.pool.put(&reader.authority, reader.stream);
-            }
+        let Some(reader) = self.reader.take() else {
+            return;
+        };
+        if !reader.keep_alive || !reader.buf.is_empty() {
+            return;
+        }
+        match &self.home {
+            Some((pool, authority)) => pool.put(authority, reader.stream),
+            None => self.reusable = Some(reader.stream),
         }
     }
 }

@@ -13,13 +13,13 @@ use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 use http::{HeaderMap, Method, StatusCode};
+use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::pool::{PlainPool, MAX_RESPONSE_HEAD_BYTES};
 use super::FetchError;
 pub(super) use body::StreamBody;
-use chunked::{Chunked, Step};
 use head::{Framing, Parsed};
 
 /// The pool of fragment hosts' streams.
@@ -178,7 +178,7 @@ async fn exchange(
                 Err(message) => return Err(Failed::Fetch(malformed(url, message))),
             }
         }
-        let read = read(&stream, &mut buf, READ_BUF).await;
+        let read = read(&stream, &mut buf).await;
         let message = match read {
             Ok(0) => "connection closed before the response head ended".to_owned(),
             Ok(_) => continue,
@@ -203,20 +203,9 @@ impl Response {
         pool: &StreamPool,
         authority: &str,
     ) -> http::Response<StreamBody> {
-        let BodyReader {
-            stream,
-            buf,
-            framing,
-            keep_alive,
-        } = self.body;
-        let body = StreamBody::new(
-            stream,
-            buf,
-            framing,
-            keep_alive,
-            Arc::clone(pool),
-            authority.to_owned(),
-        );
+        let body = self
+            .body
+            .into_body(Some((Arc::clone(pool), authority.to_owned())));
         let mut response = http::Response::new(body);
         *response.status_mut() = self.status;
         *response.headers_mut() = self.headers;
@@ -242,93 +231,34 @@ impl Response {
         url: &str,
         sink: &mut (dyn FnMut(&[u8]) -> Result<(), FetchError> + Send),
     ) -> Result<(), FetchError> {
-        let BodyReader {
-            stream,
-            mut buf,
-            framing,
-            keep_alive,
-        } = self.body;
-        let cut = |e: io::Result<usize>, what: &str| -> FetchError {
-            let message = match e {
-                Ok(_) => format!("connection closed {what}"),
-                Err(e) => format!("reading the body: {e}"),
-            };
-            FetchError::Truncated {
-                url: url.to_owned(),
-                message,
+        let mut body = self.body.into_body(None);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| super::client::body_error(url, &e))?;
+            if let Some(data) = frame.data_ref() {
+                sink(data)?;
             }
-        };
-        match framing {
-            Framing::Empty => {}
-            Framing::Length(n) => {
-                let mut left = n;
-                loop {
-                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-                    if take > 0 {
-                        sink(&buf[..take])?;
-                        buf.advance(take);
-                        left -= take as u64;
-                    }
-                    if left == 0 {
-                        break;
-                    }
-                    let room = usize::try_from(left)
-                        .unwrap_or(MAX_READ_BUF)
-                        .clamp(1, MAX_READ_BUF);
-                    match read(&stream, &mut buf, room).await {
-                        Ok(0) => {
-                            return Err(cut(Ok(0), &format!("{left} bytes before the body's end")))
-                        }
-                        Ok(_) => {}
-                        Err(e) => return Err(cut(Err(e), "")),
-                    }
-                }
-            }
-            Framing::Chunked => {
-                let mut chunked = Chunked::default();
-                loop {
-                    match chunked.step(&mut buf).map_err(|m| malformed(url, m))? {
-                        Step::Data(n) => {
-                            sink(&buf[..n])?;
-                            buf.advance(n);
-                        }
-                        Step::Done => break,
-                        Step::More => match read(&stream, &mut buf, READ_BUF).await {
-                            Ok(0) => return Err(cut(Ok(0), "before the last chunk")),
-                            Ok(_) => {}
-                            Err(e) => return Err(cut(Err(e), "")),
-                        },
-                    }
-                }
-            }
-            Framing::UntilClose => loop {
-                if !buf.is_empty() {
-                    sink(&buf)?;
-                    buf.clear();
-                }
-                match read(&stream, &mut buf, READ_BUF).await {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) => return Err(cut(Err(e), "")),
-                }
-            },
         }
-        // Bytes past the body's end answer no request: the stream is not trusted again.
-        if keep_alive && buf.is_empty() {
+        if let Some(stream) = body.into_reusable() {
             pool.put(authority, stream);
         }
         Ok(())
     }
 }
 
+impl BodyReader {
+    fn into_body(self, home: Option<(StreamPool, String)>) -> StreamBody {
+        StreamBody::new(self.stream, self.buf, self.framing, self.keep_alive, home)
+    }
+}
+
 /// Reads what has arrived on `stream` into `buf`, waiting until something has; 0 at the end of
 /// the stream. The buffer gets room only once there is something to read, so a stream waiting
 /// for its response holds no buffer.
-async fn read(stream: &TcpStream, buf: &mut BytesMut, room: usize) -> io::Result<usize> {
+async fn read(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
     loop {
         stream.readable().await?;
-        if buf.capacity() - buf.len() < room.min(READ_BUF) {
-            buf.reserve(room.max(READ_BUF));
+        if buf.capacity() - buf.len() < READ_BUF / 2 {
+            buf.reserve(READ_BUF);
         }
         match stream.try_read_buf(buf) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,

@@ -80,7 +80,7 @@ async fn fetch(
             HeaderValue::from_str(value).expect("test values are valid"),
         );
     }
-    let url = url.parse().expect("test URLs parse");
+    let url = Arc::new(url.parse().expect("test URLs parse"));
     fetcher
         .fetch(FragmentRequest {
             url: fetcher.check(&url)?,

@@ -62,7 +62,7 @@ async fn fetch_with(
     headers: HeaderMap,
     timeout: Duration,
 ) -> Result<Fragment, FetchError> {
-    let url = url.parse().expect("test URLs parse");
+    let url = Arc::new(url.parse().expect("test URLs parse"));
     let request = FragmentRequest {
         url: client.check(&url)?,
         client_headers: Arc::new(headers.into()),
@@ -136,7 +136,7 @@ async fn header_policy_seen_by_fragments() {
     for (server, credentials) in [(&origin, true), (&trusted, true), (&untrusted, false)] {
         let req = FragmentRequest {
             url: client
-                .check(&server.url("/frag?x=1").parse().expect("valid"))
+                .check(&Arc::new(server.url("/frag?x=1").parse().expect("valid")))
                 .expect("allowed"),
             client_headers: Arc::clone(&headers),
             timeout: Duration::from_secs(5),

@@ -52,7 +52,7 @@ impl Fetcher for Panicky {
         }
     }
 
-    fn check(&self, url: &Url) -> Result<Allowed, FetchError> {
+    fn check(&self, url: &Arc<Url>) -> Result<Allowed, FetchError> {
         self.inner.check(url)
     }
 

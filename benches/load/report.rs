@@ -329,12 +329,13 @@ pub(crate) fn render_report(
         let _ = writeln!(out, "\n## Floor of (c)\n");
         let _ = writeln!(
             out,
-            "Layout from the origin {} + slowest fragment's delay {} ms + one fragment round \
-             trip {} = **{}**: what a composer that fetches every fragment at once cannot beat. \
-             A composer that fetches them one after another pays the sum of the delays instead.\n",
+            "Layout from the origin {} + slowest fragment from the origin {} (its delay {} ms, \
+             as the origin's timer keeps it, and one round trip) = **{}**: what a composer that \
+             fetches every fragment at once cannot beat. A composer that fetches them one after \
+             another pays the sum of the delays instead.\n",
             ms(f.layout_ms),
+            ms(f.slowest_ms),
             f.max_delay_ms,
-            ms(f.fragment_rtt_ms),
             ms(total)
         );
     }

@@ -764,7 +764,7 @@ impl Fetcher for CachingFetcher {
         Box::pin(self.clone().fetch_cached(req))
     }
 
-    fn check(&self, url: &Url) -> Result<Allowed, FetchError> {
+    fn check(&self, url: &Arc<Url>) -> Result<Allowed, FetchError> {
         self.0.inner.check(url)
     }
 

@@ -19,7 +19,7 @@ use url::{Position, Url};
 
 use crate::config;
 use crate::esi::{self, Dca, Include, OnError, ParseOptions, Scope, Template, VarError};
-use crate::fetch::{Allowed, ErrorKind, FetchError, FragmentRequest, RequestOptions};
+use crate::fetch::{Access, Allowed, ErrorKind, FetchError, FragmentRequest, RequestOptions};
 
 use super::buffered::compose_nodes;
 use super::head::PrimaryAnswer;
@@ -34,12 +34,10 @@ pub(super) fn include<'a>(
     resolved: &'a Resolved,
     doc: &'a DocContext,
     in_try: bool,
-) -> BoxFuture<'a, Result<Bytes, Failure>> {
-    async move {
-        let fetched = resolve(state, inc, resolved, doc, in_try, false).await?;
-        Ok(fetched.map_or_else(Bytes::new, |f| f.body))
-    }
-    .boxed()
+) -> impl std::future::Future<Output = Result<Bytes, Failure>> + Send + 'a {
+    // Not boxed again: `resolve` is, which is where a fragment's nested includes recurse.
+    resolve(state, inc, resolved, doc, in_try, false)
+        .map(|fetched| Ok(fetched?.map_or_else(Bytes::new, |f| f.body)))
 }
 
 /// An include's or eval's fetch with its fallbacks; `None` when a fallback leaves its place
@@ -242,7 +240,7 @@ async fn fetch_fragment(
 /// them, and kept boxed, so that an include waiting for a permit (a page beyond
 /// `fetch.max_concurrent`) holds a few hundred bytes rather than its whole fetch.
 struct Prepared {
-    url: Url,
+    /// The URL, allowed (it derefs to the URL).
     allowed: Allowed,
     options: RequestOptions,
     started: Instant,
@@ -273,12 +271,14 @@ impl Prepared {
         let kind = FailureKind::Fetch(ErrorKind::Timeout);
         let seconds = self.started.elapsed().as_secs_f64();
         self.span.record("ms", seconds * 1000.0);
-        state
-            .composer
-            .metrics
-            .record_fragment(&host_label(&self.url), kind.as_str(), seconds, 0);
+        state.composer.metrics.record_fragment(
+            &host_label(&self.allowed),
+            kind.as_str(),
+            seconds,
+            0,
+        );
         failure(
-            self.url.as_str(),
+            self.allowed.as_str(),
             kind,
             "page deadline passed".into(),
             record,
@@ -310,14 +310,16 @@ fn prepare(
         );
         fail(rendered, FailureKind::Url, message.clone())
     })?;
-    let url = doc
-        .base
-        .join(rendered)
-        .map_err(|e| fail(rendered, FailureKind::Url, e.to_string()))?;
+    // Shared with the fetch's request and what comes after it: one URL per include.
+    let url = Arc::new(
+        doc.base
+            .join(rendered)
+            .map_err(|e| fail(rendered, FailureKind::Url, e.to_string()))?,
+    );
     if let Some(id) = record {
         state.trace_update(id, |r| url.as_str().clone_into(&mut r.url));
     }
-    let allowed = if doc.ancestors.contains(&url) {
+    let allowed = if doc.ancestors.contains(&*url) {
         Err(fail(
             url.as_str(),
             FailureKind::Loop,
@@ -371,7 +373,6 @@ fn prepare(
         ms = tracing::field::Empty,
     );
     Ok(Prepared {
-        url,
         allowed,
         options,
         started: Instant::now(),
@@ -389,166 +390,274 @@ async fn exchange(
     purpose: Purpose,
     prepared: Box<Prepared>,
 ) -> Result<Fetched, Failure> {
-    let Prepared {
-        url,
-        allowed,
-        options,
-        started,
-        span,
-    } = *prepared;
-    let keep_status = purpose == Purpose::Primary;
-    let composer = &state.composer;
-    let cfg = &composer.config;
-    let fail = |url: &str, kind: FailureKind, message: String| failure(url, kind, message, record);
-    let access = allowed.access();
-    let remaining = state
-        .deadline
-        .saturating_duration_since(tokio::time::Instant::now());
-    let own = inc
-        .maxwait_ms
-        .map_or(cfg.fragment_timeout, Duration::from_millis);
-    let timeout = own.min(remaining);
-    let result = if timeout.is_zero() {
-        Err(fail(
-            url.as_str(),
-            FailureKind::Fetch(ErrorKind::Timeout),
-            "page deadline passed".into(),
-        ))
-    } else {
+    // Each phase in a block of its own: what one holds is not kept in the future's room
+    // while the next waits (an include in flight holds only its fetch).
+    let (sent, result) = {
+        let (sent, request) = Sent::from(state, inc, purpose, *prepared);
+        let result = match request {
+            Ok(request) => state
+                .composer
+                .fetcher
+                .fetch(request)
+                .instrument(sent.span.clone())
+                .await
+                .map_err(|e| fetch_failure(sent.url.as_str(), &e, record)),
+            Err(f) => Err(f),
+        };
+        (sent, result)
+    };
+    let compose = {
+        let fragment = sent.settle(state, inc, record, result)?;
+        let place = Place {
+            inc,
+            doc,
+            record,
+            purpose,
+            url: sent.url,
+            access: sent.access,
+        };
+        match place.fragment(state, fragment)? {
+            Placed::Done(fetched) => return Ok(fetched),
+            // Boxed: a fragment's own includes are rare, and every include would carry their
+            // room.
+            Placed::Compose(fetched, template, child) => {
+                Box::pin(compose_fragment(state, fetched, template, child))
+            }
+        }
+    };
+    compose.await
+}
+
+/// An include's request on its way: what is recorded of it when its answer comes.
+struct Sent {
+    url: Arc<Url>,
+    access: Access,
+    started: Instant,
+    span: tracing::Span,
+}
+
+impl Sent {
+    /// The fragment request of a prepared include, bounded by its own `maxwait` (or the
+    /// fragment timeout) and the page's deadline; a deadline already passed fails it.
+    fn from(
+        state: &PageState,
+        inc: &Include,
+        purpose: Purpose,
+        prepared: Prepared,
+    ) -> (Self, Result<FragmentRequest, Failure>) {
+        let Prepared {
+            allowed,
+            options,
+            started,
+            span,
+        } = prepared;
+        let sent = Sent {
+            url: Arc::clone(allowed.shared_url()),
+            access: allowed.access(),
+            started,
+            span,
+        };
+        let remaining = state
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now());
+        let own = inc.maxwait_ms.map_or(
+            state.composer.config.fragment_timeout,
+            Duration::from_millis,
+        );
+        let timeout = own.min(remaining);
+        if timeout.is_zero() {
+            let f = failure(
+                sent.url.as_str(),
+                FailureKind::Fetch(ErrorKind::Timeout),
+                "page deadline passed".into(),
+                None,
+            );
+            return (sent, Err(f));
+        }
         let request = FragmentRequest {
             url: allowed,
             client_headers: Arc::clone(&state.page.client_headers),
             timeout,
             options,
-            keep_status,
+            keep_status: purpose == Purpose::Primary,
         };
-        composer
-            .fetcher
-            .fetch(request)
-            .instrument(span.clone())
-            .await
-            .map_err(|e| fetch_failure(url.as_str(), &e, record))
-    };
-    let host = host_label(&url);
-    let seconds = started.elapsed().as_secs_f64();
-    span.record("ms", seconds * 1000.0);
-    let fragment = match result {
-        Ok(f) => {
-            span.record("status", f.status.as_u16());
-            if let Some(cache) = &f.cache {
-                span.record("cache", cache.status.as_str());
-            }
-            let hints = state
-                .page
-                .hints
-                .as_ref()
-                .map(|h| h.add_fragment(&f.headers))
-                .unwrap_or_default();
-            if let Some(id) = record {
-                state.trace_update(id, |r| {
-                    r.hints = hints;
-                    r.status = Some(f.status.as_u16());
-                    r.bytes = f.body.len();
-                    r.esi = processes(inc.options.dca, &f) && access.esi;
-                    if let Some(c) = &f.cache {
-                        r.cache = Some(c.status);
-                        r.ttl_s = c.ttl.map(|t| t.as_secs_f64());
-                        r.ttl_source.clone_from(&c.source);
-                        r.keys = c.keys.iter().map(|k| k.to_string()).collect();
-                    }
-                });
-            }
-            composer
-                .metrics
-                .record_fragment(&host, "ok", seconds, f.body.len());
-            f
-        }
-        Err(f) => {
-            composer
-                .metrics
-                .record_fragment(&host, f.kind.as_str(), seconds, 0);
-            return Err(f);
-        }
-    };
-    let trusted = doc.trusted && access.trusted;
-    let esi = processes(inc.options.dca, &fragment) && access.esi && fragment.status.is_success();
-    let mut fetched = Fetched {
-        body: Bytes::new(),
-        status: fragment.status,
-        headers: if keep_status {
-            fragment.headers
-        } else {
-            HeaderMap::new()
-        },
-        trusted,
-        // Only a primary's answer names its URL (in the head's notes).
-        url: if keep_status {
-            url.as_str().to_owned()
-        } else {
-            String::new()
-        },
-        eval: None,
-    };
-    // ESI from a host that is neither trusted nor opted in (`esi = true`) is placed as literal
-    // bytes, as a fragment not marked ESI is: its markup fetches nothing and reads nothing.
-    // `dca` chooses between those the host may send: `none` never, `esi` even unmarked. A
-    // primary's answer outside 2xx is placed as it came.
-    if !esi {
-        fetched.body = fragment.body;
-        return Ok(fetched);
+        (sent, Ok(request))
     }
-    if doc.depth + 1 > cfg.max_depth {
-        return Err(fail(
-            url.as_str(),
-            FailureKind::Depth,
-            format!("ESI nested deeper than {}", cfg.max_depth),
-        ));
-    }
-    // A cached ESI fragment comes parsed (once per cache entry); lenient parsing never fails.
-    let parse = || {
-        let template = esi::parse(fragment.body.clone(), &cfg.parse).unwrap_or_default();
-        if template.problem_count > 0 {
-            composer
-                .metrics
-                .add_esi_problems(template.problem_count as u64);
-        }
-        Arc::new(template)
-    };
-    let template = match &fragment.template {
-        Some(template) => Arc::clone(template),
-        None => parse(),
-    };
-    let mut ancestors = doc.ancestors.clone();
-    ancestors.push(url.clone());
-    let child = DocContext {
-        base: url,
-        ancestors,
-        depth: doc.depth + 1,
-        trusted: access.trusted,
-        record,
-    };
-    if purpose == Purpose::Eval {
-        // Parsed again: its `$(name)`s read the including document's variables.
-        let opts = ParseOptions {
-            shared_scope: true,
-            ..cfg.parse.clone()
+
+    /// Records the answer (span, trace row, hints, metrics) and hands on the fragment.
+    fn settle(
+        &self,
+        state: &PageState,
+        inc: &Include,
+        record: Option<usize>,
+        result: Result<crate::fetch::Fragment, Failure>,
+    ) -> Result<crate::fetch::Fragment, Failure> {
+        let metrics = &state.composer.metrics;
+        let host = host_label(&self.url);
+        let seconds = self.started.elapsed().as_secs_f64();
+        self.span.record("ms", seconds * 1000.0);
+        let f = match result {
+            Ok(f) => f,
+            Err(mut f) => {
+                f.record = record;
+                metrics.record_fragment(&host, f.kind.as_str(), seconds, 0);
+                return Err(f);
+            }
         };
-        let shared = esi::parse(fragment.body.clone(), &opts).unwrap_or_default();
-        fetched.eval = Some((Arc::new(shared), child));
-        return Ok(fetched);
+        self.span.record("status", f.status.as_u16());
+        if let Some(cache) = &f.cache {
+            self.span.record("cache", cache.status.as_str());
+        }
+        let hints = state
+            .page
+            .hints
+            .as_ref()
+            .map(|h| h.add_fragment(&f.headers))
+            .unwrap_or_default();
+        if let Some(id) = record {
+            state.trace_update(id, |r| {
+                r.hints = hints;
+                r.status = Some(f.status.as_u16());
+                r.bytes = f.body.len();
+                r.esi = processes(inc.options.dca, &f) && self.access.esi;
+                if let Some(c) = &f.cache {
+                    r.cache = Some(c.status);
+                    r.ttl_s = c.ttl.map(|t| t.as_secs_f64());
+                    r.ttl_source.clone_from(&c.source);
+                    r.keys = c.keys.iter().map(|k| k.to_string()).collect();
+                }
+            });
+        }
+        metrics.record_fragment(&host, "ok", seconds, f.body.len());
+        Ok(f)
     }
-    // A fragment's variables are its own.
-    let child = Arc::new(child);
-    // Boxed: a fragment's own includes are rare, and every include would carry their room.
-    let parts = Box::pin(async {
-        compose_nodes(state, &template.nodes, &child, false, &mut Scope::default()).await
-    })
-    .await?;
+}
+
+/// What placing a fetched fragment needs to know of its include.
+struct Place<'a> {
+    inc: &'a Include,
+    doc: &'a DocContext,
+    record: Option<usize>,
+    purpose: Purpose,
+    url: Arc<Url>,
+    access: Access,
+}
+
+/// A fetched fragment, placed: as it came (or parsed, for an eval), or still to compose.
+enum Placed {
+    Done(Fetched),
+    Compose(Fetched, Arc<Template>, Arc<DocContext>),
+}
+
+impl Place<'_> {
+    /// What `fragment` becomes, short of composing it: placed as it came when its ESI is not
+    /// processed, refused past the depth, parsed for an eval, or handed back to compose.
+    fn fragment(
+        self,
+        state: &Arc<PageState>,
+        fragment: crate::fetch::Fragment,
+    ) -> Result<Placed, Failure> {
+        let Place {
+            inc,
+            doc,
+            record,
+            purpose,
+            url,
+            access,
+        } = self;
+        let cfg = &state.composer.config;
+        let keep_status = purpose == Purpose::Primary;
+        let trusted = doc.trusted && access.trusted;
+        let esi =
+            processes(inc.options.dca, &fragment) && access.esi && fragment.status.is_success();
+        let mut fetched = Fetched {
+            body: Bytes::new(),
+            status: fragment.status,
+            headers: if keep_status {
+                fragment.headers
+            } else {
+                HeaderMap::new()
+            },
+            trusted,
+            // Only a primary's answer names its URL (in the head's notes).
+            url: if keep_status {
+                url.as_str().to_owned()
+            } else {
+                String::new()
+            },
+            eval: None,
+        };
+        // ESI from a host that is neither trusted nor opted in (`esi = true`) is placed as
+        // literal bytes, as a fragment not marked ESI is: its markup fetches nothing and reads
+        // nothing. `dca` chooses between those the host may send: `none` never, `esi` even
+        // unmarked. A primary's answer outside 2xx is placed as it came.
+        if !esi {
+            fetched.body = fragment.body;
+            return Ok(Placed::Done(fetched));
+        }
+        if doc.depth + 1 > cfg.max_depth {
+            return Err(failure(
+                url.as_str(),
+                FailureKind::Depth,
+                format!("ESI nested deeper than {}", cfg.max_depth),
+                record,
+            ));
+        }
+        // A cached ESI fragment comes parsed (once per cache entry); lenient parsing never
+        // fails.
+        let template = match &fragment.template {
+            Some(template) => Arc::clone(template),
+            None => {
+                let template = esi::parse(fragment.body.clone(), &cfg.parse).unwrap_or_default();
+                if template.problem_count > 0 {
+                    state
+                        .composer
+                        .metrics
+                        .add_esi_problems(template.problem_count as u64);
+                }
+                Arc::new(template)
+            }
+        };
+        let url = Arc::unwrap_or_clone(url);
+        let mut ancestors = doc.ancestors.clone();
+        ancestors.push(url.clone());
+        let child = DocContext {
+            base: url,
+            ancestors,
+            depth: doc.depth + 1,
+            trusted: access.trusted,
+            record,
+        };
+        if purpose == Purpose::Eval {
+            // Parsed again: its `$(name)`s read the including document's variables.
+            let opts = ParseOptions {
+                shared_scope: true,
+                ..cfg.parse.clone()
+            };
+            let shared = esi::parse(fragment.body.clone(), &opts).unwrap_or_default();
+            fetched.eval = Some((Arc::new(shared), child));
+            return Ok(Placed::Done(fetched));
+        }
+        // A fragment's variables are its own.
+        Ok(Placed::Compose(fetched, template, Arc::new(child)))
+    }
+}
+
+/// An ESI fragment composed in its own document context, its size bounded as a page's is.
+async fn compose_fragment(
+    state: &Arc<PageState>,
+    mut fetched: Fetched,
+    template: Arc<Template>,
+    child: Arc<DocContext>,
+) -> Result<Fetched, Failure> {
+    let cfg = &state.composer.config;
+    let parts = compose_nodes(state, &template.nodes, &child, false, &mut Scope::default()).await?;
     if parts.len() > cfg.max_page_bytes {
-        return Err(fail(
+        return Err(failure(
             child.base.as_str(),
             FailureKind::Fetch(ErrorKind::TooLarge),
             format!("composed fragment over {} bytes", cfg.max_page_bytes),
+            child.record,
         ));
     }
     fetched.body = parts;

@@ -840,10 +840,11 @@ impl Slot {
     where
         F: std::future::Future<Output = Result<Bytes, Failure>> + Send + 'static,
     {
-        let mut fetch = Box::pin(fetch);
         if !in_place {
+            // The future goes into the task's own allocation: no box of its own.
             return Slot::Pending(Task::spawn(fetch));
         }
+        let mut fetch = Box::pin(fetch);
         match (&mut fetch).now_or_never() {
             Some(Ok(bytes)) => Slot::Ready(bytes),
             Some(Err(failure)) => Slot::Pending(Task::failed(failure)),

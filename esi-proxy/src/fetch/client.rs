@@ -470,7 +470,7 @@ impl Fetcher for HttpClient {
             }
         };
         let body = req.options.body;
-        let url = req.url.into_url();
+        let url = Arc::clone(req.url.shared_url());
         Box::pin(async move {
             let result = match tokio::time::timeout(
                 after,
@@ -488,9 +488,9 @@ impl Fetcher for HttpClient {
     /// The URL must be http(s) without user info, and its `scheme://host:port` the origin
     /// (trusted) or a `fetch.hosts` entry (trusted as configured). An IP host that is not
     /// public (loopback, private, link-local, metadata, ...) is allowed only when listed exactly.
-    fn check(&self, url: &Url) -> Result<Allowed, FetchError> {
+    fn check(&self, url: &Arc<Url>) -> Result<Allowed, FetchError> {
         let access = self.shared.check(url)?;
-        Ok(Allowed::new(url.clone(), access))
+        Ok(Allowed::new(Arc::clone(url), access))
     }
 }
 
@@ -682,7 +682,7 @@ impl Shared {
     /// `body`: a `POST` with it; `None`: a `GET`.
     async fn receive(
         &self,
-        url: Url,
+        url: Arc<Url>,
         text: &str,
         outgoing: Outgoing,
         body: Option<Bytes>,
@@ -692,6 +692,7 @@ impl Shared {
         match outgoing {
             // Boxed: reqwest's future is large, and every `http` fetch would carry its room.
             Outgoing::Tls(headers) => {
+                let url = Url::clone(&url);
                 Box::pin(self.receive_tls(url, text, headers, body, after, keep_status)).await
             }
             Outgoing::Plain { host, fields } => {
@@ -713,11 +714,6 @@ impl Shared {
         body: Option<Bytes>,
         keep_status: bool,
     ) -> Result<Fragment, FetchError> {
-        let limit = self.max_fragment_bytes;
-        let too_large = || FetchError::TooLarge {
-            url: text.to_owned(),
-            limit,
-        };
         // `url` leaves out the scheme's default port, as `Host` does.
         let authority = &url[Position::BeforeHost..Position::AfterPort];
         let target = request_target(url, text)?;
@@ -737,7 +733,7 @@ impl Shared {
             body.as_deref().unwrap_or_default(),
         );
         let pool = &self.plain;
-        let mut response = h1::send(pool, authority, &request, body.is_none(), false, text).await?;
+        let response = h1::send(pool, authority, &request, body.is_none(), false, text).await?;
         drop(request);
         let status = response.status;
         if !status.is_success() && !keep_status {
@@ -746,6 +742,25 @@ impl Shared {
                 status,
             });
         }
+        // Boxed: only a fetch whose answer came needs the room its body takes to read.
+        Box::pin(self.read_fragment(response, authority, text)).await
+    }
+
+    /// Reads the body of a fragment's response (decoded when it is encoded) into the
+    /// fragment, within the size limit; the stream goes back to the pool when it can be reused.
+    async fn read_fragment(
+        &self,
+        mut response: h1::Response,
+        authority: &str,
+        text: &str,
+    ) -> Result<Fragment, FetchError> {
+        let limit = self.max_fragment_bytes;
+        let too_large = || FetchError::TooLarge {
+            url: text.to_owned(),
+            limit,
+        };
+        let pool = &self.plain;
+        let status = response.status;
         let mut headers = std::mem::take(&mut response.headers);
         let decoder = match content_coding(&headers) {
             Coding::Identity => None,

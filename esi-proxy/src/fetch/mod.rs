@@ -134,10 +134,10 @@ pub enum FetchError {
 
 /// A URL that a [`Fetcher::check`] accepted, and the access it was given. Only a check makes
 /// one, so the allowlist is decided once per include: a fetch of it looks no further. Derefs
-/// to the URL.
+/// to the URL, which it shares with the caller that checked it (no copy per include).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allowed {
-    url: Url,
+    url: Arc<Url>,
     access: Access,
 }
 
@@ -339,12 +339,12 @@ pub trait Fetcher: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`FetchError::Refused`] when the URL may not be fetched.
-    fn check(&self, url: &Url) -> Result<Allowed, FetchError> {
+    fn check(&self, url: &Arc<Url>) -> Result<Allowed, FetchError> {
         let access = Access {
             trusted: false,
             esi: true,
         };
-        Ok(Allowed::new(url.clone(), access))
+        Ok(Allowed::new(Arc::clone(url), access))
     }
 
     /// Sends a request to the origin; the response comes back once its head arrives, its body
@@ -468,7 +468,7 @@ impl RequestOptions {
 
 impl Allowed {
     /// Only the fetchers of this module decide what is allowed.
-    pub(in crate::fetch) fn new(url: Url, access: Access) -> Self {
+    pub(in crate::fetch) fn new(url: Arc<Url>, access: Access) -> Self {
         Self { url, access }
     }
 
@@ -486,9 +486,9 @@ impl Allowed {
         self
     }
 
-    /// The URL.
-    pub fn into_url(self) -> Url {
-        self.url
+    /// The URL, shared.
+    pub fn shared_url(&self) -> &Arc<Url> {
+        &self.url
     }
 }
 

@@ -3,12 +3,14 @@
 //! has been read to its end, a stream that can carry another request goes back to its pool
 //! (or to the reader that will put it back); dropped before, it closes.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use super::chunked::{Chunked, Step};
@@ -194,19 +196,19 @@ impl http_body::Body for StreamBody {
 
 /// Reads what has arrived into the reader's buffer, registering for a wake-up when nothing has.
 fn poll_read(reader: &mut Reader, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-    loop {
-        ready!(reader.stream.poll_read_ready(cx))?;
-        if reader.buf.capacity() - reader.buf.len() < READ_BUF / 2 {
-            // A long body of known length is read in larger pieces.
-            let want = match reader.framing {
-                Framing::Length(_) => usize::try_from(reader.left).unwrap_or(MAX_READ_BUF),
-                _ => READ_BUF,
-            };
-            reader.buf.reserve(want.clamp(READ_BUF, MAX_READ_BUF));
-        }
-        match reader.stream.try_read_buf(&mut reader.buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            done => return Poll::Ready(done),
-        }
+    ready!(reader.stream.poll_read_ready(cx))?;
+    if reader.buf.capacity() - reader.buf.len() < READ_BUF / 2 {
+        // A long body of known length is read in larger pieces.
+        let want = match reader.framing {
+            Framing::Length(_) => usize::try_from(reader.left).unwrap_or(MAX_READ_BUF),
+            _ => READ_BUF,
+        };
+        reader.buf.reserve(want.clamp(READ_BUF, MAX_READ_BUF));
     }
+    // Through `AsyncRead`: a read that leaves room in the buffer tells tokio the socket is
+    // drained, so the stream's next use (the pool's check, the next response) asks the kernel
+    // nothing; `try_read_buf` would leave it marked readable until a read came back empty.
+    // Nothing there after all: pending, the wake-up registered.
+    let read = reader.stream.read_buf(&mut reader.buf);
+    std::pin::pin!(read).poll(cx)
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::{Buf, BytesMut};
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::BodyExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::pool::{PlainPool, MAX_RESPONSE_HEAD_BYTES};
@@ -178,7 +178,7 @@ async fn exchange(
                 Err(message) => return Err(Failed::Fetch(malformed(url, message))),
             }
         }
-        let read = read(&stream, &mut buf).await;
+        let read = read(&mut stream, &mut buf).await;
         let message = match read {
             Ok(0) => "connection closed before the response head ended".to_owned(),
             Ok(_) => continue,
@@ -254,17 +254,13 @@ impl BodyReader {
 /// Reads what has arrived on `stream` into `buf`, waiting until something has; 0 at the end of
 /// the stream. The buffer gets room only once there is something to read, so a stream waiting
 /// for its response holds no buffer.
-async fn read(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
-    loop {
-        stream.readable().await?;
-        if buf.capacity() - buf.len() < READ_BUF / 2 {
-            buf.reserve(READ_BUF);
-        }
-        match stream.try_read_buf(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            done => return done,
-        }
+async fn read(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    stream.readable().await?;
+    if buf.capacity() - buf.len() < READ_BUF / 2 {
+        buf.reserve(READ_BUF);
     }
+    // As the body's reads: a read that leaves room marks the stream drained for tokio.
+    stream.read_buf(buf).await
 }
 
 fn malformed(url: &str, message: String) -> FetchError {

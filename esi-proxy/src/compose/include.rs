@@ -393,7 +393,7 @@ async fn exchange(
     // Each phase in a block of its own: what one holds is not kept in the future's room
     // while the next waits (an include in flight holds only its fetch).
     let (sent, result) = {
-        let (sent, request) = Sent::from(state, inc, purpose, *prepared);
+        let (sent, request) = Sent::request(state, inc, record, purpose, *prepared);
         let result = match request {
             Ok(request) => state
                 .composer
@@ -439,9 +439,10 @@ struct Sent {
 impl Sent {
     /// The fragment request of a prepared include, bounded by its own `maxwait` (or the
     /// fragment timeout) and the page's deadline; a deadline already passed fails it.
-    fn from(
+    fn request(
         state: &PageState,
         inc: &Include,
+        record: Option<usize>,
         purpose: Purpose,
         prepared: Prepared,
     ) -> (Self, Result<FragmentRequest, Failure>) {
@@ -470,7 +471,7 @@ impl Sent {
                 sent.url.as_str(),
                 FailureKind::Fetch(ErrorKind::Timeout),
                 "page deadline passed".into(),
-                None,
+                record,
             );
             return (sent, Err(f));
         }
@@ -498,8 +499,7 @@ impl Sent {
         self.span.record("ms", seconds * 1000.0);
         let f = match result {
             Ok(f) => f,
-            Err(mut f) => {
-                f.record = record;
+            Err(f) => {
                 metrics.record_fragment(&host, f.kind.as_str(), seconds, 0);
                 return Err(f);
             }

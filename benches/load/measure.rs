@@ -28,6 +28,8 @@ pub(crate) struct WrkResult {
     pub(crate) bytes_read: f64,
     pub(crate) socket_errors: u64,
     pub(crate) non_2xx: u64,
+    /// wrk's own CPU time over the run (all its threads), ms.
+    pub(crate) cpu_ms: Option<f64>,
 }
 
 /// One row of the results table.
@@ -48,6 +50,9 @@ pub(crate) struct Row {
     pub(crate) verify_origin_requests: Option<u64>,
     /// CPU time (user + system) the peer's processes used per page served during the run, ms.
     pub(crate) cpu_ms_per_page: Option<f64>,
+    /// CPU time per page of what drives and serves the peer: wrk and the in-process origin's
+    /// threads. With the peer's, what one page costs the machine.
+    pub(crate) rest_cpu_ms_per_page: Option<f64>,
     /// Connections the kernel dropped from full accept queues during the run (machine-wide):
     /// each costs its client a 1 s SYN retry.
     pub(crate) listen_drops: Option<u64>,
@@ -130,13 +135,18 @@ pub(crate) fn load(
     }
     let drops_before = listen_overflows();
     let cpu_before = tree_cpu_ms(root);
+    let origin_cpu_before = origin_cpu_ms();
     let origin_before = origin_requests.total();
     let result = wrk(&url, settings, scenario.conns, settings.secs)?;
     let origin_requests = origin_requests.total() - origin_before;
+    let per_page = |ms: f64| (result.requests > 0).then(|| ms / result.requests as f64);
     let cpu_ms_per_page = cpu_before
         .zip(tree_cpu_ms(root))
-        .filter(|_| result.requests > 0)
-        .map(|(before, after)| (after - before) / result.requests as f64);
+        .and_then(|(before, after)| per_page(after - before));
+    let rest_cpu_ms_per_page = origin_cpu_before
+        .zip(origin_cpu_ms())
+        .zip(result.cpu_ms)
+        .and_then(|((before, after), wrk)| per_page(after - before + wrk));
     let listen_drops = drops_before
         .zip(listen_overflows())
         .map(|(before, after)| after.saturating_sub(before));
@@ -163,19 +173,26 @@ pub(crate) fn load(
         origin_requests,
         verify_origin_requests,
         cpu_ms_per_page,
+        rest_cpu_ms_per_page,
         listen_drops,
     })
 }
 
-/// Runs wrk once and parses its report.
+/// Runs wrk once and parses its report, with wrk's CPU time.
 fn wrk(url: &str, settings: &Settings, conns: u64, secs: u64) -> Result<WrkResult> {
-    let output = Command::new("wrk")
+    let child = Command::new("wrk")
         .arg(format!("-t{}", settings.threads))
         .arg(format!("-c{conns}"))
         .arg(format!("-d{secs}s"))
         .args(["--latency", "--timeout", WRK_TIMEOUT, url])
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running wrk: {e}"))?;
+    let cpu_ms = exited_cpu_ms(child.id());
+    let output = child
+        .wait_with_output()
         .map_err(|e| format!("running wrk: {e}"))?;
     let text = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
@@ -185,7 +202,51 @@ fn wrk(url: &str, settings: &Settings, conns: u64, secs: u64) -> Result<WrkResul
             String::from_utf8_lossy(&output.stderr)
         ));
     }
-    parse_wrk(&text).ok_or_else(|| format!("cannot read wrk's report:\n{text}"))
+    let mut result =
+        parse_wrk(&text).ok_or_else(|| format!("cannot read wrk's report:\n{text}"))?;
+    result.cpu_ms = cpu_ms;
+    Ok(result)
+}
+
+/// The CPU time (user + system, all threads) of child `pid` once it has exited, read from
+/// /proc while it is a zombie: not yet reaped, its totals are still there. Its report is read
+/// after (wrk writes it before exiting, well under a pipe's buffer). `None` when /proc cannot
+/// be read.
+fn exited_cpu_ms(pid: u32) -> Option<f64> {
+    loop {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (_, rest) = stat.rsplit_once(')')?;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // rest[0] is field 3 (state); utime is field 14, stime 15.
+        if f.first() == Some(&"Z") {
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+            let ticks = num(11)? + num(12)?;
+            return Some(ticks as f64 * 1000.0 / clock_ticks_per_sec());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The CPU time so far of the in-process origin's threads (its runtime's `origin` and
+/// `origin-worker` threads), ms; `None` when /proc cannot be read.
+fn origin_cpu_ms() -> Option<f64> {
+    let mut ticks = 0;
+    for task in fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let Ok(stat) = fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let name = head.split_once('(').map_or("", |(_, n)| n);
+        if name != "origin" && name != "origin-worker" {
+            continue;
+        }
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+        ticks += num(11).unwrap_or(0) + num(12).unwrap_or(0);
+    }
+    Some(ticks as f64 * 1000.0 / clock_ticks_per_sec())
 }
 
 /// Reads requests/s, p50, p99, bytes and errors from wrk's `--latency` report.

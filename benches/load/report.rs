@@ -227,15 +227,17 @@ pub(crate) fn render_report(
          Peer RSS: esi-proxy's peak (`VmHWM`, reset before the scenario); nginx and Varnish: \
          the sum of their processes' RSS at the end of the run (shared pages counted once per \
          process). PSS: the sum of the processes' proportional set size at the end (shared \
-         pages split), the like-for-like figure.\n"
+         pages split), the like-for-like figure. wrk + origin CPU ms/page: what driving and \
+         serving the peer cost the machine per page (wrk's processes and the in-process \
+         origin's threads), on the same cores as the peer.\n"
     );
     let _ = writeln!(
         out,
-        "| scenario | peer | req/s | p50 | p99 | p50 / floor | CPU ms/page | errors | listen drops | KB/page | origin requests (per page) | peer RSS | PSS |"
+        "| scenario | peer | req/s | p50 | p99 | p50 / floor | CPU ms/page | errors | listen drops | KB/page | origin requests (per page) | peer RSS | PSS | wrk + origin CPU ms/page |"
     );
     let _ = writeln!(
         out,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for row in rows {
         let r = &row.result;
@@ -244,7 +246,7 @@ pub(crate) fn render_report(
             .map(Floor::total_ms);
         let _ = writeln!(
             out,
-            "| ({}) {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {:.1} | {} ({}) | {} | {} |",
+            "| ({}) {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {:.1} | {} ({}) | {} | {} | {} |",
             row.scenario.key,
             row.scenario.title,
             row.peer.name(),
@@ -266,6 +268,8 @@ pub(crate) fn render_report(
             per_page(row.origin_requests, r.requests),
             mb(row.rss_kb),
             mb(row.pss_kb),
+            row.rest_cpu_ms_per_page
+                .map_or_else(|| "n/a".into(), |c| format!("{c:.2}")),
         );
     }
 

@@ -449,11 +449,8 @@ impl Fetcher for HttpClient {
         let text = redact(&req.url);
         let after = req.timeout;
         let keep = req.keep_status;
-        let outgoing = if req.url.scheme() == "https" {
-            let mut headers = shared.fragment_headers(&req.client_headers, access.trusted);
-            req.options.apply_headers(&mut headers, access.trusted);
-            Outgoing::Tls(headers)
-        } else if req.options.headers.is_empty() {
+        let tls = req.url.scheme() == "https";
+        let outgoing = if !tls && req.options.headers.is_empty() {
             // The same for every fragment of the page at this trust level: made once.
             let fields = req.client_headers.block(shared.id, access.trusted, || {
                 let headers = shared.fragment_headers(&req.client_headers, access.trusted);
@@ -463,10 +460,13 @@ impl Fetcher for HttpClient {
         } else {
             let mut headers = shared.fragment_headers(&req.client_headers, access.trusted);
             req.options.apply_headers(&mut headers, access.trusted);
-            let host = headers.remove(HOST);
-            Outgoing::Plain {
-                host,
-                fields: Bytes::from(plain_fields(headers)),
+            if tls {
+                Outgoing::Tls(headers)
+            } else {
+                Outgoing::Plain {
+                    host: headers.remove(HOST),
+                    fields: Bytes::from(plain_fields(headers)),
+                }
             }
         };
         let body = req.options.body;

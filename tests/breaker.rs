@@ -71,6 +71,7 @@ fn host(server: &Server, breaker: Option<HostBreakerConfig>) -> HostConfig {
         trusted: false,
         esi: false,
         private_network: true,
+        http2: false,
         breaker,
     }
 }

@@ -31,6 +31,7 @@ fn config(origin: &str, hosts: &[(&str, bool, bool)]) -> Config {
             trusted: *trusted,
             esi: false,
             private_network: *private_network,
+            http2: false,
             breaker: None,
         })
         .collect();

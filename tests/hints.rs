@@ -473,6 +473,7 @@ async fn hostile_link_values_are_dropped_and_nothing_else_reaches_the_head() {
         trusted: false,
         esi: false,
         private_network: true,
+        http2: false,
         breaker: None,
     });
     config.hints.max_links = 5;

@@ -20,6 +20,7 @@ fn host(server: &Server) -> HostConfig {
         trusted: false,
         esi: false,
         private_network: true,
+        http2: false,
         breaker: None,
     }
 }

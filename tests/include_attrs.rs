@@ -71,6 +71,7 @@ fn host(server: &Server, trusted: bool, esi: bool) -> HostConfig {
         trusted,
         esi,
         private_network: true,
+        http2: false,
         breaker: None,
     }
 }

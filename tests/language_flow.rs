@@ -223,6 +223,7 @@ async fn eval_from_an_untrusted_host_sees_no_credentials() {
         trusted: false,
         esi: true,
         private_network: true,
+        http2: false,
         breaker: None,
     }];
     let proxy = crate::support::proxy(&origin.base(), config).await;

@@ -224,6 +224,7 @@ async fn a_layout_cut_before_anything_was_sent_is_a_502() {
         trusted: false,
         esi: false,
         private_network: true,
+        http2: false,
         breaker: None,
     });
     let proxy = proxy(&origin.base(), config).await;

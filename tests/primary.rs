@@ -96,6 +96,7 @@ async fn an_untrusted_primarys_set_cookie_is_dropped() {
         trusted: false,
         esi: false,
         private_network: true,
+        http2: false,
         breaker: None,
     });
     let proxy = proxy(&origin.base(), config).await;

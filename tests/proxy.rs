@@ -50,6 +50,7 @@ async fn composes_includes_in_document_order_and_cleans_headers() {
         trusted: false,
         esi: false,
         private_network: true,
+        http2: false,
         breaker: None,
     });
     let proxy = proxy(&origin.base(), config).await;

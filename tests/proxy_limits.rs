@@ -41,6 +41,7 @@ fn host(url: &str, trusted: bool, private_network: bool) -> HostConfig {
         trusted,
         esi: false,
         private_network,
+        http2: false,
         breaker: None,
     }
 }

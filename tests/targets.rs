@@ -66,6 +66,7 @@ fn trusting(other: &crate::support::Server) -> Config {
         trusted: true,
         private_network: true,
         esi: false,
+        http2: false,
         breaker: None,
     });
     config

@@ -19,6 +19,7 @@ mod fetch;
 mod framing;
 mod head_window;
 mod hints;
+mod http2;
 mod https;
 mod include_attrs;
 mod language;

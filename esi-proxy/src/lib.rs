@@ -8,8 +8,8 @@
 //!   includes, the body streamed in document order, the build trace.
 //! - [`cache`]: the pure TTL policy, one store (keys, Vary, weigher, purge) for fragments and
 //!   layouts, and the caching [`fetch::Fetcher`] with single-flight and stale serving.
-//! - [`fetch`]: the [`fetch::Fetcher`] contract, and its HTTP client: pools, the allowlist and
-//!   address guard, body decoding, circuit breakers per fragment host.
+//! - [`fetch`]: the [`fetch::Fetcher`] contract, and its HTTP client: HTTP/1.1 pools and h2c
+//!   streams, the allowlist and address guard, body decoding, circuit breakers per fragment host.
 //! - [`config`]: the TOML schema and defaults, file:line errors, validation into the typed
 //!   [`config::Settings`].
 //! - [`esi`]: the ESI language, bytes → [`esi::Template`]; expressions, functions, variables. Pure.

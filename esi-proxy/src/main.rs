@@ -215,6 +215,7 @@ fn demo(listen: Option<&str>) -> anyhow::Result<ExitCode> {
                 trusted: true,
                 esi: false,
                 private_network: true,
+                http2: false,
                 breaker: None,
             });
         }

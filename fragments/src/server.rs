@@ -1,5 +1,5 @@
-//! The accept loop the test origin and the demo services share: HTTP/1.1 with keep-alive, one
-//! task per connection, every connection closed when the loop's future is dropped. What a
+//! The accept loop the test origin and the demo services share: HTTP/1.1 with keep-alive, or
+//! HTTP/2 when a client opens with its preface (prior knowledge, h2c); one task per connection, every connection closed when the loop's future is dropped. What a
 //! request is answered with is the [`Respond`] implementor's business.
 
 use std::convert::Infallible;
@@ -12,7 +12,8 @@ use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -26,7 +27,7 @@ pub(crate) trait Respond: Send + Sync + 'static {
     ) -> impl Future<Output = Response<Full<Bytes>>> + Send;
 }
 
-/// Serves `handler` on `listener` (HTTP/1.1, keep-alive) until the future is dropped; dropping
+/// Serves `handler` on `listener` (HTTP/1.1 with keep-alive, or h2c) until the future is dropped; dropping
 /// it also closes every connection it accepted.
 pub(crate) async fn serve<R: Respond>(listener: TcpListener, handler: Arc<R>) {
     let mut connections = JoinSet::new();
@@ -48,8 +49,10 @@ pub(crate) async fn serve<R: Respond>(listener: TcpListener, handler: Arc<R>) {
                 let handler = Arc::clone(&handler);
                 async move { Ok::<_, Infallible>(handler.respond(&req).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new());
+            builder.http2().timer(TokioTimer::new());
+            let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

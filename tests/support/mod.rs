@@ -22,6 +22,8 @@ use futures::future::BoxFuture;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -40,8 +42,10 @@ pub type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 pub struct Received {
     /// The method.
     pub method: http::Method,
-    /// Path and query as sent.
+    /// Path and query as sent (with scheme and authority over HTTP/2).
     pub uri: http::Uri,
+    /// HTTP/1.1, or HTTP/2 for a client that opened with its preface.
+    pub version: http::Version,
     /// Every header, repeated ones included.
     pub headers: http::HeaderMap,
 }
@@ -144,7 +148,8 @@ pub fn brotli(data: &[u8]) -> Vec<u8> {
 // hyper would never send). All record every connection, so a test can prove a client never
 // connected (`connections`).
 
-/// Serves HTTP/1.1 on 127.0.0.1:0 with `handler`; returns once the listener is bound.
+/// Serves HTTP/1.1 (or HTTP/2 with prior knowledge) on 127.0.0.1:0 with `handler`; returns
+/// once the listener is bound.
 pub async fn serve<F, Fut>(handler: F) -> Server
 where
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
@@ -189,13 +194,16 @@ where
                 log.requests.lock().expect("not poisoned").push(Received {
                     method: req.method().clone(),
                     uri: req.uri().clone(),
+                    version: req.version(),
                     headers: req.headers().clone(),
                 });
                 let reply = handler(req);
                 async move { Ok::<_, Infallible>(reply.await) }
             });
-            // Errors here are the client going away, which some tests do on purpose.
-            let _ = hyper::server::conn::http1::Builder::new()
+            // HTTP/1.1, or HTTP/2 when the client opens with its preface (h2c, or over TLS
+            // without ALPN). Errors here are the client going away, which some tests do on
+            // purpose.
+            let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(hyper_util::rt::TokioIo::new(io), service)
                 .await;
         }

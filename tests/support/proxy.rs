@@ -192,6 +192,7 @@ pub fn demo_config(demo: &fragments::demo::Demo) -> Config {
             trusted: true,
             esi: false,
             private_network: true,
+            http2: false,
             breaker: None,
         });
     }

@@ -196,10 +196,12 @@ mod tests {
     const TRUSTED: Access = Access {
         trusted: true,
         esi: true,
+        http2: false,
     };
     const UNTRUSTED: Access = Access {
         trusted: false,
         esi: false,
+        http2: false,
     };
 
     #[test]

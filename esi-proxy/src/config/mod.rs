@@ -200,6 +200,10 @@ pub struct FetchConfig {
     pub max_concurrent: usize,
     /// Idle keep-alive connections kept per host. Default: 256.
     pub pool_idle_per_host: usize,
+    /// Whether fragment requests to an `http` origin go over HTTP/2 with prior knowledge
+    /// (h2c), sharing connections as streams; layouts and pass-through stay HTTP/1.1.
+    /// Default: false.
+    pub origin_http2: bool,
     /// Client request headers forwarded to fragments (lowercase names). `Cookie` and
     /// `Authorization` are never listed here: they go to trusted hosts only.
     /// Default: ["accept-language", "user-agent"].
@@ -268,6 +272,11 @@ pub struct HostConfig {
     /// written as such an IP address is allowed to by being listed). Default: false.
     #[serde(default)]
     pub private_network: bool,
+    /// Whether this `http` host is spoken to over HTTP/2 with prior knowledge (h2c): its
+    /// fragment requests share connections as streams instead of taking one each. Default:
+    /// false (HTTP/1.1).
+    #[serde(default)]
+    pub http2: bool,
     /// This host's circuit breaker, where it differs from `[fetch.breaker]`. Default: unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breaker: Option<HostBreakerConfig>,
@@ -452,6 +461,7 @@ impl Default for FetchConfig {
             max_concurrent_per_page: 256,
             max_concurrent: 4096,
             pool_idle_per_host: 256,
+            origin_http2: false,
             forward_headers: vec!["accept-language".into(), "user-agent".into()],
             hosts: Vec::new(),
             ca_certs: Vec::new(),

@@ -248,6 +248,7 @@ mod tests {
             trusted: false,
             esi: false,
             private_network: false,
+            http2: false,
             breaker: Some(HostBreakerConfig {
                 enabled: Some(true),
                 failures: Some(1),

@@ -153,6 +153,8 @@ pub struct FetchSettings {
     pub max_concurrent: usize,
     /// `fetch.pool_idle_per_host`.
     pub pool_idle_per_host: usize,
+    /// `fetch.origin_http2`; only with an `http` origin.
+    pub origin_http2: bool,
     /// `fetch.forward_headers`, lowercase, in the file's order; none of them is one the proxy
     /// never forwards (`Cookie`, `Authorization`, hop-by-hop ...).
     pub forward_headers: Vec<HeaderName>,
@@ -190,6 +192,8 @@ pub struct HostSettings {
     pub esi: bool,
     /// `private_network`.
     pub private_network: bool,
+    /// `http2`; only on an `http` host.
+    pub http2: bool,
     /// `breaker` over `fetch.breaker`: this host's circuit breaker.
     pub breaker: BreakerSettings,
 }
@@ -457,6 +461,7 @@ mod tests {
                 max_concurrent_per_page: 256,
                 max_concurrent: 4096,
                 pool_idle_per_host: 256,
+                origin_http2: false,
                 forward_headers: names(&["accept-language", "user-agent"]),
                 hosts: Vec::new(),
                 ca_certs: Vec::new(),
@@ -682,6 +687,7 @@ mod tests {
                     trusted: true,
                     esi: false,
                     private_network: false,
+                    http2: false,
                     breaker,
                 },
                 HostSettings {
@@ -689,6 +695,7 @@ mod tests {
                     trusted: false,
                     esi: true,
                     private_network: true,
+                    http2: false,
                     breaker: BreakerSettings {
                         enabled: false,
                         max_open: Duration::from_secs(9),

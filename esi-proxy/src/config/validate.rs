@@ -329,6 +329,12 @@ impl Config {
                 let message = format!("{:?} is already listed as fetch.hosts[{first}]", host.url);
                 p.push(&field, message);
             } else {
+                if host.http2 && base.scheme == super::Scheme::Https {
+                    let message = "HTTP/2 is spoken with prior knowledge to http:// hosts only; \
+                                   an https:// host is spoken to over HTTP/1.1"
+                        .to_owned();
+                    p.push(&format!("fetch.hosts[{i}].http2"), message);
+                }
                 let field = format!("fetch.hosts[{i}].breaker");
                 let own = host.breaker.as_ref();
                 let entry = HostSettings {
@@ -336,10 +342,21 @@ impl Config {
                     trusted: host.trusted,
                     esi: host.esi,
                     private_network: host.private_network,
+                    http2: host.http2,
                     breaker: own.map_or(global, |own| breaker(p, &field, &f.breaker, own)),
                 };
                 hosts.push((entry, i));
             }
+        }
+        if f.origin_http2
+            && origin
+                .as_ref()
+                .is_some_and(|o| o.scheme == super::Scheme::Https)
+        {
+            let message = "HTTP/2 is spoken with prior knowledge to an http:// origin only; \
+                           an https:// origin is spoken to over HTTP/1.1"
+                .to_owned();
+            p.push("fetch.origin_http2", message);
         }
         FetchSettings {
             connect_timeout: Duration::from_millis(f.connect_timeout_ms),
@@ -352,6 +369,7 @@ impl Config {
             max_concurrent_per_page: f.max_concurrent_per_page,
             max_concurrent: f.max_concurrent,
             pool_idle_per_host: f.pool_idle_per_host,
+            origin_http2: f.origin_http2,
             forward_headers,
             hosts: hosts.into_iter().map(|(host, _)| host).collect(),
             ca_certs: f.ca_certs.iter().map(std::path::PathBuf::from).collect(),
@@ -684,6 +702,7 @@ mod tests {
             trusted: false,
             esi: false,
             private_network: false,
+            http2: false,
             breaker: None,
         });
         let err = config.validate().expect_err("invalid");

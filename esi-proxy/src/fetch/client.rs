@@ -1,7 +1,8 @@
 //! The HTTP client behind the [`Fetcher`] seam: fragment requests (header policy, deadlines,
 //! bodies collected and decoded under their cap) and the origin request the server passes
 //! through: over [`h1`] on pooled streams for `http` (hyper's pooled connections for an origin
-//! request with a body), reqwest for `https`.
+//! request with a body), as [`h2`] streams for `http` hosts configured for HTTP/2, reqwest for
+//! `https`.
 
 use std::collections::{HashMap, HashSet};
 use std::error::Error as StdError;
@@ -14,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use http::header::{
     Entry, HeaderName, HeaderValue, ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING,
-    CONTENT_LENGTH, COOKIE, HOST,
+    COOKIE, HOST,
 };
 use http::{HeaderMap, Method, Response, Uri};
 use http_body::Body as _;
@@ -22,9 +23,10 @@ use http_body_util::BodyExt;
 use url::{Host, Position, Url};
 
 use super::breaker::Breakers;
-use super::decode::Decoder;
+use super::collect::BodySink;
 use super::guard::{classify, Allowlist, Blocked, GuardedResolver, Lookup};
 use super::h1::{self, StreamPool};
+use super::h2;
 use super::pool::{plain_pool, CheckinOnEnd, OriginPool, SendError};
 use super::{
     Access, Allowed, BoxError, FetchError, Fetcher, Fragment, FragmentRequest, OriginBody,
@@ -58,6 +60,8 @@ struct Shared {
     /// of reqwest's per-request layers (redirects, retries, decompression, its timeouts) nor
     /// hyper's task and channel per connection, which cost more than a loopback request.
     plain: StreamPool,
+    /// `http` fragment hosts spoken to over HTTP/2 (connected through `plain`'s connector).
+    h2: h2::H2Pool,
     /// `https` fragments, through reqwest for its TLS.
     tls: reqwest::Client,
     /// An `http` origin, for requests with a body: hyper's connections, which stream it.
@@ -289,6 +293,7 @@ impl HttpClient {
                 Access {
                     trusted: entry.trusted,
                     esi: entry.trusted || entry.esi,
+                    http2: entry.http2,
                 },
             );
         }
@@ -296,6 +301,7 @@ impl HttpClient {
         let own = Access {
             trusted: true,
             esi: true,
+            http2: fetch.origin_http2,
         };
         allow.insert(origin.clone(), own);
         let allow = Allowlist::new(allow);
@@ -362,6 +368,7 @@ impl HttpClient {
                 max_fragment_bytes: fetch.max_fragment_bytes,
                 layout_timeout: fetch.layout_timeout,
                 plain,
+                h2: h2::H2Pool::default(),
                 tls,
                 origin_plain,
                 origin_streams,
@@ -450,7 +457,22 @@ impl Fetcher for HttpClient {
         let after = req.timeout;
         let keep = req.keep_status;
         let tls = req.url.scheme() == "https";
-        let outgoing = if !tls && req.options.headers.is_empty() {
+        let outgoing = if access.http2 && !tls && req.options.headers.is_empty() {
+            let headers = req.client_headers.map(shared.id, access.trusted, || {
+                with_defaults(shared.fragment_headers(&req.client_headers, access.trusted))
+            });
+            Outgoing::H2 {
+                host: None,
+                headers,
+            }
+        } else if access.http2 && !tls {
+            let mut headers = shared.fragment_headers(&req.client_headers, access.trusted);
+            req.options.apply_headers(&mut headers, access.trusted);
+            Outgoing::H2 {
+                host: headers.remove(HOST),
+                headers: with_defaults(headers),
+            }
+        } else if !tls && req.options.headers.is_empty() {
             // The same for every fragment of the page at this trust level: made once.
             let fields = req.client_headers.block(shared.id, access.trusted, || {
                 let headers = shared.fragment_headers(&req.client_headers, access.trusted);
@@ -511,6 +533,12 @@ fn request_target<'u>(url: &'u Url, text: &str) -> Result<&'u str, FetchError> {
 enum Outgoing {
     /// `https`, through reqwest.
     Tls(HeaderMap),
+    /// `http` to a host spoken to over [`h2`]: the header map, and a `Host` other than the
+    /// URL's authority (sent as `:authority`).
+    H2 {
+        host: Option<HeaderValue>,
+        headers: HeaderMap,
+    },
     /// `http`, through [`h1`]: the header lines, and a `Host` other than the URL's authority.
     Plain {
         host: Option<HeaderValue>,
@@ -521,14 +549,20 @@ enum Outgoing {
 /// The header lines of an `http` fragment request: `headers` with what reqwest adds unless a
 /// request has them, its default `Accept` and the encodings it decodes (the client's
 /// `Accept-Encoding` is never forwarded). `Host` is written apart.
-fn plain_fields(mut headers: HeaderMap) -> Vec<u8> {
+fn plain_fields(headers: HeaderMap) -> Vec<u8> {
+    h1::encode_fields(&with_defaults(headers))
+}
+
+/// `headers` with what reqwest adds unless a request has them: its default `Accept` and the
+/// encodings it decodes (the client's `Accept-Encoding` is never forwarded).
+fn with_defaults(mut headers: HeaderMap) -> HeaderMap {
     if let Entry::Vacant(entry) = headers.entry(ACCEPT) {
         entry.insert(HeaderValue::from_static("*/*"));
     }
     if let Entry::Vacant(entry) = headers.entry(ACCEPT_ENCODING) {
         entry.insert(HeaderValue::from_static("gzip,br"));
     }
-    h1::encode_fields(&headers)
+    headers
 }
 
 // === impl Shared ===
@@ -695,6 +729,10 @@ impl Shared {
                 let url = Url::clone(&url);
                 Box::pin(self.receive_tls(url, text, headers, body, after, keep_status)).await
             }
+            // Boxed: only fetches to HTTP/2 hosts need the room its stream takes.
+            Outgoing::H2 { host, headers } => {
+                Box::pin(self.receive_h2(&url, text, host, headers, body, keep_status)).await
+            }
             Outgoing::Plain { host, fields } => {
                 self.receive_plain(&url, text, host, &fields, body, keep_status)
                     .await
@@ -754,75 +792,55 @@ impl Shared {
         authority: &str,
         text: &str,
     ) -> Result<Fragment, FetchError> {
-        let limit = self.max_fragment_bytes;
-        let too_large = || FetchError::TooLarge {
-            url: text.to_owned(),
-            limit,
-        };
-        let pool = &self.plain;
         let status = response.status;
         let mut headers = std::mem::take(&mut response.headers);
-        let decoder = match content_coding(&headers) {
-            Coding::Identity => None,
-            Coding::Named(coding) => Some(Decoder::for_encoding(&coding, limit).ok_or_else(
-                || FetchError::Decode {
-                    url: text.to_owned(),
-                    message: format!("unsupported content-encoding {coding:?}"),
-                },
-            )?),
-        };
-        let Some(mut decoder) = decoder else {
-            let declared = response.content_length();
-            if declared.is_some_and(|len| len > limit as u64) {
-                return Err(too_large());
-            }
-            // Sized to the declared length: the body is kept (cached) as it is collected.
-            let capacity = declared.map_or(0, |len| usize::try_from(len).unwrap_or(limit));
-            let mut collected = BytesMut::with_capacity(capacity);
-            let mut collect = |data: &[u8]| {
-                if collected.len() + data.len() > limit {
-                    return Err(too_large());
-                }
-                collected.extend_from_slice(data);
-                Ok(())
-            };
-            response
-                .read_body(pool, authority, text, &mut collect)
-                .await?;
-            return Ok(Fragment {
-                cache: None,
-                template: None,
-                status,
-                headers,
-                body: collected.freeze(),
-            });
-        };
-        // Decoded, the declared length no longer describes the body.
-        headers.remove(CONTENT_ENCODING);
-        headers.remove(CONTENT_LENGTH);
-        let mut decoded = Vec::new();
-        let mut encoded_bytes = 0usize;
-        let mut decode = |data: &[u8]| {
-            encoded_bytes = encoded_bytes.saturating_add(data.len());
-            decoder
-                .push(data, &mut decoded, limit)
-                .map_err(|e| e.into_fetch_error(text, limit))
-        };
+        let declared = response.content_length();
+        let mut sink = BodySink::new(&mut headers, declared, self.max_fragment_bytes, text)?;
         response
-            .read_body(pool, authority, text, &mut decode)
+            .read_body(&self.plain, authority, text, &mut |data| sink.push(data))
             .await?;
-        // An empty body stays empty whatever its encoding claims (as reqwest has it).
-        if encoded_bytes > 0 {
-            decoder
-                .finish(&mut decoded)
-                .map_err(|e| e.into_fetch_error(text, limit))?;
-        }
         Ok(Fragment {
             cache: None,
             template: None,
             status,
             headers,
-            body: Bytes::from(decoded),
+            body: sink.finish()?,
+        })
+    }
+
+    /// [`Shared::receive`] for an `http` host spoken to over [`h2`].
+    async fn receive_h2(
+        &self,
+        url: &Url,
+        text: &str,
+        host: Option<HeaderValue>,
+        headers: HeaderMap,
+        body: Option<Bytes>,
+        keep_status: bool,
+    ) -> Result<Fragment, FetchError> {
+        let out = h2::Outgoing {
+            method: if body.is_some() {
+                Method::POST
+            } else {
+                Method::GET
+            },
+            authority: &url[Position::BeforeHost..Position::AfterPort],
+            target: request_target(url, text)?,
+            host,
+            headers,
+            body,
+        };
+        let limit = self.max_fragment_bytes;
+        let received = self
+            .h2
+            .fetch(&self.plain, out, limit, keep_status, text)
+            .await?;
+        Ok(Fragment {
+            cache: None,
+            template: None,
+            status: received.status,
+            headers: received.headers,
+            body: received.body,
         })
     }
 

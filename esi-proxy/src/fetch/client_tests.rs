@@ -2,6 +2,7 @@
 
 use http::StatusCode;
 
+use super::super::decode::Decoder;
 use super::super::{FetchError, FragmentRequest, SystemLookup};
 use super::*;
 use crate::config::{Config, HostConfig};
@@ -18,6 +19,7 @@ fn client(hosts: &[(&str, bool, bool)]) -> HttpClient {
             trusted: *trusted,
             esi: false,
             private_network: *private_network,
+            http2: false,
             breaker: None,
         })
         .collect();

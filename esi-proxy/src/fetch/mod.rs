@@ -1,13 +1,16 @@
 //! Where fragments come from: the [`Fetcher`] contract the composer and the cache depend on
 //! ([`FragmentRequest`], [`Fragment`], [`FetchError`], [`Access`]), and its HTTP implementation
-//! ([`HttpClient`]) with its keep-alive pools, allowlist guard, body decoding and circuit
-//! breakers per fragment host ([`Breakers`]). It never parses ESI.
+//! ([`HttpClient`]) with its keep-alive pools (HTTP/1.1, and HTTP/2 streams for hosts that
+//! speak it), allowlist guard, body decoding and circuit breakers per fragment host
+//! ([`Breakers`]). It never parses ESI.
 
 mod breaker;
 mod client;
+mod collect;
 mod decode;
 mod guard;
 mod h1;
+mod h2;
 mod pool;
 
 use std::fmt;
@@ -37,6 +40,10 @@ pub struct Access {
     /// Whether ESI the host serves is processed: a trusted host's always is, an untrusted
     /// host's only when its entry opts in (`esi = true`); otherwise its body is placed as it is.
     pub esi: bool,
+    /// Whether the host is reached over HTTP/2 with prior knowledge (`http2 = true`,
+    /// `fetch.origin_http2`): decided with whether it may be reached, so a fetch asks nothing
+    /// again.
+    pub http2: bool,
 }
 
 /// Why a fetch failed. `url` is the URL asked for, with any user info removed. Cloned when
@@ -142,9 +149,9 @@ pub struct Allowed {
 }
 
 /// The browser's request headers of one page (with the proxy's `X-Forwarded-*`), shared by
-/// the page's fragment requests; derefs to the map. It also keeps, once worked out, the header
-/// block an `http` fragment request of the page sends for each trust level, so a page's
-/// fragment requests do not each rebuild the same headers. What one page's visitor sent stays
+/// the page's fragment requests; derefs to the map. It also keeps, once worked out, the headers
+/// a fragment request of the page sends for each trust level (as an HTTP/1.1 block, and as a
+/// map for HTTP/2), so a page's fragment requests do not each rebuild the same headers. What one page's visitor sent stays
 /// in that page's value: nothing here is shared between pages.
 #[derive(Debug, Default)]
 pub struct ClientHeaders {
@@ -152,6 +159,8 @@ pub struct ClientHeaders {
     /// For an untrusted and a trusted host: the block, and the client (its
     /// [`HttpClient`] instance) whose forwarding policy made it.
     blocks: [std::sync::OnceLock<(u64, Bytes)>; 2],
+    /// The same as maps, for hosts spoken to over HTTP/2.
+    maps: [std::sync::OnceLock<(u64, HeaderMap)>; 2],
 }
 
 impl ClientHeaders {
@@ -159,12 +168,30 @@ impl ClientHeaders {
     /// `client` asks; a block another client made (another policy, after a reload) is not
     /// used.
     pub(crate) fn block(&self, client: u64, trusted: bool, make: impl FnOnce() -> Bytes) -> Bytes {
-        let slot = &self.blocks[usize::from(trusted)];
-        match slot.get() {
-            Some((made_by, block)) if *made_by == client => block.clone(),
-            Some(_) => make(),
-            None => slot.get_or_init(|| (client, make())).1.clone(),
-        }
+        made_once(&self.blocks[usize::from(trusted)], client, make)
+    }
+
+    /// [`ClientHeaders::block`] as a header map, for HTTP/2.
+    pub(crate) fn map(
+        &self,
+        client: u64,
+        trusted: bool,
+        make: impl FnOnce() -> HeaderMap,
+    ) -> HeaderMap {
+        made_once(&self.maps[usize::from(trusted)], client, make)
+    }
+}
+
+/// What `slot` keeps if `client` made it, else what `make` makes (kept when the slot is empty).
+fn made_once<T: Clone>(
+    slot: &std::sync::OnceLock<(u64, T)>,
+    client: u64,
+    make: impl FnOnce() -> T,
+) -> T {
+    match slot.get() {
+        Some((made_by, kept)) if *made_by == client => kept.clone(),
+        Some(_) => make(),
+        None => slot.get_or_init(|| (client, make())).1.clone(),
     }
 }
 
@@ -173,6 +200,7 @@ impl From<HeaderMap> for ClientHeaders {
         Self {
             map,
             blocks: Default::default(),
+            maps: Default::default(),
         }
     }
 }
@@ -343,6 +371,7 @@ pub trait Fetcher: Send + Sync + 'static {
         let access = Access {
             trusted: false,
             esi: true,
+            http2: false,
         };
         Ok(Allowed::new(Arc::clone(url), access))
     }
@@ -582,6 +611,17 @@ mod tests {
         assert_eq!(headers.block(2, true, || make("other")), "other");
         assert_eq!(headers.block(1, true, || make("again")), "trusted");
         assert_eq!(made.get(), 3);
+
+        // The maps HTTP/2 hosts get are kept apart by trust level the same way.
+        let map = |text: &'static str| {
+            let mut map = HeaderMap::new();
+            map.insert("x-made", HeaderValue::from_static(text));
+            map
+        };
+        assert_eq!(headers.map(1, true, || map("trusted"))["x-made"], "trusted");
+        assert_eq!(headers.map(1, false, || map("plain"))["x-made"], "plain");
+        assert_eq!(headers.map(1, true, || map("again"))["x-made"], "trusted");
+        assert_eq!(headers.map(2, true, || map("other"))["x-made"], "other");
     }
 
     /// Regression: `Instant::now() + req.timeout` panicked on a timeout of `Duration::MAX`.

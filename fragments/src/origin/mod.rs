@@ -121,7 +121,7 @@ impl RequestCounter {
     }
 }
 
-/// Serves the origin on `listener` (HTTP/1.1, keep-alive) until the returned future is
+/// Serves the origin on `listener` (HTTP/1.1 with keep-alive, or h2c) until the returned future is
 /// dropped; dropping it also closes every connection it accepted.
 pub async fn serve(listener: TcpListener, opts: OriginOptions) {
     server::serve(listener, Arc::new(Origin::new(opts))).await;

@@ -1,0 +1,398 @@
+//! HTTP/2 with prior knowledge (h2c) toward `http` fragment hosts configured to speak it
+//! (`http2 = true` on a `fetch.hosts` entry, `fetch.origin_http2` for the origin): a host's
+//! fragment requests share its connections as streams, so the requests of a page, and of
+//! every page in flight, leave in few writes and their answers come in few reads, where
+//! HTTP/1.1 takes a connection, a write and a read each.
+//!
+//! A host gets one connection, and another each time all it has carry as many streams as the
+//! host allows; a connection with no stream for [`POOL_IDLE_TIMEOUT`] is closed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use h2::Reason;
+use http::header::CONTENT_LENGTH;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
+
+use super::client::send_error;
+use super::collect::BodySink;
+use super::h1::StreamPool;
+use super::pool::{MAX_RESPONSE_HEAD_BYTES, POOL_IDLE_TIMEOUT};
+use super::FetchError;
+
+/// Streams one connection carries at most, whatever more the host allows: past it a new
+/// connection spreads the load over the host's accept loop and the proxy's cores.
+const MAX_STREAMS_PER_CONNECTION: usize = 256;
+
+/// Streams a new connection may carry before the host's SETTINGS say how many it takes.
+const INITIAL_STREAMS: usize = 100;
+
+/// Receive window of each stream: bodies up to it arrive without waiting for a window update.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+
+/// Receive window of each connection, shared by its streams.
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// How often a connection's driver looks whether it has been idle too long.
+const IDLE_CHECK: Duration = Duration::from_secs(15);
+
+/// The h2c connections of every host, by authority (`host[:port]` as the URL spells it).
+#[derive(Debug, Default)]
+pub(super) struct H2Pool {
+    hosts: Mutex<HashMap<String, Arc<Host>>>,
+}
+
+/// One host's connections.
+#[derive(Debug)]
+struct Host {
+    /// Its `:authority`, unless a request names another `Host`.
+    authority: Authority,
+    conns: Mutex<Vec<Arc<Conn>>>,
+    /// Held while a connection is made, so a burst of requests makes one, not one each.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+/// One connection: the handle streams are opened with, and what the pool knows of it.
+#[derive(Debug)]
+struct Conn {
+    send: SendRequest<Bytes>,
+    /// Streams leased on it and not yet dropped.
+    open: AtomicUsize,
+    /// Set by its driver when the connection has ended.
+    closed: AtomicBool,
+    /// When a stream was last leased, in ms since `born`.
+    last_used: AtomicU64,
+    born: Instant,
+}
+
+/// A stream's claim on its connection, given back when dropped.
+struct Lease {
+    conn: Arc<Conn>,
+}
+
+/// A request to send on a stream.
+pub(super) struct Outgoing<'a> {
+    pub(super) method: Method,
+    /// `host[:port]` to connect to, as the URL spells it.
+    pub(super) authority: &'a str,
+    /// Path and query.
+    pub(super) target: &'a str,
+    /// Sent as `:authority` instead of `authority` (an include's `Host`).
+    pub(super) host: Option<HeaderValue>,
+    pub(super) headers: HeaderMap,
+    pub(super) body: Option<Bytes>,
+}
+
+/// What a fragment's response came to.
+pub(super) struct Received {
+    pub(super) status: StatusCode,
+    pub(super) headers: HeaderMap,
+    pub(super) body: Bytes,
+}
+
+/// How sending failed: before the host saw the request (it may go on another connection),
+/// or after.
+enum Failed {
+    Unsent(FetchError),
+    Fetch(FetchError),
+}
+
+// === impl H2Pool ===
+
+impl H2Pool {
+    /// Sends `out` on a stream to its host and reads the response; a non-2xx status is
+    /// returned as it is unless `keep_status`. A request the host did not process (the
+    /// connection was gone or went away, or the stream was refused) goes once more, on
+    /// another connection. The caller applies the deadline.
+    pub(super) async fn fetch(
+        &self,
+        tcp: &StreamPool,
+        mut out: Outgoing<'_>,
+        limit: usize,
+        keep_status: bool,
+        url: &str,
+    ) -> Result<Received, FetchError> {
+        let host = self.host(out.authority, url)?;
+        let authority = match out.host.take() {
+            Some(host) => Authority::from_maybe_shared(Bytes::copy_from_slice(host.as_bytes()))
+                .map_err(|_| invalid_host(url))?,
+            None => host.authority.clone(),
+        };
+        let path = PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(out.target.as_bytes()))
+            .map_err(|_| invalid_host(url))?;
+        let mut last = false;
+        loop {
+            let lease = host.lease(tcp, out.authority, url).await?;
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Some(authority.clone());
+            parts.path_and_query = Some(path.clone());
+            let mut request = Request::new(());
+            *request.method_mut() = out.method.clone();
+            *request.uri_mut() = Uri::from_parts(parts).map_err(|_| invalid_host(url))?;
+            *request.headers_mut() = if last {
+                std::mem::take(&mut out.headers)
+            } else {
+                out.headers.clone()
+            };
+            let body = out.body.clone();
+            match exchange(&lease, request, body, limit, keep_status, url).await {
+                Ok(received) => return Ok(received),
+                Err(Failed::Unsent(e)) if !last => {
+                    tracing::debug!(error = %e, "HTTP/2 request not processed; sending it again");
+                    lease.conn.closed.store(true, Ordering::Relaxed);
+                    last = true;
+                }
+                Err(Failed::Unsent(e) | Failed::Fetch(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// The connections of `authority`, an entry made the first time.
+    fn host(&self, authority: &str, url: &str) -> Result<Arc<Host>, FetchError> {
+        let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(host) = hosts.get(authority) {
+            return Ok(Arc::clone(host));
+        }
+        let host = Arc::new(Host {
+            authority: Authority::from_maybe_shared(Bytes::copy_from_slice(authority.as_bytes()))
+                .map_err(|_| invalid_host(url))?,
+            conns: Mutex::default(),
+            connecting: tokio::sync::Mutex::default(),
+        });
+        hosts.insert(authority.to_owned(), Arc::clone(&host));
+        Ok(host)
+    }
+}
+
+// === impl Host ===
+
+impl Host {
+    /// A stream on a connection with room for one, made when there is none.
+    async fn lease(
+        &self,
+        tcp: &StreamPool,
+        authority: &str,
+        url: &str,
+    ) -> Result<Lease, FetchError> {
+        if let Some(lease) = self.lease_open() {
+            return Ok(lease);
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(lease) = self.lease_open() {
+            return Ok(lease);
+        }
+        let conn = connect(tcp, authority, url).await?;
+        let lease = Lease::on(&conn);
+        self.conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(conn);
+        Ok(lease)
+    }
+
+    /// A stream on the first open connection with room for one; ended connections are
+    /// dropped on the way.
+    fn lease_open(&self) -> Option<Lease> {
+        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        conns.retain(|conn| !conn.closed.load(Ordering::Relaxed));
+        conns
+            .iter()
+            .find(|conn| conn.open.load(Ordering::Relaxed) < conn.capacity())
+            .map(Lease::on)
+    }
+}
+
+// === impl Conn ===
+
+impl Conn {
+    /// Streams it may carry: what the host allows, up to [`MAX_STREAMS_PER_CONNECTION`].
+    fn capacity(&self) -> usize {
+        self.send
+            .current_max_send_streams()
+            .min(MAX_STREAMS_PER_CONNECTION)
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_used.load(Ordering::Relaxed));
+        self.born.elapsed().saturating_sub(last)
+    }
+}
+
+// === impl Lease ===
+
+impl Lease {
+    fn on(conn: &Arc<Conn>) -> Lease {
+        conn.open.fetch_add(1, Ordering::Relaxed);
+        let now = u64::try_from(conn.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        conn.last_used.store(now, Ordering::Relaxed);
+        Lease {
+            conn: Arc::clone(conn),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.conn.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Opens an h2c connection to `authority` (TCP through the pool's guarded connector, then
+/// the preface) and starts its driver.
+async fn connect(tcp: &StreamPool, authority: &str, url: &str) -> Result<Arc<Conn>, FetchError> {
+    let stream = tcp
+        .connect_tcp(authority)
+        .await
+        .map_err(|e| send_error(url, &*e, true, false, Duration::ZERO))?;
+    let (send, connection) = h2::client::Builder::new()
+        .enable_push(false)
+        // Until the host's SETTINGS say otherwise, the least RFC 9113 advises a server to allow,
+        // so a burst sent before they arrive is not refused.
+        .initial_max_send_streams(INITIAL_STREAMS)
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_header_list_size(u32::try_from(MAX_RESPONSE_HEAD_BYTES).unwrap_or(u32::MAX))
+        .handshake::<_, Bytes>(stream)
+        .await
+        .map_err(|e| FetchError::Connect {
+            url: url.to_owned(),
+            message: format!("HTTP/2 handshake: {e}"),
+        })?;
+    let conn = Arc::new(Conn {
+        send,
+        open: AtomicUsize::new(0),
+        closed: AtomicBool::new(false),
+        last_used: AtomicU64::new(0),
+        born: Instant::now(),
+    });
+    tokio::spawn(drive(connection, Arc::downgrade(&conn)));
+    Ok(conn)
+}
+
+/// Drives a connection until it ends, or until it has carried no stream for
+/// [`POOL_IDLE_TIMEOUT`] (or the pool that held it is gone and its streams are done).
+async fn drive(connection: h2::client::Connection<tokio::net::TcpStream, Bytes>, conn: Weak<Conn>) {
+    let mut connection = std::pin::pin!(connection);
+    let mut check = tokio::time::interval(IDLE_CHECK);
+    check.tick().await;
+    loop {
+        tokio::select! {
+            ended = &mut connection => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "h2 connection ended");
+                }
+                break;
+            }
+            _ = check.tick() => {
+                let Some(conn) = conn.upgrade() else {
+                    // Only streams still reading hold it: the connection ends once they do.
+                    continue;
+                };
+                if conn.open.load(Ordering::Relaxed) == 0 && conn.idle_for() >= POOL_IDLE_TIMEOUT {
+                    conn.closed.store(true, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(conn) = conn.upgrade() {
+        conn.closed.store(true, Ordering::Relaxed);
+    }
+}
+
+fn invalid_host(url: &str) -> FetchError {
+    FetchError::Transport {
+        url: url.to_owned(),
+        message: "the Host to send is not a valid HTTP/2 authority".into(),
+    }
+}
+
+/// One request and its response on a stream of `lease`'s connection.
+async fn exchange(
+    lease: &Lease,
+    request: Request<()>,
+    body: Option<Bytes>,
+    limit: usize,
+    keep_status: bool,
+    url: &str,
+) -> Result<Received, Failed> {
+    let unsent = |e: h2::Error| {
+        Failed::Unsent(FetchError::Transport {
+            url: url.to_owned(),
+            message: format!("HTTP/2 connection: {e}"),
+        })
+    };
+    let idempotent = body.is_none();
+    let mut send = lease.conn.send.clone().ready().await.map_err(unsent)?;
+    let (response, mut stream) = match send.send_request(request, body.is_none()) {
+        Ok(sent) => sent,
+        // A request the connection refuses outright (a header HTTP/2 forbids) fails as is.
+        Err(e) if e.is_library() && e.reason().is_none() => {
+            return Err(Failed::Fetch(FetchError::Transport {
+                url: url.to_owned(),
+                message: format!("HTTP/2 request: {e}"),
+            }))
+        }
+        Err(e) => return Err(unsent(e)),
+    };
+    if let Some(body) = body {
+        stream
+            .send_data(body, true)
+            .map_err(|e| Failed::Fetch(stream_error(url, &e, false)))?;
+    }
+    let response = response.await.map_err(|e| {
+        // Refused, or cut by the host going away before it answered: not processed (a
+        // `GET` is sent again whatever the host did with it, as HTTP/1.1 does).
+        let went_away = (e.is_go_away() && e.is_remote()) || e.is_io();
+        if e.reason() == Some(Reason::REFUSED_STREAM) || (idempotent && went_away) {
+            unsent(e)
+        } else {
+            Failed::Fetch(stream_error(url, &e, false))
+        }
+    })?;
+    let (head, mut recv) = response.into_parts();
+    if !head.status.is_success() && !keep_status {
+        return Err(Failed::Fetch(FetchError::Status {
+            url: url.to_owned(),
+            status: head.status,
+        }));
+    }
+    let mut headers = head.headers;
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut sink = BodySink::new(&mut headers, declared, limit, url).map_err(Failed::Fetch)?;
+    while let Some(chunk) = recv.data().await {
+        let chunk = chunk.map_err(|e| Failed::Fetch(stream_error(url, &e, true)))?;
+        // The window is given back as the bytes are taken, whatever becomes of them.
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        sink.push(&chunk).map_err(Failed::Fetch)?;
+    }
+    Ok(Received {
+        status: head.status,
+        headers,
+        body: sink.finish().map_err(Failed::Fetch)?,
+    })
+}
+
+/// A stream that failed once its request was sent: a response that breaks HTTP/2 is
+/// malformed, a stream or connection cut in the body truncates it, anything else is a
+/// transport failure.
+fn stream_error(url: &str, e: &h2::Error, in_body: bool) -> FetchError {
+    let url = url.to_owned();
+    let message = format!("HTTP/2: {e}");
+    if e.is_library() && e.reason() == Some(Reason::PROTOCOL_ERROR) {
+        FetchError::Malformed { url, message }
+    } else if in_body {
+        FetchError::Truncated { url, message }
+    } else {
+        FetchError::Transport { url, message }
+    }
+}

@@ -102,7 +102,9 @@ fn run() -> Result<()> {
         create_dir(&dir)?;
         for kind in &settings.peers {
             let started = match kind {
-                PeerKind::EsiProxy => start_esi_proxy(&dir, origin.addr, cached).map(Some),
+                PeerKind::EsiProxy | PeerKind::EsiProxyH2c => {
+                    start_esi_proxy(&dir, origin.addr, cached, *kind).map(Some)
+                }
                 PeerKind::Nginx => start_nginx(&dir, origin.addr, cached),
                 PeerKind::Varnish => start_varnish(&dir, origin.addr, cached),
             };
@@ -124,7 +126,7 @@ fn run() -> Result<()> {
                         skipped.push(line);
                     }
                 }
-                Err(e) if *kind == PeerKind::EsiProxy => return Err(e),
+                Err(e) if kind.is_esi_proxy() => return Err(e),
                 Err(e) => skipped.push(format!(
                     "{} skipped: {e}",
                     if cached {
@@ -139,9 +141,14 @@ fn run() -> Result<()> {
     for line in &skipped {
         say(line);
     }
-    let has_cold_proxy = peers
+    // Each esi-proxy configuration that runs cold, in the order asked for.
+    let cold_proxies: Vec<PeerKind> = settings
+        .peers
         .iter()
-        .any(|p| p.kind == PeerKind::EsiProxy && !p.cached);
+        .copied()
+        .filter(|kind| kind.is_esi_proxy())
+        .filter(|kind| peers.iter().any(|p| p.kind == *kind && !p.cached))
+        .collect();
 
     // Correctness first: a fast wrong answer is not a result. For warm scenarios this first
     // request also fills the caches.
@@ -154,23 +161,24 @@ fn run() -> Result<()> {
 
     // On a process of its own, so its idle RSS is a fresh process's and the thousands of
     // connections it opens do not linger in the pool the load runs use.
-    let memory = if has_cold_proxy && settings.inflight_pages > 0 {
-        let dir = tmp.0.join("memory");
+    let mut memory = Vec::new();
+    for kind in cold_proxies.iter().filter(|_| settings.inflight_pages > 0) {
+        let dir = tmp.0.join(format!("memory-{}", kind.name()));
         create_dir(&dir)?;
-        let proxy = start_esi_proxy(&dir, origin.addr, false)?;
+        let proxy = start_esi_proxy(&dir, origin.addr, false, *kind)?;
         client_rt.block_on(wait_ready(&proxy))?;
         let pid = proxy.process.child.id();
-        let memory = client_rt.block_on(measure_memory(
-            &proxy,
-            pid,
-            settings.inflight_pages,
-            settings.inflight_delay_ms,
-        ))?;
+        memory.push((
+            *kind,
+            client_rt.block_on(measure_memory(
+                &proxy,
+                pid,
+                settings.inflight_pages,
+                settings.inflight_delay_ms,
+            ))?,
+        ));
         drop(proxy);
-        Some(memory)
-    } else {
-        None
-    };
+    }
 
     let delayed = settings
         .scenarios
@@ -206,7 +214,7 @@ fn run() -> Result<()> {
         &rows,
         floor.as_ref(),
         &ttfbs,
-        memory.as_ref(),
+        &memory,
         &skipped,
         wall.elapsed(),
     );
@@ -263,17 +271,24 @@ impl Settings {
             ));
         }
         let peers = match std::env::var("LOAD_PEERS") {
-            Err(_) => vec![PeerKind::EsiProxy, PeerKind::Nginx, PeerKind::Varnish],
+            Err(_) => vec![
+                PeerKind::EsiProxy,
+                PeerKind::EsiProxyH2c,
+                PeerKind::Nginx,
+                PeerKind::Varnish,
+            ],
             Ok(list) => list
                 .split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
                 .map(|s| match s {
                     "esi-proxy" => Ok(PeerKind::EsiProxy),
+                    "esi-proxy-h2c" => Ok(PeerKind::EsiProxyH2c),
                     "nginx" => Ok(PeerKind::Nginx),
                     "varnish" => Ok(PeerKind::Varnish),
                     other => Err(format!(
-                        "LOAD_PEERS: unknown peer {other:?} (esi-proxy, nginx, varnish)"
+                        "LOAD_PEERS: unknown peer {other:?} (esi-proxy, esi-proxy-h2c, nginx, \
+                         varnish)"
                     )),
                 })
                 .collect::<Result<Vec<_>>>()?,

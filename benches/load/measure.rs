@@ -129,7 +129,7 @@ pub(crate) fn load(
         wrk(&url, settings, scenario.conns, settings.warmup_secs)?;
     }
     let root = peer.process.child.id();
-    let proxy_pid = (peer.kind == PeerKind::EsiProxy).then_some(root);
+    let proxy_pid = peer.kind.is_esi_proxy().then_some(root);
     if let Some(pid) = proxy_pid {
         reset_peak_rss(pid);
     }

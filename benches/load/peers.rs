@@ -28,6 +28,9 @@ const ORIGIN_BACKLOG: u32 = 8192;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PeerKind {
     EsiProxy,
+    /// esi-proxy with `fetch.origin_http2`: its fragment requests to the origin as HTTP/2
+    /// streams (the origin accepts both).
+    EsiProxyH2c,
     Nginx,
     Varnish,
 }
@@ -79,14 +82,20 @@ impl PeerKind {
     pub(crate) fn name(self) -> &'static str {
         match self {
             PeerKind::EsiProxy => "esi-proxy",
+            PeerKind::EsiProxyH2c => "esi-proxy-h2c",
             PeerKind::Nginx => "nginx",
             PeerKind::Varnish => "varnish",
         }
     }
 
+    /// Whether it is esi-proxy, in either configuration.
+    pub(crate) fn is_esi_proxy(self) -> bool {
+        matches!(self, PeerKind::EsiProxy | PeerKind::EsiProxyH2c)
+    }
+
     pub(crate) fn program(self) -> &'static str {
         match self {
-            PeerKind::EsiProxy => "esi-proxy",
+            PeerKind::EsiProxy | PeerKind::EsiProxyH2c => "esi-proxy",
             PeerKind::Nginx => "nginx",
             PeerKind::Varnish => "varnishd",
         }
@@ -94,7 +103,7 @@ impl PeerKind {
 
     pub(crate) fn package(self) -> &'static str {
         match self {
-            PeerKind::EsiProxy => "(cargo build --release -p esi-proxy)",
+            PeerKind::EsiProxy | PeerKind::EsiProxyH2c => "(cargo build --release -p esi-proxy)",
             PeerKind::Nginx => "nginx",
             PeerKind::Varnish => "varnish",
         }
@@ -104,7 +113,7 @@ impl PeerKind {
     pub(crate) fn markup(self) -> Markup {
         match self {
             PeerKind::Nginx => Markup::Ssi,
-            PeerKind::EsiProxy | PeerKind::Varnish => Markup::Esi,
+            PeerKind::EsiProxy | PeerKind::EsiProxyH2c | PeerKind::Varnish => Markup::Esi,
         }
     }
 }
@@ -323,16 +332,25 @@ fn free_addr() -> Result<SocketAddr> {
 }
 
 /// esi-proxy with its cache off (`--no-cache`, when the binary has it) or on (the default
-/// `[cache]`: 256 MB of fragments, 64 MB of layouts, TTLs from the origin's headers).
-pub(crate) fn start_esi_proxy(tmp: &Path, origin: SocketAddr, cached: bool) -> Result<Peer> {
+/// `[cache]`: 256 MB of fragments, 64 MB of layouts, TTLs from the origin's headers);
+/// `EsiProxyH2c` with `fetch.origin_http2`.
+pub(crate) fn start_esi_proxy(
+    tmp: &Path,
+    origin: SocketAddr,
+    cached: bool,
+    kind: PeerKind,
+) -> Result<Peer> {
     let bin = esi_proxy_bin()?;
     let addr = free_addr()?;
-    let config = tmp.join("esi-proxy.toml");
+    let config = tmp.join(format!("{}.toml", kind.name()));
     // Limits roomy enough that the bench measures composition, not the bounds; idle pool as
     // large as nginx's (2 workers x 512).
     let mut toml = "[server]\nshutdown_grace_ms = 1000\n\n[fetch]\nmax_concurrent_per_page = 256\n\
                     fragment_timeout_ms = 5000\npage_timeout_ms = 30000\npool_idle_per_host = 1024\n"
         .to_owned();
+    if kind == PeerKind::EsiProxyH2c {
+        toml.push_str("origin_http2 = true\n");
+    }
     if cached {
         toml.push_str("\n[cache]\nenabled = true\n");
     }
@@ -355,9 +373,10 @@ pub(crate) fn start_esi_proxy(tmp: &Path, origin: SocketAddr, cached: bool) -> R
         cmd.arg("--no-cache");
         NO_CACHE_FLAG.store(true, std::sync::atomic::Ordering::Relaxed);
     }
-    let process = ChildGuard::spawn("esi-proxy", cmd, tmp.join("esi-proxy.log"))?;
+    let log = tmp.join(format!("{}.log", kind.name()));
+    let process = ChildGuard::spawn("esi-proxy", cmd, log)?;
     Ok(Peer {
-        kind: PeerKind::EsiProxy,
+        kind,
         cached,
         addr,
         process,

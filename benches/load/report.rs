@@ -13,7 +13,7 @@ use fragments::origin::Delays;
 use crate::measure::{Floor, Memory, Row, Ttfb};
 use crate::peers::{PeerKind, NO_CACHE_FLAG};
 use crate::verify::{PARAGRAPHS, WARM_REQUESTS};
-use crate::{ms, Settings, WARM_TTL_S};
+use crate::{ms, Scenario, Settings, WARM_TTL_S};
 
 /// Origin requests per page above which a warm run is reported as not warm.
 const WARM_MAX_ORIGIN_PER_PAGE: f64 = 0.001;
@@ -151,12 +151,56 @@ fn render_warm(out: &mut String, rows: &[Row]) {
     }
 }
 
+/// One row of the ratio table: `esi` (esi-proxy as `kind`) against nginx and Varnish.
+fn ratio_row<'r>(
+    out: &mut String,
+    scenario: &Scenario,
+    esi: &Row,
+    kind: PeerKind,
+    find: &dyn Fn(PeerKind) -> Option<&'r Row>,
+) {
+    let cmp = |peer, f: fn(&Row) -> f64| {
+        find(peer).map_or_else(|| "n/a".into(), |other| ratio(f(esi), f(other)))
+    };
+    let _ = writeln!(
+        out,
+        "| ({}) {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        scenario.key,
+        scenario.title,
+        if kind == PeerKind::EsiProxy {
+            ""
+        } else {
+            ", h2c"
+        },
+        cmp(PeerKind::Nginx, |r| r.result.rps),
+        cmp(PeerKind::Varnish, |r| r.result.rps),
+        cmp(PeerKind::Nginx, |r| r.result.p50_ms),
+        cmp(PeerKind::Varnish, |r| r.result.p50_ms),
+        cmp(PeerKind::Nginx, |r| r.result.p99_ms),
+        cmp(PeerKind::Varnish, |r| r.result.p99_ms),
+        cmp(PeerKind::Nginx, |r| r.cpu_ms_per_page.unwrap_or(f64::NAN)),
+        cmp(PeerKind::Varnish, |r| r.cpu_ms_per_page.unwrap_or(f64::NAN)),
+        cmp(PeerKind::Nginx, |r| r
+            .rss_kb
+            .map_or(f64::NAN, |kb| kb as f64)),
+        cmp(PeerKind::Varnish, |r| r
+            .rss_kb
+            .map_or(f64::NAN, |kb| kb as f64)),
+        cmp(PeerKind::Nginx, |r| r
+            .pss_kb
+            .map_or(f64::NAN, |kb| kb as f64)),
+        cmp(PeerKind::Varnish, |r| r
+            .pss_kb
+            .map_or(f64::NAN, |kb| kb as f64)),
+    );
+}
+
 pub(crate) fn render_report(
     settings: &Settings,
     rows: &[Row],
     floor: Option<&Floor>,
     ttfbs: &[Ttfb],
-    memory: Option<&Memory>,
+    memory: &[(PeerKind, Memory)],
     skipped: &[String],
     took: Duration,
 ) -> String {
@@ -292,38 +336,12 @@ pub(crate) fn render_report(
             rows.iter()
                 .find(|r| r.scenario.key == scenario.key && r.peer == peer)
         };
-        let Some(esi) = find(PeerKind::EsiProxy) else {
-            continue;
-        };
-        let cmp = |peer, f: fn(&Row) -> f64| {
-            find(peer).map_or_else(|| "n/a".into(), |other| ratio(f(esi), f(other)))
-        };
-        let _ = writeln!(
-            out,
-            "| ({}) {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            scenario.key,
-            scenario.title,
-            cmp(PeerKind::Nginx, |r| r.result.rps),
-            cmp(PeerKind::Varnish, |r| r.result.rps),
-            cmp(PeerKind::Nginx, |r| r.result.p50_ms),
-            cmp(PeerKind::Varnish, |r| r.result.p50_ms),
-            cmp(PeerKind::Nginx, |r| r.result.p99_ms),
-            cmp(PeerKind::Varnish, |r| r.result.p99_ms),
-            cmp(PeerKind::Nginx, |r| r.cpu_ms_per_page.unwrap_or(f64::NAN)),
-            cmp(PeerKind::Varnish, |r| r.cpu_ms_per_page.unwrap_or(f64::NAN)),
-            cmp(PeerKind::Nginx, |r| r
-                .rss_kb
-                .map_or(f64::NAN, |kb| kb as f64)),
-            cmp(PeerKind::Varnish, |r| r
-                .rss_kb
-                .map_or(f64::NAN, |kb| kb as f64)),
-            cmp(PeerKind::Nginx, |r| r
-                .pss_kb
-                .map_or(f64::NAN, |kb| kb as f64)),
-            cmp(PeerKind::Varnish, |r| r
-                .pss_kb
-                .map_or(f64::NAN, |kb| kb as f64)),
-        );
+        for kind in [PeerKind::EsiProxy, PeerKind::EsiProxyH2c] {
+            let Some(esi) = find(kind) else {
+                continue;
+            };
+            ratio_row(&mut out, scenario, esi, kind, &find);
+        }
     }
 
     render_warm(&mut out, rows);
@@ -382,18 +400,21 @@ pub(crate) fn render_report(
         }
     }
 
-    if let Some(m) = memory {
+    if !memory.is_empty() {
+        let _ = writeln!(out, "\n## esi-proxy memory per in-flight page");
+    }
+    for (kind, m) in memory {
         let grown = m.loaded_kb.saturating_sub(m.idle_kb);
-        let _ = writeln!(out, "\n## esi-proxy memory per in-flight page\n");
         let _ = writeln!(
             out,
-            "{} concurrent `/page/esi/120?delay={}` (every fragment {} ms), on a fresh esi-proxy: \
+            "\n{} concurrent `/page/esi/120?delay={}` (every fragment {} ms), on a fresh {}: \
              RSS {:.1} MB idle, {:.1} MB at most while they were in flight (pages-in-flight \
              gauge: {}): **{:.1} KB per page** ({:.0} B per include). {} {}/{} pages \
              completed whole.",
             m.pages,
             m.delay_ms,
             m.delay_ms,
+            kind.name(),
             m.idle_kb as f64 / 1024.0,
             m.loaded_kb as f64 / 1024.0,
             m.gauge.map_or_else(|| "n/a".into(), |g| g.to_string()),

@@ -459,7 +459,8 @@ impl Fetcher for HttpClient {
         let tls = req.url.scheme() == "https";
         let outgoing = if access.http2 && !tls && req.options.headers.is_empty() {
             let headers = req.client_headers.map(shared.id, access.trusted, || {
-                with_defaults(shared.fragment_headers(&req.client_headers, access.trusted))
+                let headers = shared.fragment_headers(&req.client_headers, access.trusted);
+                Arc::new(with_defaults(headers))
             });
             Outgoing::H2 {
                 host: None,
@@ -470,7 +471,7 @@ impl Fetcher for HttpClient {
             req.options.apply_headers(&mut headers, access.trusted);
             Outgoing::H2 {
                 host: headers.remove(HOST),
-                headers: with_defaults(headers),
+                headers: Arc::new(with_defaults(headers)),
             }
         } else if !tls && req.options.headers.is_empty() {
             // The same for every fragment of the page at this trust level: made once.
@@ -533,11 +534,11 @@ fn request_target<'u>(url: &'u Url, text: &str) -> Result<&'u str, FetchError> {
 enum Outgoing {
     /// `https`, through reqwest.
     Tls(HeaderMap),
-    /// `http` to a host spoken to over [`h2`]: the header map, and a `Host` other than the
-    /// URL's authority (sent as `:authority`).
+    /// `http` to a host spoken to over [`h2`]: the header map (the page's, shared, when the
+    /// include edits none), and a `Host` other than the URL's authority (sent as `:authority`).
     H2 {
         host: Option<HeaderValue>,
-        headers: HeaderMap,
+        headers: Arc<HeaderMap>,
     },
     /// `http`, through [`h1`]: the header lines, and a `Host` other than the URL's authority.
     Plain {
@@ -814,7 +815,7 @@ impl Shared {
         url: &Url,
         text: &str,
         host: Option<HeaderValue>,
-        headers: HeaderMap,
+        headers: Arc<HeaderMap>,
         body: Option<Bytes>,
         keep_status: bool,
     ) -> Result<Fragment, FetchError> {

@@ -84,7 +84,8 @@ pub(super) struct Outgoing<'a> {
     pub(super) target: &'a str,
     /// Sent as `:authority` instead of `authority` (an include's `Host`).
     pub(super) host: Option<HeaderValue>,
-    pub(super) headers: HeaderMap,
+    /// Cloned into each request sent (HTTP/2 takes its headers by value).
+    pub(super) headers: Arc<HeaderMap>,
     pub(super) body: Option<Bytes>,
 }
 
@@ -135,11 +136,7 @@ impl H2Pool {
             let mut request = Request::new(());
             *request.method_mut() = out.method.clone();
             *request.uri_mut() = Uri::from_parts(parts).map_err(|_| invalid_host(url))?;
-            *request.headers_mut() = if last {
-                std::mem::take(&mut out.headers)
-            } else {
-                out.headers.clone()
-            };
+            *request.headers_mut() = HeaderMap::clone(&out.headers);
             let body = out.body.clone();
             match exchange(&lease, request, body, limit, keep_status, url).await {
                 Ok(received) => return Ok(received),

@@ -160,7 +160,7 @@ pub struct ClientHeaders {
     /// [`HttpClient`] instance) whose forwarding policy made it.
     blocks: [std::sync::OnceLock<(u64, Bytes)>; 2],
     /// The same as maps, for hosts spoken to over HTTP/2.
-    maps: [std::sync::OnceLock<(u64, HeaderMap)>; 2],
+    maps: [std::sync::OnceLock<(u64, Arc<HeaderMap>)>; 2],
 }
 
 impl ClientHeaders {
@@ -176,8 +176,8 @@ impl ClientHeaders {
         &self,
         client: u64,
         trusted: bool,
-        make: impl FnOnce() -> HeaderMap,
-    ) -> HeaderMap {
+        make: impl FnOnce() -> Arc<HeaderMap>,
+    ) -> Arc<HeaderMap> {
         made_once(&self.maps[usize::from(trusted)], client, make)
     }
 }
@@ -616,7 +616,7 @@ mod tests {
         let map = |text: &'static str| {
             let mut map = HeaderMap::new();
             map.insert("x-made", HeaderValue::from_static(text));
-            map
+            Arc::new(map)
         };
         assert_eq!(headers.map(1, true, || map("trusted"))["x-made"], "trusted");
         assert_eq!(headers.map(1, false, || map("plain"))["x-made"], "plain");

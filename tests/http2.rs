@@ -416,7 +416,7 @@ async fn a_host_going_away_is_left_for_a_new_connection() {
 }
 
 /// A host listed with `http2 = true` that speaks only HTTP/1.1 fails its includes (they take
-/// their fallback), not the page; the failure says what went wrong.
+/// their fallback) as a connect failure, not the page.
 #[tokio::test]
 async fn a_host_that_does_not_speak_http2_fails_its_includes_only() {
     let host = serve_raw(|mut stream| async move {
@@ -445,7 +445,8 @@ async fn a_host_that_does_not_speak_http2_fails_its_includes_only() {
             "esi_proxy_fragment_failures_total{{kind=\"{kind}\"}}"
         ))
     };
-    assert_eq!(failures("transport"), Some(1.0));
+    // Refused in the handshake: it never answers HTTP/2's PING.
+    assert_eq!(failures("connect"), Some(1.0));
 }
 
 /// `http2` is HTTP/2 with prior knowledge, over plain TCP only: on an `https` host or with an
@@ -466,4 +467,38 @@ fn http2_on_https_is_refused() {
     let message = config.validate().expect_err("refused").to_string();
     assert!(message.contains("fetch.hosts[0].http2"), "{message}");
     assert!(message.contains("fetch.origin_http2"), "{message}");
+}
+
+/// A host that takes one stream per connection gets at most 64 connections from the proxy,
+/// however many includes wait: the rest queue on those connections, and the page is whole.
+#[tokio::test]
+async fn a_host_allowing_few_streams_gets_a_bounded_number_of_connections() {
+    let host = serve_raw(|stream| async move {
+        let Ok(mut conn) = h2::server::Builder::new()
+            .max_concurrent_streams(1)
+            .handshake::<_, Bytes>(stream)
+            .await
+        else {
+            return;
+        };
+        while let Some(Ok((req, respond))) = conn.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                answer(respond, &format!("<{}>", req.uri().path()));
+            });
+        }
+    })
+    .await;
+    let layout: String = (0..80)
+        .map(|i| format!("<esi:include src=\"{}/f{i}\"/>", host.base()))
+        .collect();
+    let origin = origin(layout).await;
+    let mut config = Config::default();
+    config.fetch.hosts = vec![h2_host(&host, false)];
+    let proxy = proxy(&origin.base(), config).await;
+
+    let (status, _, body) = get(&proxy.url("/page")).await;
+    let want: String = (0..80).map(|i| format!("</f{i}>")).collect();
+    assert_eq!((status, body), (StatusCode::OK, want));
+    assert_eq!(host.connections().await, 64);
 }

@@ -29,6 +29,11 @@ use super::FetchError;
 /// connection spreads the load over the host's accept loop and the proxy's cores.
 const MAX_STREAMS_PER_CONNECTION: usize = 256;
 
+/// Connections one host gets at most: past it, a request waits on the least busy one for a
+/// stream to end (HTTP/2 queues it), so a host that allows few streams (or none, for a while)
+/// cannot make the proxy open connection after connection.
+const MAX_CONNECTIONS_PER_HOST: usize = 64;
+
 /// Streams a new connection may carry before the host's SETTINGS say how many it takes.
 const INITIAL_STREAMS: usize = 100;
 
@@ -193,15 +198,19 @@ impl Host {
         Ok(lease)
     }
 
-    /// A stream on the first open connection with room for one; ended connections are
-    /// dropped on the way.
+    /// A stream on the first open connection with room for one, or on the least busy one
+    /// when the host has all the connections it may; ended connections are dropped on the way.
     fn lease_open(&self) -> Option<Lease> {
         let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         conns.retain(|conn| !conn.closed.load(Ordering::Relaxed));
-        conns
-            .iter()
-            .find(|conn| conn.open.load(Ordering::Relaxed) < conn.capacity())
-            .map(Lease::on)
+        let open = |conn: &&Arc<Conn>| conn.open.load(Ordering::Relaxed);
+        match conns.iter().find(|conn| open(conn) < conn.capacity()) {
+            Some(conn) => Some(Lease::on(conn)),
+            None if conns.len() >= MAX_CONNECTIONS_PER_HOST => {
+                conns.iter().min_by_key(open).map(Lease::on)
+            }
+            None => None,
+        }
     }
 }
 
@@ -247,20 +256,22 @@ async fn connect(tcp: &StreamPool, authority: &str, url: &str) -> Result<Arc<Con
         .connect_tcp(authority)
         .await
         .map_err(|e| send_error(url, &*e, true, false, Duration::ZERO))?;
-    let (send, connection) = h2::client::Builder::new()
+    let handshake_error = |e: h2::Error| FetchError::Connect {
+        url: url.to_owned(),
+        message: format!("HTTP/2 handshake: {e}"),
+    };
+    let (send, mut connection) = h2::client::Builder::new()
         .enable_push(false)
-        // Until the host's SETTINGS say otherwise, the least RFC 9113 advises a server to allow,
-        // so a burst sent before they arrive is not refused.
+        // Until the host's SETTINGS say otherwise (they are waited for below), the least
+        // RFC 9113 advises a server to allow.
         .initial_max_send_streams(INITIAL_STREAMS)
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_header_list_size(u32::try_from(MAX_RESPONSE_HEAD_BYTES).unwrap_or(u32::MAX))
         .handshake::<_, Bytes>(stream)
         .await
-        .map_err(|e| FetchError::Connect {
-            url: url.to_owned(),
-            message: format!("HTTP/2 handshake: {e}"),
-        })?;
+        .map_err(handshake_error)?;
+    let ping = connection.ping_pong();
     let conn = Arc::new(Conn {
         send,
         open: AtomicUsize::new(0),
@@ -269,6 +280,14 @@ async fn connect(tcp: &StreamPool, authority: &str, url: &str) -> Result<Arc<Con
         born: Instant::now(),
     });
     tokio::spawn(drive(connection, Arc::downgrade(&conn)));
+    // A host sends its SETTINGS before anything else, so once it has answered a PING its
+    // stream limit is known: a burst of requests on a new connection is not sent past it
+    // (and refused) on the guess above.
+    if let Some(mut ping) = ping {
+        ping.ping(h2::Ping::opaque())
+            .await
+            .map_err(handshake_error)?;
+    }
     Ok(conn)
 }
 

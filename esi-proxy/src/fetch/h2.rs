@@ -133,7 +133,13 @@ impl H2Pool {
             .map_err(|_| invalid_host(url))?;
         let mut last = false;
         loop {
-            let lease = host.lease(tcp, out.authority, url).await?;
+            // Sent again, a request goes on a connection made for it: others the host cut at
+            // the same time (a GOAWAY to every connection, a restart) may not be known yet.
+            let lease = if last {
+                host.lease_new(tcp, out.authority, url).await?
+            } else {
+                host.lease(tcp, out.authority, url).await?
+            };
             let mut parts = http::uri::Parts::default();
             parts.scheme = Some(Scheme::HTTP);
             parts.authority = Some(authority.clone());
@@ -189,6 +195,38 @@ impl Host {
         if let Some(lease) = self.lease_open() {
             return Ok(lease);
         }
+        self.open_new(tcp, authority, url).await
+    }
+
+    /// A stream on a new connection, unless the host has all it may (then as
+    /// [`Host::lease`]).
+    async fn lease_new(
+        &self,
+        tcp: &StreamPool,
+        authority: &str,
+        url: &str,
+    ) -> Result<Lease, FetchError> {
+        let _connecting = self.connecting.lock().await;
+        let full = {
+            let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+            conns.retain(|conn| !conn.closed.load(Ordering::Relaxed));
+            conns.len() >= MAX_CONNECTIONS_PER_HOST
+        };
+        if full {
+            if let Some(lease) = self.lease_open() {
+                return Ok(lease);
+            }
+        }
+        self.open_new(tcp, authority, url).await
+    }
+
+    /// Opens a connection (the caller holds `connecting`) and leases its first stream.
+    async fn open_new(
+        &self,
+        tcp: &StreamPool,
+        authority: &str,
+        url: &str,
+    ) -> Result<Lease, FetchError> {
         let conn = connect(tcp, authority, url).await?;
         let lease = Lease::on(&conn);
         self.conns

@@ -386,8 +386,9 @@ async fn exchange(
     let mut send = lease.conn.send.clone().ready().await.map_err(unsent)?;
     let (response, mut stream) = match send.send_request(request, body.is_none()) {
         Ok(sent) => sent,
-        // A request the connection refuses outright (a header HTTP/2 forbids) fails as is.
-        Err(e) if e.is_library() && e.reason().is_none() => {
+        // A request h2 refuses outright (a header HTTP/2 forbids: neither I/O, nor a frame
+        // from or to the host) fails as is: another connection would refuse it too.
+        Err(e) if !e.is_io() && !e.is_go_away() && !e.is_reset() && e.reason().is_none() => {
             return Err(Failed::Fetch(FetchError::Transport {
                 url: url.to_owned(),
                 message: format!("HTTP/2 request: {e}"),

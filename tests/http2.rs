@@ -331,19 +331,25 @@ async fn a_stalled_stream_times_out_alone_and_is_reset() {
     assert_eq!(reason, Some(Reason::CANCEL));
 }
 
-/// A stream the host refuses (`REFUSED_STREAM`: it did not process it) goes again, on a new
-/// connection, and the page is whole; a request the host processed and then failed is not
-/// sent twice.
+/// A stream the host refuses (`REFUSED_STREAM`: it did not process it) goes again, on a
+/// connection made since, and the page is whole; the refusing connection stays in use; a
+/// request the host processed and then failed is not sent twice.
 #[tokio::test]
 async fn a_refused_stream_goes_again_on_a_new_connection() {
-    let host = serve_h2(|connection, before, req, mut respond| async move {
-        let path = req.uri().path().to_owned();
-        if connection == 1 && before > 0 {
-            respond.send_reset(Reason::REFUSED_STREAM);
-        } else if path == "/broken" {
-            respond.send_reset(Reason::INTERNAL_ERROR);
-        } else {
-            answer(respond, &format!("<{path}@{connection}>"));
+    let broken = Arc::new(AtomicUsize::new(0));
+    let broken_seen = Arc::clone(&broken);
+    let host = serve_h2(move |connection, before, req, mut respond| {
+        let broken = Arc::clone(&broken_seen);
+        async move {
+            let path = req.uri().path().to_owned();
+            if connection == 1 && before > 0 {
+                respond.send_reset(Reason::REFUSED_STREAM);
+            } else if path == "/broken" {
+                broken.fetch_add(1, Ordering::SeqCst);
+                respond.send_reset(Reason::INTERNAL_ERROR);
+            } else {
+                answer(respond, &format!("<{path}@{connection}>"));
+            }
         }
     })
     .await;
@@ -364,6 +370,9 @@ async fn a_refused_stream_goes_again_on_a_new_connection() {
     .await;
     let mut config = Config::default();
     config.fetch.hosts = vec![h2_host(&host, false)];
+    // The fragment cache sends a failed fetch once more itself; off, what reaches the host is
+    // the HTTP/2 client's doing alone.
+    config.cache.enabled = false;
     let proxy = proxy(&origin.base(), config).await;
 
     assert_eq!(get(&proxy.url("/one")).await.2, "</first@1>");
@@ -375,7 +384,14 @@ async fn a_refused_stream_goes_again_on_a_new_connection() {
         Some(1.0),
         "reset after the host took it: failed once, not sent again"
     );
-    assert_eq!(host.connections().await, 2);
+    assert_eq!(
+        broken.load(Ordering::SeqCst),
+        1,
+        "/broken reached the host once"
+    );
+    // A refusal is the stream's, not the connection's: the first connection stayed in use
+    // (its refusal of /broken sent it to a third connection, made since).
+    assert_eq!(host.connections().await, 3);
 }
 
 /// A host that shuts its connection down gracefully (`GOAWAY`) between pages: the next page's
@@ -473,19 +489,31 @@ fn http2_on_https_is_refused() {
 /// however many includes wait: the rest queue on those connections, and the page is whole.
 #[tokio::test]
 async fn a_host_allowing_few_streams_gets_a_bounded_number_of_connections() {
-    let host = serve_raw(|stream| async move {
-        let Ok(mut conn) = h2::server::Builder::new()
-            .max_concurrent_streams(1)
-            .handshake::<_, Bytes>(stream)
-            .await
-        else {
-            return;
-        };
-        while let Some(Ok((req, respond))) = conn.accept().await {
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                answer(respond, &format!("<{}>", req.uri().path()));
-            });
+    // No stream is answered before 64 have arrived: the proxy must have opened 64
+    // connections, and opening more would show.
+    let (arrived_tx, arrived) = tokio::sync::watch::channel(0usize);
+    let arrived_tx = Arc::new(arrived_tx);
+    let host = serve_raw(move |stream| {
+        let (arrived_tx, arrived) = (Arc::clone(&arrived_tx), arrived.clone());
+        async move {
+            let Ok(mut conn) = h2::server::Builder::new()
+                .max_concurrent_streams(1)
+                .handshake::<_, Bytes>(stream)
+                .await
+            else {
+                return;
+            };
+            while let Some(Ok((req, respond))) = conn.accept().await {
+                arrived_tx.send_modify(|n| *n += 1);
+                let mut arrived = arrived.clone();
+                tokio::spawn(async move {
+                    let all_in = arrived.wait_for(|n| *n >= 64);
+                    let _ = tokio::time::timeout(MUST, all_in).await;
+                    // Time for a 65th connection to show, were one opened.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    answer(respond, &format!("<{}>", req.uri().path()));
+                });
+            }
         }
     })
     .await;

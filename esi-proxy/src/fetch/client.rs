@@ -368,7 +368,7 @@ impl HttpClient {
                 max_fragment_bytes: fetch.max_fragment_bytes,
                 layout_timeout: fetch.layout_timeout,
                 plain,
-                h2: h2::H2Pool::default(),
+                h2: h2::H2Pool::new(connect_timeout, fetch.max_fragment_bytes),
                 tls,
                 origin_plain,
                 origin_streams,
@@ -819,6 +819,15 @@ impl Shared {
         body: Option<Bytes>,
         keep_status: bool,
     ) -> Result<Fragment, FetchError> {
+        // A body's length is declared, as HTTP/1.1 declares it.
+        let headers = match &body {
+            Some(body) => {
+                let mut with_length = HeaderMap::clone(&headers);
+                with_length.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+                Arc::new(with_length)
+            }
+            None => headers,
+        };
         let out = h2::Outgoing {
             method: if body.is_some() {
                 Method::POST

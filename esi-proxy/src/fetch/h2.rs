@@ -38,7 +38,12 @@ const MAX_CONNECTIONS_PER_HOST: usize = 64;
 const INITIAL_STREAMS: usize = 100;
 
 /// Receive window of each stream: bodies up to it arrive without waiting for a window update.
-const STREAM_WINDOW: u32 = 1024 * 1024;
+/// `fetch.max_fragment_bytes`, within these bounds, so a host cannot have much more than a
+/// fragment may hold buffered per stream ahead of the size check.
+const STREAM_WINDOW: (usize, usize) = (64 * 1024, 1024 * 1024);
+
+/// What `open` is set to on a connection its driver is closing: no stream is leased on it.
+const CLOSING: usize = usize::MAX / 2;
 
 /// Receive window of each connection, shared by its streams.
 const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
@@ -47,9 +52,13 @@ const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 const IDLE_CHECK: Duration = Duration::from_secs(15);
 
 /// The h2c connections of every host, by authority (`host[:port]` as the URL spells it).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct H2Pool {
     hosts: Mutex<HashMap<String, Arc<Host>>>,
+    /// `fetch.connect_timeout`, for TCP and for the HTTP/2 handshake after it.
+    connect_timeout: Duration,
+    /// Receive window of each stream (see [`STREAM_WINDOW`]).
+    stream_window: u32,
 }
 
 /// One host's connections.
@@ -60,6 +69,8 @@ struct Host {
     conns: Mutex<Vec<Arc<Conn>>>,
     /// Held while a connection is made, so a burst of requests makes one, not one each.
     connecting: tokio::sync::Mutex<()>,
+    /// When this entry was made: every connection is younger.
+    created: Instant,
 }
 
 /// One connection: the handle streams are opened with, and what the pool knows of it.
@@ -70,6 +81,8 @@ struct Conn {
     open: AtomicUsize,
     /// Set by its driver when the connection has ended.
     closed: AtomicBool,
+    /// Whether a stream has been leased on it.
+    used: AtomicBool,
     /// When a stream was last leased, in ms since `born`.
     last_used: AtomicU64,
     born: Instant,
@@ -78,6 +91,8 @@ struct Conn {
 /// A stream's claim on its connection, given back when dropped.
 struct Lease {
     conn: Arc<Conn>,
+    /// Whether the connection had carried streams before this one.
+    reused: bool,
 }
 
 /// A request to send on a stream.
@@ -104,17 +119,33 @@ pub(super) struct Received {
 /// How sending failed: before the host saw the request (it may go on another connection),
 /// or after.
 enum Failed {
-    Unsent(FetchError),
+    /// Not processed; `dead`: because the connection is gone (not only the stream refused).
+    Unsent {
+        error: FetchError,
+        dead: bool,
+    },
     Fetch(FetchError),
 }
 
 // === impl H2Pool ===
 
 impl H2Pool {
+    /// A pool whose connections connect within `connect_timeout` and whose streams take
+    /// bodies of `max_fragment_bytes`.
+    pub(super) fn new(connect_timeout: Duration, max_fragment_bytes: usize) -> Self {
+        let window = max_fragment_bytes.clamp(STREAM_WINDOW.0, STREAM_WINDOW.1);
+        Self {
+            hosts: Mutex::default(),
+            connect_timeout,
+            stream_window: u32::try_from(window).unwrap_or(u32::MAX),
+        }
+    }
+
     /// Sends `out` on a stream to its host and reads the response; a non-2xx status is
     /// returned as it is unless `keep_status`. A request the host did not process (the
-    /// connection was gone or went away, or the stream was refused) goes once more, on
-    /// another connection. The caller applies the deadline.
+    /// connection was gone, the stream refused or left out of a graceful GOAWAY; a GET on a
+    /// reused connection that ended before any answer) goes once more, on a connection made
+    /// since. The caller applies the deadline.
     pub(super) async fn fetch(
         &self,
         tcp: &StreamPool,
@@ -131,14 +162,17 @@ impl H2Pool {
         };
         let path = PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(out.target.as_bytes()))
             .map_err(|_| invalid_host(url))?;
-        let mut last = false;
+        let mut failed_at: Option<Instant> = None;
         loop {
-            // Sent again, a request goes on a connection made for it: others the host cut at
-            // the same time (a GOAWAY to every connection, a restart) may not be known yet.
-            let lease = if last {
-                host.lease_new(tcp, out.authority, url).await?
-            } else {
-                host.lease(tcp, out.authority, url).await?
+            // Sent again, a request goes on a connection made since it failed: others the host
+            // cut at the same time (a GOAWAY to every connection, a restart) may not be known
+            // to be gone yet.
+            let lease = match failed_at {
+                Some(since) => {
+                    host.lease_since(self, tcp, out.authority, url, since)
+                        .await?
+                }
+                None => host.lease(self, tcp, out.authority, url).await?,
             };
             let mut parts = http::uri::Parts::default();
             parts.scheme = Some(Scheme::HTTP);
@@ -151,12 +185,14 @@ impl H2Pool {
             let body = out.body.clone();
             match exchange(&lease, request, body, limit, keep_status, url).await {
                 Ok(received) => return Ok(received),
-                Err(Failed::Unsent(e)) if !last => {
-                    tracing::debug!(error = %e, "HTTP/2 request not processed; sending it again");
-                    lease.conn.closed.store(true, Ordering::Relaxed);
-                    last = true;
+                Err(Failed::Unsent { error, dead }) if failed_at.is_none() => {
+                    tracing::debug!(%error, "HTTP/2 request not processed; sending it again");
+                    if dead {
+                        lease.conn.closed.store(true, Ordering::Relaxed);
+                    }
+                    failed_at = Some(Instant::now());
                 }
-                Err(Failed::Unsent(e) | Failed::Fetch(e)) => return Err(e),
+                Err(Failed::Unsent { error, .. } | Failed::Fetch(error)) => return Err(error),
             }
         }
     }
@@ -172,6 +208,7 @@ impl H2Pool {
                 .map_err(|_| invalid_host(url))?,
             conns: Mutex::default(),
             connecting: tokio::sync::Mutex::default(),
+            created: Instant::now(),
         });
         hosts.insert(authority.to_owned(), Arc::clone(&host));
         Ok(host)
@@ -184,51 +221,36 @@ impl Host {
     /// A stream on a connection with room for one, made when there is none.
     async fn lease(
         &self,
+        pool: &H2Pool,
         tcp: &StreamPool,
         authority: &str,
         url: &str,
     ) -> Result<Lease, FetchError> {
-        if let Some(lease) = self.lease_open() {
+        self.lease_since(pool, tcp, authority, url, self.created)
+            .await
+    }
+
+    /// [`Host::lease`] on a connection made after `since`.
+    async fn lease_since(
+        &self,
+        pool: &H2Pool,
+        tcp: &StreamPool,
+        authority: &str,
+        url: &str,
+        since: Instant,
+    ) -> Result<Lease, FetchError> {
+        if let Some(lease) = self.lease_open(since) {
             return Ok(lease);
         }
         let _connecting = self.connecting.lock().await;
-        if let Some(lease) = self.lease_open() {
+        if let Some(lease) = self.lease_open(since) {
             return Ok(lease);
         }
-        self.open_new(tcp, authority, url).await
-    }
-
-    /// A stream on a new connection, unless the host has all it may (then as
-    /// [`Host::lease`]).
-    async fn lease_new(
-        &self,
-        tcp: &StreamPool,
-        authority: &str,
-        url: &str,
-    ) -> Result<Lease, FetchError> {
-        let _connecting = self.connecting.lock().await;
-        let full = {
-            let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
-            conns.retain(|conn| !conn.closed.load(Ordering::Relaxed));
-            conns.len() >= MAX_CONNECTIONS_PER_HOST
-        };
-        if full {
-            if let Some(lease) = self.lease_open() {
-                return Ok(lease);
-            }
-        }
-        self.open_new(tcp, authority, url).await
-    }
-
-    /// Opens a connection (the caller holds `connecting`) and leases its first stream.
-    async fn open_new(
-        &self,
-        tcp: &StreamPool,
-        authority: &str,
-        url: &str,
-    ) -> Result<Lease, FetchError> {
-        let conn = connect(tcp, authority, url).await?;
-        let lease = Lease::on(&conn);
+        let conn = connect(pool, tcp, authority, url).await?;
+        let lease = Lease::on(&conn, CLOSING).ok_or_else(|| FetchError::Connect {
+            url: url.to_owned(),
+            message: "HTTP/2 connection closed as it opened".into(),
+        })?;
         self.conns
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -236,19 +258,27 @@ impl Host {
         Ok(lease)
     }
 
-    /// A stream on the first open connection with room for one, or on the least busy one
-    /// when the host has all the connections it may; ended connections are dropped on the way.
-    fn lease_open(&self) -> Option<Lease> {
+    /// A stream on the first open connection made after `since` with room for one, or on
+    /// the least busy one when the host has all the connections it may; ended connections
+    /// are dropped on the way.
+    fn lease_open(&self, since: Instant) -> Option<Lease> {
         let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         conns.retain(|conn| !conn.closed.load(Ordering::Relaxed));
-        let open = |conn: &&Arc<Conn>| conn.open.load(Ordering::Relaxed);
-        match conns.iter().find(|conn| open(conn) < conn.capacity()) {
-            Some(conn) => Some(Lease::on(conn)),
-            None if conns.len() >= MAX_CONNECTIONS_PER_HOST => {
-                conns.iter().min_by_key(open).map(Lease::on)
-            }
-            None => None,
+        if let Some(lease) = conns
+            .iter()
+            .filter(|conn| conn.born >= since)
+            .find_map(|conn| Lease::on(conn, conn.capacity()))
+        {
+            return Some(lease);
         }
+        if conns.len() < MAX_CONNECTIONS_PER_HOST {
+            return None;
+        }
+        let open = |conn: &&Arc<Conn>| conn.open.load(Ordering::Relaxed);
+        conns
+            .iter()
+            .min_by_key(open)
+            .and_then(|conn| Lease::on(conn, CLOSING))
     }
 }
 
@@ -262,6 +292,12 @@ impl Conn {
             .min(MAX_STREAMS_PER_CONNECTION)
     }
 
+    /// Marks the connection used now (a stream starting or ending).
+    fn touch(&self) {
+        let now = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_used.store(now, Ordering::Relaxed);
+    }
+
     fn idle_for(&self) -> Duration {
         let last = Duration::from_millis(self.last_used.load(Ordering::Relaxed));
         self.born.elapsed().saturating_sub(last)
@@ -271,62 +307,85 @@ impl Conn {
 // === impl Lease ===
 
 impl Lease {
-    fn on(conn: &Arc<Conn>) -> Lease {
-        conn.open.fetch_add(1, Ordering::Relaxed);
-        let now = u64::try_from(conn.born.elapsed().as_millis()).unwrap_or(u64::MAX);
-        conn.last_used.store(now, Ordering::Relaxed);
-        Lease {
+    /// A stream on `conn` if it carries fewer than `capacity` (and its driver is not closing
+    /// it, which sets [`CLOSING`]).
+    fn on(conn: &Arc<Conn>, capacity: usize) -> Option<Lease> {
+        let capacity = capacity.min(CLOSING);
+        conn.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < capacity).then_some(open + 1)
+            })
+            .ok()?;
+        let reused = conn.used.swap(true, Ordering::Relaxed);
+        conn.touch();
+        Some(Lease {
             conn: Arc::clone(conn),
-        }
+            reused,
+        })
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.conn.open.fetch_sub(1, Ordering::Relaxed);
+        self.conn.touch();
+        self.conn.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// Opens an h2c connection to `authority` (TCP through the pool's guarded connector, then
 /// the preface) and starts its driver.
-async fn connect(tcp: &StreamPool, authority: &str, url: &str) -> Result<Arc<Conn>, FetchError> {
+async fn connect(
+    pool: &H2Pool,
+    tcp: &StreamPool,
+    authority: &str,
+    url: &str,
+) -> Result<Arc<Conn>, FetchError> {
     let stream = tcp
         .connect_tcp(authority)
         .await
         .map_err(|e| send_error(url, &*e, true, false, Duration::ZERO))?;
-    let handshake_error = |e: h2::Error| FetchError::Connect {
+    let handshake_error = |message: String| FetchError::Connect {
         url: url.to_owned(),
-        message: format!("HTTP/2 handshake: {e}"),
+        message: format!("HTTP/2 handshake: {message}"),
     };
-    let (send, mut connection) = h2::client::Builder::new()
-        .enable_push(false)
-        // Until the host's SETTINGS say otherwise (they are waited for below), the least
-        // RFC 9113 advises a server to allow.
-        .initial_max_send_streams(INITIAL_STREAMS)
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_header_list_size(u32::try_from(MAX_RESPONSE_HEAD_BYTES).unwrap_or(u32::MAX))
-        .handshake::<_, Bytes>(stream)
-        .await
-        .map_err(handshake_error)?;
-    let ping = connection.ping_pong();
-    let conn = Arc::new(Conn {
-        send,
-        open: AtomicUsize::new(0),
-        closed: AtomicBool::new(false),
-        last_used: AtomicU64::new(0),
-        born: Instant::now(),
-    });
-    tokio::spawn(drive(connection, Arc::downgrade(&conn)));
-    // A host sends its SETTINGS before anything else, so once it has answered a PING its
-    // stream limit is known: a burst of requests on a new connection is not sent past it
-    // (and refused) on the guess above.
-    if let Some(mut ping) = ping {
-        ping.ping(h2::Ping::opaque())
-            .await
-            .map_err(handshake_error)?;
+    let handshake = async {
+        let (send, mut connection) = h2::client::Builder::new()
+            .enable_push(false)
+            // Until the host's SETTINGS say otherwise (they are waited for below), the least
+            // RFC 9113 advises a server to allow.
+            .initial_max_send_streams(INITIAL_STREAMS)
+            .initial_window_size(pool.stream_window)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_header_list_size(u32::try_from(MAX_RESPONSE_HEAD_BYTES).unwrap_or(u32::MAX))
+            .handshake::<_, Bytes>(stream)
+            .await?;
+        let ping = connection.ping_pong();
+        let conn = Arc::new(Conn {
+            send,
+            open: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            used: AtomicBool::new(false),
+            last_used: AtomicU64::new(0),
+            born: Instant::now(),
+        });
+        tokio::spawn(drive(connection, Arc::downgrade(&conn)));
+        // A host sends its SETTINGS before anything else, so once it has answered a PING its
+        // stream limit is known: a burst of requests on a new connection is not sent past it
+        // (and refused) on the guess above.
+        if let Some(mut ping) = ping {
+            ping.ping(h2::Ping::opaque()).await?;
+        }
+        Ok::<_, h2::Error>(conn)
+    };
+    // Dropped on time out, the connection's handles go, and its driver closes it.
+    match tokio::time::timeout(pool.connect_timeout, handshake).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(handshake_error(e.to_string())),
+        Err(_) => Err(handshake_error(format!(
+            "no answer within {:?}",
+            pool.connect_timeout
+        ))),
     }
-    Ok(conn)
 }
 
 /// Drives a connection until it ends, or until it has carried no stream for
@@ -348,7 +407,13 @@ async fn drive(connection: h2::client::Connection<tokio::net::TcpStream, Bytes>,
                     // Only streams still reading hold it: the connection ends once they do.
                     continue;
                 };
-                if conn.open.load(Ordering::Relaxed) == 0 && conn.idle_for() >= POOL_IDLE_TIMEOUT {
+                // Taken from 0 to CLOSING at once, so no stream is leased on it meanwhile.
+                let idle = conn.idle_for() >= POOL_IDLE_TIMEOUT
+                    && conn
+                        .open
+                        .compare_exchange(0, CLOSING, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok();
+                if idle {
                     conn.closed.store(true, Ordering::Relaxed);
                     break;
                 }
@@ -376,14 +441,21 @@ async fn exchange(
     keep_status: bool,
     url: &str,
 ) -> Result<Received, Failed> {
-    let unsent = |e: h2::Error| {
-        Failed::Unsent(FetchError::Transport {
+    let unsent = |e: h2::Error, dead: bool| Failed::Unsent {
+        error: FetchError::Transport {
             url: url.to_owned(),
             message: format!("HTTP/2 connection: {e}"),
-        })
+        },
+        dead,
     };
     let idempotent = body.is_none();
-    let mut send = lease.conn.send.clone().ready().await.map_err(unsent)?;
+    let mut send = lease
+        .conn
+        .send
+        .clone()
+        .ready()
+        .await
+        .map_err(|e| unsent(e, true))?;
     let (response, mut stream) = match send.send_request(request, body.is_none()) {
         Ok(sent) => sent,
         // A request h2 refuses outright (a header HTTP/2 forbids: neither I/O, nor a frame
@@ -394,19 +466,22 @@ async fn exchange(
                 message: format!("HTTP/2 request: {e}"),
             }))
         }
-        Err(e) => return Err(unsent(e)),
+        Err(e) => return Err(unsent(e, true)),
     };
     if let Some(body) = body {
         stream
             .send_data(body, true)
             .map_err(|e| Failed::Fetch(stream_error(url, &e, false)))?;
     }
+    let reused = lease.reused;
     let response = response.await.map_err(|e| {
-        // Refused, or cut by the host going away before it answered: not processed (a
-        // `GET` is sent again whatever the host did with it, as HTTP/1.1 does).
-        let went_away = (e.is_go_away() && e.is_remote()) || e.is_io();
-        if e.reason() == Some(Reason::REFUSED_STREAM) || (idempotent && went_away) {
-            unsent(e)
+        // Not processed, whatever the method: a refused stream, or one the host's graceful
+        // GOAWAY left out. A GET on a connection that had carried others and ended before
+        // an answer, as HTTP/1.1 sends one again on a reused stream.
+        let refused = e.reason() == Some(Reason::REFUSED_STREAM);
+        let left_out = e.is_go_away() && e.is_remote() && e.reason() == Some(Reason::NO_ERROR);
+        if refused || left_out || (idempotent && reused && e.is_io()) {
+            unsent(e, !refused)
         } else {
             Failed::Fetch(stream_error(url, &e, false))
         }

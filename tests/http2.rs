@@ -530,3 +530,69 @@ async fn a_host_allowing_few_streams_gets_a_bounded_number_of_connections() {
     assert_eq!((status, body), (StatusCode::OK, want));
     assert_eq!(host.connections().await, 64);
 }
+
+/// Include header edits and a `POST` body over HTTP/2, as over HTTP/1.1: credentials set on an
+/// untrusted host's include are dropped, a trusted host gets what the layout sets, and a
+/// `POST` arrives with its body and its declared length.
+#[tokio::test]
+async fn header_edits_and_post_bodies_keep_their_rules() {
+    let echo = || {
+        serve(|req| async move {
+            use http_body_util::BodyExt;
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await.expect("body").to_bytes();
+            let header = |name: &str| {
+                parts
+                    .headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-")
+                    .to_owned()
+            };
+            html(format!(
+                "[{} {} body={} cookie={} authorization={} x-device={} content-length={}]",
+                parts.method,
+                parts.uri.path(),
+                String::from_utf8_lossy(&body),
+                header("cookie"),
+                header("authorization"),
+                header("x-device"),
+                header("content-length"),
+            ))
+        })
+    };
+    let partner = echo().await;
+    let internal = echo().await;
+    let origin = origin(format!(
+        "<esi:include src=\"{p}/svc\" setheaders=\"Cookie: stolen=1, Authorization: Bearer forged, X-Device: set\"/>|\
+         <esi:include src=\"{i}/svc\" setheaders=\"Authorization: Bearer for-internal\"/>|\
+         <esi:include src=\"{i}/post\" method=\"POST\" entity=\"q=1\"/>",
+        p = partner.base(),
+        i = internal.base(),
+    ))
+    .await;
+    let mut config = Config::default();
+    config.fetch.hosts = vec![h2_host(&partner, false), h2_host(&internal, true)];
+    let proxy = proxy(&origin.base(), config).await;
+    let body = client()
+        .get(proxy.url("/page"))
+        .header("cookie", "sid=s3cr3t")
+        .send()
+        .await
+        .expect("response")
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(
+        body,
+        "[GET /svc body= cookie=- authorization=- x-device=set content-length=-]|\
+         [GET /svc body= cookie=sid=s3cr3t authorization=Bearer for-internal x-device=- content-length=-]|\
+         [POST /post body=q=1 cookie=sid=s3cr3t authorization=- x-device=- content-length=3]"
+    );
+    for server in [&partner, &internal] {
+        assert!(server
+            .received()
+            .iter()
+            .all(|r| r.version == Version::HTTP_2));
+    }
+}

@@ -15,7 +15,7 @@ use h2::server::SendResponse;
 use h2::{Reason, RecvStream};
 use http::{Request, Response, StatusCode, Version};
 
-use crate::support::proxy::{client, get, proxy};
+use crate::support::proxy::{client, get, proxy, Proxy};
 use crate::support::{
     esi, full, gzip, html, read_head, response, serve, serve_raw, Received, Server, MUST,
 };
@@ -44,6 +44,19 @@ async fn origin(layout: String) -> Server {
         }
     })
     .await
+}
+
+/// `/page` through `proxy` with the visitor's `cookie`, as text.
+async fn page_with_cookie(proxy: &Proxy, cookie: &str) -> String {
+    client()
+        .get(proxy.url("/page"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("response")
+        .text()
+        .await
+        .expect("body")
 }
 
 fn header<'a>(r: &'a Received, name: &str) -> Option<&'a str> {
@@ -122,15 +135,7 @@ async fn the_origins_fragments_go_over_http2_and_its_layout_over_http11() {
     config.fetch.origin_http2 = true;
     let proxy = proxy(&origin.base(), config).await;
 
-    let body = client()
-        .get(proxy.url("/page"))
-        .header("cookie", "session=s3cret")
-        .send()
-        .await
-        .expect("response")
-        .text()
-        .await
-        .expect("body");
+    let body = page_with_cookie(&proxy, "session=s3cret").await;
     assert_eq!(body, "[/a]|[/b]");
     let received = origin.received();
     let version = |path: &str| {
@@ -574,15 +579,7 @@ async fn header_edits_and_post_bodies_keep_their_rules() {
     let mut config = Config::default();
     config.fetch.hosts = vec![h2_host(&partner, false), h2_host(&internal, true)];
     let proxy = proxy(&origin.base(), config).await;
-    let body = client()
-        .get(proxy.url("/page"))
-        .header("cookie", "sid=s3cr3t")
-        .send()
-        .await
-        .expect("response")
-        .text()
-        .await
-        .expect("body");
+    let body = page_with_cookie(&proxy, "sid=s3cr3t").await;
     assert_eq!(
         body,
         "[GET /svc body= cookie=- authorization=- x-device=set content-length=-]|\

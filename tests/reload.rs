@@ -15,7 +15,7 @@ use esi_proxy::server;
 use http_body_util::{BodyExt, Empty};
 
 use crate::support::process;
-use crate::support::{esi, get, html, proxy, serve, Server, MUST};
+use crate::support::{esi, full, get, html, proxy, response, serve, Server, ESI, HTML, MUST};
 
 /// A fresh directory for one test's config file.
 fn config_dir(test: &str) -> PathBuf {
@@ -282,5 +282,61 @@ async fn command_line_overrides_survive_sighup_and_file_changes() {
     );
     proxy.signal("TERM").await;
     assert!(proxy.exit().await.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A cached layout's includes are joined and checked once and kept for the layout's next
+/// requests; a reload that takes their host off the allowlist still refuses them on the very
+/// next request of the same cached layout, and one that puts it back allows them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_taken_off_the_allowlist_is_refused_in_a_layout_already_cached() {
+    let fragments = serve(|_| async { html("F") }).await;
+    let layout = format!("page<esi:include src=\"{}/frag\"/>", fragments.base());
+    let origin = serve(move |_| {
+        let layout = layout.clone();
+        async move {
+            let cached = ("cache-control", "public, max-age=600");
+            response(200, &[HTML, ESI, cached], full(layout))
+        }
+    })
+    .await;
+    let dir = config_dir("allowlist-cached-layout");
+    let path = dir.join("esi-proxy.toml");
+    let allowed = format!("\n[[fetch.hosts]]\nurl = \"{}\"\n", fragments.base());
+    write_config(&path, &config_text(&origin.base(), "", &allowed));
+    let proxy = proxy(&origin.base(), Config::load(&path).expect("valid")).await;
+    let watcher = server::watch_config(
+        Arc::clone(&proxy.state),
+        path.clone(),
+        Arc::new(|_: &mut Config| {}),
+        Some(Duration::from_millis(50)),
+    );
+    let base = proxy.url("");
+    let page = || async { get(&format!("{base}/page")).await.2 };
+
+    // The first request parses and caches the layout; the next ones run it from the cache.
+    for _ in 0..3 {
+        assert_eq!(page().await, "pageF");
+    }
+    write_config(&path, &config_text(&origin.base(), "", ""));
+    health_until(&base, "\"generation\":1").await;
+    assert_eq!(
+        page().await,
+        "page",
+        "the include is refused: its host is no longer allowed"
+    );
+    assert_eq!(
+        proxy.metric("esi_proxy_fragment_failures_total{kind=\"refused\"}"),
+        Some(1.0)
+    );
+    write_config(&path, &config_text(&origin.base(), "", &allowed));
+    health_until(&base, "\"generation\":2").await;
+    assert_eq!(page().await, "pageF");
+    assert_eq!(
+        origin.hits(),
+        1,
+        "every page but the first ran the cached layout"
+    );
+    watcher.abort();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -342,7 +342,8 @@ impl CachingFetcher {
         let access = req.url.access();
         let credentials = Credentials::of(&req.client_headers, access.trusted);
         let text: Arc<str> = cache_url(&req.url).into();
-        let deadline = deadline_after(tokio::time::Instant::now(), req.timeout);
+        // Read from the clock on the first miss: a hit needs no deadline.
+        let mut deadline = None;
         let mut retried = false;
         let mut counted = false;
         for _ in 0..MAX_ROUNDS {
@@ -380,6 +381,8 @@ impl CachingFetcher {
                 self.0.cache.store.count_miss();
                 counted = true;
             }
+            let deadline = *deadline
+                .get_or_insert_with(|| deadline_after(tokio::time::Instant::now(), req.timeout));
             let (flight, leader) = self.join_or_start(&key, &req, credentials, false);
             if !leader {
                 self.0.cache.count_coalesced();

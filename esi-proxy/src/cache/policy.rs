@@ -281,17 +281,21 @@ impl CachePolicy {
     /// when it starts with `/`.
     fn rule_for(&self, url: &Url) -> Option<(usize, &CacheRuleSettings)> {
         let path = url.path();
-        let full = format!(
-            "{}:{}{}",
-            url.host_str().unwrap_or(""),
-            url.port_or_known_default().unwrap_or(0),
-            path
-        );
+        // Written out only when a rule reads it: most configs match paths, or have no rules.
+        let mut full = None;
         self.rules.iter().enumerate().find(|(_, rule)| {
             let text = if rule.pattern.starts_with('/') {
                 path
             } else {
-                full.as_str()
+                full.get_or_insert_with(|| {
+                    format!(
+                        "{}:{}{}",
+                        url.host_str().unwrap_or(""),
+                        url.port_or_known_default().unwrap_or(0),
+                        path
+                    )
+                })
+                .as_str()
             };
             glob_match(&rule.pattern, text)
         })

@@ -22,6 +22,7 @@ use crate::esi::{self, Dca, Include, OnError, ParseOptions, Scope, Template, Var
 use crate::fetch::{Access, Allowed, ErrorKind, FetchError, FragmentRequest, RequestOptions};
 
 use super::buffered::compose_nodes;
+use super::checked;
 use super::head::PrimaryAnswer;
 use super::resolve::Resolved;
 use super::{DocContext, Failure, FailureKind, Fallback, PageState};
@@ -310,12 +311,20 @@ fn prepare(
         );
         fail(rendered, FailureKind::Url, message.clone())
     })?;
+    // A reused template's `src` was joined and checked by an earlier request.
+    let is_src = std::ptr::eq(target.src, &inc.src);
+    let kept = is_src
+        .then(|| checked::kept(inc, composer.id, &doc.base, rendered))
+        .flatten();
     // Shared with the fetch's request and what comes after it: one URL per include.
-    let url = Arc::new(
-        doc.base
-            .join(rendered)
-            .map_err(|e| fail(rendered, FailureKind::Url, e.to_string()))?,
-    );
+    let url = match &kept {
+        Some(allowed) => Arc::clone(allowed.shared_url()),
+        None => Arc::new(
+            doc.base
+                .join(rendered)
+                .map_err(|e| fail(rendered, FailureKind::Url, e.to_string()))?,
+        ),
+    };
     if let Some(id) = record {
         state.trace_update(id, |r| url.as_str().clone_into(&mut r.url));
     }
@@ -325,12 +334,15 @@ fn prepare(
             FailureKind::Loop,
             "includes itself or a document that includes it".into(),
         ))
+    } else if let Some(allowed) = kept {
+        Ok(allowed)
     } else {
         // The one allowlist decision for this include; the fetch takes it as it is.
-        composer
-            .fetcher
-            .check(&url)
-            .map_err(|e| fetch_failure(url.as_str(), &e, record))
+        let checked = composer.fetcher.check(&url);
+        if let (Ok(allowed), true, true) = (&checked, is_src, doc.reused) {
+            checked::keep(inc, composer.id, &doc.base, rendered, allowed);
+        }
+        checked.map_err(|e| fetch_failure(url.as_str(), &e, record))
     };
     let allowed = match allowed {
         // An untrusted document's includes carry no credentials, whichever host they name:
@@ -627,6 +639,7 @@ impl Place<'_> {
             depth: doc.depth + 1,
             trusted: access.trusted,
             record,
+            reused: fragment.template.is_some(),
         };
         if purpose == Purpose::Eval {
             // Parsed again: its `$(name)`s read the including document's variables.

@@ -4,6 +4,7 @@
 //! `trace` records the build, and `hints` collects the page's preload hints. Knows no sockets: fragments come from a [`Fetcher`].
 
 mod buffered;
+mod checked;
 mod head;
 mod hints;
 mod include;
@@ -11,7 +12,7 @@ mod resolve;
 mod stream;
 mod trace;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -87,6 +88,9 @@ pub struct Composed {
 
 /// Runs pages: owns the fragment source, the process-wide fetch limit and the metrics.
 pub struct Composer {
+    /// Tells this composer from every other in the process (one per config): what a cached
+    /// template keeps was checked by one of them.
+    id: u64,
     fetcher: Arc<dyn Fetcher>,
     config: ComposeConfig,
     /// `config.vars` without credentials: what variables of an untrusted document read.
@@ -221,6 +225,9 @@ struct DocContext {
     trusted: bool,
     /// The trace row of the fetch that brought this document (None: the layout).
     record: Option<usize>,
+    /// Whether this document's template was parsed before and is run again (a cached layout
+    /// or ESI fragment): only then is what its includes work out kept for the next request.
+    reused: bool,
 }
 
 // === impl ComposeConfig ===
@@ -286,7 +293,9 @@ impl Composer {
         max_concurrent: usize,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Arc::new(Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             fetcher,
             untrusted_vars: config.vars.without_credentials(&config.shared_headers),
             config,
@@ -361,6 +370,7 @@ impl Composer {
             // The layout comes from the origin, which is trusted.
             trusted: true,
             record: None,
+            reused: matches!(source, Source::Parsed(_)),
         });
         let state = Arc::new(PageState {
             composer: Arc::clone(self),

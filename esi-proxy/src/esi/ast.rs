@@ -11,6 +11,7 @@ use super::eval::{assign, render_html_in, render_url_in, Budget, Context, Scope,
 use super::expr::Expr;
 use super::flow::{foreach_items, set_item, Flow};
 use super::include_attrs::IncludeOptions;
+use super::memo::Memo;
 use super::parse::{parse, ParseOptions};
 use super::vars::{Request, Segment, VarPolicy, VarString};
 
@@ -149,6 +150,9 @@ pub struct Include {
     pub line: u32,
     /// Byte column of the tag.
     pub col: u32,
+    /// What the composer worked out for this include, kept for the next request that runs
+    /// the same parsed template.
+    pub memo: Memo,
 }
 
 /// `<esi:when test="..">`.

@@ -13,6 +13,7 @@ pub mod flow;
 pub mod func;
 pub mod include_attrs;
 mod md5;
+pub mod memo;
 pub mod parse;
 pub mod scan;
 mod ua;
@@ -28,6 +29,7 @@ pub use expr::{parse_expr, CmpOp, Expr, ExprError, TestOp};
 pub use flow::Flow;
 pub use func::Func;
 pub use include_attrs::{Dca, HeaderEdit, HeaderOp, IncludeOptions, Param};
+pub use memo::Memo;
 pub use parse::{parse, Event, Mode, ParseOptions, Parser};
 pub use vars::{
     CookieAccess, HeaderAccess, Request, Segment, VarError, VarName, VarPolicy, VarRef, VarString,

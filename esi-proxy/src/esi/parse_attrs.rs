@@ -7,6 +7,7 @@ use quick_xml::events::attributes::Attributes;
 use super::super::ast::{Assign, Include, OnError};
 use super::super::expr::parse_expr;
 use super::super::include_attrs::{AttrProblem, IncludeOptions};
+use super::super::memo::Memo;
 use super::super::vars::{VarName, VarString};
 use super::{Event, ParseError, Parser, Pos, Problem};
 
@@ -40,6 +41,7 @@ impl Parser {
             options: IncludeOptions::default(),
             line: pos.line,
             col: pos.col,
+            memo: Memo::default(),
         };
         let mut has_src = false;
         let mut notes = Vec::new();

@@ -2,7 +2,8 @@
 //! `fetch.origin_http2`): a page's fragment requests share one connection as streams, under the
 //! same header policy as HTTP/1.1; a stream that fails (reset, oversize, stalled) takes its own
 //! fallback and leaves the connection to the others; a refused request goes again on a new
-//! connection; a host that does not speak HTTP/2 fails its includes, not the page.
+//! connection, and one sent while its connection goes away keeps its stream there; a host that
+//! does not speak HTTP/2 fails its includes, not the page.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,7 +18,7 @@ use http::{Request, Response, StatusCode, Version};
 
 use crate::support::proxy::{client, get, proxy, Proxy};
 use crate::support::{
-    esi, full, gzip, html, read_head, response, serve, serve_raw, Received, Server, MUST,
+    esi, full, gzip, html, read_head, response, serve, serve_raw, stream, Received, Server, MUST,
 };
 
 /// An entry for `server` spoken to over HTTP/2.
@@ -434,6 +435,114 @@ async fn a_host_going_away_is_left_for_a_new_connection() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(get(&proxy.url("/two")).await.2, "</twox>");
     assert_eq!(host.connections().await, 2);
+}
+
+/// A host that shuts a connection down gracefully (`GOAWAY`) while a page's requests are in
+/// flight on it: they are answered there, after the page's later includes, which went on a new
+/// connection; nothing fails and nothing reaches the host twice.
+#[tokio::test]
+async fn a_host_going_away_mid_page_keeps_its_streams_and_later_ones_go_on_a_new_connection() {
+    let (went_away_tx, went_away) = tokio::sync::oneshot::channel::<()>();
+    let (second_wave_tx, second_wave) = tokio::sync::oneshot::channel::<()>();
+    let signals = Arc::new(std::sync::Mutex::new((
+        Some(went_away_tx),
+        Some(second_wave),
+        Some(second_wave_tx),
+    )));
+    let (connections, streams) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (seen_connections, seen_streams) = (Arc::clone(&connections), Arc::clone(&streams));
+    let host = serve_raw(move |stream| {
+        let (signals, streams) = (Arc::clone(&signals), Arc::clone(&seen_streams));
+        let number = seen_connections.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            let Ok(mut conn) = h2::server::handshake(stream).await else {
+                return;
+            };
+            if number == 1 {
+                // The page's first three requests, held unanswered.
+                let mut held = Vec::new();
+                while held.len() < 3 {
+                    let Some(Ok((req, respond))) = conn.accept().await else {
+                        return;
+                    };
+                    streams.fetch_add(1, Ordering::SeqCst);
+                    held.push((req.uri().path().to_owned(), respond));
+                }
+                conn.graceful_shutdown();
+                let (went_away, second_wave) = {
+                    let mut signals = signals.lock().expect("not poisoned");
+                    (signals.0.take(), signals.1.take())
+                };
+                let _ = went_away.expect("one first connection").send(());
+                tokio::spawn(async move {
+                    let _ = second_wave.expect("one first connection").await;
+                    for (path, respond) in held {
+                        answer(respond, &format!("<{path}@1>"));
+                    }
+                });
+                // Drives the connection (the GOAWAY out, the held answers) until it closes.
+                while let Some(Ok((_, mut respond))) = conn.accept().await {
+                    streams.fetch_add(1, Ordering::SeqCst);
+                    respond.send_reset(Reason::REFUSED_STREAM);
+                }
+                return;
+            }
+            let mut answered = 0;
+            while let Some(Ok((req, respond))) = conn.accept().await {
+                streams.fetch_add(1, Ordering::SeqCst);
+                answer(respond, &format!("<{}@{number}>", req.uri().path()));
+                answered += 1;
+                if answered == 3 {
+                    let tx = signals.lock().expect("not poisoned").2.take();
+                    let _ = tx.expect("one second wave").send(());
+                }
+            }
+        }
+    })
+    .await;
+    let base = host.base();
+    let went_away = Arc::new(std::sync::Mutex::new(Some(went_away)));
+    let origin = serve(move |_| {
+        let includes = |names: &[&str]| -> Bytes {
+            let tags: String = names
+                .iter()
+                .map(|n| format!("<esi:include src=\"{base}/{n}\"/>"))
+                .collect();
+            Bytes::from(tags)
+        };
+        let (first, later) = (includes(&["a", "b", "c"]), includes(&["d", "e", "f"]));
+        let went_away = went_away.lock().expect("not poisoned").take();
+        async move {
+            let went_away = went_away.expect("one page");
+            let later = async move {
+                let _ = went_away.await;
+                // Let the GOAWAY reach the proxy before the later includes are asked for.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok(later)
+            };
+            let body = futures::StreamExt::chain(
+                futures::stream::iter([Ok(first)]),
+                futures::stream::once(later),
+            );
+            response(
+                200,
+                &[crate::support::HTML, crate::support::ESI],
+                stream(body),
+            )
+        }
+    })
+    .await;
+    let mut config = Config::default();
+    config.fetch.hosts = vec![h2_host(&host, false)];
+    config.cache.enabled = false;
+    let proxy = proxy(&origin.base(), config).await;
+
+    let (status, _, body) = get(&proxy.url("/page")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "</a@1></b@1></c@1></d@2></e@2></f@2>");
+    assert_eq!(host.connections().await, 2);
+    assert_eq!(streams.load(Ordering::SeqCst), 6, "no request sent twice");
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
 }
 
 /// A host listed with `http2 = true` that speaks only HTTP/1.1 fails its includes (they take

@@ -626,16 +626,14 @@ pub(super) fn side_capacity(capacity_bytes: u64) -> u64 {
 }
 
 /// `url` as keys hold it: without `#fragment` (never sent upstream).
-pub(super) fn cache_url(url: &Url) -> String {
-    match url.as_str().split_once('#') {
-        Some((before, _)) => before.to_owned(),
-        None => url.as_str().to_owned(),
-    }
+pub(super) fn cache_url(url: &Url) -> &str {
+    // `Url` keeps its fragment last: everything before it is the URL keys hold.
+    &url[..url::Position::AfterQuery]
 }
 
 /// `text` in the form keys hold URLs in, when it parses as one; else as given.
 fn normalise(text: &str) -> String {
-    Url::parse(text).map_or_else(|_| text.to_owned(), |url| cache_url(&url))
+    Url::parse(text).map_or_else(|_| text.to_owned(), |url| cache_url(&url).to_owned())
 }
 
 /// Registers an invalidation predicate; every cache here supports them.

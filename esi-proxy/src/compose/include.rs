@@ -245,6 +245,8 @@ struct Prepared {
     allowed: Allowed,
     options: RequestOptions,
     started: Instant,
+    /// Whether the include waited for a permit after `started`.
+    waited: bool,
     span: tracing::Span,
 }
 
@@ -256,13 +258,15 @@ async fn fetch_one(
     record: Option<usize>,
     purpose: Purpose,
 ) -> Result<Fetched, Failure> {
-    let prepared = Box::new(prepare(state, target, inc, doc, record)?);
-    let Some(_local) = acquire_by(&state.local, state.deadline).await else {
+    let mut prepared = Box::new(prepare(state, target, inc, doc, record)?);
+    let Some((_local, waited)) = acquire_by(&state.local, state.deadline).await else {
         return Err(prepared.deadline_passed(state, record));
     };
-    let Some(_global) = acquire_by(&state.composer.global, state.deadline).await else {
+    prepared.waited = waited;
+    let Some((_global, waited)) = acquire_by(&state.composer.global, state.deadline).await else {
         return Err(prepared.deadline_passed(state, record));
     };
+    prepared.waited |= waited;
     Box::pin(exchange(state, inc, doc, record, purpose, prepared)).await
 }
 
@@ -388,6 +392,7 @@ fn prepare(
         allowed,
         options,
         started: Instant::now(),
+        waited: false,
         span,
     })
 }
@@ -462,6 +467,7 @@ impl Sent {
             allowed,
             options,
             started,
+            waited,
             span,
         } = prepared;
         let sent = Sent {
@@ -470,9 +476,13 @@ impl Sent {
             started,
             span,
         };
-        let remaining = state
-            .deadline
-            .saturating_duration_since(tokio::time::Instant::now());
+        // The clock read when the include was prepared, unless it waited for a permit since.
+        let now = if waited {
+            tokio::time::Instant::now()
+        } else {
+            tokio::time::Instant::from_std(started)
+        };
+        let remaining = state.deadline.saturating_duration_since(now);
         let own = inc.maxwait_ms.map_or(
             state.composer.config.fragment_timeout,
             Duration::from_millis,
@@ -705,20 +715,20 @@ fn host_label(url: &Url) -> Cow<'_, str> {
     }
 }
 
-/// Waits for a permit from `semaphore` until `deadline`; `None` when the deadline passes
-/// first. The deadline's timer is only set up when there is a wait. A closed semaphore (these
-/// never are) lets the fetch go ahead without a permit.
+/// Waits for a permit from `semaphore` until `deadline`, and says whether it had to wait;
+/// `None` when the deadline passes first. The deadline's timer is only set up when there is a
+/// wait. A closed semaphore (these never are) lets the fetch go ahead without a permit.
 async fn acquire_by(
     semaphore: &Semaphore,
     deadline: tokio::time::Instant,
-) -> Option<Option<SemaphorePermit<'_>>> {
+) -> Option<(Option<SemaphorePermit<'_>>, bool)> {
     match semaphore.try_acquire() {
-        Ok(permit) => Some(Some(permit)),
-        Err(TryAcquireError::Closed) => Some(None),
+        Ok(permit) => Some((Some(permit), false)),
+        Err(TryAcquireError::Closed) => Some((None, false)),
         Err(TryAcquireError::NoPermits) => tokio::time::timeout_at(deadline, semaphore.acquire())
             .await
             .ok()
-            .map(Result::ok),
+            .map(|permit| (permit.ok(), true)),
     }
 }
 

@@ -1,5 +1,5 @@
 //! An include's `src`, joined against its document's URL and checked against the allowlist,
-//! worked out once per parsed template that is run again (a cached layout, a cached ESI
+//! and its host's metric series, worked out once per parsed template that is run again (a cached layout, a cached ESI
 //! fragment) rather than once per request. Kept in the include's [`Memo`] with everything it
 //! was worked out from (the composer, which a config reload replaces with its fetcher; the
 //! document's URL; the `src` as rendered) and used only while all of them are the same.
@@ -10,6 +10,7 @@ use url::Url;
 
 use crate::esi::Include;
 use crate::fetch::Allowed;
+use crate::telemetry::FragmentHost;
 
 /// An include's `src` as one composer checked it, in one document.
 struct Checked {
@@ -17,21 +18,32 @@ struct Checked {
     base: Box<str>,
     rendered: Box<str>,
     allowed: Allowed,
+    host: FragmentHost,
 }
 
 /// The include's `src`, rendered as `rendered` in the document at `base`, as `composer`
-/// checked it before.
-pub(super) fn kept(inc: &Include, composer: u64, base: &Url, rendered: &str) -> Option<Allowed> {
+/// checked it before, and its host's series.
+pub(super) fn kept(
+    inc: &Include,
+    composer: u64,
+    base: &Url,
+    rendered: &str,
+) -> Option<(Allowed, FragmentHost)> {
     let checked = inc.memo.get::<Checked>()?;
     let same = checked.composer == composer
         && *checked.rendered == *rendered
         && *checked.base == *base.as_str();
-    same.then(|| checked.allowed.clone())
+    same.then(|| (checked.allowed.clone(), checked.host.clone()))
 }
 
 /// Keeps what `composer` decided for the include's `src` (rendered as `rendered`, in the
-/// document at `base`), when the `src` holds no variable.
-pub(super) fn keep(inc: &Include, composer: u64, base: &Url, rendered: &str, allowed: &Allowed) {
+/// document at `base`) and its host's series, when the `src` holds no variable.
+pub(super) fn keep(
+    inc: &Include,
+    (composer, base, rendered): (u64, &Url, &str),
+    allowed: &Allowed,
+    host: &FragmentHost,
+) {
     if !is_constant(inc) {
         return;
     }
@@ -40,6 +52,7 @@ pub(super) fn keep(inc: &Include, composer: u64, base: &Url, rendered: &str, all
         base: base.as_str().into(),
         rendered: rendered.into(),
         allowed: allowed.clone(),
+        host: host.clone(),
     }));
 }
 

@@ -20,6 +20,7 @@ use url::{Position, Url};
 use crate::config;
 use crate::esi::{self, Dca, Include, OnError, ParseOptions, Scope, Template, VarError};
 use crate::fetch::{Access, Allowed, ErrorKind, FetchError, FragmentRequest, RequestOptions};
+use crate::telemetry::FragmentHost;
 
 use super::buffered::compose_nodes;
 use super::checked;
@@ -243,6 +244,8 @@ async fn fetch_fragment(
 struct Prepared {
     /// The URL, allowed (it derefs to the URL).
     allowed: Allowed,
+    /// Its host's metric series.
+    host: FragmentHost,
     options: RequestOptions,
     started: Instant,
     /// Whether the include waited for a permit after `started`.
@@ -276,12 +279,10 @@ impl Prepared {
         let kind = FailureKind::Fetch(ErrorKind::Timeout);
         let seconds = self.started.elapsed().as_secs_f64();
         self.span.record("ms", seconds * 1000.0);
-        state.composer.metrics.record_fragment(
-            &host_label(&self.allowed),
-            kind.as_str(),
-            seconds,
-            0,
-        );
+        state
+            .composer
+            .metrics
+            .record_fragment_at(&self.host, kind.as_str(), seconds, 0);
         failure(
             self.allowed.as_str(),
             kind,
@@ -322,7 +323,7 @@ fn prepare(
         .flatten();
     // Shared with the fetch's request and what comes after it: one URL per include.
     let url = match &kept {
-        Some(allowed) => Arc::clone(allowed.shared_url()),
+        Some((allowed, _)) => Arc::clone(allowed.shared_url()),
         None => Arc::new(
             doc.base
                 .join(rendered)
@@ -338,21 +339,27 @@ fn prepare(
             FailureKind::Loop,
             "includes itself or a document that includes it".into(),
         ))
-    } else if let Some(allowed) = kept {
-        Ok(allowed)
+    } else if let Some(kept) = kept {
+        Ok(kept)
     } else {
         // The one allowlist decision for this include; the fetch takes it as it is.
-        let checked = composer.fetcher.check(&url);
-        if let (Ok(allowed), true, true) = (&checked, is_src, doc.reused) {
-            checked::keep(inc, composer.id, &doc.base, rendered, allowed);
+        match composer.fetcher.check(&url) {
+            Ok(allowed) => {
+                let host = composer.metrics.fragment_host(&host_label(&url));
+                if is_src && doc.reused {
+                    let of = (composer.id, &doc.base, rendered.as_str());
+                    checked::keep(inc, of, &allowed, &host);
+                }
+                Ok((allowed, host))
+            }
+            Err(e) => Err(fetch_failure(url.as_str(), &e, record)),
         }
-        checked.map_err(|e| fetch_failure(url.as_str(), &e, record))
     };
-    let allowed = match allowed {
+    let (allowed, host) = match allowed {
         // An untrusted document's includes carry no credentials, whichever host they name:
         // trust along a chain of includes is the least of its links.
-        Ok(allowed) if doc.trusted => allowed,
-        Ok(allowed) => allowed.untrusted(),
+        Ok((allowed, host)) if doc.trusted => (allowed, host),
+        Ok((allowed, host)) => (allowed.untrusted(), host),
         Err(f) => {
             composer
                 .metrics
@@ -390,6 +397,7 @@ fn prepare(
     );
     Ok(Prepared {
         allowed,
+        host,
         options,
         started: Instant::now(),
         waited: false,
@@ -449,6 +457,7 @@ async fn exchange(
 struct Sent {
     url: Arc<Url>,
     access: Access,
+    host: FragmentHost,
     started: Instant,
     span: tracing::Span,
 }
@@ -465,6 +474,7 @@ impl Sent {
     ) -> (Self, Result<FragmentRequest, Failure>) {
         let Prepared {
             allowed,
+            host,
             options,
             started,
             waited,
@@ -473,6 +483,7 @@ impl Sent {
         let sent = Sent {
             url: Arc::clone(allowed.shared_url()),
             access: allowed.access(),
+            host,
             started,
             span,
         };
@@ -516,13 +527,13 @@ impl Sent {
         result: Result<crate::fetch::Fragment, Failure>,
     ) -> Result<crate::fetch::Fragment, Failure> {
         let metrics = &state.composer.metrics;
-        let host = host_label(&self.url);
+        let host = &self.host;
         let seconds = self.started.elapsed().as_secs_f64();
         self.span.record("ms", seconds * 1000.0);
         let f = match result {
             Ok(f) => f,
             Err(f) => {
-                metrics.record_fragment(&host, f.kind.as_str(), seconds, 0);
+                metrics.record_fragment_at(host, f.kind.as_str(), seconds, 0);
                 return Err(f);
             }
         };
@@ -550,7 +561,7 @@ impl Sent {
                 }
             });
         }
-        metrics.record_fragment(&host, "ok", seconds, f.body.len());
+        metrics.record_fragment_at(host, "ok", seconds, f.body.len());
         Ok(f)
     }
 }

@@ -65,7 +65,7 @@ pub struct Metrics {
     /// `esi_proxy_request_duration_seconds{route}`.
     pub(super) request_durations: RwLock<HashMap<&'static str, Histogram>>,
     /// Everything labelled by fragment host, so one bound covers all host families.
-    pub(super) fragments: RwLock<HashMap<String, HostSeries>>,
+    pub(super) fragments: RwLock<HashMap<String, Arc<HostSeries>>>,
     /// `esi_proxy_fragment_failures_total{kind}`.
     pub(super) failures: RwLock<HashMap<String, AtomicU64>>,
     /// `esi_proxy_fallbacks_total{kind}`.
@@ -111,6 +111,11 @@ impl Counter {
         self.0.fetch_add(by, Relaxed);
     }
 }
+
+/// The series of one fragment host, looked up once and kept: an include of a cached layout
+/// records its fetches on it without finding its host's series again.
+#[derive(Debug, Clone)]
+pub struct FragmentHost(Arc<HostSeries>);
 
 /// The series of one fragment host.
 #[derive(Debug, Default)]
@@ -182,26 +187,52 @@ impl Metrics {
     /// failure of that kind.
     pub fn record_fragment(&self, host: &str, outcome: &str, seconds: f64, bytes: usize) {
         let host = truncate_label(host);
-        let outcome = truncate_label(outcome);
         with_series(
             &self.fragments,
             host,
             MAX_HOST_LABELS,
             OVERFLOW_LABEL,
-            |series| {
-                with_series(
-                    &series.fetches,
-                    outcome,
-                    MAX_KIND_LABELS,
-                    OVERFLOW_LABEL,
-                    |n| {
-                        n.fetch_add(1, Relaxed);
-                    },
-                );
-                series.duration.observe(seconds);
-                series.bytes.fetch_add(saturating_u64(bytes), Relaxed);
+            |series| self.record_on(series, outcome, seconds, bytes),
+        );
+    }
+
+    /// The series of fragment host `host` (`"host:port"`), to record on with
+    /// [`Metrics::record_fragment_at`]: the same series [`Metrics::record_fragment`] finds.
+    pub fn fragment_host(&self, host: &str) -> FragmentHost {
+        let host = truncate_label(host);
+        with_series(
+            &self.fragments,
+            host,
+            MAX_HOST_LABELS,
+            OVERFLOW_LABEL,
+            |series| FragmentHost(Arc::clone(series)),
+        )
+    }
+
+    /// [`Metrics::record_fragment`] on a host's series found before.
+    pub fn record_fragment_at(
+        &self,
+        host: &FragmentHost,
+        outcome: &str,
+        seconds: f64,
+        bytes: usize,
+    ) {
+        self.record_on(&host.0, outcome, seconds, bytes);
+    }
+
+    fn record_on(&self, series: &HostSeries, outcome: &str, seconds: f64, bytes: usize) {
+        let outcome = truncate_label(outcome);
+        with_series(
+            &series.fetches,
+            outcome,
+            MAX_KIND_LABELS,
+            OVERFLOW_LABEL,
+            |n| {
+                n.fetch_add(1, Relaxed);
             },
         );
+        series.duration.observe(seconds);
+        series.bytes.fetch_add(saturating_u64(bytes), Relaxed);
         if outcome != "ok" {
             with_series(
                 &self.failures,

@@ -18,7 +18,7 @@ use std::io::IsTerminal as _;
 use tracing_subscriber::filter::{EnvFilter, ParseError};
 
 pub use log_writer::flush_logs;
-pub use metrics::{Counter, Metrics};
+pub use metrics::{Counter, FragmentHost, Metrics};
 pub use server_timing::server_timing;
 
 /// Why telemetry could not be set up.

@@ -334,3 +334,56 @@ async fn encoded_layouts_whole_and_cut_short() {
         );
     }
 }
+
+/// A cached layout counts against `cache.layout_capacity_bytes` for its includes as well as its
+/// text: 768 bytes each, for the parsed include and what is kept of it between requests.
+#[tokio::test]
+async fn a_cached_layouts_includes_count_against_the_layout_cache_bound() {
+    let layout: String = (0..50)
+        .map(|i| format!("<esi:include src=\"/f/{i}\"/>"))
+        .collect();
+    let text_bytes = layout.len() as f64;
+    let origin = serve(move |req| {
+        let layout = layout.clone();
+        async move {
+            match req.uri().path() {
+                "/page" => {
+                    let cached = ("cache-control", "public, max-age=600");
+                    response(200, &[HTML, ESI, cached], full(layout))
+                }
+                _ => html("x"),
+            }
+        }
+    })
+    .await;
+    let mut config = Config::default();
+    config.server.admin_from_loopback = true;
+    let proxy = proxy(&origin.base(), config).await;
+    for _ in 0..2 {
+        assert_eq!(
+            page(&proxy, "/page", None).await,
+            (StatusCode::OK, "x".repeat(50))
+        );
+    }
+    let held = tokio::time::timeout(MUST, async {
+        loop {
+            let (_, _, text) = get(&proxy.url("/_esi/metrics")).await;
+            match crate::support::proxy::metric(&text, "esi_proxy_layout_cache_bytes") {
+                Some(bytes) if bytes > 0.0 => return bytes,
+                _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await
+    .expect("the layout is stored");
+    let includes = 50.0 * 768.0;
+    assert!(
+        held >= text_bytes + includes && held < text_bytes + includes + 2048.0,
+        "{held} bytes for {text_bytes} bytes of text and 50 includes"
+    );
+    assert_eq!(
+        origin.hits_on("/page"),
+        1,
+        "the second page came from the layout cache"
+    );
+}

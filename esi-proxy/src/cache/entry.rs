@@ -10,7 +10,7 @@ use http::header::HeaderName;
 use http::{HeaderMap, StatusCode};
 
 use super::policy::TtlSource;
-use super::store::{kept_headers, weigh, CacheKey, Lifetime, Softened, Stored};
+use super::store::{include_tags, kept_headers, weigh, CacheKey, Lifetime, Softened, Stored};
 use crate::esi::Template;
 use crate::fetch::{CacheInfo, CacheStatus, Fragment};
 
@@ -93,7 +93,9 @@ impl Entry {
         let esi = fragment.is_esi();
         let mut headers = kept_headers(&fragment.headers);
         crate::headers::strip_surrogate_keys(&mut headers);
-        let weight = weigh(&key, &headers, fragment.body.len());
+        // An ESI fragment is kept parsed once asked for: its includes count as they will take.
+        let includes = if esi { include_tags(&fragment.body) } else { 0 };
+        let weight = weigh(&key, &headers, fragment.body.len(), includes);
         Arc::new(Self {
             key,
             names,

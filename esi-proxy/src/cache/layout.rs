@@ -159,7 +159,7 @@ impl LayoutCache {
             source,
         } = admitted;
         let keys = read_tags(policy, response_headers, self.store.metrics());
-        let weight = weigh(&key, &headers, body_bytes);
+        let weight = weigh(&key, &headers, body_bytes, template.includes().len());
         tracing::debug!(
             url = %key.url,
             ttl_source = %source,

@@ -128,8 +128,22 @@ fn weigher_counts_body_headers_and_key() {
         ("huge", &[], usize::MAX, u32::MAX),
     ];
     for (what, pairs, body, want) in cases {
-        assert_eq!(weigh(&key, &headers(pairs), *body), *want, "{what}");
+        assert_eq!(weigh(&key, &headers(pairs), *body, 0), *want, "{what}");
     }
+    // A parsed ESI document's includes count for what they hold.
+    assert_eq!(
+        weigh(&key, &headers(&[]), 1000, 3),
+        1000 + 3 * 768 + 15 + 1 + 160
+    );
+    assert_eq!(weigh(&key, &headers(&[]), 0, usize::MAX), u32::MAX);
+}
+
+#[test]
+fn include_tags_are_counted_in_an_unparsed_body() {
+    let body =
+        b"a<esi:include src=\"/1\"/><esi:eval src=\"/2\"/><!--esi <esi:include src=\"/3\"/>-->";
+    assert_eq!(include_tags(body), 3);
+    assert_eq!(include_tags(b"<esi:vars>$(HTTP_HOST)</esi:vars>"), 0);
 }
 
 #[test]

@@ -336,7 +336,8 @@ async fn encoded_layouts_whole_and_cut_short() {
 }
 
 /// A cached layout counts against `cache.layout_capacity_bytes` for its includes as well as its
-/// text: 768 bytes each, for the parsed include and what is kept of it between requests.
+/// text: 768 bytes and the layout's URL each, for the parsed include and what is kept of it
+/// between requests.
 #[tokio::test]
 async fn a_cached_layouts_includes_count_against_the_layout_cache_bound() {
     let layout: String = (0..50)
@@ -376,7 +377,9 @@ async fn a_cached_layouts_includes_count_against_the_layout_cache_bound() {
     })
     .await
     .expect("the layout is stored");
-    let includes = 50.0 * 768.0;
+    // 768 bytes and the layout's URL (origin and path, as keys hold it) per include.
+    let url_bytes = format!("{}/page", origin.base()).len() as f64;
+    let includes = 50.0 * (768.0 + url_bytes);
     assert!(
         held >= text_bytes + includes && held < text_bytes + includes + 2048.0,
         "{held} bytes for {text_bytes} bytes of text and 50 includes"

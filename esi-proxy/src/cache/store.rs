@@ -682,12 +682,12 @@ pub(super) fn kept_headers(headers: &HeaderMap) -> HeaderMap {
     kept
 }
 
-/// What an entry weighs: body, kept headers, key and a fixed overhead.
-/// What a parsed ESI document held by a cache takes per include beyond its tag's bytes, for as
-/// long as it is held: the include's node (about 350 bytes) and what the composer keeps in it
-/// between requests (about 350: its `src` joined and checked, the document URL it was joined
-/// against). Counted in the entry's weight, so that a layout made mostly of includes counts
-/// against the cache's bound for what it really takes.
+/// What a parsed ESI document held by a cache takes per include beyond its tag's bytes and
+/// the document's URL, for as long as it is held: the include's node (about 350 bytes) and what
+/// the composer keeps in it between requests (about 350: its `src` joined and checked). With
+/// the URL (which a relative `src` keeps, to be joined against), it is counted in the entry's
+/// weight, so that a layout made mostly of includes counts against the cache's bound for what
+/// it really takes.
 const BYTES_PER_INCLUDE: usize = 768;
 
 /// The include and eval tags in an ESI body not yet parsed: an upper estimate of its includes
@@ -697,8 +697,8 @@ pub(super) fn include_tags(body: &[u8]) -> usize {
         + memchr::memmem::find_iter(body, b"<esi:eval").count()
 }
 
-/// An entry's weight: its body, kept headers and key, and for a parsed ESI document its
-/// `includes` (see [`BYTES_PER_INCLUDE`]).
+/// An entry's weight: its body, kept headers, key and a fixed overhead, and for a parsed ESI
+/// document its `includes` (see [`BYTES_PER_INCLUDE`]), each with the document's URL.
 pub(super) fn weigh(
     key: &CacheKey,
     headers: &HeaderMap,
@@ -712,7 +712,7 @@ pub(super) fn weigh(
     clamp_weight(
         body_bytes
             .saturating_add(header_bytes)
-            .saturating_add(includes.saturating_mul(BYTES_PER_INCLUDE))
+            .saturating_add(includes.saturating_mul(BYTES_PER_INCLUDE + key.url.len()))
             .saturating_add(key.url.len() + key.variant.len() + ENTRY_OVERHEAD),
     )
 }

@@ -130,10 +130,10 @@ fn weigher_counts_body_headers_and_key() {
     for (what, pairs, body, want) in cases {
         assert_eq!(weigh(&key, &headers(pairs), *body, 0), *want, "{what}");
     }
-    // A parsed ESI document's includes count for what they hold.
+    // A parsed ESI document's includes count for what they hold, with the document's URL.
     assert_eq!(
         weigh(&key, &headers(&[]), 1000, 3),
-        1000 + 3 * 768 + 15 + 1 + 160
+        1000 + 3 * (768 + 15) + 15 + 1 + 160
     );
     assert_eq!(weigh(&key, &headers(&[]), 0, usize::MAX), u32::MAX);
 }

@@ -32,7 +32,7 @@ pub(super) fn kept(
     let checked = inc.memo.get::<Checked>()?;
     let same = checked.composer == composer
         && *checked.rendered == *rendered
-        && *checked.base == *base.as_str();
+        && *checked.base == *read_of_base(base, rendered);
     same.then(|| (checked.allowed.clone(), checked.host.clone()))
 }
 
@@ -49,11 +49,31 @@ pub(super) fn keep(
     }
     inc.memo.set(std::sync::Arc::new(Checked {
         composer,
-        base: base.as_str().into(),
+        base: read_of_base(base, rendered).into(),
         rendered: rendered.into(),
         allowed: allowed.clone(),
         host: host.clone(),
     }));
+}
+
+/// What joining `rendered` against `base` reads of it: nothing for an absolute `http(s)` URL;
+/// the scheme and authority for a path from the root; otherwise the whole URL. What is kept is
+/// compared with it, so documents that differ only past it (a page's query, which its visitor
+/// chooses) share one kept decision and no visitor's URL is copied into every include.
+fn read_of_base<'a>(base: &'a Url, rendered: &str) -> &'a str {
+    let bytes = rendered.as_bytes();
+    let starts = |prefix: &[u8]| {
+        bytes
+            .get(..prefix.len())
+            .is_some_and(|b| b.eq_ignore_ascii_case(prefix))
+    };
+    if starts(b"http://") || starts(b"https://") {
+        ""
+    } else if bytes.first() == Some(&b'/') && !matches!(bytes.get(1), Some(b'/' | b'\\')) {
+        &base[..url::Position::BeforePath]
+    } else {
+        base.as_str()
+    }
 }
 
 /// Whether every request renders the include's `src` the same way: no variable in it or in
@@ -149,6 +169,53 @@ mod tests {
             body.extend_from_slice(&chunk.expect("the page completes"));
         }
         String::from_utf8(body).expect("utf-8")
+    }
+
+    /// Two documents whose URLs agree on what a `src` reads of them join it the same way.
+    #[test]
+    fn what_a_join_reads_of_the_base_decides_it() {
+        let bases = [
+            "http://shop.test/p/a?x=1",
+            "http://shop.test/p/a?x=2",
+            "http://shop.test/p/b?x=1",
+            "http://shop.test:8080/p/a",
+            "https://shop.test/p/a",
+            "http://user@shop.test/p/a",
+            "http://other.test/q/",
+        ];
+        let srcs = [
+            "http://frag.test/f",
+            "HTTPS://frag.test/f",
+            "/f?y=1",
+            "/",
+            "//frag.test/f",
+            "/\\frag.test/f",
+            "\\f",
+            "f",
+            "../f",
+            "?y=1",
+            "",
+            "#top",
+            "http:f",
+        ];
+        for src in srcs {
+            for a in bases {
+                for b in bases {
+                    let (a, b) = (Url::parse(a).expect("valid"), Url::parse(b).expect("valid"));
+                    if super::read_of_base(&a, src) == super::read_of_base(&b, src) {
+                        assert_eq!(
+                            a.join(src).ok(),
+                            b.join(src).ok(),
+                            "{src:?} against {a} and {b}"
+                        );
+                    }
+                }
+            }
+        }
+        let page = Url::parse("http://shop.test/p?q=visitor").expect("valid");
+        assert_eq!(super::read_of_base(&page, "http://frag.test/f"), "");
+        assert_eq!(super::read_of_base(&page, "/f"), "http://shop.test");
+        assert_eq!(super::read_of_base(&page, "f"), page.as_str());
     }
 
     #[tokio::test]

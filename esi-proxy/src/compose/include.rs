@@ -69,8 +69,14 @@ pub(super) fn resolve<'a>(
             let alts = inc.alt.as_ref().zip(resolved.alt.as_ref());
             let purpose = if eval { Purpose::Eval } else { Purpose::Include };
             for (i, (src, url)) in urls.chain(alts).enumerate() {
-                let target = Target { src, url, resolved };
-                match fetch_fragment(state, target, inc, i > 0, doc, purpose).await {
+                let alt = i > 0;
+                let target = Target {
+                    src,
+                    url,
+                    resolved,
+                    alt,
+                };
+                match fetch_fragment(state, target, inc, doc, purpose).await {
                     Ok(body) => {
                         if i > 0 {
                             state.record_fallback(Fallback::Alt, last.as_ref());
@@ -112,6 +118,8 @@ struct Target<'a> {
     src: &'a esi::VarString,
     url: &'a Result<String, VarError>,
     resolved: &'a Resolved,
+    /// Whether this is the include's `alt` rather than its `src`.
+    alt: bool,
 }
 
 /// What a fetch is for: a plain include, an `esi:eval`, or the page's primary include.
@@ -146,8 +154,9 @@ pub(super) fn primary<'a>(
                 src: &inc.src,
                 url: &resolved.src,
                 resolved,
+                alt: false,
             };
-            match fetch_fragment(state, target, inc, false, doc, Purpose::Primary).await {
+            match fetch_fragment(state, target, inc, doc, Purpose::Primary).await {
                 Ok(fetched) => {
                     let body = fetched.body.clone();
                     let _ = answer.send(PrimaryAnswer::Answered {
@@ -166,9 +175,13 @@ pub(super) fn primary<'a>(
         let failure = match inc.alt.as_ref().zip(resolved.alt.as_ref()) {
             Some((src, url)) => match fetch_fragment(
                 state,
-                Target { src, url, resolved },
+                Target {
+                    src,
+                    url,
+                    resolved,
+                    alt: true,
+                },
                 inc,
-                true,
                 doc,
                 Purpose::Include,
             )
@@ -212,11 +225,10 @@ async fn fetch_fragment(
     state: &Arc<PageState>,
     target: Target<'_>,
     inc: &Include,
-    alt: bool,
     doc: &DocContext,
     purpose: Purpose,
 ) -> Result<Fetched, Failure> {
-    let record = state.trace_start(doc, target.src, inc.line, alt);
+    let record = state.trace_start(doc, target.src, inc.line, target.alt);
     if purpose == Purpose::Primary {
         if let Some(id) = record {
             state.trace_update(id, |r| r.primary = true);
@@ -317,7 +329,7 @@ fn prepare(
         fail(rendered, FailureKind::Url, message.clone())
     })?;
     // A reused template's `src` was joined and checked by an earlier request.
-    let is_src = std::ptr::eq(target.src, &inc.src);
+    let is_src = !target.alt;
     let kept = is_src
         .then(|| checked::kept(inc, composer.id, &doc.base, rendered))
         .flatten();
@@ -660,7 +672,8 @@ impl Place<'_> {
             depth: doc.depth + 1,
             trusted: access.trusted,
             record,
-            reused: fragment.template.is_some(),
+            // An eval's fragment is parsed again below, per request: nothing to keep in it.
+            reused: fragment.template.is_some() && purpose != Purpose::Eval,
         };
         if purpose == Purpose::Eval {
             // Parsed again: its `$(name)`s read the including document's variables.

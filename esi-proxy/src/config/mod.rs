@@ -289,10 +289,11 @@ pub struct CacheConfig {
     /// Whether fragments and layouts are cached (`serve --no-cache` turns it off). Default: true.
     pub enabled: bool,
     /// Bytes of fragment responses kept: bodies, kept headers and keys (an ESI fragment also
-    /// counts 768 bytes per include tag, for its parsed form). Default: 268435456.
+    /// counts 768 bytes and its URL's length per include tag, for its parsed form). Default:
+    /// 268435456.
     pub fragment_capacity_bytes: u64,
-    /// Bytes of parsed layouts kept: bodies, kept headers, keys and 768 bytes per include.
-    /// Default: 67108864.
+    /// Bytes of parsed layouts kept: bodies, kept headers, keys and per include 768 bytes and
+    /// the layout URL's length. Default: 67108864.
     pub layout_capacity_bytes: u64,
     /// TTL in seconds when neither a rule nor the response's headers give one; 0 stores
     /// nothing. Default: 0.

@@ -246,7 +246,9 @@ impl Host {
         if let Some(lease) = self.lease_open(since) {
             return Ok(lease);
         }
-        let conn = connect(pool, tcp, authority, url).await?;
+        // Boxed: the handshake's state is large, and every fetch on the host would carry its
+        // room while it waits for its answer, though few of them connect.
+        let conn = Box::pin(connect(pool, tcp, authority, url)).await?;
         let lease = Lease::on(&conn, CLOSING).ok_or_else(|| FetchError::Connect {
             url: url.to_owned(),
             message: "HTTP/2 connection closed as it opened".into(),
@@ -468,11 +470,14 @@ async fn exchange(
         }
         Err(e) => return Err(unsent(e, true)),
     };
+    drop(send);
     if let Some(body) = body {
         stream
             .send_data(body, true)
             .map_err(|e| Failed::Fetch(stream_error(url, &e, false)))?;
     }
+    // The request is sent whole: what waits for the answer holds only the response's future.
+    drop(stream);
     let reused = lease.reused;
     let response = response.await.map_err(|e| {
         // Not processed, whatever the method: a refused stream, or one the host's graceful
@@ -486,13 +491,25 @@ async fn exchange(
             Failed::Fetch(stream_error(url, &e, false))
         }
     })?;
-    let (head, mut recv) = response.into_parts();
+    let (head, recv) = response.into_parts();
     if !head.status.is_success() && !keep_status {
         return Err(Failed::Fetch(FetchError::Status {
             url: url.to_owned(),
             status: head.status,
         }));
     }
+    // Boxed: only a stream whose answer came needs the room its body takes to read.
+    Box::pin(read_body(head, recv, limit, url)).await
+}
+
+/// The body of an answer, read within `limit` (decoded when it is encoded); the stream's
+/// window is given back as it is read.
+async fn read_body(
+    head: http::response::Parts,
+    mut recv: h2::RecvStream,
+    limit: usize,
+    url: &str,
+) -> Result<Received, Failed> {
     let mut headers = head.headers;
     let declared = headers
         .get(CONTENT_LENGTH)

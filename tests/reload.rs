@@ -15,6 +15,7 @@ use esi_proxy::server;
 use http_body_util::{BodyExt, Empty};
 
 use crate::support::process;
+use crate::support::proxy::Proxy;
 use crate::support::{esi, full, get, html, proxy, response, serve, Server, ESI, HTML, MUST};
 
 /// A fresh directory for one test's config file.
@@ -63,6 +64,19 @@ async fn legacy_origin() -> Server {
         }
     })
     .await
+}
+
+/// A proxy in front of `origin` with the config at `path`, reloaded when the file changes
+/// (polled every 50 ms), and the task watching it.
+async fn watched_proxy(origin: &Server, path: &Path) -> (Proxy, tokio::task::JoinHandle<()>) {
+    let proxy = proxy(&origin.base(), Config::load(path).expect("valid")).await;
+    let watcher = server::watch_config(
+        Arc::clone(&proxy.state),
+        path.to_owned(),
+        Arc::new(|_: &mut Config| {}),
+        Some(Duration::from_millis(50)),
+    );
+    (proxy, watcher)
 }
 
 /// What `/legacy` is before the rule and after it.
@@ -128,13 +142,7 @@ async fn reload_of_valid_and_broken_files_under_load_drops_no_request() {
     let dir = config_dir("reload");
     let path = dir.join("esi-proxy.toml");
     write_config(&path, &config_text(&origin.base(), "", ""));
-    let proxy = proxy(&origin.base(), Config::load(&path).expect("valid")).await;
-    let watcher = server::watch_config(
-        Arc::clone(&proxy.state),
-        path.clone(),
-        Arc::new(|_: &mut Config| {}),
-        Some(Duration::from_millis(50)),
-    );
+    let (proxy, watcher) = watched_proxy(&origin, &path).await;
     let base = proxy.url("");
 
     // Load: four clients, two per page, each on one connection until told to stop.
@@ -304,13 +312,7 @@ async fn a_host_taken_off_the_allowlist_is_refused_in_a_layout_already_cached() 
     let path = dir.join("esi-proxy.toml");
     let allowed = format!("\n[[fetch.hosts]]\nurl = \"{}\"\n", fragments.base());
     write_config(&path, &config_text(&origin.base(), "", &allowed));
-    let proxy = proxy(&origin.base(), Config::load(&path).expect("valid")).await;
-    let watcher = server::watch_config(
-        Arc::clone(&proxy.state),
-        path.clone(),
-        Arc::new(|_: &mut Config| {}),
-        Some(Duration::from_millis(50)),
-    );
+    let (proxy, watcher) = watched_proxy(&origin, &path).await;
     let base = proxy.url("");
     let page = || async { get(&format!("{base}/page")).await.2 };
 

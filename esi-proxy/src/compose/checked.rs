@@ -97,26 +97,11 @@ mod tests {
     use futures::future::BoxFuture;
     use url::Url;
 
+    use crate::compose::tests::Echo;
     use crate::compose::{ComposeConfig, Composer, Page};
     use crate::esi::{self, ParseOptions, Template};
     use crate::fetch::{Allowed, FetchError, Fetcher, Fragment, FragmentRequest};
     use crate::telemetry::Metrics;
-
-    /// Answers every fragment at once with its own path, with the trait's allowlist.
-    struct Echo;
-
-    impl Fetcher for Echo {
-        fn fetch(&self, req: FragmentRequest) -> BoxFuture<'static, Result<Fragment, FetchError>> {
-            let body = Bytes::from(req.url.path().to_owned());
-            Box::pin(futures::future::ready(Ok(Fragment {
-                status: http::StatusCode::OK,
-                headers: http::HeaderMap::new(),
-                body,
-                cache: None,
-                template: None,
-            })))
-        }
-    }
 
     /// [`Echo`], counting its allowlist decisions; with `refuse`, refusing `/f`.
     struct Counting {

@@ -577,7 +577,7 @@ mod tests {
     use crate::fetch::{FetchError, Fragment, FragmentRequest};
 
     /// Answers every fragment at once with its own path.
-    struct Echo;
+    pub(super) struct Echo;
 
     impl Fetcher for Echo {
         fn fetch(

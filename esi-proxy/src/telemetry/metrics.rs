@@ -186,14 +186,7 @@ impl Metrics {
     /// `"limit"` ...); `bytes` were received. Every outcome other than `"ok"` also counts as a
     /// failure of that kind.
     pub fn record_fragment(&self, host: &str, outcome: &str, seconds: f64, bytes: usize) {
-        let host = truncate_label(host);
-        with_series(
-            &self.fragments,
-            host,
-            MAX_HOST_LABELS,
-            OVERFLOW_LABEL,
-            |series| self.record_on(series, outcome, seconds, bytes),
-        );
+        self.record_fragment_at(&self.fragment_host(host), outcome, seconds, bytes);
     }
 
     /// The series of fragment host `host` (`"host:port"`), to record on with
@@ -217,10 +210,7 @@ impl Metrics {
         seconds: f64,
         bytes: usize,
     ) {
-        self.record_on(&host.0, outcome, seconds, bytes);
-    }
-
-    fn record_on(&self, series: &HostSeries, outcome: &str, seconds: f64, bytes: usize) {
+        let series = &host.0;
         let outcome = truncate_label(outcome);
         with_series(
             &series.fetches,

@@ -1,10 +1,10 @@
 //! An include's `src`, joined against its document's URL and checked against the allowlist,
-//! and its host's metric series, worked out once per parsed template that is run again (a cached layout, a cached ESI
-//! fragment) rather than once per request. Kept in the include's [`Memo`] with everything it
-//! was worked out from (the composer, which a config reload replaces with its fetcher; the
-//! document's URL; the `src` as rendered) and used only while all of them are the same.
-//! Only a `src` with no variables is kept, so requests that render it differently never take
-//! turns replacing it.
+//! and its host's metric series, worked out once per parsed template that is run again (a
+//! cached layout, a cached ESI fragment) rather than once per request. Kept in the include's
+//! [`Memo`] with everything it was worked out from (the composer, which a config reload
+//! replaces with its fetcher; what the join reads of the document's URL; the `src` as
+//! rendered) and used only while all of them are the same. Only a `src` with no variables is
+//! kept, so requests that render it differently never take turns replacing it.
 
 use url::Url;
 
@@ -59,7 +59,8 @@ pub(super) fn keep(
 /// What joining `rendered` against `base` reads of it: nothing for an absolute `http(s)` URL;
 /// the scheme and authority for a path from the root; otherwise the whole URL. What is kept is
 /// compared with it, so documents that differ only past it (a page's query, which its visitor
-/// chooses) share one kept decision and no visitor's URL is copied into every include.
+/// chooses) share one kept decision, and an absolute `src` or a path from the root keeps no
+/// copy of the visitor's URL.
 fn read_of_base<'a>(base: &'a Url, rendered: &str) -> &'a str {
     let bytes = rendered.as_bytes();
     let starts = |prefix: &[u8]| {

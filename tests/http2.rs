@@ -16,7 +16,7 @@ use h2::server::SendResponse;
 use h2::{Reason, RecvStream};
 use http::{Request, Response, StatusCode, Version};
 
-use crate::support::proxy::{client, get, proxy, Proxy};
+use crate::support::proxy::{client, get, get_with, proxy, Proxy};
 use crate::support::{
     esi, full, gzip, html, read_head, response, serve, serve_raw, stream, Received, Server, MUST,
 };
@@ -49,15 +49,7 @@ async fn origin(layout: String) -> Server {
 
 /// `/page` through `proxy` with the visitor's `cookie`, as text.
 async fn page_with_cookie(proxy: &Proxy, cookie: &str) -> String {
-    client()
-        .get(proxy.url("/page"))
-        .header("cookie", cookie)
-        .send()
-        .await
-        .expect("response")
-        .text()
-        .await
-        .expect("body")
+    get_with(&proxy.url("/page"), &[("cookie", cookie)]).await.2
 }
 
 fn header<'a>(r: &'a Received, name: &str) -> Option<&'a str> {

@@ -4,7 +4,7 @@
 
 use esi_proxy::config::{Config, HostConfig};
 
-use crate::support::proxy::{client, proxy};
+use crate::support::proxy::{client, get_with, proxy};
 use crate::support::{esi, html, serve, Received, Server};
 
 const SESSION: &str = "s3cret";
@@ -42,16 +42,12 @@ async fn with_esi(tag: &'static str, body: String) -> Server {
 /// GETs `/page` through the proxy with the visitor's session cookie and a bearer token.
 async fn visit(origin: &Server, config: Config) -> String {
     let proxy = proxy(&origin.base(), config).await;
-    client()
-        .get(proxy.url("/page"))
-        .header("cookie", format!("session={SESSION}; theme=dark"))
-        .header("authorization", "Bearer t0ken")
-        .send()
-        .await
-        .expect("response")
-        .text()
-        .await
-        .expect("body")
+    let cookie = format!("session={SESSION}; theme=dark");
+    let headers = [
+        ("cookie", cookie.as_str()),
+        ("authorization", "Bearer t0ken"),
+    ];
+    get_with(&proxy.url("/page"), &headers).await.2
 }
 
 fn header<'a>(r: &'a Received, name: &str) -> &'a str {

@@ -118,10 +118,23 @@ pub fn client() -> reqwest::Client {
 pub fn get(
     url: &str,
 ) -> impl std::future::Future<Output = (StatusCode, http::HeaderMap, String)> + Send + 'static {
+    get_with(url, &[])
+}
+
+/// [`get`] with request `headers` (a visitor's cookie, a token ...).
+pub fn get_with(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> impl std::future::Future<Output = (StatusCode, http::HeaderMap, String)> + Send + 'static {
     let url = url.to_owned();
+    let request = headers
+        .iter()
+        .fold(client().get(&url), |req, (name, value)| {
+            req.header(*name, *value)
+        });
     async move {
         let exchange = async {
-            let resp = client().get(&url).send().await.expect("request");
+            let resp = request.send().await.expect("request");
             let status = resp.status();
             let headers = resp.headers().clone();
             let body = resp.text().await.expect("body");

@@ -1,7 +1,9 @@
 //! Criterion bench of the composer on the 107 KB layout with 120 includes, every fragment ready:
 //! an in-memory `Fetcher` answers each `src` at once with a small HTML body, so what is timed is
 //! the composer's own work per include (URL resolution, the fetch task and its permits, ordered
-//! output), apart from the network. Inputs are built outside the timed loops.
+//! output), apart from the network. `compose_cached` puts the fragment cache in front of it,
+//! warmed, so every include is a cache hit: the warm page's path without the network. Inputs
+//! are built outside the timed loops.
 
 // criterion_group! generates an undocumented pub fn.
 #![allow(missing_docs)]
@@ -13,10 +15,12 @@ use std::time::Instant;
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use futures::future::{self, BoxFuture};
-use http::{HeaderMap, StatusCode};
+use http::header::CACHE_CONTROL;
+use http::{HeaderMap, HeaderValue, StatusCode};
 use tokio::sync::mpsc;
 use url::Url;
 
+use esi_proxy::cache::{CachePolicy, CachingFetcher, FragmentCache};
 use esi_proxy::compose::{ComposeConfig, ComposeError, Composer, Page};
 use esi_proxy::config::Config;
 use esi_proxy::esi::{self, ParseOptions, Template};
@@ -28,9 +32,10 @@ const LAYOUT_120: &[u8] = include_bytes!("data/layout-120.html");
 /// Size of each fragment body: small, so the bench weighs the composer, not the copying.
 const FRAGMENT_BYTES: usize = 200;
 
-/// Every fragment of the layout, ready: a body per path, answered at once.
+/// Every fragment of the layout, ready: a body per path, answered at once with `headers`.
 struct Ready {
     bodies: HashMap<String, Bytes>,
+    headers: HeaderMap,
 }
 
 impl Fetcher for Ready {
@@ -38,7 +43,7 @@ impl Fetcher for Ready {
         let result = match self.bodies.get(req.url.path()) {
             Some(body) => Ok(Fragment {
                 status: StatusCode::OK,
-                headers: HeaderMap::new(),
+                headers: self.headers.clone(),
                 body: body.clone(),
                 cache: None,
                 template: None,
@@ -111,12 +116,34 @@ fn compose_layout_120(c: &mut Criterion) {
     let settings = Config::default()
         .settings()
         .expect("the default config is valid");
-    let composer = Composer::new(
-        Arc::new(Ready { bodies }),
-        ComposeConfig::from_config(&settings),
-        settings.fetch.max_concurrent,
+    let composer_over = |fetcher: Arc<dyn Fetcher>| {
+        Composer::new(
+            fetcher,
+            ComposeConfig::from_config(&settings),
+            settings.fetch.max_concurrent,
+            Arc::new(Metrics::new()),
+        )
+    };
+    let composer = composer_over(Arc::new(Ready {
+        bodies: bodies.clone(),
+        headers: HeaderMap::new(),
+    }));
+    let mut cacheable = HeaderMap::new();
+    cacheable.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=3600"));
+    let cache = FragmentCache::new(
+        settings.cache.fragment_capacity_bytes,
+        settings.cache.max_surrogate_index_entries,
         Arc::new(Metrics::new()),
     );
+    let cached = composer_over(Arc::new(CachingFetcher::new(
+        Arc::new(Ready {
+            bodies,
+            headers: cacheable,
+        }),
+        Arc::clone(&cache),
+        Arc::new(CachePolicy::from_config(&settings.cache)),
+        ParseOptions::default(),
+    )));
     let chunks: Vec<Bytes> = LAYOUT_120
         .chunks(16 * 1024)
         .map(Bytes::copy_from_slice)
@@ -128,6 +155,10 @@ fn compose_layout_120(c: &mut Criterion) {
         .expect("runtime");
     assert_eq!(rt.block_on(compose_parsed(&composer, &template)), want);
     assert_eq!(rt.block_on(compose_streamed(&composer, &chunks)), want);
+    // The first page fills the cache; every later one is all hits.
+    assert_eq!(rt.block_on(compose_parsed(&cached, &template)), want);
+    rt.block_on(cache.run_pending_tasks());
+    assert_eq!(cache.entry_count(), 120, "every fragment is cached");
 
     let mut group = c.benchmark_group("layout_120_includes");
     group.throughput(Throughput::Elements(paths.len() as u64));
@@ -136,6 +167,9 @@ fn compose_layout_120(c: &mut Criterion) {
     });
     group.bench_function("compose_streamed_16k", |b| {
         b.iter(|| black_box(rt.block_on(compose_streamed(&composer, &chunks))))
+    });
+    group.bench_function("compose_cached", |b| {
+        b.iter(|| black_box(rt.block_on(compose_parsed(&cached, &template))))
     });
     group.finish();
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared, WeakShared};
+use http::HeaderName;
 use moka::future::Cache;
 use url::Url;
 
@@ -255,6 +256,20 @@ impl FragmentCache {
         self.passes.get(key).await.is_some()
     }
 
+    /// Stores `entry`, fetched for the key `fetched`, and drops the hit-for-pass markers it
+    /// overrides: the one under `fetched` and, when its `Vary` changed the key, the one under
+    /// its own. The newest decision on a key wins, entry or marker, so a lookup that finds an
+    /// entry need not look for a marker.
+    async fn keep(&self, fetched: &CacheKey, entry: &Arc<Entry>, vary: Arc<[HeaderName]>) {
+        self.store
+            .insert(entry.key.clone(), vary, Arc::clone(entry))
+            .await;
+        self.passes.invalidate(fetched).await;
+        if entry.key != *fetched {
+            self.passes.invalidate(&entry.key).await;
+        }
+    }
+
     fn flights(&self) -> MutexGuard<'_, HashMap<CacheKey, FlightSlot>> {
         self.flights.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -359,10 +374,8 @@ impl CachingFetcher {
                     credentials,
                 )
                 .await;
-            if self.0.cache.is_pass(&key).await {
-                self.0.cache.count_pass();
-                return self.0.inner.fetch(req).await.map(passed);
-            }
+            // An entry first: a stored response clears the key's hit-for-pass marker and a
+            // marker clears its entry, so a hit needs no second lookup.
             let fallback = match self.0.cache.lookup(&key).await {
                 Lookup::Fresh(entry) => {
                     self.0.cache.store.count_hit();
@@ -377,6 +390,10 @@ impl CachingFetcher {
                 }
                 Lookup::Miss(stale) => stale,
             };
+            if self.0.cache.is_pass(&key).await {
+                self.0.cache.count_pass();
+                return self.0.inner.fetch(req).await.map(passed);
+            }
             if !counted {
                 self.0.cache.store.count_miss();
                 counted = true;
@@ -668,11 +685,7 @@ impl CachingFetcher {
             }
             return None;
         };
-        self.0
-            .cache
-            .store
-            .insert(entry.key.clone(), vary, Arc::clone(&entry))
-            .await;
+        self.0.cache.keep(&entry.key, &entry, vary).await;
         Some(Outcome::Shared(entry, status))
     }
 
@@ -726,10 +739,7 @@ impl CachingFetcher {
                 if let Some(shared) = &self.0.shared {
                     shared.store(SharedKind::Fragment, &entry, &vary).await;
                 }
-                cache
-                    .store
-                    .insert(entry.key.clone(), vary, Arc::clone(&entry))
-                    .await;
+                cache.keep(flight_key, &entry, vary).await;
                 Outcome::Stored(entry)
             }
             Decision::Pass(reason) => {

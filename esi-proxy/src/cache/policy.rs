@@ -11,7 +11,10 @@ use http::{HeaderMap, StatusCode};
 use url::Url;
 
 use crate::config::{glob_match, CacheRuleSettings, CacheSettings};
-use crate::headers::{split_unquoted, surrogate_keys, SurrogateKeys, DEVICE, SURROGATE_CONTROL};
+use crate::headers::{
+    split_unquoted, surrogate_keys, SurrogateKeys, DEVICE, SURROGATE_CONTROL, X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
+};
 
 /// Longest TTL or stale window kept, whatever a header or rule says (one year), so expiry
 /// instants never overflow.
@@ -22,6 +25,12 @@ const MAX_AGE: Duration = Duration::from_secs(MAX_AGE_S);
 /// the variants a URL may have.
 const MAX_VARY_NAMES: usize = 16;
 
+/// What the origin and fragments are told about the request's host and scheme: a response
+/// may be built from them whether or not it says `Vary`, so each is part of every key, and one
+/// built for another host or scheme is never served for this one. (The proxy sends a closed
+/// set of values, so this splits entries per site, not per client.)
+const TOLD_UPSTREAM: [HeaderName; 2] = [X_FORWARDED_HOST, X_FORWARDED_PROTO];
+
 /// TTL rules and windows from config; rebuilt on every config reload.
 #[derive(Debug, Clone)]
 pub struct CachePolicy {
@@ -29,6 +38,9 @@ pub struct CachePolicy {
     rules: Vec<CacheRuleSettings>,
     /// `cache.key_headers`, sorted and unique.
     key_headers: Vec<HeaderName>,
+    /// Per rule, then for a URL no rule matches: the names every key of its URLs varies on
+    /// (see [`CachePolicy::key_names`]), worked out once per config.
+    key_names: Vec<Arc<[HeaderName]>>,
     default_ttl: Duration,
     stale_while_revalidate: Duration,
     stale_if_error: Duration,
@@ -109,7 +121,7 @@ struct SurrogateControl {
 impl CachePolicy {
     /// The policy of a validated `[cache]` section.
     pub fn from_config(cache: &CacheSettings) -> Self {
-        Self {
+        let mut policy = Self {
             rules: cache
                 .rules
                 .iter()
@@ -119,13 +131,20 @@ impl CachePolicy {
                 })
                 .collect(),
             key_headers: merge_names(&cache.key_headers, &[]).to_vec(),
+            key_names: Vec::new(),
             default_ttl: cache.default_ttl,
             stale_while_revalidate: cache.stale_while_revalidate,
             stale_if_error: cache.stale_if_error,
             hit_for_pass: cache.hit_for_pass.min(MAX_AGE),
             max_key_bytes: cache.max_surrogate_key_bytes,
             max_keys: cache.max_surrogate_keys,
-        }
+        };
+        let rules = policy.rules.iter().map(Some).chain([None]);
+        let key_names = rules
+            .map(|rule| merge_names(&policy.key_headers_of(rule), &TOLD_UPSTREAM))
+            .collect();
+        policy.key_names = key_names;
+        policy
     }
 
     /// Decides whether and how long a response may be stored. `request_carried_credentials`:
@@ -260,10 +279,11 @@ impl CachePolicy {
         }
     }
 
-    /// Request header names that are part of the key for this URL (config key_headers +
-    /// matching rule's key_headers), lowercase.
-    pub(super) fn key_headers(&self, url: &Url) -> Vec<HeaderName> {
-        self.key_headers_of(self.rule_for(url).map(|(_, rule)| rule))
+    /// The names every cache key of `url` varies on, whatever its response's `Vary`: its key
+    /// headers and [`TOLD_UPSTREAM`], sorted and unique.
+    pub(super) fn key_names(&self, url: &Url) -> &Arc<[HeaderName]> {
+        let index = self.rule_for(url).map_or(self.rules.len(), |(index, _)| index);
+        &self.key_names[index]
     }
 
     /// The surrogate keys of a response with `headers`, within the configured bounds, and

@@ -584,7 +584,10 @@ fn check(policy: &CachePolicy, cases: &[Case]) {
 }
 
 #[test]
-fn key_headers_per_url() {
+fn key_names_per_url() {
+    // The key headers of the config and of the first rule that matches, and the headers the
+    // proxy tells upstream, sorted; built once per policy, the same for every URL of a rule.
+    let told = ["x-forwarded-host", "x-forwarded-proto"];
     let cases: &[(&str, &[&str])] = &[
         ("http://b.test/f", &["x-device"]),
         ("http://a.test/host/x", &["cookie", "x-device"]),
@@ -595,9 +598,13 @@ fn key_headers_per_url() {
     ];
     let p = policy(false);
     for (text, want) in cases {
-        let names = p.key_headers(&url(text));
+        let names = p.key_names(&url(text));
         let got: Vec<&str> = names.iter().map(HeaderName::as_str).collect();
-        assert_eq!(got, *want, "{text}");
+        let mut want: Vec<&str> = want.iter().chain(&told).copied().collect();
+        want.sort_unstable();
+        assert_eq!(got, want, "{text}");
+        let again = p.key_names(&url(&format!("{text}?q=1")));
+        assert!(Arc::ptr_eq(names, again), "{text}: one list per rule");
     }
 }
 

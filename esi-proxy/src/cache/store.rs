@@ -23,14 +23,8 @@ use url::Url;
 use super::policy::{merge_names, vary_names, CachePolicy, Credentials};
 use super::tags::{PurgeMode, TagIndex};
 use super::{EVICTIONS, HITS, HITS_HELP, KEYS_DROPPED, MISSES, MISSES_HELP, TAG_INDEX};
-use crate::headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use crate::telemetry::{Counter, Metrics};
 
-/// What the origin and fragments are told about the request's host and scheme: a response
-/// may be built from them whether or not it says `Vary`, so each is part of every key, and one
-/// built for another host or scheme is never served for this one. (The proxy sends a closed
-/// set of values, so this splits entries per site, not per client.)
-const TOLD_UPSTREAM: [HeaderName; 2] = [X_FORWARDED_HOST, X_FORWARDED_PROTO];
 
 /// Bytes charged per entry on top of its body, headers and key: the `Arc`, the entry struct
 /// and moka's own bookkeeping.
@@ -189,8 +183,7 @@ impl<V: Stored> Store<V> {
         }
     }
 
-    /// The key of a request under the URL's current vary spec, the policy's key headers and
-    /// [`TOLD_UPSTREAM`].
+    /// The key of a request under the URL's current vary spec and the policy's key names.
     pub(super) async fn key_for(
         &self,
         policy: &CachePolicy,
@@ -571,12 +564,15 @@ impl Lifetime for VarySpec {
 
 // === helpers ===
 
-/// The names a key varies on: those the URL's response varied on and the policy's key
-/// headers for it, sorted and unique.
+/// The names a key varies on: those the URL's response varied on and the policy's for it
+/// ([`CachePolicy::key_names`]), sorted and unique.
 pub(super) fn key_names(policy: &CachePolicy, url: &Url, vary: &[HeaderName]) -> Arc<[HeaderName]> {
-    let mut names = policy.key_headers(url);
-    names.extend(TOLD_UPSTREAM);
-    merge_names(vary, &names)
+    let names = policy.key_names(url);
+    if vary.is_empty() {
+        Arc::clone(names)
+    } else {
+        merge_names(vary, names)
+    }
 }
 
 /// Counts one size eviction from the `cache` kind.

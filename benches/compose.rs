@@ -35,7 +35,7 @@ const FRAGMENT_BYTES: usize = 200;
 /// Every fragment of the layout, ready: a body per path, answered at once with `headers`.
 struct Ready {
     bodies: HashMap<String, Bytes>,
-    headers: HeaderMap,
+    headers: Arc<HeaderMap>,
 }
 
 impl Fetcher for Ready {
@@ -43,7 +43,7 @@ impl Fetcher for Ready {
         let result = match self.bodies.get(req.url.path()) {
             Some(body) => Ok(Fragment {
                 status: StatusCode::OK,
-                headers: self.headers.clone(),
+                headers: Arc::clone(&self.headers),
                 body: body.clone(),
                 cache: None,
                 template: None,
@@ -126,7 +126,7 @@ fn compose_layout_120(c: &mut Criterion) {
     };
     let composer = composer_over(Arc::new(Ready {
         bodies: bodies.clone(),
-        headers: HeaderMap::new(),
+        headers: Arc::default(),
     }));
     let mut cacheable = HeaderMap::new();
     cacheable.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=3600"));
@@ -138,7 +138,7 @@ fn compose_layout_120(c: &mut Criterion) {
     let cached = composer_over(Arc::new(CachingFetcher::new(
         Arc::new(Ready {
             bodies,
-            headers: cacheable,
+            headers: Arc::new(cacheable),
         }),
         Arc::clone(&cache),
         Arc::new(CachePolicy::from_config(&settings.cache)),

@@ -34,7 +34,7 @@ impl Fetcher for InMemory {
         let result = match body {
             Some(body) => Ok(Fragment {
                 status: StatusCode::OK,
-                headers: esi_marked(),
+                headers: Arc::new(esi_marked()),
                 body: body.clone(),
                 cache: None,
                 template: None,

@@ -45,7 +45,7 @@ pub(super) struct Entry {
     /// response can tell whether it is its variant.
     pub(super) names: Arc<[HeaderName]>,
     pub(super) status: StatusCode,
-    pub(super) headers: HeaderMap,
+    pub(super) headers: Arc<HeaderMap>,
     pub(super) body: Bytes,
     pub(super) stored_at: Instant,
     pub(super) ttl: Duration,
@@ -100,7 +100,7 @@ impl Entry {
             key,
             names,
             status: fragment.status,
-            headers,
+            headers: Arc::new(headers),
             body: fragment.body,
             stored_at: now.checked_sub(age).unwrap_or(now),
             ttl,
@@ -136,7 +136,7 @@ impl Entry {
     ) -> Fragment {
         Fragment {
             status: self.status,
-            headers: self.headers.clone(),
+            headers: Arc::clone(&self.headers),
             body: self.body.clone(),
             cache: Some(CacheInfo {
                 status,
@@ -212,7 +212,7 @@ mod tests {
             cache: None,
             template: None,
             status: StatusCode::OK,
-            headers: headers(pairs),
+            headers: Arc::new(headers(pairs)),
             body,
         };
         Entry::new(

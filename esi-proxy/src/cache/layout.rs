@@ -228,7 +228,7 @@ impl LayoutCache {
         } = admitted;
         let fragment = Fragment {
             status,
-            headers,
+            headers: Arc::new(headers),
             body,
             cache: None,
             template: None,
@@ -296,7 +296,7 @@ impl LayoutCache {
         let weight = entry.weight;
         let layout = Arc::new(CachedLayout {
             status: entry.status,
-            headers: entry.headers.clone(),
+            headers: HeaderMap::clone(&entry.headers),
             template: Arc::new(parse(entry.body.clone())),
             source: entry.source.clone(),
             stored_at: entry.stored_at,

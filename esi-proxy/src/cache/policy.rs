@@ -282,7 +282,9 @@ impl CachePolicy {
     /// The names every cache key of `url` varies on, whatever its response's `Vary`: its key
     /// headers and [`TOLD_UPSTREAM`], sorted and unique.
     pub(super) fn key_names(&self, url: &Url) -> &Arc<[HeaderName]> {
-        let index = self.rule_for(url).map_or(self.rules.len(), |(index, _)| index);
+        let index = self
+            .rule_for(url)
+            .map_or(self.rules.len(), |(index, _)| index);
         &self.key_names[index]
     }
 

@@ -25,7 +25,6 @@ use super::tags::{PurgeMode, TagIndex};
 use super::{EVICTIONS, HITS, HITS_HELP, KEYS_DROPPED, MISSES, MISSES_HELP, TAG_INDEX};
 use crate::telemetry::{Counter, Metrics};
 
-
 /// Bytes charged per entry on top of its body, headers and key: the `Arc`, the entry struct
 /// and moka's own bookkeeping.
 const ENTRY_OVERHEAD: usize = 160;

@@ -619,7 +619,7 @@ impl Place<'_> {
             body: Bytes::new(),
             status: fragment.status,
             headers: if keep_status {
-                fragment.headers
+                Arc::unwrap_or_clone(fragment.headers)
             } else {
                 HeaderMap::new()
             },

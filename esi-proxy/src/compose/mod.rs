@@ -587,7 +587,7 @@ mod tests {
             let body = Bytes::from(req.url.path().to_owned());
             Box::pin(futures::future::ready(Ok(Fragment {
                 status: http::StatusCode::OK,
-                headers: http::HeaderMap::new(),
+                headers: Arc::default(),
                 body,
                 cache: None,
                 template: None,

@@ -1,7 +1,7 @@
 use std::path::Path;
 
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
 
 use super::*;
 use crate::config::Config;
@@ -60,7 +60,7 @@ fn url(text: &str) -> Url {
 fn ok() -> Result<Fragment, FetchError> {
     Ok(Fragment {
         status: StatusCode::OK,
-        headers: HeaderMap::new(),
+        headers: Arc::default(),
         body: Bytes::from_static(b"ok"),
         cache: None,
         template: None,

@@ -804,7 +804,7 @@ impl Shared {
             cache: None,
             template: None,
             status,
-            headers,
+            headers: Arc::new(headers),
             body: sink.finish()?,
         })
     }
@@ -849,7 +849,7 @@ impl Shared {
             cache: None,
             template: None,
             status: received.status,
-            headers: received.headers,
+            headers: Arc::new(received.headers),
             body: received.body,
         })
     }
@@ -916,7 +916,7 @@ impl Shared {
             cache: None,
             template: None,
             status,
-            headers,
+            headers: Arc::new(headers),
             body: body.into_bytes(),
         })
     }

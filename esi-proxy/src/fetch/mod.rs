@@ -266,8 +266,8 @@ pub struct Fragment {
     /// The status: 2xx, or any when the request set [`FragmentRequest::keep_status`].
     pub status: StatusCode,
     /// The response headers. When the body was decoded, `Content-Encoding` and
-    /// `Content-Length` are gone.
-    pub headers: HeaderMap,
+    /// `Content-Length` are gone. Shared: a cached fragment hands out its entry's.
+    pub headers: Arc<HeaderMap>,
     /// The decoded body.
     pub body: Bytes,
     /// How a cache served it; `None` when it came straight from HTTP.
@@ -673,7 +673,7 @@ mod tests {
                 cache: None,
                 template: None,
                 status: StatusCode::OK,
-                headers,
+                headers: Arc::new(headers),
                 body: Bytes::new(),
             };
             assert_eq!(fragment.is_esi(), *want, "values: {values:?}");

@@ -359,7 +359,7 @@ impl SharedTier {
             names: entry.names.to_vec(),
             vary: vary.to_vec(),
             tags: entry.tags.iter().map(|t| t.to_string()).collect(),
-            headers: entry.headers.clone(),
+            headers: HeaderMap::clone(&entry.headers),
             body: entry.body.clone(),
         };
         let record = value.encode(self.compress_min_bytes);
@@ -417,7 +417,7 @@ impl SharedTier {
         let age = unix_now().saturating_sub(Duration::from_millis(value.stored_at_ms));
         let fragment = Fragment {
             status: StatusCode::from_u16(value.status).ok()?,
-            headers: value.headers,
+            headers: Arc::new(value.headers),
             body: value.body,
             cache: None,
             template: None,

@@ -1,7 +1,8 @@
 //! Caching of fragments and parsed layouts: the re-exports and metric names. `policy` decides
 //! TTLs, `store` is the one byte-bounded, Vary-aware store, `tags` its surrogate-key index,
-//! `entry` a stored fragment, `fragment` the caching Fetcher (single-flight, stale serving),
-//! `layout` the layout cache, `shared` the L2 tier on Redis. Never serves HTTP.
+//! `varying` which URLs' responses may vary, `entry` a stored fragment, `fragment` the caching
+//! Fetcher (single-flight, stale serving), `layout` the layout cache, `shared` the L2 tier on
+//! Redis. Never serves HTTP.
 
 mod entry;
 mod fragment;
@@ -12,6 +13,7 @@ mod store;
 mod tags;
 #[cfg(test)]
 mod testing;
+mod varying;
 
 pub use entry::EntryInfo;
 pub use fragment::{CachingFetcher, FragmentCache};

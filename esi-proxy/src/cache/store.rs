@@ -22,6 +22,7 @@ use url::Url;
 
 use super::policy::{merge_names, vary_names, CachePolicy, Credentials};
 use super::tags::{PurgeMode, TagIndex};
+use super::varying::Varying;
 use super::{EVICTIONS, HITS, HITS_HELP, KEYS_DROPPED, MISSES, MISSES_HELP, TAG_INDEX};
 use crate::telemetry::{Counter, Metrics};
 
@@ -135,10 +136,11 @@ struct VarySpec {
     lifetime: Duration,
 }
 
-/// Per-URL vary specs, bounded in bytes.
+/// Per-URL vary specs, bounded in bytes, and which URLs may have one naming headers.
 #[derive(Clone)]
 struct VaryBook {
     specs: Cache<Arc<str>, VarySpec>,
+    varying: Arc<Varying>,
 }
 
 // === impl Store ===
@@ -192,7 +194,7 @@ impl<V: Stored> Store<V> {
         credentials: Credentials,
     ) -> CacheKey {
         let vary = self.vary.names(text).await;
-        CacheKey::new(text, &key_names(policy, url, &vary), headers, credentials)
+        key_of(policy, url, text, vary.as_deref(), headers, credentials)
     }
 
     /// [`Store::key_for`] without waiting: the vary spec counts as unknown when moka would
@@ -206,7 +208,7 @@ impl<V: Stored> Store<V> {
         credentials: Credentials,
     ) -> CacheKey {
         let vary = self.vary.names_now(text);
-        CacheKey::new(text, &key_names(policy, url, &vary), headers, credentials)
+        key_of(policy, url, text, vary.as_deref(), headers, credentials)
     }
 
     /// The value under `key`, whatever its age.
@@ -249,6 +251,9 @@ impl<V: Stored> Store<V> {
             }
             let url = Arc::clone(&key.url);
             entries.insert(key, value).await;
+            if !spec.names.is_empty() {
+                book.varying.add(&url);
+            }
             book.specs.insert(url, spec).await;
         }
     }
@@ -526,6 +531,8 @@ impl Urls {
 
 impl VaryBook {
     fn new(name: &str, capacity_bytes: u64) -> Self {
+        let varying = Arc::new(Varying::new());
+        let counted = Arc::clone(&varying);
         let specs = Cache::builder()
             .name(name)
             .max_capacity(capacity_bytes)
@@ -534,24 +541,33 @@ impl VaryBook {
                 clamp_weight(url.len() + names + SIDE_OVERHEAD)
             })
             .expire_after(ByLifetime)
+            // Every way out, a replacement too: the new spec counted itself in.
+            .eviction_listener(move |url: Arc<Arc<str>>, spec: VarySpec, _cause| {
+                if !spec.names.is_empty() {
+                    counted.remove(&url);
+                }
+            })
             .support_invalidation_closures()
             .build();
-        Self { specs }
+        Self { specs, varying }
     }
 
-    /// The names the URL's last stored response varied on (none when unknown).
-    async fn names(&self, url: &Arc<str>) -> Arc<[HeaderName]> {
-        self.specs
-            .get(url)
-            .await
-            .map_or_else(|| Arc::from([]), |spec| spec.names)
+    /// The names the URL's last stored response varied on; `None` when they are none or
+    /// unknown. A URL no spec naming headers is held for is answered without a lookup.
+    async fn names(&self, url: &Arc<str>) -> Option<Arc<[HeaderName]>> {
+        if !self.varying.may_vary(url) {
+            return None;
+        }
+        Some(self.specs.get(url).await?.names).filter(|names| !names.is_empty())
     }
 
     /// [`VaryBook::names`] without waiting: unknown when moka would have to wait.
-    fn names_now(&self, url: &Arc<str>) -> Arc<[HeaderName]> {
-        poll_once(&mut self.specs.get(url).boxed())
-            .flatten()
-            .map_or_else(|| Arc::from([]), |spec| spec.names)
+    fn names_now(&self, url: &Arc<str>) -> Option<Arc<[HeaderName]>> {
+        if !self.varying.may_vary(url) {
+            return None;
+        }
+        let spec = poll_once(&mut self.specs.get(url).boxed()).flatten()?;
+        Some(spec.names).filter(|names| !names.is_empty())
     }
 }
 
@@ -571,6 +587,23 @@ pub(super) fn key_names(policy: &CachePolicy, url: &Url, vary: &[HeaderName]) ->
         Arc::clone(names)
     } else {
         merge_names(vary, names)
+    }
+}
+
+/// The key of `url` (`text` as keys hold it) for a request with `headers` and `credentials`,
+/// when its responses vary on `vary` (`None`: on nothing); built on the policy's names without
+/// a copy when they do not.
+fn key_of(
+    policy: &CachePolicy,
+    url: &Url,
+    text: &Arc<str>,
+    vary: Option<&[HeaderName]>,
+    headers: &HeaderMap,
+    credentials: Credentials,
+) -> CacheKey {
+    match vary {
+        None => CacheKey::new(text, policy.key_names(url), headers, credentials),
+        Some(vary) => CacheKey::new(text, &key_names(policy, url, vary), headers, credentials),
     }
 }
 

@@ -1,5 +1,5 @@
-//! Tests of the store: keys vary on the named headers only, the weigher, and URL
-//! normalisation for keys and purges.
+//! Tests of the store: keys vary on the named headers only and follow the URL's last vary
+//! spec, the weigher, and URL normalisation for keys and purges.
 
 use super::*;
 use crate::cache::testing::{headers, Pairs, AUTH_ONLY, COOKIE_ONLY, NONE};
@@ -156,4 +156,97 @@ fn urls_normalised_for_keys_and_purges() {
     for (text, want) in cases {
         assert_eq!(normalise(text), *want, "{text}");
     }
+}
+
+/// A value of the tests' store: weighs one byte, lives a minute, untagged.
+#[derive(Clone)]
+struct Plain;
+
+impl Lifetime for Plain {
+    fn lifetime(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+}
+
+impl Stored for Plain {
+    fn weight(&self) -> u32 {
+        1
+    }
+
+    fn tags(&self) -> &[Arc<str>] {
+        &[]
+    }
+
+    fn soften(&self, _grace: Duration) -> Softened<Self> {
+        Softened::Remove
+    }
+}
+
+static TEST_KIND: Kind = Kind {
+    label: "test",
+    entries_name: "test entries",
+    vary_name: "test vary",
+    entries_gauge: ("test_entries", "Test entries."),
+    bytes_gauge: ("test_bytes", "Test bytes."),
+};
+
+#[tokio::test]
+async fn a_key_follows_the_vary_of_the_urls_last_stored_response() {
+    let store: Store<Plain> = Store::new(&TEST_KIND, 1 << 20, 100, Arc::new(Metrics::new()));
+    let policy = crate::cache::testing::policy(false);
+    let url = crate::cache::testing::url("http://a.test/f");
+    let text: Arc<str> = normalise(url.as_str()).into();
+    let (de, en) = (
+        headers(&[("accept-language", "de")]),
+        headers(&[("accept-language", "en")]),
+    );
+    let lang: Arc<[HeaderName]> = Arc::from([HeaderName::from_static("accept-language")]);
+    let plain = |h: &HeaderMap| CacheKey::new(&text, policy.key_names(&url), h, NONE);
+    let varied = |h: &HeaderMap| CacheKey::new(&text, &key_names(&policy, &url, &lang), h, NONE);
+    // The keys of a German and an English request, by both ways of asking.
+    let keys = || async {
+        let now = (
+            store.key_now(&policy, &url, &text, &de, NONE),
+            store.key_now(&policy, &url, &text, &en, NONE),
+        );
+        let waited = (
+            store.key_for(&policy, &url, &text, &de, NONE).await,
+            store.key_for(&policy, &url, &text, &en, NONE).await,
+        );
+        assert!(now == waited, "key_now and key_for agree");
+        waited
+    };
+
+    assert_eq!(keys().await, (plain(&de), plain(&en)), "nothing stored");
+    assert!(!store.vary.varying.may_vary(&text));
+
+    store.insert(varied(&de), Arc::clone(&lang), Plain).await;
+    assert_eq!(
+        keys().await,
+        (varied(&de), varied(&en)),
+        "varies on the language"
+    );
+    assert_ne!(varied(&de), varied(&en));
+
+    // The URL's next response says no Vary: its keys stop varying, and once moka has let the
+    // old spec go the URL is known not to vary without a lookup.
+    store.insert(plain(&de), Arc::from([]), Plain).await;
+    store.run_pending_tasks().await;
+    assert_eq!(keys().await, (plain(&de), plain(&en)), "no longer varies");
+    assert!(
+        !store.vary.varying.may_vary(&text),
+        "the replaced spec is counted out"
+    );
+
+    // Varying again, then purged: back to the policy's names, counted out again.
+    store.insert(varied(&en), Arc::clone(&lang), Plain).await;
+    assert!(store.vary.varying.may_vary(&text));
+    assert_eq!(keys().await, (varied(&de), varied(&en)), "varies again");
+    store.purge(&Urls::equal(url.as_str()));
+    store.run_pending_tasks().await;
+    assert_eq!(keys().await, (plain(&de), plain(&en)), "purged");
+    assert!(
+        !store.vary.varying.may_vary(&text),
+        "the purged spec is counted out"
+    );
 }

@@ -56,7 +56,8 @@ static FRAGMENTS: Kind = Kind {
 /// Entries are bounded in bytes (body, kept headers and key) and expire `ttl` plus the longer
 /// stale window after they were stored. Beside them it keeps, bounded too, a per-URL vary spec
 /// (the header names the last stored response varied on) and hit-for-pass markers, plus the
-/// fetches in flight (one per key, for as long as someone waits on it).
+/// fetches in flight (one per key, for as long as someone waits on it). An entry and a marker
+/// do not stand together for one key: storing either drops the other.
 pub struct FragmentCache {
     store: Store<Arc<Entry>>,
     passes: Cache<CacheKey, PassMarker>,

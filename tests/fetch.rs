@@ -216,6 +216,25 @@ async fn encoded_fragments_decoded() {
     }
 }
 
+/// `fetch.pool_idle_timeout_ms`: fetches close together share one kept-alive connection; a
+/// fetch after it has waited idle past the timeout gets a new one.
+#[tokio::test]
+async fn a_connection_idle_past_the_pool_timeout_is_not_used_again() {
+    let server = support::serve(|_req| async { response(200, &[], full("ok")) }).await;
+    let mut config = config(&server.base(), &[]);
+    config.fetch.pool_idle_timeout_ms = 300;
+    let client = client(&config);
+    for _ in 0..2 {
+        let fragment = fetch(&client, &server.url("/f")).await.expect("fetch succeeds");
+        assert_eq!(fragment.body, "ok");
+    }
+    assert_eq!(server.connections().await, 1, "kept alive within the timeout");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let fragment = fetch(&client, &server.url("/f")).await.expect("fetch succeeds");
+    assert_eq!(fragment.body, "ok");
+    assert_eq!(server.connections().await, 2, "a new connection past the timeout");
+}
+
 /// Three fetches of `server`'s `ok` fragment all succeed, each on a connection of its own.
 async fn each_fetch_on_a_new_connection(server: &Server) {
     let client = client(&config(&server.base(), &[]));

@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use esi_proxy::config::{Config, HostConfig};
@@ -390,6 +390,45 @@ async fn a_refused_stream_goes_again_on_a_new_connection() {
     // A refusal is the stream's, not the connection's: the first connection stayed in use
     // (its refusal of /broken sent it to a third connection, made since).
     assert_eq!(host.connections().await, 3);
+}
+
+/// `fetch.pool_idle_timeout_ms`: the proxy closes a host's HTTP/2 connection once it has carried
+/// no stream for the timeout, not before, and the next page opens a new one.
+#[tokio::test]
+async fn an_http2_connection_idle_past_the_pool_timeout_is_closed() {
+    let closed = Arc::new(tokio::sync::watch::Sender::new(0_usize));
+    let mut closed_rx = closed.subscribe();
+    let host = serve_raw(move |stream| {
+        let closed = Arc::clone(&closed);
+        async move {
+            if let Ok(mut conn) = h2::server::handshake(stream).await {
+                while let Some(Ok((req, respond))) = conn.accept().await {
+                    answer(respond, &format!("<{}>", req.uri().path()));
+                }
+            }
+            closed.send_modify(|n| *n += 1);
+        }
+    })
+    .await;
+    let origin = origin(format!("<esi:include src=\"{}/f\"/>", host.base())).await;
+    let mut config = Config::default();
+    config.fetch.hosts = vec![h2_host(&host, false)];
+    config.fetch.pool_idle_timeout_ms = 600;
+    let proxy = proxy(&origin.base(), config).await;
+
+    assert_eq!(get(&proxy.url("/page")).await.2, "</f>");
+    let idle_from = Instant::now();
+    tokio::time::timeout(MUST, closed_rx.wait_for(|n| *n == 1))
+        .await
+        .expect("the idle connection is closed")
+        .expect("the host's counter lives");
+    let after = idle_from.elapsed();
+    assert!(
+        after >= Duration::from_millis(500),
+        "closed {after:?} after the page: before the 600 ms idle timeout"
+    );
+    assert_eq!(get(&proxy.url("/page")).await.2, "</f>");
+    assert_eq!(host.connections().await, 2, "a new connection for the next page");
 }
 
 /// A host that shuts its connection down gracefully (`GOAWAY`) between pages: the next page's

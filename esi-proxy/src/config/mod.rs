@@ -200,6 +200,9 @@ pub struct FetchConfig {
     pub max_concurrent: usize,
     /// Idle keep-alive connections kept per host. Default: 256.
     pub pool_idle_per_host: usize,
+    /// Milliseconds a kept-alive connection (or an HTTP/2 connection carrying no stream) may
+    /// wait idle before it is closed. Default: 90000.
+    pub pool_idle_timeout_ms: u64,
     /// Whether fragment requests to an `http` origin go over HTTP/2 with prior knowledge
     /// (h2c), sharing connections as streams; layouts and pass-through stay HTTP/1.1.
     /// Default: false.
@@ -464,6 +467,7 @@ impl Default for FetchConfig {
             max_concurrent_per_page: 256,
             max_concurrent: 4096,
             pool_idle_per_host: 256,
+            pool_idle_timeout_ms: 90_000,
             origin_http2: false,
             forward_headers: vec!["accept-language".into(), "user-agent".into()],
             hosts: Vec::new(),

@@ -79,6 +79,7 @@ pub const RANGES: &[Range] = &[
     range("fetch.max_concurrent_per_page", 1, 65_536),
     range("fetch.max_concurrent", 1, MIB),
     range("fetch.pool_idle_per_host", 0, 65_536),
+    range("fetch.pool_idle_timeout_ms", 1, HOUR_MS),
     range("fetch.breaker.failures", 1, 65_536),
     range("fetch.breaker.open_ms", 1, DAY_MS),
     range("fetch.breaker.max_open_ms", 1, DAY_MS),

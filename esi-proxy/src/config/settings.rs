@@ -153,6 +153,8 @@ pub struct FetchSettings {
     pub max_concurrent: usize,
     /// `fetch.pool_idle_per_host`.
     pub pool_idle_per_host: usize,
+    /// `fetch.pool_idle_timeout_ms`, not zero.
+    pub pool_idle_timeout: Duration,
     /// `fetch.origin_http2`; only with an `http` origin.
     pub origin_http2: bool,
     /// `fetch.forward_headers`, lowercase, in the file's order; none of them is one the proxy
@@ -461,6 +463,7 @@ mod tests {
                 max_concurrent_per_page: 256,
                 max_concurrent: 4096,
                 pool_idle_per_host: 256,
+                pool_idle_timeout: Duration::from_secs(90),
                 origin_http2: false,
                 forward_headers: names(&["accept-language", "user-agent"]),
                 hosts: Vec::new(),
@@ -538,6 +541,11 @@ mod tests {
             "fetch.connect_timeout_ms = 5",
             |s| Some(s.fetch.connect_timeout),
             ms(5),
+        ),
+        (
+            "fetch.pool_idle_timeout_ms = 2500",
+            |s| Some(s.fetch.pool_idle_timeout),
+            ms(2500),
         ),
         (
             "fetch.fragment_timeout_ms = 7",

@@ -369,6 +369,7 @@ impl Config {
             max_concurrent_per_page: f.max_concurrent_per_page,
             max_concurrent: f.max_concurrent,
             pool_idle_per_host: f.pool_idle_per_host,
+            pool_idle_timeout: Duration::from_millis(f.pool_idle_timeout_ms),
             origin_http2: f.origin_http2,
             forward_headers,
             hosts: hosts.into_iter().map(|(host, _)| host).collect(),

@@ -318,9 +318,9 @@ impl HttpClient {
 
         let resolver = Arc::new(GuardedResolver { lookup, private_ok });
         let connect_timeout = fetch.connect_timeout;
-        let plain = plain_pool(&resolver, connect_timeout, fetch.pool_idle_per_host);
-        let origin_plain = plain_pool(&resolver, connect_timeout, fetch.pool_idle_per_host);
-        let origin_streams = plain_pool(&resolver, connect_timeout, fetch.pool_idle_per_host);
+        let plain = plain_pool(&resolver, fetch);
+        let origin_plain = plain_pool(&resolver, fetch);
+        let origin_streams = plain_pool(&resolver, fetch);
         let mut roots = Vec::new();
         for file in &fetch.ca_certs {
             let invalid = |message: String| invalid(&file.display().to_string(), message);
@@ -340,6 +340,7 @@ impl HttpClient {
                     .redirect(reqwest::redirect::Policy::none())
                     .connect_timeout(connect_timeout)
                     .pool_max_idle_per_host(fetch.pool_idle_per_host)
+                    .pool_idle_timeout(fetch.pool_idle_timeout)
                     .tcp_nodelay(true),
                 reqwest::ClientBuilder::add_root_certificate,
             )
@@ -368,7 +369,7 @@ impl HttpClient {
                 max_fragment_bytes: fetch.max_fragment_bytes,
                 layout_timeout: fetch.layout_timeout,
                 plain,
-                h2: h2::H2Pool::new(connect_timeout, fetch.max_fragment_bytes),
+                h2: h2::H2Pool::new(fetch),
                 tls,
                 origin_plain,
                 origin_streams,

@@ -5,7 +5,7 @@
 //! HTTP/1.1 takes a connection, a write and a read each.
 //!
 //! A host gets one connection, and another each time all it has carry as many streams as the
-//! host allows; a connection with no stream for [`POOL_IDLE_TIMEOUT`] is closed.
+//! host allows; a connection with no stream for `fetch.pool_idle_timeout_ms` is closed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -22,8 +22,9 @@ use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use super::client::send_error;
 use super::collect::BodySink;
 use super::h1::StreamPool;
-use super::pool::{MAX_RESPONSE_HEAD_BYTES, POOL_IDLE_TIMEOUT};
+use super::pool::MAX_RESPONSE_HEAD_BYTES;
 use super::FetchError;
+use crate::config::FetchSettings;
 
 /// Streams one connection carries at most, whatever more the host allows: past it a new
 /// connection spreads the load over the host's accept loop and the proxy's cores.
@@ -48,7 +49,8 @@ const CLOSING: usize = usize::MAX / 2;
 /// Receive window of each connection, shared by its streams.
 const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 
-/// How often a connection's driver looks whether it has been idle too long.
+/// How often a connection's driver looks whether it has been idle too long, at most: half the
+/// idle timeout when that is shorter.
 const IDLE_CHECK: Duration = Duration::from_secs(15);
 
 /// The h2c connections of every host, by authority (`host[:port]` as the URL spells it).
@@ -59,6 +61,8 @@ pub(super) struct H2Pool {
     connect_timeout: Duration,
     /// Receive window of each stream (see [`STREAM_WINDOW`]).
     stream_window: u32,
+    /// `fetch.pool_idle_timeout_ms`: how long a connection may carry no stream.
+    idle_timeout: Duration,
 }
 
 /// One host's connections.
@@ -130,14 +134,18 @@ enum Failed {
 // === impl H2Pool ===
 
 impl H2Pool {
-    /// A pool whose connections connect within `connect_timeout` and whose streams take
-    /// bodies of `max_fragment_bytes`.
-    pub(super) fn new(connect_timeout: Duration, max_fragment_bytes: usize) -> Self {
-        let window = max_fragment_bytes.clamp(STREAM_WINDOW.0, STREAM_WINDOW.1);
+    /// A pool whose connections connect within `fetch.connect_timeout`, whose streams take
+    /// bodies of `fetch.max_fragment_bytes` and that closes a connection idle for
+    /// `fetch.pool_idle_timeout`.
+    pub(super) fn new(fetch: &FetchSettings) -> Self {
+        let window = fetch
+            .max_fragment_bytes
+            .clamp(STREAM_WINDOW.0, STREAM_WINDOW.1);
         Self {
             hosts: Mutex::default(),
-            connect_timeout,
+            connect_timeout: fetch.connect_timeout,
             stream_window: u32::try_from(window).unwrap_or(u32::MAX),
+            idle_timeout: fetch.pool_idle_timeout,
         }
     }
 
@@ -370,7 +378,7 @@ async fn connect(
             last_used: AtomicU64::new(0),
             born: Instant::now(),
         });
-        tokio::spawn(drive(connection, Arc::downgrade(&conn)));
+        tokio::spawn(drive(connection, Arc::downgrade(&conn), pool.idle_timeout));
         // A host sends its SETTINGS before anything else, so once it has answered a PING its
         // stream limit is known: a burst of requests on a new connection is not sent past it
         // (and refused) on the guess above.
@@ -390,11 +398,16 @@ async fn connect(
     }
 }
 
-/// Drives a connection until it ends, or until it has carried no stream for
-/// [`POOL_IDLE_TIMEOUT`] (or the pool that held it is gone and its streams are done).
-async fn drive(connection: h2::client::Connection<tokio::net::TcpStream, Bytes>, conn: Weak<Conn>) {
+/// Drives a connection until it ends, or until it has carried no stream for `idle_timeout`
+/// (or the pool that held it is gone and its streams are done).
+async fn drive(
+    connection: h2::client::Connection<tokio::net::TcpStream, Bytes>,
+    conn: Weak<Conn>,
+    idle_timeout: Duration,
+) {
     let mut connection = std::pin::pin!(connection);
-    let mut check = tokio::time::interval(IDLE_CHECK);
+    let every = IDLE_CHECK.min(idle_timeout / 2).max(Duration::from_millis(1));
+    let mut check = tokio::time::interval(every);
     check.tick().await;
     loop {
         tokio::select! {
@@ -410,7 +423,7 @@ async fn drive(connection: h2::client::Connection<tokio::net::TcpStream, Bytes>,
                     continue;
                 };
                 // Taken from 0 to CLOSING at once, so no stream is leased on it meanwhile.
-                let idle = conn.idle_for() >= POOL_IDLE_TIMEOUT
+                let idle = conn.idle_for() >= idle_timeout
                     && conn
                         .open
                         .compare_exchange(0, CLOSING, Ordering::AcqRel, Ordering::Acquire)

@@ -20,6 +20,7 @@ use hyper_util::rt::TokioIo;
 
 use super::guard::GuardedResolver;
 use super::OriginBody;
+use crate::config::FetchSettings;
 
 /// Idle keep-alive HTTP/1.1 connections to `http` hosts, by authority (`host[:port]`
 /// as the URL spells it, the default port left out, so also the `Host` header). A connection
@@ -33,7 +34,9 @@ pub(super) struct PlainPool<C> {
     idle: Mutex<HashMap<String, Vec<IdleConnection<C>>>>,
     /// Most idle connections kept per authority (`fetch.pool_idle_per_host`).
     max_idle_per_host: usize,
-    /// Whether the task closing connections idle past [`POOL_IDLE_TIMEOUT`] runs.
+    /// How long a connection may wait idle (`fetch.pool_idle_timeout_ms`).
+    idle_timeout: Duration,
+    /// Whether the task closing connections idle past `idle_timeout` runs.
     purging: AtomicBool,
     /// Told when the pool is dropped (a reload replaced it), so that task ends at once.
     dropped: Arc<tokio::sync::Notify>,
@@ -65,9 +68,6 @@ pub(super) type OriginPool = Arc<PlainPool<SendRequest<OriginBody>>>;
 /// a larger one fails the fetch as malformed. hyper's own bound is some 400 KB, which lets a
 /// host make the proxy hold that much per fetch before a byte of body.
 pub(super) const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
-
-/// How long a connection may stay idle in a [`PlainPool`], as reqwest keeps them.
-pub(super) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// How long a connection whose response has been read may wait for its request body to finish
 /// going out before it is given up on (dropped, so it closes once the body ends or fails)
@@ -127,9 +127,9 @@ impl tower_service::Service<Uri> for PlainConnector {
 /// its own: the guarded resolver, TCP_NODELAY, TCP keepalive.
 pub(super) fn plain_pool<C>(
     resolver: &Arc<GuardedResolver>,
-    connect_timeout: Duration,
-    max_idle_per_host: usize,
+    fetch: &FetchSettings,
 ) -> Arc<PlainPool<C>> {
+    let connect_timeout = fetch.connect_timeout;
     let mut http = HttpConnector::new_with_resolver(ResolveName(Arc::clone(resolver)));
     http.set_connect_timeout(Some(connect_timeout));
     http.set_nodelay(true);
@@ -142,7 +142,8 @@ pub(super) fn plain_pool<C>(
             timeout: connect_timeout,
         },
         idle: Mutex::new(HashMap::new()),
-        max_idle_per_host,
+        max_idle_per_host: fetch.pool_idle_per_host,
+        idle_timeout: fetch.pool_idle_timeout,
         purging: AtomicBool::new(false),
         dropped: Arc::new(tokio::sync::Notify::new()),
     })
@@ -165,7 +166,7 @@ impl<C: Pooled> PlainPool<C> {
         let waiting = idle.get_mut(authority)?;
         // Closed or expired ones are dropped on the way, which closes them.
         while let Some(idle) = waiting.pop() {
-            if idle.conn.usable() && idle.since.elapsed() < POOL_IDLE_TIMEOUT {
+            if idle.conn.usable() && idle.since.elapsed() < self.idle_timeout {
                 return Some(idle.conn);
             }
         }
@@ -207,18 +208,19 @@ impl<C: Pooled> PlainPool<C> {
         Ok(io.into_inner())
     }
 
-    /// Starts, once, the task that closes connections idle longer than [`POOL_IDLE_TIMEOUT`];
-    /// it ends when the pool is dropped.
+    /// Starts, once, the task that closes connections idle longer than the idle timeout; it
+    /// ends when the pool is dropped.
     fn start_purging(self: &Arc<Self>) {
         if self.purging.swap(true, Ordering::Relaxed) {
             return;
         }
         let pool = Arc::downgrade(self);
         let dropped = Arc::clone(&self.dropped);
+        let timeout = self.idle_timeout;
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    () = tokio::time::sleep(POOL_IDLE_TIMEOUT) => {}
+                    () = tokio::time::sleep(timeout) => {}
                     // A permit stored before this waits is taken at once.
                     () = dropped.notified() => return,
                 }
@@ -228,7 +230,7 @@ impl<C: Pooled> PlainPool<C> {
                 let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
                 idle.retain(|_, waiting| {
                     waiting.retain(|idle| {
-                        idle.conn.usable() && idle.since.elapsed() < POOL_IDLE_TIMEOUT
+                        idle.conn.usable() && idle.since.elapsed() < timeout
                     });
                     !waiting.is_empty()
                 });

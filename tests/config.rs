@@ -54,8 +54,8 @@ async fn unknown_field_names_its_line_and_dotted_path() {
             "fetch.timeout_ms: unknown field `timeout_ms`, expected one of `connect_timeout_ms`, \
              `fragment_timeout_ms`, `layout_timeout_ms`, `page_timeout_ms`, `max_fragment_bytes`, \
              `max_layout_bytes`, `max_page_bytes`, `max_concurrent_per_page`, `max_concurrent`, \
-             `pool_idle_per_host`, `origin_http2`, `forward_headers`, `hosts`, `ca_certs`, \
-             `breaker`",
+             `pool_idle_per_host`, `pool_idle_timeout_ms`, `origin_http2`, `forward_headers`, \
+             `hosts`, `ca_certs`, `breaker`",
         )],
     )
     .await;

@@ -225,14 +225,26 @@ async fn a_connection_idle_past_the_pool_timeout_is_not_used_again() {
     config.fetch.pool_idle_timeout_ms = 300;
     let client = client(&config);
     for _ in 0..2 {
-        let fragment = fetch(&client, &server.url("/f")).await.expect("fetch succeeds");
+        let fragment = fetch(&client, &server.url("/f"))
+            .await
+            .expect("fetch succeeds");
         assert_eq!(fragment.body, "ok");
     }
-    assert_eq!(server.connections().await, 1, "kept alive within the timeout");
+    assert_eq!(
+        server.connections().await,
+        1,
+        "kept alive within the timeout"
+    );
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let fragment = fetch(&client, &server.url("/f")).await.expect("fetch succeeds");
+    let fragment = fetch(&client, &server.url("/f"))
+        .await
+        .expect("fetch succeeds");
     assert_eq!(fragment.body, "ok");
-    assert_eq!(server.connections().await, 2, "a new connection past the timeout");
+    assert_eq!(
+        server.connections().await,
+        2,
+        "a new connection past the timeout"
+    );
 }
 
 /// Three fetches of `server`'s `ok` fragment all succeed, each on a connection of its own.

@@ -428,7 +428,11 @@ async fn an_http2_connection_idle_past_the_pool_timeout_is_closed() {
         "closed {after:?} after the page: before the 600 ms idle timeout"
     );
     assert_eq!(get(&proxy.url("/page")).await.2, "</f>");
-    assert_eq!(host.connections().await, 2, "a new connection for the next page");
+    assert_eq!(
+        host.connections().await,
+        2,
+        "a new connection for the next page"
+    );
 }
 
 /// A host that shuts its connection down gracefully (`GOAWAY`) between pages: the next page's

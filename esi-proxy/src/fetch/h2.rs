@@ -406,7 +406,9 @@ async fn drive(
     idle_timeout: Duration,
 ) {
     let mut connection = std::pin::pin!(connection);
-    let every = IDLE_CHECK.min(idle_timeout / 2).max(Duration::from_millis(1));
+    let every = IDLE_CHECK
+        .min(idle_timeout / 2)
+        .max(Duration::from_millis(1));
     let mut check = tokio::time::interval(every);
     check.tick().await;
     loop {

@@ -229,9 +229,7 @@ impl<C: Pooled> PlainPool<C> {
                 };
                 let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
                 idle.retain(|_, waiting| {
-                    waiting.retain(|idle| {
-                        idle.conn.usable() && idle.since.elapsed() < timeout
-                    });
+                    waiting.retain(|idle| idle.conn.usable() && idle.since.elapsed() < timeout);
                     !waiting.is_empty()
                 });
             }

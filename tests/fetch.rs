@@ -224,27 +224,20 @@ async fn a_connection_idle_past_the_pool_timeout_is_not_used_again() {
     let mut config = config(&server.base(), &[]);
     config.fetch.pool_idle_timeout_ms = 300;
     let client = client(&config);
-    for _ in 0..2 {
+    let fetch_ok = || async {
         let fragment = fetch(&client, &server.url("/f"))
             .await
             .expect("fetch succeeds");
         assert_eq!(fragment.body, "ok");
-    }
-    assert_eq!(
-        server.connections().await,
-        1,
-        "kept alive within the timeout"
-    );
+    };
+    fetch_ok().await;
+    fetch_ok().await;
+    let kept = server.connections().await;
+    assert_eq!(kept, 1, "kept alive within the timeout");
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let fragment = fetch(&client, &server.url("/f"))
-        .await
-        .expect("fetch succeeds");
-    assert_eq!(fragment.body, "ok");
-    assert_eq!(
-        server.connections().await,
-        2,
-        "a new connection past the timeout"
-    );
+    fetch_ok().await;
+    let after = server.connections().await;
+    assert_eq!(after, 2, "a new connection past the timeout");
 }
 
 /// Three fetches of `server`'s `ok` fragment all succeed, each on a connection of its own.

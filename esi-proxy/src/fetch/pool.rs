@@ -124,7 +124,9 @@ impl tower_service::Service<Uri> for PlainConnector {
 }
 
 /// A pool for `http` fragments or an `http` origin, its connections set up as reqwest sets up
-/// its own: the guarded resolver, TCP_NODELAY, TCP keepalive.
+/// its own: the guarded resolver, TCP_NODELAY, TCP keepalive; connected within
+/// `fetch.connect_timeout`, kept `fetch.pool_idle_per_host` per host for at most
+/// `fetch.pool_idle_timeout`.
 pub(super) fn plain_pool<C>(
     resolver: &Arc<GuardedResolver>,
     fetch: &FetchSettings,

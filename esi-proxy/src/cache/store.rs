@@ -26,6 +26,10 @@ use super::varying::Varying;
 use super::{EVICTIONS, HITS, HITS_HELP, KEYS_DROPPED, MISSES, MISSES_HELP, TAG_INDEX};
 use crate::telemetry::{Counter, Metrics};
 
+/// Bytes a key's variant is built in before it grows: the credential bits and the forwarded
+/// host and scheme with their values.
+const VARIANT_ROOM: usize = 96;
+
 /// Bytes charged per entry on top of its body, headers and key: the `Arc`, the entry struct
 /// and moka's own bookkeeping.
 const ENTRY_OVERHEAD: usize = 160;
@@ -106,7 +110,7 @@ pub(super) struct ByLifetime;
 pub(super) struct CacheKey {
     pub(super) url: Arc<str>,
     /// See [`CacheKey::new`] for the encoding.
-    variant: Arc<[u8]>,
+    variant: Box<[u8]>,
 }
 
 /// How a response is keyed when it is stored.
@@ -453,7 +457,9 @@ impl CacheKey {
         headers: &HeaderMap,
         credentials: Credentials,
     ) -> Self {
-        let mut variant = vec![credentials.bits()];
+        // Room for the usual key (the forwarded host and scheme) without growing on the way.
+        let mut variant = Vec::with_capacity(VARIANT_ROOM);
+        variant.push(credentials.bits());
         for name in names {
             variant.extend_from_slice(name.as_str().as_bytes());
             variant.push(0);
@@ -465,7 +471,7 @@ impl CacheKey {
         }
         Self {
             url: Arc::clone(url),
-            variant: variant.into(),
+            variant: variant.into_boxed_slice(),
         }
     }
 

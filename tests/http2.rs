@@ -435,6 +435,29 @@ async fn an_http2_connection_idle_past_the_pool_timeout_is_closed() {
     );
 }
 
+/// `fetch.pool_idle_timeout_ms` shorter than a host's handshake: a new connection is not taken
+/// for idle before it has carried its first stream, so the page's include is answered.
+#[tokio::test]
+async fn an_idle_timeout_shorter_than_the_handshake_spares_a_new_connection() {
+    let host = serve_raw(|stream| async move {
+        // The host's SETTINGS and its answer to the PING come 300 ms late.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if let Ok(mut conn) = h2::server::handshake(stream).await {
+            while let Some(Ok((req, respond))) = conn.accept().await {
+                answer(respond, &format!("<{}>", req.uri().path()));
+            }
+        }
+    })
+    .await;
+    let origin = origin(format!("<esi:include src=\"{}/f\"/>", host.base())).await;
+    let mut config = Config::default();
+    config.fetch.hosts = vec![h2_host(&host, false)];
+    config.fetch.pool_idle_timeout_ms = 50;
+    let proxy = proxy(&origin.base(), config).await;
+
+    assert_eq!(get(&proxy.url("/page")).await.2, "</f>");
+}
+
 /// A host that shuts its connection down gracefully (`GOAWAY`) between pages: the next page's
 /// fragment goes on a new connection.
 #[tokio::test]

@@ -746,6 +746,10 @@ impl CachingFetcher {
             Decision::Pass(reason) => {
                 tracing::debug!(url = %flight_key.url, reason, "fragment not stored");
                 cache.count_pass();
+                // The newest response says not to keep this; an older copy must not answer.
+                // Dropped before the marker is set: a flight cancelled in between leaves
+                // neither, never an entry beside a marker (lookups read the entry first).
+                cache.store.remove(flight_key).await;
                 let hit_for_pass = self.0.policy.hit_for_pass();
                 if !hit_for_pass.is_zero() {
                     cache
@@ -753,8 +757,6 @@ impl CachingFetcher {
                         .insert(flight_key.clone(), PassMarker(hit_for_pass))
                         .await;
                 }
-                // The newest response says not to keep this; an older copy must not answer.
-                cache.store.remove(flight_key).await;
                 if let Some(shared) = &self.0.shared {
                     shared.remove(SharedKind::Fragment, flight_key).await;
                 }

@@ -53,6 +53,9 @@ const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// idle timeout when that is shorter.
 const IDLE_CHECK: Duration = Duration::from_secs(15);
 
+/// The shortest pause between those looks, however short the idle timeout.
+const MIN_IDLE_CHECK: Duration = Duration::from_millis(10);
+
 /// The h2c connections of every host, by authority (`host[:port]` as the URL spells it).
 #[derive(Debug)]
 pub(super) struct H2Pool {
@@ -378,7 +381,13 @@ async fn connect(
             last_used: AtomicU64::new(0),
             born: Instant::now(),
         });
-        tokio::spawn(drive(connection, Arc::downgrade(&conn), pool.idle_timeout));
+        // One that has carried no stream yet is given its handshake's time on top, so a
+        // timeout shorter than the round trip cannot close it before its first request.
+        let idle = Idle {
+            after: pool.idle_timeout,
+            first: pool.idle_timeout.saturating_add(pool.connect_timeout),
+        };
+        tokio::spawn(drive(connection, Arc::downgrade(&conn), idle));
         // A host sends its SETTINGS before anything else, so once it has answered a PING its
         // stream limit is known: a burst of requests on a new connection is not sent past it
         // (and refused) on the guess above.
@@ -398,17 +407,24 @@ async fn connect(
     }
 }
 
-/// Drives a connection until it ends, or until it has carried no stream for `idle_timeout`
-/// (or the pool that held it is gone and its streams are done).
+/// When a connection's driver closes it for carrying no stream.
+#[derive(Clone, Copy)]
+struct Idle {
+    /// Once it has carried one: `fetch.pool_idle_timeout`.
+    after: Duration,
+    /// Before its first: the idle timeout plus the connect timeout.
+    first: Duration,
+}
+
+/// Drives a connection until it ends, or until it has carried no stream for as long as `idle`
+/// allows (or the pool that held it is gone and its streams are done).
 async fn drive(
     connection: h2::client::Connection<tokio::net::TcpStream, Bytes>,
     conn: Weak<Conn>,
-    idle_timeout: Duration,
+    idle: Idle,
 ) {
     let mut connection = std::pin::pin!(connection);
-    let every = IDLE_CHECK
-        .min(idle_timeout / 2)
-        .max(Duration::from_millis(1));
+    let every = IDLE_CHECK.min(idle.after / 2).max(MIN_IDLE_CHECK);
     let mut check = tokio::time::interval(every);
     check.tick().await;
     loop {
@@ -424,13 +440,18 @@ async fn drive(
                     // Only streams still reading hold it: the connection ends once they do.
                     continue;
                 };
+                let allowed = if conn.used.load(Ordering::Relaxed) {
+                    idle.after
+                } else {
+                    idle.first
+                };
                 // Taken from 0 to CLOSING at once, so no stream is leased on it meanwhile.
-                let idle = conn.idle_for() >= idle_timeout
+                let closing = conn.idle_for() >= allowed
                     && conn
                         .open
                         .compare_exchange(0, CLOSING, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok();
-                if idle {
+                if closing {
                     conn.closed.store(true, Ordering::Relaxed);
                     break;
                 }

@@ -219,10 +219,13 @@ impl<C: Pooled> PlainPool<C> {
         let pool = Arc::downgrade(self);
         let dropped = Arc::clone(&self.dropped);
         let timeout = self.idle_timeout;
+        // A checkout never takes an expired connection; the sweep only closes them, so it
+        // need not wake more than once a second, however short the timeout.
+        let every = timeout.max(Duration::from_secs(1));
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    () = tokio::time::sleep(timeout) => {}
+                    () = tokio::time::sleep(every) => {}
                     // A permit stored before this waits is taken at once.
                     () = dropped.notified() => return,
                 }

@@ -392,6 +392,17 @@ async fn a_refused_stream_goes_again_on_a_new_connection() {
     assert_eq!(host.connections().await, 3);
 }
 
+/// An origin whose `/page` includes `host`'s `/f`, and a proxy in front of it speaking HTTP/2 to
+/// `host` with an idle timeout of `idle_ms`.
+async fn one_include_of(host: &Server, idle_ms: u64) -> (Server, Proxy) {
+    let origin = origin(format!("<esi:include src=\"{}/f\"/>", host.base())).await;
+    let mut config = Config::default();
+    config.fetch.hosts = vec![h2_host(host, false)];
+    config.fetch.pool_idle_timeout_ms = idle_ms;
+    let proxy = proxy(&origin.base(), config).await;
+    (origin, proxy)
+}
+
 /// `fetch.pool_idle_timeout_ms`: the proxy closes a host's HTTP/2 connection once it has carried
 /// no stream for the timeout, not before, and the next page opens a new one.
 #[tokio::test]
@@ -410,11 +421,7 @@ async fn an_http2_connection_idle_past_the_pool_timeout_is_closed() {
         }
     })
     .await;
-    let origin = origin(format!("<esi:include src=\"{}/f\"/>", host.base())).await;
-    let mut config = Config::default();
-    config.fetch.hosts = vec![h2_host(&host, false)];
-    config.fetch.pool_idle_timeout_ms = 600;
-    let proxy = proxy(&origin.base(), config).await;
+    let (_origin, proxy) = one_include_of(&host, 600).await;
 
     assert_eq!(get(&proxy.url("/page")).await.2, "</f>");
     let idle_from = Instant::now();
@@ -449,11 +456,7 @@ async fn an_idle_timeout_shorter_than_the_handshake_spares_a_new_connection() {
         }
     })
     .await;
-    let origin = origin(format!("<esi:include src=\"{}/f\"/>", host.base())).await;
-    let mut config = Config::default();
-    config.fetch.hosts = vec![h2_host(&host, false)];
-    config.fetch.pool_idle_timeout_ms = 50;
-    let proxy = proxy(&origin.base(), config).await;
+    let (_origin, proxy) = one_include_of(&host, 50).await;
 
     assert_eq!(get(&proxy.url("/page")).await.2, "</f>");
 }

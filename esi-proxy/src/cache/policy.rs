@@ -141,7 +141,11 @@ impl CachePolicy {
         };
         let rules = policy.rules.iter().map(Some).chain([None]);
         let key_names = rules
-            .map(|rule| merge_names(&policy.key_headers_of(rule), &TOLD_UPSTREAM))
+            .map(|rule| {
+                let from_rule = rule.map_or(&[][..], |r| r.key_headers.as_slice());
+                let keyed = merge_names(&policy.key_headers, from_rule);
+                merge_names(&keyed, &TOLD_UPSTREAM)
+            })
             .collect();
         policy.key_names = key_names;
         policy
@@ -226,7 +230,7 @@ impl CachePolicy {
         }
         let rule = self.rule_for(url);
         if credentials.any() && !cc.public && cc.s_maxage.is_none() {
-            let keys = self.key_headers_of(rule.map(|(_, r)| r));
+            let keys = self.key_names_of(rule.map(|(index, _)| index));
             let keyed = |carried: bool, name: &HeaderName| !carried || keys.contains(name);
             if !keyed(credentials.cookie, &COOKIE)
                 || !keyed(credentials.authorization, &AUTHORIZATION)
@@ -282,10 +286,12 @@ impl CachePolicy {
     /// The names every cache key of `url` varies on, whatever its response's `Vary`: its key
     /// headers and [`TOLD_UPSTREAM`], sorted and unique.
     pub(super) fn key_names(&self, url: &Url) -> &Arc<[HeaderName]> {
-        let index = self
-            .rule_for(url)
-            .map_or(self.rules.len(), |(index, _)| index);
-        &self.key_names[index]
+        self.key_names_of(self.rule_for(url).map(|(index, _)| index))
+    }
+
+    /// [`CachePolicy::key_names`] of the URLs rule `index` matches (`None`: no rule).
+    fn key_names_of(&self, index: Option<usize>) -> &Arc<[HeaderName]> {
+        &self.key_names[index.unwrap_or(self.rules.len())]
     }
 
     /// The surrogate keys of a response with `headers`, within the configured bounds, and
@@ -321,11 +327,6 @@ impl CachePolicy {
             };
             glob_match(&rule.pattern, text)
         })
-    }
-
-    fn key_headers_of(&self, rule: Option<&CacheRuleSettings>) -> Vec<HeaderName> {
-        let from_rule = rule.map_or(&[][..], |r| r.key_headers.as_slice());
-        merge_names(&self.key_headers, from_rule).to_vec()
     }
 }
 

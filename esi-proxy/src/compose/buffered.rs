@@ -194,7 +194,8 @@ async fn eval(
     out: &mut Vec<Slot>,
 ) {
     let resolved = state.resolve(inc, doc, scope);
-    match resolve(state, inc, &resolved, doc, in_try, true).await {
+    // Boxed: a loop or fragment holding an eval does not carry a fetch's room otherwise.
+    match Box::pin(resolve(state, inc, &resolved, doc, in_try, true)).await {
         Ok(None) => {}
         Ok(Some(Fetched {
             eval: Some((template, child)),

@@ -37,79 +37,81 @@ pub(super) fn include<'a>(
     doc: &'a DocContext,
     in_try: bool,
 ) -> impl std::future::Future<Output = Result<Bytes, Failure>> + Send + 'a {
-    // Not boxed again: `resolve` is, which is where a fragment's nested includes recurse.
+    // Not boxed: the include's task holds its state in the task's own allocation. A
+    // fragment's nested includes recurse through `buffered::run`, which is boxed.
     resolve(state, inc, resolved, doc, in_try, false)
         .map(|fetched| Ok(fetched?.map_or_else(Bytes::new, |f| f.body)))
 }
 
 /// An include's or eval's fetch with its fallbacks; `None` when a fallback leaves its place
 /// empty. With `eval`, an ESI fragment comes back parsed instead of composed.
-pub(super) fn resolve<'a>(
-    state: &'a Arc<PageState>,
-    inc: &'a Include,
-    resolved: &'a Resolved,
-    doc: &'a DocContext,
+pub(super) async fn resolve(
+    state: &Arc<PageState>,
+    inc: &Include,
+    resolved: &Resolved,
+    doc: &DocContext,
     in_try: bool,
     eval: bool,
-) -> BoxFuture<'a, Result<Option<Fetched>, Failure>> {
-    async move {
-        let cfg = &state.composer.config;
-        let metrics = &state.composer.metrics;
-        let mut last = None;
-        if state.includes.fetch_add(1, Ordering::Relaxed) >= cfg.max_includes {
-            metrics.record_fragment("", FailureKind::Limit.as_str(), 0.0, 0);
-            last = Some(Failure {
-                url: inc.src.to_string(),
-                kind: FailureKind::Limit,
-                message: format!("more than {} includes in the page", cfg.max_includes),
-                record: None,
-            });
+) -> Result<Option<Fetched>, Failure> {
+    let cfg = &state.composer.config;
+    let metrics = &state.composer.metrics;
+    let mut last = None;
+    if state.includes.fetch_add(1, Ordering::Relaxed) >= cfg.max_includes {
+        metrics.record_fragment("", FailureKind::Limit.as_str(), 0.0, 0);
+        last = Some(Failure {
+            url: inc.src.to_string(),
+            kind: FailureKind::Limit,
+            message: format!("more than {} includes in the page", cfg.max_includes),
+            record: None,
+        });
+    } else {
+        let urls = std::iter::once((&inc.src, &resolved.src));
+        let alts = inc.alt.as_ref().zip(resolved.alt.as_ref());
+        let purpose = if eval {
+            Purpose::Eval
         } else {
-            let urls = std::iter::once((&inc.src, &resolved.src));
-            let alts = inc.alt.as_ref().zip(resolved.alt.as_ref());
-            let purpose = if eval { Purpose::Eval } else { Purpose::Include };
-            for (i, (src, url)) in urls.chain(alts).enumerate() {
-                let alt = i > 0;
-                let target = Target {
-                    src,
-                    url,
-                    resolved,
-                    alt,
-                };
-                match fetch_fragment(state, target, inc, doc, purpose).await {
-                    Ok(body) => {
-                        if i > 0 {
-                            state.record_fallback(Fallback::Alt, last.as_ref());
-                        }
-                        return Ok(Some(body));
+            Purpose::Include
+        };
+        for (i, (src, url)) in urls.chain(alts).enumerate() {
+            let alt = i > 0;
+            let target = Target {
+                src,
+                url,
+                resolved,
+                alt,
+            };
+            match fetch_fragment(state, target, inc, doc, purpose).await {
+                Ok(body) => {
+                    if i > 0 {
+                        state.record_fallback(Fallback::Alt, last.as_ref());
                     }
-                    Err(f) => {
-                        tracing::warn!(failure = %f, alt = i > 0, line = inc.line, "include failed");
-                        last = Some(f);
-                    }
+                    return Ok(Some(body));
+                }
+                Err(f) => {
+                    tracing::warn!(failure = %f, alt = i > 0, line = inc.line, "include failed");
+                    last = Some(f);
                 }
             }
         }
-        let failure = last.expect("an include fails only after an attempt or the limit");
-        if inc.onerror == OnError::Continue {
-            state.record_fallback(Fallback::Continue, Some(&failure));
-            return Ok(None);
+    }
+    let failure = last.expect("an include fails only after an attempt or the limit");
+    if inc.onerror == OnError::Continue {
+        state.record_fallback(Fallback::Continue, Some(&failure));
+        return Ok(None);
+    }
+    if in_try {
+        return Err(failure);
+    }
+    match cfg.on_error {
+        config::OnError::Empty => {
+            state.record_fallback(Fallback::Empty, Some(&failure));
+            Ok(None)
         }
-        if in_try {
-            return Err(failure);
-        }
-        match cfg.on_error {
-            config::OnError::Empty => {
-                state.record_fallback(Fallback::Empty, Some(&failure));
-                Ok(None)
-            }
-            config::OnError::Fail => {
-                state.record_fallback(Fallback::Abort, Some(&failure));
-                Err(failure)
-            }
+        config::OnError::Fail => {
+            state.record_fallback(Fallback::Abort, Some(&failure));
+            Err(failure)
         }
     }
-    .boxed()
 }
 
 /// One URL of an include: as written, as substituted, and the include's request options.

@@ -495,18 +495,32 @@ impl Fetcher for HttpClient {
         };
         let body = req.options.body;
         let url = Arc::clone(req.url.shared_url());
-        Box::pin(async move {
-            let result = match tokio::time::timeout(
-                after,
-                shared.receive(url, &text, outgoing, body, after, keep),
-            )
-            .await
-            {
-                Ok(result) => result,
-                Err(_) => Err(FetchError::Timeout { url: text, after }),
-            };
-            ticket.settle(result)
-        })
+        // One box per kind of exchange, sized for that kind alone: a fetch waiting for its
+        // answer holds only its own client's state.
+        match outgoing {
+            Outgoing::Plain { host, fields } => Box::pin(async move {
+                let exchange = shared.receive_plain(&url, &text, host, &fields, body, keep);
+                let result = tokio::time::timeout(after, exchange).await;
+                ticket.settle(
+                    result.unwrap_or_else(|_| Err(FetchError::Timeout { url: text, after })),
+                )
+            }),
+            Outgoing::H2 { host, headers } => Box::pin(async move {
+                let exchange = shared.receive_h2(&url, &text, host, headers, body, keep);
+                let result = tokio::time::timeout(after, exchange).await;
+                ticket.settle(
+                    result.unwrap_or_else(|_| Err(FetchError::Timeout { url: text, after })),
+                )
+            }),
+            Outgoing::Tls(headers) => Box::pin(async move {
+                let url = Url::clone(&url);
+                let exchange = shared.receive_tls(url, &text, headers, body, after, keep);
+                let result = tokio::time::timeout(after, exchange).await;
+                ticket.settle(
+                    result.unwrap_or_else(|_| Err(FetchError::Timeout { url: text, after })),
+                )
+            }),
+        }
     }
 
     /// The URL must be http(s) without user info, and its `scheme://host:port` the origin
@@ -714,35 +728,8 @@ impl Shared {
             .map(|body| BodyExt::boxed(body.map_err(BoxError::from))))
     }
 
-    /// Sends a checked fragment request and collects its body; the caller applies the deadline.
-    /// `body`: a `POST` with it; `None`: a `GET`.
-    async fn receive(
-        &self,
-        url: Arc<Url>,
-        text: &str,
-        outgoing: Outgoing,
-        body: Option<Bytes>,
-        after: Duration,
-        keep_status: bool,
-    ) -> Result<Fragment, FetchError> {
-        match outgoing {
-            // Boxed: reqwest's future is large, and every `http` fetch would carry its room.
-            Outgoing::Tls(headers) => {
-                let url = Url::clone(&url);
-                Box::pin(self.receive_tls(url, text, headers, body, after, keep_status)).await
-            }
-            // Boxed: only fetches to HTTP/2 hosts need the room its stream takes.
-            Outgoing::H2 { host, headers } => {
-                Box::pin(self.receive_h2(&url, text, host, headers, body, keep_status)).await
-            }
-            Outgoing::Plain { host, fields } => {
-                self.receive_plain(&url, text, host, &fields, body, keep_status)
-                    .await
-            }
-        }
-    }
-
-    /// [`Shared::receive`] for `http`: spoken by [`h1`] on a stream from the fragment pool,
+    /// A checked fragment request to an `http` host, sent and its body collected, spoken by
+    /// [`h1`] on a stream from the fragment pool,
     /// the request and the decoding as reqwest makes and does them. `host` overrides the
     /// URL's authority as `Host`.
     async fn receive_plain(
@@ -810,7 +797,7 @@ impl Shared {
         })
     }
 
-    /// [`Shared::receive`] for an `http` host spoken to over [`h2`].
+    /// [`Shared::receive_plain`] for an `http` host spoken to over [`h2`].
     async fn receive_h2(
         &self,
         url: &Url,
@@ -855,7 +842,7 @@ impl Shared {
         })
     }
 
-    /// [`Shared::receive`] for `https`, through reqwest.
+    /// [`Shared::receive_plain`] for `https`, through reqwest.
     async fn receive_tls(
         &self,
         url: Url,

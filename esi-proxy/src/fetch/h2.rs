@@ -178,23 +178,18 @@ impl H2Pool {
             // Sent again, a request goes on a connection made since it failed: others the host
             // cut at the same time (a GOAWAY to every connection, a restart) may not be known
             // to be gone yet.
-            let lease = match failed_at {
-                Some(since) => {
-                    host.lease_since(self, tcp, out.authority, url, since)
-                        .await?
-                }
-                None => host.lease(self, tcp, out.authority, url).await?,
+            let since = failed_at.unwrap_or(host.created);
+            let lease = match host.lease_open(since) {
+                Some(lease) => lease,
+                // Boxed: only a fetch that waits for a connection holds the room that takes.
+                None => Box::pin(host.lease_new(self, tcp, out.authority, url, since)).await?,
             };
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(Scheme::HTTP);
-            parts.authority = Some(authority.clone());
-            parts.path_and_query = Some(path.clone());
-            let mut request = Request::new(());
-            *request.method_mut() = out.method.clone();
-            *request.uri_mut() = Uri::from_parts(parts).map_err(|_| invalid_host(url))?;
-            *request.headers_mut() = HeaderMap::clone(&out.headers);
-            let body = out.body.clone();
-            match exchange(&lease, request, body, limit, keep_status, url).await {
+            let request = Head {
+                out: &out,
+                authority: &authority,
+                path: &path,
+            };
+            match exchange(&lease, request, limit, keep_status, url).await {
                 Ok(received) => return Ok(received),
                 Err(Failed::Unsent { error, dead }) if failed_at.is_none() => {
                     tracing::debug!(%error, "HTTP/2 request not processed; sending it again");
@@ -229,20 +224,9 @@ impl H2Pool {
 // === impl Host ===
 
 impl Host {
-    /// A stream on a connection with room for one, made when there is none.
-    async fn lease(
-        &self,
-        pool: &H2Pool,
-        tcp: &StreamPool,
-        authority: &str,
-        url: &str,
-    ) -> Result<Lease, FetchError> {
-        self.lease_since(pool, tcp, authority, url, self.created)
-            .await
-    }
-
-    /// [`Host::lease`] on a connection made after `since`.
-    async fn lease_since(
+    /// A stream on a connection made after `since`, made when [`Host::lease_open`] found
+    /// none: one request makes it while the others wait for it.
+    async fn lease_new(
         &self,
         pool: &H2Pool,
         tcp: &StreamPool,
@@ -250,9 +234,6 @@ impl Host {
         url: &str,
         since: Instant,
     ) -> Result<Lease, FetchError> {
-        if let Some(lease) = self.lease_open(since) {
-            return Ok(lease);
-        }
         let _connecting = self.connecting.lock().await;
         if let Some(lease) = self.lease_open(since) {
             return Ok(lease);
@@ -470,11 +451,33 @@ fn invalid_host(url: &str) -> FetchError {
     }
 }
 
+/// What a request is made of, built into one only when its stream is ready: a request
+/// waiting for room on its connection holds these references, not the request.
+struct Head<'a> {
+    out: &'a Outgoing<'a>,
+    authority: &'a Authority,
+    path: &'a PathAndQuery,
+}
+
+impl Head<'_> {
+    fn request(&self, url: &str) -> Result<Request<()>, Failed> {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(self.path.clone());
+        let uri = Uri::from_parts(parts).map_err(|_| Failed::Fetch(invalid_host(url)))?;
+        let mut request = Request::new(());
+        *request.method_mut() = self.out.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = HeaderMap::clone(&self.out.headers);
+        Ok(request)
+    }
+}
+
 /// One request and its response on a stream of `lease`'s connection.
 async fn exchange(
     lease: &Lease,
-    request: Request<()>,
-    body: Option<Bytes>,
+    head: Head<'_>,
     limit: usize,
     keep_status: bool,
     url: &str,
@@ -486,7 +489,7 @@ async fn exchange(
         },
         dead,
     };
-    let idempotent = body.is_none();
+    let idempotent = head.out.body.is_none();
     let mut send = lease
         .conn
         .send
@@ -494,6 +497,8 @@ async fn exchange(
         .ready()
         .await
         .map_err(|e| unsent(e, true))?;
+    let request = head.request(url)?;
+    let body = head.out.body.clone();
     let (response, mut stream) = match send.send_request(request, body.is_none()) {
         Ok(sent) => sent,
         // A request h2 refuses outright (a header HTTP/2 forbids: neither I/O, nor a frame
